@@ -1,0 +1,4 @@
+//! Cairn: an etcd-compatible, Raft-replicated key-value node. See ARCHITECTURE.md.
+pub mod metrics;
+pub mod proto;
+pub mod storage;

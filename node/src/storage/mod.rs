@@ -1,0 +1,212 @@
+//! The data directory and the fjall database inside it.
+//!
+//! Owns: creating and validating `--data-dir`, the exclusive lock that keeps a second
+//! process out, the format marker, opening fjall, and the durability calls. Every fjall
+//! keyspace is opened through [`Store::keyspace`]; the module that owns a keyspace documents
+//! its key encoding next to where it opens it (see ARCHITECTURE.md for the list).
+//! It must not know what is stored: no raft or MVCC types here.
+//!
+//! Layout of a data dir:
+//! ```text
+//! <data-dir>/CAIRN_FORMAT   "cairn-data-v1": written last on first start, checked on every start
+//! <data-dir>/cairn.lock     held with an exclusive lock while a node runs
+//! <data-dir>/db/            the fjall database (raft log, raft meta, MVCC, meta)
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use fjall::{Keyspace, OwnedWriteBatch as WriteBatch, PersistMode, Readable, Snapshot};
+
+/// The content of the format marker. Bump it (and add a migration) when an on-disk
+/// encoding changes incompatibly.
+const FORMAT: &str = "cairn-data-v1";
+const FORMAT_FILE: &str = "CAIRN_FORMAT";
+const LOCK_FILE: &str = "cairn.lock";
+const DB_DIR: &str = "db";
+
+/// Why the data directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("data dir {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("data dir {0} is in use by another process (is another cairn running on it?)")]
+    Locked(PathBuf),
+    #[error("data dir {path} is not a cairn data directory ({found}); refusing to use it")]
+    Foreign { path: PathBuf, found: String },
+    #[error("data dir {path} has format {found:?}, this cairn reads {FORMAT:?}")]
+    WrongFormat { path: PathBuf, found: String },
+    #[error("storage engine error in {path}: {source}")]
+    Engine { path: PathBuf, source: fjall::Error },
+}
+
+impl StorageError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+        move |source| StorageError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// An opened, locked data directory.
+pub struct Store {
+    db: fjall::Database,
+    dir: PathBuf,
+    // Held for the life of the process; the OS releases it on exit, even on kill -9.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating on first start) the data directory at `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StorageError> {
+        fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
+        let lock = lock(dir)?;
+        let fresh = check_format(dir)?;
+        let db_path = dir.join(DB_DIR);
+        let db = fjall::Database::builder(&db_path)
+            // The raft log decides when to fsync (group commit); fjall must not do it on its own.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|source| StorageError::Engine { path: db_path.clone(), source })?;
+        if fresh {
+            write_format(dir)?;
+        }
+        Ok(Store { db, dir: dir.to_path_buf(), _lock: lock })
+    }
+
+    /// Opens or creates the named keyspace.
+    pub fn keyspace(&self, name: &str) -> Result<Keyspace, StorageError> {
+        self.db
+            .keyspace(name, fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| self.engine(e))
+    }
+
+    /// A new atomic batch across keyspaces. Nothing is fsynced by committing it; durability
+    /// comes from [`Store::sync`].
+    pub fn batch(&self) -> WriteBatch {
+        self.db.batch()
+    }
+
+    /// A consistent point-in-time view across all keyspaces.
+    pub fn snapshot(&self) -> Snapshot {
+        self.db.snapshot()
+    }
+
+    /// Makes everything committed so far durable (fdatasync of the journal) and records
+    /// the time in `etcd_disk_wal_fsync_duration_seconds`.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let start = Instant::now();
+        self.db.persist(PersistMode::SyncData).map_err(|e| self.engine(e))?;
+        crate::metrics::get().wal_fsync_duration.observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    /// The data directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Wraps an engine error with the database path.
+    pub fn engine(&self, source: fjall::Error) -> StorageError {
+        StorageError::Engine { path: self.dir.join(DB_DIR), source }
+    }
+}
+
+fn lock(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(StorageError::io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StorageError::Locked(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => Err(StorageError::io(&path)(e)),
+    }
+}
+
+/// Returns whether the directory is new. A directory with other content and no marker
+/// is someone else's (an etcd data dir, a home directory...) and is refused untouched.
+fn check_format(dir: &Path) -> Result<bool, StorageError> {
+    let marker = dir.join(FORMAT_FILE);
+    match fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == FORMAT => Ok(false),
+        Ok(found) => Err(StorageError::WrongFormat { path: dir.to_path_buf(), found: found.trim().to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let others: Vec<String> = fs::read_dir(dir)
+                .map_err(StorageError::io(dir))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != LOCK_FILE && n != DB_DIR)
+                .collect();
+            if others.is_empty() {
+                return Ok(true);
+            }
+            let found = if others.iter().any(|n| n == "member") {
+                "it looks like an etcd data dir; restore it with `etcdutl snapshot` into a new cairn instead".to_string()
+            } else {
+                format!("found {}", others.join(", "))
+            };
+            Err(StorageError::Foreign { path: dir.to_path_buf(), found })
+        }
+        Err(e) => Err(StorageError::io(&marker)(e)),
+    }
+}
+
+fn write_format(dir: &Path) -> Result<(), StorageError> {
+    let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
+    let mut f = File::create(&tmp).map_err(StorageError::io(&tmp))?;
+    f.write_all(format!("{FORMAT}\n").as_bytes()).map_err(StorageError::io(&tmp))?;
+    f.sync_all().map_err(StorageError::io(&tmp))?;
+    fs::rename(&tmp, dir.join(FORMAT_FILE)).map_err(StorageError::io(dir))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StorageError::io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Store::open(dir.path()).expect("first open");
+        let err = Store::open(dir.path()).err().expect("second open must fail");
+        assert!(matches!(err, StorageError::Locked(_)), "{err}");
+    }
+
+    #[test]
+    fn foreign_directory_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("member")).expect("mkdir");
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("etcd data dir"), "{err}");
+        assert!(!dir.path().join(FORMAT_FILE).exists());
+    }
+
+    #[test]
+    fn wrong_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(FORMAT_FILE), "cairn-data-v999\n").expect("write");
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(matches!(err, StorageError::WrongFormat { .. }), "{err}");
+    }
+
+    #[test]
+    fn reopen_after_close_works() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.keyspace("t").expect("ks").insert("a", "b").expect("insert");
+            s.sync().expect("sync");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.keyspace("t").expect("ks").get("a").expect("get").as_deref(), Some(&b"b"[..]));
+    }
+}
