@@ -1,4 +1,12 @@
 //! Cairn: an etcd-compatible, Raft-replicated key-value node. See ARCHITECTURE.md.
+pub mod api;
+pub mod bench;
+pub mod compactor;
+pub mod config;
+pub mod identity;
 pub mod metrics;
+pub mod mvcc;
 pub mod proto;
+pub mod raft;
+pub mod server;
 pub mod storage;

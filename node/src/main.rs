@@ -1,1 +1,53 @@
-fn main(){}
+//! The `cairn` binary: parse the configuration, then serve, show the configuration, print
+//! the version or run the load generator.
+
+use std::process::ExitCode;
+
+use cairn::config::{self, Command};
+
+fn main() -> ExitCode {
+    let loaded = match config::load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match loaded.command {
+        Command::Version => {
+            println!("cairn {} (etcd API {})", env!("CARGO_PKG_VERSION"), cairn::api::ETCD_CLUSTER_VERSION);
+            Ok(())
+        }
+        Command::ConfigShow => {
+            print!("{}", loaded.show());
+            Ok(())
+        }
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(cairn::bench::run(args))),
+        Command::Serve => {
+            init_logging(&loaded.config.log_level);
+            runtime().and_then(|rt| rt.block_on(cairn::server::run(loaded.config)).map_err(anyhow::Error::from))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_logging(level: &str) {
+    // etcd's `panic` and `fatal` levels mean "errors only" here.
+    let level = match level {
+        "panic" | "fatal" => "error",
+        other => other,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

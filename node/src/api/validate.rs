@@ -1,0 +1,204 @@
+//! Request checks made before anything is proposed, mirroring etcd's `api/v3rpc/key.go`:
+//! a request refused here never reaches the log, so it cannot change any state.
+
+use std::collections::HashSet;
+
+use prost::Message;
+
+use super::error::ApiError;
+use crate::proto::etcdserverpb::{
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+
+/// Refuses a request whose encoding exceeds `--max-request-bytes`, as etcd does for the
+/// raft entry it would become.
+pub fn size(req: &impl Message, max: usize) -> Result<(), ApiError> {
+    if req.encoded_len() > max {
+        return Err(ApiError::RequestTooLarge);
+    }
+    Ok(())
+}
+
+pub fn range(r: &RangeRequest) -> Result<(), ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(ApiError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+pub fn put(r: &PutRequest) -> Result<(), ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(ApiError::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(ApiError::LeaseProvided);
+    }
+    // Leases arrive with the Lease service; until then no lease id can exist.
+    if r.lease != 0 {
+        return Err(ApiError::LeaseNotFound);
+    }
+    Ok(())
+}
+
+pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest` followed by its `checkIntervals` on both branches.
+pub fn txn(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
+    txn_ops(r, max_txn_ops)?;
+    Intervals::of(&r.success)?;
+    Intervals::of(&r.failure)?;
+    Ok(())
+}
+
+fn txn_ops(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
+    let ops = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if ops > max_txn_ops {
+        return Err(ApiError::TooManyOps);
+    }
+    if r.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(ApiError::EmptyKey);
+    }
+    r.success.iter().chain(&r.failure).try_for_each(|op| request_op(op, max_txn_ops))
+}
+
+fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ApiError> {
+    match &op.request {
+        Some(Request::RequestRange(r)) => range(r),
+        Some(Request::RequestPut(r)) => put(r),
+        Some(Request::RequestDeleteRange(r)) => delete_range(r),
+        Some(Request::RequestTxn(r)) => txn_ops(r, max_txn_ops),
+        None => Err(ApiError::KeyNotFound),
+    }
+}
+
+/// Whether any op in the txn, at any depth, writes.
+pub fn txn_writes(r: &TxnRequest) -> bool {
+    r.success.iter().chain(&r.failure).any(|op| match &op.request {
+        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => true,
+        Some(Request::RequestTxn(t)) => txn_writes(t),
+        _ => false,
+    })
+}
+
+/// Keys put and ranges deleted by one branch of a txn, including nested txns. A key may be
+/// written once per txn: etcd refuses a second put, or a put into a deleted range, as a
+/// duplicate, except that the two branches of a nested txn exclude each other.
+#[derive(Default)]
+struct Intervals {
+    puts: HashSet<Vec<u8>>,
+    dels: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Intervals {
+    fn of(ops: &[RequestOp]) -> Result<Intervals, ApiError> {
+        let mut this = Intervals::default();
+        for op in ops {
+            if let Some(Request::RequestDeleteRange(d)) = &op.request {
+                this.dels.push((d.key.clone(), d.range_end.clone()));
+            }
+        }
+        for op in ops {
+            let Some(Request::RequestTxn(t)) = &op.request else { continue };
+            let then = Intervals::of(&t.success)?;
+            let otherwise = Intervals::of(&t.failure)?;
+            for k in &then.puts {
+                this.add_put(k.clone())?;
+            }
+            for k in otherwise.puts.iter().filter(|k| !then.puts.contains(*k)) {
+                this.add_put(k.clone())?;
+            }
+            this.dels.extend(then.dels);
+            this.dels.extend(otherwise.dels);
+        }
+        for op in ops {
+            if let Some(Request::RequestPut(p)) = &op.request {
+                this.add_put(p.key.clone())?;
+            }
+        }
+        Ok(this)
+    }
+
+    fn add_put(&mut self, key: Vec<u8>) -> Result<(), ApiError> {
+        if self.dels.iter().any(|(start, end)| in_range(&key, start, end)) || !self.puts.insert(key) {
+            return Err(ApiError::DuplicateKey);
+        }
+        Ok(())
+    }
+}
+
+/// etcd's key-range convention: empty end is the single key, `\0` is everything from start.
+fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    match end {
+        [] => key == start,
+        [0] => key >= start,
+        _ => key >= start && key < end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::Compare;
+
+    fn put_op(k: &str) -> RequestOp {
+        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
+    }
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: k.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+    fn txn_op(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
+        RequestOp { request: Some(Request::RequestTxn(TxnRequest { success, failure, ..Default::default() })) }
+    }
+    fn check(success: Vec<RequestOp>) -> Result<(), ApiError> {
+        txn(&TxnRequest { success, ..Default::default() }, 128)
+    }
+
+    #[test]
+    fn duplicate_keys() {
+        assert!(check(vec![put_op("a"), put_op("b")]).is_ok());
+        assert!(matches!(check(vec![put_op("a"), put_op("a")]), Err(ApiError::DuplicateKey)));
+        assert!(matches!(check(vec![del_op("a", "c"), put_op("b")]), Err(ApiError::DuplicateKey)));
+        assert!(matches!(check(vec![del_op("a", "\0"), put_op("z")]), Err(ApiError::DuplicateKey)));
+        assert!(check(vec![del_op("a", "c"), put_op("c")]).is_ok());
+        // The branches of a nested txn exclude each other...
+        assert!(check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]).is_ok());
+        // ...but neither may repeat a key of the outer level.
+        assert!(matches!(check(vec![put_op("a"), txn_op(vec![], vec![put_op("a")])]), Err(ApiError::DuplicateKey)));
+        assert!(matches!(check(vec![del_op("a", ""), txn_op(vec![put_op("a")], vec![])]), Err(ApiError::DuplicateKey)));
+    }
+
+    #[test]
+    fn op_limits_and_empty_keys() {
+        let many = (0..129).map(|i| put_op(&format!("k{i}"))).collect();
+        assert!(matches!(check(many), Err(ApiError::TooManyOps)));
+        let cmp = TxnRequest { compare: vec![Compare::default()], ..Default::default() };
+        assert!(matches!(txn(&cmp, 128), Err(ApiError::EmptyKey)));
+        assert!(matches!(check(vec![put_op("")]), Err(ApiError::EmptyKey)));
+    }
+
+    #[test]
+    fn writes_are_found_at_any_depth() {
+        let read = RequestOp { request: Some(Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })) };
+        assert!(!txn_writes(&TxnRequest { success: vec![read.clone()], ..Default::default() }));
+        assert!(txn_writes(&TxnRequest { success: vec![read, txn_op(vec![], vec![put_op("x")])], ..Default::default() }));
+    }
+}

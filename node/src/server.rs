@@ -1,0 +1,152 @@
+//! Wiring: storage -> MVCC -> Raft -> services -> listeners, then serve until SIGINT or
+//! SIGTERM. Nothing here decides behaviour; it connects the modules that do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use url::Url;
+
+use crate::api::{self, Limits, Node};
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::mvcc::{Mvcc, MvccError};
+use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
+use crate::storage::{StorageError, Store};
+
+/// Why the node could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("opening the MVCC store: {0}")]
+    Mvcc(#[from] MvccError),
+    #[error("starting raft: {0}")]
+    Raft(#[from] RaftError),
+    #[error("{flag} {url}: cannot listen: {source}")]
+    Listen { flag: &'static str, url: Url, source: std::io::Error },
+    #[error("serving {0}: {1}")]
+    Serve(SocketAddr, std::io::Error),
+}
+
+/// Runs a node until it is told to stop.
+pub async fn run(cfg: Config) -> Result<(), ServerError> {
+    let store = Arc::new(Store::open(&cfg.data_dir)?);
+    let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
+    let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token)?;
+    let mvcc = Arc::new(Mvcc::open(store.clone())?);
+    let member = MemberInfo {
+        name: cfg.name.clone(),
+        peer_urls,
+        client_urls: url_strings(&cfg.advertise_client_urls),
+    };
+    let raft = RaftNode::start(
+        store.clone(),
+        mvcc.clone(),
+        RaftSettings {
+            node_id: id.member_id,
+            member,
+            heartbeat: cfg.heartbeat_interval,
+            election_timeout: cfg.election_timeout,
+            snapshot_count: cfg.snapshot_count,
+        },
+    )
+    .await?;
+    publish_identity(&id, cfg.quota_backend_bytes);
+
+    let node = Arc::new(Node {
+        raft: raft.clone(),
+        mvcc,
+        store,
+        cluster_id: id.cluster_id,
+        member_id: id.member_id,
+        limits: Limits {
+            max_request_bytes: usize::try_from(cfg.max_request_bytes).unwrap_or(usize::MAX),
+            max_txn_ops: usize::try_from(cfg.max_txn_ops).unwrap_or(usize::MAX),
+            quota_backend_bytes: cfg.quota_backend_bytes,
+        },
+    });
+    crate::compactor::spawn(node.clone(), &cfg.auto_compaction);
+
+    let mut servers = tokio::task::JoinSet::new();
+    let client_router = api::router(node.clone());
+    for url in &cfg.listen_client_urls {
+        let listener = bind("--listen-client-urls", url).await?;
+        servers.spawn(serve(listener, client_router.clone()));
+    }
+    for url in &cfg.listen_metrics_urls {
+        let listener = bind("--listen-metrics-urls", url).await?;
+        servers.spawn(serve(listener, api::metrics_router(node.clone())));
+    }
+    tracing::info!(
+        name = %cfg.name,
+        member_id = %format!("{:x}", id.member_id),
+        cluster_id = %format!("{:x}", id.cluster_id),
+        data_dir = %cfg.data_dir.display(),
+        "ready to serve client requests"
+    );
+
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        Some(done) = servers.join_next() => match done {
+            Ok(result) => result,
+            Err(e) => Err(ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), std::io::Error::other(e))),
+        },
+    };
+    raft.shutdown().await;
+    result
+}
+
+/// etcd writes URLs as `scheme://host:port`, without the trailing slash `Url` adds; member
+/// IDs hash these strings, so the form matters.
+fn url_strings(urls: &[Url]) -> Vec<String> {
+    urls.iter().map(|u| u.as_str().trim_end_matches('/').to_string()).collect()
+}
+
+fn publish_identity(id: &Identity, quota: u64) {
+    let m = crate::metrics::get();
+    m.server_id.with_label_values(&[&format!("{:x}", id.member_id)]).set(1);
+    m.server_version.with_label_values(&[api::ETCD_SERVER_VERSION]).set(1);
+    m.cluster_version.with_label_values(&[api::ETCD_CLUSTER_VERSION]).set(1);
+    m.quota_backend_bytes.set(i64::try_from(quota).unwrap_or(i64::MAX));
+}
+
+/// Binds a listen URL. Like etcd, a host name is resolved and the first IPv4 address is
+/// preferred, so `localhost` means 127.0.0.1.
+async fn bind(flag: &'static str, url: &Url) -> Result<TcpListener, ServerError> {
+    let err = |source| ServerError::Listen { flag, url: url.clone(), source };
+    let host = url.host_str().unwrap_or("0.0.0.0");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_or_known_default().unwrap_or(2379);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.map_err(err)?.collect();
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| err(std::io::Error::other("host resolves to no address")))?;
+    TcpListener::bind(addr).await.map_err(err)
+}
+
+async fn serve(listener: TcpListener, router: axum::Router) -> Result<(), ServerError> {
+    let addr = listener.local_addr().map_err(|e| ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
+    let listener = listener.tap_io(|tcp| {
+        // Small request/response RPCs must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router).await.map_err(|e| ServerError::Serve(addr, e))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("received shutdown signal, stopping");
+}
