@@ -17,13 +17,26 @@ pub struct Identity {
 
 impl Identity {
     /// Reads the stored identity, or computes and stores it on first start.
-    pub fn load_or_init(store: &Store, peer_urls: &[String], token: &str) -> Result<Identity, StorageError> {
+    pub fn load_or_init(
+        store: &Store,
+        peer_urls: &[String],
+        token: &str,
+    ) -> Result<Identity, StorageError> {
         let meta = store.keyspace("meta")?;
-        if let (Some(member_id), Some(cluster_id)) = (read_u64(store, &meta, "member_id")?, read_u64(store, &meta, "cluster_id")?) {
-            return Ok(Identity { member_id, cluster_id });
+        if let (Some(member_id), Some(cluster_id)) = (
+            read_u64(store, &meta, "member_id")?,
+            read_u64(store, &meta, "cluster_id")?,
+        ) {
+            return Ok(Identity {
+                member_id,
+                cluster_id,
+            });
         }
         let member_id = member_id(peer_urls, token);
-        let id = Identity { member_id, cluster_id: cluster_id(&[member_id]) };
+        let id = Identity {
+            member_id,
+            cluster_id: cluster_id(&[member_id]),
+        };
         let mut batch = store.batch();
         batch.insert(&meta, "member_id", id.member_id.to_be_bytes());
         batch.insert(&meta, "cluster_id", id.cluster_id.to_be_bytes());
@@ -35,7 +48,9 @@ impl Identity {
 
 fn read_u64(store: &Store, meta: &Keyspace, key: &str) -> Result<Option<u64>, StorageError> {
     let value = meta.get(key).map_err(|e| store.engine(e))?;
-    Ok(value.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_be_bytes))
+    Ok(value
+        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+        .map(u64::from_be_bytes))
 }
 
 /// etcd's `computeMemberID`: sha1 of the sorted peer URLs joined, then the cluster token.
@@ -88,6 +103,9 @@ mod tests {
         };
         let store = Store::open(dir.path()).expect("reopen");
         let other = vec!["http://10.0.0.1:2380".to_string()];
-        assert_eq!(Identity::load_or_init(&store, &other, "x").expect("load"), first);
+        assert_eq!(
+            Identity::load_or_init(&store, &other, "x").expect("load"),
+            first
+        );
     }
 }

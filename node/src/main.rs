@@ -15,7 +15,11 @@ fn main() -> ExitCode {
     };
     let result = match loaded.command {
         Command::Version => {
-            println!("cairn {} (etcd API {})", env!("CARGO_PKG_VERSION"), cairn::api::ETCD_CLUSTER_VERSION);
+            println!(
+                "cairn {} (etcd API {})",
+                env!("CARGO_PKG_VERSION"),
+                cairn::api::ETCD_CLUSTER_VERSION
+            );
             Ok(())
         }
         Command::ConfigShow => {
@@ -25,7 +29,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(cairn::bench::run(args))),
         Command::Serve => {
             init_logging(&loaded.config.log_level);
-            runtime().and_then(|rt| rt.block_on(cairn::server::run(loaded.config)).map_err(anyhow::Error::from))
+            runtime().and_then(|rt| {
+                rt.block_on(cairn::server::run(loaded.config))
+                    .map_err(anyhow::Error::from)
+            })
         }
     };
     match result {
@@ -38,7 +45,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn init_logging(level: &str) {
@@ -49,5 +58,8 @@ fn init_logging(level: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

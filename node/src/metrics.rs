@@ -112,26 +112,55 @@ impl Metrics {
 struct Registrar<'a>(&'a Registry);
 
 impl Registrar<'_> {
-    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> Result<M, prometheus::Error> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        m: M,
+    ) -> Result<M, prometheus::Error> {
         self.0.register(Box::new(m.clone()))?;
         Ok(m)
     }
-    fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Result<Histogram, prometheus::Error> {
-        self.add(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?)
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> Result<Histogram, prometheus::Error> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets),
+        )?)
     }
-    fn histogram_vec(&self, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> Result<HistogramVec, prometheus::Error> {
-        self.add(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?)
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> Result<HistogramVec, prometheus::Error> {
+        self.add(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets),
+            labels,
+        )?)
     }
     fn counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
         self.add(IntCounter::with_opts(Opts::new(name, help))?)
     }
-    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
         self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
     }
     fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
         self.add(IntGauge::with_opts(Opts::new(name, help))?)
     }
-    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
         self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
     }
 }
@@ -150,7 +179,11 @@ mod tests {
         let m = super::get();
         m.has_leader.set(1);
         let text = m.render();
-        for name in ["etcd_server_has_leader 1", "etcd_disk_wal_fsync_duration_seconds_bucket", "etcd_server_quota_backend_bytes"] {
+        for name in [
+            "etcd_server_has_leader 1",
+            "etcd_disk_wal_fsync_duration_seconds_bucket",
+            "etcd_server_quota_backend_bytes",
+        ] {
             assert!(text.contains(name), "missing {name}");
         }
     }

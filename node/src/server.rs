@@ -25,7 +25,11 @@ pub enum ServerError {
     #[error("starting raft: {0}")]
     Raft(#[from] RaftError),
     #[error("{flag} {url}: cannot listen: {source}")]
-    Listen { flag: &'static str, url: Url, source: std::io::Error },
+    Listen {
+        flag: &'static str,
+        url: Url,
+        source: std::io::Error,
+    },
     #[error("serving {0}: {1}")]
     Serve(SocketAddr, std::io::Error),
 }
@@ -101,25 +105,41 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 /// etcd writes URLs as `scheme://host:port`, without the trailing slash `Url` adds; member
 /// IDs hash these strings, so the form matters.
 fn url_strings(urls: &[Url]) -> Vec<String> {
-    urls.iter().map(|u| u.as_str().trim_end_matches('/').to_string()).collect()
+    urls.iter()
+        .map(|u| u.as_str().trim_end_matches('/').to_string())
+        .collect()
 }
 
 fn publish_identity(id: &Identity, quota: u64) {
     let m = crate::metrics::get();
-    m.server_id.with_label_values(&[&format!("{:x}", id.member_id)]).set(1);
-    m.server_version.with_label_values(&[api::ETCD_SERVER_VERSION]).set(1);
-    m.cluster_version.with_label_values(&[api::ETCD_CLUSTER_VERSION]).set(1);
-    m.quota_backend_bytes.set(i64::try_from(quota).unwrap_or(i64::MAX));
+    m.server_id
+        .with_label_values(&[&format!("{:x}", id.member_id)])
+        .set(1);
+    m.server_version
+        .with_label_values(&[api::ETCD_SERVER_VERSION])
+        .set(1);
+    m.cluster_version
+        .with_label_values(&[api::ETCD_CLUSTER_VERSION])
+        .set(1);
+    m.quota_backend_bytes
+        .set(i64::try_from(quota).unwrap_or(i64::MAX));
 }
 
 /// Binds a listen URL. Like etcd, a host name is resolved and the first IPv4 address is
 /// preferred, so `localhost` means 127.0.0.1.
 async fn bind(flag: &'static str, url: &Url) -> Result<TcpListener, ServerError> {
-    let err = |source| ServerError::Listen { flag, url: url.clone(), source };
+    let err = |source| ServerError::Listen {
+        flag,
+        url: url.clone(),
+        source,
+    };
     let host = url.host_str().unwrap_or("0.0.0.0");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port_or_known_default().unwrap_or(2379);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.map_err(err)?.collect();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(err)?
+        .collect();
     let addr = addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -130,12 +150,16 @@ async fn bind(flag: &'static str, url: &Url) -> Result<TcpListener, ServerError>
 }
 
 async fn serve(listener: TcpListener, router: axum::Router) -> Result<(), ServerError> {
-    let addr = listener.local_addr().map_err(|e| ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
     let listener = listener.tap_io(|tcp| {
         // Small request/response RPCs must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router).await.map_err(|e| ServerError::Serve(addr, e))
+    axum::serve(listener, router)
+        .await
+        .map_err(|e| ServerError::Serve(addr, e))
 }
 
 async fn shutdown_signal() {

@@ -104,15 +104,51 @@ mod tests {
     #[test]
     fn etcd_strings_and_codes() {
         let cases = [
-            (ApiError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
-            (ApiError::TooManyOps, Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-            (ApiError::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
-            (ApiError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
-            (MvccError::Compacted.into(), Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
-            (MvccError::FutureRev.into(), Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
-            (ApiError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
-            (ApiError::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
-            (RaftError::NoLeader.into(), Code::Unavailable, "etcdserver: no leader"),
+            (
+                ApiError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                ApiError::TooManyOps,
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                ApiError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                ApiError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                MvccError::Compacted.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                MvccError::FutureRev.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                ApiError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                ApiError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                RaftError::NoLeader.into(),
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
         ];
         for (err, code, msg) in cases {
             let status = Status::from(err);

@@ -39,11 +39,17 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     match reason {
         None => {
             m.health_success.inc();
-            (StatusCode::OK, Json(json!({"health": "true", "reason": ""})))
+            (
+                StatusCode::OK,
+                Json(json!({"health": "true", "reason": ""})),
+            )
         }
         Some(reason) => {
             m.health_failures.inc();
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"health": "false", "reason": reason})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"health": "false", "reason": reason})),
+            )
         }
     }
 }

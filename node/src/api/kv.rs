@@ -36,26 +36,34 @@ impl Node {
     async fn put(&self, req: PutRequest) -> Result<PutResponse, ApiError> {
         validate::size(&req, self.limits.max_request_bytes)?;
         validate::put(&req)?;
-        let resp = self.write(single_op(request_op::Request::RequestPut(req))).await?;
+        let resp = self
+            .write(single_op(request_op::Request::RequestPut(req)))
+            .await?;
         match first_response(resp) {
             Some((header, response_op::Response::ResponsePut(mut r))) => {
                 r.header = header;
                 Ok(r)
             }
-            _ => Err(ApiError::Internal("apply answered a put with another response".into())),
+            _ => Err(ApiError::Internal(
+                "apply answered a put with another response".into(),
+            )),
         }
     }
 
     async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApiError> {
         validate::size(&req, self.limits.max_request_bytes)?;
         validate::delete_range(&req)?;
-        let resp = self.write(single_op(request_op::Request::RequestDeleteRange(req))).await?;
+        let resp = self
+            .write(single_op(request_op::Request::RequestDeleteRange(req)))
+            .await?;
         match first_response(resp) {
             Some((header, response_op::Response::ResponseDeleteRange(mut r))) => {
                 r.header = header;
                 Ok(r)
             }
-            _ => Err(ApiError::Internal("apply answered a delete with another response".into())),
+            _ => Err(ApiError::Internal(
+                "apply answered a delete with another response".into(),
+            )),
         }
     }
 
@@ -74,20 +82,30 @@ impl Node {
 
     /// Compacts history up to `revision` (used by the auto-compactor).
     pub async fn compact_to(&self, revision: i64) -> Result<CompactionResponse, ApiError> {
-        self.compact(CompactionRequest { revision, physical: false }).await
+        self.compact(CompactionRequest {
+            revision,
+            physical: false,
+        })
+        .await
     }
 
     async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, ApiError> {
         let physical = req.physical;
         let done = match self.raft.propose(command(Cmd::Compaction(req))).await? {
             Applied::Compaction(done) => done,
-            Applied::Txn(..) => return Err(ApiError::Internal("apply answered a compaction with a txn".into())),
+            Applied::Txn(..) => {
+                return Err(ApiError::Internal(
+                    "apply answered a compaction with a txn".into(),
+                ))
+            }
         };
         if physical {
             // The sender is dropped only if the node stops before finishing.
             done.await.map_err(|_| ApiError::Stopped)?;
         }
-        Ok(CompactionResponse { header: self.header(self.mvcc.current_revision()) })
+        Ok(CompactionResponse {
+            header: self.header(self.mvcc.current_revision()),
+        })
     }
 
     /// Proposes a write txn and answers with the revision it was applied at.
@@ -100,7 +118,9 @@ impl Node {
                 resp.header = self.header(resp.header.map_or(0, |h| h.revision));
                 Ok(resp)
             }
-            Applied::Compaction(_) => Err(ApiError::Internal("apply answered a txn with a compaction".into())),
+            Applied::Compaction(_) => Err(ApiError::Internal(
+                "apply answered a txn with a compaction".into(),
+            )),
         }
     }
 }
@@ -110,15 +130,27 @@ fn command(cmd: Cmd) -> Command {
 }
 
 fn single_op(request: request_op::Request) -> TxnRequest {
-    TxnRequest { success: vec![RequestOp { request: Some(request) }], ..Default::default() }
+    TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request),
+        }],
+        ..Default::default()
+    }
 }
 
 /// The top-level header of a txn and its first op's response.
 fn first_response(
     resp: TxnResponse,
-) -> Option<(Option<crate::proto::etcdserverpb::ResponseHeader>, response_op::Response)> {
+) -> Option<(
+    Option<crate::proto::etcdserverpb::ResponseHeader>,
+    response_op::Response,
+)> {
     let header = resp.header;
-    resp.responses.into_iter().next()?.response.map(|r| (header, r))
+    resp.responses
+        .into_iter()
+        .next()?
+        .response
+        .map(|r| (header, r))
 }
 
 type RangeStream = Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
@@ -131,7 +163,10 @@ impl Kv for KvService {
 
     type RangeStreamStream = RangeStream;
 
-    async fn range_stream(&self, _req: Request<RangeRequest>) -> Result<Response<RangeStream>, Status> {
+    async fn range_stream(
+        &self,
+        _req: Request<RangeRequest>,
+    ) -> Result<Response<RangeStream>, Status> {
         Err(ApiError::NotSupported("RangeStream").into())
     }
 
@@ -139,15 +174,26 @@ impl Kv for KvService {
         metered(SERVICE, "Put", self.0.put(req.into_inner())).await
     }
 
-    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
-        metered(SERVICE, "DeleteRange", self.0.delete_range(req.into_inner())).await
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        metered(
+            SERVICE,
+            "DeleteRange",
+            self.0.delete_range(req.into_inner()),
+        )
+        .await
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         metered(SERVICE, "Txn", self.0.txn(req.into_inner())).await
     }
 
-    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         metered(SERVICE, "Compact", self.0.compact(req.into_inner())).await
     }
 }

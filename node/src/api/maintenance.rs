@@ -12,9 +12,8 @@ use super::{metered, Node, ETCD_SERVER_VERSION};
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmMember, AlarmRequest,
     AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 
 const SERVICE: &str = "etcdserverpb.Maintenance";
@@ -44,7 +43,10 @@ impl Node {
     /// while the database is over quota.
     pub(super) fn alarms(&self) -> Vec<AlarmMember> {
         if self.over_quota() {
-            vec![AlarmMember { member_id: self.member_id, alarm: AlarmType::Nospace as i32 }]
+            vec![AlarmMember {
+                member_id: self.member_id,
+                alarm: AlarmType::Nospace as i32,
+            }]
         } else {
             Vec::new()
         }
@@ -69,34 +71,67 @@ impl Maintenance for MaintenanceService {
         metered(SERVICE, "Alarm", async { self.0.alarm(req.into_inner()) }).await
     }
 
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         metered(SERVICE, "Status", async { Ok(self.0.status()) }).await
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         let header = self.0.header(self.0.mvcc.current_revision());
-        metered(SERVICE, "Defragment", async { Ok(DefragmentResponse { header }) }).await
+        metered(SERVICE, "Defragment", async {
+            Ok(DefragmentResponse { header })
+        })
+        .await
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        metered(SERVICE, "Hash", async { Err(ApiError::NotSupported("Hash")) }).await
+        metered(SERVICE, "Hash", async {
+            Err(ApiError::NotSupported("Hash"))
+        })
+        .await
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        metered(SERVICE, "HashKV", async { Err(ApiError::NotSupported("HashKV")) }).await
+    async fn hash_kv(
+        &self,
+        _req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        metered(SERVICE, "HashKV", async {
+            Err(ApiError::NotSupported("HashKV"))
+        })
+        .await
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         Err(ApiError::NotSupported("snapshot").into())
     }
 
-    async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        metered(SERVICE, "MoveLeader", async { Err(ApiError::NotSupported("MoveLeader")) }).await
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        metered(SERVICE, "MoveLeader", async {
+            Err(ApiError::NotSupported("MoveLeader"))
+        })
+        .await
     }
 
-    async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        metered(SERVICE, "Downgrade", async { Err(ApiError::NotSupported("Downgrade")) }).await
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        metered(SERVICE, "Downgrade", async {
+            Err(ApiError::NotSupported("Downgrade"))
+        })
+        .await
     }
 }

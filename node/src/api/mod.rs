@@ -78,7 +78,9 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         KvServer::new(kv::KvService(node.clone())).max_decoding_message_size(max_msg),
     )
     .add_service(ClusterServer::new(cluster::ClusterService(node.clone())))
-    .add_service(MaintenanceServer::new(maintenance::MaintenanceService(node.clone())))
+    .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
+        node.clone(),
+    )))
     .into_axum_router();
     grpc.merge(http::router(node))
 }
@@ -98,8 +100,13 @@ async fn metered<T>(
     let labels = ["unary", service, method];
     m.grpc_started.with_label_values(&labels).inc();
     let start = Instant::now();
-    let result = call.await.map(tonic::Response::new).map_err(tonic::Status::from);
-    m.grpc_handling_seconds.with_label_values(&labels).observe(start.elapsed().as_secs_f64());
+    let result = call
+        .await
+        .map(tonic::Response::new)
+        .map_err(tonic::Status::from);
+    m.grpc_handling_seconds
+        .with_label_values(&labels)
+        .observe(start.elapsed().as_secs_f64());
     let code = match &result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),

@@ -71,7 +71,10 @@ fn txn_ops(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(ApiError::EmptyKey);
     }
-    r.success.iter().chain(&r.failure).try_for_each(|op| request_op(op, max_txn_ops))
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .try_for_each(|op| request_op(op, max_txn_ops))
 }
 
 fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ApiError> {
@@ -86,11 +89,14 @@ fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ApiError> {
 
 /// Whether any op in the txn, at any depth, writes.
 pub fn txn_writes(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).any(|op| match &op.request {
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => true,
-        Some(Request::RequestTxn(t)) => txn_writes(t),
-        _ => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => true,
+            Some(Request::RequestTxn(t)) => txn_writes(t),
+            _ => false,
+        })
 }
 
 /// Keys put and ranges deleted by one branch of a txn, including nested txns. A key may be
@@ -111,7 +117,9 @@ impl Intervals {
             }
         }
         for op in ops {
-            let Some(Request::RequestTxn(t)) = &op.request else { continue };
+            let Some(Request::RequestTxn(t)) = &op.request else {
+                continue;
+            };
             let then = Intervals::of(&t.success)?;
             let otherwise = Intervals::of(&t.failure)?;
             for k in &then.puts {
@@ -132,7 +140,12 @@ impl Intervals {
     }
 
     fn add_put(&mut self, key: Vec<u8>) -> Result<(), ApiError> {
-        if self.dels.iter().any(|(start, end)| in_range(&key, start, end)) || !self.puts.insert(key) {
+        if self
+            .dels
+            .iter()
+            .any(|(start, end)| in_range(&key, start, end))
+            || !self.puts.insert(key)
+        {
             return Err(ApiError::DuplicateKey);
         }
         Ok(())
@@ -154,7 +167,12 @@ mod tests {
     use crate::proto::etcdserverpb::Compare;
 
     fn put_op(k: &str) -> RequestOp {
-        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
     }
     fn del_op(k: &str, end: &str) -> RequestOp {
         RequestOp {
@@ -166,39 +184,80 @@ mod tests {
         }
     }
     fn txn_op(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
-        RequestOp { request: Some(Request::RequestTxn(TxnRequest { success, failure, ..Default::default() })) }
+        RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest {
+                success,
+                failure,
+                ..Default::default()
+            })),
+        }
     }
     fn check(success: Vec<RequestOp>) -> Result<(), ApiError> {
-        txn(&TxnRequest { success, ..Default::default() }, 128)
+        txn(
+            &TxnRequest {
+                success,
+                ..Default::default()
+            },
+            128,
+        )
     }
 
     #[test]
     fn duplicate_keys() {
         assert!(check(vec![put_op("a"), put_op("b")]).is_ok());
-        assert!(matches!(check(vec![put_op("a"), put_op("a")]), Err(ApiError::DuplicateKey)));
-        assert!(matches!(check(vec![del_op("a", "c"), put_op("b")]), Err(ApiError::DuplicateKey)));
-        assert!(matches!(check(vec![del_op("a", "\0"), put_op("z")]), Err(ApiError::DuplicateKey)));
+        assert!(matches!(
+            check(vec![put_op("a"), put_op("a")]),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(matches!(
+            check(vec![del_op("a", "c"), put_op("b")]),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(matches!(
+            check(vec![del_op("a", "\0"), put_op("z")]),
+            Err(ApiError::DuplicateKey)
+        ));
         assert!(check(vec![del_op("a", "c"), put_op("c")]).is_ok());
         // The branches of a nested txn exclude each other...
         assert!(check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]).is_ok());
         // ...but neither may repeat a key of the outer level.
-        assert!(matches!(check(vec![put_op("a"), txn_op(vec![], vec![put_op("a")])]), Err(ApiError::DuplicateKey)));
-        assert!(matches!(check(vec![del_op("a", ""), txn_op(vec![put_op("a")], vec![])]), Err(ApiError::DuplicateKey)));
+        assert!(matches!(
+            check(vec![put_op("a"), txn_op(vec![], vec![put_op("a")])]),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(matches!(
+            check(vec![del_op("a", ""), txn_op(vec![put_op("a")], vec![])]),
+            Err(ApiError::DuplicateKey)
+        ));
     }
 
     #[test]
     fn op_limits_and_empty_keys() {
         let many = (0..129).map(|i| put_op(&format!("k{i}"))).collect();
         assert!(matches!(check(many), Err(ApiError::TooManyOps)));
-        let cmp = TxnRequest { compare: vec![Compare::default()], ..Default::default() };
+        let cmp = TxnRequest {
+            compare: vec![Compare::default()],
+            ..Default::default()
+        };
         assert!(matches!(txn(&cmp, 128), Err(ApiError::EmptyKey)));
         assert!(matches!(check(vec![put_op("")]), Err(ApiError::EmptyKey)));
     }
 
     #[test]
     fn writes_are_found_at_any_depth() {
-        let read = RequestOp { request: Some(Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })) };
-        assert!(!txn_writes(&TxnRequest { success: vec![read.clone()], ..Default::default() }));
-        assert!(txn_writes(&TxnRequest { success: vec![read, txn_op(vec![], vec![put_op("x")])], ..Default::default() }));
+        let read = RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key: "a".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(!txn_writes(&TxnRequest {
+            success: vec![read.clone()],
+            ..Default::default()
+        }));
+        assert!(txn_writes(&TxnRequest {
+            success: vec![read, txn_op(vec![], vec![put_op("x")])],
+            ..Default::default()
+        }));
     }
 }

@@ -31,7 +31,10 @@ const DB_DIR: &str = "db";
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("data dir {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data dir {0} is in use by another process (is another cairn running on it?)")]
     Locked(PathBuf),
     #[error("data dir {path} is not a cairn data directory ({found}); refusing to use it")]
@@ -44,7 +47,10 @@ pub enum StorageError {
 
 impl StorageError {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
-        move |source| StorageError::Io { path: path.to_path_buf(), source }
+        move |source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -67,11 +73,18 @@ impl Store {
             // The raft log decides when to fsync (group commit); fjall must not do it on its own.
             .manual_journal_persist(true)
             .open()
-            .map_err(|source| StorageError::Engine { path: db_path.clone(), source })?;
+            .map_err(|source| StorageError::Engine {
+                path: db_path.clone(),
+                source,
+            })?;
         if fresh {
             write_format(dir)?;
         }
-        Ok(Store { db, dir: dir.to_path_buf(), _lock: lock })
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     /// Opens or creates the named keyspace.
@@ -96,8 +109,12 @@ impl Store {
     /// the time in `etcd_disk_wal_fsync_duration_seconds`.
     pub fn sync(&self) -> Result<(), StorageError> {
         let start = Instant::now();
-        self.db.persist(PersistMode::SyncData).map_err(|e| self.engine(e))?;
-        crate::metrics::get().wal_fsync_duration.observe(start.elapsed().as_secs_f64());
+        self.db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| self.engine(e))?;
+        crate::metrics::get()
+            .wal_fsync_duration
+            .observe(start.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -113,7 +130,10 @@ impl Store {
 
     /// Wraps an engine error with the database path.
     pub fn engine(&self, source: fjall::Error) -> StorageError {
-        StorageError::Engine { path: self.dir.join(DB_DIR), source }
+        StorageError::Engine {
+            path: self.dir.join(DB_DIR),
+            source,
+        }
     }
 }
 
@@ -138,7 +158,10 @@ fn check_format(dir: &Path) -> Result<bool, StorageError> {
     let marker = dir.join(FORMAT_FILE);
     match fs::read_to_string(&marker) {
         Ok(found) if found.trim() == FORMAT => Ok(false),
-        Ok(found) => Err(StorageError::WrongFormat { path: dir.to_path_buf(), found: found.trim().to_string() }),
+        Ok(found) => Err(StorageError::WrongFormat {
+            path: dir.to_path_buf(),
+            found: found.trim().to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let others: Vec<String> = fs::read_dir(dir)
                 .map_err(StorageError::io(dir))?
@@ -154,7 +177,10 @@ fn check_format(dir: &Path) -> Result<bool, StorageError> {
             } else {
                 format!("found {}", others.join(", "))
             };
-            Err(StorageError::Foreign { path: dir.to_path_buf(), found })
+            Err(StorageError::Foreign {
+                path: dir.to_path_buf(),
+                found,
+            })
         }
         Err(e) => Err(StorageError::io(&marker)(e)),
     }
@@ -163,10 +189,13 @@ fn check_format(dir: &Path) -> Result<bool, StorageError> {
 fn write_format(dir: &Path) -> Result<(), StorageError> {
     let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
     let mut f = File::create(&tmp).map_err(StorageError::io(&tmp))?;
-    f.write_all(format!("{FORMAT}\n").as_bytes()).map_err(StorageError::io(&tmp))?;
+    f.write_all(format!("{FORMAT}\n").as_bytes())
+        .map_err(StorageError::io(&tmp))?;
     f.sync_all().map_err(StorageError::io(&tmp))?;
     fs::rename(&tmp, dir.join(FORMAT_FILE)).map_err(StorageError::io(dir))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(StorageError::io(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io(dir))
 }
 
 #[cfg(test)]
@@ -177,7 +206,9 @@ mod tests {
     fn second_open_is_refused_while_locked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _first = Store::open(dir.path()).expect("first open");
-        let err = Store::open(dir.path()).err().expect("second open must fail");
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
         assert!(matches!(err, StorageError::Locked(_)), "{err}");
     }
 
@@ -203,10 +234,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = Store::open(dir.path()).expect("open");
-            s.keyspace("t").expect("ks").insert("a", "b").expect("insert");
+            s.keyspace("t")
+                .expect("ks")
+                .insert("a", "b")
+                .expect("insert");
             s.sync().expect("sync");
         }
         let s = Store::open(dir.path()).expect("reopen");
-        assert_eq!(s.keyspace("t").expect("ks").get("a").expect("get").as_deref(), Some(&b"b"[..]));
+        assert_eq!(
+            s.keyspace("t")
+                .expect("ks")
+                .get("a")
+                .expect("get")
+                .as_deref(),
+            Some(&b"b"[..])
+        );
     }
 }
