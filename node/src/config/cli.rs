@@ -97,15 +97,13 @@ pub(crate) fn command() -> clap::Command {
         .disable_version_flag(true)
         // Go's flag package lets the last occurrence of a flag win.
         .args_override_self(true);
-    KEYS.iter()
-        .fold(command, |cmd, key| cmd.arg(arg(key)))
-        .arg(
-            Arg::new("version")
-                .long("version")
-                .action(ArgAction::SetTrue)
-                .help("Print the version and exit.")
-                .help_heading("Member"),
-        )
+    KEYS.iter().fold(command, |cmd, key| cmd.arg(arg(key))).arg(
+        Arg::new("version")
+            .long("version")
+            .action(ArgAction::SetTrue)
+            .help("Print the version and exit.")
+            .help_heading("Member"),
+    )
 }
 
 fn arg(key: &'static keys::Key) -> Arg {
@@ -205,7 +203,10 @@ mod tests {
             (&["-name", "x"], &["--name", "x"]),
             (&["-name=x"], &["--name=x"]),
             (&["--name", "-name"], &["--name", "-name"]),
-            (&["-force-new-cluster", "-name", "y"], &["--force-new-cluster", "--name", "y"]),
+            (
+                &["-force-new-cluster", "-name", "y"],
+                &["--force-new-cluster", "--name", "y"],
+            ),
             (&["-h"], &["-h"]),
             (&["-version"], &["--version"]),
             (&["-bogus"], &["-bogus"]),
@@ -231,7 +232,8 @@ mod tests {
 
     #[test]
     fn bool_flags_follow_go() {
-        let flags = parse(os(&["--force-new-cluster", "--client-cert-auth=false"])).expect("parses");
+        let flags =
+            parse(os(&["--force-new-cluster", "--client-cert-auth=false"])).expect("parses");
         assert_eq!(flags.layer.get("force-new-cluster"), Some("true"));
         assert_eq!(flags.layer.get("client-cert-auth"), Some("false"));
         assert!(parse(os(&["--force-new-cluster", "false"])).is_err());

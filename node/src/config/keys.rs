@@ -324,7 +324,10 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), KEYS.len());
-        assert_eq!(env_var("initial-cluster-state"), "ETCD_INITIAL_CLUSTER_STATE");
+        assert_eq!(
+            env_var("initial-cluster-state"),
+            "ETCD_INITIAL_CLUSTER_STATE"
+        );
         assert!(find("data-dir").is_some());
         assert!(find("data_dir").is_none());
     }

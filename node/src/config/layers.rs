@@ -105,7 +105,10 @@ pub(crate) fn file(path: &Path) -> Result<Layer, ConfigError> {
     })?;
     let mut layer = Layer::new(FILE);
     // A file of only comments is a YAML null, not a mapping; treat it as setting nothing.
-    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Ok(layer);
     }
     let data = Yaml::string(&text)
@@ -271,7 +274,9 @@ impl Raw {
 /// `file` is the config file's path, to name it as the origin of the values it set.
 pub(crate) fn merge(layers: &[Layer], file: Option<&Path>) -> Result<Raw, ConfigError> {
     let figment = layers.iter().fold(Figment::new(), |f, l| f.merge(l));
-    let merged: BTreeMap<String, String> = figment.extract().map_err(ConfigError::Merge)?;
+    let merged: BTreeMap<String, String> = figment
+        .extract()
+        .map_err(|e| ConfigError::Merge(Box::new(e)))?;
     let entries = KEYS
         .iter()
         .map(|key| {

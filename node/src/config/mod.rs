@@ -190,7 +190,7 @@ pub enum ConfigError {
     #[error("{message} ({origins})")]
     Conflict { message: String, origins: String },
     #[error("merging configuration layers: {0}")]
-    Merge(figment::Error),
+    Merge(Box<figment::Error>),
 }
 
 /// `cairn <crate version> (etcd API 3.5.0)`.
@@ -242,7 +242,11 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
 
 /// The configuration for commands that read none: etcd's defaults.
 fn defaults_only(command: Command) -> Result<Loaded, ConfigError> {
-    finish(command, layers::merge(&[layers::defaults()], None)?, Vec::new())
+    finish(
+        command,
+        layers::merge(&[layers::defaults()], None)?,
+        Vec::new(),
+    )
 }
 
 fn finish(command: Command, mut raw: Raw, warnings: Vec<String>) -> Result<Loaded, ConfigError> {
@@ -255,7 +259,6 @@ fn finish(command: Command, mut raw: Raw, warnings: Vec<String>) -> Result<Loade
         warnings,
     })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -349,16 +352,36 @@ mod tests {
         let table = [
             ("name", c.name.clone(), "from-file", from_file.clone()),
             ("max-txn-ops", c.max_txn_ops.to_string(), "11", from_file),
-            ("snapshot-count", c.snapshot_count.to_string(), "2", env_var("ETCD_SNAPSHOT_COUNT")),
-            ("log-level", c.log_level.clone(), "error", flag("--log-level")),
+            (
+                "snapshot-count",
+                c.snapshot_count.to_string(),
+                "2",
+                env_var("ETCD_SNAPSHOT_COUNT"),
+            ),
+            (
+                "log-level",
+                c.log_level.clone(),
+                "error",
+                flag("--log-level"),
+            ),
             (
                 "initial-cluster-token",
                 c.initial_cluster_token.clone(),
                 "flag-token",
                 flag("--initial-cluster-token"),
             ),
-            ("max-request-bytes", c.max_request_bytes.to_string(), "1572864", Origin::Default),
-            ("config-file", path.to_owned(), path, env_var("ETCD_CONFIG_FILE")),
+            (
+                "max-request-bytes",
+                c.max_request_bytes.to_string(),
+                "1572864",
+                Origin::Default,
+            ),
+            (
+                "config-file",
+                path.to_owned(),
+                path,
+                env_var("ETCD_CONFIG_FILE"),
+            ),
         ];
         for (key, got, want, origin) in table {
             assert_eq!(got, want, "{key}");
@@ -366,7 +389,10 @@ mod tests {
         }
         // Defaults computed from the name follow the name's layer.
         assert_eq!(c.data_dir, PathBuf::from("from-file.etcd"));
-        assert_eq!(c.initial_cluster, vec![("from-file".into(), url("http://localhost:2380"))]);
+        assert_eq!(
+            c.initial_cluster,
+            vec![("from-file".into(), url("http://localhost:2380"))]
+        );
     }
 
     #[test]
@@ -391,13 +417,18 @@ mod tests {
     fn single_dash_flags_work_like_go() {
         let loaded = ok(
             &[
-                "-name", "n1",
+                "-name",
+                "n1",
                 "-data-dir=/var/lib/cairn",
-                "-listen-client-urls", "http://127.0.0.1:12379",
+                "-listen-client-urls",
+                "http://127.0.0.1:12379",
                 "-advertise-client-urls=http://127.0.0.1:12379",
-                "-initial-advertise-peer-urls", "http://127.0.0.1:12380",
-                "-listen-peer-urls", "http://127.0.0.1:12380",
-                "-initial-cluster", "n1=http://127.0.0.1:12380",
+                "-initial-advertise-peer-urls",
+                "http://127.0.0.1:12380",
+                "-listen-peer-urls",
+                "http://127.0.0.1:12380",
+                "-initial-cluster",
+                "n1=http://127.0.0.1:12380",
             ],
             &[],
         );
@@ -405,14 +436,20 @@ mod tests {
         assert_eq!(c.name, "n1");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/cairn"));
         assert_eq!(c.listen_client_urls, vec![url("http://127.0.0.1:12379")]);
-        assert_eq!(c.initial_cluster, vec![("n1".into(), url("http://127.0.0.1:12380"))]);
+        assert_eq!(
+            c.initial_cluster,
+            vec![("n1".into(), url("http://127.0.0.1:12380"))]
+        );
     }
 
     #[test]
     fn name_alone_derives_data_dir_and_initial_cluster() {
         let c = ok(&["--name", "solo"], &[]).config;
         assert_eq!(c.data_dir, PathBuf::from("solo.etcd"));
-        assert_eq!(c.initial_cluster, vec![("solo".into(), url("http://localhost:2380"))]);
+        assert_eq!(
+            c.initial_cluster,
+            vec![("solo".into(), url("http://localhost:2380"))]
+        );
     }
 
     #[test]
@@ -431,7 +468,9 @@ mod tests {
     fn bad_values_name_key_value_and_origin() {
         let file = yaml("advertise-client-urls: http://h\n");
         let path = file.path().to_str().expect("utf-8 temp path");
-        let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, String)> = vec![
+        /// Flags, environment, expected error.
+        type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+        let cases: Vec<Case> = vec![
             (
                 vec!["--listen-client-urls", "htp://x"],
                 vec![],
@@ -510,7 +549,11 @@ mod tests {
         for (args, want) in cases {
             assert_eq!(err(args, &[]), *want, "{args:?}");
         }
-        let c = ok(&["--heartbeat-interval", "200", "--election-timeout", "1000"], &[]).config;
+        let c = ok(
+            &["--heartbeat-interval", "200", "--election-timeout", "1000"],
+            &[],
+        )
+        .config;
         assert_eq!(c.heartbeat_interval, Duration::from_millis(200));
         assert_eq!(c.election_timeout, Duration::from_secs(1));
     }
@@ -523,14 +566,23 @@ mod tests {
             ("periodic", "1", AutoCompaction::Periodic(hour)),
             ("periodic", "72", AutoCompaction::Periodic(72 * hour)),
             ("periodic", "30m", AutoCompaction::Periodic(hour / 2)),
-            ("periodic", "5m30s", AutoCompaction::Periodic(Duration::from_secs(330))),
+            (
+                "periodic",
+                "5m30s",
+                AutoCompaction::Periodic(Duration::from_secs(330)),
+            ),
             ("periodic", "1h", AutoCompaction::Periodic(hour)),
             ("revision", "1000", AutoCompaction::Revision(1000)),
             ("revision", "0", AutoCompaction::Off),
         ];
         for (mode, retention, want) in cases {
             let c = ok(
-                &["--auto-compaction-mode", mode, "--auto-compaction-retention", retention],
+                &[
+                    "--auto-compaction-mode",
+                    mode,
+                    "--auto-compaction-retention",
+                    retention,
+                ],
                 &[],
             )
             .config;
@@ -542,8 +594,14 @@ mod tests {
              --auto-compaction-retention): error parsing CompactionRetention: time: unknown unit \
              \"x\" in duration \"5x\""
         );
-        assert!(err(&["--auto-compaction-mode=revision", "--auto-compaction-retention=1h"], &[])
-            .contains("non-negative number of revisions"));
+        assert!(err(
+            &[
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=1h"
+            ],
+            &[]
+        )
+        .contains("non-negative number of revisions"));
         assert!(err(&["--auto-compaction-mode=daily"], &[])
             .contains("unknown auto-compaction-mode \"daily\""));
     }
@@ -586,21 +644,38 @@ mod tests {
             format!("--cert-file: TLS is not supported yet (value \"/c.pem\" from file {path})")
         );
         // Their defaults, written out explicitly, are fine.
-        ok(&["--enable-v2=false", "--client-cert-auth=false", "--wal-dir="], &[]);
+        ok(
+            &[
+                "--enable-v2=false",
+                "--client-cert-auth=false",
+                "--wal-dir=",
+            ],
+            &[],
+        );
     }
 
     #[test]
     fn initial_cluster_must_hold_this_member_at_its_peer_urls() {
         assert_eq!(
-            err(&["--name", "n1", "--initial-cluster", "default=http://localhost:2380"], &[]),
+            err(
+                &[
+                    "--name",
+                    "n1",
+                    "--initial-cluster",
+                    "default=http://localhost:2380"
+                ],
+                &[]
+            ),
             "couldn't find local name \"n1\" in the initial cluster configuration (name from flag \
              --name, initial-cluster from flag --initial-cluster, initial-advertise-peer-urls from \
              default)"
         );
-        assert!(err(&["--initial-cluster", "default=http://127.0.0.1:2380"], &[]).starts_with(
-            "--initial-cluster has default=http://127.0.0.1:2380 but missing from \
+        assert!(
+            err(&["--initial-cluster", "default=http://127.0.0.1:2380"], &[]).starts_with(
+                "--initial-cluster has default=http://127.0.0.1:2380 but missing from \
              --initial-advertise-peer-urls=http://localhost:2380"
-        ));
+            )
+        );
     }
 
     #[test]
@@ -611,8 +686,12 @@ mod tests {
              (listen-client-urls from flag --listen-client-urls)"
         );
         let c = ok(
-            &["--listen-client-urls", "http://127.0.0.1:2379,http://0.0.0.0:2379",
-              "--advertise-client-urls", "http://10.0.0.1:2379"],
+            &[
+                "--listen-client-urls",
+                "http://127.0.0.1:2379,http://0.0.0.0:2379",
+                "--advertise-client-urls",
+                "http://10.0.0.1:2379",
+            ],
             &[],
         )
         .config;
@@ -648,7 +727,10 @@ mod tests {
             "force-new-cluster = false  # default",
             "config-file = \"\"  # default",
         ] {
-            assert!(shown.lines().any(|l| l == line), "missing {line:?} in\n{shown}");
+            assert!(
+                shown.lines().any(|l| l == line),
+                "missing {line:?} in\n{shown}"
+            );
         }
     }
 
@@ -675,7 +757,10 @@ mod tests {
         assert_eq!(c.name, "cairn-1");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/cairn"));
         assert_eq!(c.initial_cluster.len(), 1);
-        assert_eq!(c.auto_compaction, AutoCompaction::Periodic(Duration::from_secs(3600)));
+        assert_eq!(
+            c.auto_compaction,
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
         assert_eq!(loaded.origin("name"), Some(&Origin::File(path.into())));
     }
 }

@@ -129,7 +129,10 @@ fn reject_unsupported(raw: &Raw) -> Result<(), ConfigError> {
         ("auto-tls", TLS),
         ("peer-client-cert-auth", TLS),
         ("peer-auto-tls", TLS),
-        ("force-new-cluster", "force-new-cluster is not supported yet"),
+        (
+            "force-new-cluster",
+            "force-new-cluster is not supported yet",
+        ),
         ("enable-v2", "the v2 API is not supported"),
     ];
     for (key, what) in bool_features {
@@ -275,13 +278,9 @@ fn check_local_member(
 ) -> Result<(), ConfigError> {
     let conflict = |message: String| ConfigError::Conflict {
         message,
-        origins: [
-            "name",
-            "initial-cluster",
-            "initial-advertise-peer-urls",
-        ]
-        .map(|k| raw.get(k).provenance())
-        .join(", "),
+        origins: ["name", "initial-cluster", "initial-advertise-peer-urls"]
+            .map(|k| raw.get(k).provenance())
+            .join(", "),
     };
     let mine: BTreeSet<&str> = cluster
         .iter()
