@@ -1,0 +1,377 @@
+//! The four raw layers (etcd defaults, the YAML file, `ETCD_*` variables, flags) and their
+//! figment merge. Every value here is still the raw string the user wrote; turning strings
+//! into typed values is `validate`'s job. This module never reads the process environment:
+//! the caller hands it the variables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Yaml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+use super::keys::{self, Key, Kind, CONFIG_FILE, KEYS};
+use super::{ConfigError, Origin};
+
+/// Layer names, carried through figment's metadata so `merge` can tell which layer won.
+const DEFAULT: &str = "default";
+const FILE: &str = "file";
+const ENV: &str = "env";
+const FLAG: &str = "flag";
+
+/// One layer: the raw string it sets for each key it mentions.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    name: &'static str,
+    values: BTreeMap<String, String>,
+}
+
+impl Layer {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            values: BTreeMap::new(),
+        }
+    }
+
+    /// The flag layer, from the flags clap saw on the command line.
+    pub(crate) fn flags(values: BTreeMap<String, String>) -> Self {
+        Self { name: FLAG, values }
+    }
+
+    /// The raw value this layer sets for `key`, if any.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict = self
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// etcd 3.5's defaults for every key.
+pub(crate) fn defaults() -> Layer {
+    let mut layer = Layer::new(DEFAULT);
+    for key in KEYS {
+        layer.values.insert(key.name.into(), key.default.into());
+    }
+    layer
+}
+
+/// The `ETCD_*` variables among `env`. Like etcd, a variable that names no key is reported
+/// as a warning rather than refused, since the same environment often carries variables
+/// for other etcd versions or tools.
+pub(crate) fn env(env: &[(String, String)], warnings: &mut Vec<String>) -> Layer {
+    let mut layer = Layer::new(ENV);
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("ETCD_") else {
+            continue;
+        };
+        let name = rest.to_lowercase().replace('_', "-");
+        match keys::find(&name) {
+            Some(key) if keys::env_var(key.name) == *var => {
+                layer.values.insert(name, value.clone());
+            }
+            _ => warnings.push(format!("unrecognized environment variable {var}={value}")),
+        }
+    }
+    layer
+}
+
+/// The file layer when no `--config-file` is given.
+pub(crate) fn no_file() -> Layer {
+    Layer::new(FILE)
+}
+
+/// The YAML file at `path`, with etcd's key names. Unknown keys are refused (etcd itself
+/// ignores them, which hides typos). etcd nests TLS settings under
+/// `client-transport-security:` / `peer-transport-security:`; they are flattened to the
+/// flag names (`cert-file`, `peer-cert-file`, ...) so every layer speaks the same keys.
+pub(crate) fn file(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut layer = Layer::new(FILE);
+    // A file of only comments is a YAML null, not a mapping; treat it as setting nothing.
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Ok(layer);
+    }
+    let data = Yaml::string(&text)
+        .data()
+        .map_err(|e| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    let dict = data.into_values().next().unwrap_or_default();
+    let mut flat = FileValues {
+        path,
+        values: &mut layer.values,
+    };
+    for (name, value) in dict {
+        match transport_prefix(&name) {
+            Some(prefix) => flat.insert_transport(&name, prefix, value)?,
+            None if name != CONFIG_FILE && keys::find(&name).is_some() => {
+                flat.insert(&name, name.clone(), &value)?
+            }
+            None => return Err(flat.unknown(name)),
+        }
+    }
+    Ok(layer)
+}
+
+/// The flag-name prefix for etcd's nested TLS sections.
+fn transport_prefix(name: &str) -> Option<&'static str> {
+    match name {
+        "client-transport-security" => Some(""),
+        "peer-transport-security" => Some("peer-"),
+        _ => None,
+    }
+}
+
+/// The file's values as they are flattened into flag names.
+struct FileValues<'a> {
+    path: &'a Path,
+    values: &'a mut BTreeMap<String, String>,
+}
+
+impl FileValues<'_> {
+    fn insert_transport(
+        &mut self,
+        section: &str,
+        prefix: &str,
+        value: Value,
+    ) -> Result<(), ConfigError> {
+        let inner = match value {
+            Value::Dict(_, inner) => inner,
+            Value::Empty(..) => return Ok(()),
+            _ => return Err(self.bad_value(section, "expected a mapping")),
+        };
+        for (sub, value) in inner {
+            let written = format!("{section}.{sub}");
+            match sub.as_str() {
+                "cert-file" | "key-file" | "client-cert-auth" | "trusted-ca-file" | "auto-tls" => {
+                    self.insert(&written, format!("{prefix}{sub}"), &value)?
+                }
+                _ => return Err(self.unknown(written)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `value` under `key`; `written` is the key as the file spells it, for errors.
+    /// A YAML null (`wal-dir:` with nothing after it, as in etcd's sample file) sets nothing.
+    fn insert(&mut self, written: &str, key: String, value: &Value) -> Result<(), ConfigError> {
+        if let Some(text) = scalar(value).map_err(|reason| self.bad_value(written, reason))? {
+            self.values.insert(key, text);
+        }
+        Ok(())
+    }
+
+    fn unknown(&self, key: String) -> ConfigError {
+        ConfigError::UnknownKey {
+            key,
+            path: self.path.to_owned(),
+        }
+    }
+
+    fn bad_value(&self, key: &str, reason: &str) -> ConfigError {
+        ConfigError::BadFileValue {
+            key: key.to_owned(),
+            path: self.path.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// A YAML scalar as the string a flag would have carried. A list of scalars is joined with
+/// commas, the separator etcd's URL lists use.
+fn scalar(value: &Value) -> Result<Option<String>, &'static str> {
+    Ok(Some(match value {
+        Value::String(_, s) => s.clone(),
+        Value::Char(_, c) => c.to_string(),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(..) => number(value).ok_or("unsupported number")?,
+        Value::Empty(..) => return Ok(None),
+        Value::Array(_, items) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                match scalar(item)? {
+                    Some(part) => parts.push(part),
+                    None => return Err("a list may not contain empty items"),
+                }
+            }
+            parts.join(",")
+        }
+        Value::Dict(..) => return Err("expected a single value, found a mapping"),
+    }))
+}
+
+fn number(value: &Value) -> Option<String> {
+    value
+        .to_u128()
+        .map(|n| n.to_string())
+        .or_else(|| value.to_i128().map(|n| n.to_string()))
+        .or_else(|| value.to_f64().map(|n| n.to_string()))
+}
+
+/// One key's winning raw value and the layer it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub key: &'static Key,
+    pub value: String,
+    pub origin: Origin,
+}
+
+impl Entry {
+    /// The value as `config show` prints it: text quoted, numbers and booleans bare.
+    pub(crate) fn display_value(&self) -> String {
+        match self.key.kind {
+            Kind::Text => format!("{:?}", self.value),
+            Kind::Uint | Kind::Bool => self.value.clone(),
+        }
+    }
+}
+
+/// The merged raw configuration, one entry per key in `KEYS` order.
+#[derive(Debug, Clone)]
+pub(crate) struct Raw {
+    pub entries: Vec<Entry>,
+}
+
+impl Raw {
+    /// The entry for `name`.
+    pub(crate) fn get(&self, name: &str) -> &Entry {
+        self.entries
+            .iter()
+            .find(|e| e.key.name == name)
+            .expect("every key validate() reads is in KEYS, and merge() keeps them all")
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> &mut Entry {
+        self.entries
+            .iter_mut()
+            .find(|e| e.key.name == name)
+            .expect("every key validate() reads is in KEYS, and merge() keeps them all")
+    }
+}
+
+/// Merges `layers`, lowest first, and records for each key which layer set its value.
+/// `file` is the config file's path, to name it as the origin of the values it set.
+pub(crate) fn merge(layers: &[Layer], file: Option<&Path>) -> Result<Raw, ConfigError> {
+    let figment = layers.iter().fold(Figment::new(), |f, l| f.merge(l));
+    let merged: BTreeMap<String, String> = figment
+        .extract()
+        .map_err(|e| ConfigError::Merge(Box::new(e)))?;
+    let entries = KEYS
+        .iter()
+        .map(|key| {
+            let layer = figment.find_metadata(key.name).map(|m| m.name.as_ref());
+            let origin = match layer {
+                Some(FILE) => Origin::File(file.map(PathBuf::from).unwrap_or_default()),
+                Some(ENV) => Origin::Env(keys::env_var(key.name)),
+                Some(FLAG) => Origin::Flag(format!("--{}", key.name)),
+                _ => Origin::Default,
+            };
+            Entry {
+                key,
+                value: merged.get(key.name).cloned().unwrap_or_default(),
+                origin,
+            }
+        })
+        .collect();
+    Ok(Raw { entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), text).expect("write temp file");
+        file
+    }
+
+    #[test]
+    fn file_flattens_transport_security_and_scalars() {
+        let f = write(
+            "name: n1\nsnapshot-count: 5000\nforce-new-cluster: false\nwal-dir:\n\
+             listen-client-urls: [http://127.0.0.1:1, http://127.0.0.1:2]\n\
+             peer-transport-security:\n  cert-file: /p.pem\n  client-cert-auth: true\n",
+        );
+        let layer = file(f.path()).expect("file loads");
+        assert_eq!(layer.get("name"), Some("n1"));
+        assert_eq!(layer.get("snapshot-count"), Some("5000"));
+        assert_eq!(layer.get("force-new-cluster"), Some("false"));
+        assert_eq!(layer.get("wal-dir"), None);
+        assert_eq!(
+            layer.get("listen-client-urls"),
+            Some("http://127.0.0.1:1,http://127.0.0.1:2")
+        );
+        assert_eq!(layer.get("peer-cert-file"), Some("/p.pem"));
+        assert_eq!(layer.get("peer-client-cert-auth"), Some("true"));
+    }
+
+    #[test]
+    fn file_refuses_unknown_keys_by_name() {
+        for (text, key) in [
+            ("name: a\nnmae: b\n", "nmae"),
+            ("config-file: /x.yaml\n", "config-file"),
+            (
+                "client-transport-security:\n  crl-file: /c\n",
+                "client-transport-security.crl-file",
+            ),
+        ] {
+            let f = write(text);
+            match file(f.path()) {
+                Err(ConfigError::UnknownKey { key: k, path }) => {
+                    assert_eq!(k, key);
+                    assert_eq!(path, f.path());
+                }
+                other => panic!("{text:?}: expected UnknownKey, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn file_of_only_comments_sets_nothing() {
+        let f = write("# nothing here\n\n");
+        assert!(file(f.path()).expect("loads").values.is_empty());
+    }
+
+    #[test]
+    fn env_takes_only_exact_etcd_names() {
+        let mut warnings = Vec::new();
+        let vars = [
+            ("ETCD_NAME", "n"),
+            ("ETCD_INITIAL_CLUSTER_STATE", "new"),
+            ("ETCD_NOT_A_FLAG", "x"),
+            ("ETCDCTL_API", "3"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let layer = env(&vars, &mut warnings);
+        assert_eq!(layer.get("name"), Some("n"));
+        assert_eq!(layer.get("initial-cluster-state"), Some("new"));
+        assert_eq!(layer.values.len(), 2);
+        assert_eq!(
+            warnings,
+            ["unrecognized environment variable ETCD_NOT_A_FLAG=x"]
+        );
+    }
+}

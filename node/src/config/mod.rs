@@ -1,0 +1,766 @@
+//! Cairn's configuration, configured exactly like etcd 3.5: the same keys with the same
+//! defaults, set (lowest precedence first) by etcd's defaults, the YAML file named by
+//! `--config-file` (etcd's key names), `ETCD_*` environment variables (flag name upper-cased,
+//! `-` -> `_`) and command-line flags (`--name x`, `--name=x`, or Go-style `-name x`).
+//!
+//! Loading is two steps: `layers` merges raw strings with figment, keeping each value's
+//! origin, then `validate` turns them into a typed [`Config`], refusing with the key, the
+//! value and its origin. [`load`] is the only function in cairn that reads the process
+//! arguments and environment; everything after start-up takes a `Config`.
+//!
+//! Deliberate differences from etcd:
+//! - With `--config-file`, etcd ignores all other flags and environment variables; cairn
+//!   layers them over the file instead, so one flag can override one file key.
+//! - Unknown keys in the YAML file are errors (etcd silently ignores them).
+//! - Features cairn does not implement yet (TLS, https URLs, multi-member
+//!   `initial-cluster`, `initial-cluster-state=existing`, `force-new-cluster`, `wal-dir`,
+//!   `discovery`, `enable-v2=true`) are refused rather than ignored.
+//! - `initial-cluster` URLs are compared to `initial-advertise-peer-urls` as written; etcd
+//!   also resolves host names.
+
+mod cli;
+mod keys;
+mod layers;
+mod validate;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keys::CONFIG_FILE;
+use layers::{Entry, Raw};
+
+/// The typed, validated configuration the server runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<url::Url>,
+    pub advertise_client_urls: Vec<url::Url>,
+    pub listen_peer_urls: Vec<url::Url>,
+    pub initial_advertise_peer_urls: Vec<url::Url>,
+    /// Empty unless `--listen-metrics-urls` is set (metrics are then also on client URLs).
+    pub listen_metrics_urls: Vec<url::Url>,
+    /// `(member name, peer URL)` pairs; a name appears once per URL.
+    pub initial_cluster: Vec<(String, url::Url)>,
+    pub initial_cluster_token: String,
+    pub initial_cluster_state: ClusterState,
+    pub snapshot_count: u64,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    pub auto_compaction: AutoCompaction,
+    pub max_request_bytes: u64,
+    pub max_txn_ops: u64,
+    /// The effective quota: a configured 0 is already replaced by etcd's 2 GiB default.
+    pub quota_backend_bytes: u64,
+    /// One of `debug`, `info`, `warn`, `error`, `panic`, `fatal`.
+    pub log_level: String,
+}
+
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// `--auto-compaction-mode` and `--auto-compaction-retention` together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Retention 0: never compact automatically.
+    Off,
+    /// Keep this much history.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+/// What the command line asked cairn to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `cairn [flags]`.
+    Serve,
+    /// `cairn config show [flags]`: print [`Loaded::show`].
+    ConfigShow,
+    /// `cairn bench ...`: the arguments after `bench` (no program name), for the bench
+    /// module to parse itself.
+    Bench(Vec<OsString>),
+    /// `cairn version` or `cairn --version`: print [`version`].
+    Version,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// etcd's default.
+    Default,
+    /// The `--config-file` at this path.
+    File(PathBuf),
+    /// This environment variable.
+    Env(String),
+    /// This flag, spelled `--name`.
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File(path) => write!(f, "file {}", path.display()),
+            Origin::Env(var) => write!(f, "env {var}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// The loaded configuration and the command to run with it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub command: Command,
+    /// For `Bench` and `Version`, which read no configuration, this is etcd's defaults.
+    pub config: Config,
+    sources: Vec<Entry>,
+    warnings: Vec<String>,
+}
+
+impl Loaded {
+    /// `cairn config show`: every key's effective value and origin, one per line, e.g.
+    /// `name = "default"  # default` or `snapshot-count = 5000  # env ETCD_SNAPSHOT_COUNT`.
+    pub fn show(&self) -> String {
+        self.sources
+            .iter()
+            .map(|e| format!("{} = {}  # {}\n", e.key.name, e.display_value(), e.origin))
+            .collect()
+    }
+
+    /// Where the value of `key` (an etcd flag name) came from.
+    pub fn origin(&self, key: &str) -> Option<&Origin> {
+        self.sources
+            .iter()
+            .find(|e| e.key.name == key)
+            .map(|e| &e.origin)
+    }
+
+    /// Things worth logging once logging is set up, e.g. unrecognized `ETCD_*` variables.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad flags, or `--help`: `main` should call `exit()` on it, which prints help to
+    /// stdout and exits 0, or prints the error and exits 2.
+    #[error("{0}")]
+    Cli(clap::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse config file {}: {message}", path.display())]
+    ParseFile { path: PathBuf, message: String },
+    #[error("unknown key {key:?} in config file {}", path.display())]
+    UnknownKey { key: String, path: PathBuf },
+    #[error("invalid value for {key} in config file {}: {reason}", path.display())]
+    BadFileValue {
+        key: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("invalid value {value:?} for {key} (from {origin}): {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+        reason: String,
+    },
+    #[error("--{key}: {what} (value {value:?} from {origin})")]
+    Unsupported {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+        what: &'static str,
+    },
+    /// A check across several keys; `origins` says where each came from.
+    #[error("{message} ({origins})")]
+    Conflict { message: String, origins: String },
+    #[error("merging configuration layers: {0}")]
+    Merge(Box<figment::Error>),
+}
+
+/// `cairn <crate version> (etcd API 3.5.0)`.
+pub fn version() -> String {
+    format!("cairn {} (etcd API 3.5.0)", env!("CARGO_PKG_VERSION"))
+}
+
+/// Loads the configuration from this process's arguments and environment.
+pub fn load() -> Result<Loaded, ConfigError> {
+    // Variables that are not UTF-8 cannot be etcd settings; `vars()` would panic on them.
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    load_from(std::env::args_os().collect(), env)
+}
+
+/// Loads the configuration from `args` (including the program name, as `args_os` gives
+/// it) and `env`.
+pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Loaded, ConfigError> {
+    let args = args.into_iter().skip(1).collect();
+    let (command, flag_args) = match cli::split(args)? {
+        cli::Invocation::Bench(rest) => return defaults_only(Command::Bench(rest)),
+        cli::Invocation::Version => return defaults_only(Command::Version),
+        cli::Invocation::Serve(flags) => (Command::Serve, flags),
+        cli::Invocation::ConfigShow(flags) => (Command::ConfigShow, flags),
+    };
+    let flags = cli::parse(flag_args)?;
+    if flags.version {
+        return defaults_only(Command::Version);
+    }
+    let mut warnings = Vec::new();
+    let env = layers::env(&env, &mut warnings);
+    let file_path = flags
+        .layer
+        .get(CONFIG_FILE)
+        .or_else(|| env.get(CONFIG_FILE))
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let file = match &file_path {
+        Some(path) => layers::file(path)?,
+        None => layers::no_file(),
+    };
+    let raw = layers::merge(
+        &[layers::defaults(), file, env, flags.layer],
+        file_path.as_deref(),
+    )?;
+    finish(command, raw, warnings)
+}
+
+/// The configuration for commands that read none: etcd's defaults.
+fn defaults_only(command: Command) -> Result<Loaded, ConfigError> {
+    finish(
+        command,
+        layers::merge(&[layers::defaults()], None)?,
+        Vec::new(),
+    )
+}
+
+fn finish(command: Command, mut raw: Raw, warnings: Vec<String>) -> Result<Loaded, ConfigError> {
+    validate::fill_derived(&mut raw);
+    let config = validate::validate(&raw)?;
+    Ok(Loaded {
+        command,
+        config,
+        sources: raw.entries,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let args = std::iter::once("cairn")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load_from(args, env)
+    }
+
+    fn ok(args: &[&str], env: &[(&str, &str)]) -> Loaded {
+        run(args, env).unwrap_or_else(|e| panic!("{args:?} {env:?}: {e}"))
+    }
+
+    fn err(args: &[&str], env: &[(&str, &str)]) -> String {
+        match run(args, env) {
+            Ok(_) => panic!("{args:?} {env:?} should be refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn yaml(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), text).expect("write temp file");
+        file
+    }
+
+    fn url(text: &str) -> url::Url {
+        url::Url::parse(text).expect("test URL parses")
+    }
+
+    #[test]
+    fn defaults_equal_etcds() {
+        let loaded = ok(&[], &[]);
+        assert_eq!(loaded.command, Command::Serve);
+        assert_eq!(
+            loaded.config,
+            Config {
+                name: "default".into(),
+                data_dir: "default.etcd".into(),
+                listen_client_urls: vec![url("http://localhost:2379")],
+                advertise_client_urls: vec![url("http://localhost:2379")],
+                listen_peer_urls: vec![url("http://localhost:2380")],
+                initial_advertise_peer_urls: vec![url("http://localhost:2380")],
+                listen_metrics_urls: vec![],
+                initial_cluster: vec![("default".into(), url("http://localhost:2380"))],
+                initial_cluster_token: "etcd-cluster".into(),
+                initial_cluster_state: ClusterState::New,
+                snapshot_count: 100_000,
+                heartbeat_interval: Duration::from_millis(100),
+                election_timeout: Duration::from_millis(1000),
+                auto_compaction: AutoCompaction::Off,
+                max_request_bytes: 1_572_864,
+                max_txn_ops: 128,
+                quota_backend_bytes: 2 * 1024 * 1024 * 1024,
+                log_level: "info".into(),
+            }
+        );
+        assert!(keys::KEYS
+            .iter()
+            .all(|k| loaded.origin(k.name) == Some(&Origin::Default)));
+        assert!(loaded.warnings().is_empty());
+    }
+
+    #[test]
+    fn precedence_is_default_file_env_flag() {
+        let file = yaml(
+            "name: from-file\nsnapshot-count: 1\nlog-level: debug\n\
+             initial-cluster-token: file-token\nmax-txn-ops: 11\n",
+        );
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let env = [
+            ("ETCD_CONFIG_FILE", path),
+            ("ETCD_SNAPSHOT_COUNT", "2"),
+            ("ETCD_LOG_LEVEL", "warn"),
+            ("ETCD_INITIAL_CLUSTER_TOKEN", "env-token"),
+        ];
+        let args = ["--log-level", "error", "--initial-cluster-token=flag-token"];
+        let loaded = ok(&args, &env);
+        let c = &loaded.config;
+        let from_file = Origin::File(file.path().to_owned());
+        let flag = |f: &str| Origin::Flag(f.into());
+        let env_var = |v: &str| Origin::Env(v.into());
+        let table = [
+            ("name", c.name.clone(), "from-file", from_file.clone()),
+            ("max-txn-ops", c.max_txn_ops.to_string(), "11", from_file),
+            (
+                "snapshot-count",
+                c.snapshot_count.to_string(),
+                "2",
+                env_var("ETCD_SNAPSHOT_COUNT"),
+            ),
+            (
+                "log-level",
+                c.log_level.clone(),
+                "error",
+                flag("--log-level"),
+            ),
+            (
+                "initial-cluster-token",
+                c.initial_cluster_token.clone(),
+                "flag-token",
+                flag("--initial-cluster-token"),
+            ),
+            (
+                "max-request-bytes",
+                c.max_request_bytes.to_string(),
+                "1572864",
+                Origin::Default,
+            ),
+            (
+                "config-file",
+                path.to_owned(),
+                path,
+                env_var("ETCD_CONFIG_FILE"),
+            ),
+        ];
+        for (key, got, want, origin) in table {
+            assert_eq!(got, want, "{key}");
+            assert_eq!(loaded.origin(key), Some(&origin), "{key}");
+        }
+        // Defaults computed from the name follow the name's layer.
+        assert_eq!(c.data_dir, PathBuf::from("from-file.etcd"));
+        assert_eq!(
+            c.initial_cluster,
+            vec![("from-file".into(), url("http://localhost:2380"))]
+        );
+    }
+
+    #[test]
+    fn config_file_flag_beats_env_and_flags_beat_file() {
+        let file = yaml("name: f\ninitial-cluster-state: new\n");
+        let other = yaml("name: other\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let other_path = other.path().to_str().expect("utf-8 temp path");
+        let loaded = ok(
+            &["-config-file", path, "-name=flagged"],
+            &[("ETCD_CONFIG_FILE", other_path)],
+        );
+        assert_eq!(loaded.config.name, "flagged");
+        assert_eq!(loaded.origin("name"), Some(&Origin::Flag("--name".into())));
+        assert_eq!(
+            loaded.origin("initial-cluster-state"),
+            Some(&Origin::File(file.path().to_owned()))
+        );
+    }
+
+    #[test]
+    fn single_dash_flags_work_like_go() {
+        let loaded = ok(
+            &[
+                "-name",
+                "n1",
+                "-data-dir=/var/lib/cairn",
+                "-listen-client-urls",
+                "http://127.0.0.1:12379",
+                "-advertise-client-urls=http://127.0.0.1:12379",
+                "-initial-advertise-peer-urls",
+                "http://127.0.0.1:12380",
+                "-listen-peer-urls",
+                "http://127.0.0.1:12380",
+                "-initial-cluster",
+                "n1=http://127.0.0.1:12380",
+            ],
+            &[],
+        );
+        let c = &loaded.config;
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/cairn"));
+        assert_eq!(c.listen_client_urls, vec![url("http://127.0.0.1:12379")]);
+        assert_eq!(
+            c.initial_cluster,
+            vec![("n1".into(), url("http://127.0.0.1:12380"))]
+        );
+    }
+
+    #[test]
+    fn name_alone_derives_data_dir_and_initial_cluster() {
+        let c = ok(&["--name", "solo"], &[]).config;
+        assert_eq!(c.data_dir, PathBuf::from("solo.etcd"));
+        assert_eq!(
+            c.initial_cluster,
+            vec![("solo".into(), url("http://localhost:2380"))]
+        );
+    }
+
+    #[test]
+    fn unknown_yaml_key_is_named() {
+        let file = yaml("name: a\nsnapshot-cuont: 5\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        assert_eq!(
+            err(&["--config-file", path], &[]),
+            format!("unknown key \"snapshot-cuont\" in config file {path}")
+        );
+        assert!(err(&["--config-file", "/nonexistent/cairn.yaml"], &[])
+            .starts_with("cannot read config file /nonexistent/cairn.yaml"));
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_origin() {
+        let file = yaml("advertise-client-urls: http://h\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        /// Flags, environment, expected error.
+        type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+        let cases: Vec<Case> = vec![
+            (
+                vec!["--listen-client-urls", "htp://x"],
+                vec![],
+                "invalid value \"htp://x\" for listen-client-urls (from flag --listen-client-urls): \
+                 URL scheme must be http or https".into(),
+            ),
+            (
+                vec![],
+                vec![("ETCD_LISTEN_PEER_URLS", "http://example.com:2380")],
+                "invalid value \"http://example.com:2380\" for listen-peer-urls (from env \
+                 ETCD_LISTEN_PEER_URLS): expected IP in URL for binding (http://example.com:2380)"
+                    .into(),
+            ),
+            (
+                vec!["--config-file", path],
+                vec![],
+                format!(
+                    "invalid value \"http://h\" for advertise-client-urls (from file {path}): URL \
+                     address does not have the form \"host:port\": http://h"
+                ),
+            ),
+            (
+                vec!["--listen-metrics-urls", "http://127.0.0.1:2381/metrics"],
+                vec![],
+                "invalid value \"http://127.0.0.1:2381/metrics\" for listen-metrics-urls (from flag \
+                 --listen-metrics-urls): URL must not contain a path: http://127.0.0.1:2381/metrics"
+                    .into(),
+            ),
+            (
+                vec![],
+                vec![("ETCD_SNAPSHOT_COUNT", "lots")],
+                "invalid value \"lots\" for snapshot-count (from env ETCD_SNAPSHOT_COUNT): must be a \
+                 non-negative integer"
+                    .into(),
+            ),
+            (
+                vec!["--initial-cluster-state", "old"],
+                vec![],
+                "invalid value \"old\" for initial-cluster-state (from flag --initial-cluster-state): \
+                 must be one of new, existing"
+                    .into(),
+            ),
+            (
+                vec!["--log-level=loud"],
+                vec![],
+                "invalid value \"loud\" for log-level (from flag --log-level): must be one of debug, \
+                 info, warn, error, panic, fatal"
+                    .into(),
+            ),
+        ];
+        for (args, env, want) in cases {
+            assert_eq!(err(&args, &env), want, "{args:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_and_election_follow_etcd() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--heartbeat-interval", "300"],
+                "--election-timeout[1000ms] should be at least as 5 times as \
+                 --heartbeat-interval[300ms] (election-timeout from default, heartbeat-interval \
+                 from flag --heartbeat-interval)",
+            ),
+            (
+                &["--heartbeat-interval=0"],
+                "invalid value \"0\" for heartbeat-interval (from flag --heartbeat-interval): \
+                 --heartbeat-interval must be >0 (set to 0ms)",
+            ),
+            (
+                &["--election-timeout", "60000"],
+                "invalid value \"60000\" for election-timeout (from flag --election-timeout): \
+                 --election-timeout[60000ms] is too long, and should be set less than 50000ms",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(err(args, &[]), *want, "{args:?}");
+        }
+        let c = ok(
+            &["--heartbeat-interval", "200", "--election-timeout", "1000"],
+            &[],
+        )
+        .config;
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.election_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn auto_compaction_retention() {
+        let hour = Duration::from_secs(3600);
+        let cases: &[(&str, &str, AutoCompaction)] = &[
+            ("periodic", "0", AutoCompaction::Off),
+            ("periodic", "1", AutoCompaction::Periodic(hour)),
+            ("periodic", "72", AutoCompaction::Periodic(72 * hour)),
+            ("periodic", "30m", AutoCompaction::Periodic(hour / 2)),
+            (
+                "periodic",
+                "5m30s",
+                AutoCompaction::Periodic(Duration::from_secs(330)),
+            ),
+            ("periodic", "1h", AutoCompaction::Periodic(hour)),
+            ("revision", "1000", AutoCompaction::Revision(1000)),
+            ("revision", "0", AutoCompaction::Off),
+        ];
+        for (mode, retention, want) in cases {
+            let c = ok(
+                &[
+                    "--auto-compaction-mode",
+                    mode,
+                    "--auto-compaction-retention",
+                    retention,
+                ],
+                &[],
+            )
+            .config;
+            assert_eq!(c.auto_compaction, *want, "{mode} {retention}");
+        }
+        assert_eq!(
+            err(&["--auto-compaction-retention", "5x"], &[]),
+            "invalid value \"5x\" for auto-compaction-retention (from flag \
+             --auto-compaction-retention): error parsing CompactionRetention: time: unknown unit \
+             \"x\" in duration \"5x\""
+        );
+        assert!(err(
+            &[
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=1h"
+            ],
+            &[]
+        )
+        .contains("non-negative number of revisions"));
+        assert!(err(&["--auto-compaction-mode=daily"], &[])
+            .contains("unknown auto-compaction-mode \"daily\""));
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_not_ignored() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--cert-file", "/c.pem"], "--cert-file: TLS is not supported yet (value \"/c.pem\" from flag --cert-file)"),
+            (&["--key-file=/k.pem"], "--key-file: TLS is not supported yet"),
+            (&["--trusted-ca-file=/ca.pem"], "--trusted-ca-file: TLS is not supported yet"),
+            (&["--client-cert-auth"], "--client-cert-auth: TLS is not supported yet (value \"true\" from flag --client-cert-auth)"),
+            (&["--auto-tls"], "--auto-tls: TLS is not supported yet"),
+            (&["--peer-cert-file=/p"], "--peer-cert-file: TLS is not supported yet"),
+            (&["--peer-key-file=/p"], "--peer-key-file: TLS is not supported yet"),
+            (&["--peer-trusted-ca-file=/p"], "--peer-trusted-ca-file: TLS is not supported yet"),
+            (&["--peer-client-cert-auth=true"], "--peer-client-cert-auth: TLS is not supported yet"),
+            (&["--peer-auto-tls"], "--peer-auto-tls: TLS is not supported yet"),
+            (
+                &["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
+                "--listen-client-urls: https URLs (TLS) are not supported yet",
+            ),
+            (
+                &["--initial-cluster", "default=http://localhost:2380,b=http://10.0.0.2:2380"],
+                "--initial-cluster: a cluster of more than one member is not supported yet",
+            ),
+            (&["--initial-cluster-state", "existing"], "--initial-cluster-state: joining an existing cluster"),
+            (&["--force-new-cluster"], "--force-new-cluster: force-new-cluster is not supported yet"),
+            (&["--wal-dir", "/wal"], "--wal-dir: a separate WAL directory is not supported yet"),
+            (&["--discovery", "https://discovery.etcd.io/x"], "--discovery: discovery is not supported"),
+            (&["--enable-v2"], "--enable-v2: the v2 API is not supported"),
+        ];
+        for (args, want) in cases {
+            let got = err(args, &[]);
+            assert!(got.starts_with(want), "{args:?}: {got}");
+        }
+        let file = yaml("client-transport-security:\n  cert-file: /c.pem\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        assert_eq!(
+            err(&["--config-file", path], &[]),
+            format!("--cert-file: TLS is not supported yet (value \"/c.pem\" from file {path})")
+        );
+        // Their defaults, written out explicitly, are fine.
+        ok(
+            &[
+                "--enable-v2=false",
+                "--client-cert-auth=false",
+                "--wal-dir=",
+            ],
+            &[],
+        );
+    }
+
+    #[test]
+    fn initial_cluster_must_hold_this_member_at_its_peer_urls() {
+        assert_eq!(
+            err(
+                &[
+                    "--name",
+                    "n1",
+                    "--initial-cluster",
+                    "default=http://localhost:2380"
+                ],
+                &[]
+            ),
+            "couldn't find local name \"n1\" in the initial cluster configuration (name from flag \
+             --name, initial-cluster from flag --initial-cluster, initial-advertise-peer-urls from \
+             default)"
+        );
+        assert!(
+            err(&["--initial-cluster", "default=http://127.0.0.1:2380"], &[]).starts_with(
+                "--initial-cluster has default=http://127.0.0.1:2380 but missing from \
+             --initial-advertise-peer-urls=http://localhost:2380"
+            )
+        );
+    }
+
+    #[test]
+    fn explicit_listen_client_urls_need_advertise_client_urls() {
+        assert_eq!(
+            err(&["--listen-client-urls", "http://127.0.0.1:2379"], &[]),
+            "--advertise-client-urls is required when --listen-client-urls is set explicitly \
+             (listen-client-urls from flag --listen-client-urls)"
+        );
+        let c = ok(
+            &[
+                "--listen-client-urls",
+                "http://127.0.0.1:2379,http://0.0.0.0:2379",
+                "--advertise-client-urls",
+                "http://10.0.0.1:2379",
+            ],
+            &[],
+        )
+        .config;
+        assert_eq!(
+            c.listen_client_urls,
+            vec![url("http://0.0.0.0:2379"), url("http://127.0.0.1:2379")]
+        );
+    }
+
+    #[test]
+    fn quota_zero_means_two_gib() {
+        assert_eq!(ok(&[], &[]).config.quota_backend_bytes, 2 << 30);
+        let c = ok(&["--quota-backend-bytes", "8589934592"], &[]).config;
+        assert_eq!(c.quota_backend_bytes, 8 << 30);
+    }
+
+    #[test]
+    fn show_prints_every_key_with_its_origin() {
+        let loaded = ok(
+            &["config", "show", "--name", "n1", "--snapshot-count=5"],
+            &[("ETCD_LOG_LEVEL", "debug")],
+        );
+        assert_eq!(loaded.command, Command::ConfigShow);
+        let shown = loaded.show();
+        assert_eq!(shown.lines().count(), keys::KEYS.len());
+        for line in [
+            "name = \"n1\"  # flag --name",
+            "data-dir = \"n1.etcd\"  # default",
+            "snapshot-count = 5  # flag --snapshot-count",
+            "heartbeat-interval = 100  # default",
+            "initial-cluster = \"n1=http://localhost:2380\"  # default",
+            "log-level = \"debug\"  # env ETCD_LOG_LEVEL",
+            "force-new-cluster = false  # default",
+            "config-file = \"\"  # default",
+        ] {
+            assert!(
+                shown.lines().any(|l| l == line),
+                "missing {line:?} in\n{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(ok(&["version"], &[]).command, Command::Version);
+        assert_eq!(ok(&["--version"], &[]).command, Command::Version);
+        assert_eq!(ok(&["-version"], &[]).command, Command::Version);
+        assert_eq!(
+            ok(&["bench", "put", "--total=10"], &[("ETCD_NAME", "ignored")]).command,
+            Command::Bench(vec!["put".into(), "--total=10".into()])
+        );
+        assert!(version().starts_with("cairn ") && version().ends_with(" (etcd API 3.5.0)"));
+        assert!(matches!(run(&["help"], &[]), Err(ConfigError::Cli(_))));
+        assert!(matches!(run(&["--bogus"], &[]), Err(ConfigError::Cli(_))));
+        assert!(matches!(run(&["stray"], &[]), Err(ConfigError::Cli(_))));
+    }
+
+    #[test]
+    fn example_config_file_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/cairn.yaml");
+        let loaded = ok(&["--config-file", path], &[]);
+        let c = &loaded.config;
+        assert_eq!(c.name, "cairn-1");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/cairn"));
+        assert_eq!(c.initial_cluster.len(), 1);
+        assert_eq!(
+            c.auto_compaction,
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
+        assert_eq!(loaded.origin("name"), Some(&Origin::File(path.into())));
+    }
+}

@@ -1,0 +1,536 @@
+//! Step two of loading: the merged raw strings become a typed [`Config`], with etcd 3.5's
+//! checks (`server/embed/config.go` `Validate`, `etcdserver` `VerifyBootstrap`) and their
+//! messages. Features cairn does not implement yet are refused here with a clear error
+//! instead of being silently ignored. Every refusal names the key, its value and origin.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::{Host, Url};
+
+use super::layers::{Entry, Raw};
+use super::{AutoCompaction, ClusterState, Config, ConfigError, Origin};
+
+/// etcd's `maxElectionMs`.
+const MAX_ELECTION_MS: u64 = 50_000;
+
+/// What `--quota-backend-bytes 0` means: etcd's `DefaultQuotaBytes`, 2 GiB.
+pub(crate) const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error", "panic", "fatal"];
+
+/// Fills in the defaults etcd computes from other keys, so `config show` prints what is
+/// used: an empty `data-dir` is `${name}.etcd`, and an `initial-cluster` left at its
+/// default is this member alone at its advertised peer URLs (etcd's
+/// `UpdateDefaultClusterFromName`).
+pub(crate) fn fill_derived(raw: &mut Raw) {
+    let name = raw.get("name").value.clone();
+    if raw.get("data-dir").value.is_empty() {
+        raw.get_mut("data-dir").value = format!("{name}.etcd");
+    }
+    if raw.get("initial-cluster").origin == Origin::Default {
+        let peers = raw.get("initial-advertise-peer-urls").value.clone();
+        raw.get_mut("initial-cluster").value = peers
+            .split(',')
+            .map(|u| format!("{name}={}", u.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+}
+
+/// Turns the merged raw values into a [`Config`].
+pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
+    reject_unsupported(raw)?;
+    let name = raw.get("name").value.clone();
+    let listen_client_urls = urls(raw.get("listen-client-urls"), Need::Bind)?;
+    let advertise_client_urls = urls(raw.get("advertise-client-urls"), Need::Host)?;
+    let listen_peer_urls = urls(raw.get("listen-peer-urls"), Need::Bind)?;
+    let initial_advertise_peer_urls = urls(raw.get("initial-advertise-peer-urls"), Need::Host)?;
+    let listen_metrics_urls = urls(raw.get("listen-metrics-urls"), Need::BindOrNone)?;
+    require_advertise_client_urls(raw)?;
+    let initial_cluster = initial_cluster(raw.get("initial-cluster"))?;
+    check_local_member(raw, &name, &initial_cluster, &initial_advertise_peer_urls)?;
+    let (heartbeat_interval, election_timeout) = timing(raw)?;
+    let quota = uint(raw.get("quota-backend-bytes"))?;
+    check_logging(raw)?;
+    Ok(Config {
+        data_dir: PathBuf::from(&raw.get("data-dir").value),
+        listen_client_urls,
+        advertise_client_urls,
+        listen_peer_urls,
+        initial_advertise_peer_urls,
+        listen_metrics_urls,
+        initial_cluster,
+        initial_cluster_token: raw.get("initial-cluster-token").value.clone(),
+        initial_cluster_state: cluster_state(raw.get("initial-cluster-state"))?,
+        snapshot_count: uint(raw.get("snapshot-count"))?,
+        heartbeat_interval,
+        election_timeout,
+        auto_compaction: auto_compaction(raw)?,
+        max_request_bytes: uint(raw.get("max-request-bytes"))?,
+        max_txn_ops: uint(raw.get("max-txn-ops"))?,
+        quota_backend_bytes: if quota == 0 {
+            DEFAULT_QUOTA_BYTES
+        } else {
+            quota
+        },
+        log_level: raw.get("log-level").value.clone(),
+        name,
+    })
+}
+
+impl Entry {
+    fn invalid(&self, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: self.key.name,
+            value: self.value.clone(),
+            origin: self.origin.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn unsupported(&self, what: &'static str) -> ConfigError {
+        ConfigError::Unsupported {
+            key: self.key.name,
+            value: self.value.clone(),
+            origin: self.origin.clone(),
+            what,
+        }
+    }
+
+    /// `"<key> from <origin>"`, for errors that involve several keys.
+    fn provenance(&self) -> String {
+        format!("{} from {}", self.key.name, self.origin)
+    }
+}
+
+/// Refuses settings for features a later issue implements.
+fn reject_unsupported(raw: &Raw) -> Result<(), ConfigError> {
+    const TLS: &str = "TLS is not supported yet";
+    let text_features = [
+        ("cert-file", TLS),
+        ("key-file", TLS),
+        ("trusted-ca-file", TLS),
+        ("peer-cert-file", TLS),
+        ("peer-key-file", TLS),
+        ("peer-trusted-ca-file", TLS),
+        ("wal-dir", "a separate WAL directory is not supported yet"),
+        ("discovery", "discovery is not supported"),
+    ];
+    for (key, what) in text_features {
+        let entry = raw.get(key);
+        if !entry.value.is_empty() {
+            return Err(entry.unsupported(what));
+        }
+    }
+    let bool_features = [
+        ("client-cert-auth", TLS),
+        ("auto-tls", TLS),
+        ("peer-client-cert-auth", TLS),
+        ("peer-auto-tls", TLS),
+        (
+            "force-new-cluster",
+            "force-new-cluster is not supported yet",
+        ),
+        ("enable-v2", "the v2 API is not supported"),
+    ];
+    for (key, what) in bool_features {
+        let entry = raw.get(key);
+        if boolean(entry)? {
+            return Err(entry.unsupported(what));
+        }
+    }
+    Ok(())
+}
+
+/// Go's `strconv.ParseBool`, which etcd's boolean flags use.
+fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
+    match entry.value.as_str() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(entry.invalid("must be a boolean (true or false)")),
+    }
+}
+
+fn uint(entry: &Entry) -> Result<u64, ConfigError> {
+    entry
+        .value
+        .parse()
+        .map_err(|_| entry.invalid("must be a non-negative integer"))
+}
+
+/// What a URL list must satisfy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// At least one URL, each with an IP or `localhost` host (etcd's `checkBindURLs`).
+    Bind,
+    /// Like `Bind`, but the list may be empty.
+    BindOrNone,
+    /// At least one URL with a host (etcd's `checkHostURLs`).
+    Host,
+}
+
+/// A comma-separated URL list, sorted and deduplicated as etcd's `types.NewURLs` does.
+fn urls(entry: &Entry, need: Need) -> Result<Vec<Url>, ConfigError> {
+    if entry.value.trim().is_empty() {
+        return match need {
+            Need::BindOrNone => Ok(Vec::new()),
+            Need::Bind | Need::Host => Err(entry.invalid("at least one URL is required")),
+        };
+    }
+    let mut list = Vec::new();
+    for part in entry.value.split(',').map(str::trim) {
+        let url = url(entry, part)?;
+        if need != Need::Host {
+            check_bind_host(entry, part, &url)?;
+        }
+        list.push(url);
+    }
+    list.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    list.dedup();
+    Ok(list)
+}
+
+/// One URL, with etcd's `types.NewURLs` rules: scheme, `host:port`, no path.
+fn url(entry: &Entry, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| entry.invalid(format!("{text:?}: {e}")))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => return Err(entry.unsupported("https URLs (TLS) are not supported yet")),
+        "unix" | "unixs" => return Err(entry.unsupported("unix socket URLs are not supported yet")),
+        _ => return Err(entry.invalid("URL scheme must be http or https")),
+    }
+    if !has_explicit_port(text) {
+        return Err(entry.invalid(format!(
+            "URL address does not have the form \"host:port\": {text}"
+        )));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(entry.invalid(format!("URL must not contain a path: {text}")));
+    }
+    Ok(url)
+}
+
+/// Whether the authority of `text` names a port. The `url` crate forgets a port equal to
+/// the scheme's default (`http://h:80`), so the raw text is inspected.
+fn has_explicit_port(text: &str) -> bool {
+    let authority = text.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let after_host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, port)| port),
+        None => host_port,
+    };
+    after_host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty())
+}
+
+/// etcd's `checkBindURLs`: a listener needs an IP address (or `localhost`), not a name.
+fn check_bind_host(entry: &Entry, text: &str, url: &Url) -> Result<(), ConfigError> {
+    match url.host() {
+        Some(Host::Ipv4(_) | Host::Ipv6(_)) => Ok(()),
+        Some(Host::Domain("localhost")) => Ok(()),
+        _ => Err(entry.invalid(format!("expected IP in URL for binding ({text})"))),
+    }
+}
+
+/// etcd refuses an explicitly set `listen-client-urls` without `advertise-client-urls`,
+/// rather than advertising `localhost` for a server that listens elsewhere. Like etcd,
+/// this applies to flags and environment variables, not to the file.
+fn require_advertise_client_urls(raw: &Raw) -> Result<(), ConfigError> {
+    let listen = raw.get("listen-client-urls");
+    let explicit = matches!(listen.origin, Origin::Env(_) | Origin::Flag(_));
+    if explicit && raw.get("advertise-client-urls").origin == Origin::Default {
+        return Err(ConfigError::Conflict {
+            message: "--advertise-client-urls is required when --listen-client-urls is set \
+                      explicitly"
+                .into(),
+            origins: listen.provenance(),
+        });
+    }
+    Ok(())
+}
+
+/// `name=url,name=url` (etcd's `types.NewURLsMap`); a name may repeat to give it several
+/// URLs. Only single-member clusters are supported for now.
+fn initial_cluster(entry: &Entry) -> Result<Vec<(String, Url)>, ConfigError> {
+    let mut members = Vec::new();
+    for pair in entry.value.split(',').filter(|p| !p.is_empty()) {
+        let (name, text) = pair.split_once('=').unwrap_or((pair, ""));
+        members.push((name.to_owned(), url(entry, text.trim())?));
+    }
+    let names: BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+    if names.len() > 1 {
+        return Err(entry.unsupported("a cluster of more than one member is not supported yet"));
+    }
+    Ok(members)
+}
+
+/// etcd's `hasLocalMember` and `advertiseMatchesCluster`, comparing URLs as written (etcd
+/// also resolves host names; cairn does not).
+fn check_local_member(
+    raw: &Raw,
+    name: &str,
+    cluster: &[(String, Url)],
+    advertised: &[Url],
+) -> Result<(), ConfigError> {
+    let conflict = |message: String| ConfigError::Conflict {
+        message,
+        origins: ["name", "initial-cluster", "initial-advertise-peer-urls"]
+            .map(|k| raw.get(k).provenance())
+            .join(", "),
+    };
+    let mine: BTreeSet<&str> = cluster
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, u)| bare(u))
+        .collect();
+    if mine.is_empty() {
+        return Err(conflict(format!(
+            "couldn't find local name {name:?} in the initial cluster configuration"
+        )));
+    }
+    let advertised: BTreeSet<&str> = advertised.iter().map(bare).collect();
+    let join = |set: &BTreeSet<&str>, prefix: &str| {
+        set.iter()
+            .map(|u| format!("{prefix}{u}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let named = format!("{name}=");
+    let missing: BTreeSet<&str> = mine.difference(&advertised).copied().collect();
+    if !missing.is_empty() {
+        return Err(conflict(format!(
+            "--initial-cluster has {} but missing from --initial-advertise-peer-urls={}",
+            join(&missing, &named),
+            join(&advertised, "")
+        )));
+    }
+    let extra: BTreeSet<&str> = advertised.difference(&mine).copied().collect();
+    if !extra.is_empty() {
+        return Err(conflict(format!(
+            "--initial-advertise-peer-urls has {} but missing from --initial-cluster={}",
+            join(&extra, ""),
+            join(&advertised, &named)
+        )));
+    }
+    Ok(())
+}
+
+/// A URL as Go prints it: without the `/` the `url` crate adds for an empty path.
+fn bare(url: &Url) -> &str {
+    url.as_str().strip_suffix('/').unwrap_or(url.as_str())
+}
+
+fn cluster_state(entry: &Entry) -> Result<ClusterState, ConfigError> {
+    match entry.value.as_str() {
+        "new" => Ok(ClusterState::New),
+        "existing" => Err(entry.unsupported(
+            "joining an existing cluster (initial-cluster-state=existing) is not supported yet",
+        )),
+        _ => Err(entry.invalid("must be one of new, existing")),
+    }
+}
+
+/// Heartbeat and election timeout in milliseconds, with etcd's checks and messages.
+fn timing(raw: &Raw) -> Result<(Duration, Duration), ConfigError> {
+    let (tick, election) = (raw.get("heartbeat-interval"), raw.get("election-timeout"));
+    let tick_ms = uint(tick)?;
+    let election_ms = uint(election)?;
+    if tick_ms == 0 {
+        return Err(tick.invalid("--heartbeat-interval must be >0 (set to 0ms)"));
+    }
+    if election_ms == 0 {
+        return Err(election.invalid("--election-timeout must be >0 (set to 0ms)"));
+    }
+    if tick_ms.saturating_mul(5) > election_ms {
+        return Err(ConfigError::Conflict {
+            message: format!(
+                "--election-timeout[{election_ms}ms] should be at least as 5 times as \
+                 --heartbeat-interval[{tick_ms}ms]"
+            ),
+            origins: format!("{}, {}", election.provenance(), tick.provenance()),
+        });
+    }
+    if election_ms > MAX_ELECTION_MS {
+        return Err(election.invalid(format!(
+            "--election-timeout[{election_ms}ms] is too long, and should be set less than \
+             {MAX_ELECTION_MS}ms"
+        )));
+    }
+    Ok((
+        Duration::from_millis(tick_ms),
+        Duration::from_millis(election_ms),
+    ))
+}
+
+/// etcd's `parseCompactionRetention`: for `periodic`, a bare number is hours and anything
+/// else a Go duration; for `revision`, a number of revisions. Zero turns compaction off.
+fn auto_compaction(raw: &Raw) -> Result<AutoCompaction, ConfigError> {
+    let (mode, retention) = (
+        raw.get("auto-compaction-mode"),
+        raw.get("auto-compaction-retention"),
+    );
+    let text = retention.value.as_str();
+    let whole = text.parse::<i64>().ok().filter(|n| *n >= 0);
+    let compaction = match mode.value.as_str() {
+        "periodic" => {
+            let period = match whole {
+                Some(hours) => Duration::from_secs(hours.unsigned_abs().saturating_mul(3600)),
+                None => go_duration(text).map_err(|e| {
+                    retention.invalid(format!("error parsing CompactionRetention: {e}"))
+                })?,
+            };
+            if period.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(period)
+            }
+        }
+        "revision" => match whole {
+            Some(0) => AutoCompaction::Off,
+            Some(revisions) => AutoCompaction::Revision(revisions),
+            None => {
+                return Err(retention.invalid(
+                    "with auto-compaction-mode revision, must be a non-negative number of \
+                     revisions",
+                ))
+            }
+        },
+        "" => return Err(mode.invalid("undefined auto-compaction-mode")),
+        other => return Err(mode.invalid(format!("unknown auto-compaction-mode {other:?}"))),
+    };
+    Ok(compaction)
+}
+
+/// Go's `time.ParseDuration` (e.g. `1h`, `30m`, `5m30s`, `1.5h`, `300ms`), refusing
+/// negative durations, which no retention can use.
+fn go_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("time: invalid duration {text:?}");
+    let (negative, mut rest) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let (whole, after) = split_digits(rest);
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(f) => split_digits(f),
+            None => ("", after),
+        };
+        if whole.is_empty() && fraction.is_empty() {
+            return Err(invalid());
+        }
+        let unit_len = after
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(format!("time: missing unit in duration {text:?}")),
+            _ => return Err(format!("time: unknown unit {unit:?} in duration {text:?}")),
+        };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| invalid())?
+        };
+        // Digits past the 18th cannot change a nanosecond count below Go's i64 limit.
+        let fraction = &fraction[..fraction.len().min(18)];
+        let fraction_nanos = match fraction {
+            "" => 0,
+            digits => {
+                let value: u128 = digits.parse().map_err(|_| invalid())?;
+                value * scale / 10u128.pow(digits.len() as u32)
+            }
+        };
+        nanos = whole
+            .checked_mul(scale)
+            .and_then(|n| n.checked_add(fraction_nanos))
+            .and_then(|n| n.checked_add(nanos))
+            .filter(|n| *n <= i64::MAX as u128)
+            .ok_or_else(invalid)?;
+        rest = after;
+    }
+    if negative && nanos > 0 {
+        return Err(format!("{text:?} is negative"));
+    }
+    u64::try_from(nanos)
+        .map(Duration::from_nanos)
+        .map_err(|_| invalid())
+}
+
+fn split_digits(text: &str) -> (&str, &str) {
+    let len = text.bytes().take_while(u8::is_ascii_digit).count();
+    text.split_at(len)
+}
+
+fn check_logging(raw: &Raw) -> Result<(), ConfigError> {
+    let level = raw.get("log-level");
+    if !LOG_LEVELS.contains(&level.value.as_str()) {
+        return Err(level.invalid(format!("must be one of {}", LOG_LEVELS.join(", "))));
+    }
+    let logger = raw.get("logger");
+    if logger.value != "zap" {
+        return Err(logger.invalid(format!("unknown logger option {:?}", logger.value)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let ok: &[(&str, Duration)] = &[
+            ("0", Duration::ZERO),
+            ("30m", Duration::from_secs(1800)),
+            ("5m30s", Duration::from_secs(330)),
+            ("1h", Duration::from_secs(3600)),
+            ("1.5h", Duration::from_secs(5400)),
+            ("300ms", Duration::from_millis(300)),
+            ("2us", Duration::from_micros(2)),
+            (".5s", Duration::from_millis(500)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(go_duration(text).as_ref(), Ok(want), "{text}");
+        }
+        for bad in ["", "1", "1x", "h", "-1h", "1h-", ".s", "99999999999h"] {
+            assert!(go_duration(bad).is_err(), "{bad:?} should fail");
+        }
+        assert_eq!(
+            go_duration("5"),
+            Err("time: missing unit in duration \"5\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn explicit_ports() {
+        for (text, want) in [
+            ("http://localhost:2379", true),
+            ("http://h:80", true),
+            ("http://h", false),
+            ("http://h:", false),
+            ("http://[::1]:2379", true),
+            ("http://[::1]", false),
+            ("http://u:p@h:1/", true),
+        ] {
+            assert_eq!(has_explicit_port(text), want, "{text}");
+        }
+    }
+}
