@@ -8,18 +8,16 @@ use cairn::config::{self, Command};
 fn main() -> ExitCode {
     let loaded = match config::load() {
         Ok(loaded) => loaded,
+        // clap prints help (exit 0) or the usage error (exit 2) itself.
+        Err(config::ConfigError::Cli(e)) => e.exit(),
         Err(e) => {
             eprintln!("cairn: {e}");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
     let result = match loaded.command {
         Command::Version => {
-            println!(
-                "cairn {} (etcd API {})",
-                env!("CARGO_PKG_VERSION"),
-                cairn::api::ETCD_CLUSTER_VERSION
-            );
+            println!("{}", config::version());
             Ok(())
         }
         Command::ConfigShow => {
@@ -29,6 +27,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(cairn::bench::run(args))),
         Command::Serve => {
             init_logging(&loaded.config.log_level);
+            for warning in loaded.warnings() {
+                tracing::warn!("{warning}");
+            }
             runtime().and_then(|rt| {
                 rt.block_on(cairn::server::run(loaded.config))
                     .map_err(anyhow::Error::from)
