@@ -41,12 +41,18 @@ impl Rev {
         if bytes.len() != REV_LEN {
             return Err(corrupt(format!("revision of {} bytes", bytes.len())));
         }
-        Ok(Rev { main: be_i64(&bytes[..8])?, sub: be_i64(&bytes[8..])? })
+        Ok(Rev {
+            main: be_i64(&bytes[..8])?,
+            sub: be_i64(&bytes[8..])?,
+        })
     }
 
     /// The smallest revision after this one.
     pub fn next(self) -> Rev {
-        Rev { main: self.main, sub: self.sub + 1 }
+        Rev {
+            main: self.main,
+            sub: self.sub + 1,
+        }
     }
 }
 
@@ -136,7 +142,10 @@ pub(super) fn decode_record(key: &[u8], record: &[u8]) -> Result<Option<KeyValue
                 value: record[RECORD_HEADER_LEN..].to_vec(),
             }))
         }
-        _ => Err(corrupt(format!("record of {} bytes for key {key:?}", record.len()))),
+        _ => Err(corrupt(format!(
+            "record of {} bytes for key {key:?}",
+            record.len()
+        ))),
     }
 }
 
@@ -162,8 +171,9 @@ pub(super) fn encode_i64(n: i64) -> [u8; 8] {
 }
 
 pub(super) fn be_i64(bytes: &[u8]) -> Result<i64, MvccError> {
-    let arr: [u8; 8] =
-        bytes.try_into().map_err(|_| corrupt(format!("integer of {} bytes", bytes.len())))?;
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("integer of {} bytes", bytes.len())))?;
     Ok(i64::from_be_bytes(arr))
 }
 
@@ -205,8 +215,14 @@ mod tests {
             lease: 77,
             value: b"v".to_vec(),
         };
-        assert_eq!(decode_record(b"k", &encode_record(Some(&kv))).expect("decode"), Some(kv));
-        assert_eq!(decode_record(b"k", &encode_record(None)).expect("decode"), None);
+        assert_eq!(
+            decode_record(b"k", &encode_record(Some(&kv))).expect("decode"),
+            Some(kv)
+        );
+        assert_eq!(
+            decode_record(b"k", &encode_record(None)).expect("decode"),
+            None
+        );
         assert!(is_tombstone(&encode_record(None)));
         assert!(decode_record(b"k", b"p12").is_err());
     }

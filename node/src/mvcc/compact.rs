@@ -48,24 +48,26 @@ pub(super) fn run(store: Arc<Store>, ks: Keyspaces, requests: Receiver<Waiter>) 
                 return;
             }
         };
-        match progress {
-            Progress::More => match requests.try_recv() {
-                Ok(w) => waiters.push(w),
-                Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => thread::sleep(BATCH_PAUSE),
-            },
-            Progress::Done(done_rev) => {
-                let (ready, pending) = waiters.into_iter().partition(|w| w.rev <= done_rev);
-                waiters = pending;
-                for w in ready {
-                    // The caller may have stopped waiting; that is fine.
-                    let _ = w.done.send(());
-                }
-                match requests.recv() {
-                    Ok(w) => waiters.push(w),
-                    Err(_) => return,
-                }
+        if let Progress::Done(done_rev) = progress {
+            let (ready, pending) = waiters.into_iter().partition(|w| w.rev <= done_rev);
+            waiters = pending;
+            for w in ready {
+                // The caller may have stopped waiting; that is fine.
+                let _ = w.done.send(());
             }
+        }
+        // Sleep until asked only when nothing is left to do. A waiter still pending means
+        // its compaction was recorded after this pass read the target: go on with it.
+        let idle = matches!(progress, Progress::Done(_)) && waiters.is_empty();
+        let next = if idle {
+            requests.recv().map_err(|_| TryRecvError::Disconnected)
+        } else {
+            requests.try_recv()
+        };
+        match next {
+            Ok(w) => waiters.push(w),
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => thread::sleep(BATCH_PAUSE),
         }
     }
 }
@@ -105,15 +107,29 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
         seen += 1;
     }
     let finished = seen < BATCH_REVISIONS;
-    let next = if finished { Rev::new(target + 1, 0) } else { last.map_or(cursor, Rev::next) };
+    let next = if finished {
+        Rev::new(target + 1, 0)
+    } else {
+        last.map_or(cursor, Rev::next)
+    };
     batch.insert(&ks.meta, meta::COMPACT_CURSOR, next.to_bytes().to_vec());
     if finished {
-        batch.insert(&ks.meta, meta::COMPACT_DONE, codec::encode_i64(target).to_vec());
+        batch.insert(
+            &ks.meta,
+            meta::COMPACT_DONE,
+            codec::encode_i64(target).to_vec(),
+        );
     }
     let start = Instant::now();
     batch.commit()?;
-    crate::metrics::get().backend_commit_duration.observe(start.elapsed().as_secs_f64());
-    Ok(if finished { Progress::Done(target) } else { Progress::More })
+    crate::metrics::get()
+        .backend_commit_duration
+        .observe(start.elapsed().as_secs_f64());
+    Ok(if finished {
+        Progress::Done(target)
+    } else {
+        Progress::More
+    })
 }
 
 /// Deletes the record of `key` just before `rev`, if there is one.

@@ -22,6 +22,12 @@ pub(super) fn read_i64(meta: &Keyspace, name: &str) -> Result<Option<i64>, MvccE
 }
 
 /// Reads an integer from a snapshot.
-pub(super) fn snapshot_i64(snap: &Snapshot, meta: &Keyspace, name: &str) -> Result<Option<i64>, MvccError> {
-    snap.get(meta, name)?.map(|raw| codec::be_i64(&raw)).transpose()
+pub(super) fn snapshot_i64(
+    snap: &Snapshot,
+    meta: &Keyspace,
+    name: &str,
+) -> Result<Option<i64>, MvccError> {
+    snap.get(meta, name)?
+        .map(|raw| codec::be_i64(&raw))
+        .transpose()
 }

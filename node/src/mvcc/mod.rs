@@ -248,22 +248,54 @@ impl Mvcc {
         let main = exec.write_rev();
         for (key, kv) in exec.overlay() {
             match kv {
-                Some(kv) => batch.insert(&self.ks.latest, key.as_slice(), codec::encode_record(Some(kv))),
+                Some(kv) => batch.insert(
+                    &self.ks.latest,
+                    key.as_slice(),
+                    codec::encode_record(Some(kv)),
+                ),
                 None => batch.remove(&self.ks.latest, key.as_slice()),
             }
         }
         let mut events = Vec::with_capacity(exec.changes.len());
         for (sub, change) in std::mem::take(&mut exec.changes).into_iter().enumerate() {
             let rev = Rev::new(main, i64::try_from(sub).unwrap_or(i64::MAX));
-            let record = if change.deleted { None } else { Some(&change.kv) };
-            batch.insert(&self.ks.history, codec::history_key(&change.kv.key, rev), codec::encode_record(record));
-            batch.insert(&self.ks.revs, rev.to_bytes().to_vec(), codec::encode_rev_entry(&change.kv.key, change.deleted));
-            let kind = if change.deleted { EventType::Delete } else { EventType::Put };
-            events.push(Event { r#type: kind as i32, kv: Some(change.kv), prev_kv: change.prev });
+            let record = if change.deleted {
+                None
+            } else {
+                Some(&change.kv)
+            };
+            batch.insert(
+                &self.ks.history,
+                codec::history_key(&change.kv.key, rev),
+                codec::encode_record(record),
+            );
+            batch.insert(
+                &self.ks.revs,
+                rev.to_bytes().to_vec(),
+                codec::encode_rev_entry(&change.kv.key, change.deleted),
+            );
+            let kind = if change.deleted {
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            events.push(Event {
+                r#type: kind as i32,
+                kv: Some(change.kv),
+                prev_kv: change.prev,
+            });
         }
         let key_count = self.key_count.load(Ordering::Acquire) + exec.key_delta;
-        batch.insert(&self.ks.meta, meta::CURRENT_REV, codec::encode_i64(main).to_vec());
-        batch.insert(&self.ks.meta, meta::KEY_COUNT, codec::encode_i64(key_count).to_vec());
+        batch.insert(
+            &self.ks.meta,
+            meta::CURRENT_REV,
+            codec::encode_i64(main).to_vec(),
+        );
+        batch.insert(
+            &self.ks.meta,
+            meta::KEY_COUNT,
+            codec::encode_i64(key_count).to_vec(),
+        );
         events
     }
 
@@ -297,7 +329,11 @@ impl Mvcc {
             return Err(e);
         }
         let mut batch = self.store.batch();
-        batch.insert(&self.ks.meta, meta::COMPACT_REV, codec::encode_i64(rev).to_vec());
+        batch.insert(
+            &self.ks.meta,
+            meta::COMPACT_REV,
+            codec::encode_i64(rev).to_vec(),
+        );
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
         commit(batch)?;
         self.compact_rev.store(rev, Ordering::Release);
@@ -350,7 +386,9 @@ fn revisions(snap: &Snapshot, ks: &Keyspaces) -> Result<Revisions, MvccError> {
 fn commit(batch: WriteBatch) -> Result<(), MvccError> {
     let start = Instant::now();
     batch.commit()?;
-    crate::metrics::get().backend_commit_duration.observe(start.elapsed().as_secs_f64());
+    crate::metrics::get()
+        .backend_commit_duration
+        .observe(start.elapsed().as_secs_f64());
     Ok(())
 }
 

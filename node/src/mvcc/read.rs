@@ -24,15 +24,24 @@ pub(super) enum KeyRange<'a> {
     /// Empty `range_end`: exactly `key`.
     Single(&'a [u8]),
     /// `[start, end)`; `end: None` is etcd's `range_end == "\0"`, all keys >= `start`.
-    Span { start: &'a [u8], end: Option<&'a [u8]> },
+    Span {
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    },
 }
 
 impl<'a> KeyRange<'a> {
     pub fn new(key: &'a [u8], range_end: &'a [u8]) -> KeyRange<'a> {
         match range_end {
             [] => KeyRange::Single(key),
-            [0] => KeyRange::Span { start: key, end: None },
-            end => KeyRange::Span { start: key, end: Some(end) },
+            [0] => KeyRange::Span {
+                start: key,
+                end: None,
+            },
+            end => KeyRange::Span {
+                start: key,
+                end: Some(end),
+            },
         }
     }
 
@@ -41,7 +50,10 @@ impl<'a> KeyRange<'a> {
     fn is_empty(&self) -> bool {
         match *self {
             KeyRange::Single(key) => key.is_empty(),
-            KeyRange::Span { start, end: Some(end) } => end <= start,
+            KeyRange::Span {
+                start,
+                end: Some(end),
+            } => end <= start,
             KeyRange::Span { .. } => false,
         }
     }
@@ -49,9 +61,10 @@ impl<'a> KeyRange<'a> {
     fn bounds(&self) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
         match *self {
             KeyRange::Single(key) => (Bound::Included(key), Bound::Included(key)),
-            KeyRange::Span { start, end } => {
-                (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded))
-            }
+            KeyRange::Span { start, end } => (
+                Bound::Included(start),
+                end.map_or(Bound::Unbounded, Bound::Excluded),
+            ),
         }
     }
 
@@ -66,7 +79,9 @@ impl<'a> KeyRange<'a> {
             }
             KeyRange::Span { start, end } => (
                 Bound::Included(codec::history_prefix(start)),
-                end.map_or(Bound::Unbounded, |e| Bound::Excluded(codec::history_prefix(e))),
+                end.map_or(Bound::Unbounded, |e| {
+                    Bound::Excluded(codec::history_prefix(e))
+                }),
             ),
         }
     }
@@ -148,7 +163,11 @@ impl View<'_> {
                 self.scan_history(range, at, &mut visit)?;
             }
         }
-        Ok(RangeResult { kvs, count, rev: self.rev })
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: self.rev,
+        })
     }
 
     /// Visits, in key order, the latest version of every live key in `range`.
@@ -159,9 +178,16 @@ impl View<'_> {
         visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
     ) -> Result<(), MvccError> {
         let bounds = range.bounds();
-        let mut committed = self.snap.range::<&[u8], _>(&self.ks.latest, bounds).map(|g| g.into_inner()).peekable();
+        let mut committed = self
+            .snap
+            .range::<&[u8], _>(&self.ks.latest, bounds)
+            .map(|g| g.into_inner())
+            .peekable();
         let empty = Overlay::new();
-        let mut pending = overlay.unwrap_or(&empty).range::<[u8], _>(bounds).peekable();
+        let mut pending = overlay
+            .unwrap_or(&empty)
+            .range::<[u8], _>(bounds)
+            .peekable();
         loop {
             let order = match (committed.peek(), pending.peek()) {
                 (None, None) => return Ok(()),
@@ -173,7 +199,10 @@ impl View<'_> {
             if order != Ordering::Greater {
                 let (key, raw) = committed.next().transpose()?.ok_or_else(lost_item)?;
                 if order == Ordering::Less {
-                    visit(Found::Encoded { key: &key, record: &raw })?;
+                    visit(Found::Encoded {
+                        key: &key,
+                        record: &raw,
+                    })?;
                     continue;
                 }
             }
@@ -219,14 +248,19 @@ fn emit_newest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         Some((raw_key, record)) if !codec::is_tombstone(record.as_ref()) => {
             let (prefix, _) = codec::split_history_key(raw_key.as_ref())?;
             let key = codec::unescape(prefix)?;
-            visit(Found::Encoded { key: &key, record: record.as_ref() })
+            visit(Found::Encoded {
+                key: &key,
+                record: record.as_ref(),
+            })
         }
         _ => Ok(()),
     }
 }
 
 fn lost_item() -> MvccError {
-    MvccError::Storage(super::StorageFault::Corrupt("iterator lost a peeked item".to_string()))
+    MvccError::Storage(super::StorageFault::Corrupt(
+        "iterator lost a peeked item".to_string(),
+    ))
 }
 
 /// A key found by a scan, decoded only if the caller keeps it.
@@ -238,8 +272,11 @@ enum Found<'a> {
 impl Found<'_> {
     fn into_kv(self) -> Result<KeyValue, MvccError> {
         match self {
-            Found::Encoded { key, record } => codec::decode_record(key, record)?
-                .ok_or_else(|| MvccError::Storage(super::StorageFault::Corrupt(format!("tombstone in kv_latest for {key:?}")))),
+            Found::Encoded { key, record } => codec::decode_record(key, record)?.ok_or_else(|| {
+                MvccError::Storage(super::StorageFault::Corrupt(format!(
+                    "tombstone in kv_latest for {key:?}"
+                )))
+            }),
             Found::Decoded(kv) => Ok(kv.clone()),
         }
     }
@@ -272,7 +309,10 @@ pub(super) fn range(view: &View<'_>, req: &RangeRequest) -> Result<RangeResponse
         rr.kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
     Ok(RangeResponse {
-        header: Some(ResponseHeader { revision: rr.rev, ..Default::default() }),
+        header: Some(ResponseHeader {
+            revision: rr.rev,
+            ..Default::default()
+        }),
         kvs: rr.kvs,
         more,
         count: rr.count,

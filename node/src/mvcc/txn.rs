@@ -109,7 +109,11 @@ impl<'a> TxnExec<'a> {
 
     /// The state including the txn's changes so far.
     fn now(&self) -> View<'_> {
-        View { overlay: Some(&self.overlay), rev: self.rev(), ..self.before() }
+        View {
+            overlay: Some(&self.overlay),
+            rev: self.rev(),
+            ..self.before()
+        }
     }
 
     /// Runs the whole txn. On error nothing has been applied (the caller discards `self`).
@@ -119,7 +123,10 @@ impl<'a> TxnExec<'a> {
         plan.check(&mut |op| check_put(&self.before(), op))?;
         plan.check(&mut |op| check_range(&self.before(), op))?;
         let mut resp = self.apply(&plan)?;
-        resp.header = Some(ResponseHeader { revision: self.rev(), ..Default::default() });
+        resp.header = Some(ResponseHeader {
+            revision: self.rev(),
+            ..Default::default()
+        });
         Ok(resp)
     }
 
@@ -134,7 +141,11 @@ impl<'a> TxnExec<'a> {
                 break;
             }
         }
-        let branch = if succeeded { &req.success } else { &req.failure };
+        let branch = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut ops = Vec::with_capacity(branch.len());
         for op in branch {
             ops.push(match &op.request {
@@ -157,7 +168,9 @@ impl<'a> TxnExec<'a> {
                     Some(Response::ResponseRange(read::range(&self.now(), r)?))
                 }
                 PlannedOp::Put(p) => Some(Response::ResponsePut(self.put(p)?)),
-                PlannedOp::DeleteRange(d) => Some(Response::ResponseDeleteRange(self.delete_range(d)?)),
+                PlannedOp::DeleteRange(d) => {
+                    Some(Response::ResponseDeleteRange(self.delete_range(d)?))
+                }
                 PlannedOp::Txn(inner) => Some(Response::ResponseTxn(self.apply(inner)?)),
                 PlannedOp::Empty => None,
             };
@@ -165,7 +178,11 @@ impl<'a> TxnExec<'a> {
         }
         // Nested txn responses keep an empty header, as etcd's `newTxnResp`; `run` sets
         // the top-level one.
-        Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded: plan.succeeded, responses })
+        Ok(TxnResponse {
+            header: Some(ResponseHeader::default()),
+            succeeded: plan.succeeded,
+            responses,
+        })
     }
 
     /// etcd's `applierV3backend.Put` inside a txn.
@@ -195,7 +212,10 @@ impl<'a> TxnExec<'a> {
         let value = value.clone();
         self.write_put(&p.key, value, lease)?;
         Ok(PutResponse {
-            header: Some(ResponseHeader { revision: self.write_rev(), ..Default::default() }),
+            header: Some(ResponseHeader {
+                revision: self.write_rev(),
+                ..Default::default()
+            }),
             prev_kv: existing.filter(|_| p.prev_kv),
         })
     }
@@ -218,7 +238,11 @@ impl<'a> TxnExec<'a> {
         }
         let prev = self.before().get_committed(key)?;
         self.overlay.insert(key.to_vec(), Some(kv.clone()));
-        self.changes.push(Change { kv, deleted: false, prev });
+        self.changes.push(Change {
+            kv,
+            deleted: false,
+            prev,
+        });
         Ok(())
     }
 
@@ -231,14 +255,25 @@ impl<'a> TxnExec<'a> {
         for kv in &found {
             let prev = self.before().get_committed(&kv.key)?;
             self.overlay.insert(kv.key.clone(), None);
-            let tombstone = KeyValue { key: kv.key.clone(), mod_revision: rev, ..Default::default() };
-            self.changes.push(Change { kv: tombstone, deleted: true, prev });
+            let tombstone = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: rev,
+                ..Default::default()
+            };
+            self.changes.push(Change {
+                kv: tombstone,
+                deleted: true,
+                prev,
+            });
             self.key_delta -= 1;
         }
         let deleted = i64::try_from(found.len()).unwrap_or(i64::MAX);
         Ok(DeleteRangeResponse {
             // etcd reports the new revision once the txn has written anything at all.
-            header: Some(ResponseHeader { revision: self.rev(), ..Default::default() }),
+            header: Some(ResponseHeader {
+                revision: self.rev(),
+                ..Default::default()
+            }),
             deleted,
             prev_kvs: if d.prev_kv { found } else { Vec::new() },
         })
@@ -247,7 +282,10 @@ impl<'a> TxnExec<'a> {
 
 impl Plan<'_> {
     /// etcd's `checkRequests`: applies `f` to every op of the plan, nested ones included.
-    fn check(&self, f: &mut dyn FnMut(&PlannedOp<'_>) -> Result<(), MvccError>) -> Result<(), MvccError> {
+    fn check(
+        &self,
+        f: &mut dyn FnMut(&PlannedOp<'_>) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
         for op in &self.ops {
             match op {
                 PlannedOp::Txn(inner) => inner.check(f)?,
@@ -291,14 +329,18 @@ fn compare(view: &View<'_>, cmp: &Compare) -> Result<bool, MvccError> {
     let range = KeyRange::new(&cmp.key, &cmp.range_end);
     let kvs = view.range_keys(range, 0, 0, false)?.kvs;
     if kvs.is_empty() {
-        return Ok(cmp.target != CompareTarget::Value as i32 && compare_kv(cmp, &KeyValue::default()));
+        return Ok(
+            cmp.target != CompareTarget::Value as i32 && compare_kv(cmp, &KeyValue::default())
+        );
     }
     Ok(kvs.iter().all(|kv| compare_kv(cmp, kv)))
 }
 
 /// etcd's `compareKV`. A target union of the wrong kind compares against 0 or "".
 fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
-    let int = |pick: fn(&TargetUnion) -> Option<i64>| cmp.target_union.as_ref().and_then(pick).unwrap_or(0);
+    let int = |pick: fn(&TargetUnion) -> Option<i64>| {
+        cmp.target_union.as_ref().and_then(pick).unwrap_or(0)
+    };
     let order = match CompareTarget::try_from(cmp.target) {
         Ok(CompareTarget::Value) => {
             let want = match &cmp.target_union {
@@ -336,9 +378,12 @@ fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
 
 /// etcd's `isTxnReadonly`: no Put or DeleteRange anywhere, nested txns included.
 pub fn is_read_only(req: &TxnRequest) -> bool {
-    req.success.iter().chain(&req.failure).all(|op| match &op.request {
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
-        Some(Request::RequestTxn(inner)) => is_read_only(inner),
-        _ => true,
-    })
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+            Some(Request::RequestTxn(inner)) => is_read_only(inner),
+            _ => true,
+        })
 }
