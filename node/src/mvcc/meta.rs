@@ -1,0 +1,33 @@
+//! The `mvcc_meta` keyspace: named values, integers as 8-byte big-endian.
+
+use super::{codec, MvccError};
+use crate::storage::{Keyspace, Readable, Snapshot};
+
+/// Revision of the last write txn; absent on a fresh store, which is at revision 1.
+pub(super) const CURRENT_REV: &str = "current_rev";
+/// Last compacted revision; absent if never compacted.
+pub(super) const COMPACT_REV: &str = "compact_rev";
+/// Compact revision whose physical removal is complete.
+pub(super) const COMPACT_DONE: &str = "compact_done";
+/// Next `kv_revs` entry (16-byte revision) the physical compaction visits.
+pub(super) const COMPACT_CURSOR: &str = "compact_cursor";
+/// Number of live keys.
+pub(super) const KEY_COUNT: &str = "key_count";
+/// The caller's opaque apply marker (the raft log id of the last applied entry).
+pub(super) const APPLIED: &str = "applied";
+
+/// Reads an integer from the latest committed state.
+pub(super) fn read_i64(meta: &Keyspace, name: &str) -> Result<Option<i64>, MvccError> {
+    meta.get(name)?.map(|raw| codec::be_i64(&raw)).transpose()
+}
+
+/// Reads an integer from a snapshot.
+pub(super) fn snapshot_i64(
+    snap: &Snapshot,
+    meta: &Keyspace,
+    name: &str,
+) -> Result<Option<i64>, MvccError> {
+    snap.get(meta, name)?
+        .map(|raw| codec::be_i64(&raw))
+        .transpose()
+}

@@ -1,0 +1,407 @@
+//! The MVCC revision store, with etcd v3.5's semantics: revisions, key versions and
+//! generations, ranges (current and historic), txns with compares and nested txns, and
+//! compaction. It takes and returns etcd's protobuf messages and knows nothing of raft or
+//! gRPC: the caller applies committed entries one at a time and passes an opaque apply
+//! marker that is stored atomically with each change.
+//!
+//! Nothing is indexed in RAM (etcd keeps its whole key index in memory; cairn must not):
+//! every index lives in fjall keyspaces, all integers big-endian so byte order is numeric
+//! order.
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `kv_latest` | user key | record of the live version (no entry once deleted) |
+//! | `kv_history` | esc(user key) ++ main(8) ++ sub(8) | record of that version |
+//! | `kv_revs` | main(8) ++ sub(8) | `p` or `d` (put / tombstone) ++ user key |
+//! | `mvcc_meta` | name (see `meta.rs`) | current and compact revision, compaction progress, live key count, apply marker |
+//!
+//! * record: `p` ++ create_revision(8) ++ mod_revision(8) ++ version(8) ++ lease(8) ++
+//!   value, or the single byte `d` for a tombstone (history only).
+//! * esc(k): each 0x00 byte of k becomes 0x00 0xFF, then 0x00 0x00 ends the key. Escaped
+//!   keys sort like the user keys and none is a prefix of another, so one key's history is
+//!   contiguous and ordered by revision.
+//!
+//! Reads at the current revision scan `kv_latest` only; historic reads scan `kv_history`
+//! and keep, per key, the newest record at or below the requested revision. `kv_revs`
+//! orders all changes by revision, for compaction and for watch history.
+//!
+//! **Invariant:** every apply commits its changes, the new current revision and the apply
+//! marker in one fjall batch (without fsync: the raft log is the durability point), and
+//! every read takes one fjall snapshot and reads the revisions from it, so a reader sees
+//! all of a revision or none of it.
+//!
+//! It must not know about raft, gRPC, leases (the lease module checks lease ids and
+//! attaches keys) or watchers (it returns each revision's events to the caller).
+
+mod codec;
+mod compact;
+mod meta;
+mod read;
+mod txn;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+pub use codec::MAX_KEY_LEN;
+pub use compact::CompactionDone;
+pub use txn::is_read_only;
+
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use crate::proto::mvccpb::{event::EventType, Event};
+use crate::storage::{Keyspace, Snapshot, StorageError, Store, WriteBatch};
+use codec::Rev;
+use read::View;
+use txn::TxnExec;
+
+/// Why an MVCC operation failed. The first four are answers to the request (the API maps
+/// them to etcd's status codes); `Storage` means the store itself is broken.
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// An empty key or one longer than [`MAX_KEY_LEN`] in a put.
+    #[error("mvcc: a key must be 1 to {MAX_KEY_LEN} bytes long, this one has {0}")]
+    InvalidKey(usize),
+    #[error("mvcc storage: {0}")]
+    Storage(#[from] StorageFault),
+}
+
+/// What went wrong underneath the MVCC store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFault {
+    #[error(transparent)]
+    Store(#[from] StorageError),
+    #[error("storage engine: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error("data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cannot start the compaction thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl From<fjall::Error> for MvccError {
+    fn from(e: fjall::Error) -> MvccError {
+        MvccError::Storage(StorageFault::Engine(e))
+    }
+}
+
+impl From<StorageError> for MvccError {
+    fn from(e: StorageError) -> MvccError {
+        MvccError::Storage(StorageFault::Store(e))
+    }
+}
+
+impl MvccError {
+    /// True for an error that answers the request deterministically (every replica gets
+    /// the same), as opposed to a storage failure.
+    fn is_answer(&self) -> bool {
+        !matches!(self, MvccError::Storage(_))
+    }
+}
+
+/// The MVCC keyspaces (see the module header).
+#[derive(Clone)]
+struct Keyspaces {
+    latest: Keyspace,
+    history: Keyspace,
+    revs: Keyspace,
+    meta: Keyspace,
+}
+
+impl Keyspaces {
+    fn open(store: &Store) -> Result<Keyspaces, MvccError> {
+        Ok(Keyspaces {
+            latest: store.keyspace("kv_latest")?,
+            history: store.keyspace("kv_history")?,
+            revs: store.keyspace("kv_revs")?,
+            meta: store.keyspace("mvcc_meta")?,
+        })
+    }
+}
+
+/// Revisions as recorded in one snapshot.
+#[derive(Clone, Copy)]
+struct Revisions {
+    current: i64,
+    /// -1 if never compacted, as etcd's `compactMainRev`.
+    compact: i64,
+}
+
+/// The revision store. Apply calls (`apply_txn`, `compact`, `record_applied`) must come
+/// from one thread at a time; reads may come from anywhere, concurrently.
+pub struct Mvcc {
+    store: Arc<Store>,
+    ks: Keyspaces,
+    current_rev: AtomicI64,
+    compact_rev: AtomicI64,
+    key_count: AtomicI64,
+    compactor: Mutex<Option<mpsc::Sender<compact::Waiter>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Mvcc {
+    /// Opens the MVCC keyspaces and resumes any unfinished physical compaction.
+    pub fn open(store: Arc<Store>) -> Result<Mvcc, MvccError> {
+        let ks = Keyspaces::open(&store)?;
+        let snap = store.snapshot();
+        let revs = revisions(&snap, &ks)?;
+        let key_count = meta::snapshot_i64(&snap, &ks.meta, meta::KEY_COUNT)?.unwrap_or(0);
+        drop(snap);
+        let (tx, rx) = mpsc::channel();
+        let worker = {
+            let (store, ks) = (store.clone(), ks.clone());
+            std::thread::Builder::new()
+                .name("mvcc-compact".to_string())
+                .spawn(move || compact::run(store, ks, rx))
+                .map_err(StorageFault::Thread)?
+        };
+        Ok(Mvcc {
+            store,
+            ks,
+            current_rev: AtomicI64::new(revs.current),
+            compact_rev: AtomicI64::new(revs.compact),
+            key_count: AtomicI64::new(key_count),
+            compactor: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
+        })
+    }
+
+    /// Revision of the last write; a fresh store is at revision 1 (as etcd).
+    pub fn current_revision(&self) -> i64 {
+        self.current_rev.load(Ordering::Acquire)
+    }
+
+    /// Last compacted revision, 0 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_rev.load(Ordering::Acquire).max(0)
+    }
+
+    /// Number of live keys (etcd_debugging_mvcc_keys_total).
+    pub fn key_count(&self) -> i64 {
+        self.key_count.load(Ordering::Acquire)
+    }
+
+    /// A range with every option of `RangeRequest`, as etcd's Range applier. The response
+    /// header carries only the revision the read was served at.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        crate::metrics::get().mvcc_range.inc();
+        let snap = self.store.snapshot();
+        let revs = revisions(&snap, &self.ks)?;
+        let view = View {
+            ks: &self.ks,
+            snap: &snap,
+            overlay: None,
+            snap_rev: revs.current,
+            rev: revs.current,
+            compact_rev: revs.compact,
+        };
+        read::range(&view, req)
+    }
+
+    /// Applies a txn as one revision (none if it writes nothing) and stores `applied` with
+    /// it. Returns the response (top-level header: revision only) and the events of the
+    /// revision, each with `prev_kv` set to the key's version before the txn, if any.
+    /// An error that answers the request (not `Storage`) leaves the store unchanged except
+    /// for the apply marker, which is recorded anyway.
+    pub fn apply_txn(
+        &self,
+        req: &TxnRequest,
+        applied: &[u8],
+    ) -> Result<(TxnResponse, Vec<Event>), MvccError> {
+        let snap = self.store.snapshot();
+        let revs = revisions(&snap, &self.ks)?;
+        let mut exec = TxnExec::new(&self.ks, &snap, revs.current, revs.compact);
+        let result = exec.run(req);
+        count_ops(&exec.counts);
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) if e.is_answer() => {
+                self.record_applied(applied)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut batch = self.store.batch();
+        let events = self.stage_changes(&mut batch, &mut exec);
+        batch.insert(&self.ks.meta, meta::APPLIED, applied);
+        commit(batch)?;
+        if !events.is_empty() {
+            self.current_rev.store(exec.write_rev(), Ordering::Release);
+            self.key_count.fetch_add(exec.key_delta, Ordering::AcqRel);
+        }
+        Ok((resp, events))
+    }
+
+    /// Adds a txn's changes to `batch` and returns them as watch events.
+    fn stage_changes(&self, batch: &mut WriteBatch, exec: &mut TxnExec<'_>) -> Vec<Event> {
+        if exec.changes.is_empty() {
+            return Vec::new();
+        }
+        let main = exec.write_rev();
+        for (key, kv) in exec.overlay() {
+            match kv {
+                Some(kv) => batch.insert(
+                    &self.ks.latest,
+                    key.as_slice(),
+                    codec::encode_record(Some(kv)),
+                ),
+                None => batch.remove(&self.ks.latest, key.as_slice()),
+            }
+        }
+        let mut events = Vec::with_capacity(exec.changes.len());
+        for (sub, change) in std::mem::take(&mut exec.changes).into_iter().enumerate() {
+            let rev = Rev::new(main, i64::try_from(sub).unwrap_or(i64::MAX));
+            let record = if change.deleted {
+                None
+            } else {
+                Some(&change.kv)
+            };
+            batch.insert(
+                &self.ks.history,
+                codec::history_key(&change.kv.key, rev),
+                codec::encode_record(record),
+            );
+            batch.insert(
+                &self.ks.revs,
+                rev.to_bytes().to_vec(),
+                codec::encode_rev_entry(&change.kv.key, change.deleted),
+            );
+            let kind = if change.deleted {
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            events.push(Event {
+                r#type: kind as i32,
+                kv: Some(change.kv),
+                prev_kv: change.prev,
+            });
+        }
+        let key_count = self.key_count.load(Ordering::Acquire) + exec.key_delta;
+        batch.insert(
+            &self.ks.meta,
+            meta::CURRENT_REV,
+            codec::encode_i64(main).to_vec(),
+        );
+        batch.insert(
+            &self.ks.meta,
+            meta::KEY_COUNT,
+            codec::encode_i64(key_count).to_vec(),
+        );
+        events
+    }
+
+    /// Evaluates a read-only txn (see [`is_read_only`]) against the current state without
+    /// writing. Writes in it, if the caller sends any, are evaluated and discarded.
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let snap = self.store.snapshot();
+        let revs = revisions(&snap, &self.ks)?;
+        let mut exec = TxnExec::new(&self.ks, &snap, revs.current, revs.compact);
+        let result = exec.run(req);
+        count_ops(&exec.counts);
+        result
+    }
+
+    /// Compacts at `rev`: reads below it fail from now on. The physical removal of old
+    /// versions runs in the background; the returned handle resolves when it is done.
+    /// As etcd, compacting at or below the compact revision fails with `Compacted` and
+    /// above the current one with `FutureRev` (a store never compacted accepts 0). The
+    /// apply marker is recorded whatever the outcome.
+    pub fn compact(&self, rev: i64, applied: &[u8]) -> Result<CompactionDone, MvccError> {
+        let revs = revisions(&self.store.snapshot(), &self.ks)?;
+        let refusal = if rev <= revs.compact {
+            Some(MvccError::Compacted)
+        } else if rev > revs.current {
+            Some(MvccError::FutureRev)
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            self.record_applied(applied)?;
+            return Err(e);
+        }
+        let mut batch = self.store.batch();
+        batch.insert(
+            &self.ks.meta,
+            meta::COMPACT_REV,
+            codec::encode_i64(rev).to_vec(),
+        );
+        batch.insert(&self.ks.meta, meta::APPLIED, applied);
+        commit(batch)?;
+        self.compact_rev.store(rev, Ordering::Release);
+        let (done, waiting) = oneshot::channel();
+        if let Ok(guard) = self.compactor.lock() {
+            if let Some(tx) = guard.as_ref() {
+                // If the worker has stopped, `done` is dropped and the waiter sees it.
+                let _ = tx.send(compact::Waiter { rev, done });
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// Stores only the apply marker, for entries that change no MVCC state.
+    pub fn record_applied(&self, applied: &[u8]) -> Result<(), MvccError> {
+        let mut batch = self.store.batch();
+        batch.insert(&self.ks.meta, meta::APPLIED, applied);
+        commit(batch)
+    }
+
+    /// The last stored apply marker.
+    pub fn applied_marker(&self) -> Result<Option<Vec<u8>>, MvccError> {
+        Ok(self.ks.meta.get(meta::APPLIED)?.map(|v| v.to_vec()))
+    }
+}
+
+impl Drop for Mvcc {
+    /// Stops the compaction thread (it resumes from its cursor on the next open) and waits
+    /// for it, so the store is released when the `Mvcc` is gone.
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.compactor.lock() {
+            tx.take();
+        }
+        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(worker) = worker {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// The current and compact revision recorded in `snap`.
+fn revisions(snap: &Snapshot, ks: &Keyspaces) -> Result<Revisions, MvccError> {
+    Ok(Revisions {
+        current: meta::snapshot_i64(snap, &ks.meta, meta::CURRENT_REV)?.unwrap_or(1),
+        compact: meta::snapshot_i64(snap, &ks.meta, meta::COMPACT_REV)?.unwrap_or(-1),
+    })
+}
+
+/// Commits without fsync and records etcd's backend commit latency.
+fn commit(batch: WriteBatch) -> Result<(), MvccError> {
+    let start = Instant::now();
+    batch.commit()?;
+    crate::metrics::get()
+        .backend_commit_duration
+        .observe(start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// etcd's per-txn counters (metrics_txn.go): a txn counts when it ran more than one op.
+fn count_ops(counts: &txn::OpCounts) {
+    let m = crate::metrics::get();
+    m.mvcc_range.inc_by(counts.ranges);
+    m.mvcc_put.inc_by(counts.puts);
+    m.mvcc_delete.inc_by(counts.deletes);
+    if counts.ranges + counts.puts + counts.deletes > 1 {
+        m.mvcc_txn.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests;

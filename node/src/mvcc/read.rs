@@ -1,0 +1,350 @@
+//! Reads: etcd's `rangeKeys` (kvstore_txn.go) and the Range applier (apply.go) over one
+//! consistent view, which is a fjall snapshot plus, inside a write txn, the txn's own
+//! uncommitted changes.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use fjall::Readable;
+
+use super::codec;
+use super::{Keyspaces, MvccError};
+use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use crate::proto::mvccpb::KeyValue;
+use crate::storage::Snapshot;
+
+/// Latest state of the keys a write txn changed so far (`None` = deleted in this txn).
+pub(super) type Overlay = BTreeMap<Vec<u8>, Option<KeyValue>>;
+
+/// The keys a request addresses, decoded from etcd's `key`/`range_end` convention.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum KeyRange<'a> {
+    /// Empty `range_end`: exactly `key`.
+    Single(&'a [u8]),
+    /// `[start, end)`; `end: None` is etcd's `range_end == "\0"`, all keys >= `start`.
+    Span {
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    },
+}
+
+impl<'a> KeyRange<'a> {
+    pub fn new(key: &'a [u8], range_end: &'a [u8]) -> KeyRange<'a> {
+        match range_end {
+            [] => KeyRange::Single(key),
+            [0] => KeyRange::Span {
+                start: key,
+                end: None,
+            },
+            end => KeyRange::Span {
+                start: key,
+                end: Some(end),
+            },
+        }
+    }
+
+    /// True when no key can match (an end at or before the start, or the empty key, which
+    /// etcd's API never stores).
+    fn is_empty(&self) -> bool {
+        match *self {
+            KeyRange::Single(key) => key.is_empty(),
+            KeyRange::Span {
+                start,
+                end: Some(end),
+            } => end <= start,
+            KeyRange::Span { .. } => false,
+        }
+    }
+
+    fn bounds(&self) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+        match *self {
+            KeyRange::Single(key) => (Bound::Included(key), Bound::Included(key)),
+            KeyRange::Span { start, end } => (
+                Bound::Included(start),
+                end.map_or(Bound::Unbounded, Bound::Excluded),
+            ),
+        }
+    }
+
+    /// The same bounds over `kv_history` keys.
+    fn history_bounds(&self) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+        match *self {
+            KeyRange::Single(key) => {
+                let prefix = codec::history_prefix(key);
+                let mut end = prefix.clone();
+                end.extend_from_slice(&[0xFF; codec::REV_LEN]);
+                (Bound::Included(prefix), Bound::Included(end))
+            }
+            KeyRange::Span { start, end } => (
+                Bound::Included(codec::history_prefix(start)),
+                end.map_or(Bound::Unbounded, |e| {
+                    Bound::Excluded(codec::history_prefix(e))
+                }),
+            ),
+        }
+    }
+}
+
+/// What a range returns before etcd's filtering, sorting and truncation.
+pub(super) struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Every key in the range at the read revision, whatever the limit.
+    pub count: i64,
+    /// The view's revision (etcd's `curRev`), not the requested historic one.
+    pub rev: i64,
+}
+
+/// A consistent state to read from.
+pub(super) struct View<'a> {
+    pub ks: &'a Keyspaces,
+    pub snap: &'a Snapshot,
+    /// Uncommitted changes of the write txn being applied, if any.
+    pub overlay: Option<&'a Overlay>,
+    /// Revision of the committed state in `snap`.
+    pub snap_rev: i64,
+    /// Revision this view reports: `snap_rev`, or `snap_rev + 1` once a txn has written.
+    pub rev: i64,
+    /// Compacted revision; -1 if the store was never compacted (as etcd).
+    pub compact_rev: i64,
+}
+
+impl View<'_> {
+    /// The latest live version of one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        if let Some(pending) = self.overlay.and_then(|o| o.get(key)) {
+            return Ok(pending.clone());
+        }
+        self.get_committed(key)
+    }
+
+    /// The latest version of one key in the snapshot, ignoring the txn's own changes.
+    pub fn get_committed(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        match self.snap.get(&self.ks.latest, key)? {
+            Some(raw) => codec::decode_record(key, &raw),
+            None => Ok(None),
+        }
+    }
+
+    /// etcd's `rangeKeys`: `limit` 0 means all; `count_only` returns no kvs.
+    pub fn range_keys(
+        &self,
+        range: KeyRange<'_>,
+        at: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<RangeResult, MvccError> {
+        if at > self.rev {
+            return Err(MvccError::FutureRev);
+        }
+        let at = if at <= 0 { self.rev } else { at };
+        if at < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let mut kvs = Vec::new();
+        let mut count = 0i64;
+        let mut visit = |found: Found<'_>| -> Result<(), MvccError> {
+            count += 1;
+            if !count_only && (limit == 0 || kvs.len() < limit) {
+                kvs.push(found.into_kv()?);
+            }
+            Ok(())
+        };
+        if !range.is_empty() {
+            if at == self.rev {
+                self.scan_latest(range, self.overlay, &mut visit)?;
+            } else if at == self.snap_rev {
+                self.scan_latest(range, None, &mut visit)?;
+            } else {
+                self.scan_history(range, at, &mut visit)?;
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: self.rev,
+        })
+    }
+
+    /// Visits, in key order, the latest version of every live key in `range`.
+    fn scan_latest(
+        &self,
+        range: KeyRange<'_>,
+        overlay: Option<&Overlay>,
+        visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
+        let bounds = range.bounds();
+        let mut committed = self
+            .snap
+            .range::<&[u8], _>(&self.ks.latest, bounds)
+            .map(|g| g.into_inner())
+            .peekable();
+        let empty = Overlay::new();
+        let mut pending = overlay
+            .unwrap_or(&empty)
+            .range::<[u8], _>(bounds)
+            .peekable();
+        loop {
+            let order = match (committed.peek(), pending.peek()) {
+                (None, None) => return Ok(()),
+                (Some(Err(_)), _) => Ordering::Less,
+                (Some(Ok((ck, _))), Some((pk, _))) => (**ck).cmp(pk.as_slice()),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+            };
+            if order != Ordering::Greater {
+                let (key, raw) = committed.next().transpose()?.ok_or_else(lost_item)?;
+                if order == Ordering::Less {
+                    visit(Found::Encoded {
+                        key: &key,
+                        record: &raw,
+                    })?;
+                    continue;
+                }
+            }
+            // The txn's own change to this key replaces the committed version.
+            let (_, kv) = pending.next().ok_or_else(lost_item)?;
+            if let Some(kv) = kv {
+                visit(Found::Decoded(kv))?;
+            }
+        }
+    }
+
+    /// Visits, in key order, every key whose newest record at or below `at` is a put.
+    fn scan_history(
+        &self,
+        range: KeyRange<'_>,
+        at: i64,
+        visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
+        // The escaped key being walked, and its newest (history key, record) at or below `at`.
+        let mut walking: Option<Vec<u8>> = None;
+        let mut newest = None;
+        for guard in self.snap.range(&self.ks.history, range.history_bounds()) {
+            let (raw_key, record) = guard.into_inner()?;
+            let (prefix, rev) = codec::split_history_key(&raw_key)?;
+            if walking.as_deref() != Some(prefix) {
+                walking = Some(prefix.to_vec());
+                emit_newest(newest.take(), visit)?;
+            }
+            if rev.main <= at {
+                newest = Some((raw_key, record));
+            }
+        }
+        emit_newest(newest, visit)
+    }
+}
+
+/// Hands the newest record of a key to `visit` unless it is a tombstone.
+fn emit_newest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    newest: Option<(K, V)>,
+    visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    match newest {
+        Some((raw_key, record)) if !codec::is_tombstone(record.as_ref()) => {
+            let (prefix, _) = codec::split_history_key(raw_key.as_ref())?;
+            let key = codec::unescape(prefix)?;
+            visit(Found::Encoded {
+                key: &key,
+                record: record.as_ref(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn lost_item() -> MvccError {
+    MvccError::Storage(super::StorageFault::Corrupt(
+        "iterator lost a peeked item".to_string(),
+    ))
+}
+
+/// A key found by a scan, decoded only if the caller keeps it.
+enum Found<'a> {
+    Encoded { key: &'a [u8], record: &'a [u8] },
+    Decoded(&'a KeyValue),
+}
+
+impl Found<'_> {
+    fn into_kv(self) -> Result<KeyValue, MvccError> {
+        match self {
+            Found::Encoded { key, record } => codec::decode_record(key, record)?.ok_or_else(|| {
+                MvccError::Storage(super::StorageFault::Corrupt(format!(
+                    "tombstone in kv_latest for {key:?}"
+                )))
+            }),
+            Found::Decoded(kv) => Ok(kv.clone()),
+        }
+    }
+}
+
+/// etcd's Range applier: fetch, filter on mod/create revision, sort, truncate to `limit`.
+pub(super) fn range(view: &View<'_>, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+    let needs_all = req.sort_order != SortOrder::None as i32
+        || req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    // Without sorting or filtering, fetch one more than the limit to learn `more`.
+    let fetch = match usize::try_from(req.limit) {
+        Ok(limit) if limit > 0 && !needs_all => limit.saturating_add(1),
+        _ => 0,
+    };
+    let range = KeyRange::new(&req.key, &req.range_end);
+    let mut rr = view.range_keys(range, req.revision, fetch, req.count_only)?;
+    rr.kvs.retain(|kv| keep_by_revision(req, kv));
+    sort(req, &mut rr.kvs);
+    let mut more = false;
+    if let Ok(limit) = usize::try_from(req.limit) {
+        if limit > 0 && rr.kvs.len() > limit {
+            rr.kvs.truncate(limit);
+            more = true;
+        }
+    }
+    if req.keys_only {
+        rr.kvs.iter_mut().for_each(|kv| kv.value.clear());
+    }
+    Ok(RangeResponse {
+        header: Some(ResponseHeader {
+            revision: rr.rev,
+            ..Default::default()
+        }),
+        kvs: rr.kvs,
+        more,
+        count: rr.count,
+    })
+}
+
+fn keep_by_revision(req: &RangeRequest, kv: &KeyValue) -> bool {
+    !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
+        || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
+        || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
+        || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
+}
+
+/// Sorts as etcd does: order NONE keeps key order unless the target is not KEY, in which
+/// case it sorts ascending. The sort is stable, so ties stay in key order (etcd's sort is
+/// not stable, but for the small results it is insertion sort, which is).
+fn sort(req: &RangeRequest, kvs: &mut [KeyValue]) {
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    let order = match SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None) {
+        SortOrder::None if target != SortTarget::Key => SortOrder::Ascend,
+        order => order,
+    };
+    let by = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match order {
+        SortOrder::None => {}
+        SortOrder::Ascend => kvs.sort_by(by),
+        SortOrder::Descend => kvs.sort_by(|a, b| by(b, a)),
+    }
+}
