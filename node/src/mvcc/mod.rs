@@ -5,8 +5,8 @@
 //! `applied` (the raft apply marker, opaque bytes) and `count` (applies so far, u64 BE, also
 //! used as the revision), so tests can see that a restart does not apply an entry twice.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use crate::proto::{etcdserverpb, mvccpb};
 use crate::storage::{Keyspace, StorageError, Store};
@@ -37,8 +37,16 @@ pub struct Mvcc {
 impl Mvcc {
     pub fn open(store: Arc<Store>) -> Result<Mvcc, MvccError> {
         let ks = store.keyspace("mvcc")?;
-        let count = ks.get(COUNT).map_err(|e| store.engine(e))?.map_or(0, |v| be_i64(&v));
-        Ok(Mvcc { store, ks, revision: AtomicI64::new(count), compacted: AtomicI64::new(0) })
+        let count = ks
+            .get(COUNT)
+            .map_err(|e| store.engine(e))?
+            .map_or(0, |v| be_i64(&v));
+        Ok(Mvcc {
+            store,
+            ks,
+            revision: AtomicI64::new(count),
+            compacted: AtomicI64::new(0),
+        })
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -52,8 +60,18 @@ impl Mvcc {
     ) -> Result<(etcdserverpb::TxnResponse, Vec<mvccpb::Event>), MvccError> {
         let rev = self.current_revision() + 1;
         self.write(rev, applied)?;
-        let header = etcdserverpb::ResponseHeader { revision: rev, ..Default::default() };
-        Ok((etcdserverpb::TxnResponse { header: Some(header), succeeded: true, responses: vec![] }, vec![]))
+        let header = etcdserverpb::ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        };
+        Ok((
+            etcdserverpb::TxnResponse {
+                header: Some(header),
+                succeeded: true,
+                responses: vec![],
+            },
+            vec![],
+        ))
     }
 
     pub fn compact(&self, rev: i64, applied: &[u8]) -> Result<CompactionDone, MvccError> {
@@ -75,7 +93,11 @@ impl Mvcc {
     }
 
     pub fn applied_marker(&self) -> Result<Option<Vec<u8>>, MvccError> {
-        Ok(self.ks.get(APPLIED).map_err(|e| self.store.engine(e))?.map(|v| v.to_vec()))
+        Ok(self
+            .ks
+            .get(APPLIED)
+            .map_err(|e| self.store.engine(e))?
+            .map(|v| v.to_vec()))
     }
 
     fn write(&self, rev: i64, applied: &[u8]) -> Result<(), MvccError> {

@@ -16,8 +16,8 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::Arc;
 
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
@@ -62,7 +62,11 @@ impl LogStore {
             _in_use: in_use.clone(),
         };
         let fsync = Fsync::spawn(store.clone(), in_use)?;
-        Ok(LogStore { store, reader, fsync })
+        Ok(LogStore {
+            store,
+            reader,
+            fsync,
+        })
     }
 
     async fn put_meta(&self, key: &'static [u8], value: Vec<u8>) -> io::Result<()> {
@@ -106,9 +110,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let (_, value) = last.into_inner().map_err(io::Error::other)?;
                 Some(decode::<Entry>(&value)?.log_id())
             }
-            None => last_purged_log_id.clone(),
+            None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
@@ -163,8 +170,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 impl LogStore {
     /// Removes the entries in `range`, and records `last_purged` if given, in one batch.
-    async fn remove(&self, range: impl RangeBounds<u64> + Send + 'static, last_purged: Option<Vec<u8>>) -> io::Result<()> {
-        let (store, log, meta) = (self.store.clone(), self.reader.log.clone(), self.reader.meta.clone());
+    async fn remove(
+        &self,
+        range: impl RangeBounds<u64> + Send + 'static,
+        last_purged: Option<Vec<u8>>,
+    ) -> io::Result<()> {
+        let (store, log, meta) = (
+            self.store.clone(),
+            self.reader.log.clone(),
+            self.reader.meta.clone(),
+        );
         blocking(move || {
             let mut batch = store.batch();
             if let Some(marker) = last_purged {
@@ -180,7 +195,10 @@ impl LogStore {
 }
 
 fn key_bounds(range: &impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
-    (range.start_bound().map(|i| i.to_be_bytes()), range.end_bound().map(|i| i.to_be_bytes()))
+    (
+        range.start_bound().map(|i| i.to_be_bytes()),
+        range.end_bound().map(|i| i.to_be_bytes()),
+    )
 }
 
 /// Something waiting for the next fsync.
@@ -211,22 +229,27 @@ struct Fsync {
 impl Fsync {
     fn spawn(store: Arc<Store>, in_use: InUse) -> io::Result<Fsync> {
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name("raft-fsync".to_string()).spawn(move || {
-            let _in_use = in_use;
-            group_commit(&store, &rx);
-        })?;
+        std::thread::Builder::new()
+            .name("raft-fsync".to_string())
+            .spawn(move || {
+                let _in_use = in_use;
+                group_commit(&store, &rx);
+            })?;
         Ok(Fsync { tx })
     }
 
     fn queue(&self, waiter: Waiter) -> io::Result<()> {
-        self.tx.send(waiter).map_err(|_| io::Error::other("raft fsync thread has stopped"))
+        self.tx
+            .send(waiter)
+            .map_err(|_| io::Error::other("raft fsync thread has stopped"))
     }
 
     /// Returns once everything written before the call is durable.
     async fn wait(&self) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.queue(Waiter::Caller(tx))?;
-        rx.await.map_err(|_| io::Error::other("raft fsync thread has stopped"))?
+        rx.await
+            .map_err(|_| io::Error::other("raft fsync thread has stopped"))?
     }
 }
 
@@ -237,7 +260,12 @@ fn group_commit(store: &Store, rx: &mpsc::Receiver<Waiter>) {
         let result = store.sync();
         for waiter in group {
             // io::Error is not Clone; each waiter gets its own copy of the message.
-            waiter.complete(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
+            waiter.complete(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(e.to_string())),
+            );
         }
     }
 }

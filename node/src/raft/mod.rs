@@ -121,14 +121,24 @@ impl RaftNode {
     /// Opens the raft storage in `store`, creates openraft, and on a first start initializes
     /// a single-voter cluster of this node (persisted; a restart must not re-initialize).
     /// Waits until this node is leader (bounded, error after a few election timeouts).
-    pub async fn start(store: Arc<Store>, mvcc: Arc<Mvcc>, settings: RaftSettings) -> Result<Arc<RaftNode>, RaftError> {
+    pub async fn start(
+        store: Arc<Store>,
+        mvcc: Arc<Mvcc>,
+        settings: RaftSettings,
+    ) -> Result<Arc<RaftNode>, RaftError> {
         let config = openraft_config(&settings)?;
         let (in_use, released) = InUse::new();
         let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
         let state_machine = StateMachine::open(store, mvcc, in_use).map_err(fatal)?;
-        let raft = Raft::new(settings.node_id, Arc::new(config), Network, log_store, state_machine)
-            .await
-            .map_err(fatal)?;
+        let raft = Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            Network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(fatal)?;
         let node = RaftNode {
             metrics_task: tokio::spawn(record_metrics(raft.metrics(), settings.node_id)),
             request_timeout: Duration::from_secs(5) + 2 * settings.election_timeout,
@@ -136,7 +146,10 @@ impl RaftNode {
             raft,
         };
         let wait = settings.election_timeout * 2 * ELECTIONS_TO_WAIT;
-        if let Err(e) = node.become_leader(settings.node_id, settings.member, wait).await {
+        if let Err(e) = node
+            .become_leader(settings.node_id, settings.member, wait)
+            .await
+        {
             node.shutdown().await;
             return Err(e);
         }
@@ -185,7 +198,10 @@ impl RaftNode {
     pub fn members(&self) -> Vec<(u64, MemberInfo)> {
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
-        m.membership_config.nodes().map(|(id, info)| (*id, info.clone())).collect()
+        m.membership_config
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
     }
 
     /// Stops raft and returns once its storage handles are released, so the store can be
@@ -198,7 +214,10 @@ impl RaftNode {
         // The state machine worker and the fsync thread end on their own once the core is
         // gone; wait for them, bounded, so a stuck task cannot hang shutdown.
         let mut released = self.released.lock().await;
-        if tokio::time::timeout(Duration::from_secs(10), released.recv()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), released.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!("raft storage still in use 10s after shutdown");
         }
     }
@@ -213,7 +232,10 @@ impl RaftNode {
         };
         match response.data.0 {
             Some(result) => result.map_err(RaftError::Apply),
-            None => Err(RaftError::Fatal(format!("entry {} was applied without a result", response.log_id))),
+            None => Err(RaftError::Fatal(format!(
+                "entry {} was applied without a result",
+                response.log_id
+            ))),
         }
     }
 
@@ -221,10 +243,18 @@ impl RaftNode {
     /// restart there is nothing to do: openraft restores a leader whose committed vote it
     /// finds (always the case for a sole voter that had been elected), or elects it after an
     /// election timeout.
-    async fn become_leader(&self, id: u64, member: MemberInfo, wait: Duration) -> Result<(), RaftError> {
+    async fn become_leader(
+        &self,
+        id: u64,
+        member: MemberInfo,
+        wait: Duration,
+    ) -> Result<(), RaftError> {
         if !self.raft.is_initialized().await.map_err(stopped_or_fatal)? {
             let members = BTreeMap::from([(id, member)]);
-            self.raft.initialize(members).await.map_err(|e| RaftError::Fatal(format!("initialize: {e}")))?;
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| RaftError::Fatal(format!("initialize: {e}")))?;
         }
         self.raft
             .wait(Some(wait))
@@ -254,7 +284,9 @@ fn openraft_config(settings: &RaftSettings) -> Result<Config, RaftError> {
         max_in_snapshot_log_to_keep: 0,
         ..Config::default()
     };
-    config.validate().map_err(|e| RaftError::Fatal(format!("raft config: {e}")))
+    config
+        .validate()
+        .map_err(|e| RaftError::Fatal(format!("raft config: {e}")))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -291,20 +323,27 @@ fn fatal(e: impl fmt::Display) -> RaftError {
 
 /// Keeps `etcd_server_has_leader`, `is_leader`, `leader_changes_seen_total` and the
 /// committed/applied gauges in step with openraft's metrics until raft stops.
-async fn record_metrics(mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>, id: u64) {
+async fn record_metrics(
+    mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    id: u64,
+) {
     let m = metrics::get();
     let mut last_leader = None;
     loop {
         {
             let r = rx.borrow_watched();
             m.has_leader.set(i64::from(r.current_leader.is_some()));
-            m.is_leader.set(i64::from(r.current_leader == Some(id) && r.state == ServerState::Leader));
+            m.is_leader.set(i64::from(
+                r.current_leader == Some(id) && r.state == ServerState::Leader,
+            ));
             if r.current_leader.is_some() && r.current_leader != last_leader {
                 m.leader_changes.inc();
             }
             last_leader = r.current_leader;
-            m.proposals_committed.set(index_gauge(r.local_committed.as_ref().map(|l| l.index())));
-            m.proposals_applied.set(index_gauge(r.last_applied.as_ref().map(|l| l.index())));
+            m.proposals_committed
+                .set(index_gauge(r.local_committed.as_ref().map(|l| l.index())));
+            m.proposals_applied
+                .set(index_gauge(r.last_applied.as_ref().map(|l| l.index())));
         }
         if rx.changed().await.is_err() {
             m.has_leader.set(0);
@@ -358,7 +397,13 @@ impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use cairnpb::command::Cmd;
         match &self.0.cmd {
-            Some(Cmd::Txn(t)) => write!(f, "txn({} compares, {}+{} ops)", t.compare.len(), t.success.len(), t.failure.len()),
+            Some(Cmd::Txn(t)) => write!(
+                f,
+                "txn({} compares, {}+{} ops)",
+                t.compare.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
             Some(Cmd::Compaction(c)) => write!(f, "compaction({})", c.revision),
             None => write!(f, "empty"),
         }
@@ -417,10 +462,13 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
 
 /// Runs a blocking fjall call off the async runtime. fjall holds its journal lock for the
 /// whole of an fsync, so even a small write can wait for one.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -433,7 +481,11 @@ mod tests {
     fn settings(snapshot_count: u64) -> RaftSettings {
         RaftSettings {
             node_id: 0x8e9e05c52164694d,
-            member: MemberInfo { name: "default".into(), peer_urls: vec!["http://localhost:2380".into()], client_urls: vec![] },
+            member: MemberInfo {
+                name: "default".into(),
+                peer_urls: vec!["http://localhost:2380".into()],
+                client_urls: vec![],
+            },
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             snapshot_count,
@@ -443,16 +495,25 @@ mod tests {
     async fn start(dir: &Path, snapshot_count: u64) -> (Arc<Mvcc>, Arc<RaftNode>) {
         let store = Arc::new(Store::open(dir).expect("open store"));
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));
-        let node = RaftNode::start(store, mvcc.clone(), settings(snapshot_count)).await.expect("start raft");
+        let node = RaftNode::start(store, mvcc.clone(), settings(snapshot_count))
+            .await
+            .expect("start raft");
         (mvcc, node)
     }
 
     fn txn() -> cairnpb::Command {
-        cairnpb::Command { cmd: Some(Cmd::Txn(etcdserverpb::TxnRequest::default())) }
+        cairnpb::Command {
+            cmd: Some(Cmd::Txn(etcdserverpb::TxnRequest::default())),
+        }
     }
 
     fn compaction(revision: i64) -> cairnpb::Command {
-        cairnpb::Command { cmd: Some(Cmd::Compaction(etcdserverpb::CompactionRequest { revision, physical: false })) }
+        cairnpb::Command {
+            cmd: Some(Cmd::Compaction(etcdserverpb::CompactionRequest {
+                revision,
+                physical: false,
+            })),
+        }
     }
 
     fn revision(applied: &Applied) -> i64 {
@@ -464,29 +525,50 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_proposals_apply_in_log_order_and_share_fsyncs() {
-        const N: usize = 400;
+        // Closed-loop clients, like a loaded API: each proposes again as soon as its last
+        // proposal is applied, so appends keep arriving while an fsync runs.
+        const CLIENTS: usize = 32;
+        const EACH: usize = 25;
+        const N: usize = CLIENTS * EACH;
         let dir = tempfile::tempdir().expect("tempdir");
         let (mvcc, node) = start(dir.path(), 0).await;
         let fsyncs_before = metrics::get().wal_fsync_duration.get_sample_count();
 
-        let writes = (0..N).map(|_| {
-            let node = node.clone();
-            tokio::spawn(async move {
-                let resp = node.raft.client_write(Proposal(txn())).await.expect("client_write");
-                let applied = resp.data.0.expect("an apply result").expect("applied");
-                (resp.log_id.index(), revision(&applied))
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    for _ in 0..EACH {
+                        let resp = node
+                            .raft
+                            .client_write(Proposal(txn()))
+                            .await
+                            .expect("client_write");
+                        let applied = resp.data.0.expect("an apply result").expect("applied");
+                        seen.push((resp.log_id.index(), revision(&applied)));
+                    }
+                    seen
+                })
             })
-        });
+            .collect();
         let mut results = Vec::new();
-        for w in writes.collect::<Vec<_>>() {
-            results.push(w.await.expect("join"));
+        for client in clients {
+            results.extend(client.await.expect("join"));
         }
 
         let fsyncs = metrics::get().wal_fsync_duration.get_sample_count() - fsyncs_before;
         results.sort();
         let revisions: Vec<i64> = results.iter().map(|(_, rev)| *rev).collect();
-        assert_eq!(revisions, (1..=N as i64).collect::<Vec<_>>(), "revisions follow log order");
-        assert!(results.windows(2).all(|w| w[0].0 < w[1].0), "one log index per proposal");
+        assert_eq!(
+            revisions,
+            (1..=N as i64).collect::<Vec<_>>(),
+            "revisions follow log order"
+        );
+        assert!(
+            results.windows(2).all(|w| w[0].0 < w[1].0),
+            "one log index per proposal"
+        );
         assert_eq!(mvcc.current_revision(), N as i64);
         // Other tests in this process fsync too, so allow slack; without group commit this
         // would be at least N.
@@ -517,19 +599,28 @@ mod tests {
                 .expect("purge");
             let m = node.raft.metrics().borrow_watched().clone();
             node.shutdown().await;
-            (id, m.membership_config.log_id().clone(), status.applied_index)
+            (id, *m.membership_config.log_id(), status.applied_index)
         };
 
         let store = Arc::new(Store::open(dir.path()).expect("reopen store"));
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("reopen mvcc"));
         assert_eq!(mvcc.current_revision(), 35);
-        let node = RaftNode::start(store, mvcc.clone(), settings(10)).await.expect("restart raft");
+        let node = RaftNode::start(store, mvcc.clone(), settings(10))
+            .await
+            .expect("restart raft");
         assert_eq!(mvcc.current_revision(), 35, "nothing applied twice");
         let status = node.status();
         assert_eq!(status.leader, Some(id));
-        assert!(status.is_leader && status.applied_index >= applied_index, "{status:?}");
+        assert!(
+            status.is_leader && status.applied_index >= applied_index,
+            "{status:?}"
+        );
         let m = node.raft.metrics().borrow_watched().clone();
-        assert_eq!(m.membership_config.log_id(), &membership_log_id, "not initialized again");
+        assert_eq!(
+            m.membership_config.log_id(),
+            &membership_log_id,
+            "not initialized again"
+        );
         assert_eq!(revision(&node.propose(txn()).await.expect("propose")), 36);
         node.read_barrier().await.expect("read barrier");
         node.shutdown().await;
@@ -540,20 +631,38 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_mvcc, node) = start(dir.path(), 0).await;
         node.propose(txn()).await.expect("propose");
-        let future = node.propose(compaction(100)).await.err().expect("future revision");
-        assert!(matches!(future, RaftError::Apply(MvccError::FutureRev)), "{future}");
-        assert!(matches!(node.propose(compaction(1)).await, Ok(Applied::Compaction(_))));
+        let future = node
+            .propose(compaction(100))
+            .await
+            .err()
+            .expect("future revision");
+        assert!(
+            matches!(future, RaftError::Apply(MvccError::FutureRev)),
+            "{future}"
+        );
+        assert!(matches!(
+            node.propose(compaction(1)).await,
+            Ok(Applied::Compaction(_))
+        ));
         let compacted = node.propose(compaction(1)).await.err().expect("compacted");
-        assert!(matches!(compacted, RaftError::Apply(MvccError::Compacted)), "{compacted}");
-        assert_eq!(revision(&node.propose(txn()).await.expect("still applying")), 2);
+        assert!(
+            matches!(compacted, RaftError::Apply(MvccError::Compacted)),
+            "{compacted}"
+        );
+        assert_eq!(
+            revision(&node.propose(txn()).await.expect("still applying")),
+            2
+        );
         node.shutdown().await;
     }
 
     #[test]
     fn log_entries_round_trip_with_the_command_as_protobuf() {
         let log_id = openraft::testing::log_id::<TypeConfig>(3, 1, 7);
-        let entry: openraft::alias::EntryOf<TypeConfig> =
-            openraft::Entry { log_id, payload: openraft::EntryPayload::Normal(Proposal(compaction(42))) };
+        let entry: openraft::alias::EntryOf<TypeConfig> = openraft::Entry {
+            log_id,
+            payload: openraft::EntryPayload::Normal(Proposal(compaction(42))),
+        };
         let bytes = encode(&entry).expect("encode");
         let back: openraft::alias::EntryOf<TypeConfig> = decode(&bytes).expect("decode");
         assert_eq!(back.log_id, entry.log_id);

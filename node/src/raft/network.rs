@@ -8,10 +8,12 @@
 
 use std::future::Future;
 
+use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 
 use super::{MemberInfo, SnapshotData, TypeConfig};
@@ -34,7 +36,10 @@ pub(super) struct PeerClient {
 
 impl PeerClient {
     fn unsupported(&self) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!("peer transport not supported yet (to member {:x})", self.target))
+        Unreachable::from_string(format!(
+            "peer transport not supported yet (to member {:x})",
+            self.target
+        ))
     }
 }
 
@@ -49,7 +54,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         Err(RPCError::Unreachable(self.unsupported()))
     }
 
-    async fn vote(&mut self, _rpc: VoteRequest<TypeConfig>, _option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         Err(RPCError::Unreachable(self.unsupported()))
     }
 

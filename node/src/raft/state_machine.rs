@@ -24,7 +24,9 @@ use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, decode, encode, Applied, InUse, Outcome, Proposal, SnapshotData, TypeConfig};
+use super::{
+    blocking, decode, encode, Applied, InUse, Outcome, Proposal, SnapshotData, TypeConfig,
+};
 use crate::metrics;
 use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
@@ -54,10 +56,20 @@ pub(super) struct StateMachine {
 }
 
 impl StateMachine {
-    pub(super) fn open(store: Arc<Store>, mvcc: Arc<Mvcc>, in_use: InUse) -> io::Result<StateMachine> {
+    pub(super) fn open(
+        store: Arc<Store>,
+        mvcc: Arc<Mvcc>,
+        in_use: InUse,
+    ) -> io::Result<StateMachine> {
         let marker = mvcc.applied_marker().map_err(io::Error::other)?;
         let state = marker.map(|m| decode(&m)).transpose()?.unwrap_or_default();
-        Ok(StateMachine { store, mvcc, state, snapshot: Arc::default(), in_use })
+        Ok(StateMachine {
+            store,
+            mvcc,
+            state,
+            snapshot: Arc::default(),
+            in_use,
+        })
     }
 }
 
@@ -65,8 +77,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
-        Ok((self.state.last_applied.clone(), self.state.membership.clone()))
+    async fn applied_state(
+        &mut self,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
@@ -93,28 +107,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, _snapshot: SnapshotData) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        _snapshot: SnapshotData,
+    ) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("installing a snapshot from the leader ({meta}) is not supported yet: cairn runs a single voter"),
         ))
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
-        let current = self.snapshot.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))?;
-        Ok(current.clone().map(|meta| SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: Vec::new() }))
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
+        let current = self
+            .snapshot
+            .lock()
+            .map_err(|_| io::Error::other("snapshot lock poisoned"))?;
+        Ok(current
+            .clone()
+            .map(|meta| SnapshotOf::<TypeConfig, SnapshotData> {
+                meta,
+                snapshot: Vec::new(),
+            }))
     }
 }
 
 type Replies = Vec<(ApplyResponder<TypeConfig>, Outcome)>;
 
 /// Applies a batch in log order on a blocking thread; returns the new state and the replies.
-fn apply_all(mvcc: &Mvcc, mut state: AppliedState, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<(AppliedState, Replies)> {
+fn apply_all(
+    mvcc: &Mvcc,
+    mut state: AppliedState,
+    entries: Vec<EntryResponder<TypeConfig>>,
+) -> io::Result<(AppliedState, Replies)> {
     let mut replies = Vec::new();
     for (entry, responder) in entries {
-        state.last_applied = Some(entry.log_id.clone());
+        state.last_applied = Some(entry.log_id);
         if let EntryPayload::Membership(m) = &entry.payload {
-            state.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+            state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
         }
         let marker = encode(&state)?;
         let started = Instant::now();
@@ -135,7 +167,9 @@ fn apply_all(mvcc: &Mvcc, mut state: AppliedState, entries: Vec<EntryResponder<T
 /// The one place a command meets the MVCC store.
 fn apply_command(mvcc: &Mvcc, Proposal(command): &Proposal, marker: &[u8]) -> io::Result<Outcome> {
     let result = match &command.cmd {
-        Some(Cmd::Txn(req)) => mvcc.apply_txn(req, marker).map(|(resp, events)| Applied::Txn(resp, events)),
+        Some(Cmd::Txn(req)) => mvcc
+            .apply_txn(req, marker)
+            .map(|(resp, events)| Applied::Txn(resp, events)),
         Some(Cmd::Compaction(req)) => mvcc.compact(req.revision, marker).map(Applied::Compaction),
         None => return no_change(mvcc, marker),
     };
@@ -156,6 +190,8 @@ fn no_change(mvcc: &Mvcc, marker: &[u8]) -> io::Result<Outcome> {
 }
 
 /// Whether an MVCC error is a result of the command itself, identical on every member.
+// `{ .. }` matches the variants whatever fields they carry.
+#[allow(clippy::unneeded_struct_pattern)]
 fn is_deterministic(e: &MvccError) -> bool {
     matches!(e, MvccError::Compacted { .. } | MvccError::FutureRev { .. })
 }
@@ -176,9 +212,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // one fsync makes it durable, after which openraft may purge the log up to it.
         let store = self.store.clone();
         blocking(move || store.sync().map_err(io::Error::other)).await?;
-        let meta = SnapshotMeta { last_log_id: self.state.last_applied.clone(), last_membership: self.state.membership.clone() };
-        let mut current = self.current.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))?;
+        let meta = SnapshotMeta {
+            last_log_id: self.state.last_applied,
+            last_membership: self.state.membership.clone(),
+        };
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| io::Error::other("snapshot lock poisoned"))?;
         *current = Some(meta.clone());
-        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: Vec::new() })
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: Vec::new(),
+        })
     }
 }
