@@ -1,0 +1,271 @@
+//! The raft log, the vote and the committed log id, in fjall.
+//!
+//! Keyspaces (opened here, nowhere else):
+//! - `raft_log`: key = log index as u64 big-endian; value = the openraft entry (bincode), whose
+//!   command is the protobuf encoding of `cairnpb.Command`.
+//! - `raft_meta`: `vote`, `committed`, `last_purged` -> bincode of openraft's vote / log id.
+//!
+//! Durability: [`RaftLogStorage::append`] commits its entries in one batch, so they are
+//! readable at once, then queues openraft's `IOFlushed` callback to the fsync thread. That
+//! thread takes every callback queued while its previous fsync ran, does one `Store::sync`,
+//! and completes them all in order: group commit, one fsync for many appends. `save_vote`
+//! waits on the same thread, so a vote is durable before it returns. Truncation, purge and
+//! the committed id are not fsynced on their own: fjall's journal is one ordered file, so the
+//! next fsync covers them, and losing them in a crash is harmless (openraft re-derives them).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::{blocking, decode, encode, InUse, TypeConfig};
+use crate::metrics;
+use crate::storage::{Keyspace, Store};
+
+const LOG: &str = "raft_log";
+const META: &str = "raft_meta";
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+type Entry = EntryOf<TypeConfig>;
+type LogId = LogIdOf<TypeConfig>;
+
+/// openraft's log storage on the shared [`Store`].
+pub(super) struct LogStore {
+    store: Arc<Store>,
+    reader: LogReader,
+    fsync: Fsync,
+}
+
+/// Read access to the log, handed to openraft's replication and apply tasks.
+#[derive(Clone)]
+pub(super) struct LogReader {
+    log: Keyspace,
+    meta: Keyspace,
+    _in_use: InUse,
+}
+
+impl LogStore {
+    pub(super) fn open(store: Arc<Store>, in_use: InUse) -> io::Result<LogStore> {
+        let reader = LogReader {
+            log: store.keyspace(LOG).map_err(io::Error::other)?,
+            meta: store.keyspace(META).map_err(io::Error::other)?,
+            _in_use: in_use.clone(),
+        };
+        let fsync = Fsync::spawn(store.clone(), in_use)?;
+        Ok(LogStore {
+            store,
+            reader,
+            fsync,
+        })
+    }
+
+    async fn put_meta(&self, key: &'static [u8], value: Vec<u8>) -> io::Result<()> {
+        let meta = self.reader.meta.clone();
+        blocking(move || meta.insert(key, value).map_err(io::Error::other)).await
+    }
+}
+
+impl LogReader {
+    fn meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        let value = self.meta.get(key).map_err(io::Error::other)?;
+        value.map(|v| decode(&v)).transpose()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for item in self.log.range(key_bounds(&range)) {
+            let (_, value) = item.into_inner().map_err(io::Error::other)?;
+            entries.push(decode(&value)?);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<VoteOf<TypeConfig>>> {
+        self.meta(VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId> = self.reader.meta(LAST_PURGED)?;
+        let last_log_id = match self.reader.log.last_key_value() {
+            Some(last) => {
+                let (_, value) = last.into_inner().map_err(io::Error::other)?;
+                Some(decode::<Entry>(&value)?.log_id())
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
+        self.put_meta(VOTE, encode(vote)?).await?;
+        self.fsync.wait().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        match committed {
+            Some(log_id) => self.put_meta(COMMITTED, encode(&log_id)?).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        self.reader.meta(COMMITTED)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.store.batch();
+        let mut bytes = 0;
+        for entry in entries {
+            let value = encode(&entry)?;
+            bytes += 8 + value.len() as u64;
+            batch.insert(&self.reader.log, entry.index().to_be_bytes(), value);
+        }
+        blocking(move || batch.commit().map_err(io::Error::other)).await?;
+        metrics::get().wal_write_bytes.inc_by(bytes);
+        self.fsync.queue(Waiter::Log(callback))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map_or(0, |l| l.index() + 1);
+        self.remove(from.., None).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        // Written in the same batch as the removal, so a crash cannot leave a gap that
+        // `get_log_state` would not know about.
+        let marker = encode(&log_id)?;
+        self.remove(..=log_id.index(), Some(marker)).await
+    }
+}
+
+impl LogStore {
+    /// Removes the entries in `range`, and records `last_purged` if given, in one batch.
+    async fn remove(
+        &self,
+        range: impl RangeBounds<u64> + Send + 'static,
+        last_purged: Option<Vec<u8>>,
+    ) -> io::Result<()> {
+        let (store, log, meta) = (
+            self.store.clone(),
+            self.reader.log.clone(),
+            self.reader.meta.clone(),
+        );
+        blocking(move || {
+            let mut batch = store.batch();
+            if let Some(marker) = last_purged {
+                batch.insert(&meta, LAST_PURGED, marker);
+            }
+            for item in log.range(key_bounds(&range)) {
+                batch.remove(&log, item.key().map_err(io::Error::other)?);
+            }
+            batch.commit().map_err(io::Error::other)
+        })
+        .await
+    }
+}
+
+fn key_bounds(range: &impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+    (
+        range.start_bound().map(|i| i.to_be_bytes()),
+        range.end_bound().map(|i| i.to_be_bytes()),
+    )
+}
+
+/// Something waiting for the next fsync.
+enum Waiter {
+    /// openraft's append callback.
+    Log(IOFlushed<TypeConfig>),
+    /// A caller in this module awaiting durability (`save_vote`).
+    Caller(oneshot::Sender<io::Result<()>>),
+}
+
+impl Waiter {
+    fn complete(self, result: io::Result<()>) {
+        match self {
+            Waiter::Log(callback) => callback.io_completed(result),
+            Waiter::Caller(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// The handle to the fsync thread. The thread ends when this handle is dropped, after it
+/// has completed everything queued.
+struct Fsync {
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl Fsync {
+    fn spawn(store: Arc<Store>, in_use: InUse) -> io::Result<Fsync> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-fsync".to_string())
+            .spawn(move || {
+                let _in_use = in_use;
+                group_commit(&store, &rx);
+            })?;
+        Ok(Fsync { tx })
+    }
+
+    fn queue(&self, waiter: Waiter) -> io::Result<()> {
+        self.tx
+            .send(waiter)
+            .map_err(|_| io::Error::other("raft fsync thread has stopped"))
+    }
+
+    /// Returns once everything written before the call is durable.
+    async fn wait(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(Waiter::Caller(tx))?;
+        rx.await
+            .map_err(|_| io::Error::other("raft fsync thread has stopped"))?
+    }
+}
+
+/// The fsync thread: every waiter queued while an fsync runs shares the next one.
+fn group_commit(store: &Store, rx: &mpsc::Receiver<Waiter>) {
+    while let Ok(first) = rx.recv() {
+        let group: Vec<Waiter> = std::iter::once(first).chain(rx.try_iter()).collect();
+        let result = store.sync();
+        for waiter in group {
+            // io::Error is not Clone; each waiter gets its own copy of the message.
+            waiter.complete(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(e.to_string())),
+            );
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! Raft: cairn's replicated log on openraft, stored in fjall, applied to the MVCC store.
+//!
+//! Owns: the openraft type configuration (declared once, below), the node's lifecycle
+//! ([`RaftNode::start`] / [`RaftNode::shutdown`]), proposals and read barriers, and the raft
+//! metrics in [`crate::metrics`]. Storage lives in [`log_store`] (log, vote, committed index),
+//! [`state_machine`] (apply into [`crate::mvcc`]) and [`network`] (peer transport).
+//! openraft types stay inside this module: callers see only [`cairnpb::Command`] going in and
+//! [`Applied`] coming out.
+//!
+//! Today a cluster has one voter. Everything multi-node needs is an addition here: a real
+//! [`network`] transport, snapshot transfer (see [`state_machine`]), and membership calls.
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, Fatal, ForwardToLeader, LinearizableReadError};
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use prost::Message;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::mpsc;
+
+use crate::metrics;
+use crate::mvcc::{CompactionDone, Mvcc, MvccError};
+use crate::proto::{cairnpb, etcdserverpb, mvccpb};
+use crate::storage::Store;
+
+use log_store::LogStore;
+use network::Network;
+use state_machine::StateMachine;
+
+openraft::declare_raft_types!(
+    /// cairn's openraft types: prost commands in, in-memory apply results out.
+    pub(crate) TypeConfig:
+        D = Proposal,
+        R = Outcome,
+        NodeId = u64,
+        Node = MemberInfo,
+);
+
+type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// What a snapshot carries. Empty for now: a snapshot is the local MVCC state made durable,
+/// which is all a single voter needs; sending one to a follower is multi-node work.
+type SnapshotData = Vec<u8>;
+
+/// How long [`RaftNode::start`] waits for leadership, in election timeouts.
+const ELECTIONS_TO_WAIT: u32 = 5;
+
+/// Configuration of one raft member.
+pub struct RaftSettings {
+    pub node_id: u64,
+    pub member: MemberInfo,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    /// Entries applied between snapshots (etcd's `--snapshot-count`); 0 disables snapshots.
+    pub snapshot_count: u64,
+}
+
+/// A member as the cluster knows it: openraft's `Node` type, stored in membership entries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+pub struct MemberInfo {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// What applying a proposal produced, handed back to the proposer in memory.
+pub enum Applied {
+    Txn(etcdserverpb::TxnResponse, Vec<mvccpb::Event>),
+    Compaction(CompactionDone),
+}
+
+/// Why a proposal or read barrier did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("not the leader")]
+    NotLeader,
+    #[error("raft is stopped")]
+    Stopped,
+    /// The outcome is unknown: the entry may still commit.
+    #[error("request timed out")]
+    Timeout,
+    /// A deterministic apply result (e.g. compacted revision), the same on every member.
+    #[error(transparent)]
+    Apply(MvccError),
+    #[error("raft failed: {0}")]
+    Fatal(String),
+}
+
+/// A cheap view of this member's raft state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// A running raft member.
+pub struct RaftNode {
+    raft: Raft,
+    /// Bounds a proposal or read barrier, like etcd's request timeout (5 s + 2 elections).
+    request_timeout: Duration,
+    metrics_task: tokio::task::JoinHandle<()>,
+    /// Yields `None` once every raft component holding the store has been dropped.
+    released: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl RaftNode {
+    /// Opens the raft storage in `store`, creates openraft, and on a first start initializes
+    /// a single-voter cluster of this node (persisted; a restart must not re-initialize).
+    /// Waits until this node is leader (bounded, error after a few election timeouts).
+    pub async fn start(
+        store: Arc<Store>,
+        mvcc: Arc<Mvcc>,
+        settings: RaftSettings,
+    ) -> Result<Arc<RaftNode>, RaftError> {
+        let config = openraft_config(&settings)?;
+        let (in_use, released) = InUse::new();
+        let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
+        let state_machine = StateMachine::open(store, mvcc, in_use).map_err(fatal)?;
+        let raft = Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            Network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(fatal)?;
+        let node = RaftNode {
+            metrics_task: tokio::spawn(record_metrics(raft.metrics(), settings.node_id)),
+            request_timeout: Duration::from_secs(5) + 2 * settings.election_timeout,
+            released: tokio::sync::Mutex::new(released),
+            raft,
+        };
+        let wait = settings.election_timeout * 2 * ELECTIONS_TO_WAIT;
+        if let Err(e) = node
+            .become_leader(settings.node_id, settings.member, wait)
+            .await
+        {
+            node.shutdown().await;
+            return Err(e);
+        }
+        Ok(Arc::new(node))
+    }
+
+    /// Proposes; returns after the entry is committed (fsynced) and applied, with apply's result.
+    pub async fn propose(&self, cmd: cairnpb::Command) -> Result<Applied, RaftError> {
+        let _pending = Pending::start();
+        let result = self.write(cmd).await;
+        if matches!(result, Err(ref e) if !matches!(e, RaftError::Apply(_))) {
+            metrics::get().proposals_failed.inc();
+        }
+        result
+    }
+
+    /// Linearizable read barrier (ReadIndex): returns once this node's state machine has
+    /// applied everything committed before the call.
+    pub async fn read_barrier(&self) -> Result<(), RaftError> {
+        let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(self.request_timeout, read).await {
+            Err(_) => Err(RaftError::Timeout),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
+            Ok(Err(openraft::error::RaftError::APIError(e))) => Err(match e {
+                LinearizableReadError::ForwardToLeader(f) => not_leader(&f),
+                LinearizableReadError::QuorumNotEnough(_) => RaftError::Timeout,
+            }),
+        }
+    }
+
+    /// This member's view of the cluster, from openraft's metrics (no round trip).
+    pub fn status(&self) -> RaftStatus {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        RaftStatus {
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index()),
+            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index()),
+        }
+    }
+
+    /// The members of the effective membership, by id.
+    pub fn members(&self) -> Vec<(u64, MemberInfo)> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        m.membership_config
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
+    }
+
+    /// Stops raft and returns once its storage handles are released, so the store can be
+    /// closed (or reopened) right after.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft core ended abnormally: {e}");
+        }
+        self.metrics_task.abort();
+        // The state machine worker and the fsync thread end on their own once the core is
+        // gone; wait for them, bounded, so a stuck task cannot hang shutdown.
+        let mut released = self.released.lock().await;
+        if tokio::time::timeout(Duration::from_secs(10), released.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("raft storage still in use 10s after shutdown");
+        }
+    }
+
+    async fn write(&self, cmd: cairnpb::Command) -> Result<Applied, RaftError> {
+        let write = self.raft.client_write(Proposal(cmd));
+        let response = match tokio::time::timeout(self.request_timeout, write).await {
+            Err(_) => return Err(RaftError::Timeout),
+            Ok(Ok(response)) => response,
+            Ok(Err(openraft::error::RaftError::Fatal(e))) => return Err(stopped_or_fatal(e)),
+            Ok(Err(openraft::error::RaftError::APIError(e))) => return Err(write_error(e)),
+        };
+        match response.data.0 {
+            Some(result) => result.map_err(RaftError::Apply),
+            None => Err(RaftError::Fatal(format!(
+                "entry {} was applied without a result",
+                response.log_id
+            ))),
+        }
+    }
+
+    /// Initializes a pristine member as the sole voter, then waits for leadership. On a
+    /// restart there is nothing to do: openraft restores a leader whose committed vote it
+    /// finds (always the case for a sole voter that had been elected), or elects it after an
+    /// election timeout.
+    async fn become_leader(
+        &self,
+        id: u64,
+        member: MemberInfo,
+        wait: Duration,
+    ) -> Result<(), RaftError> {
+        if !self.raft.is_initialized().await.map_err(stopped_or_fatal)? {
+            let members = BTreeMap::from([(id, member)]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| RaftError::Fatal(format!("initialize: {e}")))?;
+        }
+        self.raft
+            .wait(Some(wait))
+            .state(ServerState::Leader, "start")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!("not leader {wait:?} after start: {e}");
+                RaftError::NoLeader
+            })
+    }
+}
+
+fn openraft_config(settings: &RaftSettings) -> Result<Config, RaftError> {
+    let election = millis(settings.election_timeout);
+    let config = Config {
+        cluster_name: "cairn".to_string(),
+        heartbeat_interval: millis(settings.heartbeat),
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        snapshot_policy: match settings.snapshot_count {
+            0 => SnapshotPolicy::Never,
+            n => SnapshotPolicy::LogsSinceLast(n),
+        },
+        // A single voter has no follower to catch up from the log, so the log behind a
+        // snapshot goes at once. Multi-node: keep etcd's 5000 (SnapshotCatchUpEntries).
+        max_in_snapshot_log_to_keep: 0,
+        ..Config::default()
+    };
+    config
+        .validate()
+        .map_err(|e| RaftError::Fatal(format!("raft config: {e}")))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => not_leader(&f),
+        // The entry was appended, then replaced by another leader's log: it may or may not
+        // commit, which is what a timeout tells the client too.
+        ClientWriteError::LogEntryDiscarded(_) => RaftError::Timeout,
+        other => RaftError::Fatal(other.to_string()),
+    }
+}
+
+fn not_leader(f: &ForwardToLeader<TypeConfig>) -> RaftError {
+    match f.leader_id {
+        Some(_) => RaftError::NotLeader,
+        None => RaftError::NoLeader,
+    }
+}
+
+fn stopped_or_fatal(e: Fatal<TypeConfig>) -> RaftError {
+    match e {
+        Fatal::Stopped => RaftError::Stopped,
+        other => RaftError::Fatal(other.to_string()),
+    }
+}
+
+fn fatal(e: impl fmt::Display) -> RaftError {
+    RaftError::Fatal(e.to_string())
+}
+
+/// Keeps `etcd_server_has_leader`, `is_leader`, `leader_changes_seen_total` and the
+/// committed/applied gauges in step with openraft's metrics until raft stops.
+async fn record_metrics(
+    mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    id: u64,
+) {
+    let m = metrics::get();
+    let mut last_leader = None;
+    loop {
+        {
+            let r = rx.borrow_watched();
+            m.has_leader.set(i64::from(r.current_leader.is_some()));
+            m.is_leader.set(i64::from(
+                r.current_leader == Some(id) && r.state == ServerState::Leader,
+            ));
+            if r.current_leader.is_some() && r.current_leader != last_leader {
+                m.leader_changes.inc();
+            }
+            last_leader = r.current_leader;
+            m.proposals_committed
+                .set(index_gauge(r.local_committed.as_ref().map(|l| l.index())));
+            m.proposals_applied
+                .set(index_gauge(r.last_applied.as_ref().map(|l| l.index())));
+        }
+        if rx.changed().await.is_err() {
+            m.has_leader.set(0);
+            m.is_leader.set(0);
+            return;
+        }
+    }
+}
+
+fn index_gauge(index: Option<u64>) -> i64 {
+    index.map_or(0, |i| i64::try_from(i).unwrap_or(i64::MAX))
+}
+
+/// Counts a proposal in `etcd_server_proposals_pending` for as long as it is alive, even if
+/// the caller drops the future.
+struct Pending;
+
+impl Pending {
+    fn start() -> Pending {
+        metrics::get().proposals_pending.inc();
+        Pending
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        metrics::get().proposals_pending.dec();
+    }
+}
+
+/// Held by every raft component that holds the store; [`RaftNode::shutdown`] waits for the
+/// last one to drop. Nothing is ever sent.
+#[derive(Clone)]
+struct InUse {
+    _tx: mpsc::Sender<()>,
+}
+
+impl InUse {
+    fn new() -> (InUse, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        (InUse { _tx: tx }, rx)
+    }
+}
+
+/// The log entry payload: a [`cairnpb::Command`], serialized as its protobuf bytes so the log
+/// is readable by anyone who knows etcd's protocol.
+#[derive(Clone, Debug)]
+pub(crate) struct Proposal(pub(crate) cairnpb::Command);
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use cairnpb::command::Cmd;
+        match &self.0.cmd {
+            Some(Cmd::Txn(t)) => write!(
+                f,
+                "txn({} compares, {}+{} ops)",
+                t.compare.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
+            Some(Cmd::Compaction(c)) => write!(f, "compaction({})", c.revision),
+            None => write!(f, "empty"),
+        }
+    }
+}
+
+impl Serialize for Proposal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Proposal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Proposal;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a protobuf-encoded cairnpb.Command")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Proposal, E> {
+                cairnpb::Command::decode(v).map(Proposal).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
+}
+
+/// openraft's response type: apply's result for a client proposal (`None` for blank and
+/// membership entries). It only travels in memory from the state machine to the proposer;
+/// it serializes to nothing because openraft requires serde of it.
+pub(crate) struct Outcome(Option<Result<Applied, MvccError>>);
+
+impl Serialize for Outcome {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|()| Outcome(None))
+    }
+}
+
+/// The on-disk encoding of raft's own records (log entries, vote, log ids, apply marker).
+fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(std::io::Error::other)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Runs a blocking fjall call off the async runtime. fjall holds its journal lock for the
+/// whole of an fsync, so even a small write can wait for one.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use cairnpb::command::Cmd;
+
+    use super::*;
+
+    fn settings(snapshot_count: u64) -> RaftSettings {
+        RaftSettings {
+            node_id: 0x8e9e05c52164694d,
+            member: MemberInfo {
+                name: "default".into(),
+                peer_urls: vec!["http://localhost:2380".into()],
+                client_urls: vec![],
+            },
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(300),
+            snapshot_count,
+        }
+    }
+
+    async fn start(dir: &Path, snapshot_count: u64) -> (Arc<Mvcc>, Arc<RaftNode>) {
+        let store = Arc::new(Store::open(dir).expect("open store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));
+        let node = RaftNode::start(store, mvcc.clone(), settings(snapshot_count))
+            .await
+            .expect("start raft");
+        (mvcc, node)
+    }
+
+    fn txn() -> cairnpb::Command {
+        cairnpb::Command {
+            cmd: Some(Cmd::Txn(etcdserverpb::TxnRequest::default())),
+        }
+    }
+
+    fn compaction(revision: i64) -> cairnpb::Command {
+        cairnpb::Command {
+            cmd: Some(Cmd::Compaction(etcdserverpb::CompactionRequest {
+                revision,
+                physical: false,
+            })),
+        }
+    }
+
+    fn revision(applied: &Applied) -> i64 {
+        match applied {
+            Applied::Txn(resp, _) => resp.header.as_ref().map_or(0, |h| h.revision),
+            Applied::Compaction(_) => panic!("expected a txn result"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_proposals_apply_in_log_order_and_share_fsyncs() {
+        // Closed-loop clients, like a loaded API: each proposes again as soon as its last
+        // proposal is applied, so appends keep arriving while an fsync runs.
+        const CLIENTS: usize = 32;
+        const EACH: usize = 25;
+        const N: usize = CLIENTS * EACH;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mvcc, node) = start(dir.path(), 0).await;
+        let fsyncs_before = metrics::get().wal_fsync_duration.get_sample_count();
+
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    for _ in 0..EACH {
+                        let resp = node
+                            .raft
+                            .client_write(Proposal(txn()))
+                            .await
+                            .expect("client_write");
+                        let applied = resp.data.0.expect("an apply result").expect("applied");
+                        seen.push((resp.log_id.index(), revision(&applied)));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for client in clients {
+            results.extend(client.await.expect("join"));
+        }
+
+        let fsyncs = metrics::get().wal_fsync_duration.get_sample_count() - fsyncs_before;
+        results.sort();
+        let revisions: Vec<i64> = results.iter().map(|(_, rev)| *rev).collect();
+        assert_eq!(
+            revisions,
+            (1..=N as i64).collect::<Vec<_>>(),
+            "revisions follow log order"
+        );
+        assert!(
+            results.windows(2).all(|w| w[0].0 < w[1].0),
+            "one log index per proposal"
+        );
+        assert_eq!(mvcc.current_revision(), N as i64);
+        // Other tests in this process fsync too, so allow slack; without group commit this
+        // would be at least N.
+        assert!(fsyncs < N as u64 / 4, "{fsyncs} fsyncs for {N} proposals");
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_keeps_the_cluster_and_does_not_apply_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (id, membership_log_id, applied_index) = {
+            let (_mvcc, node) = start(dir.path(), 10).await;
+            for expected in 1..=35 {
+                let applied = node.propose(txn()).await.expect("propose");
+                assert_eq!(revision(&applied), expected);
+            }
+            node.read_barrier().await.expect("read barrier");
+            let status = node.status();
+            let id = settings(10).node_id;
+            assert_eq!((status.leader, status.is_leader), (Some(id), true));
+            assert!(status.term >= 1 && status.applied_index >= 35, "{status:?}");
+            assert_eq!(node.members(), vec![(id, settings(10).member)]);
+            // With --snapshot-count 10 the log behind a snapshot gets purged.
+            node.raft
+                .wait(Some(Duration::from_secs(10)))
+                .metrics(|m| m.purged.is_some(), "log purged after a snapshot")
+                .await
+                .expect("purge");
+            let m = node.raft.metrics().borrow_watched().clone();
+            node.shutdown().await;
+            (id, *m.membership_config.log_id(), status.applied_index)
+        };
+
+        let store = Arc::new(Store::open(dir.path()).expect("reopen store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("reopen mvcc"));
+        assert_eq!(mvcc.current_revision(), 35);
+        let node = RaftNode::start(store, mvcc.clone(), settings(10))
+            .await
+            .expect("restart raft");
+        assert_eq!(mvcc.current_revision(), 35, "nothing applied twice");
+        let status = node.status();
+        assert_eq!(status.leader, Some(id));
+        assert!(
+            status.is_leader && status.applied_index >= applied_index,
+            "{status:?}"
+        );
+        let m = node.raft.metrics().borrow_watched().clone();
+        assert_eq!(
+            m.membership_config.log_id(),
+            &membership_log_id,
+            "not initialized again"
+        );
+        assert_eq!(revision(&node.propose(txn()).await.expect("propose")), 36);
+        node.read_barrier().await.expect("read barrier");
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deterministic_mvcc_errors_reach_the_proposer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_mvcc, node) = start(dir.path(), 0).await;
+        node.propose(txn()).await.expect("propose");
+        let future = node
+            .propose(compaction(100))
+            .await
+            .err()
+            .expect("future revision");
+        assert!(
+            matches!(future, RaftError::Apply(MvccError::FutureRev)),
+            "{future}"
+        );
+        assert!(matches!(
+            node.propose(compaction(1)).await,
+            Ok(Applied::Compaction(_))
+        ));
+        let compacted = node.propose(compaction(1)).await.err().expect("compacted");
+        assert!(
+            matches!(compacted, RaftError::Apply(MvccError::Compacted)),
+            "{compacted}"
+        );
+        assert_eq!(
+            revision(&node.propose(txn()).await.expect("still applying")),
+            2
+        );
+        node.shutdown().await;
+    }
+
+    #[test]
+    fn log_entries_round_trip_with_the_command_as_protobuf() {
+        let log_id = openraft::testing::log_id::<TypeConfig>(3, 1, 7);
+        let entry: openraft::alias::EntryOf<TypeConfig> = openraft::Entry {
+            log_id,
+            payload: openraft::EntryPayload::Normal(Proposal(compaction(42))),
+        };
+        let bytes = encode(&entry).expect("encode");
+        let back: openraft::alias::EntryOf<TypeConfig> = decode(&bytes).expect("decode");
+        assert_eq!(back.log_id, entry.log_id);
+        match back.payload {
+            openraft::EntryPayload::Normal(Proposal(cmd)) => assert_eq!(cmd, compaction(42)),
+            _ => panic!("payload changed"),
+        }
+    }
+}
