@@ -14,6 +14,9 @@ pub enum ApiError {
     EmptyKey,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    /// fjall keys are limited in size; etcd has no key limit below the request size.
+    #[error("cairn: key is longer than {} bytes", crate::mvcc::MAX_KEY_LEN)]
+    KeyTooLong,
     #[error("etcdserver: value is provided")]
     ValueProvided,
     #[error("etcdserver: lease is provided")]
@@ -54,7 +57,7 @@ impl ApiError {
     fn code(&self) -> Code {
         use ApiError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            EmptyKey | KeyNotFound | KeyTooLong | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
@@ -79,6 +82,8 @@ impl From<MvccError> for ApiError {
             MvccError::Compacted => ApiError::Compacted,
             MvccError::FutureRev => ApiError::FutureRev,
             MvccError::KeyNotFound => ApiError::KeyNotFound,
+            MvccError::InvalidKey(0) => ApiError::EmptyKey,
+            MvccError::InvalidKey(_) => ApiError::KeyTooLong,
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -35,6 +35,9 @@ pub fn put(r: &PutRequest) -> Result<(), ApiError> {
     if r.key.is_empty() {
         return Err(ApiError::EmptyKey);
     }
+    if r.key.len() > crate::mvcc::MAX_KEY_LEN {
+        return Err(ApiError::KeyTooLong);
+    }
     if r.ignore_value && !r.value.is_empty() {
         return Err(ApiError::ValueProvided);
     }

@@ -101,8 +101,8 @@ impl From<StorageError> for MvccError {
 
 impl MvccError {
     /// True for an error that answers the request deterministically (every replica gets
-    /// the same), as opposed to a storage failure.
-    fn is_answer(&self) -> bool {
+    /// the same), as opposed to a storage failure, after which the node must stop applying.
+    pub fn is_answer(&self) -> bool {
         !matches!(self, MvccError::Storage(_))
     }
 }

@@ -501,9 +501,12 @@ mod tests {
         (mvcc, node)
     }
 
+    /// A one-put txn: every one of them creates exactly one new revision.
     fn txn() -> cairnpb::Command {
+        let put = etcdserverpb::PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() };
+        let op = etcdserverpb::RequestOp { request: Some(etcdserverpb::request_op::Request::RequestPut(put)) };
         cairnpb::Command {
-            cmd: Some(Cmd::Txn(etcdserverpb::TxnRequest::default())),
+            cmd: Some(Cmd::Txn(etcdserverpb::TxnRequest { success: vec![op], ..Default::default() })),
         }
     }
 
@@ -562,14 +565,14 @@ mod tests {
         let revisions: Vec<i64> = results.iter().map(|(_, rev)| *rev).collect();
         assert_eq!(
             revisions,
-            (1..=N as i64).collect::<Vec<_>>(),
+            (2..=N as i64 + 1).collect::<Vec<_>>(),
             "revisions follow log order"
         );
         assert!(
             results.windows(2).all(|w| w[0].0 < w[1].0),
             "one log index per proposal"
         );
-        assert_eq!(mvcc.current_revision(), N as i64);
+        assert_eq!(mvcc.current_revision(), N as i64 + 1);
         // Other tests in this process fsync too, so allow slack; without group commit this
         // would be at least N.
         assert!(fsyncs < N as u64 / 4, "{fsyncs} fsyncs for {N} proposals");
@@ -581,7 +584,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (id, membership_log_id, applied_index) = {
             let (_mvcc, node) = start(dir.path(), 10).await;
-            for expected in 1..=35 {
+            for expected in 2..=36 {
                 let applied = node.propose(txn()).await.expect("propose");
                 assert_eq!(revision(&applied), expected);
             }
@@ -604,11 +607,11 @@ mod tests {
 
         let store = Arc::new(Store::open(dir.path()).expect("reopen store"));
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("reopen mvcc"));
-        assert_eq!(mvcc.current_revision(), 35);
+        assert_eq!(mvcc.current_revision(), 36);
         let node = RaftNode::start(store, mvcc.clone(), settings(10))
             .await
             .expect("restart raft");
-        assert_eq!(mvcc.current_revision(), 35, "nothing applied twice");
+        assert_eq!(mvcc.current_revision(), 36, "nothing applied twice");
         let status = node.status();
         assert_eq!(status.leader, Some(id));
         assert!(
@@ -621,7 +624,7 @@ mod tests {
             &membership_log_id,
             "not initialized again"
         );
-        assert_eq!(revision(&node.propose(txn()).await.expect("propose")), 36);
+        assert_eq!(revision(&node.propose(txn()).await.expect("propose")), 37);
         node.read_barrier().await.expect("read barrier");
         node.shutdown().await;
     }
@@ -651,7 +654,7 @@ mod tests {
         );
         assert_eq!(
             revision(&node.propose(txn()).await.expect("still applying")),
-            2
+            3
         );
         node.shutdown().await;
     }

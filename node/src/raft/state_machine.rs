@@ -28,7 +28,7 @@ use super::{
     blocking, decode, encode, Applied, InUse, Outcome, Proposal, SnapshotData, TypeConfig,
 };
 use crate::metrics;
-use crate::mvcc::{Mvcc, MvccError};
+use crate::mvcc::Mvcc;
 use crate::proto::cairnpb::command::Cmd;
 use crate::storage::Store;
 
@@ -175,7 +175,7 @@ fn apply_command(mvcc: &Mvcc, Proposal(command): &Proposal, marker: &[u8]) -> io
     };
     match result {
         Ok(applied) => Ok(Outcome(Some(Ok(applied)))),
-        Err(e) if is_deterministic(&e) => {
+        Err(e) if e.is_answer() => {
             // The refused command changed nothing, but the entry is applied all the same.
             no_change(mvcc, marker)?;
             Ok(Outcome(Some(Err(e))))
@@ -187,13 +187,6 @@ fn apply_command(mvcc: &Mvcc, Proposal(command): &Proposal, marker: &[u8]) -> io
 fn no_change(mvcc: &Mvcc, marker: &[u8]) -> io::Result<Outcome> {
     mvcc.record_applied(marker).map_err(io::Error::other)?;
     Ok(Outcome(None))
-}
-
-/// Whether an MVCC error is a result of the command itself, identical on every member.
-// `{ .. }` matches the variants whatever fields they carry.
-#[allow(clippy::unneeded_struct_pattern)]
-fn is_deterministic(e: &MvccError) -> bool {
-    matches!(e, MvccError::Compacted { .. } | MvccError::FutureRev { .. })
 }
 
 /// Builds a snapshot of the state machine as it was when the builder was made.
