@@ -113,7 +113,9 @@ pub fn free_port() -> Result<u16> {
     static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     for _ in 0..100 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut taken = TAKEN.lock().map_err(|_| anyhow!("port registry poisoned"))?;
+        let mut taken = TAKEN
+            .lock()
+            .map_err(|_| anyhow!("port registry poisoned"))?;
         if taken.get_or_insert_with(HashSet::new).insert(port) {
             return Ok(port);
         }
@@ -161,7 +163,11 @@ pub struct Exited {
 /// Runs the server binary with `args` and waits (bounded) for it to exit by itself, as a
 /// server refusing to start must. A process still running at the deadline is killed and
 /// reported as an error.
-pub async fn run_until_exit(kind: ServerKind, args: &[String], timeout: Duration) -> Result<Exited> {
+pub async fn run_until_exit(
+    kind: ServerKind,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Exited> {
     let log = tempfile::NamedTempFile::new()?;
     let mut child = server_command(kind, args)?
         .stdout(log.reopen()?)
@@ -356,7 +362,9 @@ impl Server {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
                     bail!(
-                        "server exited during start-up with {status}; log:\n{}",
+                        "server exited during start-up with {status}\ncommand: {:?} {}\nlog:\n{}",
+                        self.kind.binary().unwrap_or_default(),
+                        self.args.join(" "),
                         self.log_tail(4000)
                     );
                 }
@@ -440,7 +448,10 @@ impl Server {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("server ignored SIGTERM for 10 s; log:\n{}", self.log_tail(4000));
+                bail!(
+                    "server ignored SIGTERM for 10 s; log:\n{}",
+                    self.log_tail(4000)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -59,11 +59,7 @@ async fn empty_key_is_refused_everywhere() {
         NO_KEY,
     );
     assert_grpc_error(client.get("", None).await, Code::InvalidArgument, NO_KEY);
-    assert_grpc_error(
-        client.delete("", None).await,
-        Code::InvalidArgument,
-        NO_KEY,
-    );
+    assert_grpc_error(client.delete("", None).await, Code::InvalidArgument, NO_KEY);
     assert_grpc_error(
         client
             .txn(Txn::new().and_then([TxnOp::put("", "v", None)]))
@@ -72,9 +68,7 @@ async fn empty_key_is_refused_everywhere() {
         NO_KEY,
     );
     assert_grpc_error(
-        client
-            .txn(Txn::new().or_else([TxnOp::get("", None)]))
-            .await,
+        client.txn(Txn::new().or_else([TxnOp::get("", None)])).await,
         Code::InvalidArgument,
         NO_KEY,
     );
@@ -188,11 +182,13 @@ async fn duplicate_keys_in_a_txn_are_refused() {
         .unwrap();
     assert!(resp.succeeded());
     let resp = client
-        .txn(Txn::new().and_then([TxnOp::txn(
-            Txn::new()
-                .and_then([TxnOp::put("n", "1", None)])
-                .or_else([TxnOp::put("n", "2", None)]),
-        )]))
+        .txn(
+            Txn::new().and_then([TxnOp::txn(
+                Txn::new()
+                    .and_then([TxnOp::put("n", "1", None)])
+                    .or_else([TxnOp::put("n", "2", None)]),
+            )]),
+        )
         .await
         .unwrap();
     assert!(resp.succeeded());
@@ -226,10 +222,7 @@ async fn future_and_compacted_revisions_are_refused() {
     // A read inside a txn at a compacted revision fails the whole txn.
     assert_grpc_error(
         client
-            .txn(Txn::new().and_then([TxnOp::get(
-                "k",
-                Some(GetOptions::new().with_revision(2)),
-            )]))
+            .txn(Txn::new().and_then([TxnOp::get("k", Some(GetOptions::new().with_revision(2)))]))
             .await,
         Code::OutOfRange,
         compacted,

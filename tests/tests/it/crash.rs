@@ -10,7 +10,7 @@ use etcd_client::{CompactionOptions, GetOptions};
 use crate::{assert_grpc_error, current_revision, rev, Code};
 
 const WRITERS: usize = 8;
-const LOAD_TIME: Duration = Duration::from_millis(1500);
+const LOAD_TIME: Duration = Duration::from_secs(2);
 
 /// One acknowledged put.
 #[derive(Debug, Clone)]
@@ -83,7 +83,10 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(all_revs.len(), total, "each put got its own revision");
     let max_acked = *all_revs.last().unwrap();
 
-    server.restart().await.expect("server restarts on the same data dir");
+    server
+        .restart()
+        .await
+        .expect("server restarts on the same data dir");
     let mut client = server.client().await.unwrap();
     assert!(current_revision(&mut client).await >= max_acked);
 
@@ -171,7 +174,12 @@ async fn compaction_and_revision_survive_kill_9() {
     let resp = client.get("k", None).await.unwrap();
     let kv = &resp.kvs()[0];
     assert_eq!(
-        (kv.value(), kv.create_revision(), kv.mod_revision(), kv.version()),
+        (
+            kv.value(),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version()
+        ),
         (&b"v5"[..], 7, 7, 1)
     );
     assert_eq!(rev!(client.put("k", "v6", None).await.unwrap()), 8);

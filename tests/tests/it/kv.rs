@@ -64,7 +64,14 @@ async fn put_bumps_revision_and_version_and_delete_ends_the_generation() {
     assert_eq!(rev!(resp), 3);
     let kv = &resp.kvs()[0];
     assert_eq!(
-        (kv.key(), kv.value(), kv.create_revision(), kv.mod_revision(), kv.version(), kv.lease()),
+        (
+            kv.key(),
+            kv.value(),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version(),
+            kv.lease()
+        ),
         (&b"k"[..], &b"v2"[..], 2, 3, 2, 0)
     );
 
@@ -76,7 +83,10 @@ async fn put_bumps_revision_and_version_and_delete_ends_the_generation() {
     assert_eq!(rev!(client.put("k", "v3", None).await.unwrap()), 5);
     let resp = client.get("k", None).await.unwrap();
     let kv = &resp.kvs()[0];
-    assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version()), (5, 5, 1));
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version()),
+        (5, 5, 1)
+    );
 }
 
 #[tokio::test]
@@ -94,7 +104,13 @@ async fn put_prev_kv_returns_the_previous_pair() {
     assert_eq!(rev!(second), 3);
     let prev = second.prev_key().expect("prev_kv");
     assert_eq!(
-        (prev.key(), prev.value(), prev.create_revision(), prev.mod_revision(), prev.version()),
+        (
+            prev.key(),
+            prev.value(),
+            prev.create_revision(),
+            prev.mod_revision(),
+            prev.version()
+        ),
         (&b"k"[..], &b"v1"[..], 2, 2, 1)
     );
     // Without the option no previous pair is returned.
@@ -113,7 +129,10 @@ async fn put_ignore_value_keeps_the_value_and_bumps_the_version() {
     assert_eq!(rev!(resp), 3);
     let got = client.get("k", None).await.unwrap();
     let kv = &got.kvs()[0];
-    assert_eq!((kv.value(), kv.version(), kv.mod_revision()), (&b"keep"[..], 2, 3));
+    assert_eq!(
+        (kv.value(), kv.version(), kv.mod_revision()),
+        (&b"keep"[..], 2, 3)
+    );
 
     // ignore_value with a value, and ignore_value on a missing key, are refused.
     assert_grpc_error(
@@ -152,7 +171,10 @@ async fn put_ignore_lease_on_missing_key_is_an_error() {
         .await
         .unwrap();
     let got = client.get("k", None).await.unwrap();
-    assert_eq!((got.kvs()[0].value(), got.kvs()[0].lease()), (&b"v2"[..], 0));
+    assert_eq!(
+        (got.kvs()[0].value(), got.kvs()[0].lease()),
+        (&b"v2"[..], 0)
+    );
 }
 
 #[tokio::test]
@@ -168,7 +190,10 @@ async fn put_with_lease_attaches_it_and_ignore_lease_keeps_it() {
         .await
         .unwrap();
     let got = client.get("k", None).await.unwrap();
-    assert_eq!((got.kvs()[0].value(), got.kvs()[0].lease()), (&b"v2"[..], lease));
+    assert_eq!(
+        (got.kvs()[0].value(), got.kvs()[0].lease()),
+        (&b"v2"[..], lease)
+    );
     // A plain put detaches the lease.
     client.put("k", "v3", None).await.unwrap();
     assert_eq!(client.get("k", None).await.unwrap().kvs()[0].lease(), 0);
@@ -186,7 +211,14 @@ async fn populate(client: &mut Client) {
     // Revisions 2..=7.
     put_all(
         client,
-        &[("a", "1"), ("b", "2"), ("c", "3"), ("d/1", "4"), ("d/2", "5"), ("e", "6")],
+        &[
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+            ("d/1", "4"),
+            ("d/2", "5"),
+            ("e", "6"),
+        ],
     )
     .await;
 }
@@ -284,19 +316,31 @@ async fn range_keys_only_and_count_only() {
     assert_eq!(values(&resp), ["", ""]);
     // keys_only still reports revisions and versions.
     assert_eq!(
-        (resp.kvs()[0].create_revision(), resp.kvs()[0].mod_revision(), resp.kvs()[0].version()),
+        (
+            resp.kvs()[0].create_revision(),
+            resp.kvs()[0].mod_revision(),
+            resp.kvs()[0].version()
+        ),
         (5, 5, 1)
     );
 
     let resp = client
-        .get("", Some(GetOptions::new().with_all_keys().with_count_only()))
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
         .await
         .unwrap();
     assert_eq!((resp.kvs().len(), resp.count(), resp.more()), (0, 6, false));
     let resp = client
         .get(
             "",
-            Some(GetOptions::new().with_all_keys().with_count_only().with_limit(2)),
+            Some(
+                GetOptions::new()
+                    .with_all_keys()
+                    .with_count_only()
+                    .with_limit(2),
+            ),
         )
         .await
         .unwrap();
@@ -312,11 +356,7 @@ async fn range_sorts_by_each_target() {
         &[("a", "9"), ("b", "5"), ("c", "7"), ("z", "1"), ("b", "8")],
     )
     .await;
-    let sorted = |target, order| {
-        GetOptions::new()
-            .with_all_keys()
-            .with_sort(target, order)
-    };
+    let sorted = |target, order| GetOptions::new().with_all_keys().with_sort(target, order);
 
     let resp = client
         .get("", Some(sorted(SortTarget::Key, SortOrder::Descend)))
@@ -381,14 +421,15 @@ async fn range_reads_history_at_a_revision() {
     let resp = client.get("k", Some(at(4))).await.unwrap();
     assert_eq!(values(&resp), ["v2"]);
     assert_eq!(
-        (resp.kvs()[0].create_revision(), resp.kvs()[0].mod_revision(), resp.kvs()[0].version()),
+        (
+            resp.kvs()[0].create_revision(),
+            resp.kvs()[0].mod_revision(),
+            resp.kvs()[0].version()
+        ),
         (2, 3, 2)
     );
     assert_eq!(client.get("k", Some(at(5))).await.unwrap().count(), 0);
-    let resp = client
-        .get("", Some(at(3).with_all_keys()))
-        .await
-        .unwrap();
+    let resp = client.get("", Some(at(3).with_all_keys())).await.unwrap();
     assert_eq!(keys(&resp), ["k"]);
 
     assert_grpc_error(client.get("k", Some(at(6))).await, Code::OutOfRange, FUTURE);
@@ -415,7 +456,11 @@ async fn range_serializable_reads_the_local_store() {
 async fn range_filters_by_mod_and_create_revision() {
     let (_server, mut client) = start().await;
     // a@2, b@3, c@4, then a modified @5: a(create 2, mod 5), b(3,3), c(4,4).
-    put_all(&mut client, &[("a", "1"), ("b", "2"), ("c", "3"), ("a", "4")]).await;
+    put_all(
+        &mut client,
+        &[("a", "1"), ("b", "2"), ("c", "3"), ("a", "4")],
+    )
+    .await;
     let all = || GetOptions::new().with_all_keys();
 
     let resp = client
@@ -460,18 +505,30 @@ async fn delete_range_prefix_range_and_prev_kv() {
     assert_eq!((resp.deleted(), rev!(resp)), (0, 7));
 
     let resp = client
-        .delete("d/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .delete(
+            "d/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
         .await
         .unwrap();
     assert_eq!((resp.deleted(), rev!(resp)), (2, 8));
     let prev: Vec<_> = resp
         .prev_kvs()
         .iter()
-        .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string(), kv.mod_revision()))
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+                kv.mod_revision(),
+            )
+        })
         .collect();
     assert_eq!(
         prev,
-        [("d/1".to_string(), "4".to_string(), 5), ("d/2".to_string(), "5".to_string(), 6)]
+        [
+            ("d/1".to_string(), "4".to_string(), 5),
+            ("d/2".to_string(), "5".to_string(), 6)
+        ]
     );
 
     // [a, c) deletes a and b in one revision; without prev_kv none are returned.
@@ -479,7 +536,10 @@ async fn delete_range_prefix_range_and_prev_kv() {
         .delete("a", Some(DeleteOptions::new().with_range("c")))
         .await
         .unwrap();
-    assert_eq!((resp.deleted(), rev!(resp), resp.prev_kvs().len()), (2, 9, 0));
+    assert_eq!(
+        (resp.deleted(), rev!(resp), resp.prev_kvs().len()),
+        (2, 9, 0)
+    );
 
     let resp = client
         .get("", Some(GetOptions::new().with_all_keys()))
@@ -513,7 +573,10 @@ async fn txn_compares_each_target() {
         (Compare::version("k", CompareOp::NotEqual, 2), false),
         (Compare::version("missing", CompareOp::Equal, 0), true),
         (Compare::create_revision("k", CompareOp::Equal, 2), true),
-        (Compare::create_revision("missing", CompareOp::Equal, 0), true),
+        (
+            Compare::create_revision("missing", CompareOp::Equal, 0),
+            true,
+        ),
         (Compare::create_revision("k", CompareOp::Less, 2), false),
         (Compare::mod_revision("k", CompareOp::Equal, 3), true),
         (Compare::mod_revision("k", CompareOp::Greater, 3), false),
@@ -529,9 +592,18 @@ async fn txn_compares_each_target() {
         (Compare::lease("k", CompareOp::Equal, 0), true),
         (Compare::lease("k", CompareOp::Greater, 0), false),
         // Range compares: every key in the range must satisfy it.
-        (Compare::version("\0", CompareOp::Greater, 0).with_range("\0"), true),
-        (Compare::mod_revision("a", CompareOp::Less, 4).with_range("z"), false),
-        (Compare::mod_revision("k", CompareOp::Less, 4).with_range("l"), true),
+        (
+            Compare::version("\0", CompareOp::Greater, 0).with_range("\0"),
+            true,
+        ),
+        (
+            Compare::mod_revision("a", CompareOp::Less, 4).with_range("z"),
+            false,
+        ),
+        (
+            Compare::mod_revision("k", CompareOp::Less, 4).with_range("l"),
+            true,
+        ),
     ];
     for (i, (cmp, expected)) in cases.into_iter().enumerate() {
         let resp = client.txn(Txn::new().when([cmp])).await.unwrap();
@@ -692,7 +764,12 @@ async fn read_only_and_no_op_txns_do_not_bump_the_revision() {
 fn assert_leaf_header(header: Option<&etcd_client::ResponseHeader>, revision: i64) {
     let header = header.expect("op response header");
     assert_eq!(
-        (header.cluster_id(), header.member_id(), header.revision(), header.raft_term()),
+        (
+            header.cluster_id(),
+            header.member_id(),
+            header.revision(),
+            header.raft_term()
+        ),
         (0, 0, revision, 0)
     );
 }
@@ -734,7 +811,12 @@ async fn nested_txn_applies_inner_branches_at_the_outer_revision() {
     assert!(first.succeeded());
     let header = first.header().expect("nested txn header");
     assert_eq!(
-        (header.cluster_id(), header.member_id(), header.revision(), header.raft_term()),
+        (
+            header.cluster_id(),
+            header.member_id(),
+            header.revision(),
+            header.raft_term()
+        ),
         (0, 0, 0, 0)
     );
     let inner_ops = first.op_responses();
@@ -770,7 +852,11 @@ async fn nested_txn_applies_inner_branches_at_the_outer_revision() {
 #[tokio::test]
 async fn compact_removes_history_below_the_revision() {
     let (_server, mut client) = start().await;
-    put_all(&mut client, &[("k", "v1"), ("k", "v2"), ("k", "v3"), ("k", "v4")]).await; // 2..=5
+    put_all(
+        &mut client,
+        &[("k", "v1"), ("k", "v2"), ("k", "v3"), ("k", "v4")],
+    )
+    .await; // 2..=5
 
     let resp = client
         .compact(4, Some(CompactionOptions::new().with_physical()))
@@ -817,7 +903,11 @@ async fn compact_keeps_deleted_keys_out_and_live_keys_in() {
         .unwrap();
     assert_eq!(keys(&resp), ["live"]);
     assert_eq!(
-        (resp.kvs()[0].create_revision(), resp.kvs()[0].mod_revision(), resp.kvs()[0].version()),
+        (
+            resp.kvs()[0].create_revision(),
+            resp.kvs()[0].mod_revision(),
+            resp.kvs()[0].version()
+        ),
         (3, 5, 2)
     );
     // Writes after compaction continue the revision sequence.

@@ -2,6 +2,9 @@
 //! server (cairn by default, real etcd 3.5 with `CAIRN_TEST_SERVER=etcd`) on its own ports
 //! and data directory, so tests run in parallel. Expectations were taken from etcd 3.5.1.
 
+// Test code: a failed unwrap is a failed assertion with its value printed, which is what we want.
+#![allow(clippy::unwrap_used)]
+
 mod bad_input;
 mod crash;
 mod etcdctl;
@@ -22,11 +25,7 @@ pub fn grpc_error<T: std::fmt::Debug>(result: Result<T, Error>) -> (Code, String
 
 /// Asserts that `result` is the gRPC error `code` with exactly `message`.
 #[track_caller]
-pub fn assert_grpc_error<T: std::fmt::Debug>(
-    result: Result<T, Error>,
-    code: Code,
-    message: &str,
-) {
+pub fn assert_grpc_error<T: std::fmt::Debug>(result: Result<T, Error>, code: Code, message: &str) {
     let (got_code, got_message) = grpc_error(result);
     assert_eq!(
         (got_code, got_message.as_str()),

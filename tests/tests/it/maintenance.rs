@@ -29,7 +29,11 @@ async fn status_reports_an_etcd_version_and_this_member_as_leader() {
     assert_eq!(status.leader(), header.member_id());
     assert!(status.raft_term() >= 1);
     assert_eq!(status.raft_term(), header.raft_term());
-    assert!(status.raft_index() >= 2, "raft index {}", status.raft_index());
+    assert!(
+        status.raft_index() >= 2,
+        "raft index {}",
+        status.raft_index()
+    );
     assert!(status.raft_applied_index() >= 1);
     assert!(status.raft_applied_index() <= status.raft_index());
     assert!(status.db_size() > 0);
@@ -75,7 +79,7 @@ async fn hash_kv_is_stable_and_changes_with_writes() {
     let (_server, mut client) = start().await;
     client.put("a", "1", None).await.unwrap();
     client.put("b", "2", None).await.unwrap(); // revision 3
-    // hash_revision is an etcd 3.6 field (0 from 3.5), so it is not checked here.
+                                               // hash_revision is an etcd 3.6 field (0 from 3.5), so it is not checked here.
     let first = client.hash_kv(0).await.unwrap();
     assert_eq!(rev!(first), 3);
     // etcd reports -1 (its initial compactMainRev) while nothing has been compacted.
@@ -116,5 +120,9 @@ async fn snapshot_streams_the_whole_database() {
         last_remaining = Some(chunk.remaining_bytes());
     }
     assert!(total > 0, "snapshot is not empty");
-    assert_eq!(last_remaining, Some(0), "the last chunk has nothing remaining");
+    assert_eq!(
+        last_remaining,
+        Some(0),
+        "the last chunk has nothing remaining"
+    );
 }
