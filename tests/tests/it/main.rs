@@ -1,0 +1,52 @@
+//! cairn's integration tests: one binary, one module per area. Every test spawns its own
+//! server (cairn by default, real etcd 3.5 with `CAIRN_TEST_SERVER=etcd`) on its own ports
+//! and data directory, so tests run in parallel. Expectations were taken from etcd 3.5.1.
+
+// Test code: a failed unwrap is a failed assertion with its value printed, which is what we want.
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod crash;
+mod etcdctl;
+mod http;
+mod kv;
+mod maintenance;
+
+use etcd_client::{Error, GetOptions};
+pub use tonic::Code;
+
+/// The gRPC code and message of an etcd-client error, or a panic naming what came instead.
+pub fn grpc_error<T: std::fmt::Debug>(result: Result<T, Error>) -> (Code, String) {
+    match result {
+        Err(Error::GRpcStatus(status)) => (status.code(), status.message().to_string()),
+        other => panic!("expected a gRPC error status, got {other:?}"),
+    }
+}
+
+/// Asserts that `result` is the gRPC error `code` with exactly `message`.
+#[track_caller]
+pub fn assert_grpc_error<T: std::fmt::Debug>(result: Result<T, Error>, code: Code, message: &str) {
+    let (got_code, got_message) = grpc_error(result);
+    assert_eq!(
+        (got_code, got_message.as_str()),
+        (code, message),
+        "unexpected gRPC error"
+    );
+}
+
+/// Revision in the header of any etcd-client response.
+#[macro_export]
+macro_rules! rev {
+    ($resp:expr) => {
+        $resp.header().expect("response has a header").revision()
+    };
+}
+
+/// The store revision as seen by a plain Range.
+pub async fn current_revision(client: &mut etcd_client::Client) -> i64 {
+    let resp = client
+        .get("\0", Some(GetOptions::new().with_count_only()))
+        .await
+        .expect("range for the current revision");
+    rev!(resp)
+}

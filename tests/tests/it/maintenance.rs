@@ -1,0 +1,128 @@
+//! Maintenance and Cluster services through etcd-client: Status, MemberList, Alarm, HashKV,
+//! Defragment and Snapshot on a single-member server.
+
+use cairn_tests::Server;
+use etcd_client::{AlarmAction, AlarmType, Client};
+
+use crate::rev;
+
+async fn start() -> (Server, Client) {
+    let server = Server::start().await.expect("server starts");
+    let client = server.client().await.expect("client connects");
+    (server, client)
+}
+
+#[tokio::test]
+async fn status_reports_an_etcd_version_and_this_member_as_leader() {
+    let (_server, mut client) = start().await;
+    client.put("k", "v", None).await.unwrap();
+    let status = client.status().await.unwrap();
+    let header = status.header().unwrap();
+    assert_eq!(header.revision(), 2);
+    // Clients gate features on this: it must look like etcd 3.5 (digits and dots only).
+    let version = status.version();
+    assert!(version.starts_with("3.5."), "version {version}");
+    assert!(
+        version.chars().all(|c| c.is_ascii_digit() || c == '.'),
+        "version {version}"
+    );
+    assert_eq!(status.leader(), header.member_id());
+    assert!(status.raft_term() >= 1);
+    assert_eq!(status.raft_term(), header.raft_term());
+    assert!(
+        status.raft_index() >= 2,
+        "raft index {}",
+        status.raft_index()
+    );
+    assert!(status.raft_applied_index() >= 1);
+    assert!(status.raft_applied_index() <= status.raft_index());
+    assert!(status.db_size() > 0);
+    assert!(status.raft_used_db_size() > 0);
+    assert!(status.raft_used_db_size() <= status.db_size());
+    assert!(!status.is_learner());
+    assert!(status.errors().is_empty());
+
+    // Each committed write advances the raft index.
+    client.put("k", "v2", None).await.unwrap();
+    let later = client.status().await.unwrap();
+    assert!(later.raft_index() > status.raft_index());
+}
+
+#[tokio::test]
+async fn member_list_has_one_voting_member() {
+    let (server, mut client) = start().await;
+    let resp = client.member_list().await.unwrap();
+    let header = resp.header().unwrap();
+    let members = resp.members();
+    assert_eq!(members.len(), 1);
+    let member = &members[0];
+    assert_eq!(member.id(), header.member_id());
+    assert_eq!(member.name(), server.name());
+    assert_eq!(member.peer_urls(), [server.peer_url()]);
+    assert_eq!(member.client_urls(), [server.client_url()]);
+    assert!(!member.is_learner());
+    assert_ne!(header.cluster_id(), 0);
+}
+
+#[tokio::test]
+async fn no_alarms_on_a_healthy_server() {
+    let (_server, mut client) = start().await;
+    let resp = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert!(resp.alarms().is_empty());
+}
+
+#[tokio::test]
+async fn hash_kv_is_stable_and_changes_with_writes() {
+    let (_server, mut client) = start().await;
+    client.put("a", "1", None).await.unwrap();
+    client.put("b", "2", None).await.unwrap(); // revision 3
+                                               // hash_revision is an etcd 3.6 field (0 from 3.5), so it is not checked here.
+    let first = client.hash_kv(0).await.unwrap();
+    assert_eq!(rev!(first), 3);
+    // etcd reports -1 (its initial compactMainRev) while nothing has been compacted.
+    assert_eq!(first.compact_version(), -1);
+    let again = client.hash_kv(0).await.unwrap();
+    assert_eq!(first.hash(), again.hash());
+    // Hashing an explicit revision equals hashing the same state later.
+    client.put("c", "3", None).await.unwrap(); // revision 4
+    let at_3 = client.hash_kv(3).await.unwrap();
+    assert_eq!(at_3.hash(), first.hash());
+    let latest = client.hash_kv(0).await.unwrap();
+    assert_eq!(rev!(latest), 4);
+    assert_ne!(latest.hash(), first.hash());
+
+    client.compact(3, None).await.unwrap();
+    let after = client.hash_kv(0).await.unwrap();
+    assert_eq!(after.compact_version(), 3);
+}
+
+#[tokio::test]
+async fn defragment_keeps_the_data() {
+    let (_server, mut client) = start().await;
+    client.put("k", "v", None).await.unwrap();
+    client.defragment().await.unwrap();
+    let resp = client.get("k", None).await.unwrap();
+    assert_eq!((resp.kvs()[0].value(), rev!(resp)), (&b"v"[..], 2));
+}
+
+#[tokio::test]
+async fn snapshot_streams_the_whole_database() {
+    let (_server, mut client) = start().await;
+    client.put("k", "v", None).await.unwrap();
+    let mut stream = client.snapshot().await.unwrap();
+    let mut total = 0usize;
+    let mut last_remaining = None;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        total += chunk.blob().len();
+        last_remaining = Some(chunk.remaining_bytes());
+    }
+    assert!(total > 0, "snapshot is not empty");
+    assert_eq!(
+        last_remaining,
+        Some(0),
+        "the last chunk has nothing remaining"
+    );
+}
