@@ -272,6 +272,7 @@ PY
 report="# cairn vs etcd benchmark
 
 $info
+
 $table
 
 - load average at end: $(cut -d" " -f1-3 /proc/loadavg)
