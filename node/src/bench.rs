@@ -1,0 +1,694 @@
+//! `cairn bench`: a load generator for etcd's v3 KV API, modelled on etcd's own
+//! `tools/benchmark` (`put` / `range`, N in-flight clients spread over M HTTP/2 connections), so
+//! that one binary measures real etcd and cairn on the same machine the same way.
+//!
+//! It owns only the client side: it talks to a server through the generated
+//! `etcdserverpb::kv_client::KvClient` and never touches storage, raft or the API layer.
+//! Latencies go into an HDR histogram in microseconds; a warm-up period is run first and left
+//! out of the statistics. The result is printed twice: a human line and a one-line
+//! `BENCH_RESULT {json}` that `scripts/bench.sh` parses.
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::{stream, StreamExt as _, TryStreamExt as _};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::etcdserverpb::{
+    kv_client::KvClient, request_op, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+
+/// The longest run `--duration` accepts, so a typo cannot tie a shared machine up for hours.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// etcd's default `--max-txn-ops`: the largest Txn both servers accept without tuning.
+const PRELOAD_TXN_OPS: u64 = 128;
+/// Histogram range: 1 µs to 60 s at 3 significant digits (0.1 % resolution).
+const HIST_MAX_MICROS: u64 = 60_000_000;
+/// Prefix of the machine-readable summary line.
+pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
+
+/// Errors in the benchmark's own arguments; transport and server errors are reported through
+/// `anyhow` with the endpoint named.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid duration {0:?}: expected a number with unit ms, s or m, e.g. 10s")]
+    Duration(String),
+    #[error("invalid --{flag} {value}: {reason}")]
+    Flag {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// `cairn bench [OPTIONS] <put|range>`: the raw command line, before validation.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn bench",
+    about = "Load generator for etcd's v3 KV API (works against etcd and cairn)"
+)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Mode,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// What each request does.
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Put random keys of the key space, each with a value of --val-size bytes.
+    Put,
+    /// Range (get) one random key of the key space per request.
+    Range(RangeArgs),
+}
+
+/// Options of `range`.
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    /// l: linearizable (goes through consensus), s: serializable (local read).
+    #[arg(long, value_enum, default_value = "l")]
+    pub consistency: Consistency,
+    /// Write every key of the key space once (Txns of 128 puts) before the warm-up, so that
+    /// reads hit existing keys. Not measured.
+    #[arg(long)]
+    pub preload: bool,
+}
+
+/// The read consistency of `range`, named as etcd's benchmark tool names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Consistency {
+    #[value(name = "l")]
+    Linearizable,
+    #[value(name = "s")]
+    Serializable,
+}
+
+/// Options shared by every mode; `global` so they may come before or after the mode.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Comma-separated gRPC endpoints (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Concurrent in-flight requests (one task each).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub clients: usize,
+    /// HTTP/2 connections the clients are spread over [default: min(clients, 8)].
+    #[arg(long, global = true)]
+    pub conns: Option<usize>,
+    /// How long to measure, after the warm-up (e.g. 500ms, 10s, 1m) [default: 10s].
+    #[arg(long, global = true, value_parser = parse_duration, conflicts_with = "total")]
+    pub duration: Option<Duration>,
+    /// Measure exactly this many requests instead of a duration.
+    #[arg(long, global = true)]
+    pub total: Option<u64>,
+    /// Key length in bytes; keys are zero-padded decimal indexes of the key space.
+    #[arg(long, global = true, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value length in bytes (put and preload).
+    #[arg(long, global = true, default_value_t = 256)]
+    pub val_size: usize,
+    /// Number of distinct keys requests pick from, uniformly at random.
+    #[arg(long, global = true, default_value_t = 100_000)]
+    pub key_space: u64,
+    /// Load run before measuring and left out of the statistics.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Per-request deadline; a request that exceeds it counts as an error.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "10s")]
+    pub request_timeout: Duration,
+}
+
+/// When the measured phase ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    After(Duration),
+    Total(u64),
+}
+
+/// The validated run: every value typed and checked.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    op: Op,
+    preload: bool,
+    endpoints: Vec<String>,
+    clients: usize,
+    conns: usize,
+    stop: Stop,
+    key_size: usize,
+    val_size: usize,
+    key_space: u64,
+    warmup: Duration,
+    request_timeout: Duration,
+}
+
+/// One request kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Put,
+    Range(Consistency),
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Range(Consistency::Linearizable) => "range-l",
+            Op::Range(Consistency::Serializable) => "range-s",
+        }
+    }
+}
+
+impl BenchArgs {
+    /// Checks the raw flags and turns them into a [`Plan`], naming the flag that is wrong.
+    fn validate(self) -> Result<Plan, BenchError> {
+        let load = self.load;
+        let (op, preload) = match self.mode {
+            Mode::Put => (Op::Put, false),
+            Mode::Range(r) => (Op::Range(r.consistency), r.preload),
+        };
+        let bad = |flag, value: String, reason| BenchError::Flag {
+            flag,
+            value,
+            reason,
+        };
+        if load.endpoints.iter().all(|e| e.trim().is_empty()) {
+            return Err(bad("endpoints", String::new(), "at least one endpoint"));
+        }
+        if load.clients == 0 {
+            return Err(bad("clients", "0".into(), "must be at least 1"));
+        }
+        let conns = load.conns.unwrap_or(load.clients.min(8));
+        if conns == 0 || conns > load.clients {
+            return Err(bad("conns", conns.to_string(), "must be 1..=clients"));
+        }
+        if load.key_space == 0 {
+            return Err(bad("key-space", "0".into(), "must be at least 1"));
+        }
+        if decimal_digits(load.key_space - 1) > load.key_size {
+            return Err(bad(
+                "key-size",
+                load.key_size.to_string(),
+                "too short to hold every index of --key-space in decimal",
+            ));
+        }
+        let stop = match (load.total, load.duration) {
+            (Some(0), _) => return Err(bad("total", "0".into(), "must be at least 1")),
+            (Some(n), _) => Stop::Total(n),
+            (None, Some(d)) if d.is_zero() || d > MAX_DURATION => {
+                return Err(bad("duration", format!("{d:?}"), "must be in (0, 1h]"))
+            }
+            (None, Some(d)) => Stop::After(d),
+            (None, None) => Stop::After(Duration::from_secs(10)),
+        };
+        if load.warmup > MAX_DURATION {
+            return Err(bad("warmup", format!("{:?}", load.warmup), "at most 1h"));
+        }
+        Ok(Plan {
+            op,
+            preload,
+            endpoints: load
+                .endpoints
+                .into_iter()
+                .filter(|e| !e.trim().is_empty())
+                .collect(),
+            clients: load.clients,
+            conns,
+            stop,
+            key_size: load.key_size,
+            val_size: load.val_size,
+            key_space: load.key_space,
+            warmup: load.warmup,
+            request_timeout: load.request_timeout,
+        })
+    }
+}
+
+/// Parses `10s`, `500ms`, `1.5m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, BenchError> {
+    let err = || BenchError::Duration(s.to_owned());
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().map_err(|_| err())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" | "" => number,
+        "m" => number * 60.0,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| err())
+}
+
+fn decimal_digits(mut n: u64) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
+}
+
+/// Key `index` of the key space: its decimal form zero-padded to `size` bytes, printable so
+/// `etcdctl get` can inspect what a run wrote.
+fn key(index: u64, size: usize) -> Vec<u8> {
+    format!("{index:0size$}").into_bytes()
+}
+
+/// splitmix64: enough randomness to pick keys uniformly, without a `rand` dependency.
+struct KeyPicker(u64);
+
+impl KeyPicker {
+    fn next(&mut self, key_space: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % key_space
+    }
+}
+
+/// The outcome of a run, also the JSON of the `BENCH_RESULT` line.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub mode: &'static str,
+    pub clients: usize,
+    pub conns: usize,
+    pub key_size: usize,
+    pub val_size: usize,
+    pub key_space: u64,
+    pub ops: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Summary {
+    fn human(&self) -> String {
+        format!(
+            "{}: {} clients / {} conns: {:.0} ops/s over {:.1}s ({} ops), latency ms p50 {:.3} \
+             p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}, {} errors",
+            self.mode,
+            self.clients,
+            self.conns,
+            self.ops_per_sec,
+            self.seconds,
+            self.ops,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+            self.errors
+        )
+    }
+}
+
+/// Entry point of `cairn bench`: `args` are the arguments after `bench`.
+pub async fn run(args: Vec<OsString>) -> anyhow::Result<()> {
+    let argv = std::iter::once(OsString::from("cairn bench")).chain(args);
+    // clap prints --help / usage errors itself and exits with its conventional codes.
+    let plan = BenchArgs::try_parse_from(argv)
+        .unwrap_or_else(|e| e.exit())
+        .validate()?;
+    let summary = execute(&plan).await?;
+    println!("{}", summary.human());
+    println!("{RESULT_PREFIX}{}", serde_json::to_string(&summary)?);
+    if summary.ops == 0 {
+        anyhow::bail!("no request succeeded ({} errors)", summary.errors);
+    }
+    Ok(())
+}
+
+/// State every client reads to decide whether to issue its next request.
+struct Schedule {
+    measure_from: Instant,
+    stop: Stop,
+    /// Requests of a `--total` run not yet claimed by a client.
+    remaining: AtomicU64,
+}
+
+impl Schedule {
+    /// Whether a request issued now is measured; `None` when the run is over.
+    fn claim(&self, now: Instant) -> Option<bool> {
+        if now < self.measure_from {
+            return Some(false);
+        }
+        let more = match self.stop {
+            Stop::After(d) => now < self.measure_from + d,
+            Stop::Total(_) => self
+                .remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        };
+        more.then_some(true)
+    }
+}
+
+/// What one client measured.
+struct ClientStats {
+    hist: Histogram<u64>,
+    errors: u64,
+    first_error: Option<tonic::Status>,
+    last_end: Instant,
+}
+
+async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
+    let channels = connect(plan).await?;
+    let clients: Vec<KvClient<Channel>> = (0..plan.clients)
+        .map(|i| KvClient::new(channels[i % channels.len()].clone()))
+        .collect();
+    if plan.preload {
+        preload(&clients, plan).await?;
+    }
+    let schedule = Arc::new(Schedule {
+        measure_from: Instant::now() + plan.warmup,
+        stop: plan.stop,
+        remaining: AtomicU64::new(match plan.stop {
+            Stop::Total(n) => n,
+            Stop::After(_) => 0,
+        }),
+    });
+    let value = Arc::new(vec![b'v'; plan.val_size]);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut tasks = JoinSet::new();
+    for (i, kv) in clients.into_iter().enumerate() {
+        let request = Request {
+            op: plan.op,
+            key_size: plan.key_size,
+            key_space: plan.key_space,
+            value: Arc::clone(&value),
+            timeout: plan.request_timeout,
+        };
+        let picker = KeyPicker(seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        tasks.spawn(client_loop(kv, request, Arc::clone(&schedule), picker));
+    }
+    let mut merged = new_histogram()?;
+    let (mut errors, mut first_error) = (0, None);
+    let mut last_end = schedule.measure_from;
+    while let Some(stats) = tasks.join_next().await {
+        let stats = stats.context("benchmark client task panicked")??;
+        merged.add(&stats.hist).context("merging histograms")?;
+        errors += stats.errors;
+        first_error = first_error.or(stats.first_error);
+        last_end = last_end.max(stats.last_end);
+    }
+    if let Some(status) = first_error {
+        eprintln!("first error of {errors}: {status}");
+    }
+    Ok(summarize(
+        plan,
+        &merged,
+        errors,
+        last_end - schedule.measure_from,
+    ))
+}
+
+/// Opens `plan.conns` HTTP/2 connections, round-robin over the endpoints, failing fast when
+/// a server is not there.
+async fn connect(plan: &Plan) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(plan.conns);
+    for i in 0..plan.conns {
+        let endpoint = &plan.endpoints[i % plan.endpoints.len()];
+        let url = if endpoint.contains("://") {
+            endpoint.clone()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(url)
+            .with_context(|| format!("bad endpoint {endpoint:?}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {endpoint}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Writes every key of the key space once, in Txns of [`PRELOAD_TXN_OPS`] puts, as many in
+/// flight as there are clients.
+async fn preload(clients: &[KvClient<Channel>], plan: &Plan) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let value = vec![b'v'; plan.val_size];
+    let batches = plan.key_space.div_ceil(PRELOAD_TXN_OPS);
+    stream::iter(0..batches)
+        .map(|batch| {
+            let mut kv = clients[batch as usize % clients.len()].clone();
+            let first = batch * PRELOAD_TXN_OPS;
+            let last = (first + PRELOAD_TXN_OPS).min(plan.key_space);
+            let success = (first..last)
+                .map(|i| RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: key(i, plan.key_size),
+                        value: value.clone(),
+                        ..Default::default()
+                    })),
+                })
+                .collect();
+            async move {
+                kv.txn(TxnRequest {
+                    success,
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .buffer_unordered(plan.clients)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .context("preloading the key space")?;
+    eprintln!(
+        "preloaded {} keys in {:.1}s",
+        plan.key_space,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Everything a client needs to build its requests.
+struct Request {
+    op: Op,
+    key_size: usize,
+    key_space: u64,
+    value: Arc<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl Request {
+    async fn send(&self, kv: &mut KvClient<Channel>, key: Vec<u8>) -> Result<(), tonic::Status> {
+        match self.op {
+            Op::Put => {
+                let put = PutRequest {
+                    key,
+                    value: self.value.as_ref().clone(),
+                    ..Default::default()
+                };
+                kv.put(self.deadline(put)).await.map(drop)
+            }
+            Op::Range(consistency) => {
+                let range = RangeRequest {
+                    key,
+                    serializable: consistency == Consistency::Serializable,
+                    ..Default::default()
+                };
+                kv.range(self.deadline(range)).await.map(drop)
+            }
+        }
+    }
+
+    fn deadline<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+}
+
+/// One client: a request in flight at a time, back to back, until the schedule ends.
+async fn client_loop(
+    mut kv: KvClient<Channel>,
+    request: Request,
+    schedule: Arc<Schedule>,
+    mut picker: KeyPicker,
+) -> anyhow::Result<ClientStats> {
+    let mut stats = ClientStats {
+        hist: new_histogram()?,
+        errors: 0,
+        first_error: None,
+        last_end: schedule.measure_from,
+    };
+    while let Some(measured) = schedule.claim(Instant::now()) {
+        let key = key(picker.next(request.key_space), request.key_size);
+        let started = Instant::now();
+        let result = request.send(&mut kv, key).await;
+        let ended = Instant::now();
+        if !measured {
+            continue;
+        }
+        stats.last_end = ended;
+        match result {
+            Ok(()) => {
+                let micros = u64::try_from((ended - started).as_micros()).unwrap_or(u64::MAX);
+                stats.hist.saturating_record(micros.max(1));
+            }
+            Err(status) => {
+                stats.errors += 1;
+                stats.first_error.get_or_insert(status);
+            }
+        }
+    }
+    Ok(stats)
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HIST_MAX_MICROS, 3).context("histogram bounds")
+}
+
+fn summarize(plan: &Plan, hist: &Histogram<u64>, errors: u64, elapsed: Duration) -> Summary {
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let seconds = elapsed.as_secs_f64();
+    Summary {
+        mode: plan.op.name(),
+        clients: plan.clients,
+        conns: plan.conns,
+        key_size: plan.key_size,
+        val_size: plan.val_size,
+        key_space: plan.key_space,
+        ops: hist.len(),
+        errors,
+        seconds,
+        ops_per_sec: if seconds > 0.0 {
+            hist.len() as f64 / seconds
+        } else {
+            0.0
+        },
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: hist.max() as f64 / 1000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> Result<Plan, String> {
+        let argv = std::iter::once("cairn bench").chain(args.iter().copied());
+        let parsed = BenchArgs::try_parse_from(argv).map_err(|e| e.to_string())?;
+        parsed.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_etcd_benchmark_conventions() {
+        let p = plan(&["put", "--clients", "64"]).expect("valid");
+        assert_eq!(p.op, Op::Put);
+        assert_eq!(p.endpoints, vec!["127.0.0.1:2379".to_string()]);
+        assert_eq!((p.clients, p.conns), (64, 8));
+        assert_eq!(p.stop, Stop::After(Duration::from_secs(10)));
+        assert_eq!((p.key_size, p.val_size, p.key_space), (8, 256, 100_000));
+        assert_eq!(p.warmup, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn options_are_accepted_before_and_after_the_mode() {
+        let p = plan(&[
+            "--endpoints",
+            "127.0.0.1:1,127.0.0.1:2",
+            "range",
+            "--consistency",
+            "s",
+            "--total",
+            "500",
+            "--conns",
+            "2",
+            "--clients",
+            "4",
+            "--preload",
+        ])
+        .expect("valid");
+        assert_eq!(p.op, Op::Range(Consistency::Serializable));
+        assert!(p.preload);
+        assert_eq!(p.endpoints.len(), 2);
+        assert_eq!((p.clients, p.conns), (4, 2));
+        assert_eq!(p.stop, Stop::Total(500));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_their_name() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["put", "--clients", "0"], "--clients"),
+            (&["put", "--clients", "2", "--conns", "3"], "--conns"),
+            (
+                &["put", "--key-space", "1000", "--key-size", "2"],
+                "--key-size",
+            ),
+            (&["put", "--duration", "2h"], "--duration"),
+            (&["put", "--duration", "5x"], "5x"),
+            (&["put", "--duration", "1s", "--total", "5"], "--total"),
+            (&["range", "--consistency", "x"], "--consistency"),
+        ];
+        for (args, needle) in cases {
+            let err = plan(args).expect_err("must be refused");
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let cases = [
+            ("10s", 10_000),
+            ("500ms", 500),
+            ("1.5m", 90_000),
+            ("2", 2000),
+        ];
+        for (text, millis) in cases {
+            let parsed = parse_duration(text).expect(text);
+            assert_eq!(parsed, Duration::from_millis(millis), "{text}");
+        }
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn keys_are_padded_indexes_inside_the_key_space() {
+        assert_eq!(key(42, 8), b"00000042".to_vec());
+        let mut picker = KeyPicker(7);
+        assert!((0..1000).all(|_| picker.next(10) < 10));
+    }
+
+    #[test]
+    fn total_schedule_hands_out_exactly_total_requests() {
+        let now = Instant::now();
+        let schedule = Schedule {
+            measure_from: now,
+            stop: Stop::Total(3),
+            remaining: AtomicU64::new(3),
+        };
+        let claimed: Vec<_> = (0..5).map(|_| schedule.claim(now)).collect();
+        assert_eq!(claimed, [Some(true), Some(true), Some(true), None, None]);
+    }
+}
