@@ -15,8 +15,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 pub use fjall::{Keyspace, OwnedWriteBatch as WriteBatch, PersistMode, Readable, Snapshot};
 
@@ -26,6 +29,8 @@ const FORMAT: &str = "cairn-data-v1";
 const FORMAT_FILE: &str = "CAIRN_FORMAT";
 const LOCK_FILE: &str = "cairn.lock";
 const DB_DIR: &str = "db";
+/// How often the data dir's size is measured for `Status`, `/metrics` and the quota check.
+const SIZE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the data directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,9 @@ impl StorageError {
 pub struct Store {
     db: fjall::Database,
     dir: PathBuf,
+    /// Bytes allocated on disk by the database, sampled in the background: asking fjall
+    /// would wait for its journal lock, which an fsync in progress holds.
+    size: Arc<AtomicU64>,
     // Held for the life of the process; the OS releases it on exit, even on kill -9.
     _lock: File,
 }
@@ -80,9 +88,12 @@ impl Store {
         if fresh {
             write_format(dir)?;
         }
+        let size = Arc::new(AtomicU64::new(allocated_bytes(&db_path)));
+        sample_size(db_path, Arc::downgrade(&size))?;
         Ok(Store {
             db,
             dir: dir.to_path_buf(),
+            size,
             _lock: lock,
         })
     }
@@ -118,9 +129,10 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the database occupies on disk (allocated blocks, like `du`: fjall preallocates
+    /// its journal sparsely), at most [`SIZE_SAMPLE_INTERVAL`] old.
     pub fn disk_space(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        self.size.load(Ordering::Relaxed)
     }
 
     /// The data directory this store lives in.
@@ -135,6 +147,35 @@ impl Store {
             source,
         }
     }
+}
+
+/// Measures the database size every [`SIZE_SAMPLE_INTERVAL`] until the store is dropped.
+fn sample_size(db_path: PathBuf, size: Weak<AtomicU64>) -> Result<(), StorageError> {
+    std::thread::Builder::new()
+        .name("cairn-du".into())
+        .spawn(move || loop {
+            std::thread::sleep(SIZE_SAMPLE_INTERVAL);
+            let Some(size) = size.upgrade() else { return };
+            size.store(allocated_bytes(&db_path), Ordering::Relaxed);
+        })
+        .map(drop)
+        .map_err(StorageError::io(Path::new("size sampler thread")))
+}
+
+/// Bytes allocated to the files under `path`. Files vanish while fjall compacts; those are
+/// simply not counted.
+fn allocated_bytes(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => allocated_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn lock(dir: &Path) -> Result<File, StorageError> {
@@ -227,6 +268,17 @@ mod tests {
         fs::write(dir.path().join(FORMAT_FILE), "cairn-data-v999\n").expect("write");
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(matches!(err, StorageError::WrongFormat { .. }), "{err}");
+    }
+
+    #[test]
+    fn size_counts_allocated_bytes_not_the_sparse_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        assert!(
+            s.disk_space() < 8 << 20,
+            "{} bytes for an empty store",
+            s.disk_space()
+        );
     }
 
     #[test]
