@@ -6,9 +6,14 @@
 //! the log after it, and nothing is applied twice. The raft log's fsync covers MVCC writes
 //! too: fjall has one journal, and an entry is applied only after it was made durable.
 //!
-//! Errors: MVCC's deterministic refusals (compacted, future revision) are results handed back
-//! to the proposer, the same on every member; any other MVCC error is a storage failure and
-//! stops raft.
+//! Errors: MVCC's and the lessor's deterministic refusals (compacted, future revision,
+//! unknown lease, ...) are results handed back to the proposer, the same on every member;
+//! any other error is a storage failure and stops raft.
+//!
+//! Leases: a grant or revoke writes the lease table in the same batch as the apply marker
+//! (a revoke also deletes the lease's keys there, as one txn of one revision); puts are
+//! checked against the lessor's table, which only apply changes, so the check is the same
+//! on every member.
 //!
 //! Snapshots: a snapshot is the local MVCC state as of `last_applied`, made durable by
 //! `Store::sync` before openraft may purge the log behind it; its data is empty. Installing a
@@ -25,11 +30,17 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership
 use serde::{Deserialize, Serialize};
 
 use super::{
-    blocking, decode, encode, Applied, InUse, Outcome, Proposal, SnapshotData, TypeConfig,
+    blocking, decode, encode, Applied, InUse, Outcome, Proposal, RaftError, SnapshotData,
+    TypeConfig,
 };
+use crate::lease::Lessor;
 use crate::metrics;
-use crate::mvcc::Mvcc;
+use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
+use crate::proto::etcdserverpb::{
+    request_op::Request, DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseHeader, TxnRequest,
+};
 use crate::storage::Store;
 
 /// An apply slower than this counts in `etcd_server_slow_apply_total` (etcd's threshold).
@@ -48,6 +59,7 @@ struct AppliedState {
 pub(super) struct StateMachine {
     store: Arc<Store>,
     mvcc: Arc<Mvcc>,
+    lessor: Arc<Lessor>,
     state: AppliedState,
     /// The last snapshot built, kept in memory only: after a restart with a purged log,
     /// openraft asks for a fresh one, which is as good.
@@ -59,6 +71,7 @@ impl StateMachine {
     pub(super) fn open(
         store: Arc<Store>,
         mvcc: Arc<Mvcc>,
+        lessor: Arc<Lessor>,
         in_use: InUse,
     ) -> io::Result<StateMachine> {
         let marker = mvcc.applied_marker().map_err(io::Error::other)?;
@@ -66,6 +79,7 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             mvcc,
+            lessor,
             state,
             snapshot: Arc::default(),
             in_use,
@@ -89,8 +103,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         // An error here stops raft, so the state taken out need not be put back.
-        let (mvcc, state) = (self.mvcc.clone(), std::mem::take(&mut self.state));
-        let (state, replies) = blocking(move || apply_all(&mvcc, state, entries)).await?;
+        let (mvcc, lessor) = (self.mvcc.clone(), self.lessor.clone());
+        let state = std::mem::take(&mut self.state);
+        let (state, replies) = blocking(move || apply_all(&mvcc, &lessor, state, entries)).await?;
         self.state = state;
         for (responder, outcome) in replies {
             responder.send(outcome);
@@ -139,6 +154,7 @@ type Replies = Vec<(ApplyResponder<TypeConfig>, Outcome)>;
 /// Applies a batch in log order on a blocking thread; returns the new state and the replies.
 fn apply_all(
     mvcc: &Mvcc,
+    lessor: &Lessor,
     mut state: AppliedState,
     entries: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<(AppliedState, Replies)> {
@@ -151,7 +167,7 @@ fn apply_all(
         let marker = encode(&state)?;
         let started = Instant::now();
         let outcome = match &entry.payload {
-            EntryPayload::Normal(proposal) => apply_command(mvcc, proposal, &marker)?,
+            EntryPayload::Normal(proposal) => apply_command(mvcc, lessor, proposal, &marker)?,
             EntryPayload::Blank | EntryPayload::Membership(_) => no_change(mvcc, &marker)?,
         };
         if started.elapsed() > SLOW_APPLY {
@@ -164,24 +180,97 @@ fn apply_all(
     Ok((state, replies))
 }
 
-/// The one place a command meets the MVCC store.
-fn apply_command(mvcc: &Mvcc, Proposal(command): &Proposal, marker: &[u8]) -> io::Result<Outcome> {
+/// A command's effect: `Ok(Err(_))` is a deterministic refusal, `Err(_)` a storage failure.
+type Applying = io::Result<Result<Applied, RaftError>>;
+
+/// The one place a command meets the MVCC store and the lessor.
+fn apply_command(
+    mvcc: &Mvcc,
+    lessor: &Lessor,
+    Proposal(command): &Proposal,
+    marker: &[u8],
+) -> io::Result<Outcome> {
     let result = match &command.cmd {
-        Some(Cmd::Txn(req)) => mvcc
-            .apply_txn(req, marker)
-            .map(|(resp, events)| Applied::Txn(resp, events)),
-        Some(Cmd::Compaction(req)) => mvcc.compact(req.revision, marker).map(Applied::Compaction),
-        None => return no_change(mvcc, marker),
-    };
-    match result {
-        Ok(applied) => Ok(Outcome(Some(Ok(applied)))),
-        Err(e) if e.is_answer() => {
-            // The refused command changed nothing, but the entry is applied all the same.
-            no_change(mvcc, marker)?;
-            Ok(Outcome(Some(Err(e))))
+        Some(Cmd::Txn(req)) => answer(
+            mvcc.apply_txn_with(req, marker, &|id| lessor.contains(id), |_| {})
+                .map(|(resp, events)| Applied::Txn(resp, events)),
+        ),
+        Some(Cmd::Compaction(req)) => {
+            answer(mvcc.compact(req.revision, marker).map(Applied::Compaction))
         }
+        Some(Cmd::LeaseGrant(req)) => lease_grant(mvcc, lessor, req, marker),
+        Some(Cmd::LeaseRevoke(req)) => lease_revoke(mvcc, lessor, req, marker),
+        None => return no_change(mvcc, marker),
+    }?;
+    if result.is_err() {
+        // The refused command changed nothing, but the entry is applied all the same.
+        no_change(mvcc, marker)?;
+    }
+    Ok(Outcome(Some(result)))
+}
+
+/// Sorts an MVCC result into answer and storage failure.
+fn answer(result: Result<Applied, MvccError>) -> Applying {
+    match result {
+        Ok(applied) => Ok(Ok(applied)),
+        Err(e) if e.is_answer() => Ok(Err(RaftError::Apply(e))),
         Err(e) => Err(io::Error::other(e)),
     }
+}
+
+/// etcd's `applierV3backend.LeaseGrant`. The proposer chose the id and raised the TTL to
+/// the minimum, so nothing here depends on this member's configuration.
+fn lease_grant(mvcc: &Mvcc, lessor: &Lessor, req: &LeaseGrantRequest, marker: &[u8]) -> Applying {
+    if let Err(e) = lessor.check_grant(req.id, req.ttl) {
+        return Ok(Err(RaftError::Lease(e)));
+    }
+    mvcc.record_applied_with(marker, |batch| lessor.stage_grant(batch, req.id, req.ttl))
+        .map_err(io::Error::other)?;
+    lessor.granted(req.id, req.ttl);
+    Ok(Ok(Applied::LeaseGrant(LeaseGrantResponse {
+        header: Some(ResponseHeader {
+            revision: mvcc.current_revision(),
+            ..Default::default()
+        }),
+        id: req.id,
+        ttl: req.ttl,
+        error: String::new(),
+    })))
+}
+
+/// etcd's `lessor.Revoke`: the attached keys, in key order, are deleted by one txn (one
+/// revision, one event each) whose batch also removes the lease.
+fn lease_revoke(mvcc: &Mvcc, lessor: &Lessor, req: &LeaseRevokeRequest, marker: &[u8]) -> Applying {
+    if let Err(e) = lessor.check_revoke(req.id) {
+        return Ok(Err(RaftError::Lease(e)));
+    }
+    let keys = mvcc.lease_keys(req.id).map_err(io::Error::other)?;
+    let deletes = TxnRequest {
+        success: keys
+            .into_iter()
+            .map(|key| RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let applied = mvcc.apply_txn_with(&deletes, marker, &|_| true, |batch| {
+        lessor.stage_revoke(batch, req.id)
+    });
+    let (resp, events) = match applied {
+        Ok(done) => done,
+        Err(e) => return answer(Err(e)),
+    };
+    lessor.revoked(req.id);
+    Ok(Ok(Applied::LeaseRevoke(
+        LeaseRevokeResponse {
+            header: resp.header,
+        },
+        events,
+    )))
 }
 
 fn no_change(mvcc: &Mvcc, marker: &[u8]) -> io::Result<Outcome> {
