@@ -309,3 +309,176 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lease::{LeaseError, LessorConfig};
+    use crate::proto::cairnpb::Command;
+    use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+    use crate::proto::mvccpb::event::EventType;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        mvcc: Mvcc,
+        lessor: Lessor,
+    }
+
+    fn open() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let mvcc = Mvcc::open(store.clone()).expect("mvcc");
+        let lessor = Lessor::open(&store, config()).expect("lessor");
+        Fixture {
+            _dir: dir,
+            store,
+            mvcc,
+            lessor,
+        }
+    }
+
+    fn config() -> LessorConfig {
+        LessorConfig::new(Duration::from_millis(100), Duration::from_millis(1000), 1)
+    }
+
+    fn apply(f: &Fixture, cmd: Cmd) -> Result<Applied, RaftError> {
+        let proposal = Proposal(Command { cmd: Some(cmd) });
+        let Outcome(result) = apply_command(&f.mvcc, &f.lessor, &proposal, b"m").expect("apply");
+        result.expect("a command has a result")
+    }
+
+    fn grant(id: i64, ttl: i64) -> Cmd {
+        Cmd::LeaseGrant(LeaseGrantRequest { id, ttl })
+    }
+
+    fn revoke(id: i64) -> Cmd {
+        Cmd::LeaseRevoke(LeaseRevokeRequest { id })
+    }
+
+    fn put(key: &str, lease: i64) -> Cmd {
+        let put = PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        };
+        Cmd::Txn(TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(put)),
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn count(mvcc: &Mvcc, revision: i64) -> i64 {
+        let req = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision,
+            count_only: true,
+            ..Default::default()
+        };
+        mvcc.range(&req).expect("range").count
+    }
+
+    #[test]
+    fn revoke_deletes_every_attached_key_in_one_revision() {
+        let f = open();
+        assert!(
+            matches!(apply(&f, grant(7, 60)), Ok(Applied::LeaseGrant(r)) if r.id == 7 && r.ttl == 60)
+        );
+        for key in ["c", "a", "b"] {
+            apply(&f, put(key, 7)).expect("put");
+        }
+        apply(&f, put("other", 0)).expect("put");
+        let before = f.mvcc.current_revision();
+        let Ok(Applied::LeaseRevoke(resp, events)) = apply(&f, revoke(7)) else {
+            panic!("revoke failed");
+        };
+        let rev = resp.header.map_or(0, |h| h.revision);
+        assert_eq!(rev, before + 1, "one revision for all the deletes");
+        let keys: Vec<&[u8]> = events
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .map(|kv| kv.key.as_slice())
+            .collect();
+        assert_eq!(keys, [&b"a"[..], b"b", b"c"]);
+        assert!(events.iter().all(|e| e.r#type == EventType::Delete as i32
+            && e.kv.as_ref().is_some_and(|kv| kv.mod_revision == rev)));
+        assert_eq!((count(&f.mvcc, rev - 1), count(&f.mvcc, rev)), (4, 1));
+        assert!(!f.lessor.contains(7));
+        assert!(f.mvcc.lease_keys(7).expect("keys").is_empty());
+        // A lease with no keys is revoked without a new revision.
+        apply(&f, grant(8, 60)).expect("grant");
+        let Ok(Applied::LeaseRevoke(resp, events)) = apply(&f, revoke(8)) else {
+            panic!("revoke failed");
+        };
+        assert_eq!(
+            (resp.header.map_or(0, |h| h.revision), events.len()),
+            (rev, 0)
+        );
+    }
+
+    #[test]
+    fn lease_refusals_change_nothing() {
+        let f = open();
+        apply(&f, grant(7, 60)).expect("grant");
+        let rev = f.mvcc.current_revision();
+        let refused = [
+            (grant(7, 60), "exists"),
+            (grant(9, crate::lease::MAX_LEASE_TTL + 1), "too large"),
+            (revoke(9), "not found"),
+            (put("k", 9), "put with an unknown lease"),
+        ];
+        for (cmd, what) in refused {
+            let result = apply(&f, cmd);
+            assert!(
+                matches!(
+                    result,
+                    Err(RaftError::Lease(_)) | Err(RaftError::Apply(MvccError::LeaseNotFound))
+                ),
+                "{what}: {:?}",
+                result.err()
+            );
+        }
+        assert!(matches!(
+            apply(&f, revoke(9)),
+            Err(RaftError::Lease(LeaseError::NotFound))
+        ));
+        assert_eq!(f.mvcc.current_revision(), rev);
+        assert!(f.lessor.contains(7) && !f.lessor.contains(9));
+    }
+
+    #[test]
+    fn leases_and_their_keys_survive_reopening() {
+        let f = open();
+        apply(&f, grant(7, 60)).expect("grant");
+        apply(&f, put("k", 7)).expect("put");
+        let Fixture {
+            _dir,
+            store,
+            mvcc,
+            lessor,
+        } = f;
+        drop((mvcc, lessor));
+        let f = Fixture {
+            mvcc: Mvcc::open(store.clone()).expect("reopen mvcc"),
+            lessor: Lessor::open(&store, config()).expect("reopen lessor"),
+            store,
+            _dir,
+        };
+        assert!(f.lessor.contains(7));
+        f.lessor.promote();
+        let ttl = f.lessor.time_to_live(7).expect("primary").expect("exists");
+        // The full TTL again, plus the election timeout (1 s), as etcd after a restart.
+        assert!((60..=61).contains(&ttl.remaining), "{ttl:?}");
+        assert_eq!(f.mvcc.lease_keys(7).expect("keys"), [b"k".to_vec()]);
+        let Ok(Applied::LeaseRevoke(_, events)) = apply(&f, revoke(7)) else {
+            panic!("revoke failed");
+        };
+        assert_eq!(events.len(), 1);
+    }
+}
