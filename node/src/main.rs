@@ -57,11 +57,10 @@ fn init_logging(level: &str) {
         "panic" | "fatal" => "error",
         other => other,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!(
             "{level},openraft=warn,fjall=warn,lsm_tree=warn"
-        ))
-    });
+        )));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -62,8 +62,8 @@ impl ApiError {
     fn code(&self) -> Code {
         use ApiError::*;
         match self {
-            EmptyKey | KeyNotFound | KeyTooLong | ValueProvided | LeaseProvided | TooManyOps
-            | DuplicateKey | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            EmptyKey | KeyNotFound | KeyTooLong | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,

@@ -530,19 +530,10 @@ mod tests {
 
     /// A one-put txn: every one of them creates exactly one new revision.
     fn txn() -> cairnpb::Command {
-        let put = etcdserverpb::PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        };
-        let op = etcdserverpb::RequestOp {
-            request: Some(etcdserverpb::request_op::Request::RequestPut(put)),
-        };
+        let put = etcdserverpb::PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() };
+        let op = etcdserverpb::RequestOp { request: Some(etcdserverpb::request_op::Request::RequestPut(put)) };
         cairnpb::Command {
-            cmd: Some(Cmd::Txn(etcdserverpb::TxnRequest {
-                success: vec![op],
-                ..Default::default()
-            })),
+            cmd: Some(Cmd::Txn(etcdserverpb::TxnRequest { success: vec![op], ..Default::default() })),
         }
     }
 
