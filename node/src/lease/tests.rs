@@ -145,3 +145,22 @@ fn fresh_ids_are_positive_and_unused() {
     // The member id's low 16 bits lead, as etcd's ids.
     assert_eq!(u64::try_from(first).unwrap_or(0) >> 48, 0x694d & 0x7FFF);
 }
+
+#[test]
+fn lease_metrics_have_etcds_names() {
+    let (_dir, store, lessor) = open();
+    lessor.promote();
+    grant(&store, &lessor, 1, 10);
+    lessor.renew(1).expect("renew");
+    revoke(&store, &lessor, 1);
+    let text = crate::metrics::get().render();
+    for name in [
+        "etcd_debugging_lease_granted_total",
+        "etcd_debugging_lease_revoked_total",
+        "etcd_debugging_lease_renewed_total",
+        "etcd_debugging_lease_ttl_total_bucket",
+        "etcd_server_lease_expired_total",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+}
