@@ -248,15 +248,24 @@ impl Lease for LeaseService {
         let mut inbound = req.into_inner();
         let node = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
+        let m = crate::metrics::get();
+        let labels = ["bidi_stream", SERVICE, "LeaseKeepAlive"];
+        m.grpc_started.with_label_values(&labels).inc();
         tokio::spawn(async move {
+            let mut code = "OK";
             // A transport error from the client ends the stream like a close.
             while let Ok(Some(req)) = inbound.message().await {
                 let reply = node.lease_keep_alive(req.id).await.map_err(Status::from);
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
-                    return;
+                if let Err(status) = &reply {
+                    code = super::code_name(status.code());
+                }
+                if tx.send(reply).await.is_err() || code != "OK" {
+                    break;
                 }
             }
+            m.grpc_handled
+                .with_label_values(&[labels[0], labels[1], labels[2], code])
+                .inc();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
