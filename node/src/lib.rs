@@ -4,6 +4,7 @@ pub mod bench;
 pub mod compactor;
 pub mod config;
 pub mod identity;
+pub mod lease;
 pub mod metrics;
 pub mod mvcc;
 pub mod proto;

@@ -11,6 +11,7 @@ use url::Url;
 use crate::api::{self, Limits, Node};
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
 use crate::storage::{StorageError, Store};
@@ -22,6 +23,8 @@ pub enum ServerError {
     Storage(#[from] StorageError),
     #[error("opening the MVCC store: {0}")]
     Mvcc(#[from] MvccError),
+    #[error("opening the lease table: {0}")]
+    Lease(#[from] LeaseError),
     #[error("starting raft: {0}")]
     Raft(#[from] RaftError),
     #[error("{flag} {url}: cannot listen: {source}")]
@@ -40,6 +43,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
     let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token)?;
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
+    let lessor = Arc::new(Lessor::open(
+        &store,
+        LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id),
+    )?);
     let member = MemberInfo {
         name: cfg.name.clone(),
         peer_urls,
@@ -48,6 +55,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let raft = RaftNode::start(
         store.clone(),
         mvcc.clone(),
+        lessor.clone(),
         RaftSettings {
             node_id: id.member_id,
             member,
@@ -62,6 +70,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let node = Arc::new(Node {
         raft: raft.clone(),
         mvcc,
+        lessor,
         store,
         cluster_id: id.cluster_id,
         member_id: id.member_id,
@@ -72,6 +81,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         },
     });
     crate::compactor::spawn(node.clone(), &cfg.auto_compaction);
+    api::spawn_lease_expiry(node.clone());
 
     let mut servers = tokio::task::JoinSet::new();
     let client_router = api::router(node.clone());

@@ -4,6 +4,7 @@
 
 use tonic::{Code, Status};
 
+use crate::lease::LeaseError;
 use crate::mvcc::MvccError;
 use crate::raft::RaftError;
 
@@ -37,6 +38,10 @@ pub enum ApiError {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: not leader")]
@@ -59,10 +64,10 @@ impl ApiError {
         match self {
             EmptyKey | KeyNotFound | KeyTooLong | ValueProvided | LeaseProvided | TooManyOps
             | DuplicateKey | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRev => Code::OutOfRange,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
-            NotLeader => Code::FailedPrecondition,
+            NotLeader | LeaseExists => Code::FailedPrecondition,
             NoLeader | Timeout | Stopped => Code::Unavailable,
             NotSupported(_) => Code::Unimplemented,
             Internal(_) => Code::Internal,
@@ -84,6 +89,7 @@ impl From<MvccError> for ApiError {
             MvccError::KeyNotFound => ApiError::KeyNotFound,
             MvccError::InvalidKey(0) => ApiError::EmptyKey,
             MvccError::InvalidKey(_) => ApiError::KeyTooLong,
+            MvccError::LeaseNotFound => ApiError::LeaseNotFound,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -97,6 +103,22 @@ impl From<RaftError> for ApiError {
             RaftError::Timeout => ApiError::Timeout,
             RaftError::Stopped => ApiError::Stopped,
             RaftError::Apply(e) => e.into(),
+            RaftError::Lease(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<LeaseError> for ApiError {
+    fn from(e: LeaseError) -> ApiError {
+        match e {
+            // An expired lease is as good as gone: etcd answers a renew with "not found"
+            // once its revoke is through.
+            LeaseError::NotFound | LeaseError::Expired => ApiError::LeaseNotFound,
+            LeaseError::Exists => ApiError::LeaseExists,
+            LeaseError::TtlTooLarge => ApiError::LeaseTtlTooLarge,
+            // Requests are not forwarded yet, so only the leader serves lease calls.
+            LeaseError::NotPrimary => ApiError::NotLeader,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -146,6 +168,21 @@ mod tests {
             ),
             (
                 ApiError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                RaftError::Lease(LeaseError::Exists).into(),
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                LeaseError::TtlTooLarge.into(),
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ),
+            (
+                MvccError::LeaseNotFound.into(),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
             ),

@@ -36,6 +36,7 @@ impl Node {
     async fn put(&self, req: PutRequest) -> Result<PutResponse, ApiError> {
         validate::size(&req, self.limits.max_request_bytes)?;
         validate::put(&req)?;
+        self.check_put_lease(req.lease, req.ignore_value)?;
         let resp = self
             .write(single_op(request_op::Request::RequestPut(req)))
             .await?;
@@ -93,9 +94,9 @@ impl Node {
         let physical = req.physical;
         let done = match self.raft.propose(command(Cmd::Compaction(req))).await? {
             Applied::Compaction(done) => done,
-            Applied::Txn(..) => {
+            _ => {
                 return Err(ApiError::Internal(
-                    "apply answered a compaction with a txn".into(),
+                    "apply answered a compaction with another result".into(),
                 ))
             }
         };
@@ -118,8 +119,8 @@ impl Node {
                 resp.header = self.header(resp.header.map_or(0, |h| h.revision));
                 Ok(resp)
             }
-            Applied::Compaction(_) => Err(ApiError::Internal(
-                "apply answered a txn with a compaction".into(),
+            _ => Err(ApiError::Internal(
+                "apply answered a txn with another result".into(),
             )),
         }
     }

@@ -9,6 +9,7 @@ mod cluster;
 pub mod error;
 mod http;
 mod kv;
+mod lease;
 mod maintenance;
 mod validate;
 
@@ -16,14 +17,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    ResponseHeader,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, ResponseHeader,
 };
 use crate::raft::RaftNode;
 use crate::storage::Store;
 use error::ApiError;
+pub use lease::spawn_expiry as spawn_lease_expiry;
 
 /// The etcd server version cairn reports to clients. Kubernetes and other clients gate
 /// features on it, so it must look like an etcd release; cairn's own version is reported
@@ -48,6 +51,7 @@ pub struct Limits {
 pub struct Node {
     pub raft: Arc<RaftNode>,
     pub mvcc: Arc<Mvcc>,
+    pub lessor: Arc<Lessor>,
     pub store: Arc<Store>,
     pub cluster_id: u64,
     pub member_id: u64,
@@ -78,6 +82,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         KvServer::new(kv::KvService(node.clone())).max_decoding_message_size(max_msg),
     )
     .add_service(ClusterServer::new(cluster::ClusterService(node.clone())))
+    .add_service(LeaseServer::new(lease::LeaseService(node.clone())))
     .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
         node.clone(),
     )))

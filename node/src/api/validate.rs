@@ -44,10 +44,8 @@ pub fn put(r: &PutRequest) -> Result<(), ApiError> {
     if r.ignore_lease && r.lease != 0 {
         return Err(ApiError::LeaseProvided);
     }
-    // Leases arrive with the Lease service; until then no lease id can exist.
-    if r.lease != 0 {
-        return Err(ApiError::LeaseNotFound);
-    }
+    // Whether the lease exists is checked against the lessor (`Node::check_put_lease`)
+    // and again at apply.
     Ok(())
 }
 

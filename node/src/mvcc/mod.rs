@@ -14,6 +14,7 @@
 //! | `kv_history` | esc(user key) ++ main(8) ++ sub(8) | record of that version |
 //! | `kv_revs` | main(8) ++ sub(8) | `p` or `d` (put / tombstone) ++ user key |
 //! | `mvcc_meta` | name (see `meta.rs`) | current and compact revision, compaction progress, live key count, apply marker |
+//! | `kv_lease` | lease(8) ++ user key | empty: the live keys attached to each lease (see `lease_index.rs`) |
 //!
 //! * record: `p` ++ create_revision(8) ++ mod_revision(8) ++ version(8) ++ lease(8) ++
 //!   value, or the single byte `d` for a tombstone (history only).
@@ -30,11 +31,13 @@
 //! every read takes one fjall snapshot and reads the revisions from it, so a reader sees
 //! all of a revision or none of it.
 //!
-//! It must not know about raft, gRPC, leases (the lease module checks lease ids and
-//! attaches keys) or watchers (it returns each revision's events to the caller).
+//! It must not know about raft, gRPC, leases (the caller says which lease ids exist and
+//! adds its own lease records to the apply batch; mvcc only indexes which keys carry which
+//! lease id) or watchers (it returns each revision's events to the caller).
 
 mod codec;
 mod compact;
+mod lease_index;
 mod meta;
 mod read;
 mod txn;
@@ -70,6 +73,9 @@ pub enum MvccError {
     /// An empty key or one longer than [`MAX_KEY_LEN`] in a put.
     #[error("mvcc: a key must be 1 to {MAX_KEY_LEN} bytes long, this one has {0}")]
     InvalidKey(usize),
+    /// A put of the txn's chosen branch names a lease the caller says does not exist.
+    #[error("lease not found")]
+    LeaseNotFound,
     #[error("mvcc storage: {0}")]
     Storage(#[from] StorageFault),
 }
@@ -114,6 +120,7 @@ struct Keyspaces {
     history: Keyspace,
     revs: Keyspace,
     meta: Keyspace,
+    lease: Keyspace,
 }
 
 impl Keyspaces {
@@ -123,6 +130,7 @@ impl Keyspaces {
             history: store.keyspace("kv_history")?,
             revs: store.keyspace("kv_revs")?,
             meta: store.keyspace("mvcc_meta")?,
+            lease: store.keyspace("kv_lease")?,
         })
     }
 }
@@ -216,9 +224,24 @@ impl Mvcc {
         req: &TxnRequest,
         applied: &[u8],
     ) -> Result<(TxnResponse, Vec<Event>), MvccError> {
+        self.apply_txn_with(req, applied, &|_| true, |_| {})
+    }
+
+    /// [`Mvcc::apply_txn`], refusing with `LeaseNotFound` (and changing nothing) a txn whose
+    /// chosen branch puts with a lease for which `lease_exists` is false, as etcd's
+    /// `checkRequestPut`; `extra` adds the caller's own writes to the batch of a txn that
+    /// was not refused, so they commit atomically with it.
+    pub fn apply_txn_with(
+        &self,
+        req: &TxnRequest,
+        applied: &[u8],
+        lease_exists: &dyn Fn(i64) -> bool,
+        extra: impl FnOnce(&mut WriteBatch),
+    ) -> Result<(TxnResponse, Vec<Event>), MvccError> {
         let snap = self.store.snapshot();
         let revs = revisions(&snap, &self.ks)?;
-        let mut exec = TxnExec::new(&self.ks, &snap, revs.current, revs.compact);
+        let mut exec =
+            TxnExec::new(&self.ks, &snap, revs.current, revs.compact).with_leases(lease_exists);
         let result = exec.run(req);
         count_ops(&exec.counts);
         let resp = match result {
@@ -231,6 +254,7 @@ impl Mvcc {
         };
         let mut batch = self.store.batch();
         let events = self.stage_changes(&mut batch, &mut exec);
+        extra(&mut batch);
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
         commit(batch)?;
         if !events.is_empty() {
@@ -246,6 +270,7 @@ impl Mvcc {
             return Vec::new();
         }
         let main = exec.write_rev();
+        lease_index::stage(batch, &self.ks.lease, &exec.changes, exec.overlay());
         for (key, kv) in exec.overlay() {
             match kv {
                 Some(kv) => batch.insert(
@@ -349,9 +374,25 @@ impl Mvcc {
 
     /// Stores only the apply marker, for entries that change no MVCC state.
     pub fn record_applied(&self, applied: &[u8]) -> Result<(), MvccError> {
+        self.record_applied_with(applied, |_| {})
+    }
+
+    /// Stores the apply marker together with the caller's own writes, for entries that
+    /// change state outside MVCC (e.g. granting a lease).
+    pub fn record_applied_with(
+        &self,
+        applied: &[u8],
+        extra: impl FnOnce(&mut WriteBatch),
+    ) -> Result<(), MvccError> {
         let mut batch = self.store.batch();
+        extra(&mut batch);
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
         commit(batch)
+    }
+
+    /// The live keys attached to `lease`, in key order.
+    pub fn lease_keys(&self, lease: i64) -> Result<Vec<Vec<u8>>, MvccError> {
+        lease_index::keys(&self.store.snapshot(), &self.ks.lease, lease)
     }
 
     /// The last stored apply marker.

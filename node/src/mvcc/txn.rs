@@ -53,6 +53,8 @@ enum PlannedOp<'r> {
 pub(super) struct TxnExec<'a> {
     ks: &'a Keyspaces,
     snap: &'a Snapshot,
+    /// Whether a lease id exists, for puts that attach one (the caller knows leases).
+    lease_exists: &'a dyn Fn(i64) -> bool,
     begin_rev: i64,
     compact_rev: i64,
     overlay: Overlay,
@@ -67,12 +69,21 @@ impl<'a> TxnExec<'a> {
         TxnExec {
             ks,
             snap,
+            lease_exists: &|_| true,
             begin_rev,
             compact_rev,
             overlay: Overlay::new(),
             changes: Vec::new(),
             key_delta: 0,
             counts: OpCounts::default(),
+        }
+    }
+
+    /// Refuses puts that attach a lease for which `lease_exists` is false.
+    pub fn with_leases(self, lease_exists: &'a dyn Fn(i64) -> bool) -> Self {
+        TxnExec {
+            lease_exists,
+            ..self
         }
     }
 
@@ -120,7 +131,7 @@ impl<'a> TxnExec<'a> {
     pub fn run(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         let plan = self.plan(req)?;
         // etcd checks every put of the chosen path, then every range, before running any op.
-        plan.check(&mut |op| check_put(&self.before(), op))?;
+        plan.check(&mut |op| check_put(&self.before(), self.lease_exists, op))?;
         plan.check(&mut |op| check_range(&self.before(), op))?;
         let mut resp = self.apply(&plan)?;
         resp.header = Some(ResponseHeader {
@@ -296,15 +307,23 @@ impl Plan<'_> {
     }
 }
 
-/// etcd's `checkRequestPut` (the lease check belongs to the lease module).
-fn check_put(view: &View<'_>, op: &PlannedOp<'_>) -> Result<(), MvccError> {
-    match op {
-        PlannedOp::Put(p) if p.ignore_value || p.ignore_lease => match view.get(&p.key)? {
-            Some(_) => Ok(()),
-            None => Err(MvccError::KeyNotFound),
-        },
-        _ => Ok(()),
+/// etcd's `checkRequestPut`: the key must exist to keep its value or lease, then the
+/// lease a put attaches must exist.
+fn check_put(
+    view: &View<'_>,
+    lease_exists: &dyn Fn(i64) -> bool,
+    op: &PlannedOp<'_>,
+) -> Result<(), MvccError> {
+    let PlannedOp::Put(p) = op else {
+        return Ok(());
+    };
+    if (p.ignore_value || p.ignore_lease) && view.get(&p.key)?.is_none() {
+        return Err(MvccError::KeyNotFound);
     }
+    if p.lease != 0 && !lease_exists(p.lease) {
+        return Err(MvccError::LeaseNotFound);
+    }
+    Ok(())
 }
 
 /// etcd's `checkRequestRange`, against the revisions before the txn.

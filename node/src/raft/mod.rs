@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
 
+use crate::lease::{LeaseError, Lessor};
 use crate::metrics;
 use crate::mvcc::{CompactionDone, Mvcc, MvccError};
 use crate::proto::{cairnpb, etcdserverpb, mvccpb};
@@ -76,6 +77,11 @@ pub struct MemberInfo {
 pub enum Applied {
     Txn(etcdserverpb::TxnResponse, Vec<mvccpb::Event>),
     Compaction(CompactionDone),
+    /// The header carries only the store revision.
+    LeaseGrant(etcdserverpb::LeaseGrantResponse),
+    /// The header carries the revision of the deletes (unchanged if no key was attached);
+    /// the events are one DELETE per attached key, all at that revision.
+    LeaseRevoke(etcdserverpb::LeaseRevokeResponse, Vec<mvccpb::Event>),
 }
 
 /// Why a proposal or read barrier did not complete.
@@ -93,6 +99,9 @@ pub enum RaftError {
     /// A deterministic apply result (e.g. compacted revision), the same on every member.
     #[error(transparent)]
     Apply(MvccError),
+    /// A deterministic lease refusal at apply (unknown lease, duplicate id, TTL too large).
+    #[error(transparent)]
+    Lease(LeaseError),
     #[error("raft failed: {0}")]
     Fatal(String),
 }
@@ -124,12 +133,13 @@ impl RaftNode {
     pub async fn start(
         store: Arc<Store>,
         mvcc: Arc<Mvcc>,
+        lessor: Arc<Lessor>,
         settings: RaftSettings,
     ) -> Result<Arc<RaftNode>, RaftError> {
         let config = openraft_config(&settings)?;
         let (in_use, released) = InUse::new();
         let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
-        let state_machine = StateMachine::open(store, mvcc, in_use).map_err(fatal)?;
+        let state_machine = StateMachine::open(store, mvcc, lessor, in_use).map_err(fatal)?;
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -231,7 +241,7 @@ impl RaftNode {
             Ok(Err(openraft::error::RaftError::APIError(e))) => return Err(write_error(e)),
         };
         match response.data.0 {
-            Some(result) => result.map_err(RaftError::Apply),
+            Some(result) => result,
             None => Err(RaftError::Fatal(format!(
                 "entry {} was applied without a result",
                 response.log_id
@@ -405,6 +415,8 @@ impl fmt::Display for Proposal {
                 t.failure.len()
             ),
             Some(Cmd::Compaction(c)) => write!(f, "compaction({})", c.revision),
+            Some(Cmd::LeaseGrant(g)) => write!(f, "lease_grant({:x}, {}s)", g.id, g.ttl),
+            Some(Cmd::LeaseRevoke(r)) => write!(f, "lease_revoke({:x})", r.id),
             None => write!(f, "empty"),
         }
     }
@@ -433,9 +445,10 @@ impl<'de> Deserialize<'de> for Proposal {
 }
 
 /// openraft's response type: apply's result for a client proposal (`None` for blank and
-/// membership entries). It only travels in memory from the state machine to the proposer;
+/// membership entries); its errors are the deterministic refusals ([`RaftError::Apply`],
+/// [`RaftError::Lease`]). It only travels in memory from the state machine to the proposer;
 /// it serializes to nothing because openraft requires serde of it.
-pub(crate) struct Outcome(Option<Result<Applied, MvccError>>);
+pub(crate) struct Outcome(Option<Result<Applied, RaftError>>);
 
 impl Serialize for Outcome {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -492,12 +505,26 @@ mod tests {
         }
     }
 
+    fn lessor(store: &Store) -> Arc<Lessor> {
+        let config = crate::lease::LessorConfig::new(
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+            1,
+        );
+        Arc::new(Lessor::open(store, config).expect("open lessor"))
+    }
+
     async fn start(dir: &Path, snapshot_count: u64) -> (Arc<Mvcc>, Arc<RaftNode>) {
         let store = Arc::new(Store::open(dir).expect("open store"));
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));
-        let node = RaftNode::start(store, mvcc.clone(), settings(snapshot_count))
-            .await
-            .expect("start raft");
+        let node = RaftNode::start(
+            store.clone(),
+            mvcc.clone(),
+            lessor(&store),
+            settings(snapshot_count),
+        )
+        .await
+        .expect("start raft");
         (mvcc, node)
     }
 
@@ -531,7 +558,7 @@ mod tests {
     fn revision(applied: &Applied) -> i64 {
         match applied {
             Applied::Txn(resp, _) => resp.header.as_ref().map_or(0, |h| h.revision),
-            Applied::Compaction(_) => panic!("expected a txn result"),
+            _ => panic!("expected a txn result"),
         }
     }
 
@@ -617,7 +644,7 @@ mod tests {
         let store = Arc::new(Store::open(dir.path()).expect("reopen store"));
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("reopen mvcc"));
         assert_eq!(mvcc.current_revision(), 36);
-        let node = RaftNode::start(store, mvcc.clone(), settings(10))
+        let node = RaftNode::start(store.clone(), mvcc.clone(), lessor(&store), settings(10))
             .await
             .expect("restart raft");
         assert_eq!(mvcc.current_revision(), 36, "nothing applied twice");

@@ -6,9 +6,14 @@
 //! the log after it, and nothing is applied twice. The raft log's fsync covers MVCC writes
 //! too: fjall has one journal, and an entry is applied only after it was made durable.
 //!
-//! Errors: MVCC's deterministic refusals (compacted, future revision) are results handed back
-//! to the proposer, the same on every member; any other MVCC error is a storage failure and
-//! stops raft.
+//! Errors: MVCC's and the lessor's deterministic refusals (compacted, future revision,
+//! unknown lease, ...) are results handed back to the proposer, the same on every member;
+//! any other error is a storage failure and stops raft.
+//!
+//! Leases: a grant or revoke writes the lease table in the same batch as the apply marker
+//! (a revoke also deletes the lease's keys there, as one txn of one revision); puts are
+//! checked against the lessor's table, which only apply changes, so the check is the same
+//! on every member.
 //!
 //! Snapshots: a snapshot is the local MVCC state as of `last_applied`, made durable by
 //! `Store::sync` before openraft may purge the log behind it; its data is empty. Installing a
@@ -25,11 +30,17 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership
 use serde::{Deserialize, Serialize};
 
 use super::{
-    blocking, decode, encode, Applied, InUse, Outcome, Proposal, SnapshotData, TypeConfig,
+    blocking, decode, encode, Applied, InUse, Outcome, Proposal, RaftError, SnapshotData,
+    TypeConfig,
 };
+use crate::lease::Lessor;
 use crate::metrics;
-use crate::mvcc::Mvcc;
+use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
+use crate::proto::etcdserverpb::{
+    request_op::Request, DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseHeader, TxnRequest,
+};
 use crate::storage::Store;
 
 /// An apply slower than this counts in `etcd_server_slow_apply_total` (etcd's threshold).
@@ -48,6 +59,7 @@ struct AppliedState {
 pub(super) struct StateMachine {
     store: Arc<Store>,
     mvcc: Arc<Mvcc>,
+    lessor: Arc<Lessor>,
     state: AppliedState,
     /// The last snapshot built, kept in memory only: after a restart with a purged log,
     /// openraft asks for a fresh one, which is as good.
@@ -59,6 +71,7 @@ impl StateMachine {
     pub(super) fn open(
         store: Arc<Store>,
         mvcc: Arc<Mvcc>,
+        lessor: Arc<Lessor>,
         in_use: InUse,
     ) -> io::Result<StateMachine> {
         let marker = mvcc.applied_marker().map_err(io::Error::other)?;
@@ -66,6 +79,7 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             mvcc,
+            lessor,
             state,
             snapshot: Arc::default(),
             in_use,
@@ -89,8 +103,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         // An error here stops raft, so the state taken out need not be put back.
-        let (mvcc, state) = (self.mvcc.clone(), std::mem::take(&mut self.state));
-        let (state, replies) = blocking(move || apply_all(&mvcc, state, entries)).await?;
+        let (mvcc, lessor) = (self.mvcc.clone(), self.lessor.clone());
+        let state = std::mem::take(&mut self.state);
+        let (state, replies) = blocking(move || apply_all(&mvcc, &lessor, state, entries)).await?;
         self.state = state;
         for (responder, outcome) in replies {
             responder.send(outcome);
@@ -139,6 +154,7 @@ type Replies = Vec<(ApplyResponder<TypeConfig>, Outcome)>;
 /// Applies a batch in log order on a blocking thread; returns the new state and the replies.
 fn apply_all(
     mvcc: &Mvcc,
+    lessor: &Lessor,
     mut state: AppliedState,
     entries: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<(AppliedState, Replies)> {
@@ -151,7 +167,7 @@ fn apply_all(
         let marker = encode(&state)?;
         let started = Instant::now();
         let outcome = match &entry.payload {
-            EntryPayload::Normal(proposal) => apply_command(mvcc, proposal, &marker)?,
+            EntryPayload::Normal(proposal) => apply_command(mvcc, lessor, proposal, &marker)?,
             EntryPayload::Blank | EntryPayload::Membership(_) => no_change(mvcc, &marker)?,
         };
         if started.elapsed() > SLOW_APPLY {
@@ -164,24 +180,97 @@ fn apply_all(
     Ok((state, replies))
 }
 
-/// The one place a command meets the MVCC store.
-fn apply_command(mvcc: &Mvcc, Proposal(command): &Proposal, marker: &[u8]) -> io::Result<Outcome> {
+/// A command's effect: `Ok(Err(_))` is a deterministic refusal, `Err(_)` a storage failure.
+type Applying = io::Result<Result<Applied, RaftError>>;
+
+/// The one place a command meets the MVCC store and the lessor.
+fn apply_command(
+    mvcc: &Mvcc,
+    lessor: &Lessor,
+    Proposal(command): &Proposal,
+    marker: &[u8],
+) -> io::Result<Outcome> {
     let result = match &command.cmd {
-        Some(Cmd::Txn(req)) => mvcc
-            .apply_txn(req, marker)
-            .map(|(resp, events)| Applied::Txn(resp, events)),
-        Some(Cmd::Compaction(req)) => mvcc.compact(req.revision, marker).map(Applied::Compaction),
-        None => return no_change(mvcc, marker),
-    };
-    match result {
-        Ok(applied) => Ok(Outcome(Some(Ok(applied)))),
-        Err(e) if e.is_answer() => {
-            // The refused command changed nothing, but the entry is applied all the same.
-            no_change(mvcc, marker)?;
-            Ok(Outcome(Some(Err(e))))
+        Some(Cmd::Txn(req)) => answer(
+            mvcc.apply_txn_with(req, marker, &|id| lessor.contains(id), |_| {})
+                .map(|(resp, events)| Applied::Txn(resp, events)),
+        ),
+        Some(Cmd::Compaction(req)) => {
+            answer(mvcc.compact(req.revision, marker).map(Applied::Compaction))
         }
+        Some(Cmd::LeaseGrant(req)) => lease_grant(mvcc, lessor, req, marker),
+        Some(Cmd::LeaseRevoke(req)) => lease_revoke(mvcc, lessor, req, marker),
+        None => return no_change(mvcc, marker),
+    }?;
+    if result.is_err() {
+        // The refused command changed nothing, but the entry is applied all the same.
+        no_change(mvcc, marker)?;
+    }
+    Ok(Outcome(Some(result)))
+}
+
+/// Sorts an MVCC result into answer and storage failure.
+fn answer(result: Result<Applied, MvccError>) -> Applying {
+    match result {
+        Ok(applied) => Ok(Ok(applied)),
+        Err(e) if e.is_answer() => Ok(Err(RaftError::Apply(e))),
         Err(e) => Err(io::Error::other(e)),
     }
+}
+
+/// etcd's `applierV3backend.LeaseGrant`. The proposer chose the id and raised the TTL to
+/// the minimum, so nothing here depends on this member's configuration.
+fn lease_grant(mvcc: &Mvcc, lessor: &Lessor, req: &LeaseGrantRequest, marker: &[u8]) -> Applying {
+    if let Err(e) = lessor.check_grant(req.id, req.ttl) {
+        return Ok(Err(RaftError::Lease(e)));
+    }
+    mvcc.record_applied_with(marker, |batch| lessor.stage_grant(batch, req.id, req.ttl))
+        .map_err(io::Error::other)?;
+    lessor.granted(req.id, req.ttl);
+    Ok(Ok(Applied::LeaseGrant(LeaseGrantResponse {
+        header: Some(ResponseHeader {
+            revision: mvcc.current_revision(),
+            ..Default::default()
+        }),
+        id: req.id,
+        ttl: req.ttl,
+        error: String::new(),
+    })))
+}
+
+/// etcd's `lessor.Revoke`: the attached keys, in key order, are deleted by one txn (one
+/// revision, one event each) whose batch also removes the lease.
+fn lease_revoke(mvcc: &Mvcc, lessor: &Lessor, req: &LeaseRevokeRequest, marker: &[u8]) -> Applying {
+    if let Err(e) = lessor.check_revoke(req.id) {
+        return Ok(Err(RaftError::Lease(e)));
+    }
+    let keys = mvcc.lease_keys(req.id).map_err(io::Error::other)?;
+    let deletes = TxnRequest {
+        success: keys
+            .into_iter()
+            .map(|key| RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let applied = mvcc.apply_txn_with(&deletes, marker, &|_| true, |batch| {
+        lessor.stage_revoke(batch, req.id)
+    });
+    let (resp, events) = match applied {
+        Ok(done) => done,
+        Err(e) => return answer(Err(e)),
+    };
+    lessor.revoked(req.id);
+    Ok(Ok(Applied::LeaseRevoke(
+        LeaseRevokeResponse {
+            header: resp.header,
+        },
+        events,
+    )))
 }
 
 fn no_change(mvcc: &Mvcc, marker: &[u8]) -> io::Result<Outcome> {
@@ -218,5 +307,178 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lease::{LeaseError, LessorConfig};
+    use crate::proto::cairnpb::Command;
+    use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+    use crate::proto::mvccpb::event::EventType;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        mvcc: Mvcc,
+        lessor: Lessor,
+    }
+
+    fn open() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let mvcc = Mvcc::open(store.clone()).expect("mvcc");
+        let lessor = Lessor::open(&store, config()).expect("lessor");
+        Fixture {
+            _dir: dir,
+            store,
+            mvcc,
+            lessor,
+        }
+    }
+
+    fn config() -> LessorConfig {
+        LessorConfig::new(Duration::from_millis(100), Duration::from_millis(1000), 1)
+    }
+
+    fn apply(f: &Fixture, cmd: Cmd) -> Result<Applied, RaftError> {
+        let proposal = Proposal(Command { cmd: Some(cmd) });
+        let Outcome(result) = apply_command(&f.mvcc, &f.lessor, &proposal, b"m").expect("apply");
+        result.expect("a command has a result")
+    }
+
+    fn grant(id: i64, ttl: i64) -> Cmd {
+        Cmd::LeaseGrant(LeaseGrantRequest { id, ttl })
+    }
+
+    fn revoke(id: i64) -> Cmd {
+        Cmd::LeaseRevoke(LeaseRevokeRequest { id })
+    }
+
+    fn put(key: &str, lease: i64) -> Cmd {
+        let put = PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        };
+        Cmd::Txn(TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(put)),
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn count(mvcc: &Mvcc, revision: i64) -> i64 {
+        let req = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision,
+            count_only: true,
+            ..Default::default()
+        };
+        mvcc.range(&req).expect("range").count
+    }
+
+    #[test]
+    fn revoke_deletes_every_attached_key_in_one_revision() {
+        let f = open();
+        assert!(
+            matches!(apply(&f, grant(7, 60)), Ok(Applied::LeaseGrant(r)) if r.id == 7 && r.ttl == 60)
+        );
+        for key in ["c", "a", "b"] {
+            apply(&f, put(key, 7)).expect("put");
+        }
+        apply(&f, put("other", 0)).expect("put");
+        let before = f.mvcc.current_revision();
+        let Ok(Applied::LeaseRevoke(resp, events)) = apply(&f, revoke(7)) else {
+            panic!("revoke failed");
+        };
+        let rev = resp.header.map_or(0, |h| h.revision);
+        assert_eq!(rev, before + 1, "one revision for all the deletes");
+        let keys: Vec<&[u8]> = events
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .map(|kv| kv.key.as_slice())
+            .collect();
+        assert_eq!(keys, [&b"a"[..], b"b", b"c"]);
+        assert!(events.iter().all(|e| e.r#type == EventType::Delete as i32
+            && e.kv.as_ref().is_some_and(|kv| kv.mod_revision == rev)));
+        assert_eq!((count(&f.mvcc, rev - 1), count(&f.mvcc, rev)), (4, 1));
+        assert!(!f.lessor.contains(7));
+        assert!(f.mvcc.lease_keys(7).expect("keys").is_empty());
+        // A lease with no keys is revoked without a new revision.
+        apply(&f, grant(8, 60)).expect("grant");
+        let Ok(Applied::LeaseRevoke(resp, events)) = apply(&f, revoke(8)) else {
+            panic!("revoke failed");
+        };
+        assert_eq!(
+            (resp.header.map_or(0, |h| h.revision), events.len()),
+            (rev, 0)
+        );
+    }
+
+    #[test]
+    fn lease_refusals_change_nothing() {
+        let f = open();
+        apply(&f, grant(7, 60)).expect("grant");
+        let rev = f.mvcc.current_revision();
+        let refused = [
+            (grant(7, 60), "exists"),
+            (grant(9, crate::lease::MAX_LEASE_TTL + 1), "too large"),
+            (revoke(9), "not found"),
+            (put("k", 9), "put with an unknown lease"),
+        ];
+        for (cmd, what) in refused {
+            let result = apply(&f, cmd);
+            assert!(
+                matches!(
+                    result,
+                    Err(RaftError::Lease(_)) | Err(RaftError::Apply(MvccError::LeaseNotFound))
+                ),
+                "{what}: {:?}",
+                result.err()
+            );
+        }
+        assert!(matches!(
+            apply(&f, revoke(9)),
+            Err(RaftError::Lease(LeaseError::NotFound))
+        ));
+        assert_eq!(f.mvcc.current_revision(), rev);
+        assert!(f.lessor.contains(7) && !f.lessor.contains(9));
+    }
+
+    #[test]
+    fn leases_and_their_keys_survive_reopening() {
+        let f = open();
+        apply(&f, grant(7, 60)).expect("grant");
+        apply(&f, put("k", 7)).expect("put");
+        let Fixture {
+            _dir,
+            store,
+            mvcc,
+            lessor,
+        } = f;
+        drop((mvcc, lessor));
+        let f = Fixture {
+            mvcc: Mvcc::open(store.clone()).expect("reopen mvcc"),
+            lessor: Lessor::open(&store, config()).expect("reopen lessor"),
+            store,
+            _dir,
+        };
+        assert!(f.lessor.contains(7));
+        f.lessor.promote();
+        let ttl = f.lessor.time_to_live(7).expect("primary").expect("exists");
+        // The full TTL again, plus the election timeout (1 s), as etcd after a restart.
+        assert!((60..=61).contains(&ttl.remaining), "{ttl:?}");
+        assert_eq!(f.mvcc.lease_keys(7).expect("keys"), [b"k".to_vec()]);
+        let Ok(Applied::LeaseRevoke(_, events)) = apply(&f, revoke(7)) else {
+            panic!("revoke failed");
+        };
+        assert_eq!(events.len(), 1);
     }
 }

@@ -10,6 +10,7 @@ mod crash;
 mod etcdctl;
 mod http;
 mod kv;
+mod lease_api;
 mod maintenance;
 
 use etcd_client::{Error, GetOptions};
