@@ -35,6 +35,7 @@
 
 mod codec;
 mod compact;
+mod hash;
 mod meta;
 mod read;
 mod txn;
@@ -48,6 +49,7 @@ use tokio::sync::oneshot;
 
 pub use codec::MAX_KEY_LEN;
 pub use compact::CompactionDone;
+pub use hash::KvHash;
 pub use txn::is_read_only;
 
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
