@@ -38,6 +38,7 @@ mod compact;
 mod hash;
 mod meta;
 mod read;
+pub mod snapshot;
 mod txn;
 
 use std::sync::atomic::{AtomicI64, Ordering};
