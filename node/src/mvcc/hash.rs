@@ -109,12 +109,7 @@ where
 
 /// Whether a version in the compacted window survives compaction at `at`: it is a put and
 /// the next version in history (`next_key`) belongs to another key or is above `at`.
-fn kept(
-    prefix: &[u8],
-    record: &[u8],
-    next_key: Option<&[u8]>,
-    at: i64,
-) -> Result<bool, MvccError> {
+fn kept(prefix: &[u8], record: &[u8], next_key: Option<&[u8]>, at: i64) -> Result<bool, MvccError> {
     if codec::is_tombstone(record) {
         return Ok(false);
     }
@@ -261,8 +256,15 @@ mod tests {
         assert_ne!(h(&m1), h(&m3));
     }
 
-    /// `kv_history` entries of (key, main revision, value or tombstone), in key order.
-    fn history(versions: &[(&str, i64, Option<&str>)]) -> Vec<Result<(Vec<u8>, Vec<u8>), MvccError>> {
+    /// `kv_history` entries of `versions`, in key order.
+    type Versions<'a> = [(&'a str, i64, Option<&'a str>)];
+
+    /// The hash of `kv_history` holding `versions` (key, main revision, value or tombstone).
+    fn hash_of(versions: &Versions<'_>, at: i64, compact: i64) -> u32 {
+        hash_history(history(versions).into_iter().map(Ok), at, compact).expect("hash")
+    }
+
+    fn history(versions: &Versions<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = versions
             .iter()
             .map(|&(key, main, value)| {
@@ -279,7 +281,7 @@ mod tests {
             })
             .collect();
         out.sort();
-        out.into_iter().map(Ok).collect()
+        out
     }
 
     #[test]
@@ -294,24 +296,21 @@ mod tests {
         ];
         // What physical compaction at 5 leaves: per key the newest version at or below 5,
         // unless it is a tombstone.
-        let compacted = [("a", 3, Some("2")), ("c", 6, Some("1")), ("a", 7, Some("3"))];
+        let compacted = [
+            ("a", 3, Some("2")),
+            ("c", 6, Some("1")),
+            ("a", 7, Some("3")),
+        ];
         for at in [5, 6, 7] {
-            let before = hash_history(history(&full).into_iter(), at, 5).expect("hash");
-            let after = hash_history(history(&compacted).into_iter(), at, 5).expect("hash");
-            assert_eq!(before, after, "at {at}");
+            assert_eq!(hash_of(&full, at, 5), hash_of(&compacted, at, 5), "at {at}");
         }
         // The compacted window is not hashed like the rest: compaction changes the hash.
-        let uncompacted = hash_history(history(&full).into_iter(), 6, -1).expect("hash");
-        let with_window = hash_history(history(&full).into_iter(), 6, 5).expect("hash");
-        assert_ne!(uncompacted, with_window);
+        assert_ne!(hash_of(&full, 6, -1), hash_of(&full, 6, 5));
         // A version above `at` does not count, and a change below it does.
         let mut changed = full;
         changed[5].2 = Some("4");
-        let h = |v: &[(&str, i64, Option<&str>)], at| {
-            hash_history(history(v).into_iter(), at, -1).expect("hash")
-        };
-        assert_eq!(h(&full, 6), h(&changed, 6));
-        assert_ne!(h(&full, 7), h(&changed, 7));
+        assert_eq!(hash_of(&full, 6, -1), hash_of(&changed, 6, -1));
+        assert_ne!(hash_of(&full, 7, -1), hash_of(&changed, 7, -1));
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@
 //!
 //! Everything is read from one fjall snapshot, so the copy is exactly the state at one
 //! revision. Writing is streamed, in bounded memory; the exact length is known in advance
-//! from a first pass over the same fjall snapshot ([`SnapshotSource::len`]).
+//! from a first pass over the same fjall snapshot ([`SnapshotSource::stream_len`]).
 //!
 //! `mvcc_meta`'s apply marker is left out: it names an entry of the source's raft log,
 //! which means nothing to the cluster the copy is restored into.
@@ -146,7 +146,7 @@ impl SnapshotSource {
 
     /// The exact length of the stream [`SnapshotSource::write_to`] produces, digest
     /// included. Reads every entry once.
-    pub fn len(&self) -> Result<u64, SnapshotError> {
+    pub fn stream_len(&self) -> Result<u64, SnapshotError> {
         let mut body = HEADER_LEN + END_LEN;
         self.visit(|item| {
             body += item.encoded_len();
@@ -323,7 +323,10 @@ fn load(input: &mut impl Read, store: &Store, ks: &Keyspaces) -> Result<Restored
                     return Err(malformed("more sections than keyspaces"));
                 };
                 if name != expected.as_bytes() {
-                    return Err(malformed(format!("section {:?}", String::from_utf8_lossy(&name))));
+                    return Err(malformed(format!(
+                        "section {:?}",
+                        String::from_utf8_lossy(&name)
+                    )));
                 }
                 target = Some(keyspace);
                 next_section += 1;
@@ -444,8 +447,16 @@ mod tests {
         let mut bytes = Vec::new();
         let written = source.write_to(&mut bytes).expect("write");
         assert_eq!(written, bytes.len() as u64);
-        assert_eq!(source.len().expect("len"), written, "length known in advance");
-        assert_eq!(bytes.len() as u64 % ALIGN, DIGEST_LEN, "etcdctl's size check");
+        assert_eq!(
+            source.stream_len().expect("len"),
+            written,
+            "length known in advance"
+        );
+        assert_eq!(
+            bytes.len() as u64 % ALIGN,
+            DIGEST_LEN,
+            "etcdctl's size check"
+        );
         assert!(bytes.starts_with(MAGIC));
         drop(source);
 
@@ -492,7 +503,10 @@ mod tests {
         };
         let mut flipped = bytes.clone();
         flipped[40] ^= 1;
-        assert!(matches!(try_restore(&flipped, "a"), Err(SnapshotError::Checksum)));
+        assert!(matches!(
+            try_restore(&flipped, "a"),
+            Err(SnapshotError::Checksum)
+        ));
         assert!(matches!(
             try_restore(&bytes[..bytes.len() - 1], "b"),
             Err(SnapshotError::Checksum)
@@ -502,7 +516,10 @@ mod tests {
         foreign[..6].copy_from_slice(b"bbolt!");
         let digest: [u8; 32] = Sha256::digest(&foreign).into();
         foreign.extend_from_slice(&digest);
-        assert!(matches!(try_restore(&foreign, "c"), Err(SnapshotError::NotCairn)));
+        assert!(matches!(
+            try_restore(&foreign, "c"),
+            Err(SnapshotError::NotCairn)
+        ));
         assert!(try_restore(&bytes, "d").is_ok());
     }
 }
