@@ -294,3 +294,33 @@ fn record_stream_end(labels: &[&str; 3], start: Instant, code: tonic::Code) {
         .with_label_values(&[labels[0], labels[1], labels[2], code_name(code)])
         .inc();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_count_remaining_bytes_down_to_zero() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let total = 2 * SNAPSHOT_CHUNK + 100;
+        let mut out = ChunkWriter {
+            tx,
+            header: None,
+            remaining: total as u64,
+            buf: Vec::new(),
+        };
+        // Odd-sized writes, as BufWriter makes them.
+        for piece in vec![7u8; total].chunks(1000) {
+            out.write_all(piece).expect("write");
+        }
+        out.flush().expect("flush");
+        drop(out);
+        let mut chunks = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            let chunk = chunk.expect("chunk");
+            chunks.push((chunk.blob.len(), chunk.remaining_bytes));
+        }
+        let full = SNAPSHOT_CHUNK;
+        assert_eq!(chunks, [(full, (full + 100) as u64), (full, 100), (100, 0)]);
+    }
+}

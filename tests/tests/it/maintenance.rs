@@ -131,6 +131,8 @@ async fn snapshot_streams_the_whole_database() {
 async fn etcdctl_snapshot_save_writes_a_file() {
     let (server, mut client) = start().await;
     client.put("k", "v", None).await.unwrap();
+    // Large enough that the stream spans several 32 KiB chunks.
+    client.put("big", vec![b'x'; 100_000], None).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("backup.db");
     let path_arg = path.to_str().unwrap();
