@@ -10,4 +10,5 @@ pub mod mvcc;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod snapshot_cmd;
 pub mod storage;

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(cairn::bench::run(args))),
+        Command::Snapshot(args) => cairn::snapshot_cmd::run(args),
         Command::Serve => {
             init_logging(&loaded.config.log_level);
             for warning in loaded.warnings() {

@@ -22,6 +22,8 @@ pub(crate) enum Invocation {
     ConfigShow(Vec<OsString>),
     /// `cairn bench ...`: everything after `bench`, for the bench module to parse.
     Bench(Vec<OsString>),
+    /// `cairn snapshot ...`: everything after `snapshot`, for `snapshot_cmd` to parse.
+    Snapshot(Vec<OsString>),
     /// `cairn version`.
     Version,
 }
@@ -33,6 +35,7 @@ pub(crate) fn split(args: Vec<OsString>) -> Result<Invocation, ConfigError> {
     let rest = || args.iter().skip(1).cloned().collect::<Vec<_>>();
     Ok(match first.as_deref() {
         Some("bench") => Invocation::Bench(rest()),
+        Some("snapshot") => Invocation::Snapshot(rest()),
         Some("version") => Invocation::Version,
         Some("help") => Invocation::Serve(vec!["--help".into()]),
         Some("config") => match args.get(1).and_then(|a| a.to_str()) {
@@ -79,6 +82,7 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Flags, ConfigError> {
 const USAGE: &str = "cairn [flags]\n       \
                      cairn config show [flags]\n       \
                      cairn bench [bench flags]\n       \
+                     cairn snapshot restore <file> --data-dir <dir>\n       \
                      cairn version";
 
 const AFTER_HELP: &str = "Every flag can also be set in the YAML file given by --config-file \

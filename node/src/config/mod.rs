@@ -86,6 +86,8 @@ pub enum Command {
     /// `cairn bench ...`: the arguments after `bench` (no program name), for the bench
     /// module to parse itself.
     Bench(Vec<OsString>),
+    /// `cairn snapshot ...`: the arguments after `snapshot`, for `snapshot_cmd`.
+    Snapshot(Vec<OsString>),
     /// `cairn version` or `cairn --version`: print [`version`].
     Version,
 }
@@ -213,6 +215,7 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
     let args = args.into_iter().skip(1).collect();
     let (command, flag_args) = match cli::split(args)? {
         cli::Invocation::Bench(rest) => return defaults_only(Command::Bench(rest)),
+        cli::Invocation::Snapshot(rest) => return defaults_only(Command::Snapshot(rest)),
         cli::Invocation::Version => return defaults_only(Command::Version),
         cli::Invocation::Serve(flags) => (Command::Serve, flags),
         cli::Invocation::ConfigShow(flags) => (Command::ConfigShow, flags),

@@ -37,9 +37,11 @@
 
 mod codec;
 mod compact;
+mod hash;
 mod lease_index;
 mod meta;
 mod read;
+pub mod snapshot;
 mod txn;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -51,6 +53,7 @@ use tokio::sync::oneshot;
 
 pub use codec::MAX_KEY_LEN;
 pub use compact::CompactionDone;
+pub use hash::KvHash;
 pub use txn::is_read_only;
 
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
@@ -121,6 +124,9 @@ struct Keyspaces {
     revs: Keyspace,
     meta: Keyspace,
     lease: Keyspace,
+    /// The lease table is owned by `lease/`; MVCC only copies it into snapshots, so a
+    /// restored store keeps the leases its keys point at.
+    leases: Keyspace,
 }
 
 impl Keyspaces {
@@ -131,6 +137,7 @@ impl Keyspaces {
             revs: store.keyspace("kv_revs")?,
             meta: store.keyspace("mvcc_meta")?,
             lease: store.keyspace("kv_lease")?,
+            leases: store.keyspace("leases")?,
         })
     }
 }

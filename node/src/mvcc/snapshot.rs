@@ -1,0 +1,528 @@
+//! Point-in-time copies of the MVCC state, for etcd's `Snapshot` RPC (`etcdctl snapshot
+//! save`) and for rebuilding a store from such a copy.
+//!
+//! A snapshot cannot be a bbolt file, so the format is cairn's own. All integers are
+//! big-endian.
+//!
+//! ```text
+//! header   "CAIRNSNAP" | format u32 (= 1) | revision i64 | compact revision i64 (-1: never)
+//! sections, one per keyspace, in this order: kv_latest, kv_history, kv_revs, mvcc_meta,
+//! kv_lease, leases
+//!   'S' | name length u8 | name
+//!   then one record per entry, in key order: 'E' | key length u32 | key | value length u32 | value
+//! end      'Z' | number of records u64
+//! padding  zero bytes up to a multiple of 512
+//! digest   SHA-256 of everything before it (32 bytes)
+//! ```
+//!
+//! The padding and the digest are etcd's convention: etcd appends a SHA-256 of the database
+//! file to the stream, and `etcdctl snapshot save` refuses a stream whose length modulo 512
+//! is not 32 (a bbolt file is a whole number of pages).
+//!
+//! Everything is read from one fjall snapshot, so the copy is exactly the state at one
+//! revision. Writing is streamed, in bounded memory; the exact length is known in advance
+//! from a first pass over the same fjall snapshot ([`SnapshotSource::stream_len`]).
+//!
+//! `mvcc_meta`'s apply marker is left out: it names an entry of the source's raft log,
+//! which means nothing to the cluster the copy is restored into.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use fjall::Readable;
+use sha2::{Digest, Sha256};
+
+use super::{meta, revisions, Keyspaces, Mvcc, MvccError};
+use crate::storage::{Keyspace, Snapshot, Store};
+
+/// The first bytes of every snapshot.
+pub const MAGIC: &[u8; 9] = b"CAIRNSNAP";
+/// The format this cairn writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+const HEADER_LEN: u64 = MAGIC.len() as u64 + 4 + 8 + 8;
+const TAG_SECTION: u8 = b'S';
+const TAG_ENTRY: u8 = b'E';
+const TAG_END: u8 = b'Z';
+const END_LEN: u64 = 1 + 8;
+/// The stream before the digest is padded to a multiple of this (see the module header).
+const ALIGN: u64 = 512;
+const DIGEST_LEN: u64 = 32;
+/// Restore commits a batch once it holds this many bytes, to bound its memory.
+const RESTORE_BATCH_BYTES: usize = 16 << 20;
+
+/// Why a snapshot could not be written or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error("not a cairn snapshot (etcd's bbolt snapshots are restored with etcdutl)")]
+    NotCairn,
+    #[error("snapshot format {0}, this cairn reads format {FORMAT_VERSION}")]
+    Format(u32),
+    #[error("snapshot checksum mismatch: the file is damaged or truncated")]
+    Checksum,
+    #[error("snapshot is malformed: {0}")]
+    Malformed(String),
+    #[error("the target store already holds MVCC data; restore into a new data dir")]
+    NotEmpty,
+}
+
+impl From<fjall::Error> for SnapshotError {
+    fn from(e: fjall::Error) -> SnapshotError {
+        SnapshotError::Mvcc(e.into())
+    }
+}
+
+/// The MVCC state at one revision, ready to be serialised.
+pub struct SnapshotSource {
+    snap: Snapshot,
+    ks: Keyspaces,
+    revision: i64,
+    compact_revision: i64,
+}
+
+impl Mvcc {
+    /// Pins the current state for a snapshot. Holding it keeps fjall from discarding the
+    /// versions it reads, so drop it when done.
+    pub fn snapshot_source(&self) -> Result<SnapshotSource, MvccError> {
+        let snap = self.store.snapshot();
+        let revs = revisions(&snap, &self.ks)?;
+        Ok(SnapshotSource {
+            snap,
+            ks: self.ks.clone(),
+            revision: revs.current,
+            compact_revision: revs.compact,
+        })
+    }
+}
+
+/// One piece of the stream, before encoding.
+enum Item<'a> {
+    Section(&'a str),
+    Entry(&'a [u8], &'a [u8]),
+}
+
+impl Item<'_> {
+    fn encoded_len(&self) -> u64 {
+        match self {
+            Item::Section(name) => 2 + name.len() as u64,
+            Item::Entry(k, v) => 1 + 4 + k.len() as u64 + 4 + v.len() as u64,
+        }
+    }
+
+    fn write_to(&self, out: &mut impl Write) -> Result<(), SnapshotError> {
+        match self {
+            Item::Section(name) => {
+                let len = u8::try_from(name.len())
+                    .map_err(|_| SnapshotError::Malformed(format!("section name {name}")))?;
+                out.write_all(&[TAG_SECTION, len])?;
+                out.write_all(name.as_bytes())?;
+            }
+            Item::Entry(k, v) => {
+                out.write_all(&[TAG_ENTRY])?;
+                for part in [k, v] {
+                    out.write_all(&len_u32(part)?.to_be_bytes())?;
+                    out.write_all(part)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SnapshotSource {
+    /// The revision the snapshot is taken at.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The compact revision at that point; -1 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// The exact length of the stream [`SnapshotSource::write_to`] produces, digest
+    /// included. Reads every entry once.
+    pub fn stream_len(&self) -> Result<u64, SnapshotError> {
+        let mut body = HEADER_LEN + END_LEN;
+        self.visit(|item| {
+            body += item.encoded_len();
+            Ok(())
+        })?;
+        Ok(padded(body) + DIGEST_LEN)
+    }
+
+    /// Writes the whole snapshot to `out` and returns the number of bytes written.
+    pub fn write_to(&self, out: impl Write) -> Result<u64, SnapshotError> {
+        let mut out = DigestWriter::new(BufWriter::with_capacity(64 << 10, out));
+        out.write_all(MAGIC)?;
+        out.write_all(&FORMAT_VERSION.to_be_bytes())?;
+        out.write_all(&self.revision.to_be_bytes())?;
+        out.write_all(&self.compact_revision.to_be_bytes())?;
+        let mut records = 0u64;
+        self.visit(|item| {
+            if matches!(item, Item::Entry(..)) {
+                records += 1;
+            }
+            item.write_to(&mut out)
+        })?;
+        out.write_all(&[TAG_END])?;
+        out.write_all(&records.to_be_bytes())?;
+        let padding = padded(out.written) - out.written;
+        io::copy(&mut io::repeat(0).take(padding), &mut out)?;
+        let (mut inner, digest, written) = out.finish();
+        inner.write_all(&digest)?;
+        inner.flush()?;
+        Ok(written + DIGEST_LEN)
+    }
+
+    /// Calls `f` with every section and entry, in stream order.
+    fn visit(
+        &self,
+        mut f: impl FnMut(Item<'_>) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        for (name, ks) in sections(&self.ks) {
+            f(Item::Section(name))?;
+            for guard in self.snap.iter(ks) {
+                let (k, v) = guard.into_inner()?;
+                if name == "mvcc_meta" && &*k == meta::APPLIED.as_bytes() {
+                    continue;
+                }
+                f(Item::Entry(&k, &v))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keyspaces a snapshot holds, with their names in the stream, in stream order.
+fn sections(ks: &Keyspaces) -> [(&'static str, &Keyspace); 6] {
+    [
+        ("kv_latest", &ks.latest),
+        ("kv_history", &ks.history),
+        ("kv_revs", &ks.revs),
+        ("mvcc_meta", &ks.meta),
+        ("kv_lease", &ks.lease),
+        ("leases", &ks.leases),
+    ]
+}
+
+/// `n` rounded up to a multiple of [`ALIGN`].
+fn padded(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+fn len_u32(part: &[u8]) -> Result<u32, SnapshotError> {
+    u32::try_from(part.len())
+        .map_err(|_| SnapshotError::Malformed(format!("entry of {} bytes", part.len())))
+}
+
+/// Passes bytes through while hashing and counting them.
+struct DigestWriter<W> {
+    inner: W,
+    sha: Sha256,
+    written: u64,
+}
+
+impl<W: Write> DigestWriter<W> {
+    fn new(inner: W) -> DigestWriter<W> {
+        DigestWriter {
+            inner,
+            sha: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    fn finish(self) -> (W, [u8; 32], u64) {
+        (self.inner, self.sha.finalize().into(), self.written)
+    }
+}
+
+impl<W: Write> Write for DigestWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What a restore loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub records: u64,
+}
+
+/// Loads the snapshot file at `path` into `store`, whose MVCC keyspaces must be empty,
+/// after checking its digest, and syncs the store. The caller opens the MVCC store
+/// afterwards; it resumes at the snapshot's revision.
+pub fn restore(path: &Path, store: &Store) -> Result<Restored, SnapshotError> {
+    let mut file = File::open(path)?;
+    verify_digest(&mut file)?;
+    file.seek(SeekFrom::Start(0))?;
+    let ks = Keyspaces::open(store)?;
+    if ks.revs.first_key_value().is_some() || ks.meta.first_key_value().is_some() {
+        return Err(SnapshotError::NotEmpty);
+    }
+    let restored = load(&mut BufReader::with_capacity(64 << 10, file), store, &ks)?;
+    store.sync().map_err(MvccError::from)?;
+    Ok(restored)
+}
+
+/// Checks the trailing SHA-256 against the rest of the file.
+fn verify_digest(file: &mut File) -> Result<(), SnapshotError> {
+    let len = file.metadata()?.len();
+    if len < HEADER_LEN + END_LEN + DIGEST_LEN || len % ALIGN != DIGEST_LEN {
+        return Err(SnapshotError::Checksum);
+    }
+    let mut sha = Sha256::new();
+    // The limit goes under the buffer, so reading ahead stops where the digest starts.
+    let mut body = BufReader::with_capacity(64 << 10, (&mut *file).take(len - DIGEST_LEN));
+    io::copy(&mut body, &mut sha)?;
+    let mut expected = [0u8; DIGEST_LEN as usize];
+    file.read_exact(&mut expected)?;
+    if sha.finalize()[..] != expected {
+        return Err(SnapshotError::Checksum);
+    }
+    Ok(())
+}
+
+/// Parses the stream (already verified) and writes its entries to the keyspaces.
+fn load(input: &mut impl Read, store: &Store, ks: &Keyspaces) -> Result<Restored, SnapshotError> {
+    let mut magic = [0u8; MAGIC.len()];
+    input.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(SnapshotError::NotCairn);
+    }
+    let format = u32::from_be_bytes(read_array(input)?);
+    if format != FORMAT_VERSION {
+        return Err(SnapshotError::Format(format));
+    }
+    let revision = i64::from_be_bytes(read_array(input)?);
+    let compact_revision = i64::from_be_bytes(read_array(input)?);
+    let names = sections(ks);
+    let mut target: Option<&Keyspace> = None;
+    let mut next_section = 0;
+    let mut records = 0u64;
+    let mut batch = store.batch();
+    let mut batch_bytes = 0usize;
+    loop {
+        let [tag] = read_array(input)?;
+        match tag {
+            TAG_SECTION => {
+                let [len] = read_array(input)?;
+                let name = read_vec(input, usize::from(len))?;
+                let Some((expected, keyspace)) = names.get(next_section) else {
+                    return Err(malformed("more sections than keyspaces"));
+                };
+                if name != expected.as_bytes() {
+                    return Err(malformed(format!(
+                        "section {:?}",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+                target = Some(keyspace);
+                next_section += 1;
+            }
+            TAG_ENTRY => {
+                let keyspace = target.ok_or_else(|| malformed("entry before any section"))?;
+                let key = read_part(input)?;
+                let value = read_part(input)?;
+                batch_bytes += key.len() + value.len();
+                batch.insert(keyspace, key, value);
+                records += 1;
+                if batch_bytes >= RESTORE_BATCH_BYTES {
+                    std::mem::replace(&mut batch, store.batch()).commit()?;
+                    batch_bytes = 0;
+                }
+            }
+            TAG_END => {
+                let count = u64::from_be_bytes(read_array(input)?);
+                if count != records || next_section != names.len() {
+                    return Err(malformed("record count or sections do not match the end"));
+                }
+                batch.commit()?;
+                return Ok(Restored {
+                    revision,
+                    compact_revision,
+                    records,
+                });
+            }
+            other => return Err(malformed(format!("unknown tag {other:#04x}"))),
+        }
+    }
+}
+
+fn read_array<const N: usize>(input: &mut impl Read) -> Result<[u8; N], SnapshotError> {
+    let mut out = [0u8; N];
+    input.read_exact(&mut out).map_err(truncated)?;
+    Ok(out)
+}
+
+fn read_vec(input: &mut impl Read, len: usize) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = vec![0u8; len];
+    input.read_exact(&mut out).map_err(truncated)?;
+    Ok(out)
+}
+
+/// A length-prefixed key or value.
+fn read_part(input: &mut impl Read) -> Result<Vec<u8>, SnapshotError> {
+    let len = u32::from_be_bytes(read_array(input)?);
+    read_vec(input, len as usize)
+}
+
+fn truncated(e: io::Error) -> SnapshotError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        malformed("truncated")
+    } else {
+        SnapshotError::Io(e)
+    }
+}
+
+fn malformed(what: impl Into<String>) -> SnapshotError {
+    SnapshotError::Malformed(what.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::proto::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
+
+    fn open(dir: &Path) -> Mvcc {
+        Mvcc::open(Arc::new(Store::open(dir).expect("store"))).expect("mvcc")
+    }
+
+    fn put(mvcc: &Mvcc, key: &[u8], value: &[u8]) {
+        let op = request_op::Request::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        });
+        let req = TxnRequest {
+            success: vec![RequestOp { request: Some(op) }],
+            ..Default::default()
+        };
+        mvcc.apply_txn(&req, b"marker").expect("apply");
+    }
+
+    fn all_keys(mvcc: &Mvcc, revision: i64) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+        let resp = mvcc
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                revision,
+                ..Default::default()
+            })
+            .expect("range");
+        resp.kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value, kv.mod_revision))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn snapshot_round_trips_into_a_new_store() {
+        let src_dir = tempfile::tempdir().expect("tempdir");
+        let src = open(src_dir.path());
+        put(&src, b"a", b"1"); // 2
+        put(&src, b"a\0b", &[0u8; 3000]); // 3
+        put(&src, b"a", b"2"); // 4
+        put(&src, b"c", b""); // 5
+        src.compact(3, b"marker")
+            .expect("compact")
+            .await
+            .expect("physical compaction");
+        let source = src.snapshot_source().expect("source");
+        // Writes after the snapshot is taken are not in it.
+        put(&src, b"late", b"x");
+        let mut bytes = Vec::new();
+        let written = source.write_to(&mut bytes).expect("write");
+        assert_eq!(written, bytes.len() as u64);
+        assert_eq!(
+            source.stream_len().expect("len"),
+            written,
+            "length known in advance"
+        );
+        assert_eq!(
+            bytes.len() as u64 % ALIGN,
+            DIGEST_LEN,
+            "etcdctl's size check"
+        );
+        assert!(bytes.starts_with(MAGIC));
+        drop(source);
+
+        let file = src_dir.path().join("snap.db");
+        std::fs::write(&file, &bytes).expect("write file");
+        let dst_dir = tempfile::tempdir().expect("tempdir");
+        let restored = {
+            let store = Store::open(dst_dir.path()).expect("store");
+            let restored = restore(&file, &store).expect("restore");
+            assert!(matches!(
+                restore(&file, &store),
+                Err(SnapshotError::NotEmpty)
+            ));
+            restored
+        };
+        assert_eq!((restored.revision, restored.compact_revision), (5, 3));
+        let dst = open(dst_dir.path());
+        assert_eq!(dst.current_revision(), 5);
+        assert_eq!(dst.compact_revision(), 3);
+        assert_eq!(dst.key_count(), 3);
+        assert_eq!(all_keys(&dst, 0), all_keys(&src, 5));
+        assert_eq!(all_keys(&dst, 4), all_keys(&src, 4));
+        assert_eq!(dst.hash_kv(5).expect("hash"), {
+            let mut h = src.hash_kv(5).expect("hash");
+            h.current_revision = 5;
+            h
+        });
+        assert!(dst.applied_marker().expect("marker").is_none());
+    }
+
+    #[test]
+    fn damaged_or_foreign_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mvcc = open(&dir.path().join("src"));
+        put(&mvcc, b"k", b"v");
+        let mut bytes = Vec::new();
+        let source = mvcc.snapshot_source().expect("source");
+        source.write_to(&mut bytes).expect("write");
+        let file = dir.path().join("snap.db");
+        let try_restore = |bytes: &[u8], name: &str| {
+            std::fs::write(&file, bytes).expect("write file");
+            let store = Store::open(&dir.path().join(name)).expect("store");
+            restore(&file, &store)
+        };
+        let mut flipped = bytes.clone();
+        flipped[40] ^= 1;
+        assert!(matches!(
+            try_restore(&flipped, "a"),
+            Err(SnapshotError::Checksum)
+        ));
+        assert!(matches!(
+            try_restore(&bytes[..bytes.len() - 1], "b"),
+            Err(SnapshotError::Checksum)
+        ));
+        // A well-formed stream from something else: right size and digest, wrong magic.
+        let mut foreign = vec![0u8; 512];
+        foreign[..6].copy_from_slice(b"bbolt!");
+        let digest: [u8; 32] = Sha256::digest(&foreign).into();
+        foreign.extend_from_slice(&digest);
+        assert!(matches!(
+            try_restore(&foreign, "c"),
+            Err(SnapshotError::NotCairn)
+        ));
+        assert!(try_restore(&bytes, "d").is_ok());
+    }
+}
