@@ -35,6 +35,7 @@
 
 mod codec;
 mod compact;
+mod history;
 mod meta;
 mod read;
 mod txn;
