@@ -14,6 +14,7 @@ use crate::identity::Identity;
 use crate::mvcc::{Mvcc, MvccError};
 use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
 use crate::storage::{StorageError, Store};
+use crate::watch::{WatchError, WatchHub, DEFAULT_PROGRESS_INTERVAL};
 
 /// Why the node could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum ServerError {
     Mvcc(#[from] MvccError),
     #[error("starting raft: {0}")]
     Raft(#[from] RaftError),
+    #[error("starting the watch hub: {0}")]
+    Watch(#[from] WatchError),
     #[error("{flag} {url}: cannot listen: {source}")]
     Listen {
         flag: &'static str,
@@ -40,6 +43,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
     let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token)?;
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
+    // Before raft, so entries replayed at start-up are dispatched like any others.
+    let watch = Arc::new(WatchHub::start(mvcc.clone(), DEFAULT_PROGRESS_INTERVAL)?);
     let member = MemberInfo {
         name: cfg.name.clone(),
         peer_urls,
@@ -54,6 +59,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             heartbeat: cfg.heartbeat_interval,
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
+            watch: Some(watch.clone()),
         },
     )
     .await?;
@@ -63,6 +69,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         raft: raft.clone(),
         mvcc,
         store,
+        watch,
         cluster_id: id.cluster_id,
         member_id: id.member_id,
         limits: Limits {

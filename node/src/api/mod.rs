@@ -11,6 +11,7 @@ mod http;
 mod kv;
 mod maintenance;
 mod validate;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,10 +20,11 @@ use std::time::Instant;
 use crate::mvcc::Mvcc;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    ResponseHeader,
+    watch_server::WatchServer, ResponseHeader,
 };
 use crate::raft::RaftNode;
 use crate::storage::Store;
+use crate::watch::WatchHub;
 use error::ApiError;
 
 /// The etcd server version cairn reports to clients. Kubernetes and other clients gate
@@ -49,6 +51,7 @@ pub struct Node {
     pub raft: Arc<RaftNode>,
     pub mvcc: Arc<Mvcc>,
     pub store: Arc<Store>,
+    pub watch: Arc<WatchHub>,
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Limits,
@@ -81,6 +84,9 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
         node.clone(),
     )))
+    .add_service(
+        WatchServer::new(watch::WatchService(node.clone())).max_decoding_message_size(max_msg),
+    )
     .into_axum_router();
     grpc.merge(http::router(node))
 }

@@ -178,7 +178,10 @@ mod tests {
             .cloned()
             .map(|e| Event { prev_kv: None, ..e })
             .collect();
-        assert_eq!(mvcc.events(0, 100, 1000, false).expect("events"), without_prev);
+        assert_eq!(
+            mvcc.events(0, 100, 1000, false).expect("events"),
+            without_prev
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::metrics;
 use crate::mvcc::{CompactionDone, Mvcc, MvccError};
 use crate::proto::{cairnpb, etcdserverpb, mvccpb};
 use crate::storage::Store;
+use crate::watch::WatchHub;
 
 use log_store::LogStore;
 use network::Network;
@@ -62,6 +63,8 @@ pub struct RaftSettings {
     pub election_timeout: Duration,
     /// Entries applied between snapshots (etcd's `--snapshot-count`); 0 disables snapshots.
     pub snapshot_count: u64,
+    /// Told each applied revision's events, if watches are served.
+    pub watch: Option<Arc<WatchHub>>,
 }
 
 /// A member as the cluster knows it: openraft's `Node` type, stored in membership entries.
@@ -129,7 +132,8 @@ impl RaftNode {
         let config = openraft_config(&settings)?;
         let (in_use, released) = InUse::new();
         let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
-        let state_machine = StateMachine::open(store, mvcc, in_use).map_err(fatal)?;
+        let state_machine =
+            StateMachine::open(store, mvcc, in_use, settings.watch.clone()).map_err(fatal)?;
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -489,6 +493,7 @@ mod tests {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             snapshot_count,
+            watch: None,
         }
     }
 

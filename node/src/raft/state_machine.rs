@@ -31,6 +31,7 @@ use crate::metrics;
 use crate::mvcc::Mvcc;
 use crate::proto::cairnpb::command::Cmd;
 use crate::storage::Store;
+use crate::watch::WatchHub;
 
 /// An apply slower than this counts in `etcd_server_slow_apply_total` (etcd's threshold).
 const SLOW_APPLY: Duration = Duration::from_millis(100);
@@ -53,6 +54,7 @@ pub(super) struct StateMachine {
     /// openraft asks for a fresh one, which is as good.
     snapshot: Arc<Mutex<Option<SnapshotMeta>>>,
     in_use: InUse,
+    watch: Option<Arc<WatchHub>>,
 }
 
 impl StateMachine {
@@ -60,6 +62,7 @@ impl StateMachine {
         store: Arc<Store>,
         mvcc: Arc<Mvcc>,
         in_use: InUse,
+        watch: Option<Arc<WatchHub>>,
     ) -> io::Result<StateMachine> {
         let marker = mvcc.applied_marker().map_err(io::Error::other)?;
         let state = marker.map(|m| decode(&m)).transpose()?.unwrap_or_default();
@@ -69,6 +72,7 @@ impl StateMachine {
             state,
             snapshot: Arc::default(),
             in_use,
+            watch,
         })
     }
 }
@@ -90,7 +94,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         // An error here stops raft, so the state taken out need not be put back.
         let (mvcc, state) = (self.mvcc.clone(), std::mem::take(&mut self.state));
-        let (state, replies) = blocking(move || apply_all(&mvcc, state, entries)).await?;
+        let watch = self.watch.clone();
+        let (state, replies) =
+            blocking(move || apply_all(&mvcc, watch.as_deref(), state, entries)).await?;
         self.state = state;
         for (responder, outcome) in replies {
             responder.send(outcome);
@@ -139,6 +145,7 @@ type Replies = Vec<(ApplyResponder<TypeConfig>, Outcome)>;
 /// Applies a batch in log order on a blocking thread; returns the new state and the replies.
 fn apply_all(
     mvcc: &Mvcc,
+    watch: Option<&WatchHub>,
     mut state: AppliedState,
     entries: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<(AppliedState, Replies)> {
@@ -151,7 +158,7 @@ fn apply_all(
         let marker = encode(&state)?;
         let started = Instant::now();
         let outcome = match &entry.payload {
-            EntryPayload::Normal(proposal) => apply_command(mvcc, proposal, &marker)?,
+            EntryPayload::Normal(proposal) => apply_command(mvcc, watch, proposal, &marker)?,
             EntryPayload::Blank | EntryPayload::Membership(_) => no_change(mvcc, &marker)?,
         };
         if started.elapsed() > SLOW_APPLY {
@@ -165,11 +172,20 @@ fn apply_all(
 }
 
 /// The one place a command meets the MVCC store.
-fn apply_command(mvcc: &Mvcc, Proposal(command): &Proposal, marker: &[u8]) -> io::Result<Outcome> {
+fn apply_command(
+    mvcc: &Mvcc,
+    watch: Option<&WatchHub>,
+    Proposal(command): &Proposal,
+    marker: &[u8],
+) -> io::Result<Outcome> {
     let result = match &command.cmd {
-        Some(Cmd::Txn(req)) => mvcc
-            .apply_txn(req, marker)
-            .map(|(resp, events)| Applied::Txn(resp, events)),
+        Some(Cmd::Txn(req)) => mvcc.apply_txn(req, marker).map(|(resp, events)| {
+            // Committed: watchers may see it now, in apply order.
+            if let Some(hub) = watch {
+                hub.notify(&events);
+            }
+            Applied::Txn(resp, events)
+        }),
         Some(Cmd::Compaction(req)) => mvcc.compact(req.revision, marker).map(Applied::Compaction),
         None => return no_change(mvcc, marker),
     };

@@ -229,7 +229,10 @@ impl State {
 
     /// Hands one revision's events to the synced watchers they concern.
     fn dispatch(&mut self, events: &Arc<Vec<Event>>) {
-        let Some(rev) = events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision)
+        let Some(rev) = events
+            .first()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
         else {
             return;
         };
@@ -391,7 +394,11 @@ impl WatchHub {
         let w = Watcher {
             range: range.clone(),
             prev_kv,
-            next_rev: if synced { start_rev.max(rev + 1) } else { start_rev },
+            next_rev: if synced {
+                start_rev.max(rev + 1)
+            } else {
+                start_rev
+            },
             queued: Arc::new(AtomicUsize::new(0)),
             sink: sink.clone(),
             synced,
@@ -513,7 +520,10 @@ fn sync_pass(shared: &Shared) -> Result<bool, MvccError> {
     let events = if from > hub_rev {
         Vec::new()
     } else {
-        match shared.mvcc.events(from, hub_rev, SYNC_CHUNK_EVENTS, prev_kv) {
+        match shared
+            .mvcc
+            .events(from, hub_rev, SYNC_CHUNK_EVENTS, prev_kv)
+        {
             Ok(events) => events,
             Err(MvccError::Compacted) => {
                 drop_compacted(shared, &lagging);

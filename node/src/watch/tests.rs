@@ -191,7 +191,9 @@ fn progress_all_waits_for_synced_watchers() {
     let (id, _) = hub.watch(KeyRange::new(b"a".to_vec(), &[]), 0, false, &sink);
     assert!(hub.progress_all(&[id], &sink));
     match rx.try_recv() {
-        Ok(WatchMsg::Progress { watcher, revision }) => assert_eq!((watcher, revision), (None, rev)),
+        Ok(WatchMsg::Progress { watcher, revision }) => {
+            assert_eq!((watcher, revision), (None, rev))
+        }
         other => panic!("unexpected {other:?}"),
     }
 }
