@@ -210,7 +210,7 @@ impl State {
         true
     }
 
-    fn to_unsynced(&mut self, id: WatcherId, next_rev: i64) {
+    fn mark_unsynced(&mut self, id: WatcherId, next_rev: i64) {
         let Some(w) = self.watchers.get_mut(&id) else {
             return;
         };
@@ -256,7 +256,7 @@ impl State {
         }
         if !slow.is_empty() {
             for id in slow {
-                self.to_unsynced(id, rev);
+                self.mark_unsynced(id, rev);
             }
             self.publish_counts();
         }

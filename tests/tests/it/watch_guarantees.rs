@@ -109,9 +109,7 @@ async fn watcher(
     let mut owed = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from);
+        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
         let mut stream = client.watch(PREFIX, Some(opts)).await.expect("watch");
         let mut on_this_stream = 0;
         loop {
@@ -119,7 +117,10 @@ async fn watcher(
             if done {
                 return (owed.unwrap_or(i64::MAX), received);
             }
-            assert!(Instant::now() < deadline, "watcher from {start} ({style:?}) timed out");
+            assert!(
+                Instant::now() < deadline,
+                "watcher from {start} ({style:?}) timed out"
+            );
             let msg = tokio::select! {
                 msg = stream.message() => msg.expect("watch stream").expect("stream open"),
                 _ = last.changed() => continue,
@@ -162,10 +163,7 @@ async fn watcher(
 }
 
 fn seen_up_to(received: &Received) -> i64 {
-    received
-        .last()
-        .and_then(|r| r.last())
-        .map_or(0, |e| e.rev)
+    received.last().and_then(|r| r.last()).map_or(0, |e| e.rev)
 }
 
 /// Asserts that `received` is exactly `truth` from revision `owed` on, each revision in
@@ -242,13 +240,21 @@ async fn every_watcher_sees_exactly_the_committed_history() {
             _ => Style::Steady,
         };
         let c = server.client().await.expect("client");
-        watchers.push(spawn_watcher(c, start, style, format!("during-{i}-from-{start}-{style:?}")));
+        watchers.push(spawn_watcher(
+            c,
+            start,
+            style,
+            format!("during-{i}-from-{start}-{style:?}"),
+        ));
     }
 
     let mut truth = History::new();
     for w in writers {
         for (rev, evs) in w.await.expect("writer") {
-            assert!(truth.insert(rev, evs).is_none(), "two writes at revision {rev}");
+            assert!(
+                truth.insert(rev, evs).is_none(),
+                "two writes at revision {rev}"
+            );
         }
     }
     let first = *truth.keys().next().expect("some writes");
@@ -260,7 +266,12 @@ async fn every_watcher_sees_exactly_the_committed_history() {
     );
     // One more from the past, after the writes.
     let c = server.client().await.expect("client");
-    watchers.push(spawn_watcher(c, first + 10, Style::Steady, "after-from-past".to_string()));
+    watchers.push(spawn_watcher(
+        c,
+        first + 10,
+        Style::Steady,
+        "after-from-past".to_string(),
+    ));
     set_last.send_replace(Some(last_rev));
 
     for w in watchers {
