@@ -12,3 +12,4 @@ pub mod raft;
 pub mod server;
 pub mod snapshot_cmd;
 pub mod storage;
+pub mod watch;

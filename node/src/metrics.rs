@@ -47,6 +47,9 @@ pub struct Metrics {
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
     pub slow_apply: IntCounter,
+    pub watchers: IntGauge,
+    pub slow_watchers: IntGauge,
+    pub watch_streams: IntGauge,
 }
 
 impl Metrics {
@@ -95,6 +98,9 @@ impl Metrics {
             health_success: reg.counter("etcd_server_health_success", "The total number of successful health checks")?,
             health_failures: reg.counter("etcd_server_health_failures", "The total number of failed health checks")?,
             slow_apply: reg.counter("etcd_server_slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).")?,
+            watchers: reg.gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.")?,
+            slow_watchers: reg.gauge("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.")?,
+            watch_streams: reg.gauge("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.")?,
             registry,
         })
     }

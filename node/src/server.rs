@@ -15,6 +15,7 @@ use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
 use crate::storage::{StorageError, Store};
+use crate::watch::{WatchError, WatchHub, DEFAULT_PROGRESS_INTERVAL};
 
 /// Why the node could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub enum ServerError {
     Lease(#[from] LeaseError),
     #[error("starting raft: {0}")]
     Raft(#[from] RaftError),
+    #[error("starting the watch hub: {0}")]
+    Watch(#[from] WatchError),
     #[error("{flag} {url}: cannot listen: {source}")]
     Listen {
         flag: &'static str,
@@ -47,6 +50,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         &store,
         LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id),
     )?);
+    // Before raft, so entries replayed at start-up are dispatched like any others.
+    let watch = Arc::new(WatchHub::start(mvcc.clone(), DEFAULT_PROGRESS_INTERVAL)?);
     let member = MemberInfo {
         name: cfg.name.clone(),
         peer_urls,
@@ -62,6 +67,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             heartbeat: cfg.heartbeat_interval,
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
+            watch: Some(watch.clone()),
         },
     )
     .await?;
@@ -72,6 +78,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         mvcc,
         lessor,
         store,
+        watch,
         cluster_id: id.cluster_id,
         member_id: id.member_id,
         limits: Limits {

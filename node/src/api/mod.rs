@@ -12,6 +12,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod validate;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,10 +22,11 @@ use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, ResponseHeader,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
 };
 use crate::raft::RaftNode;
 use crate::storage::Store;
+use crate::watch::WatchHub;
 use error::ApiError;
 pub use lease::spawn_expiry as spawn_lease_expiry;
 
@@ -53,6 +55,7 @@ pub struct Node {
     pub mvcc: Arc<Mvcc>,
     pub lessor: Arc<Lessor>,
     pub store: Arc<Store>,
+    pub watch: Arc<WatchHub>,
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Limits,
@@ -86,6 +89,9 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
         node.clone(),
     )))
+    .add_service(
+        WatchServer::new(watch::WatchService(node.clone())).max_decoding_message_size(max_msg),
+    )
     .into_axum_router();
     grpc.merge(http::router(node))
 }

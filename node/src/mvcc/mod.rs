@@ -38,6 +38,7 @@
 mod codec;
 mod compact;
 mod hash;
+mod history;
 mod lease_index;
 mod meta;
 mod read;

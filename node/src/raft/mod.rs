@@ -32,6 +32,7 @@ use crate::metrics;
 use crate::mvcc::{CompactionDone, Mvcc, MvccError};
 use crate::proto::{cairnpb, etcdserverpb, mvccpb};
 use crate::storage::Store;
+use crate::watch::WatchHub;
 
 use log_store::LogStore;
 use network::Network;
@@ -63,6 +64,8 @@ pub struct RaftSettings {
     pub election_timeout: Duration,
     /// Entries applied between snapshots (etcd's `--snapshot-count`); 0 disables snapshots.
     pub snapshot_count: u64,
+    /// Told each applied revision's events, if watches are served.
+    pub watch: Option<Arc<WatchHub>>,
 }
 
 /// A member as the cluster knows it: openraft's `Node` type, stored in membership entries.
@@ -82,6 +85,16 @@ pub enum Applied {
     /// The header carries the revision of the deletes (unchanged if no key was attached);
     /// the events are one DELETE per attached key, all at that revision.
     LeaseRevoke(etcdserverpb::LeaseRevokeResponse, Vec<mvccpb::Event>),
+}
+
+impl Applied {
+    /// The events of the revision this result created, for watchers.
+    pub fn events(&self) -> &[mvccpb::Event] {
+        match self {
+            Applied::Txn(_, events) | Applied::LeaseRevoke(_, events) => events,
+            Applied::Compaction(_) | Applied::LeaseGrant(_) => &[],
+        }
+    }
 }
 
 /// Why a proposal or read barrier did not complete.
@@ -139,7 +152,8 @@ impl RaftNode {
         let config = openraft_config(&settings)?;
         let (in_use, released) = InUse::new();
         let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
-        let state_machine = StateMachine::open(store, mvcc, lessor, in_use).map_err(fatal)?;
+        let state_machine = StateMachine::open(store, mvcc, lessor, in_use, settings.watch.clone())
+            .map_err(fatal)?;
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -502,6 +516,7 @@ mod tests {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             snapshot_count,
+            watch: None,
         }
     }
 

@@ -42,6 +42,7 @@ use crate::proto::etcdserverpb::{
     LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseHeader, TxnRequest,
 };
 use crate::storage::Store;
+use crate::watch::WatchHub;
 
 /// An apply slower than this counts in `etcd_server_slow_apply_total` (etcd's threshold).
 const SLOW_APPLY: Duration = Duration::from_millis(100);
@@ -60,6 +61,8 @@ pub(super) struct StateMachine {
     store: Arc<Store>,
     mvcc: Arc<Mvcc>,
     lessor: Arc<Lessor>,
+    /// Told about every applied revision's events, in apply order.
+    watch: Option<Arc<WatchHub>>,
     state: AppliedState,
     /// The last snapshot built, kept in memory only: after a restart with a purged log,
     /// openraft asks for a fresh one, which is as good.
@@ -73,6 +76,7 @@ impl StateMachine {
         mvcc: Arc<Mvcc>,
         lessor: Arc<Lessor>,
         in_use: InUse,
+        watch: Option<Arc<WatchHub>>,
     ) -> io::Result<StateMachine> {
         let marker = mvcc.applied_marker().map_err(io::Error::other)?;
         let state = marker.map(|m| decode(&m)).transpose()?.unwrap_or_default();
@@ -80,6 +84,7 @@ impl StateMachine {
             store,
             mvcc,
             lessor,
+            watch,
             state,
             snapshot: Arc::default(),
             in_use,
@@ -104,8 +109,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         // An error here stops raft, so the state taken out need not be put back.
         let (mvcc, lessor) = (self.mvcc.clone(), self.lessor.clone());
-        let state = std::mem::take(&mut self.state);
-        let (state, replies) = blocking(move || apply_all(&mvcc, &lessor, state, entries)).await?;
+        let (watch, state) = (self.watch.clone(), std::mem::take(&mut self.state));
+        let (state, replies) =
+            blocking(move || apply_all(&mvcc, &lessor, watch.as_deref(), state, entries)).await?;
         self.state = state;
         for (responder, outcome) in replies {
             responder.send(outcome);
@@ -155,6 +161,7 @@ type Replies = Vec<(ApplyResponder<TypeConfig>, Outcome)>;
 fn apply_all(
     mvcc: &Mvcc,
     lessor: &Lessor,
+    watch: Option<&WatchHub>,
     mut state: AppliedState,
     entries: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<(AppliedState, Replies)> {
@@ -172,6 +179,10 @@ fn apply_all(
         };
         if started.elapsed() > SLOW_APPLY {
             metrics::get().slow_apply.inc();
+        }
+        // Committed: watchers may see it now, in apply order.
+        if let (Some(hub), Outcome(Some(Ok(applied)))) = (watch, &outcome) {
+            hub.notify(applied.events());
         }
         if let Some(responder) = responder {
             replies.push((responder, outcome));

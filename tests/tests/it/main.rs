@@ -12,6 +12,7 @@ mod http;
 mod kv;
 mod lease_api;
 mod maintenance;
+mod watch_guarantees;
 
 use etcd_client::{Error, GetOptions};
 pub use tonic::Code;
