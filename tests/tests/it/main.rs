@@ -11,6 +11,7 @@ mod etcdctl;
 mod http;
 mod kv;
 mod maintenance;
+mod watch_ctl;
 
 use etcd_client::{Error, GetOptions};
 pub use tonic::Code;
