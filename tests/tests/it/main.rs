@@ -10,6 +10,7 @@ mod crash;
 mod etcdctl;
 mod http;
 mod kv;
+mod lease_ctl;
 mod maintenance;
 mod watch_ctl;
 
