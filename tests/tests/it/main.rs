@@ -11,6 +11,7 @@ mod etcdctl;
 mod http;
 mod kv;
 mod lease_ctl;
+mod lock_elect;
 mod maintenance;
 mod watch_ctl;
 
