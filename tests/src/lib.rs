@@ -214,10 +214,9 @@ impl CtlOutput {
     }
 }
 
-/// Runs `etcdctl` (API v3) against `endpoint`, feeding `stdin` if given.
-pub async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Result<CtlOutput> {
-    use tokio::io::AsyncWriteExt;
-
+/// An `etcdctl` (API v3) command line against `endpoint`, free of the runner's `ETCDCTL_*`
+/// variables.
+fn etcdctl_command(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command> {
     let mut cmd = tokio::process::Command::new(etcd_tool("ETCDCTL_BIN", "etcdctl")?);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ETCDCTL_") {
@@ -228,15 +227,23 @@ pub async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Resu
         .arg(format!("--endpoints={endpoint}"))
         .arg("--dial-timeout=5s")
         .arg("--command-timeout=10s")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .args(args);
+    Ok(cmd)
+}
+
+/// Runs `etcdctl` (API v3) against `endpoint`, feeding `stdin` if given.
+pub async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Result<CtlOutput> {
+    use tokio::io::AsyncWriteExt;
+
+    let mut cmd = etcdctl_command(endpoint, args)?;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().context("spawning etcdctl")?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes()).await?;
@@ -250,6 +257,135 @@ pub async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Resu
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         code: out.status.code().unwrap_or(-1),
     })
+}
+
+/// A long-running `etcdctl` (`watch`, `lease keep-alive`, `lock`, `elect`) whose stdout is
+/// read line by line as it prints. Every wait is bounded; the process is killed on drop.
+pub struct CtlProcess {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+/// How a long-running `etcdctl` ended: exit code (`None` if killed by a signal), the stdout
+/// lines nobody read yet, and all of stderr.
+#[derive(Debug)]
+pub struct CtlExit {
+    pub code: Option<i32>,
+    pub rest: Vec<String>,
+    pub stderr: String,
+}
+
+impl CtlProcess {
+    /// Starts `etcdctl <args>` against `endpoint`.
+    pub fn spawn(endpoint: &str, args: &[&str]) -> Result<CtlProcess> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+        let mut child = etcdctl_command(endpoint, args)?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning etcdctl")?;
+        let stdout = child.stdout.take().context("etcdctl stdout")?;
+        let mut stderr = child.stderr.take().context("etcdctl stderr")?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            text
+        });
+        Ok(CtlProcess {
+            child,
+            lines,
+            stderr,
+        })
+    }
+
+    /// The next stdout line, or an error if none comes within `timeout` (or stdout closed).
+    pub async fn next_line(&mut self, timeout: Duration) -> Result<String> {
+        match tokio::time::timeout(timeout, self.lines.recv()).await {
+            Ok(Some(line)) => Ok(line),
+            Ok(None) => bail!("etcdctl closed its stdout"),
+            Err(_) => bail!("no line from etcdctl within {timeout:?}"),
+        }
+    }
+
+    /// The next `n` stdout lines, all within `timeout`; the error carries what did arrive.
+    pub async fn lines(&mut self, n: usize, timeout: Duration) -> Result<Vec<String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_line(left).await {
+                Ok(line) => got.push(line),
+                Err(e) => bail!("{e} after {} of {n} lines: {got:?}", got.len()),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Fails if etcdctl prints a line within `period` (e.g. a blocked `lock` must stay quiet).
+    pub async fn quiet_for(&mut self, period: Duration) -> Result<()> {
+        match tokio::time::timeout(period, self.lines.recv()).await {
+            Ok(Some(line)) => bail!("unexpected line from etcdctl: {line:?}"),
+            Ok(None) | Err(_) => Ok(()),
+        }
+    }
+
+    /// OS process id, e.g. to signal it.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends `signal` (SIGINT makes `lock` unlock and `elect` resign before exiting).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = i32::try_from(self.id().context("etcdctl already exited")?)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        Ok(())
+    }
+
+    /// `kill -9`: no chance to unlock, resign or revoke.
+    pub async fn kill9(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Waits (bounded) for the process to exit by itself; a process still running at the
+    /// deadline is killed and reported as an error.
+    pub async fn wait(mut self, timeout: Duration) -> Result<CtlExit> {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("etcdctl still running after {timeout:?}");
+            }
+        };
+        let stderr = tokio::time::timeout(Duration::from_secs(5), self.stderr)
+            .await
+            .context("etcdctl stderr not closed")??;
+        let mut rest = Vec::new();
+        // The reader task ends at end of stdout, which closes the channel.
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(5), self.lines.recv()).await
+        {
+            rest.push(line);
+        }
+        Ok(CtlExit {
+            code: status.code(),
+            rest,
+            stderr,
+        })
+    }
 }
 
 /// One running (or killed) server process with its own ports and data directory.
@@ -403,6 +539,11 @@ impl Server {
     /// Runs `etcdctl` against this server.
     pub async fn ctl(&self, args: &[&str]) -> Result<CtlOutput> {
         etcdctl(&self.client_url(), args, None).await
+    }
+
+    /// Starts a long-running `etcdctl` (`watch`, `lock`, ...) against this server.
+    pub fn ctl_spawn(&self, args: &[&str]) -> Result<CtlProcess> {
+        CtlProcess::spawn(&self.client_url(), args)
     }
 
     /// Runs `etcdctl` against this server with `stdin` as its input (e.g. `txn`).

@@ -50,6 +50,10 @@ pub enum ApiError {
     Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// A refusal of the lock and election recipes. etcd's v3lock/v3election servers return
+    /// these as plain Go errors, which gRPC reports with code Unknown and the text as is.
+    #[error("{0}")]
+    Concurrency(&'static str),
     /// A capability a later release adds; the message names it.
     #[error("cairn: {0} is not supported yet")]
     NotSupported(&'static str),
@@ -70,6 +74,7 @@ impl ApiError {
             NotLeader | LeaseExists => Code::FailedPrecondition,
             NoLeader | Timeout | Stopped => Code::Unavailable,
             NotSupported(_) => Code::Unimplemented,
+            Concurrency(_) => Code::Unknown,
             Internal(_) => Code::Internal,
         }
     }

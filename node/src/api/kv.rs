@@ -23,7 +23,7 @@ const SERVICE: &str = "etcdserverpb.KV";
 pub struct KvService(pub Arc<Node>);
 
 impl Node {
-    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
+    pub(super) async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
         validate::range(&req)?;
         if !req.serializable {
             self.raft.read_barrier().await?;
@@ -51,7 +51,10 @@ impl Node {
         }
     }
 
-    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApiError> {
+    pub(super) async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ApiError> {
         validate::size(&req, self.limits.max_request_bytes)?;
         validate::delete_range(&req)?;
         let resp = self
@@ -68,7 +71,7 @@ impl Node {
         }
     }
 
-    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ApiError> {
+    pub(super) async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ApiError> {
         validate::size(&req, self.limits.max_request_bytes)?;
         validate::txn(&req, self.limits.max_txn_ops)?;
         if validate::txn_writes(&req) {

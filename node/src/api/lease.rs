@@ -54,7 +54,7 @@ impl Node {
 
     /// etcd's `LeaseGrant`: id 0 asks the server to choose one; a TTL below the minimum is
     /// raised to it.
-    async fn lease_grant(
+    pub(super) async fn lease_grant(
         &self,
         mut req: LeaseGrantRequest,
     ) -> Result<LeaseGrantResponse, ApiError> {

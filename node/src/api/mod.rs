@@ -6,10 +6,13 @@
 //! Must not touch fjall or openraft types directly: it talks to `RaftNode`, `Mvcc` and `Store`.
 
 mod cluster;
+mod concurrency;
+mod election;
 pub mod error;
 mod http;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod validate;
 mod watch;
@@ -24,6 +27,8 @@ use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft::RaftNode;
 use crate::storage::Store;
 use crate::watch::WatchHub;
@@ -89,6 +94,8 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
         node.clone(),
     )))
+    .add_service(LockServer::new(lock::LockService(node.clone())))
+    .add_service(ElectionServer::new(election::ElectionService(node.clone())))
     .add_service(
         WatchServer::new(watch::WatchService(node.clone())).max_decoding_message_size(max_msg),
     )

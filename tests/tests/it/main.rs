@@ -11,7 +11,10 @@ mod etcdctl;
 mod http;
 mod kv;
 mod lease_api;
+mod lease_ctl;
+mod lock_elect;
 mod maintenance;
+mod watch_ctl;
 mod watch_guarantees;
 
 use etcd_client::{Error, GetOptions};

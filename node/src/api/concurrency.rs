@@ -1,0 +1,329 @@
+//! etcd's client-side concurrency recipes (`clientv3/concurrency`: Mutex and Election), run
+//! inside the server for the v3lock and v3election services exactly as etcd's own servers
+//! run them: a key `<name>/<lease in hex>` per contender, ownership by lowest
+//! create_revision, waiting by watching the next-older contender's key until it is deleted.
+
+use std::sync::Arc;
+
+use super::error::ApiError;
+use super::Node;
+use crate::proto::etcdserverpb::{
+    compare,
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    response_op::Response,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    ResponseHeader, TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+use crate::watch::{self, KeyRange, WatchMsg, WatcherId};
+
+/// The TTL etcd's concurrency session grants when a Lock or Campaign names no lease.
+const SESSION_TTL: i64 = 60;
+
+/// A contender's key, as `clientv3/concurrency` names it.
+pub(super) fn contender_key(prefix: &[u8], lease: i64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(format!("{lease:x}").as_bytes());
+    key
+}
+
+/// `name` + "/", the prefix under which contenders queue.
+pub(super) fn prefix_of(name: &[u8]) -> Vec<u8> {
+    let mut p = name.to_vec();
+    p.push(b'/');
+    p
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn op(request: Request) -> RequestOp {
+    RequestOp {
+        request: Some(request),
+    }
+}
+
+fn create_revision_is(key: &[u8], rev: i64) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        target: compare::CompareTarget::Create as i32,
+        result: compare::CompareResult::Equal as i32,
+        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+        ..Default::default()
+    }
+}
+
+/// A range over the contenders under `prefix`, oldest or newest first, one key.
+fn contenders(prefix: &[u8], order: SortOrder, max_create_revision: i64) -> RangeRequest {
+    RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        limit: 1,
+        sort_order: order as i32,
+        sort_target: SortTarget::Create as i32,
+        max_create_revision,
+        ..Default::default()
+    }
+}
+
+fn range_kvs(resp: &TxnResponse, index: usize) -> Vec<KeyValue> {
+    match resp.responses.get(index).and_then(|r| r.response.as_ref()) {
+        Some(Response::ResponseRange(r)) => r.kvs.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// A contender's place in a queue.
+pub(super) struct Contender {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+    /// The header of the txn that created (or found) the key.
+    pub header: Option<ResponseHeader>,
+    /// The oldest contender when the key was created.
+    pub owner: Option<KeyValue>,
+    /// The value stored under the key, if it already existed.
+    pub existing_value: Option<Vec<u8>>,
+}
+
+impl Node {
+    /// The lease a concurrency session runs on: the given one, or a new 60 s lease.
+    pub(super) async fn session_lease(&self, lease: i64) -> Result<i64, ApiError> {
+        if lease != 0 {
+            return Ok(lease);
+        }
+        let resp = self
+            .lease_grant(LeaseGrantRequest {
+                ttl: SESSION_TTL,
+                id: 0,
+            })
+            .await?;
+        Ok(resp.id)
+    }
+
+    /// Creates `prefix/<lease>` with `value` unless it exists (etcd's `tryAcquire` and the
+    /// first step of `Campaign`), and reads the oldest contender in the same txn.
+    pub(super) async fn enqueue(
+        &self,
+        prefix: &[u8],
+        lease: i64,
+        value: Vec<u8>,
+    ) -> Result<Contender, ApiError> {
+        let key = contender_key(prefix, lease);
+        let owner = op(Request::RequestRange(contenders(
+            prefix,
+            SortOrder::Ascend,
+            0,
+        )));
+        let txn = TxnRequest {
+            compare: vec![create_revision_is(&key, 0)],
+            success: vec![
+                op(Request::RequestPut(PutRequest {
+                    key: key.clone(),
+                    value,
+                    lease,
+                    ..Default::default()
+                })),
+                owner.clone(),
+            ],
+            failure: vec![
+                op(Request::RequestRange(RangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })),
+                owner,
+            ],
+        };
+        let resp = self.txn(txn).await?;
+        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+        let (create_revision, existing_value) = if resp.succeeded {
+            (revision, None)
+        } else {
+            let mine = range_kvs(&resp, 0)
+                .into_iter()
+                .next()
+                .ok_or(ApiError::Internal(
+                    "a contender key vanished inside its own txn".into(),
+                ))?;
+            (mine.create_revision, Some(mine.value))
+        };
+        Ok(Contender {
+            owner: range_kvs(&resp, 1).into_iter().next(),
+            header: resp.header,
+            key,
+            create_revision,
+            existing_value,
+        })
+    }
+
+    /// Waits until no key under `prefix` has a create revision at or below
+    /// `max_create_revision` (etcd's `waitDeletes`), returning the final range's header.
+    pub(super) async fn wait_deletes(
+        &self,
+        prefix: &[u8],
+        max_create_revision: i64,
+    ) -> Result<Option<ResponseHeader>, ApiError> {
+        loop {
+            let resp = self
+                .range(contenders(prefix, SortOrder::Descend, max_create_revision))
+                .await?;
+            let Some(last) = resp.kvs.first() else {
+                return Ok(resp.header);
+            };
+            let from = resp.header.as_ref().map_or(0, |h| h.revision);
+            let mut events = self.watch_events(KeyRange::new(last.key.clone(), &[]), from);
+            while let Some(batch) = events.next().await {
+                if batch.iter().any(|e| e.r#type == EventType::Delete as i32) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Deletes `key` if it still has `create_revision` (etcd's Unlock/Resign guard).
+    pub(super) async fn delete_if_created_at(
+        &self,
+        key: &[u8],
+        create_revision: i64,
+    ) -> Result<TxnResponse, ApiError> {
+        let delete = DeleteRangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        };
+        self.txn(TxnRequest {
+            compare: vec![create_revision_is(key, create_revision)],
+            success: vec![op(Request::RequestDeleteRange(delete))],
+            failure: Vec::new(),
+        })
+        .await
+    }
+
+    /// Puts `value` on `key` if it still has `create_revision` (etcd's Proclaim).
+    pub(super) async fn put_if_created_at(
+        &self,
+        key: &[u8],
+        create_revision: i64,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<TxnResponse, ApiError> {
+        let put = PutRequest {
+            key: key.to_vec(),
+            value,
+            lease,
+            ..Default::default()
+        };
+        self.txn(TxnRequest {
+            compare: vec![create_revision_is(key, create_revision)],
+            success: vec![op(Request::RequestPut(put))],
+            failure: Vec::new(),
+        })
+        .await
+    }
+
+    /// The oldest contender under `prefix` and the read's header.
+    pub(super) async fn oldest(
+        &self,
+        prefix: &[u8],
+    ) -> Result<(Option<KeyValue>, Option<ResponseHeader>), ApiError> {
+        let resp = self.range(contenders(prefix, SortOrder::Ascend, 0)).await?;
+        Ok((resp.kvs.into_iter().next(), resp.header))
+    }
+
+    /// Events on `range` from `start_revision`, one applied revision per item; the watch is
+    /// canceled when the returned stream is dropped.
+    pub(super) fn watch_events(&self, range: KeyRange, start_revision: i64) -> EventStream {
+        let (sink, rx) = watch::channel();
+        let (id, _) = self.watch.watch(range, start_revision, false, &sink);
+        EventStream {
+            hub: self.watch.clone(),
+            id,
+            rx,
+        }
+    }
+}
+
+/// The events of one internal watch; see [`Node::watch_events`].
+pub(super) struct EventStream {
+    hub: Arc<watch::WatchHub>,
+    id: WatcherId,
+    rx: tokio::sync::mpsc::UnboundedReceiver<WatchMsg>,
+}
+
+impl EventStream {
+    /// The next revision's events; `None` once the watch ended (compacted or hub stopped),
+    /// after which callers re-read the state and watch again.
+    pub(super) async fn next(&mut self) -> Option<Arc<Vec<Event>>> {
+        loop {
+            match self.rx.recv().await? {
+                WatchMsg::Events { events, .. } => return Some(events),
+                WatchMsg::Compacted { .. } => return None,
+                WatchMsg::Progress { .. } => continue,
+            }
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.hub.cancel(self.id);
+    }
+}
+
+/// Removes a contender's key if the caller stops waiting (its RPC was canceled), as etcd's
+/// Mutex unlocks and its Election resigns when a wait fails.
+pub(super) struct Abandoned {
+    node: Option<Arc<Node>>,
+    key: Vec<u8>,
+    create_revision: i64,
+}
+
+impl Abandoned {
+    pub(super) fn new(node: Arc<Node>, key: Vec<u8>, create_revision: i64) -> Abandoned {
+        Abandoned {
+            node: Some(node),
+            key,
+            create_revision,
+        }
+    }
+
+    /// The wait finished: keep the key.
+    pub(super) fn disarm(mut self) {
+        self.node = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            let (key, rev) = (std::mem::take(&mut self.key), self.create_revision);
+            tokio::spawn(async move {
+                if let Err(e) = node.delete_if_created_at(&key, rev).await {
+                    tracing::warn!(error = %e, "could not remove an abandoned lock or campaign key");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_prefixes_as_etcd_names_them() {
+        assert_eq!(contender_key(b"mylock/", 0x694d), b"mylock/694d".to_vec());
+        assert_eq!(prefix_of(b"e"), b"e/".to_vec());
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(prefix_end(&[0xff]), vec![0]);
+    }
+}
