@@ -21,6 +21,8 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
+mod watch;
+
 use crate::proto::etcdserverpb::{
     kv_client::KvClient, request_op, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
@@ -38,6 +40,8 @@ pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
 /// `anyhow` with the endpoint named.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    #[error("the watch mode has its own runner")]
+    NotKv,
     #[error("invalid duration {0:?}: expected a number with unit ms, s or m, e.g. 10s")]
     Duration(String),
     #[error("invalid --{flag} {value}: {reason}")]
@@ -68,6 +72,9 @@ pub enum Mode {
     Put,
     /// Range (get) one random key of the key space per request.
     Range(RangeArgs),
+    /// Watch fan-out: many watchers on one prefix, one writer at a fixed rate (see
+    /// `bench/watch.rs`; uses --endpoints, --conns, --duration and --val-size).
+    Watch(watch::WatchArgs),
 }
 
 /// Options of `range`.
@@ -178,6 +185,7 @@ impl BenchArgs {
         let (op, preload) = match self.mode {
             Mode::Put => (Op::Put, false),
             Mode::Range(r) => (Op::Range(r.consistency), r.preload),
+            Mode::Watch(_) => return Err(BenchError::NotKv),
         };
         let bad = |flag, value: String, reason| BenchError::Flag {
             flag,
@@ -327,9 +335,14 @@ impl Summary {
 pub async fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     let argv = std::iter::once(OsString::from("cairn bench")).chain(args);
     // clap prints --help / usage errors itself and exits with its conventional codes.
-    let plan = BenchArgs::try_parse_from(argv)
-        .unwrap_or_else(|e| e.exit())
-        .validate()?;
+    let args = BenchArgs::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    if let Mode::Watch(w) = &args.mode {
+        let load = &args.load;
+        let duration = load.duration.unwrap_or(Duration::from_secs(10));
+        let conns = load.conns.unwrap_or(4);
+        return watch::run(w, &load.endpoints, conns, duration, load.val_size).await;
+    }
+    let plan = args.validate()?;
     let summary = execute(&plan).await?;
     println!("{}", summary.human());
     println!("{RESULT_PREFIX}{}", serde_json::to_string(&summary)?);
