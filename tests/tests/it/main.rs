@@ -12,6 +12,7 @@ mod http;
 mod kv;
 mod lease_api;
 mod lease_ctl;
+mod lock_api;
 mod lock_elect;
 mod maintenance;
 mod watch_ctl;
