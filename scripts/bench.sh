@@ -11,6 +11,9 @@
 #   BENCH_WARMUP         unmeasured warm-up per case [1s]
 #   BENCH_CLIENTS        in-flight requests of the concurrent cases [64]
 #   BENCH_KEY_SPACE      distinct keys (preloaded before the range cases) [100000]
+#   BENCH_WATCHERS       watchers of the fan-out case, all on one prefix [10000]
+#   BENCH_WATCH_STREAMS  watch streams they are spread over [100]
+#   BENCH_WATCH_RATE     puts per second while they watch [1000]
 #   BENCH_FSYNC_SECONDS  time of the raw fsync measurement [4]
 #   BENCH_DATA_ROOT      where the fresh data dirs are made [${TMPDIR:-/tmp}]
 #   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1 [42379]
@@ -41,6 +44,9 @@ warmup=${BENCH_WARMUP:-1s}
 clients=${BENCH_CLIENTS:-64}
 key_space=${BENCH_KEY_SPACE:-100000}
 fsync_seconds=${BENCH_FSYNC_SECONDS:-4}
+watchers=${BENCH_WATCHERS:-10000}
+watch_streams=${BENCH_WATCH_STREAMS:-100}
+watch_rate=${BENCH_WATCH_RATE:-1000}
 data_root=${BENCH_DATA_ROOT:-${TMPDIR:-/tmp}}
 port=${BENCH_PORT:-42379}
 peer_port=$((port + 1))
@@ -176,6 +182,8 @@ bench_server() {
 	run_case "$server" "put-$clients" put --clients "$clients"
 	run_case "$server" "range-l-$clients" range --consistency l --clients "$clients" --preload
 	run_case "$server" "range-s-$clients" range --consistency s --clients "$clients"
+	run_case "$server" watch watch --watchers "$watchers" --streams "$watch_streams" \
+		--rate "$watch_rate" --server-pid "$server_pid"
 	printf '{"rss_kb": %s, "hwm_kb": %s, "data_bytes": %s}\n' \
 		"$(proc_kb "$server_pid" VmRSS)" "$(proc_kb "$server_pid" VmHWM)" \
 		"$(du -sb "$work/$server-data" | cut -f1)" >"$work/$server.proc.json"
@@ -211,10 +219,10 @@ for server in $servers; do
 	esac
 done
 
-table=$(python3 - "$work" "$clients" <<'PY'
+table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" <<'PY'
 import json, os, sys
 
-work, clients = sys.argv[1], sys.argv[2]
+work, clients, watchers, watch_rate = sys.argv[1:5]
 
 def load(name):
     path = os.path.join(work, name + ".json")
@@ -241,6 +249,16 @@ for key, title in cases:
     for field, label, fmt in metrics:
         ev, cv = e.get(field), c.get(field)
         rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+e, c = load("etcd.watch") or {}, load("cairn.watch") or {}
+title = f"watch fan-out, {watchers} watchers, {watch_rate} puts/s"
+for field, label, fmt in [("p50_ms", "event p50 ms", "{:.3f}"), ("p99_ms", "event p99 ms", "{:.3f}"),
+                          ("events_received", "events received", "{:d}"),
+                          ("events_expected", "events expected", "{:d}")]:
+    ev, cv = e.get(field), c.get(field)
+    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+ev, cv = (x / 1024 if x is not None else None for x in (e.get("server_rss_kib"), c.get("server_rss_kib")))
+rows.append(f"| {title} | server RSS while watching, MiB | {cell(ev, '{:.1f}')} | {cell(cv, '{:.1f}')} | {ratio(ev, cv)} |")
+
 e, c = load("etcd.proc") or {}, load("cairn.proc") or {}
 for field, label in [("rss_kb", "RSS after run, MiB"), ("hwm_kb", "peak RSS, MiB"),
                      ("data_bytes", "data dir, MiB")]:

@@ -386,7 +386,7 @@ struct ClientStats {
 }
 
 async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
-    let channels = connect(plan).await?;
+    let channels = connect(&plan.endpoints, plan.conns).await?;
     let clients: Vec<KvClient<Channel>> = (0..plan.clients)
         .map(|i| KvClient::new(channels[i % channels.len()].clone()))
         .collect();
@@ -438,12 +438,12 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
     ))
 }
 
-/// Opens `plan.conns` HTTP/2 connections, round-robin over the endpoints, failing fast when
-/// a server is not there.
-async fn connect(plan: &Plan) -> anyhow::Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(plan.conns);
-    for i in 0..plan.conns {
-        let endpoint = &plan.endpoints[i % plan.endpoints.len()];
+/// Opens `conns` HTTP/2 connections, round-robin over `endpoints`, failing fast when a
+/// server is not there.
+async fn connect(endpoints: &[String], conns: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let endpoint = &endpoints[i % endpoints.len()];
         let url = if endpoint.contains("://") {
             endpoint.clone()
         } else {

@@ -13,9 +13,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::{new_histogram, parse_duration, HIST_MAX_MICROS, RESULT_PREFIX};
+use super::{connect, new_histogram, parse_duration, HIST_MAX_MICROS, RESULT_PREFIX};
 use crate::proto::etcdserverpb::{
     kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, PutRequest,
     WatchCreateRequest, WatchRequest,
@@ -263,28 +263,6 @@ async fn read_stream(
     drop(requests);
     let _ = done.send(hist);
     Ok(())
-}
-
-/// Opens `conns` HTTP/2 connections round-robin over `endpoints`.
-async fn connect(endpoints: &[String], conns: usize) -> anyhow::Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let endpoint = &endpoints[i % endpoints.len()];
-        let url = if endpoint.contains("://") {
-            endpoint.clone()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(url)
-            .with_context(|| format!("bad endpoint {endpoint:?}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {endpoint}"))?;
-        channels.push(channel);
-    }
-    Ok(channels)
 }
 
 /// etcd's prefix range end: the prefix with its last byte below 0xff incremented.

@@ -1,6 +1,7 @@
 //! etcdctl (API v3) against the server: the commands the seed documents use, with the exact
 //! text, JSON and table output etcdctl 3.5.1 prints for etcd 3.5.1.
 
+use crate::{json, ok};
 use cairn_tests::{CtlOutput, Server};
 use serde_json::Value;
 
@@ -9,18 +10,6 @@ const FUTURE: &str = "etcdserver: mvcc: required revision is a future revision";
 
 async fn start() -> Server {
     Server::start().await.expect("server starts")
-}
-
-async fn ok(server: &Server, args: &[&str]) -> String {
-    let out = server.ctl(args).await.expect("etcdctl runs");
-    out.success().expect("etcdctl succeeds").to_string()
-}
-
-async fn json(server: &Server, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.extend(["-w", "json"]);
-    let text = ok(server, &args).await;
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
 }
 
 /// Fails unless etcdctl exited non-zero with `message` in its `Error:` line.

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::{json, ok};
 use cairn_tests::{CtlOutput, Server};
 use serde_json::Value;
 
@@ -17,18 +18,6 @@ const UNKNOWN_PRINTED: &str = "0000000000001234";
 
 async fn start() -> Server {
     Server::start().await.expect("server starts")
-}
-
-async fn ok(server: &Server, args: &[&str]) -> String {
-    let out = server.ctl(args).await.expect("etcdctl runs");
-    out.success().expect("etcdctl succeeds").to_string()
-}
-
-async fn json(server: &Server, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.extend(["-w", "json"]);
-    let text = ok(server, &args).await;
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
 }
 
 /// `lease grant <ttl>`: checks the whole line and returns the ID as etcdctl prints it.

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
+use crate::{json, ok};
 use cairn_tests::{CtlProcess, Server};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a blocked `lock` or a losing candidate must stay silent.
@@ -18,18 +18,6 @@ const BLOCKED: Duration = Duration::from_secs(1);
 
 async fn start() -> Server {
     Server::start().await.expect("server starts")
-}
-
-async fn ok(server: &Server, args: &[&str]) -> String {
-    let out = server.ctl(args).await.expect("etcdctl runs");
-    out.success().expect("etcdctl succeeds").to_string()
-}
-
-async fn json(server: &Server, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.extend(["-w", "json"]);
-    let text = ok(server, &args).await;
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
 }
 
 /// The lease ID a `<name>/<hex>` key ends with (hex without padding, as `%x` prints it).

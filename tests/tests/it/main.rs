@@ -18,8 +18,23 @@ mod maintenance;
 mod watch_ctl;
 mod watch_guarantees;
 
+use cairn_tests::Server;
 use etcd_client::{Error, GetOptions};
 pub use tonic::Code;
+
+/// Runs etcdctl and returns its stdout, failing the test if it fails.
+pub async fn ok(server: &Server, args: &[&str]) -> String {
+    let out = server.ctl(args).await.expect("etcdctl runs");
+    out.success().expect("etcdctl succeeds").to_string()
+}
+
+/// Runs etcdctl with `-w json` and parses its output.
+pub async fn json(server: &Server, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.extend(["-w", "json"]);
+    let text = ok(server, &args).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
+}
 
 /// The gRPC code and message of an etcd-client error, or a panic naming what came instead.
 pub fn grpc_error<T: std::fmt::Debug>(result: Result<T, Error>) -> (Code, String) {
