@@ -14,6 +14,7 @@
 #   BENCH_WATCHERS       watchers of the fan-out case, all on one prefix [10000]
 #   BENCH_WATCH_STREAMS  watch streams they are spread over [100]
 #   BENCH_WATCH_RATE     puts per second while they watch [1000]
+#   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
 #   BENCH_FSYNC_SECONDS  time of the raw fsync measurement [4]
 #   BENCH_DATA_ROOT      where the fresh data dirs are made [${TMPDIR:-/tmp}]
 #   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1 [42379]
@@ -47,6 +48,7 @@ fsync_seconds=${BENCH_FSYNC_SECONDS:-4}
 watchers=${BENCH_WATCHERS:-10000}
 watch_streams=${BENCH_WATCH_STREAMS:-100}
 watch_rate=${BENCH_WATCH_RATE:-1000}
+scale_keys=${BENCH_SCALE_KEYS:-1000000}
 data_root=${BENCH_DATA_ROOT:-${TMPDIR:-/tmp}}
 port=${BENCH_PORT:-42379}
 peer_port=$((port + 1))
@@ -99,9 +101,10 @@ cairn_bin() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start_server NAME: starts it on a fresh data dir, in the background, and waits for health.
+# start_server NAME [SUFFIX]: starts it on its data dir ($work/NAME-dataSUFFIX, kept between
+# starts), in the background, and waits for health.
 start_server() {
-	local name=$1 data="$work/$1-data"
+	local name=$1 data="$work/$1-data${2:-}"
 	local -a cmd
 	for p in "$port" "$peer_port"; do
 		if port_in_use "$p"; then echo "port $p on 127.0.0.1 is in use; set BENCH_PORT" >&2; exit 1; fi
@@ -191,6 +194,30 @@ bench_server() {
 	stop_server
 }
 
+# scale_server NAME: loads $scale_keys distinct keys, then kill -9 and a timed restart.
+scale_server() {
+	local server=$1 loaded_kb restart_s count
+	[ "$scale_keys" -gt 0 ] || return 0
+	start_server "$server" -scale
+	log "$server: loading $scale_keys keys"
+	"$CAIRN" bench --endpoints "$endpoint" --key-space "$scale_keys" --total 1 --warmup 0s \
+		--clients 64 range --consistency s --preload >"$work/$server.scale-load.out" 2>&1 || {
+		log "$server scale load FAILED"; stop_server; return 0; }
+	loaded_kb=$(proc_kb "$server_pid" VmRSS)
+	kill -KILL "$server_pid"
+	wait "$server_pid" 2>/dev/null || true
+	server_pid=""
+	local started=$EPOCHREALTIME
+	start_server "$server" -scale
+	restart_s=$(python3 -c "print(round($EPOCHREALTIME - $started, 2))")
+	count=$("$ETCDCTL" --endpoints="$endpoint" get "" --prefix --count-only -w fields |
+		awk -F' : ' '/"Count"/ { print $2 }')
+	printf '{"loaded_rss_kb": %s, "restart_s": %s, "restarted_rss_kb": %s, "keys": %s, "data_bytes": %s}\n' \
+		"$loaded_kb" "$restart_s" "$(proc_kb "$server_pid" VmRSS)" "$count" \
+		"$(du -sb "$work/$server-data-scale" | cut -f1)" >"$work/$server.scale.json"
+	stop_server
+}
+
 machine_info() {
 	local cpu mem fs
 	cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -214,15 +241,15 @@ CAIRN=$(cairn_bin)
 info=$(machine_info)
 for server in $servers; do
 	case "$server" in
-	etcd | cairn) bench_server "$server" ;;
+	etcd | cairn) bench_server "$server" && scale_server "$server" ;;
 	*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
 	esac
 done
 
-table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" <<'PY'
+table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" <<'PY'
 import json, os, sys
 
-work, clients, watchers, watch_rate = sys.argv[1:5]
+work, clients, watchers, watch_rate, scale_keys = sys.argv[1:6]
 
 def load(name):
     path = os.path.join(work, name + ".json")
@@ -258,6 +285,16 @@ for field, label, fmt in [("p50_ms", "event p50 ms", "{:.3f}"), ("p99_ms", "even
     rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 ev, cv = (x / 1024 if x is not None else None for x in (e.get("server_rss_kib"), c.get("server_rss_kib")))
 rows.append(f"| {title} | server RSS while watching, MiB | {cell(ev, '{:.1f}')} | {cell(cv, '{:.1f}')} | {ratio(ev, cv)} |")
+
+e, c = load("etcd.scale") or {}, load("cairn.scale") or {}
+title = f"{scale_keys} keys of 256 B"
+for field, label, fmt, scale in [("loaded_rss_kb", "RSS after loading, MiB", "{:.1f}", 1024),
+                                 ("restart_s", "restart after kill -9 until healthy, s", "{:.2f}", 1),
+                                 ("restarted_rss_kb", "RSS after restart, MiB", "{:.1f}", 1024),
+                                 ("keys", "keys counted after restart", "{:.0f}", 1),
+                                 ("data_bytes", "data dir, MiB", "{:.1f}", 1048576)]:
+    ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
+    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 
 e, c = load("etcd.proc") or {}, load("cairn.proc") or {}
 for field, label in [("rss_kb", "RSS after run, MiB"), ("hwm_kb", "peak RSS, MiB"),
