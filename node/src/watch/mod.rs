@@ -154,6 +154,12 @@ impl Watcher {
         self.queued.load(Ordering::Acquire) < WATCHER_BUFFER
     }
 
+    /// A lagging watcher gets its next history chunk only once the last one was taken by
+    /// its stream, so catch-up holds at most one chunk per watcher however slow the client.
+    fn is_drained(&self) -> bool {
+        self.queued.load(Ordering::Acquire) == 0
+    }
+
     fn credit(&self) -> Credit {
         self.queued.fetch_add(1, Ordering::AcqRel);
         Credit(self.queued.clone())
@@ -489,9 +495,12 @@ struct Lagging {
     queued: Arc<AtomicUsize>,
 }
 
-/// One catch-up step for every unsynced watcher with buffer room: reads one chunk of
-/// history from the lowest `next_rev`, sends each watcher its part, then moves those that
-/// reached the hub revision to synced. Returns true if more work is ready right away.
+/// One catch-up step for every unsynced watcher whose stream took its last message: reads
+/// one chunk of history from the lowest `next_rev`, sends each watcher its part, then moves
+/// those that reached the hub revision to synced. Watchers with the same range and next
+/// revision share one copy of their part (after one pass, watchers that fell behind together
+/// are at the same revision), so memory grows with distinct positions, not with watchers.
+/// Returns true if more work is ready right away.
 fn sync_pass(shared: &Shared) -> Result<bool, MvccError> {
     let (lagging, hub_rev, prev_kv) = {
         let st = shared.lock();
@@ -500,7 +509,7 @@ fn sync_pass(shared: &Shared) -> Result<bool, MvccError> {
             .unsynced
             .iter()
             .filter_map(|id| st.watchers.get(id).map(|w| (*id, w)))
-            .filter(|(_, w)| w.has_room())
+            .filter(|(_, w)| w.is_drained())
             .map(|(id, w)| {
                 prev_kv |= w.prev_kv;
                 Lagging {
@@ -536,21 +545,27 @@ fn sync_pass(shared: &Shared) -> Result<bool, MvccError> {
         Some(kv) if events.len() >= SYNC_CHUNK_EVENTS => kv.mod_revision,
         _ => hub_rev,
     };
+    let mut parts: HashMap<(&KeyRange, i64), Arc<Vec<Event>>> = HashMap::new();
     for l in &lagging {
-        let mine: Vec<Event> = events
-            .iter()
-            .filter(|e| {
-                e.kv.as_ref()
-                    .is_some_and(|kv| kv.mod_revision >= l.next_rev && l.range.contains(&kv.key))
-            })
-            .cloned()
-            .collect();
+        let mine = parts.entry((&l.range, l.next_rev)).or_insert_with(|| {
+            Arc::new(
+                events
+                    .iter()
+                    .filter(|e| {
+                        e.kv.as_ref().is_some_and(|kv| {
+                            kv.mod_revision >= l.next_rev && l.range.contains(&kv.key)
+                        })
+                    })
+                    .cloned()
+                    .collect(),
+            )
+        });
         if !mine.is_empty() {
             l.queued.fetch_add(1, Ordering::AcqRel);
             l.sink.send(WatchMsg::Events {
                 watcher: l.id,
                 revision: hub_rev,
-                events: Arc::new(mine),
+                events: mine.clone(),
                 credit: Credit(l.queued.clone()),
             });
         }
@@ -562,7 +577,9 @@ fn sync_pass(shared: &Shared) -> Result<bool, MvccError> {
         let Some(w) = st.watchers.get_mut(&l.id) else {
             continue; // canceled meanwhile
         };
-        w.next_rev = chunk_end + 1;
+        // A watcher already past this chunk got nothing from it and keeps its place:
+        // moving it back would send it those revisions twice.
+        w.next_rev = w.next_rev.max(chunk_end + 1);
         if w.next_rev > now {
             w.synced = true;
             st.unsynced.remove(&l.id);

@@ -197,3 +197,38 @@ fn progress_all_waits_for_synced_watchers() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn watchers_far_apart_in_history_each_get_every_revision_once() {
+    // Regression: a catch-up pass read from the lowest lagging revision and then moved every
+    // lagging watcher to the end of that chunk, sending a watcher that was already further
+    // ahead the same revisions again (seen as duplicates under 10k-watcher fan-out).
+    let (_dir, mvcc, hub) = open();
+    let writes = SYNC_CHUNK_EVENTS as i64 * 3;
+    let mut last = 0;
+    for i in 0..writes {
+        last = put_all(&mvcc, &hub, &[&format!("k/{i}")], "v");
+    }
+    wait_dispatched(&hub, last);
+    let (sink, mut rx) = channel();
+    let (far, _) = hub.watch(prefix("k/"), 2, false, &sink);
+    let (near, _) = hub.watch(prefix("k/"), last - 10, false, &sink);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen: HashMap<WatcherId, Vec<i64>> = HashMap::new();
+    while seen.get(&far).and_then(|r| r.last()).copied() != Some(last) {
+        assert!(Instant::now() < deadline, "timed out");
+        match rx.try_recv() {
+            Ok(WatchMsg::Events {
+                watcher, events, ..
+            }) => seen.entry(watcher).or_default().extend(
+                events
+                    .iter()
+                    .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision)),
+            ),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    assert_eq!(seen[&far], (2..=last).collect::<Vec<_>>());
+    assert_eq!(seen[&near], (last - 10..=last).collect::<Vec<_>>());
+}
