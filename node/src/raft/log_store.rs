@@ -5,19 +5,25 @@
 //!   command is the protobuf encoding of `cairnpb.Command`.
 //! - `raft_meta`: `vote`, `committed`, `last_purged` -> bincode of openraft's vote / log id.
 //!
+//! Both live in the store's WAL database, whose journal holds nothing else, so writing and
+//! fsyncing it never waits for MVCC writes or the other way round.
+//!
 //! Durability: [`RaftLogStorage::append`] commits its entries in one batch, so they are
 //! readable at once, then queues openraft's `IOFlushed` callback to the fsync thread. That
-//! thread takes every callback queued while its previous fsync ran, does one `Store::sync`,
-//! and completes them all in order: group commit, one fsync for many appends. `save_vote`
-//! waits on the same thread, so a vote is durable before it returns. Truncation, purge and
-//! the committed id are not fsynced on their own: fjall's journal is one ordered file, so the
-//! next fsync covers them, and losing them in a crash is harmless (openraft re-derives them).
+//! thread takes every callback queued while its previous fsync ran, does one
+//! `Store::sync_wal`, and completes them all in order: group commit, one fsync for many
+//! appends. `save_vote` waits on the same thread, so a vote is durable before it returns.
+//! Truncation, purge and the committed id are not fsynced on their own: fjall's journal is
+//! one ordered file, so the next fsync covers them, and losing them in a crash is harmless
+//! (openraft re-derives them). The committed id is written by the fsync thread just before
+//! its next fsync: written by openraft's core, it would wait for the journal lock that an
+//! fsync in flight holds, stalling the core for a whole fsync after every commit.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
@@ -57,11 +63,11 @@ pub(super) struct LogReader {
 impl LogStore {
     pub(super) fn open(store: Arc<Store>, in_use: InUse) -> io::Result<LogStore> {
         let reader = LogReader {
-            log: store.keyspace(LOG).map_err(io::Error::other)?,
-            meta: store.keyspace(META).map_err(io::Error::other)?,
+            log: store.wal_keyspace(LOG).map_err(io::Error::other)?,
+            meta: store.wal_keyspace(META).map_err(io::Error::other)?,
             _in_use: in_use.clone(),
         };
-        let fsync = Fsync::spawn(store.clone(), in_use)?;
+        let fsync = Fsync::spawn(store.clone(), reader.meta.clone(), in_use)?;
         Ok(LogStore {
             store,
             reader,
@@ -128,10 +134,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        match committed {
-            Some(log_id) => self.put_meta(COMMITTED, encode(&log_id)?).await,
-            None => Ok(()),
+        if let Some(log_id) = committed {
+            self.fsync.save_committed(encode(&log_id)?)?;
         }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
@@ -143,14 +149,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.store.batch();
+        let mut batch = self.store.wal_batch();
         let mut bytes = 0;
         for entry in entries {
             let value = encode(&entry)?;
             bytes += 8 + value.len() as u64;
             batch.insert(&self.reader.log, entry.index().to_be_bytes(), value);
         }
-        blocking(move || batch.commit().map_err(io::Error::other)).await?;
+        // Inline: committing to the journal's buffer and the memtable takes microseconds,
+        // far less than a hop to a blocking thread and back. It waits only while an fsync
+        // is in flight, and the core could not complete this append any sooner then.
+        batch.commit().map_err(io::Error::other)?;
         metrics::get().wal_write_bytes.inc_by(bytes);
         self.fsync.queue(Waiter::Log(callback))
     }
@@ -181,7 +190,7 @@ impl LogStore {
             self.reader.meta.clone(),
         );
         blocking(move || {
-            let mut batch = store.batch();
+            let mut batch = store.wal_batch();
             if let Some(marker) = last_purged {
                 batch.insert(&meta, LAST_PURGED, marker);
             }
@@ -224,18 +233,31 @@ impl Waiter {
 /// has completed everything queued.
 struct Fsync {
     tx: mpsc::Sender<Waiter>,
+    /// The latest committed log id (encoded) not yet written to `raft_meta`.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Fsync {
-    fn spawn(store: Arc<Store>, in_use: InUse) -> io::Result<Fsync> {
+    fn spawn(store: Arc<Store>, meta: Keyspace, in_use: InUse) -> io::Result<Fsync> {
         let (tx, rx) = mpsc::channel();
+        let committed = Arc::new(Mutex::new(None));
+        let pending = committed.clone();
         std::thread::Builder::new()
             .name("raft-fsync".to_string())
             .spawn(move || {
                 let _in_use = in_use;
-                group_commit(&store, &rx);
+                group_commit(&store, &meta, &pending, &rx);
             })?;
-        Ok(Fsync { tx })
+        Ok(Fsync { tx, committed })
+    }
+
+    /// Has `committed` written before the next fsync, replacing an older one not yet written.
+    fn save_committed(&self, committed: Vec<u8>) -> io::Result<()> {
+        *self
+            .committed
+            .lock()
+            .map_err(|_| io::Error::other("committed id lock poisoned"))? = Some(committed);
+        Ok(())
     }
 
     fn queue(&self, waiter: Waiter) -> io::Result<()> {
@@ -254,10 +276,19 @@ impl Fsync {
 }
 
 /// The fsync thread: every waiter queued while an fsync runs shares the next one.
-fn group_commit(store: &Store, rx: &mpsc::Receiver<Waiter>) {
+fn group_commit(
+    store: &Store,
+    meta: &Keyspace,
+    committed: &Mutex<Option<Vec<u8>>>,
+    rx: &mpsc::Receiver<Waiter>,
+) {
     while let Ok(first) = rx.recv() {
         let group: Vec<Waiter> = std::iter::once(first).chain(rx.try_iter()).collect();
-        let result = store.sync();
+        let result = write_committed(meta, committed).and_then(|()| {
+            store
+                .sync_wal()
+                .map_err(|e| io::Error::other(e.to_string()))
+        });
         for waiter in group {
             // io::Error is not Clone; each waiter gets its own copy of the message.
             waiter.complete(
@@ -267,5 +298,16 @@ fn group_commit(store: &Store, rx: &mpsc::Receiver<Waiter>) {
                     .map_err(|e| io::Error::other(e.to_string())),
             );
         }
+    }
+}
+
+fn write_committed(meta: &Keyspace, committed: &Mutex<Option<Vec<u8>>>) -> io::Result<()> {
+    let value = committed
+        .lock()
+        .map_err(|_| io::Error::other("committed id lock poisoned"))?
+        .take();
+    match value {
+        Some(value) => meta.insert(COMMITTED, value).map_err(io::Error::other),
+        None => Ok(()),
     }
 }

@@ -170,10 +170,17 @@ impl RaftNode {
             raft,
         };
         let wait = settings.election_timeout * 2 * ELECTIONS_TO_WAIT;
-        if let Err(e) = node
+        let ready = match node
             .become_leader(settings.node_id, settings.member, wait)
             .await
         {
+            // The state database may be behind the durable log after a crash (see
+            // `state_machine`); serve nothing, not even serializable reads, until the whole
+            // log is applied again.
+            Ok(()) => node.read_barrier().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
             node.shutdown().await;
             return Err(e);
         }

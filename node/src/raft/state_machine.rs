@@ -3,8 +3,9 @@
 //! Apply writes through [`Mvcc`] with no fsync; each write carries the apply marker (the
 //! entry's log id and the last membership, bincode), which MVCC stores atomically with its
 //! changes. On restart `applied_state` is read back from that marker, so openraft replays only
-//! the log after it, and nothing is applied twice. The raft log's fsync covers MVCC writes
-//! too: fjall has one journal, and an entry is applied only after it was made durable.
+//! the log after it, and nothing is applied twice. MVCC lives in the store's state database,
+//! which is not fsynced on apply: after a crash the marker may be behind the log, never
+//! ahead (only fsynced entries are applied), and replaying the log repairs it.
 //!
 //! Errors: MVCC's and the lessor's deterministic refusals (compacted, future revision,
 //! unknown lease, ...) are results handed back to the proposer, the same on every member;
@@ -110,8 +111,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // An error here stops raft, so the state taken out need not be put back.
         let (mvcc, lessor) = (self.mvcc.clone(), self.lessor.clone());
         let (watch, state) = (self.watch.clone(), std::mem::take(&mut self.state));
-        let (state, replies) =
-            blocking(move || apply_all(&mvcc, &lessor, watch.as_deref(), state, entries)).await?;
+        let (state, replies) = if is_cheap(&entries) {
+            // A few small txns take microseconds: a hop to a blocking thread and back would
+            // cost more than the work.
+            apply_all(&mvcc, &lessor, watch.as_deref(), state, entries)?
+        } else {
+            blocking(move || apply_all(&mvcc, &lessor, watch.as_deref(), state, entries)).await?
+        };
         self.state = state;
         for (responder, outcome) in replies {
             responder.send(outcome);
@@ -156,6 +162,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 type Replies = Vec<(ApplyResponder<TypeConfig>, Outcome)>;
+
+/// Most operations a batch may hold and still be applied on the async runtime.
+const CHEAP_OPS: usize = 256;
+
+/// Whether applying `entries` is bounded small work: txns of point operations only. Range
+/// deletes, compactions and lease revokes can touch any number of keys.
+fn is_cheap(entries: &[EntryResponder<TypeConfig>]) -> bool {
+    let mut ops = 0;
+    entries.iter().all(|(entry, _)| match &entry.payload {
+        EntryPayload::Normal(Proposal(command)) => match &command.cmd {
+            Some(Cmd::Txn(txn)) => {
+                ops += txn.success.len() + txn.failure.len() + txn.compare.len();
+                ops <= CHEAP_OPS && txn.success.iter().chain(&txn.failure).all(is_point_op)
+            }
+            Some(Cmd::LeaseGrant(_)) | None => true,
+            Some(Cmd::Compaction(_)) | Some(Cmd::LeaseRevoke(_)) => false,
+        },
+        EntryPayload::Blank | EntryPayload::Membership(_) => true,
+    })
+}
+
+fn is_point_op(op: &RequestOp) -> bool {
+    match &op.request {
+        Some(Request::RequestPut(_)) | None => true,
+        Some(Request::RequestDeleteRange(d)) => d.range_end.is_empty(),
+        // Reads inside a txn may scan a range; nested txns may hold anything.
+        Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+        Some(Request::RequestTxn(_)) => false,
+    }
+}
 
 /// Applies a batch in log order on a blocking thread; returns the new state and the replies.
 fn apply_all(
