@@ -187,10 +187,15 @@ bench_server() {
 	run_case "$server" "range-s-$clients" range --consistency s --clients "$clients"
 	run_case "$server" watch watch --watchers "$watchers" --streams "$watch_streams" \
 		--rate "$watch_rate" --server-pid "$server_pid"
-	printf '{"rss_kb": %s, "hwm_kb": %s, "data_bytes": %s}\n' \
-		"$(proc_kb "$server_pid" VmRSS)" "$(proc_kb "$server_pid" VmHWM)" \
-		"$(du -sb "$work/$server-data" | cut -f1)" >"$work/$server.proc.json"
-	scrape_wal_fsync "$server"
+	if kill -0 "$server_pid" 2>/dev/null; then
+		printf '{"rss_kb": %s, "hwm_kb": %s, "data_bytes": %s}\n' \
+			"$(proc_kb "$server_pid" VmRSS)" "$(proc_kb "$server_pid" VmHWM)" \
+			"$(du -sb "$work/$server-data" | cut -f1)" >"$work/$server.proc.json"
+		scrape_wal_fsync "$server"
+	else
+		log "$server exited during the run; last log lines:"
+		tail -n 20 "$work/$server.log" >&2
+	fi
 	stop_server
 }
 
