@@ -16,6 +16,7 @@ use crate::proto::etcdserverpb::{
     ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+use crate::proto::prefix_end;
 use crate::watch::{self, KeyRange, WatchMsg, WatcherId};
 
 /// The TTL etcd's concurrency session grants when a Lock or Campaign names no lease.
@@ -33,18 +34,6 @@ pub(super) fn prefix_of(name: &[u8]) -> Vec<u8> {
     let mut p = name.to_vec();
     p.push(b'/');
     p
-}
-
-/// The end of the key range holding every key that starts with `prefix`.
-pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn op(request: Request) -> RequestOp {
@@ -322,8 +311,5 @@ mod tests {
     fn keys_and_prefixes_as_etcd_names_them() {
         assert_eq!(contender_key(b"mylock/", 0x694d), b"mylock/694d".to_vec());
         assert_eq!(prefix_of(b"e"), b"e/".to_vec());
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
-        assert_eq!(prefix_end(&[0xff]), vec![0]);
     }
 }

@@ -121,7 +121,7 @@ async fn observe(
 
 /// The first key put under `prefix` from revision `from`, or `None` if the watch ended.
 async fn first_put(node: &Node, prefix: &[u8], from: i64) -> Option<KeyValue> {
-    let end = super::concurrency::prefix_end(prefix);
+    let end = crate::proto::prefix_end(prefix);
     let mut events = node.watch_events(KeyRange::new(prefix.to_vec(), &end), from);
     while let Some(batch) = events.next().await {
         if let Some(kv) = batch

@@ -209,7 +209,7 @@ async fn read_stream(
     done: mpsc::UnboundedSender<Histogram<u64>>,
 ) -> anyhow::Result<()> {
     let (requests, rx) = mpsc::channel(count.max(1));
-    let range_end = prefix_end(prefix.as_bytes());
+    let range_end = crate::proto::prefix_end(prefix.as_bytes());
     for _ in 0..count {
         let create = WatchCreateRequest {
             key: prefix.clone().into_bytes(),
@@ -265,18 +265,6 @@ async fn read_stream(
     Ok(())
 }
 
-/// etcd's prefix range end: the prefix with its last byte below 0xff incremented.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -291,16 +279,4 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-    }
 }
