@@ -122,20 +122,11 @@ fn missing(key: &[u8], rev: Rev) -> MvccError {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
+    use crate::mvcc::tests::open;
     use crate::proto::etcdserverpb::{
         request_op::Request, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
     };
-    use crate::storage::Store;
-
-    fn open() -> (tempfile::TempDir, Mvcc) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let mvcc = Mvcc::open(store).expect("mvcc");
-        (dir, mvcc)
-    }
 
     fn txn(mvcc: &Mvcc, ops: Vec<Request>) -> Vec<Event> {
         let req = TxnRequest {
@@ -165,12 +156,13 @@ mod tests {
 
     #[test]
     fn history_equals_the_live_events() {
-        let (_dir, mvcc) = open();
+        let fixture = open();
+        let mvcc = &fixture.mvcc;
         let mut live = Vec::new();
-        live.extend(txn(&mvcc, vec![put("a", "1")]));
-        live.extend(txn(&mvcc, vec![put("b", "1"), put("a", "2")]));
-        live.extend(txn(&mvcc, vec![delete("a")]));
-        live.extend(txn(&mvcc, vec![put("a", "3"), put("\0x", "z")]));
+        live.extend(txn(mvcc, vec![put("a", "1")]));
+        live.extend(txn(mvcc, vec![put("b", "1"), put("a", "2")]));
+        live.extend(txn(mvcc, vec![delete("a")]));
+        live.extend(txn(mvcc, vec![put("a", "3"), put("\0x", "z")]));
         let read = mvcc.events(2, 100, 1000, true).expect("events");
         assert_eq!(read, live);
         let without_prev: Vec<Event> = live
@@ -186,10 +178,11 @@ mod tests {
 
     #[test]
     fn chunks_end_on_revision_boundaries() {
-        let (_dir, mvcc) = open();
-        txn(&mvcc, vec![put("a", "1"), put("b", "1"), put("c", "1")]); // rev 2
-        txn(&mvcc, vec![put("a", "2")]); // rev 3
-        txn(&mvcc, vec![put("a", "3")]); // rev 4
+        let fixture = open();
+        let mvcc = &fixture.mvcc;
+        txn(mvcc, vec![put("a", "1"), put("b", "1"), put("c", "1")]); // rev 2
+        txn(mvcc, vec![put("a", "2")]); // rev 3
+        txn(mvcc, vec![put("a", "3")]); // rev 4
         let first = mvcc.events(2, 4, 1, false).expect("events");
         assert_eq!(first.len(), 3, "all of revision 2 comes together");
         let second = mvcc.events(3, 4, 1, false).expect("events");
@@ -201,9 +194,10 @@ mod tests {
 
     #[test]
     fn below_the_compact_revision_is_compacted() {
-        let (_dir, mvcc) = open();
+        let fixture = open();
+        let mvcc = &fixture.mvcc;
         for i in 0..5 {
-            txn(&mvcc, vec![put("a", &i.to_string())]);
+            txn(mvcc, vec![put("a", &i.to_string())]);
         }
         drop(mvcc.compact(4, b"m").expect("compact"));
         assert!(matches!(

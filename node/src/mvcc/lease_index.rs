@@ -77,20 +77,11 @@ pub(super) fn keys(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::super::Mvcc;
+    use crate::mvcc::tests::open;
     use crate::proto::etcdserverpb::{
         request_op::Request, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
     };
-    use crate::storage::Store;
-
-    fn open() -> (tempfile::TempDir, Mvcc) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let mvcc = Mvcc::open(store).expect("mvcc");
-        (dir, mvcc)
-    }
 
     fn put(key: &str, lease: i64) -> RequestOp {
         RequestOp {
@@ -141,32 +132,34 @@ mod tests {
 
     #[test]
     fn puts_attach_move_and_detach_keys() {
-        let (_dir, mvcc) = open();
+        let fixture = open();
+        let mvcc = &fixture.mvcc;
         apply(
-            &mvcc,
+            mvcc,
             vec![put("b", 7), put("a", 7), put("c", 8), put("d", 0)],
         );
-        assert_eq!(keys(&mvcc, 7), ["a", "b"]);
-        assert_eq!(keys(&mvcc, 8), ["c"]);
+        assert_eq!(keys(mvcc, 7), ["a", "b"]);
+        assert_eq!(keys(mvcc, 8), ["c"]);
         // Keeping the lease leaves the index alone; another lease moves the key; none detaches.
-        apply(&mvcc, vec![keep_lease("a"), put("b", 8), put("c", 0)]);
-        assert_eq!(keys(&mvcc, 7), ["a"]);
-        assert_eq!(keys(&mvcc, 8), ["b"]);
+        apply(mvcc, vec![keep_lease("a"), put("b", 8), put("c", 0)]);
+        assert_eq!(keys(mvcc, 7), ["a"]);
+        assert_eq!(keys(mvcc, 8), ["b"]);
         assert!(
-            keys(&mvcc, 0).is_empty(),
+            keys(mvcc, 0).is_empty(),
             "keys without a lease are not indexed"
         );
     }
 
     #[test]
     fn deletes_detach_keys_and_a_put_after_delete_in_one_txn_counts_once() {
-        let (_dir, mvcc) = open();
-        apply(&mvcc, vec![put("a", 7), put("b", 7), put("c", 7)]);
-        apply(&mvcc, vec![delete("a", "")]);
-        assert_eq!(keys(&mvcc, 7), ["b", "c"]);
-        apply(&mvcc, vec![delete("b", "\0")]);
-        assert!(keys(&mvcc, 7).is_empty());
-        apply(&mvcc, vec![put("x", 7)]);
+        let fixture = open();
+        let mvcc = &fixture.mvcc;
+        apply(mvcc, vec![put("a", 7), put("b", 7), put("c", 7)]);
+        apply(mvcc, vec![delete("a", "")]);
+        assert_eq!(keys(mvcc, 7), ["b", "c"]);
+        apply(mvcc, vec![delete("b", "\0")]);
+        assert!(keys(mvcc, 7).is_empty());
+        apply(mvcc, vec![put("x", 7)]);
         // Deleted then put again with another lease in one txn (mvcc does not refuse it;
         // the API does): only the lease before and after the txn count.
         let nested = RequestOp {
@@ -175,8 +168,8 @@ mod tests {
                 ..Default::default()
             })),
         };
-        apply(&mvcc, vec![delete("x", ""), nested]);
-        assert!(keys(&mvcc, 7).is_empty());
-        assert_eq!(keys(&mvcc, 9), ["x"]);
+        apply(mvcc, vec![delete("x", ""), nested]);
+        assert!(keys(mvcc, 7).is_empty());
+        assert_eq!(keys(mvcc, 9), ["x"]);
     }
 }

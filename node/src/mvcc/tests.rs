@@ -12,12 +12,13 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::Readable;
 
-struct Fixture {
+/// A fresh store in a temporary directory; the other MVCC test modules use it too.
+pub(super) struct Fixture {
     dir: tempfile::TempDir,
-    mvcc: Mvcc,
+    pub(super) mvcc: Mvcc,
 }
 
-fn open() -> Fixture {
+pub(super) fn open() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let mvcc = open_in(dir.path());
     Fixture { dir, mvcc }
