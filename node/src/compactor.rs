@@ -7,13 +7,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::Node;
 use crate::config::AutoCompaction;
+use crate::core::{Core, RequestContext};
+use crate::proto::etcdserverpb::CompactionRequest;
 
 const REVISION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Starts the compactor for `mode`; does nothing when auto-compaction is off.
-pub fn spawn(node: Arc<Node>, mode: &AutoCompaction) {
+pub fn spawn(core: Arc<Core>, mode: &AutoCompaction) {
     let (interval, keep) = match *mode {
         AutoCompaction::Off => return,
         AutoCompaction::Revision(keep) => (REVISION_CHECK_INTERVAL, Keep::Revisions(keep)),
@@ -22,7 +23,7 @@ pub fn spawn(node: Arc<Node>, mode: &AutoCompaction) {
             (retention / samples, Keep::Samples(samples as usize))
         }
     };
-    tokio::spawn(run(node, interval.max(Duration::from_secs(1)), keep));
+    tokio::spawn(run(core, interval.max(Duration::from_secs(1)), keep));
 }
 
 enum Keep {
@@ -30,12 +31,12 @@ enum Keep {
     Samples(usize),
 }
 
-async fn run(node: Arc<Node>, interval: Duration, keep: Keep) {
+async fn run(core: Arc<Core>, interval: Duration, keep: Keep) {
     let mut samples = VecDeque::new();
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let current = node.mvcc.current_revision();
+        let current = core.current_revision();
         let target = match keep {
             Keep::Revisions(n) => current - n,
             Keep::Samples(n) => {
@@ -46,8 +47,12 @@ async fn run(node: Arc<Node>, interval: Duration, keep: Keep) {
                 samples.pop_front().unwrap_or(0)
             }
         };
-        if target > node.mvcc.compact_revision() {
-            if let Err(e) = node.compact_to(target).await {
+        if target > core.compact_revision() {
+            let req = CompactionRequest {
+                revision: target,
+                physical: false,
+            };
+            if let Err(e) = core.compact(&RequestContext::internal(), req).await {
                 tracing::warn!(revision = target, error = %e, "auto-compaction failed");
             } else {
                 tracing::info!(revision = target, "auto-compacted");

@@ -3,6 +3,7 @@ pub mod api;
 pub mod bench;
 pub mod compactor;
 pub mod config;
+pub mod core;
 pub mod identity;
 pub mod lease;
 pub mod metrics;

@@ -8,8 +8,9 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use url::Url;
 
-use crate::api::{self, Limits, Node};
+use crate::api;
 use crate::config::Config;
+use crate::core::{self, Core, Hooks, Limits, Parts};
 use crate::identity::Identity;
 use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
@@ -73,7 +74,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     .await?;
     publish_identity(&id, cfg.quota_backend_bytes);
 
-    let node = Arc::new(Node {
+    let core = Core::new(Parts {
         raft: raft.clone(),
         mvcc,
         lessor,
@@ -86,19 +87,21 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             max_txn_ops: usize::try_from(cfg.max_txn_ops).unwrap_or(usize::MAX),
             quota_backend_bytes: cfg.quota_backend_bytes,
         },
+        hooks: Hooks::default(),
+        read_concurrency: read_concurrency(),
     });
-    crate::compactor::spawn(node.clone(), &cfg.auto_compaction);
-    api::spawn_lease_expiry(node.clone());
+    crate::compactor::spawn(core.clone(), &cfg.auto_compaction);
+    core::spawn_lease_expiry(core.clone());
 
     let mut servers = tokio::task::JoinSet::new();
-    let client_router = api::router(node.clone());
+    let client_router = api::router(core.clone());
     for url in &cfg.listen_client_urls {
         let listener = bind("--listen-client-urls", url).await?;
         servers.spawn(serve(listener, client_router.clone()));
     }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url).await?;
-        servers.spawn(serve(listener, api::metrics_router(node.clone())));
+        servers.spawn(serve(listener, api::metrics_router(core.clone())));
     }
     tracing::info!(
         name = %cfg.name,
@@ -119,6 +122,12 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     result
 }
 
+/// Client-sized reads that run at once: one per core, so a burst of huge reads takes at
+/// most the machine's CPUs and the async workers keep serving everyone else.
+fn read_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// etcd writes URLs as `scheme://host:port`, without the trailing slash `Url` adds; member
 /// IDs hash these strings, so the form matters.
 fn url_strings(urls: &[Url]) -> Vec<String> {
@@ -133,10 +142,10 @@ fn publish_identity(id: &Identity, quota: u64) {
         .with_label_values(&[&format!("{:x}", id.member_id)])
         .set(1);
     m.server_version
-        .with_label_values(&[api::ETCD_SERVER_VERSION])
+        .with_label_values(&[core::ETCD_SERVER_VERSION])
         .set(1);
     m.cluster_version
-        .with_label_values(&[api::ETCD_CLUSTER_VERSION])
+        .with_label_values(&[core::ETCD_CLUSTER_VERSION])
         .set(1);
     m.quota_backend_bytes
         .set(i64::try_from(quota).unwrap_or(i64::MAX));

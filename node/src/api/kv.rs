@@ -1,203 +1,115 @@
-//! etcd's KV service. Reads are served from the local MVCC store (after a ReadIndex barrier
-//! unless `serializable`); every write becomes one `Command::Txn` through Raft, so Put and
-//! DeleteRange are single-op txns and share the txn's revision rules.
+//! etcd's KV service over [`Core`].
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::error::ApiError;
-use super::{metered, validate, Node};
-use crate::proto::cairnpb::{command::Cmd, Command};
+use super::{context, record_end, record_start, unary, Method};
+use crate::core::Core;
 use crate::proto::etcdserverpb::{
-    kv_server::Kv, request_op, response_op, CompactionRequest, CompactionResponse,
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RangeStreamResponse, RequestOp, TxnRequest, TxnResponse,
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, TxnRequest,
+    TxnResponse,
 };
-use crate::raft::Applied;
 
-const SERVICE: &str = "etcdserverpb.KV";
-
-pub struct KvService(pub Arc<Node>);
-
-impl Node {
-    pub(super) async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
-        validate::range(&req)?;
-        if !req.serializable {
-            self.raft.read_barrier().await?;
-        }
-        let mut resp = self.mvcc.range(&req)?;
-        resp.header = self.header(resp.header.map_or(0, |h| h.revision));
-        Ok(resp)
-    }
-
-    async fn put(&self, req: PutRequest) -> Result<PutResponse, ApiError> {
-        validate::size(&req, self.limits.max_request_bytes)?;
-        validate::put(&req)?;
-        self.check_put_lease(req.lease, req.ignore_value)?;
-        let resp = self
-            .write(single_op(request_op::Request::RequestPut(req)))
-            .await?;
-        match first_response(resp) {
-            Some((header, response_op::Response::ResponsePut(mut r))) => {
-                r.header = header;
-                Ok(r)
-            }
-            _ => Err(ApiError::Internal(
-                "apply answered a put with another response".into(),
-            )),
-        }
-    }
-
-    pub(super) async fn delete_range(
-        &self,
-        req: DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, ApiError> {
-        validate::size(&req, self.limits.max_request_bytes)?;
-        validate::delete_range(&req)?;
-        let resp = self
-            .write(single_op(request_op::Request::RequestDeleteRange(req)))
-            .await?;
-        match first_response(resp) {
-            Some((header, response_op::Response::ResponseDeleteRange(mut r))) => {
-                r.header = header;
-                Ok(r)
-            }
-            _ => Err(ApiError::Internal(
-                "apply answered a delete with another response".into(),
-            )),
-        }
-    }
-
-    pub(super) async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ApiError> {
-        validate::size(&req, self.limits.max_request_bytes)?;
-        validate::txn(&req, self.limits.max_txn_ops)?;
-        if validate::txn_writes(&req) {
-            return self.write(req).await;
-        }
-        // A txn that only reads needs no log entry: a ReadIndex barrier makes it linearizable.
-        self.raft.read_barrier().await?;
-        let mut resp = self.mvcc.txn_read_only(&req)?;
-        resp.header = self.header(resp.header.map_or(0, |h| h.revision));
-        Ok(resp)
-    }
-
-    /// Compacts history up to `revision` (used by the auto-compactor).
-    pub async fn compact_to(&self, revision: i64) -> Result<CompactionResponse, ApiError> {
-        self.compact(CompactionRequest {
-            revision,
-            physical: false,
-        })
-        .await
-    }
-
-    async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, ApiError> {
-        let physical = req.physical;
-        let done = match self.raft.propose(command(Cmd::Compaction(req))).await? {
-            Applied::Compaction(done) => done,
-            _ => {
-                return Err(ApiError::Internal(
-                    "apply answered a compaction with another result".into(),
-                ))
-            }
-        };
-        if physical {
-            // The sender is dropped only if the node stops before finishing.
-            done.await.map_err(|_| ApiError::Stopped)?;
-        }
-        Ok(CompactionResponse {
-            header: self.header(self.mvcc.current_revision()),
-        })
-    }
-
-    /// Proposes a write txn and answers with the revision it was applied at.
-    async fn write(&self, txn: TxnRequest) -> Result<TxnResponse, ApiError> {
-        if self.over_quota() {
-            return Err(ApiError::NoSpace);
-        }
-        match self.raft.propose(command(Cmd::Txn(txn))).await? {
-            Applied::Txn(mut resp, _events) => {
-                resp.header = self.header(resp.header.map_or(0, |h| h.revision));
-                Ok(resp)
-            }
-            _ => Err(ApiError::Internal(
-                "apply answered a txn with another result".into(),
-            )),
-        }
+const fn method(name: &'static str) -> Method {
+    Method {
+        service: "etcdserverpb.KV",
+        name,
     }
 }
 
-fn command(cmd: Cmd) -> Command {
-    Command { cmd: Some(cmd) }
-}
-
-fn single_op(request: request_op::Request) -> TxnRequest {
-    TxnRequest {
-        success: vec![RequestOp {
-            request: Some(request),
-        }],
-        ..Default::default()
-    }
-}
-
-/// The top-level header of a txn and its first op's response.
-fn first_response(
-    resp: TxnResponse,
-) -> Option<(
-    Option<crate::proto::etcdserverpb::ResponseHeader>,
-    response_op::Response,
-)> {
-    let header = resp.header;
-    resp.responses
-        .into_iter()
-        .next()?
-        .response
-        .map(|r| (header, r))
-}
+pub struct KvService(pub Arc<Core>);
 
 type RangeStream = Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        metered(SERVICE, "Range", self.0.range(req.into_inner())).await
+        unary(method("Range"), req, |ctx, r| async move {
+            self.0.range(&ctx, r).await
+        })
+        .await
     }
 
     type RangeStreamStream = RangeStream;
 
+    /// The stream's metrics are recorded when its last message is sent.
     async fn range_stream(
         &self,
-        _req: Request<RangeRequest>,
+        req: Request<RangeRequest>,
     ) -> Result<Response<RangeStream>, Status> {
-        Err(ApiError::NotSupported("RangeStream").into())
+        let m = method("RangeStream");
+        let ctx = context(&req);
+        let started = record_start(m, "server_stream");
+        let chunks = match self.0.range_stream(&ctx, req.into_inner()).await {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                let status = Status::from(e);
+                record_end(m, "server_stream", started, status.code());
+                return Err(status);
+            }
+        };
+        let mut ended = false;
+        let stream = ReceiverStream::new(chunks).map(move |chunk| {
+            let chunk = chunk
+                .map(|r| RangeStreamResponse {
+                    range_response: Some(r),
+                })
+                .map_err(Status::from);
+            let last = match &chunk {
+                Ok(c) => c
+                    .range_response
+                    .as_ref()
+                    .is_some_and(|r| r.header.is_some()),
+                Err(_) => true,
+            };
+            if last && !ended {
+                ended = true;
+                let code = chunk
+                    .as_ref()
+                    .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+                record_end(m, "server_stream", started, code);
+            }
+            chunk
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        metered(SERVICE, "Put", self.0.put(req.into_inner())).await
+        unary(method("Put"), req, |ctx, r| async move {
+            self.0.put(&ctx, r).await
+        })
+        .await
     }
 
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        metered(
-            SERVICE,
-            "DeleteRange",
-            self.0.delete_range(req.into_inner()),
-        )
+        unary(method("DeleteRange"), req, |ctx, r| async move {
+            self.0.delete_range(&ctx, r).await
+        })
         .await
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        metered(SERVICE, "Txn", self.0.txn(req.into_inner())).await
+        unary(method("Txn"), req, |ctx, r| async move {
+            self.0.txn(&ctx, r).await
+        })
+        .await
     }
 
     async fn compact(
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        metered(SERVICE, "Compact", self.0.compact(req.into_inner())).await
+        unary(method("Compact"), req, |ctx, r| async move {
+            self.0.compact(&ctx, r).await
+        })
+        .await
     }
 }

@@ -1,30 +1,31 @@
-//! etcd's Maintenance service: status and alarms for `etcdctl endpoint status/health` and
-//! `alarm list`; defragment is a no-op because fjall compacts in the background; Hash and
-//! HashKV for corruption checks; Snapshot streams `mvcc::snapshot`'s format in chunks.
+//! etcd's Maintenance service over [`Core`]. Snapshot streams `mvcc::snapshot`'s format in
+//! etcd's 32 KiB chunks.
 
 use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::error::ApiError;
-use super::{code_name, metered, Node, ETCD_SERVER_VERSION};
+use super::{context, record_end, record_start, unary, Method};
+use crate::core::{Core, Error};
 use crate::mvcc::snapshot::{SnapshotError, SnapshotSource};
-use crate::mvcc::KvHash;
 use crate::proto::etcdserverpb::{
-    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmMember, AlarmRequest,
-    AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest,
+    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 
-const SERVICE: &str = "etcdserverpb.Maintenance";
+const fn method(name: &'static str) -> Method {
+    Method {
+        service: "etcdserverpb.Maintenance",
+        name,
+    }
+}
 
 /// Bytes per snapshot chunk, as etcd's `snapshotSendBufferSize`.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
@@ -32,93 +33,42 @@ const SNAPSHOT_CHUNK: usize = 32 * 1024;
 /// this many chunks whatever the database size.
 const SNAPSHOT_QUEUE: usize = 4;
 
-pub struct MaintenanceService(pub Arc<Node>);
-
-impl Node {
-    fn status(&self) -> StatusResponse {
-        let raft = self.raft.status();
-        let db_size = i64::try_from(self.store.disk_space()).unwrap_or(i64::MAX);
-        StatusResponse {
-            header: self.header(self.mvcc.current_revision()),
-            version: ETCD_SERVER_VERSION.to_string(),
-            db_size,
-            // An LSM has no free pages to reclaim, so everything it holds is in use.
-            db_size_in_use: db_size,
-            leader: raft.leader.unwrap_or(0),
-            raft_index: raft.commit_index,
-            raft_term: raft.term,
-            raft_applied_index: raft.applied_index,
-            db_size_quota: i64::try_from(self.limits.quota_backend_bytes).unwrap_or(i64::MAX),
-            ..Default::default()
-        }
-    }
-
-    /// Alarms are derived from the current state rather than stored: NOSPACE holds exactly
-    /// while the database is over quota.
-    pub(super) fn alarms(&self) -> Vec<AlarmMember> {
-        if self.over_quota() {
-            vec![AlarmMember {
-                member_id: self.member_id,
-                alarm: AlarmType::Nospace as i32,
-            }]
-        } else {
-            Vec::new()
-        }
-    }
-
-    fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, ApiError> {
-        match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(AlarmResponse {
-                header: self.header(self.mvcc.current_revision()),
-                alarms: self.alarms(),
-            }),
-            _ => Err(ApiError::NotSupported("raising alarms by hand")),
-        }
-    }
-
-    /// etcd's `HashByRev` (see `mvcc::hash`), computed off the async runtime because it
-    /// reads the whole history.
-    async fn hash_kv(&self, revision: i64) -> Result<KvHash, ApiError> {
-        let mvcc = self.mvcc.clone();
-        tokio::task::spawn_blocking(move || mvcc.hash_kv(revision))
-            .await
-            .map_err(|e| ApiError::Internal(format!("hash task failed: {e}")))?
-            .map_err(ApiError::from)
-    }
-}
+pub struct MaintenanceService(pub Arc<Core>);
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        metered(SERVICE, "Alarm", async { self.0.alarm(req.into_inner()) }).await
-    }
-
-    async fn status(
-        &self,
-        _req: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
-        metered(SERVICE, "Status", async { Ok(self.0.status()) }).await
-    }
-
-    async fn defragment(
-        &self,
-        _req: Request<DefragmentRequest>,
-    ) -> Result<Response<DefragmentResponse>, Status> {
-        let header = self.0.header(self.0.mvcc.current_revision());
-        metered(SERVICE, "Defragment", async {
-            Ok(DefragmentResponse { header })
+        unary(method("Alarm"), req, |ctx, r| async move {
+            self.0.alarm(&ctx, r).await
         })
         .await
     }
 
-    /// etcd hashes its whole backend here; cairn's backend also holds the raft log, which
-    /// differs between members, so it hashes the key-value history at the current revision,
-    /// as HashKV(0).
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        metered(SERVICE, "Hash", async {
-            let h = self.0.hash_kv(0).await?;
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        unary(method("Status"), req, |ctx, _| async move {
+            self.0.status(&ctx).await
+        })
+        .await
+    }
+
+    async fn defragment(
+        &self,
+        req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        unary(method("Defragment"), req, |ctx, _| async move {
+            self.0.defragment(&ctx).await
+        })
+        .await
+    }
+
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        unary(method("Hash"), req, |ctx, _| async move {
+            let h = self.0.hash_kv(&ctx, 0).await?;
             Ok(HashResponse {
                 header: self.0.header(h.current_revision),
                 hash: h.hash,
@@ -131,8 +81,8 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        metered(SERVICE, "HashKV", async {
-            let h = self.0.hash_kv(req.into_inner().revision).await?;
+        unary(method("HashKV"), req, |ctx, r| async move {
+            let h = self.0.hash_kv(&ctx, r.revision).await?;
             Ok(HashKvResponse {
                 header: self.0.header(h.current_revision),
                 hash: h.hash,
@@ -149,47 +99,43 @@ impl Maintenance for MaintenanceService {
     /// bounded channel, so the response starts at once and memory stays bounded.
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let labels = ["server_stream", SERVICE, "Snapshot"];
-        crate::metrics::get()
-            .grpc_started
-            .with_label_values(&labels)
-            .inc();
-        let source = match self.0.mvcc.snapshot_source() {
+        let m = method("Snapshot");
+        let started = record_start(m, "server_stream");
+        let source = match self.0.snapshot(&context(&req)).await {
             Ok(source) => source,
             Err(e) => {
-                let status = Status::from(ApiError::from(e));
-                record_stream_end(&labels, Instant::now(), status.code());
+                let status = Status::from(e);
+                record_end(m, "server_stream", started, status.code());
                 return Err(status);
             }
         };
         let header = self.0.header(source.revision());
         let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE);
         tokio::task::spawn_blocking(move || {
-            let start = Instant::now();
             let code = send_snapshot(&source, header, tx);
-            record_stream_end(&labels, start, code);
+            record_end(m, "server_stream", started, code);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        metered(SERVICE, "MoveLeader", async {
-            Err(ApiError::NotSupported("MoveLeader"))
+        unary(method("MoveLeader"), req, |ctx, _| async move {
+            self.0.unsupported_admin(&ctx, "MoveLeader").await
         })
         .await
     }
 
     async fn downgrade(
         &self,
-        _req: Request<DowngradeRequest>,
+        req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        metered(SERVICE, "Downgrade", async {
-            Err(ApiError::NotSupported("Downgrade"))
+        unary(method("Downgrade"), req, |ctx, _| async move {
+            self.0.unsupported_admin(&ctx, "Downgrade").await
         })
         .await
     }
@@ -231,7 +177,7 @@ fn send_snapshot(
         }
         Err(e) => {
             tracing::warn!(error = %e, "snapshot stream failed");
-            let status = Status::from(ApiError::Internal(e.to_string()));
+            let status = Status::from(Error::internal(e));
             let code = status.code();
             let _ = out.tx.blocking_send(Err(status));
             code
@@ -282,17 +228,6 @@ impl Write for ChunkWriter {
         }
         self.send()
     }
-}
-
-/// etcd's gRPC metrics for a finished server stream.
-fn record_stream_end(labels: &[&str; 3], start: Instant, code: tonic::Code) {
-    let m = crate::metrics::get();
-    m.grpc_handling_seconds
-        .with_label_values(labels)
-        .observe(start.elapsed().as_secs_f64());
-    m.grpc_handled
-        .with_label_values(&[labels[0], labels[1], labels[2], code_name(code)])
-        .inc();
 }
 
 #[cfg(test)]

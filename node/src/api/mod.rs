@@ -1,12 +1,12 @@
-//! The client-facing surface: etcd's v3 gRPC services and the HTTP endpoints that share
-//! their port. Each service is a thin layer that validates a request, hands writes to
-//! `raft` and reads to `mvcc`, and fills etcd's response header. Errors become gRPC statuses
-//! only in `error.rs`; metrics for every RPC are recorded in [`metered`].
+//! The transports: etcd's v3 gRPC services and the HTTP endpoints that share their port.
+//! Each gRPC method is a thin adapter: it builds the [`RequestContext`] from the call
+//! (peer, `token` metadata, `grpc-timeout`), calls one [`Core`] operation and encodes the
+//! answer; errors become statuses only in `error.rs`, and every RPC is recorded in etcd's
+//! gRPC metrics by [`metered`].
 //!
-//! Must not touch fjall or openraft types directly: it talks to `RaftNode`, `Mvcc` and `Store`.
+//! Must not decide behaviour (that is `core/`) nor touch fjall, openraft, MVCC or Raft.
 
 mod cluster;
-mod concurrency;
 mod election;
 pub mod error;
 mod http;
@@ -14,125 +14,141 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
-mod validate;
 mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::lease::Lessor;
-use crate::mvcc::Mvcc;
+use crate::core::{Core, Error, RequestContext, Transport};
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
-use crate::raft::RaftNode;
-use crate::storage::Store;
-use crate::watch::WatchHub;
-use error::ApiError;
-pub use lease::spawn_expiry as spawn_lease_expiry;
-
-/// The etcd server version cairn reports to clients. Kubernetes and other clients gate
-/// features on it, so it must look like an etcd release; cairn's own version is reported
-/// separately (`/version`'s `cairn` field).
-pub const ETCD_SERVER_VERSION: &str = "3.5.0";
-/// The etcd cluster (API) version.
-pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 
 /// gRPC adds framing and metadata around the request itself; etcd allows this much on top
 /// of `--max-request-bytes` before the transport refuses a message.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Limits from the configuration that the API enforces.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub max_request_bytes: usize,
-    pub max_txn_ops: usize,
-    pub quota_backend_bytes: u64,
-}
-
-/// Everything a request handler needs.
-pub struct Node {
-    pub raft: Arc<RaftNode>,
-    pub mvcc: Arc<Mvcc>,
-    pub lessor: Arc<Lessor>,
-    pub store: Arc<Store>,
-    pub watch: Arc<WatchHub>,
-    pub cluster_id: u64,
-    pub member_id: u64,
-    pub limits: Limits,
-}
-
-impl Node {
-    /// etcd's response header at store revision `revision`.
-    fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        Some(ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: self.raft.status().term,
-        })
-    }
-
-    /// Whether the database has grown past `--quota-backend-bytes`; writes are refused then.
-    fn over_quota(&self) -> bool {
-        self.store.disk_space() > self.limits.quota_backend_bytes
-    }
-}
-
 /// The router serving gRPC and HTTP on one port, as etcd does.
-pub fn router(node: Arc<Node>) -> axum::Router {
-    let max_msg = node.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+pub fn router(core: Arc<Core>) -> axum::Router {
+    let max_msg = core.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let grpc = tonic::service::Routes::new(
-        KvServer::new(kv::KvService(node.clone())).max_decoding_message_size(max_msg),
+        KvServer::new(kv::KvService(core.clone())).max_decoding_message_size(max_msg),
     )
-    .add_service(ClusterServer::new(cluster::ClusterService(node.clone())))
-    .add_service(LeaseServer::new(lease::LeaseService(node.clone())))
+    .add_service(ClusterServer::new(cluster::ClusterService(core.clone())))
+    .add_service(LeaseServer::new(lease::LeaseService(core.clone())))
     .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
-        node.clone(),
+        core.clone(),
     )))
-    .add_service(LockServer::new(lock::LockService(node.clone())))
-    .add_service(ElectionServer::new(election::ElectionService(node.clone())))
+    .add_service(LockServer::new(lock::LockService(core.clone())))
+    .add_service(ElectionServer::new(election::ElectionService(core.clone())))
     .add_service(
-        WatchServer::new(watch::WatchService(node.clone())).max_decoding_message_size(max_msg),
+        WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
     )
     .into_axum_router();
-    grpc.merge(http::router(node))
+    grpc.merge(http::router(core))
 }
 
 /// The router for `--listen-metrics-urls`: the HTTP endpoints only.
-pub fn metrics_router(node: Arc<Node>) -> axum::Router {
-    http::router(node)
+pub fn metrics_router(core: Arc<Core>) -> axum::Router {
+    http::router(core)
 }
 
-/// Runs one unary RPC, recording etcd's gRPC metrics and mapping its error.
-async fn metered<T>(
+/// The core's view of a gRPC call: who sent it and until when they wait.
+fn context<T>(req: &tonic::Request<T>) -> RequestContext {
+    let mut ctx = RequestContext::new(Transport::Grpc, req.remote_addr());
+    let meta = req.metadata();
+    ctx.credentials.token = meta
+        .get("token")
+        .and_then(|t| t.to_str().ok())
+        .map(str::to_string);
+    ctx.deadline = meta
+        .get("grpc-timeout")
+        .and_then(|t| t.to_str().ok())
+        .and_then(grpc_timeout)
+        .map(|timeout| Instant::now() + timeout);
+    ctx
+}
+
+/// Parses gRPC's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A gRPC method, as etcd's metrics label it.
+#[derive(Clone, Copy)]
+struct Method {
     service: &'static str,
-    method: &'static str,
-    call: impl Future<Output = Result<T, ApiError>>,
+    name: &'static str,
+}
+
+/// The adapter of a unary RPC: the call's context and message to `op`, its answer back,
+/// recorded in etcd's gRPC metrics.
+async fn unary<Req, Resp, Fut>(
+    method: Method,
+    req: tonic::Request<Req>,
+    op: impl FnOnce(RequestContext, Req) -> Fut,
+) -> Result<tonic::Response<Resp>, tonic::Status>
+where
+    Fut: Future<Output = Result<Resp, Error>>,
+{
+    let ctx = context(&req);
+    metered(method, "unary", op(ctx, req.into_inner())).await
+}
+
+/// Runs one call, recording etcd's gRPC metrics and mapping its error.
+async fn metered<T>(
+    method: Method,
+    grpc_type: &'static str,
+    call: impl Future<Output = Result<T, Error>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    let m = crate::metrics::get();
-    let labels = ["unary", service, method];
-    m.grpc_started.with_label_values(&labels).inc();
-    let start = Instant::now();
+    let started = record_start(method, grpc_type);
     let result = call
         .await
         .map(tonic::Response::new)
         .map_err(tonic::Status::from);
-    m.grpc_handling_seconds
-        .with_label_values(&labels)
-        .observe(start.elapsed().as_secs_f64());
     let code = match &result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
     };
-    m.grpc_handled
-        .with_label_values(&["unary", service, method, code_name(code)])
-        .inc();
+    record_end(method, grpc_type, started, code);
     result
+}
+
+/// Counts a started call (`grpc_server_started_total`); returns when it started.
+fn record_start(method: Method, grpc_type: &'static str) -> Instant {
+    crate::metrics::get()
+        .grpc_started
+        .with_label_values(&[grpc_type, method.service, method.name])
+        .inc();
+    Instant::now()
+}
+
+/// Records a finished call: its duration and code.
+fn record_end(method: Method, grpc_type: &'static str, started: Instant, code: tonic::Code) {
+    let m = crate::metrics::get();
+    m.grpc_handling_seconds
+        .with_label_values(&[grpc_type, method.service, method.name])
+        .observe(started.elapsed().as_secs_f64());
+    m.grpc_handled
+        .with_label_values(&[grpc_type, method.service, method.name, code_name(code)])
+        .inc();
 }
 
 /// gRPC code names as go-grpc-prometheus writes them (`OK`, `InvalidArgument`, ...).
@@ -156,5 +172,24 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "Unavailable",
         DataLoss => "DataLoss",
         Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_grpc_defines_them() {
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(grpc_timeout("123456789S"), None);
+        assert_eq!(grpc_timeout("S"), None);
+        assert_eq!(grpc_timeout("5x"), None);
     }
 }

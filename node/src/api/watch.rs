@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use prost::Message;
@@ -18,15 +18,19 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{code_name, Node};
+use super::{context, record_end, record_start, Method};
+use crate::core::{Core, RequestContext};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::{event::EventType, Event};
-use crate::watch::{self, KeyRange, Sink, WatchMsg, WatcherId};
+use crate::watch::{self, Sink, WatchMsg, WatcherId};
 
-const SERVICE: &str = "etcdserverpb.Watch";
+const METHOD: Method = Method {
+    service: "etcdserverpb.Watch",
+    name: "Watch",
+};
 /// etcd's `clientv3.InvalidWatchID`: a response not tied to one watch.
 const INVALID_WATCH_ID: i64 = -1;
 /// Responses ready for the client before the stream task waits (etcd's ctrlStreamBufLen is
@@ -36,9 +40,8 @@ const OUT_BUFFER: usize = 16;
 const PROGRESS_RETRY: Duration = Duration::from_millis(100);
 
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
-const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
-pub struct WatchService(pub Arc<Node>);
+pub struct WatchService(pub Arc<Core>);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
@@ -52,7 +55,7 @@ impl Watch for WatchService {
     ) -> Result<Response<WatchStream>, Status> {
         let (out, responses) = mpsc::channel(OUT_BUFFER);
         let (sink, msgs) = watch::channel();
-        let stream = StreamTask::new(self.0.clone(), out, sink);
+        let stream = StreamTask::new(self.0.clone(), context(&request), out, sink);
         tokio::spawn(stream.run(request.into_inner(), msgs));
         Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
     }
@@ -73,7 +76,9 @@ struct ClientWatch {
 struct Gone;
 
 struct StreamTask {
-    node: Arc<Node>,
+    core: Arc<Core>,
+    /// The client's context: every watch of the stream is created as the stream's caller.
+    ctx: RequestContext,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     sink: Sink,
     watches: HashMap<i64, ClientWatch>,
@@ -86,12 +91,14 @@ struct StreamTask {
 
 impl StreamTask {
     fn new(
-        node: Arc<Node>,
+        core: Arc<Core>,
+        ctx: RequestContext,
         out: mpsc::Sender<Result<WatchResponse, Status>>,
         sink: Sink,
     ) -> StreamTask {
         StreamTask {
-            node,
+            core,
+            ctx,
             out,
             sink,
             watches: HashMap::new(),
@@ -107,21 +114,14 @@ impl StreamTask {
         mut msgs: mpsc::UnboundedReceiver<WatchMsg>,
     ) {
         let m = crate::metrics::get();
-        let labels = ["bidi_stream", SERVICE, "Watch"];
-        m.grpc_started.with_label_values(&labels).inc();
+        let started = record_start(METHOD, "bidi_stream");
         m.watch_streams.inc();
-        let start = Instant::now();
         let code = self.serve(&mut requests, &mut msgs).await;
         for watch in self.watches.values() {
-            self.node.watch.cancel(watch.watcher);
+            self.core.watch_cancel(watch.watcher);
         }
         m.watch_streams.dec();
-        m.grpc_handling_seconds
-            .with_label_values(&labels)
-            .observe(start.elapsed().as_secs_f64());
-        m.grpc_handled
-            .with_label_values(&["bidi_stream", SERVICE, "Watch", code_name(code)])
-            .inc();
+        record_end(METHOD, "bidi_stream", started, code);
     }
 
     /// The stream's loop; returns the gRPC code it ended with.
@@ -130,7 +130,7 @@ impl StreamTask {
         requests: &mut Streaming<WatchRequest>,
         msgs: &mut mpsc::UnboundedReceiver<WatchMsg>,
     ) -> tonic::Code {
-        let mut ticker = tokio::time::interval(self.node.watch.progress_interval);
+        let mut ticker = tokio::time::interval(self.core.watch_hub().progress_interval);
         ticker.tick().await; // the first tick is immediate
         let mut retry = tokio::time::interval(PROGRESS_RETRY);
         let mut reading = true;
@@ -173,40 +173,34 @@ impl StreamTask {
     /// etcd's create: normalise the key range, pick or check the id, register, answer
     /// `created` (or `created` + `canceled` with a reason and watch id -1).
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), Gone> {
-        let key = if req.key.is_empty() {
-            vec![0] // the smallest key
-        } else {
-            req.key
-        };
-        let range = KeyRange::new(key, &req.range_end);
-        let refusal = match &range.end {
-            Some(Some(end)) if range.key >= *end => Some(ERR_EMPTY_RANGE),
-            _ if req.watch_id != 0 && self.watches.contains_key(&req.watch_id) => {
-                Some(ERR_DUPLICATE_ID)
+        let checked = match self.core.watch_check(&self.ctx, &req).await {
+            Ok(_) if req.watch_id != 0 && self.watches.contains_key(&req.watch_id) => {
+                Err(ERR_DUPLICATE_ID.to_string())
             }
-            _ => None,
+            other => other.map_err(|e| e.to_string()),
         };
-        if let Some(reason) = refusal {
-            return self
-                .send(WatchResponse {
-                    header: self.node.header(self.node.watch.revision()),
-                    watch_id: INVALID_WATCH_ID,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: reason.to_string(),
-                    ..Default::default()
-                })
-                .await;
-        }
+        let range = match checked {
+            Ok(range) => range,
+            Err(reason) => {
+                let hub = self.core.watch_hub();
+                return self
+                    .send(WatchResponse {
+                        header: self.core.header(hub.revision()),
+                        watch_id: INVALID_WATCH_ID,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: reason,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        };
         let id = if req.watch_id != 0 {
             req.watch_id
         } else {
             self.auto_id()
         };
-        let (watcher, rev) =
-            self.node
-                .watch
-                .watch(range, req.start_revision, req.prev_kv, &self.sink);
+        let (watcher, rev) = self.core.watch_register(range, &req, &self.sink);
         let filter = |f: FilterType| req.filters.contains(&(f as i32));
         self.watches.insert(
             id,
@@ -221,7 +215,7 @@ impl StreamTask {
         );
         self.by_watcher.insert(watcher, id);
         self.send(WatchResponse {
-            header: self.node.header(rev),
+            header: self.core.header(rev),
             watch_id: id,
             created: true,
             ..Default::default()
@@ -244,9 +238,9 @@ impl StreamTask {
             return Ok(());
         };
         self.by_watcher.remove(&watch.watcher);
-        self.node.watch.cancel(watch.watcher);
+        self.core.watch_cancel(watch.watcher);
         self.send(WatchResponse {
-            header: self.node.header(self.node.watch.revision()),
+            header: self.core.header(self.core.watch_hub().revision()),
             watch_id: id,
             canceled: true,
             ..Default::default()
@@ -256,7 +250,7 @@ impl StreamTask {
 
     fn try_progress(&mut self) {
         let ids: Vec<WatcherId> = self.watches.values().map(|w| w.watcher).collect();
-        if self.node.watch.progress_all(&ids, &self.sink) {
+        if self.core.watch_hub().progress_all(&ids, &self.sink) {
             self.progress_requested = false;
         }
     }
@@ -267,7 +261,7 @@ impl StreamTask {
         for watch in self.watches.values_mut() {
             if let Some(idle) = watch.progress.as_mut() {
                 if *idle {
-                    self.node.watch.progress(watch.watcher);
+                    self.core.watch_hub().progress(watch.watcher);
                 }
                 *idle = true;
             }
@@ -297,13 +291,13 @@ impl StreamTask {
                     }
                 }
                 let resp = WatchResponse {
-                    header: self.node.header(revision),
+                    header: self.core.header(revision),
                     watch_id: id,
                     events,
                     ..Default::default()
                 };
                 if fragment {
-                    let max = self.node.limits.max_request_bytes;
+                    let max = self.core.limits().max_request_bytes;
                     for part in fragments(resp, max) {
                         self.send(part).await?;
                     }
@@ -322,7 +316,7 @@ impl StreamTask {
                 self.watches.remove(&id);
                 // etcd's compacted response carries no revision in its header.
                 self.send(WatchResponse {
-                    header: self.node.header(0),
+                    header: self.core.header(0),
                     watch_id: id,
                     compact_revision,
                     canceled: true,
@@ -339,7 +333,7 @@ impl StreamTask {
                     },
                 };
                 self.send(WatchResponse {
-                    header: self.node.header(revision),
+                    header: self.core.header(revision),
                     watch_id: id,
                     ..Default::default()
                 })

@@ -45,6 +45,7 @@ mod read;
 pub mod snapshot;
 mod txn;
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -58,7 +59,7 @@ pub use hash::KvHash;
 pub use txn::is_read_only;
 
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
-use crate::proto::mvccpb::{event::EventType, Event};
+use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::{Keyspace, Snapshot, StorageError, Store, WriteBatch};
 use codec::Rev;
 use read::View;
@@ -208,6 +209,19 @@ impl Mvcc {
     /// A range with every option of `RangeRequest`, as etcd's Range applier. The response
     /// header carries only the revision the read was served at.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.range_chunks(req, usize::MAX, &mut |_| ControlFlow::Continue(()))?
+            .ok_or_else(|| MvccError::Storage(StorageFault::Corrupt("range stopped".into())))
+    }
+
+    /// [`Mvcc::range`] handing the kvs to `emit` in chunks of about `chunk_bytes`, all read
+    /// from one snapshot; returns the final chunk, which alone carries the header's
+    /// revision, `more` and `count`, or `None` if `emit` broke off.
+    pub fn range_chunks(
+        &self,
+        req: &RangeRequest,
+        chunk_bytes: usize,
+        emit: &mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+    ) -> Result<Option<RangeResponse>, MvccError> {
         crate::metrics::get().mvcc_range.inc();
         let snap = self.store.snapshot();
         let revs = revisions(&snap, &self.ks)?;
@@ -219,7 +233,7 @@ impl Mvcc {
             rev: revs.current,
             compact_rev: revs.compact,
         };
-        read::range(&view, req)
+        read::range_chunks(&view, req, chunk_bytes, emit)
     }
 
     /// Applies a txn as one revision (none if it writes nothing) and stores `applied` with

@@ -4,7 +4,9 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
+
+use prost::Message;
 
 use fjall::Readable;
 
@@ -138,6 +140,29 @@ impl View<'_> {
         limit: usize,
         count_only: bool,
     ) -> Result<RangeResult, MvccError> {
+        let mut kvs = Vec::new();
+        let mut count = 0i64;
+        self.scan(range, at, &mut |found: Found<'_>| {
+            count += 1;
+            if !count_only && (limit == 0 || kvs.len() < limit) {
+                kvs.push(found.into_kv()?);
+            }
+            Ok(())
+        })?;
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: self.rev,
+        })
+    }
+
+    /// Visits, in key order, every live key of `range` at revision `at` (0: the view's).
+    fn scan(
+        &self,
+        range: KeyRange<'_>,
+        at: i64,
+        visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
         if at > self.rev {
             return Err(MvccError::FutureRev);
         }
@@ -145,29 +170,15 @@ impl View<'_> {
         if at < self.compact_rev {
             return Err(MvccError::Compacted);
         }
-        let mut kvs = Vec::new();
-        let mut count = 0i64;
-        let mut visit = |found: Found<'_>| -> Result<(), MvccError> {
-            count += 1;
-            if !count_only && (limit == 0 || kvs.len() < limit) {
-                kvs.push(found.into_kv()?);
-            }
+        if range.is_empty() {
             Ok(())
-        };
-        if !range.is_empty() {
-            if at == self.rev {
-                self.scan_latest(range, self.overlay, &mut visit)?;
-            } else if at == self.snap_rev {
-                self.scan_latest(range, None, &mut visit)?;
-            } else {
-                self.scan_history(range, at, &mut visit)?;
-            }
+        } else if at == self.rev {
+            self.scan_latest(range, self.overlay, visit)
+        } else if at == self.snap_rev {
+            self.scan_latest(range, None, visit)
+        } else {
+            self.scan_history(range, at, visit)
         }
-        Ok(RangeResult {
-            kvs,
-            count,
-            rev: self.rev,
-        })
     }
 
     /// Visits, in key order, the latest version of every live key in `range`.
@@ -258,9 +269,11 @@ fn emit_newest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
 }
 
 fn lost_item() -> MvccError {
-    MvccError::Storage(super::StorageFault::Corrupt(
-        "iterator lost a peeked item".to_string(),
-    ))
+    corrupt("iterator lost a peeked item")
+}
+
+fn corrupt(what: &str) -> MvccError {
+    MvccError::Storage(super::StorageFault::Corrupt(what.to_string()))
 }
 
 /// A key found by a scan, decoded only if the caller keeps it.
@@ -284,18 +297,79 @@ impl Found<'_> {
 
 /// etcd's Range applier: fetch, filter on mod/create revision, sort, truncate to `limit`.
 pub(super) fn range(view: &View<'_>, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-    let needs_all = req.sort_order != SortOrder::None as i32
-        || req.min_mod_revision != 0
-        || req.max_mod_revision != 0
-        || req.min_create_revision != 0
-        || req.max_create_revision != 0;
-    // Without sorting or filtering, fetch one more than the limit to learn `more`.
-    let fetch = match usize::try_from(req.limit) {
-        Ok(limit) if limit > 0 && !needs_all => limit.saturating_add(1),
-        _ => 0,
-    };
+    // With no chunk limit, `emit` is never called and the tail is the whole response.
+    let whole = range_chunks(view, req, usize::MAX, &mut |_| ControlFlow::Continue(()))?;
+    whole.ok_or_else(|| corrupt("a range without chunks was stopped"))
+}
+
+/// The Range applier, handing the kvs out in chunks of about `chunk_bytes` (encoded), in
+/// the order the client gets them; returns the last chunk with the header's revision,
+/// `more` and `count` (etcd's RangeStream sets those on its final message only), or `None`
+/// if `emit` broke off. Memory stays bounded by a chunk unless the result must be sorted
+/// on something other than the key, which needs all of it.
+pub(super) fn range_chunks(
+    view: &View<'_>,
+    req: &RangeRequest,
+    chunk_bytes: usize,
+    emit: &mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+) -> Result<Option<RangeResponse>, MvccError> {
     let range = KeyRange::new(&req.key, &req.range_end);
-    let mut rr = view.range_keys(range, req.revision, fetch, req.count_only)?;
+    if !in_key_order(req) {
+        return sorted_range(view, req, range).map(|resp| split(resp, chunk_bytes, emit));
+    }
+    let limit = usize::try_from(req.limit).unwrap_or(0);
+    let filtered = has_revision_filter(req);
+    let (mut chunk, mut bytes, mut kept) = (Vec::new(), 0usize, 0usize);
+    let (mut count, mut more, mut stopped) = (0i64, false, false);
+    view.scan(range, req.revision, &mut |found: Found<'_>| {
+        count += 1;
+        if req.count_only || more || stopped {
+            return Ok(());
+        }
+        // Past the limit only whether another key would pass matters, and without filters
+        // any key does: no need to decode it.
+        if limit > 0 && kept == limit && !filtered {
+            more = true;
+            return Ok(());
+        }
+        let mut kv = found.into_kv()?;
+        if !keep_by_revision(req, &kv) {
+            return Ok(());
+        }
+        if limit > 0 && kept == limit {
+            more = true;
+            return Ok(());
+        }
+        kept += 1;
+        if req.keys_only {
+            kv.value.clear();
+        }
+        bytes += kv.encoded_len();
+        chunk.push(kv);
+        if bytes >= chunk_bytes {
+            bytes = 0;
+            stopped = emit(std::mem::take(&mut chunk)).is_break();
+        }
+        Ok(())
+    })?;
+    Ok((!stopped).then(|| RangeResponse {
+        header: Some(ResponseHeader {
+            revision: view.rev,
+            ..Default::default()
+        }),
+        kvs: chunk,
+        more,
+        count,
+    }))
+}
+
+/// A sorted (or filtered and sorted) range, collected whole.
+fn sorted_range(
+    view: &View<'_>,
+    req: &RangeRequest,
+    range: KeyRange<'_>,
+) -> Result<RangeResponse, MvccError> {
+    let mut rr = view.range_keys(range, req.revision, 0, req.count_only)?;
     rr.kvs.retain(|kv| keep_by_revision(req, kv));
     sort(req, &mut rr.kvs);
     let mut more = false;
@@ -317,6 +391,45 @@ pub(super) fn range(view: &View<'_>, req: &RangeRequest) -> Result<RangeResponse
         more,
         count: rr.count,
     })
+}
+
+/// Emits all but the last `chunk_bytes` of a collected response; returns the rest with the
+/// response's header, `more` and `count`, or `None` if `emit` broke off.
+fn split(
+    mut resp: RangeResponse,
+    chunk_bytes: usize,
+    emit: &mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+) -> Option<RangeResponse> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for kv in std::mem::take(&mut resp.kvs) {
+        bytes += kv.encoded_len();
+        chunk.push(kv);
+        if bytes >= chunk_bytes {
+            bytes = 0;
+            if emit(std::mem::take(&mut chunk)).is_break() {
+                return None;
+            }
+        }
+    }
+    resp.kvs = chunk;
+    Some(resp)
+}
+
+/// Whether the result comes out in key order as scanned: etcd sorts ascending by the
+/// target when the order is NONE but the target is not the key.
+fn in_key_order(req: &RangeRequest) -> bool {
+    let by_key =
+        SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key) == SortTarget::Key;
+    let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    by_key && order != SortOrder::Descend
+}
+
+fn has_revision_filter(req: &RangeRequest) -> bool {
+    req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0
 }
 
 fn keep_by_revision(req: &RangeRequest, kv: &KeyValue) -> bool {

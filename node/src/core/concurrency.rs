@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use super::error::ApiError;
-use super::Node;
+use super::context::RequestContext;
+use super::Core;
+use super::Error;
 use crate::proto::etcdserverpb::{
     compare,
     range_request::{SortOrder, SortTarget},
@@ -84,17 +85,24 @@ pub(super) struct Contender {
     pub existing_value: Option<Vec<u8>>,
 }
 
-impl Node {
+impl Core {
     /// The lease a concurrency session runs on: the given one, or a new 60 s lease.
-    pub(super) async fn session_lease(&self, lease: i64) -> Result<i64, ApiError> {
+    pub(super) async fn session_lease(
+        &self,
+        ctx: &RequestContext,
+        lease: i64,
+    ) -> Result<i64, Error> {
         if lease != 0 {
             return Ok(lease);
         }
         let resp = self
-            .lease_grant(LeaseGrantRequest {
-                ttl: SESSION_TTL,
-                id: 0,
-            })
+            .lease_grant(
+                ctx,
+                LeaseGrantRequest {
+                    ttl: SESSION_TTL,
+                    id: 0,
+                },
+            )
             .await?;
         Ok(resp.id)
     }
@@ -103,10 +111,11 @@ impl Node {
     /// first step of `Campaign`), and reads the oldest contender in the same txn.
     pub(super) async fn enqueue(
         &self,
+        ctx: &RequestContext,
         prefix: &[u8],
         lease: i64,
         value: Vec<u8>,
-    ) -> Result<Contender, ApiError> {
+    ) -> Result<Contender, Error> {
         let key = contender_key(prefix, lease);
         let owner = op(Request::RequestRange(contenders(
             prefix,
@@ -132,7 +141,7 @@ impl Node {
                 owner,
             ],
         };
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(ctx, txn).await?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         let (create_revision, existing_value) = if resp.succeeded {
             (revision, None)
@@ -140,9 +149,7 @@ impl Node {
             let mine = range_kvs(&resp, 0)
                 .into_iter()
                 .next()
-                .ok_or(ApiError::Internal(
-                    "a contender key vanished inside its own txn".into(),
-                ))?;
+                .ok_or_else(|| Error::internal("a contender key vanished inside its own txn"))?;
             (mine.create_revision, Some(mine.value))
         };
         Ok(Contender {
@@ -158,12 +165,16 @@ impl Node {
     /// `max_create_revision` (etcd's `waitDeletes`), returning the final range's header.
     pub(super) async fn wait_deletes(
         &self,
+        ctx: &RequestContext,
         prefix: &[u8],
         max_create_revision: i64,
-    ) -> Result<Option<ResponseHeader>, ApiError> {
+    ) -> Result<Option<ResponseHeader>, Error> {
         loop {
             let resp = self
-                .range(contenders(prefix, SortOrder::Descend, max_create_revision))
+                .range(
+                    ctx,
+                    contenders(prefix, SortOrder::Descend, max_create_revision),
+                )
                 .await?;
             let Some(last) = resp.kvs.first() else {
                 return Ok(resp.header);
@@ -181,49 +192,60 @@ impl Node {
     /// Deletes `key` if it still has `create_revision` (etcd's Unlock/Resign guard).
     pub(super) async fn delete_if_created_at(
         &self,
+        ctx: &RequestContext,
         key: &[u8],
         create_revision: i64,
-    ) -> Result<TxnResponse, ApiError> {
+    ) -> Result<TxnResponse, Error> {
         let delete = DeleteRangeRequest {
             key: key.to_vec(),
             ..Default::default()
         };
-        self.txn(TxnRequest {
-            compare: vec![create_revision_is(key, create_revision)],
-            success: vec![op(Request::RequestDeleteRange(delete))],
-            failure: Vec::new(),
-        })
+        self.txn(
+            ctx,
+            TxnRequest {
+                compare: vec![create_revision_is(key, create_revision)],
+                success: vec![op(Request::RequestDeleteRange(delete))],
+                failure: Vec::new(),
+            },
+        )
         .await
     }
 
     /// Puts `value` on `key` if it still has `create_revision` (etcd's Proclaim).
     pub(super) async fn put_if_created_at(
         &self,
+        ctx: &RequestContext,
         key: &[u8],
         create_revision: i64,
         value: Vec<u8>,
         lease: i64,
-    ) -> Result<TxnResponse, ApiError> {
+    ) -> Result<TxnResponse, Error> {
         let put = PutRequest {
             key: key.to_vec(),
             value,
             lease,
             ..Default::default()
         };
-        self.txn(TxnRequest {
-            compare: vec![create_revision_is(key, create_revision)],
-            success: vec![op(Request::RequestPut(put))],
-            failure: Vec::new(),
-        })
+        self.txn(
+            ctx,
+            TxnRequest {
+                compare: vec![create_revision_is(key, create_revision)],
+                success: vec![op(Request::RequestPut(put))],
+                failure: Vec::new(),
+            },
+        )
         .await
     }
 
     /// The oldest contender under `prefix` and the read's header.
     pub(super) async fn oldest(
         &self,
+        ctx: &RequestContext,
         prefix: &[u8],
-    ) -> Result<(Option<KeyValue>, Option<ResponseHeader>), ApiError> {
-        let resp = self.range(contenders(prefix, SortOrder::Ascend, 0)).await?;
+    ) -> Result<(Option<KeyValue>, Option<ResponseHeader>), Error> {
+        let resp = self
+            .range(ctx, contenders(prefix, SortOrder::Ascend, 0))
+            .await?;
         Ok((resp.kvs.into_iter().next(), resp.header))
     }
 
@@ -240,7 +262,7 @@ impl Node {
     }
 }
 
-/// The events of one internal watch; see [`Node::watch_events`].
+/// The events of one internal watch; see [`Core::watch_events`].
 pub(super) struct EventStream {
     hub: Arc<watch::WatchHub>,
     id: WatcherId,
@@ -270,15 +292,20 @@ impl Drop for EventStream {
 /// Removes a contender's key if the caller stops waiting (its RPC was canceled), as etcd's
 /// Mutex unlocks and its Election resigns when a wait fails.
 pub(super) struct Abandoned {
-    node: Option<Arc<Node>>,
+    core: Option<(Arc<Core>, RequestContext)>,
     key: Vec<u8>,
     create_revision: i64,
 }
 
 impl Abandoned {
-    pub(super) fn new(node: Arc<Node>, key: Vec<u8>, create_revision: i64) -> Abandoned {
+    pub(super) fn new(
+        core: Arc<Core>,
+        ctx: &RequestContext,
+        key: Vec<u8>,
+        create_revision: i64,
+    ) -> Abandoned {
         Abandoned {
-            node: Some(node),
+            core: Some((core, ctx.clone())),
             key,
             create_revision,
         }
@@ -286,16 +313,19 @@ impl Abandoned {
 
     /// The wait finished: keep the key.
     pub(super) fn disarm(mut self) {
-        self.node = None;
+        self.core = None;
     }
 }
 
 impl Drop for Abandoned {
     fn drop(&mut self) {
-        if let Some(node) = self.node.take() {
+        if let Some((core, ctx)) = self.core.take() {
             let (key, rev) = (std::mem::take(&mut self.key), self.create_revision);
+            // The caller's deadline has likely passed: the cleanup runs without it.
+            let mut ctx = ctx;
+            ctx.deadline = None;
             tokio::spawn(async move {
-                if let Err(e) = node.delete_if_created_at(&key, rev).await {
+                if let Err(e) = core.delete_if_created_at(&ctx, &key, rev).await {
                     tracing::warn!(error = %e, "could not remove an abandoned lock or campaign key");
                 }
             });

@@ -1,11 +1,11 @@
-//! Request checks made before anything is proposed, mirroring etcd's `api/v3rpc/key.go`:
+//! The pipeline's validate step: checks made before anything is proposed, mirroring etcd's `api/v3rpc/key.go`:
 //! a request refused here never reaches the log, so it cannot change any state.
 
 use std::collections::HashSet;
 
 use prost::Message;
 
-use super::error::ApiError;
+use super::Error;
 use crate::proto::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
     request_op::Request,
@@ -14,63 +14,63 @@ use crate::proto::etcdserverpb::{
 
 /// Refuses a request whose encoding exceeds `--max-request-bytes`, as etcd does for the
 /// raft entry it would become.
-pub fn size(req: &impl Message, max: usize) -> Result<(), ApiError> {
+pub fn size(req: &impl Message, max: usize) -> Result<(), Error> {
     if req.encoded_len() > max {
-        return Err(ApiError::RequestTooLarge);
+        return Err(Error::RequestTooLarge);
     }
     Ok(())
 }
 
-pub fn range(r: &RangeRequest) -> Result<(), ApiError> {
+pub fn range(r: &RangeRequest) -> Result<(), Error> {
     if r.key.is_empty() {
-        return Err(ApiError::EmptyKey);
+        return Err(Error::EmptyKey);
     }
     if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
-        return Err(ApiError::InvalidSortOption);
+        return Err(Error::InvalidSortOption);
     }
     Ok(())
 }
 
-pub fn put(r: &PutRequest) -> Result<(), ApiError> {
+pub fn put(r: &PutRequest) -> Result<(), Error> {
     if r.key.is_empty() {
-        return Err(ApiError::EmptyKey);
+        return Err(Error::EmptyKey);
     }
     if r.key.len() > crate::mvcc::MAX_KEY_LEN {
-        return Err(ApiError::KeyTooLong);
+        return Err(Error::KeyTooLong);
     }
     if r.ignore_value && !r.value.is_empty() {
-        return Err(ApiError::ValueProvided);
+        return Err(Error::ValueProvided);
     }
     if r.ignore_lease && r.lease != 0 {
-        return Err(ApiError::LeaseProvided);
+        return Err(Error::LeaseProvided);
     }
     // Whether the lease exists is checked against the lessor (`Node::check_put_lease`)
     // and again at apply.
     Ok(())
 }
 
-pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), ApiError> {
+pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), Error> {
     if r.key.is_empty() {
-        return Err(ApiError::EmptyKey);
+        return Err(Error::EmptyKey);
     }
     Ok(())
 }
 
 /// etcd's `checkTxnRequest` followed by its `checkIntervals` on both branches.
-pub fn txn(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
+pub fn txn(r: &TxnRequest, max_txn_ops: usize) -> Result<(), Error> {
     txn_ops(r, max_txn_ops)?;
     Intervals::of(&r.success)?;
     Intervals::of(&r.failure)?;
     Ok(())
 }
 
-fn txn_ops(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
+fn txn_ops(r: &TxnRequest, max_txn_ops: usize) -> Result<(), Error> {
     let ops = r.compare.len().max(r.success.len()).max(r.failure.len());
     if ops > max_txn_ops {
-        return Err(ApiError::TooManyOps);
+        return Err(Error::TooManyOps);
     }
     if r.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(ApiError::EmptyKey);
+        return Err(Error::EmptyKey);
     }
     r.success
         .iter()
@@ -78,13 +78,13 @@ fn txn_ops(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
         .try_for_each(|op| request_op(op, max_txn_ops))
 }
 
-fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ApiError> {
+fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), Error> {
     match &op.request {
         Some(Request::RequestRange(r)) => range(r),
         Some(Request::RequestPut(r)) => put(r),
         Some(Request::RequestDeleteRange(r)) => delete_range(r),
         Some(Request::RequestTxn(r)) => txn_ops(r, max_txn_ops),
-        None => Err(ApiError::KeyNotFound),
+        None => Err(Error::KeyNotFound),
     }
 }
 
@@ -100,6 +100,15 @@ pub fn txn_writes(r: &TxnRequest) -> bool {
         })
 }
 
+/// etcd's `isTxnSerializable`: every op of both branches is a serializable range (a
+/// nested txn is not), so the txn may be served from local state without a barrier.
+pub fn txn_serializable(r: &TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| matches!(&op.request, Some(Request::RequestRange(r)) if r.serializable))
+}
+
 /// Keys put and ranges deleted by one branch of a txn, including nested txns. A key may be
 /// written once per txn: etcd refuses a second put, or a put into a deleted range, as a
 /// duplicate, except that the two branches of a nested txn exclude each other.
@@ -110,7 +119,7 @@ struct Intervals {
 }
 
 impl Intervals {
-    fn of(ops: &[RequestOp]) -> Result<Intervals, ApiError> {
+    fn of(ops: &[RequestOp]) -> Result<Intervals, Error> {
         let mut this = Intervals::default();
         for op in ops {
             if let Some(Request::RequestDeleteRange(d)) = &op.request {
@@ -140,14 +149,14 @@ impl Intervals {
         Ok(this)
     }
 
-    fn add_put(&mut self, key: Vec<u8>) -> Result<(), ApiError> {
+    fn add_put(&mut self, key: Vec<u8>) -> Result<(), Error> {
         if self
             .dels
             .iter()
             .any(|(start, end)| in_range(&key, start, end))
             || !self.puts.insert(key)
         {
-            return Err(ApiError::DuplicateKey);
+            return Err(Error::DuplicateKey);
         }
         Ok(())
     }
@@ -193,7 +202,7 @@ mod tests {
             })),
         }
     }
-    fn check(success: Vec<RequestOp>) -> Result<(), ApiError> {
+    fn check(success: Vec<RequestOp>) -> Result<(), Error> {
         txn(
             &TxnRequest {
                 success,
@@ -208,15 +217,15 @@ mod tests {
         assert!(check(vec![put_op("a"), put_op("b")]).is_ok());
         assert!(matches!(
             check(vec![put_op("a"), put_op("a")]),
-            Err(ApiError::DuplicateKey)
+            Err(Error::DuplicateKey)
         ));
         assert!(matches!(
             check(vec![del_op("a", "c"), put_op("b")]),
-            Err(ApiError::DuplicateKey)
+            Err(Error::DuplicateKey)
         ));
         assert!(matches!(
             check(vec![del_op("a", "\0"), put_op("z")]),
-            Err(ApiError::DuplicateKey)
+            Err(Error::DuplicateKey)
         ));
         assert!(check(vec![del_op("a", "c"), put_op("c")]).is_ok());
         // The branches of a nested txn exclude each other...
@@ -224,24 +233,24 @@ mod tests {
         // ...but neither may repeat a key of the outer level.
         assert!(matches!(
             check(vec![put_op("a"), txn_op(vec![], vec![put_op("a")])]),
-            Err(ApiError::DuplicateKey)
+            Err(Error::DuplicateKey)
         ));
         assert!(matches!(
             check(vec![del_op("a", ""), txn_op(vec![put_op("a")], vec![])]),
-            Err(ApiError::DuplicateKey)
+            Err(Error::DuplicateKey)
         ));
     }
 
     #[test]
     fn op_limits_and_empty_keys() {
         let many = (0..129).map(|i| put_op(&format!("k{i}"))).collect();
-        assert!(matches!(check(many), Err(ApiError::TooManyOps)));
+        assert!(matches!(check(many), Err(Error::TooManyOps)));
         let cmp = TxnRequest {
             compare: vec![Compare::default()],
             ..Default::default()
         };
-        assert!(matches!(txn(&cmp, 128), Err(ApiError::EmptyKey)));
-        assert!(matches!(check(vec![put_op("")]), Err(ApiError::EmptyKey)));
+        assert!(matches!(txn(&cmp, 128), Err(Error::EmptyKey)));
+        assert!(matches!(check(vec![put_op("")]), Err(Error::EmptyKey)));
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! Every error a client can see, with etcd's exact message (copied byte for byte from
+//! etcd's `api/v3rpc/rpctypes/error.go`: clients compare the strings). The core answers
+//! with these whatever the transport; `api::error` gives each its gRPC code.
+//!
+//! Lower layers' errors become these here, in one place. A failure the client cannot act
+//! on (storage, consensus) is logged with its cause and answered with a fixed message, so
+//! file paths and storage internals never reach a client.
+
+use crate::lease::LeaseError;
+use crate::mvcc::MvccError;
+use crate::raft::RaftError;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// fjall keys are limited in size; etcd has no key limit below the request size.
+    #[error("cairn: key is longer than {} bytes", crate::mvcc::MAX_KEY_LEN)]
+    KeyTooLong,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The caller's deadline passed first (grpc-go's text for an expired context).
+    #[error("context deadline exceeded")]
+    DeadlineExceeded,
+    /// A watch whose range holds no key (etcd answers it as a canceled watch).
+    #[error("mvcc: watcher range is empty")]
+    EmptyWatchRange,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// An admission hook refused a write; the reason is the hook's own.
+    #[error("{0}")]
+    Denied(String),
+    /// A refusal of the lock and election recipes. etcd's v3lock/v3election servers return
+    /// these as plain Go errors, which gRPC reports with code Unknown and the text as is.
+    #[error("{0}")]
+    Concurrency(&'static str),
+    /// A capability a later release adds; the message names it.
+    #[error("cairn: {0} is not supported yet")]
+    NotSupported(&'static str),
+    /// A storage or consensus failure the client cannot act on. The cause was logged when
+    /// the error was made; the client sees only this fixed text.
+    #[error("etcdserver: internal error (see the server log)")]
+    Internal,
+}
+
+impl Error {
+    /// Logs `cause` and answers the fixed internal error.
+    pub fn internal(cause: impl std::fmt::Display) -> Error {
+        tracing::error!(error = %cause, "request failed");
+        Error::Internal
+    }
+}
+
+impl From<MvccError> for Error {
+    fn from(e: MvccError) -> Error {
+        match e {
+            MvccError::Compacted => Error::Compacted,
+            MvccError::FutureRev => Error::FutureRev,
+            MvccError::KeyNotFound => Error::KeyNotFound,
+            MvccError::InvalidKey(0) => Error::EmptyKey,
+            MvccError::InvalidKey(_) => Error::KeyTooLong,
+            MvccError::LeaseNotFound => Error::LeaseNotFound,
+            other => Error::internal(other),
+        }
+    }
+}
+
+impl From<RaftError> for Error {
+    fn from(e: RaftError) -> Error {
+        match e {
+            RaftError::NoLeader => Error::NoLeader,
+            RaftError::NotLeader => Error::NotLeader,
+            RaftError::Timeout => Error::Timeout,
+            RaftError::Stopped => Error::Stopped,
+            RaftError::Apply(e) => e.into(),
+            RaftError::Lease(e) => e.into(),
+            // The node stops on a fatal error; tell the client to go elsewhere meanwhile.
+            other => {
+                tracing::error!(error = %other, "raft failed");
+                Error::Stopped
+            }
+        }
+    }
+}
+
+impl From<LeaseError> for Error {
+    fn from(e: LeaseError) -> Error {
+        match e {
+            // An expired lease is as good as gone: etcd answers a renew with "not found"
+            // once its revoke is through.
+            LeaseError::NotFound | LeaseError::Expired => Error::LeaseNotFound,
+            LeaseError::Exists => Error::LeaseExists,
+            LeaseError::TtlTooLarge => Error::LeaseTtlTooLarge,
+            // Requests are not forwarded yet, so only the leader serves lease calls.
+            LeaseError::NotPrimary => Error::NotLeader,
+            other => Error::internal(other),
+        }
+    }
+}

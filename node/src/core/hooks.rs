@@ -1,0 +1,205 @@
+//! The pipeline's pluggable decisions: authentication (who is calling), authorization (may
+//! they do this) and admission (may this write go ahead, possibly reshaped). The defaults
+//! allow everything; etcd's auth and the WebAssembly plugins implement these traits, and
+//! because the core calls them, every transport is covered by the same decision.
+//!
+//! Hooks run before a proposal, never in apply, so replicas cannot diverge because of one.
+
+use async_trait::async_trait;
+
+use super::context::{Principal, RequestContext};
+use super::Error;
+use crate::proto::etcdserverpb::{
+    request_op::Request, LeaseTimeToLiveRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest,
+};
+
+/// What a request asks to do, as authorization sees it. Put and DeleteRange arrive as
+/// one-op txns, as they travel through Raft.
+#[derive(Clone, Copy, Debug)]
+pub enum Operation<'a> {
+    Range(&'a RangeRequest),
+    Txn(&'a TxnRequest),
+    Compact,
+    Watch(&'a WatchCreateRequest),
+    LeaseGrant,
+    LeaseRevoke(i64),
+    LeaseKeepAlive(i64),
+    LeaseTimeToLive(&'a LeaseTimeToLiveRequest),
+    LeaseLeases,
+    /// Cluster and maintenance calls, by RPC name (`MemberList`, `Status`, `Snapshot`...).
+    Admin(&'static str),
+}
+
+/// Read or write access to a key range (etcd's `range_end` convention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyAccess<'a> {
+    pub write: bool,
+    pub key: &'a [u8],
+    pub range_end: &'a [u8],
+}
+
+impl<'a> Operation<'a> {
+    /// Every key range the operation reads or writes, as etcd's `checkTxnAuth` walks a txn:
+    /// compares and ranges read, puts write, deletes write (and read with `prev_kv`).
+    pub fn key_access(&self) -> Vec<KeyAccess<'a>> {
+        let mut out = Vec::new();
+        match *self {
+            Operation::Range(r) => out.push(read(&r.key, &r.range_end)),
+            Operation::Watch(w) => out.push(read(&w.key, &w.range_end)),
+            Operation::Txn(t) => txn_access(t, &mut out),
+            _ => {}
+        }
+        out
+    }
+}
+
+fn read<'a>(key: &'a [u8], range_end: &'a [u8]) -> KeyAccess<'a> {
+    KeyAccess {
+        write: false,
+        key,
+        range_end,
+    }
+}
+
+fn txn_access<'a>(t: &'a TxnRequest, out: &mut Vec<KeyAccess<'a>>) {
+    out.extend(t.compare.iter().map(|c| read(&c.key, &c.range_end)));
+    for op in t.success.iter().chain(&t.failure) {
+        op_access(op, out);
+    }
+}
+
+fn op_access<'a>(op: &'a RequestOp, out: &mut Vec<KeyAccess<'a>>) {
+    match &op.request {
+        Some(Request::RequestRange(r)) => out.push(read(&r.key, &r.range_end)),
+        Some(Request::RequestPut(p)) => {
+            out.push(KeyAccess {
+                write: true,
+                key: &p.key,
+                range_end: &[],
+            });
+            if p.prev_kv {
+                out.push(read(&p.key, &[]));
+            }
+        }
+        Some(Request::RequestDeleteRange(d)) => {
+            out.push(KeyAccess {
+                write: true,
+                key: &d.key,
+                range_end: &d.range_end,
+            });
+            if d.prev_kv {
+                out.push(read(&d.key, &d.range_end));
+            }
+        }
+        Some(Request::RequestTxn(t)) => txn_access(t, out),
+        None => {}
+    }
+}
+
+/// Establishes who is calling from the request's credentials.
+#[async_trait]
+pub trait Authenticator: Send + Sync {
+    async fn authenticate(&self, ctx: &RequestContext) -> Result<Principal, Error>;
+}
+
+/// Decides whether a principal may perform an operation.
+#[async_trait]
+pub trait Authorizer: Send + Sync {
+    async fn authorize(&self, principal: &Principal, op: &Operation<'_>) -> Result<(), Error>;
+}
+
+/// Sees every write before it is proposed: allows it as is, refuses it with a reason
+/// ([`Error::Denied`]), or returns a reshaped txn.
+#[async_trait]
+pub trait Admission: Send + Sync {
+    async fn admit(&self, ctx: &RequestContext, txn: TxnRequest) -> Result<TxnRequest, Error>;
+}
+
+/// Authentication off: every caller is anonymous, and may do anything.
+pub struct AllowAll;
+
+#[async_trait]
+impl Authenticator for AllowAll {
+    async fn authenticate(&self, _ctx: &RequestContext) -> Result<Principal, Error> {
+        Ok(Principal::anonymous())
+    }
+}
+
+#[async_trait]
+impl Authorizer for AllowAll {
+    async fn authorize(&self, _principal: &Principal, _op: &Operation<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Admission for AllowAll {
+    async fn admit(&self, _ctx: &RequestContext, txn: TxnRequest) -> Result<TxnRequest, Error> {
+        Ok(txn)
+    }
+}
+
+/// The hooks a core runs with.
+pub struct Hooks {
+    pub authenticator: Box<dyn Authenticator>,
+    pub authorizer: Box<dyn Authorizer>,
+    pub admission: Box<dyn Admission>,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            authenticator: Box::new(AllowAll),
+            authorizer: Box::new(AllowAll),
+            admission: Box::new(AllowAll),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{Compare, DeleteRangeRequest, PutRequest};
+
+    fn op(request: Request) -> RequestOp {
+        RequestOp {
+            request: Some(request),
+        }
+    }
+
+    #[test]
+    fn txn_access_walks_compares_branches_and_nested_txns() {
+        let nested = TxnRequest {
+            failure: vec![op(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: b"d".to_vec(),
+                range_end: b"e".to_vec(),
+                prev_kv: true,
+            }))],
+            ..Default::default()
+        };
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                key: b"c".to_vec(),
+                ..Default::default()
+            }],
+            success: vec![op(Request::RequestPut(PutRequest {
+                key: b"p".to_vec(),
+                ..Default::default()
+            }))],
+            failure: vec![op(Request::RequestTxn(nested))],
+        };
+        let got: Vec<(bool, &[u8], &[u8])> = Operation::Txn(&txn)
+            .key_access()
+            .into_iter()
+            .map(|a| (a.write, a.key, a.range_end))
+            .collect();
+        let want: Vec<(bool, &[u8], &[u8])> = vec![
+            (false, b"c", b""),
+            (true, b"p", b""),
+            (true, b"d", b"e"),
+            (false, b"d", b"e"),
+        ];
+        assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,213 @@
+//! etcd's lease requests (`etcdserver/v3_server.go`) and the leader's expiry loop. Grant and
+//! revoke go through Raft; keep-alive, time-to-live and the lease list are answered by the
+//! leader from the [`Lessor`](crate::lease::Lessor) alone, as etcd's primary lessor does.
+//! Requests are not forwarded to another leader yet: a member that is not the leader
+//! answers "not leader".
+//!
+//! Expiry: every [`EXPIRY_TICK`] the leader proposes a revoke for each expired lease (at
+//! most [`REVOKES_PER_TICK`], etcd's 1000 revokes/s), which deletes the lease's keys in one
+//! revision. Becoming leader refreshes every lease (etcd's `Promote`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::context::RequestContext;
+use super::{until_deadline, Core, Error, Operation};
+use crate::lease::{counters, LeaseError, MAX_LEASE_TTL};
+use crate::proto::cairnpb::command::Cmd;
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+use crate::raft::Applied;
+
+/// How often the leader looks for expired leases (etcd's lessor loop: 500 ms).
+const EXPIRY_TICK: Duration = Duration::from_millis(500);
+/// etcd's `leaseRevokeRate` (1000/s) per tick.
+const REVOKES_PER_TICK: usize = 500;
+/// How often a keep-alive for an expired lease looks whether its revoke is through.
+const REVOKE_POLL: Duration = Duration::from_millis(20);
+/// How long a keep-alive waits for an expired lease's revoke before giving up.
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
+
+impl Core {
+    /// etcd's `LeaseGrant`: id 0 asks the server to choose one; a TTL below the minimum is
+    /// raised to it.
+    pub async fn lease_grant(
+        &self,
+        ctx: &RequestContext,
+        mut req: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, Error> {
+        until_deadline(ctx, async {
+            if req.ttl > MAX_LEASE_TTL {
+                return Err(Error::LeaseTtlTooLarge);
+            }
+            self.authorize(ctx, Operation::LeaseGrant).await?;
+            self.check_quota()?;
+            if req.id == 0 {
+                req.id = self.lessor.fresh_id();
+            } else if self.lessor.contains(req.id) {
+                return Err(Error::LeaseExists);
+            }
+            req.ttl = req.ttl.max(self.lessor.min_ttl());
+            let resp = self
+                .propose(Cmd::LeaseGrant(req), |a| match a {
+                    Applied::LeaseGrant(resp) => Some(resp),
+                    _ => None,
+                })
+                .await?;
+            Ok(self.stamp(resp))
+        })
+        .await
+    }
+
+    pub async fn lease_revoke(
+        &self,
+        ctx: &RequestContext,
+        req: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, Error> {
+        until_deadline(ctx, async {
+            self.authorize(ctx, Operation::LeaseRevoke(req.id)).await?;
+            if !self.lessor.contains(req.id) {
+                return Err(Error::LeaseNotFound);
+            }
+            let resp = self
+                .propose(Cmd::LeaseRevoke(req), |a| match a {
+                    Applied::LeaseRevoke(resp, _events) => Some(resp),
+                    _ => None,
+                })
+                .await?;
+            Ok(self.stamp(resp))
+        })
+        .await
+    }
+
+    /// One keep-alive: the renewed TTL, or TTL 0 for a lease that does not exist (etcd's
+    /// `leaseKeepAlive` turns "not found" into TTL 0). An expired lease is renewed by no
+    /// one: as etcd, wait until its revoke is through, then answer TTL 0.
+    pub async fn lease_keep_alive(
+        &self,
+        ctx: &RequestContext,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Error> {
+        self.authorize(ctx, Operation::LeaseKeepAlive(id)).await?;
+        let deadline = tokio::time::Instant::now() + REVOKE_WAIT;
+        let ttl = loop {
+            match self.lessor.renew(id) {
+                Ok(ttl) => break ttl,
+                Err(LeaseError::NotFound) => break 0,
+                Err(LeaseError::Expired) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(REVOKE_POLL).await;
+                }
+                Err(LeaseError::Expired) => return Err(Error::Timeout),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: self.current_header(),
+            id,
+            ttl,
+        })
+    }
+
+    /// etcd's `LeaseTimeToLive`: an unknown lease is answered with TTL -1, not an error.
+    pub async fn lease_time_to_live(
+        &self,
+        ctx: &RequestContext,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, Error> {
+        until_deadline(ctx, async {
+            self.authorize(ctx, Operation::LeaseTimeToLive(&req))
+                .await?;
+            let header = self.current_header();
+            let Some(ttl) = self.lessor.time_to_live(req.id)? else {
+                return Ok(LeaseTimeToLiveResponse {
+                    header,
+                    id: req.id,
+                    ttl: -1,
+                    ..Default::default()
+                });
+            };
+            // A lease may carry any number of keys: list them on the read pool.
+            let keys = if req.keys {
+                let (mvcc, id) = (self.mvcc.clone(), req.id);
+                self.reads.run(move || Ok(mvcc.lease_keys(id)?)).await?
+            } else {
+                Vec::new()
+            };
+            Ok(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: ttl.remaining,
+                granted_ttl: ttl.granted,
+                keys,
+            })
+        })
+        .await
+    }
+
+    pub async fn lease_leases(&self, ctx: &RequestContext) -> Result<LeaseLeasesResponse, Error> {
+        until_deadline(ctx, async {
+            self.authorize(ctx, Operation::LeaseLeases).await?;
+            Ok(LeaseLeasesResponse {
+                header: self.current_header(),
+                leases: self
+                    .lessor
+                    .leases()
+                    .into_iter()
+                    .map(|id| LeaseStatus { id })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    /// Revokes a lease the expiry loop found expired.
+    async fn revoke_expired(&self, id: i64) {
+        let req = LeaseRevokeRequest { id };
+        match self.lease_revoke(&RequestContext::internal(), req).await {
+            Ok(_) => counters().expired.inc(),
+            // Revoked by a client meanwhile.
+            Err(Error::LeaseNotFound) => {}
+            // It is handed out again after the retry interval.
+            Err(e) => {
+                tracing::warn!(lease = %format!("{id:x}"), error = %e, "revoking an expired lease failed")
+            }
+        }
+    }
+
+    /// The term this member leads in, if it is the leader: a new term means a new promotion.
+    fn leading_term(&self) -> Option<u64> {
+        let status = self.raft.status();
+        status.is_leader.then_some(status.term)
+    }
+}
+
+/// Starts the leader's expiry loop (see the module header).
+pub fn spawn_expiry(core: Arc<Core>) {
+    // Promote at once, so keep-alives work as soon as the services are up.
+    let mut leading = core.leading_term();
+    if leading.is_some() {
+        core.lessor.promote();
+    }
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(EXPIRY_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let term = core.leading_term();
+            if term != leading {
+                match term {
+                    Some(_) => core.lessor.promote(),
+                    None => core.lessor.demote(),
+                }
+                leading = term;
+            }
+            for id in core.lessor.expired(REVOKES_PER_TICK) {
+                let core = core.clone();
+                tokio::spawn(async move { core.revoke_expired(id).await });
+            }
+        }
+    });
+}

@@ -1,0 +1,213 @@
+//! The transport-free core: one operation per etcd request, whatever carried it (gRPC
+//! today, the HTTP gateway next). Every operation takes the request and a
+//! [`RequestContext`] and runs one pipeline, in this order:
+//!
+//! ```text
+//! validate -> authenticate -> authorize -> admission (writes) -> quota (writes)
+//!          -> propose -> wait for apply -> header
+//! ```
+//!
+//! Reads stop after authorization: they wait for a ReadIndex barrier (unless
+//! `serializable`) and read the local MVCC store, client-sized reads on the [`ReadPool`].
+//! Authentication, authorization and admission are the [`hooks`] traits; the defaults
+//! allow everything.
+//!
+//! Owns: request validation, the hooks' call sites, proposals and their results, response
+//! headers, the lock/election recipes, the lease-expiry loop, and the client-visible
+//! errors ([`Error`]). Must not know about tonic, HTTP or any wire format beyond etcd's
+//! protobuf messages, which are the domain types.
+
+mod cluster;
+mod concurrency;
+mod context;
+mod election;
+mod error;
+pub mod hooks;
+mod kv;
+mod lease;
+mod lock;
+mod maintenance;
+mod read_pool;
+mod validate;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use context::{Credentials, Principal, PrincipalSource, RequestContext, Transport};
+pub use election::Observations;
+pub use error::Error;
+pub use hooks::{Hooks, Operation};
+pub use kv::RangeChunks;
+pub use lease::spawn_expiry as spawn_lease_expiry;
+pub use maintenance::Health;
+pub use read_pool::ReadPool;
+
+use crate::lease::Lessor;
+use crate::mvcc::Mvcc;
+use crate::proto::cairnpb::{command::Cmd, Command};
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::raft::{Applied, RaftNode};
+use crate::storage::Store;
+use crate::watch::WatchHub;
+
+/// The etcd server version cairn reports to clients. Kubernetes and other clients gate
+/// features on it, so it must look like an etcd release; cairn's own version is reported
+/// separately (`/version`'s `cairn` field).
+pub const ETCD_SERVER_VERSION: &str = "3.5.0";
+/// The etcd cluster (API) version.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// Limits from the configuration that the core enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub quota_backend_bytes: u64,
+}
+
+/// What the core runs on.
+pub struct Parts {
+    pub raft: Arc<RaftNode>,
+    pub mvcc: Arc<Mvcc>,
+    pub lessor: Arc<Lessor>,
+    pub store: Arc<Store>,
+    pub watch: Arc<WatchHub>,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub limits: Limits,
+    pub hooks: Hooks,
+    /// How many client-sized reads run at once.
+    pub read_concurrency: usize,
+}
+
+/// The node's request handling, shared by every transport.
+pub struct Core {
+    raft: Arc<RaftNode>,
+    mvcc: Arc<Mvcc>,
+    lessor: Arc<Lessor>,
+    store: Arc<Store>,
+    watch: Arc<WatchHub>,
+    cluster_id: u64,
+    member_id: u64,
+    limits: Limits,
+    hooks: Hooks,
+    reads: ReadPool,
+}
+
+impl Core {
+    pub fn new(parts: Parts) -> Arc<Core> {
+        Arc::new(Core {
+            reads: ReadPool::new(parts.read_concurrency),
+            raft: parts.raft,
+            mvcc: parts.mvcc,
+            lessor: parts.lessor,
+            store: parts.store,
+            watch: parts.watch,
+            cluster_id: parts.cluster_id,
+            member_id: parts.member_id,
+            limits: parts.limits,
+            hooks: parts.hooks,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// etcd's response header at store revision `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft.status().term,
+        })
+    }
+
+    /// The header at the current store revision.
+    fn current_header(&self) -> Option<ResponseHeader> {
+        self.header(self.mvcc.current_revision())
+    }
+
+    /// The pipeline's authenticate and authorize steps. The caller is authenticated once
+    /// per context; the node's own requests are already.
+    async fn authorize(&self, ctx: &RequestContext, op: Operation<'_>) -> Result<(), Error> {
+        let principal = match ctx.principal() {
+            Some(p) => p,
+            None => {
+                let p = self.hooks.authenticator.authenticate(ctx).await?;
+                ctx.set_principal(p)
+            }
+        };
+        if ctx.transport == context::Transport::Internal {
+            return Ok(());
+        }
+        self.hooks.authorizer.authorize(principal, &op).await
+    }
+
+    /// Whether the database has grown past `--quota-backend-bytes`; writes are refused then.
+    fn over_quota(&self) -> bool {
+        self.store.disk_space() > self.limits.quota_backend_bytes
+    }
+
+    /// The pipeline's quota step.
+    fn check_quota(&self) -> Result<(), Error> {
+        if self.over_quota() {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Proposes `cmd` and waits until it is applied; `pick` takes the result kind the
+    /// command produces (anything else is a bug, reported as an internal error).
+    async fn propose<T>(&self, cmd: Cmd, pick: fn(Applied) -> Option<T>) -> Result<T, Error> {
+        let applied = self.raft.propose(Command { cmd: Some(cmd) }).await?;
+        pick(applied).ok_or_else(|| Error::internal("apply answered with another result kind"))
+    }
+
+    /// Fills in etcd's header of a response whose header carries only the revision, as
+    /// apply and MVCC reads make them.
+    fn stamp<R: HasHeader>(&self, mut resp: R) -> R {
+        let revision = resp.header_mut().as_ref().map_or(0, |h| h.revision);
+        *resp.header_mut() = self.header(revision);
+        resp
+    }
+}
+
+/// Runs `op` until the context's deadline, if it has one.
+async fn until_deadline<T>(
+    ctx: &RequestContext,
+    op: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match ctx.deadline {
+        None => op.await,
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), op)
+            .await
+            .map_err(|_| Error::DeadlineExceeded)?,
+    }
+}
+
+/// A response with etcd's header.
+trait HasHeader {
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! has_header {
+    ($($t:ident),* $(,)?) => {
+        $(impl HasHeader for crate::proto::etcdserverpb::$t {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        })*
+    };
+}
+
+has_header!(
+    RangeResponse,
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    LeaseGrantResponse,
+    LeaseRevokeResponse,
+);
