@@ -15,6 +15,9 @@
 #   BENCH_WATCH_STREAMS  watch streams they are spread over [100]
 #   BENCH_WATCH_RATE     puts per second while they watch [1000]
 #   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
+#   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
+#                        ranges while one puts at 200/s for 8 s [200000]
+#   BENCH_CASES          which groups run: kv, watch, scale, scan ["kv watch scale scan"]
 #   BENCH_FSYNC_SECONDS  time of the raw fsync measurement [4]
 #   BENCH_DATA_ROOT      where the fresh data dirs are made [${TMPDIR:-/tmp}]
 #   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1 [42379]
@@ -49,6 +52,8 @@ watchers=${BENCH_WATCHERS:-10000}
 watch_streams=${BENCH_WATCH_STREAMS:-100}
 watch_rate=${BENCH_WATCH_RATE:-1000}
 scale_keys=${BENCH_SCALE_KEYS:-1000000}
+scan_keys=${BENCH_SCAN_KEYS:-200000}
+cases=${BENCH_CASES:-kv watch scale scan}
 data_root=${BENCH_DATA_ROOT:-${TMPDIR:-/tmp}}
 port=${BENCH_PORT:-42379}
 peer_port=$((port + 1))
@@ -136,14 +141,24 @@ start_server() {
 	done
 }
 
-# run_case SERVER CASE ARGS...: runs one load and keeps its BENCH_RESULT json.
+# want GROUP: whether BENCH_CASES asks for it.
+want() { [[ " $cases " == *" $1 "* ]]; }
+
+# run_case SERVER CASE ARGS...: runs one load with the common settings.
 run_case() {
+	local server=$1 case=$2
+	shift 2
+	run_bench "$server" "$case" --duration "$duration" --warmup "$warmup" \
+		--key-space "$key_space" "$@"
+}
+
+# run_bench SERVER CASE ARGS...: runs `cairn bench ARGS` and keeps its BENCH_RESULT json.
+run_bench() {
 	local server=$1 case=$2
 	shift 2
 	log "$server $case"
 	# A failing case is reported and left blank in the table; the other cases still run.
-	if ! "$CAIRN" bench --endpoints "$endpoint" --duration "$duration" --warmup "$warmup" \
-		--key-space "$key_space" "$@" 2>&1 | tee "$work/$server.$case.out" >&2; then
+	if ! "$CAIRN" bench --endpoints "$endpoint" "$@" 2>&1 | tee "$work/$server.$case.out" >&2; then
 		log "$server $case FAILED"
 		return 0
 	fi
@@ -179,14 +194,19 @@ PY
 
 bench_server() {
 	local server=$1
+	want kv || want watch || return 0
 	measure_fsync "$server"
 	start_server "$server"
-	run_case "$server" put-1 put --clients 1
-	run_case "$server" "put-$clients" put --clients "$clients"
-	run_case "$server" "range-l-$clients" range --consistency l --clients "$clients" --preload
-	run_case "$server" "range-s-$clients" range --consistency s --clients "$clients"
-	run_case "$server" watch watch --watchers "$watchers" --streams "$watch_streams" \
-		--rate "$watch_rate" --server-pid "$server_pid"
+	if want kv; then
+		run_case "$server" put-1 put --clients 1
+		run_case "$server" "put-$clients" put --clients "$clients"
+		run_case "$server" "range-l-$clients" range --consistency l --clients "$clients" --preload
+		run_case "$server" "range-s-$clients" range --consistency s --clients "$clients"
+	fi
+	if want watch; then
+		run_case "$server" watch watch --watchers "$watchers" --streams "$watch_streams" \
+			--rate "$watch_rate" --server-pid "$server_pid"
+	fi
 	if kill -0 "$server_pid" 2>/dev/null; then
 		printf '{"rss_kb": %s, "hwm_kb": %s, "data_bytes": %s}\n' \
 			"$(proc_kb "$server_pid" VmRSS)" "$(proc_kb "$server_pid" VmHWM)" \
@@ -202,7 +222,7 @@ bench_server() {
 # scale_server NAME: loads $scale_keys distinct keys, then kill -9 and a timed restart.
 scale_server() {
 	local server=$1 loaded_kb restart_s count
-	[ "$scale_keys" -gt 0 ] || return 0
+	want scale && [ "$scale_keys" -gt 0 ] || return 0
 	start_server "$server" -scale
 	log "$server: loading $scale_keys keys"
 	"$CAIRN" bench --endpoints "$endpoint" --key-space "$scale_keys" --total 1 --warmup 0s \
@@ -220,6 +240,16 @@ scale_server() {
 	printf '{"loaded_rss_kb": %s, "restart_s": %s, "restarted_rss_kb": %s, "keys": %s, "data_bytes": %s}\n' \
 		"$loaded_kb" "$restart_s" "$(proc_kb "$server_pid" VmRSS)" "$count" \
 		"$(du -sb "$work/$server-data-scale" | cut -f1)" >"$work/$server.scale.json"
+	stop_server
+}
+
+# scan_server NAME: puts at 200/s during full-keyspace ranges over $scan_keys keys.
+scan_server() {
+	local server=$1
+	want scan || return 0
+	start_server "$server" -scan
+	run_bench "$server" scan --key-space "$scan_keys" --val-size 100 --duration 8s \
+		scan --scanners 4 --rate 200
 	stop_server
 }
 
@@ -246,15 +276,15 @@ CAIRN=$(cairn_bin)
 info=$(machine_info)
 for server in $servers; do
 	case "$server" in
-	etcd | cairn) bench_server "$server" && scale_server "$server" ;;
+	etcd | cairn) bench_server "$server" && scale_server "$server" && scan_server "$server" ;;
 	*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
 	esac
 done
 
-table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" <<'PY'
+table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" <<'PY'
 import json, os, sys
 
-work, clients, watchers, watch_rate, scale_keys = sys.argv[1:6]
+work, clients, watchers, watch_rate, scale_keys, scan_keys = sys.argv[1:7]
 
 def load(name):
     path = os.path.join(work, name + ".json")
@@ -299,6 +329,15 @@ for field, label, fmt, scale in [("loaded_rss_kb", "RSS after loading, MiB", "{:
                                  ("keys", "keys counted after restart", "{:.0f}", 1),
                                  ("data_bytes", "data dir, MiB", "{:.1f}", 1048576)]:
     ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
+    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+
+e, c = load("etcd.scan") or {}, load("cairn.scan") or {}
+title = f"puts at 200/s during 4 full ranges over {scan_keys} keys"
+for field, label, fmt in [("p50_ms", "put p50 ms from due time", "{:.3f}"),
+                          ("p99_ms", "put p99 ms from due time", "{:.3f}"),
+                          ("max_ms", "put max ms", "{:.3f}"), ("puts", "puts acknowledged", "{:d}"),
+                          ("put_errors", "puts failed", "{:d}"), ("scans", "full ranges done", "{:d}")]:
+    ev, cv = e.get(field), c.get(field)
     rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 
 e, c = load("etcd.proc") or {}, load("cairn.proc") or {}

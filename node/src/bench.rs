@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
+mod scan;
 mod watch;
 
 use crate::proto::etcdserverpb::{
@@ -40,7 +41,7 @@ pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
 /// `anyhow` with the endpoint named.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("the watch mode has its own runner")]
+    #[error("the watch and scan modes have their own runners")]
     NotKv,
     #[error("invalid duration {0:?}: expected a number with unit ms, s or m, e.g. 10s")]
     Duration(String),
@@ -75,6 +76,10 @@ pub enum Mode {
     /// Watch fan-out: many watchers on one prefix, one writer at a fixed rate (see
     /// `bench/watch.rs`; uses --endpoints, --conns, --duration and --val-size).
     Watch(watch::WatchArgs),
+    /// Full-keyspace ranges against a steady writer: the writer's latency from due time
+    /// (see `bench/scan.rs`; uses --endpoints, --key-space, --key-size, --val-size,
+    /// --duration and --request-timeout).
+    Scan(scan::ScanArgs),
 }
 
 /// Options of `range`.
@@ -185,7 +190,7 @@ impl BenchArgs {
         let (op, preload) = match self.mode {
             Mode::Put => (Op::Put, false),
             Mode::Range(r) => (Op::Range(r.consistency), r.preload),
-            Mode::Watch(_) => return Err(BenchError::NotKv),
+            Mode::Watch(_) | Mode::Scan(_) => return Err(BenchError::NotKv),
         };
         let bad = |flag, value: String, reason| BenchError::Flag {
             flag,
@@ -342,6 +347,18 @@ pub async fn run(args: Vec<OsString>) -> anyhow::Result<()> {
         let conns = load.conns.unwrap_or(4);
         return watch::run(w, &load.endpoints, conns, duration, load.val_size).await;
     }
+    if let Mode::Scan(s) = &args.mode {
+        let load = &args.load;
+        let scan_load = scan::Load {
+            endpoints: &load.endpoints,
+            key_space: load.key_space,
+            key_size: load.key_size,
+            val_size: load.val_size,
+            duration: load.duration.unwrap_or(Duration::from_secs(10)),
+            request_timeout: load.request_timeout,
+        };
+        return scan::run(s, scan_load).await;
+    }
     let plan = args.validate()?;
     let summary = execute(&plan).await?;
     println!("{}", summary.human());
@@ -391,7 +408,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
         .map(|i| KvClient::new(channels[i % channels.len()].clone()))
         .collect();
     if plan.preload {
-        preload(&clients, plan).await?;
+        preload_keys(&clients, plan.key_space, plan.key_size, plan.val_size).await?;
     }
     let schedule = Arc::new(Schedule {
         measure_from: Instant::now() + plan.warmup,
@@ -461,21 +478,26 @@ async fn connect(endpoints: &[String], conns: usize) -> anyhow::Result<Vec<Chann
     Ok(channels)
 }
 
-/// Writes every key of the key space once, in Txns of [`PRELOAD_TXN_OPS`] puts, as many in
-/// flight as there are clients.
-async fn preload(clients: &[KvClient<Channel>], plan: &Plan) -> anyhow::Result<()> {
+/// Writes every key of the key space once, in Txns of [`PRELOAD_TXN_OPS`] puts, one in
+/// flight per client.
+async fn preload_keys(
+    clients: &[KvClient<Channel>],
+    key_space: u64,
+    key_size: usize,
+    val_size: usize,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let value = vec![b'v'; plan.val_size];
-    let batches = plan.key_space.div_ceil(PRELOAD_TXN_OPS);
+    let value = vec![b'v'; val_size];
+    let batches = key_space.div_ceil(PRELOAD_TXN_OPS);
     stream::iter(0..batches)
         .map(|batch| {
             let mut kv = clients[batch as usize % clients.len()].clone();
             let first = batch * PRELOAD_TXN_OPS;
-            let last = (first + PRELOAD_TXN_OPS).min(plan.key_space);
+            let last = (first + PRELOAD_TXN_OPS).min(key_space);
             let success = (first..last)
                 .map(|i| RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
-                        key: key(i, plan.key_size),
+                        key: key(i, key_size),
                         value: value.clone(),
                         ..Default::default()
                     })),
@@ -489,13 +511,12 @@ async fn preload(clients: &[KvClient<Channel>], plan: &Plan) -> anyhow::Result<(
                 .await
             }
         })
-        .buffer_unordered(plan.clients)
+        .buffer_unordered(clients.len())
         .try_for_each(|_| async { Ok(()) })
         .await
         .context("preloading the key space")?;
     eprintln!(
-        "preloaded {} keys in {:.1}s",
-        plan.key_space,
+        "preloaded {key_space} keys in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -1145,3 +1145,94 @@ async fn compaction_resumes_after_a_restart_and_chains() {
     assert_eq!(resp.kvs[0], kv("k0", "last", 2, 3002, 601));
     assert_eq!(resp.kvs[4], kv("k4", "2999", 6, 3001, 600));
 }
+
+/// Every chunk a RangeStream-style read emits, and its final message.
+fn chunked(
+    f: &Fixture,
+    req: &RangeRequest,
+    chunk_bytes: usize,
+) -> (Vec<Vec<KeyValue>>, RangeResponse) {
+    let mut chunks = Vec::new();
+    let last = f
+        .mvcc
+        .range_chunks(req, chunk_bytes, &mut |kvs| {
+            chunks.push(kvs);
+            ControlFlow::Continue(())
+        })
+        .expect("range_chunks")
+        .expect("not stopped");
+    (chunks, last)
+}
+
+#[test]
+fn chunked_ranges_add_up_to_the_whole_range() {
+    let f = open();
+    for i in 0..50 {
+        f.put(&format!("k{i:02}"), &"v".repeat(100));
+    }
+    f.put("k07", "changed");
+    let sorted_by_value = RangeRequest {
+        sort_order: SortOrder::Descend as i32,
+        sort_target: SortTarget::Value as i32,
+        ..range("k", "l")
+    };
+    let cases = [
+        range("k", "l"),
+        range("k", "\0"),
+        RangeRequest {
+            limit: 7,
+            ..range("k", "l")
+        },
+        RangeRequest {
+            min_mod_revision: 10,
+            limit: 5,
+            ..range("k", "l")
+        },
+        RangeRequest {
+            keys_only: true,
+            ..range("k", "l")
+        },
+        RangeRequest {
+            count_only: true,
+            ..range("k", "l")
+        },
+        RangeRequest {
+            revision: 20,
+            ..range("k", "l")
+        },
+        sorted_by_value,
+    ];
+    for req in cases {
+        let whole = f.range(req.clone()).expect("range");
+        let (chunks, last) = chunked(&f, &req, 1000);
+        let mut joined: Vec<KeyValue> = chunks.iter().flatten().cloned().collect();
+        assert!(chunks.iter().all(|c| !c.is_empty()), "{req:?}");
+        joined.extend(last.kvs.clone());
+        assert_eq!(joined, whole.kvs, "{req:?}");
+        assert_eq!(
+            (last.header, last.more, last.count),
+            (whole.header, whole.more, whole.count),
+            "{req:?}"
+        );
+    }
+    // 50 keys of ~110 bytes in chunks of 1000 bytes: several chunks.
+    assert!(chunked(&f, &range("k", "l"), 1000).0.len() >= 4);
+}
+
+#[test]
+fn a_chunked_range_stops_when_told() {
+    let f = open();
+    for i in 0..20 {
+        f.put(&format!("k{i:02}"), "value");
+    }
+    let mut emitted = 0;
+    let stopped = f
+        .mvcc
+        .range_chunks(&range("k", "l"), 1, &mut |_| {
+            emitted += 1;
+            ControlFlow::Break(())
+        })
+        .expect("range_chunks");
+    assert!(stopped.is_none());
+    assert_eq!(emitted, 1);
+}
