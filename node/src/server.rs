@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::api;
 use crate::config::Config;
-use crate::core::{self, Core, Hooks, Limits, Parts};
+use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
 use crate::identity::Identity;
 use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
@@ -31,6 +31,8 @@ pub enum ServerError {
     Raft(#[from] RaftError),
     #[error("starting the watch hub: {0}")]
     Watch(#[from] WatchError),
+    #[error("starting the read threads: {0}")]
+    ReadPool(std::io::Error),
     #[error("{flag} {url}: cannot listen: {source}")]
     Listen {
         flag: &'static str,
@@ -88,7 +90,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             quota_backend_bytes: cfg.quota_backend_bytes,
         },
         hooks: Hooks::default(),
-        read_concurrency: read_concurrency(),
+        reads: read_pool()?,
     });
     crate::compactor::spawn(core.clone(), &cfg.auto_compaction);
     core::spawn_lease_expiry(core.clone());
@@ -122,10 +124,12 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     result
 }
 
-/// Client-sized reads that run at once: one per core, so a burst of huge reads takes at
-/// most the machine's CPUs and the async workers keep serving everyone else.
-fn read_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+/// The read pool: one thread per CPU, so a burst of huge reads takes at most the machine's
+/// CPUs (at low priority); RangeStreams, which wait on their clients, get threads of their
+/// own, a few per CPU.
+fn read_pool() -> Result<ReadPool, ServerError> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    ReadPool::start(cpus, 4 * cpus).map_err(ServerError::ReadPool)
 }
 
 /// etcd writes URLs as `scheme://host:port`, without the trailing slash `Url` adds; member

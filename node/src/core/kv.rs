@@ -61,38 +61,32 @@ impl Core {
             self.authorize(ctx, Operation::Range(&req)).await?;
             self.read_barrier(req.serializable).await?;
             let (tx, rx) = mpsc::channel(RANGE_STREAM_QUEUE);
-            let (mvcc, reads) = (self.mvcc.clone(), self.reads.clone());
+            let mvcc = self.mvcc.clone();
             let header = self.header(0);
-            let slot = reads.slot().await?;
-            tokio::task::spawn_blocking(move || {
-                let mut slot = Some(slot);
-                // The pool's place is given up while the client is slow to take a chunk.
-                let mut emit = |kvs| {
-                    slot = None;
-                    let chunk = RangeResponse {
-                        kvs,
-                        ..Default::default()
+            self.reads
+                .spawn_stream(move || {
+                    let mut emit = |kvs| {
+                        let chunk = RangeResponse {
+                            kvs,
+                            ..Default::default()
+                        };
+                        match tx.blocking_send(Ok(chunk)) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(_) => ControlFlow::Break(()), // the client went away
+                        }
                     };
-                    if tx.blocking_send(Ok(chunk)).is_err() {
-                        return ControlFlow::Break(());
-                    }
-                    match reads.blocking_slot() {
-                        Ok(s) => slot = Some(s),
-                        Err(_) => return ControlFlow::Break(()),
-                    }
-                    ControlFlow::Continue(())
-                };
-                let last = match mvcc.range_chunks(&req, RANGE_STREAM_CHUNK_BYTES, &mut emit) {
-                    Ok(Some(mut last)) => {
-                        let revision = last.header.map_or(0, |h| h.revision);
-                        last.header = header.map(|h| super::ResponseHeader { revision, ..h });
-                        Ok(last)
-                    }
-                    Ok(None) => return, // the client went away
-                    Err(e) => Err(Error::from(e)),
-                };
-                let _ = tx.blocking_send(last);
-            });
+                    let last = match mvcc.range_chunks(&req, RANGE_STREAM_CHUNK_BYTES, &mut emit) {
+                        Ok(Some(mut last)) => {
+                            let revision = last.header.map_or(0, |h| h.revision);
+                            last.header = header.map(|h| super::ResponseHeader { revision, ..h });
+                            Ok(last)
+                        }
+                        Ok(None) => return,
+                        Err(e) => Err(Error::from(e)),
+                    };
+                    let _ = tx.blocking_send(last);
+                })
+                .await?;
             Ok(rx)
         })
         .await

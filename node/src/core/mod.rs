@@ -77,8 +77,8 @@ pub struct Parts {
     pub member_id: u64,
     pub limits: Limits,
     pub hooks: Hooks,
-    /// How many client-sized reads run at once.
-    pub read_concurrency: usize,
+    /// Where client-sized reads run.
+    pub reads: ReadPool,
 }
 
 /// The node's request handling, shared by every transport.
@@ -98,7 +98,7 @@ pub struct Core {
 impl Core {
     pub fn new(parts: Parts) -> Arc<Core> {
         Arc::new(Core {
-            reads: ReadPool::new(parts.read_concurrency),
+            reads: parts.reads,
             raft: parts.raft,
             mvcc: parts.mvcc,
             lessor: parts.lessor,
