@@ -211,3 +211,6 @@ has_header!(
     LeaseGrantResponse,
     LeaseRevokeResponse,
 );
+
+#[cfg(test)]
+mod tests;
