@@ -5,7 +5,7 @@
 //! marker that is stored atomically with each change.
 //!
 //! Nothing is indexed in RAM (etcd keeps its whole key index in memory; cairn must not):
-//! every index lives in fjall keyspaces, all integers big-endian so byte order is numeric
+//! every index lives in storage keyspaces, all integers big-endian so byte order is numeric
 //! order.
 //!
 //! | keyspace | key | value |
@@ -27,8 +27,8 @@
 //! orders all changes by revision, for compaction and for watch history.
 //!
 //! **Invariant:** every apply commits its changes, the new current revision and the apply
-//! marker in one fjall batch (without fsync: the raft log is the durability point), and
-//! every read takes one fjall snapshot and reads the revisions from it, so a reader sees
+//! marker in one storage batch (without fsync: the raft log is the durability point), and
+//! every read takes one storage snapshot and reads the revisions from it, so a reader sees
 //! all of a revision or none of it.
 //!
 //! It must not know about raft, gRPC, leases (the caller says which lease ids exist and
@@ -89,18 +89,10 @@ pub enum MvccError {
 pub enum StorageFault {
     #[error(transparent)]
     Store(#[from] StorageError),
-    #[error("storage engine: {0}")]
-    Engine(#[from] fjall::Error),
     #[error("data is corrupt: {0}")]
     Corrupt(String),
     #[error("cannot start the compaction thread: {0}")]
     Thread(std::io::Error),
-}
-
-impl From<fjall::Error> for MvccError {
-    fn from(e: fjall::Error) -> MvccError {
-        MvccError::Storage(StorageFault::Engine(e))
-    }
 }
 
 impl From<StorageError> for MvccError {

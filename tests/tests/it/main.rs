@@ -8,6 +8,7 @@
 mod bad_input;
 mod crash;
 mod etcdctl;
+mod fail_safe;
 mod http;
 mod kv;
 mod lease_api;
