@@ -101,7 +101,7 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
         remove_predecessor(ks, &mut batch, key, rev)?;
         if tombstone {
             batch.remove(&ks.history, codec::history_key(key, rev));
-            batch.remove(&ks.revs, raw_rev.to_vec());
+            batch.remove(&ks.revs, raw_rev);
         }
         last = Some(rev);
         seen += 1;
@@ -112,13 +112,9 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
     } else {
         last.map_or(cursor, Rev::next)
     };
-    batch.insert(&ks.meta, meta::COMPACT_CURSOR, next.to_bytes().to_vec());
+    batch.insert(&ks.meta, meta::COMPACT_CURSOR, next.to_bytes());
     if finished {
-        batch.insert(
-            &ks.meta,
-            meta::COMPACT_DONE,
-            codec::encode_i64(target).to_vec(),
-        );
+        batch.insert(&ks.meta, meta::COMPACT_DONE, codec::encode_i64(target));
     }
     let start = Instant::now();
     batch.commit()?;
@@ -144,7 +140,7 @@ fn remove_predecessor(
     if let Some(raw) = ks.history.range(from..to).keys().next_back() {
         let raw = raw?;
         let (_, prev) = codec::split_history_key(&raw)?;
-        batch.remove(&ks.revs, prev.to_bytes().to_vec());
+        batch.remove(&ks.revs, prev.to_bytes());
         batch.remove(&ks.history, raw);
     }
     Ok(())

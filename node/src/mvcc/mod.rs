@@ -296,7 +296,7 @@ impl Mvcc {
             );
             batch.insert(
                 &self.ks.revs,
-                rev.to_bytes().to_vec(),
+                rev.to_bytes(),
                 codec::encode_rev_entry(&change.kv.key, change.deleted),
             );
             let kind = if change.deleted {
@@ -311,16 +311,8 @@ impl Mvcc {
             });
         }
         let key_count = self.key_count.load(Ordering::Acquire) + exec.key_delta;
-        batch.insert(
-            &self.ks.meta,
-            meta::CURRENT_REV,
-            codec::encode_i64(main).to_vec(),
-        );
-        batch.insert(
-            &self.ks.meta,
-            meta::KEY_COUNT,
-            codec::encode_i64(key_count).to_vec(),
-        );
+        batch.insert(&self.ks.meta, meta::CURRENT_REV, codec::encode_i64(main));
+        batch.insert(&self.ks.meta, meta::KEY_COUNT, codec::encode_i64(key_count));
         events
     }
 
@@ -354,11 +346,7 @@ impl Mvcc {
             return Err(e);
         }
         let mut batch = self.store.batch();
-        batch.insert(
-            &self.ks.meta,
-            meta::COMPACT_REV,
-            codec::encode_i64(rev).to_vec(),
-        );
+        batch.insert(&self.ks.meta, meta::COMPACT_REV, codec::encode_i64(rev));
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
         commit(batch)?;
         self.compact_rev.store(rev, Ordering::Release);

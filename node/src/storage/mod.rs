@@ -38,7 +38,7 @@
 //!   state database may lag behind the WAL; replaying the log repairs that.
 //! * **Errors**: every failure is a [`StorageError`]. An engine error (I/O, corruption,
 //!   a failed fsync) is fatal: the store logs it, latches it, refuses every later write and
-//!   sync with [`StorageError::Failed`] (after a failed fsync, a later one that succeeds
+//!   sync with [`StorageError::Refused`] (after a failed fsync, a later one that succeeds
 //!   proves nothing about the earlier writes), and [`Store::failure`] resolves, so the node
 //!   stops and a restart recovers from what is durable.
 //! * **Fault injection**: [`StoreOptions::fault`] makes one chosen write or fsync fail with
@@ -106,9 +106,17 @@ pub enum StorageError {
         context: String,
         source: EngineError,
     },
+    /// The store has failed (what [`Store::failure`] reports): `first` is the first engine
+    /// error.
+    #[error("storage failed: {first}")]
+    Failed { first: String },
     /// Refused because an earlier engine error made the store unusable until a restart.
-    #[error("storage in {path} has failed and refuses writes until cairn restarts: {cause}")]
-    Failed { path: PathBuf, cause: String },
+    #[error("refused {op} in {path}: storage failed earlier: {first}")]
+    Refused {
+        path: PathBuf,
+        op: String,
+        first: String,
+    },
 }
 
 impl StorageError {
@@ -174,8 +182,8 @@ impl fmt::Display for Op {
 /// The first fatal engine error of a store; shared by both databases.
 struct Failure {
     failed: AtomicBool,
-    /// `(database path, error)` of the first failure.
-    first: watch::Sender<Option<(PathBuf, String)>>,
+    /// The first engine error, as text (it names the database).
+    first: watch::Sender<Option<String>>,
 }
 
 /// What every handle of one database shares: where it is, its armed fault, the store's
@@ -192,20 +200,16 @@ impl Db {
         if !self.failure.failed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let cause = self
-            .failure
-            .first
-            .borrow()
-            .as_ref()
-            .map_or_else(String::new, |(path, e)| format!("{}: {e}", path.display()));
-        let what = if keyspace.is_empty() {
+        let first = self.failure.first.borrow().clone().unwrap_or_default();
+        let op = if keyspace.is_empty() {
             op.to_string()
         } else {
-            format!("{op} of {keyspace}")
+            format!("{op} of keyspace {keyspace}")
         };
-        Err(StorageError::Failed {
+        Err(StorageError::Refused {
             path: self.path.clone(),
-            cause: format!("refused {what} after an earlier failure in {cause}"),
+            op,
+            first,
         })
     }
 
@@ -236,7 +240,7 @@ impl Db {
             if first.is_some() {
                 return false;
             }
-            *first = Some((self.path.clone(), err.to_string()));
+            *first = Some(err.to_string());
             true
         });
         self.failure.failed.store(true, Ordering::Release);
@@ -368,7 +372,7 @@ impl Store {
                 .ok()
                 .and_then(|first| first.clone());
             match first {
-                Some((path, cause)) => StorageError::Failed { path, cause },
+                Some(first) => StorageError::Failed { first },
                 // The store was dropped healthy: it never fails now.
                 None => std::future::pending().await,
             }
@@ -632,7 +636,7 @@ mod tests {
         ks.insert("a", "1").expect("insert");
         s.sync_wal().expect("first fsync");
         s.sync().expect("the state database is not armed");
-        let err = s.sync_wal().err().expect("second fsync fails");
+        let err = s.sync_wal().expect_err("second fsync fails");
         assert!(
             matches!(&err, StorageError::Engine { context, .. } if context == "fsync"),
             "{err}"
@@ -649,7 +653,7 @@ mod tests {
             s.batch().commit(),
         ] {
             assert!(
-                matches!(refused, Err(StorageError::Failed { .. })),
+                matches!(refused, Err(StorageError::Refused { .. })),
                 "{refused:?}"
             );
         }
@@ -673,7 +677,7 @@ mod tests {
         let ks = s.keyspace("t").expect("ks");
         let mut batch = s.batch();
         batch.insert(&ks, "k", "v");
-        let err = batch.commit().err().expect("the first write fails");
+        let err = batch.commit().expect_err("the first write fails");
         assert!(matches!(err, StorageError::Engine { .. }), "{err}");
         assert_eq!(ks.get("k").expect("get"), None);
     }
