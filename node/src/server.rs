@@ -1,5 +1,7 @@
 //! Wiring: storage -> MVCC -> Raft -> services -> listeners, then serve until SIGINT or
-//! SIGTERM. Nothing here decides behaviour; it connects the modules that do.
+//! SIGTERM, or until raft reports a fatal failure, which returns an error at once (no
+//! graceful shutdown) so the process exits non-zero. Nothing here decides behaviour; it
+//! connects the modules that do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -84,7 +84,8 @@ pub enum MvccError {
     Storage(#[from] StorageFault),
 }
 
-/// What went wrong underneath the MVCC store.
+/// What went wrong underneath the MVCC store. `Store` errors from the storage engine are
+/// fatal (the store latches them and the node stops, see [`crate::storage`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StorageFault {
     #[error(transparent)]
