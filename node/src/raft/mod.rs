@@ -765,6 +765,63 @@ mod tests {
         node.shutdown().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_fsync_stops_raft_and_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = crate::storage::StoreOptions {
+            fault: Some("wal-fsync:20".parse().expect("plan")),
+        };
+        let store = Arc::new(Store::open_with(dir.path(), &options).expect("open store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));
+        let node = RaftNode::start(store.clone(), mvcc, lessor(&store), settings(0))
+            .await
+            .expect("start raft");
+        let mut acked = 0;
+        while node.propose(txn()).await.is_ok() {
+            acked += 1;
+            assert!(acked < 100, "the fault never stopped raft");
+        }
+        let failed = tokio::time::timeout(Duration::from_secs(10), node.failed())
+            .await
+            .expect("failed() resolves");
+        assert!(
+            failed.to_string().contains("injected fault wal-fsync:20"),
+            "{failed}"
+        );
+        assert!(
+            node.propose(txn()).await.is_err(),
+            "nothing is acknowledged after the failure"
+        );
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_log_entry_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_mvcc, node) = start(dir.path(), 0).await;
+            node.propose(txn()).await.expect("propose");
+            node.shutdown().await;
+        }
+        {
+            let store = Store::open(dir.path()).expect("open store");
+            let log = store.wal_keyspace("raft_log").expect("log");
+            let (last, _) = log.last().expect("read").expect("an entry");
+            log.insert(last, b"\xff\xff not an entry")
+                .expect("corrupt it");
+            store.sync_wal().expect("sync");
+        }
+        let store = Arc::new(Store::open(dir.path()).expect("reopen store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));
+        let started = tokio::time::timeout(
+            Duration::from_secs(30),
+            RaftNode::start(store.clone(), mvcc, lessor(&store), settings(0)),
+        )
+        .await
+        .expect("start gives up");
+        assert!(started.is_err(), "a node with a corrupt log must not serve");
+    }
+
     #[test]
     fn log_entries_round_trip_with_the_command_as_protobuf() {
         let log_id = openraft::testing::log_id::<TypeConfig>(3, 1, 7);
