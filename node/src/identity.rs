@@ -24,8 +24,8 @@ impl Identity {
     ) -> Result<Identity, StorageError> {
         let meta = store.keyspace("meta")?;
         if let (Some(member_id), Some(cluster_id)) = (
-            read_u64(store, &meta, "member_id")?,
-            read_u64(store, &meta, "cluster_id")?,
+            read_u64(&meta, "member_id")?,
+            read_u64(&meta, "cluster_id")?,
         ) {
             return Ok(Identity {
                 member_id,
@@ -40,14 +40,14 @@ impl Identity {
         let mut batch = store.batch();
         batch.insert(&meta, "member_id", id.member_id.to_be_bytes());
         batch.insert(&meta, "cluster_id", id.cluster_id.to_be_bytes());
-        batch.commit().map_err(|e| store.engine(e))?;
+        batch.commit()?;
         store.sync()?;
         Ok(id)
     }
 }
 
-fn read_u64(store: &Store, meta: &Keyspace, key: &str) -> Result<Option<u64>, StorageError> {
-    let value = meta.get(key).map_err(|e| store.engine(e))?;
+fn read_u64(meta: &Keyspace, key: &str) -> Result<Option<u64>, StorageError> {
+    let value = meta.get(key)?;
     Ok(value
         .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
         .map(u64::from_be_bytes))

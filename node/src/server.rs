@@ -1,5 +1,7 @@
 //! Wiring: storage -> MVCC -> Raft -> services -> listeners, then serve until SIGINT or
-//! SIGTERM. Nothing here decides behaviour; it connects the modules that do.
+//! SIGTERM, or until raft reports a fatal failure, which returns an error at once (no
+//! graceful shutdown) so the process exits non-zero. Nothing here decides behaviour; it
+//! connects the modules that do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use crate::identity::Identity;
 use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
-use crate::storage::{StorageError, Store};
+use crate::storage::{StorageError, Store, StoreOptions};
 use crate::watch::{WatchError, WatchHub, DEFAULT_PROGRESS_INTERVAL};
 
 /// Why the node could not start or stopped serving.
@@ -41,11 +43,16 @@ pub enum ServerError {
     },
     #[error("serving {0}: {1}")]
     Serve(SocketAddr, std::io::Error),
+    #[error("stopped on a fatal error: {0}")]
+    Failed(RaftError),
 }
 
 /// Runs a node until it is told to stop.
 pub async fn run(cfg: Config) -> Result<(), ServerError> {
-    let store = Arc::new(Store::open(&cfg.data_dir)?);
+    let options = StoreOptions {
+        fault: cfg.unsafe_storage_fault,
+    };
+    let store = Arc::new(Store::open_with(&cfg.data_dir, &options)?);
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
     let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token)?;
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
@@ -115,6 +122,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
+        // Fail safe: no graceful shutdown, which would go on serving reads meanwhile.
+        e = raft.failed() => return Err(ServerError::Failed(e)),
         Some(done) = servers.join_next() => match done {
             Ok(result) => result,
             Err(e) => Err(ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), std::io::Error::other(e))),

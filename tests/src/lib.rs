@@ -447,6 +447,11 @@ impl Server {
         &self.args
     }
 
+    /// The command line the next [`Server::restart`] uses (e.g. to drop a flag).
+    pub fn args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.args
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -603,6 +608,19 @@ impl Server {
         self.kill9()?;
         self.spawn()?;
         self.wait_ready().await
+    }
+
+    /// How the process ended, if it has exited by itself; `None` while it runs (or after
+    /// [`Server::kill9`]). Does not wait.
+    pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            self.child = None;
+        }
+        Ok(status)
     }
 
     /// True while the process has not exited.

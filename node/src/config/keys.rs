@@ -302,6 +302,15 @@ pub(crate) static KEYS: &[Key] = &[
         UNSAFE,
         "Force to create a new one member cluster (not supported yet).",
     ),
+    key(
+        "unsafe-storage-fault",
+        "",
+        Kind::Text,
+        UNSAFE,
+        "cairn only, for tests: fail one storage operation with an injected I/O error, as \
+         <wal|db>-<write|fsync>:<N> (the Nth since start). The node then stops as on a real \
+         disk error. Never use it in production.",
+    ),
 ];
 
 /// The key named `name`, if cairn accepts it.

@@ -56,6 +56,8 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// One of `debug`, `info`, `warn`, `error`, `panic`, `fatal`.
     pub log_level: String,
+    /// `--unsafe-storage-fault`: tests only, a storage operation to fail on purpose.
+    pub unsafe_storage_fault: Option<crate::storage::FaultPlan>,
 }
 
 /// `--initial-cluster-state`.
@@ -325,6 +327,7 @@ mod tests {
                 max_txn_ops: 128,
                 quota_backend_bytes: 2 * 1024 * 1024 * 1024,
                 log_level: "info".into(),
+                unsafe_storage_fault: None,
             }
         );
         assert!(keys::KEYS

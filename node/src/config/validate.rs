@@ -76,6 +76,14 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             quota
         },
         log_level: raw.get("log-level").value.clone(),
+        unsafe_storage_fault: match raw.get("unsafe-storage-fault") {
+            e if e.value.is_empty() => None,
+            e => Some(
+                e.value
+                    .parse()
+                    .map_err(|bad: crate::storage::BadFaultPlan| e.invalid(bad.to_string()))?,
+            ),
+        },
         name,
     })
 }

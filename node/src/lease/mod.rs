@@ -52,8 +52,6 @@ pub enum LeaseError {
     NotPrimary,
     #[error("lease table: {0}")]
     Storage(#[from] StorageError),
-    #[error("lease table storage: {0}")]
-    Engine(#[from] fjall::Error),
     #[error("lease table is corrupt: {0}")]
     Corrupt(String),
 }
@@ -141,8 +139,8 @@ impl Lessor {
         counters();
         let keyspace = store.keyspace("leases")?;
         let mut leases = HashMap::new();
-        for guard in keyspace.iter() {
-            let (key, value) = guard.into_inner()?;
+        for item in keyspace.iter() {
+            let (key, value) = item?;
             let (id, ttl) = (decode_i64(&key)?, decode_i64(&value)?);
             leases.insert(
                 id,

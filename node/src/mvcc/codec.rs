@@ -8,7 +8,7 @@ use super::MvccError;
 /// Length of an encoded [`Rev`]: main and sub revision, 8 bytes each.
 pub(super) const REV_LEN: usize = 16;
 
-/// Longest user key cairn stores. fjall keys are limited to 64 KiB, and a history key is
+/// Longest user key cairn stores. Storage keys are limited to 64 KiB, and a history key is
 /// the escaped user key (up to twice as long) plus a terminator and a revision.
 pub const MAX_KEY_LEN: usize = 32 * 1024 - 32;
 

@@ -94,14 +94,14 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
     let mut batch = store.batch();
     let mut last = None;
     let mut seen = 0;
-    for guard in ks.revs.range(cursor.to_bytes()..=end).take(BATCH_REVISIONS) {
-        let (raw_rev, entry) = guard.into_inner()?;
+    for item in ks.revs.range(cursor.to_bytes()..=end).take(BATCH_REVISIONS) {
+        let (raw_rev, entry) = item?;
         let rev = Rev::from_bytes(&raw_rev)?;
         let (key, tombstone) = codec::decode_rev_entry(&entry)?;
         remove_predecessor(ks, &mut batch, key, rev)?;
         if tombstone {
             batch.remove(&ks.history, codec::history_key(key, rev));
-            batch.remove(&ks.revs, raw_rev.to_vec());
+            batch.remove(&ks.revs, raw_rev);
         }
         last = Some(rev);
         seen += 1;
@@ -112,13 +112,9 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
     } else {
         last.map_or(cursor, Rev::next)
     };
-    batch.insert(&ks.meta, meta::COMPACT_CURSOR, next.to_bytes().to_vec());
+    batch.insert(&ks.meta, meta::COMPACT_CURSOR, next.to_bytes());
     if finished {
-        batch.insert(
-            &ks.meta,
-            meta::COMPACT_DONE,
-            codec::encode_i64(target).to_vec(),
-        );
+        batch.insert(&ks.meta, meta::COMPACT_DONE, codec::encode_i64(target));
     }
     let start = Instant::now();
     batch.commit()?;
@@ -141,10 +137,10 @@ fn remove_predecessor(
 ) -> Result<(), MvccError> {
     let from = codec::history_prefix(key);
     let to = codec::history_key(key, rev);
-    if let Some(guard) = ks.history.range(from..to).next_back() {
-        let raw = guard.key()?;
+    if let Some(raw) = ks.history.range(from..to).keys().next_back() {
+        let raw = raw?;
         let (_, prev) = codec::split_history_key(&raw)?;
-        batch.remove(&ks.revs, prev.to_bytes().to_vec());
+        batch.remove(&ks.revs, prev.to_bytes());
         batch.remove(&ks.history, raw);
     }
     Ok(())

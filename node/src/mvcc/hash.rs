@@ -6,7 +6,7 @@
 //! below the compact revision count only if compaction at `rev` would keep them (the newest
 //! version of a key at or below `rev`, unless it is a tombstone). That makes the hash
 //! independent of how far the physical compaction has progressed. Cairn computes the same
-//! set of versions from `kv_history`, read from one fjall snapshot, and hashes their stored
+//! set of versions from `kv_history`, read from one storage snapshot, and hashes their stored
 //! bytes, which every member writes identically for the same history, so the hash is stable
 //! across restarts and equal on members that applied the same log. The value differs from
 //! etcd's (its backend encodes differently), which is fine: it is only compared between
@@ -19,8 +19,6 @@
 //! One etcd quirk is not reproduced: when no key is live at `rev`, etcd hashes every entry
 //! below the compact revision still on disk, so its hash then depends on compaction
 //! progress.
-
-use fjall::Readable;
 
 use super::codec;
 use super::{revisions, Mvcc, MvccError};
@@ -59,7 +57,7 @@ impl Mvcc {
         let at = if rev == 0 { revs.current } else { rev };
         let entries = snap
             .iter(&self.ks.history)
-            .map(|guard| guard.into_inner().map_err(MvccError::from));
+            .map(|item| item.map_err(MvccError::from));
         let hash = hash_history(entries, at, revs.compact)?;
         Ok(KvHash {
             hash,

@@ -8,8 +8,6 @@
 
 use std::ops::Bound;
 
-use fjall::Readable;
-
 use super::codec::{self, Rev};
 use super::{revisions, Mvcc, MvccError, StorageFault};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -44,8 +42,8 @@ impl Mvcc {
         let end = Rev::new(to_rev, i64::MAX).to_bytes();
         let mut events = Vec::new();
         let mut last_main = None;
-        for guard in snap.range(&self.ks.revs, start..=end) {
-            let (raw_rev, entry) = guard.into_inner()?;
+        for item in snap.range(&self.ks.revs, start..=end) {
+            let (raw_rev, entry) = item?;
             let rev = Rev::from_bytes(&raw_rev)?;
             if events.len() >= limit.max(1) && last_main != Some(rev.main) {
                 break;
@@ -105,8 +103,8 @@ impl Mvcc {
         let upper = codec::history_key(key, Rev::new(main, 0));
         let range = (Bound::Included(lower), Bound::Excluded(upper));
         match snap.range(&self.ks.history, range).next_back() {
-            Some(guard) => {
-                let (_, record) = guard.into_inner()?;
+            Some(item) => {
+                let (_, record) = item?;
                 codec::decode_record(key, &record)
             }
             None => Ok(None),

@@ -14,8 +14,6 @@
 
 use std::collections::HashMap;
 
-use fjall::Readable;
-
 use super::read::Overlay;
 use super::txn::Change;
 use super::{codec, MvccError};
@@ -55,7 +53,7 @@ pub(super) fn stage(
             batch.remove(index, index_key(old, key));
         }
         if new != NO_LEASE {
-            batch.insert(index, index_key(new, key), []);
+            batch.insert(index, index_key(new, key), b"");
         }
     }
 }
@@ -68,8 +66,8 @@ pub(super) fn keys(
 ) -> Result<Vec<Vec<u8>>, MvccError> {
     let prefix = codec::encode_i64(lease);
     let mut keys = Vec::new();
-    for guard in snap.prefix(index, prefix) {
-        let raw = guard.key()?;
+    for raw in snap.prefix(index, prefix).keys() {
+        let raw = raw?;
         keys.push(raw[prefix.len()..].to_vec());
     }
     Ok(keys)

@@ -1,7 +1,7 @@
 //! The `mvcc_meta` keyspace: named values, integers as 8-byte big-endian.
 
 use super::{codec, MvccError};
-use crate::storage::{Keyspace, Readable, Snapshot};
+use crate::storage::{Keyspace, Snapshot};
 
 /// Revision of the last write txn; absent on a fresh store, which is at revision 1.
 pub(super) const CURRENT_REV: &str = "current_rev";

@@ -5,7 +5,7 @@
 //! marker that is stored atomically with each change.
 //!
 //! Nothing is indexed in RAM (etcd keeps its whole key index in memory; cairn must not):
-//! every index lives in fjall keyspaces, all integers big-endian so byte order is numeric
+//! every index lives in storage keyspaces, all integers big-endian so byte order is numeric
 //! order.
 //!
 //! | keyspace | key | value |
@@ -27,8 +27,8 @@
 //! orders all changes by revision, for compaction and for watch history.
 //!
 //! **Invariant:** every apply commits its changes, the new current revision and the apply
-//! marker in one fjall batch (without fsync: the raft log is the durability point), and
-//! every read takes one fjall snapshot and reads the revisions from it, so a reader sees
+//! marker in one storage batch (without fsync: the raft log is the durability point), and
+//! every read takes one storage snapshot and reads the revisions from it, so a reader sees
 //! all of a revision or none of it.
 //!
 //! It must not know about raft, gRPC, leases (the caller says which lease ids exist and
@@ -85,23 +85,16 @@ pub enum MvccError {
     Storage(#[from] StorageFault),
 }
 
-/// What went wrong underneath the MVCC store.
+/// What went wrong underneath the MVCC store. `Store` errors from the storage engine are
+/// fatal (the store latches them and the node stops, see [`crate::storage`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StorageFault {
     #[error(transparent)]
     Store(#[from] StorageError),
-    #[error("storage engine: {0}")]
-    Engine(#[from] fjall::Error),
     #[error("data is corrupt: {0}")]
     Corrupt(String),
     #[error("cannot start the compaction thread: {0}")]
     Thread(std::io::Error),
-}
-
-impl From<fjall::Error> for MvccError {
-    fn from(e: fjall::Error) -> MvccError {
-        MvccError::Storage(StorageFault::Engine(e))
-    }
 }
 
 impl From<StorageError> for MvccError {
@@ -318,7 +311,7 @@ impl Mvcc {
             );
             batch.insert(
                 &self.ks.revs,
-                rev.to_bytes().to_vec(),
+                rev.to_bytes(),
                 codec::encode_rev_entry(&change.kv.key, change.deleted),
             );
             let kind = if change.deleted {
@@ -333,16 +326,8 @@ impl Mvcc {
             });
         }
         let key_count = self.key_count.load(Ordering::Acquire) + exec.key_delta;
-        batch.insert(
-            &self.ks.meta,
-            meta::CURRENT_REV,
-            codec::encode_i64(main).to_vec(),
-        );
-        batch.insert(
-            &self.ks.meta,
-            meta::KEY_COUNT,
-            codec::encode_i64(key_count).to_vec(),
-        );
+        batch.insert(&self.ks.meta, meta::CURRENT_REV, codec::encode_i64(main));
+        batch.insert(&self.ks.meta, meta::KEY_COUNT, codec::encode_i64(key_count));
         events
     }
 
@@ -376,11 +361,7 @@ impl Mvcc {
             return Err(e);
         }
         let mut batch = self.store.batch();
-        batch.insert(
-            &self.ks.meta,
-            meta::COMPACT_REV,
-            codec::encode_i64(rev).to_vec(),
-        );
+        batch.insert(&self.ks.meta, meta::COMPACT_REV, codec::encode_i64(rev));
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
         commit(batch)?;
         self.compact_rev.store(rev, Ordering::Release);

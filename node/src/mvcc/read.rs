@@ -1,5 +1,5 @@
 //! Reads: etcd's `rangeKeys` (kvstore_txn.go) and the Range applier (apply.go) over one
-//! consistent view, which is a fjall snapshot plus, inside a write txn, the txn's own
+//! consistent view, which is a storage snapshot plus, inside a write txn, the txn's own
 //! uncommitted changes.
 
 use std::cmp::Ordering;
@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
 use prost::Message;
-
-use fjall::Readable;
 
 use super::codec;
 use super::{Keyspaces, MvccError};
@@ -192,7 +190,6 @@ impl View<'_> {
         let mut committed = self
             .snap
             .range::<&[u8], _>(&self.ks.latest, bounds)
-            .map(|g| g.into_inner())
             .peekable();
         let empty = Overlay::new();
         let mut pending = overlay
@@ -235,8 +232,8 @@ impl View<'_> {
         // The escaped key being walked, and its newest (history key, record) at or below `at`.
         let mut walking: Option<Vec<u8>> = None;
         let mut newest = None;
-        for guard in self.snap.range(&self.ks.history, range.history_bounds()) {
-            let (raw_key, record) = guard.into_inner()?;
+        for item in self.snap.range(&self.ks.history, range.history_bounds()) {
+            let (raw_key, record) = item?;
             let (prefix, rev) = codec::split_history_key(&raw_key)?;
             if walking.as_deref() != Some(prefix) {
                 walking = Some(prefix.to_vec());

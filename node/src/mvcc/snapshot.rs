@@ -19,9 +19,9 @@
 //! file to the stream, and `etcdctl snapshot save` refuses a stream whose length modulo 512
 //! is not 32 (a bbolt file is a whole number of pages).
 //!
-//! Everything is read from one fjall snapshot, so the copy is exactly the state at one
+//! Everything is read from one storage snapshot, so the copy is exactly the state at one
 //! revision. Writing is streamed, in bounded memory; the exact length is known in advance
-//! from a first pass over the same fjall snapshot ([`SnapshotSource::stream_len`]).
+//! from a first pass over the same storage snapshot ([`SnapshotSource::stream_len`]).
 //!
 //! `mvcc_meta`'s apply marker is left out: it names an entry of the source's raft log,
 //! which means nothing to the cluster the copy is restored into.
@@ -30,11 +30,10 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use fjall::Readable;
 use sha2::{Digest, Sha256};
 
 use super::{meta, revisions, Keyspaces, Mvcc, MvccError};
-use crate::storage::{Keyspace, Snapshot, Store};
+use crate::storage::{Keyspace, Snapshot, StorageError, Store};
 
 /// The first bytes of every snapshot.
 pub const MAGIC: &[u8; 9] = b"CAIRNSNAP";
@@ -71,8 +70,8 @@ pub enum SnapshotError {
     NotEmpty,
 }
 
-impl From<fjall::Error> for SnapshotError {
-    fn from(e: fjall::Error) -> SnapshotError {
+impl From<StorageError> for SnapshotError {
+    fn from(e: StorageError) -> SnapshotError {
         SnapshotError::Mvcc(e.into())
     }
 }
@@ -86,7 +85,7 @@ pub struct SnapshotSource {
 }
 
 impl Mvcc {
-    /// Pins the current state for a snapshot. Holding it keeps fjall from discarding the
+    /// Pins the current state for a snapshot. Holding it keeps the storage engine from discarding the
     /// versions it reads, so drop it when done.
     pub fn snapshot_source(&self) -> Result<SnapshotSource, MvccError> {
         let snap = self.store.snapshot();
@@ -187,8 +186,8 @@ impl SnapshotSource {
     ) -> Result<(), SnapshotError> {
         for (name, ks) in sections(&self.ks) {
             f(Item::Section(name))?;
-            for guard in self.snap.iter(ks) {
-                let (k, v) = guard.into_inner()?;
+            for item in self.snap.iter(ks) {
+                let (k, v) = item?;
                 if name == "mvcc_meta" && &*k == meta::APPLIED.as_bytes() {
                     continue;
                 }
@@ -271,11 +270,11 @@ pub fn restore(path: &Path, store: &Store) -> Result<Restored, SnapshotError> {
     verify_digest(&mut file)?;
     file.seek(SeekFrom::Start(0))?;
     let ks = Keyspaces::open(store)?;
-    if ks.revs.first_key_value().is_some() || ks.meta.first_key_value().is_some() {
+    if ks.revs.first()?.is_some() || ks.meta.first()?.is_some() {
         return Err(SnapshotError::NotEmpty);
     }
     let restored = load(&mut BufReader::with_capacity(64 << 10, file), store, &ks)?;
-    store.sync().map_err(MvccError::from)?;
+    store.sync()?;
     Ok(restored)
 }
 

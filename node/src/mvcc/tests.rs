@@ -1,4 +1,4 @@
-//! Unit tests of the MVCC store against a real fjall store in a temp dir. Expected values
+//! Unit tests of the MVCC store against a real store in a temp dir. Expected values
 //! follow etcd 3.5 (apply.go, kvstore_txn.go, key_index.go).
 
 use super::*;
@@ -10,7 +10,6 @@ use crate::proto::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RequestOp, ResponseHeader, ResponseOp,
 };
 use crate::proto::mvccpb::KeyValue;
-use crate::storage::Readable;
 
 /// A fresh store in a temporary directory; the other MVCC test modules use it too.
 pub(super) struct Fixture {
@@ -921,7 +920,8 @@ fn txn_is_one_revision_and_sees_its_own_writes() {
         .store
         .snapshot()
         .iter(&f.mvcc.ks.revs)
-        .map(|g| Rev::from_bytes(&g.key().expect("key")).expect("rev"))
+        .keys()
+        .map(|k| Rev::from_bytes(&k.expect("key")).expect("rev"))
         .collect();
     assert_eq!(
         revs,

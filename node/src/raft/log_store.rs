@@ -1,4 +1,4 @@
-//! The raft log, the vote and the committed log id, in fjall.
+//! The raft log, the vote and the committed log id, in the store's WAL database.
 //!
 //! Keyspaces (opened here, nowhere else):
 //! - `raft_log`: key = log index as u64 big-endian; value = the openraft entry (bincode), whose
@@ -13,8 +13,8 @@
 //! thread takes every callback queued while its previous fsync ran, does one
 //! `Store::sync_wal`, and completes them all in order: group commit, one fsync for many
 //! appends. `save_vote` waits on the same thread, so a vote is durable before it returns.
-//! Truncation, purge and the committed id are not fsynced on their own: fjall's journal is
-//! one ordered file, so the next fsync covers them, and losing them in a crash is harmless
+//! Truncation, purge and the committed id are not fsynced on their own: the storage contract
+//! makes a database's commits durable in order, so the next fsync covers them, and losing them in a crash is harmless
 //! (openraft re-derives them). The committed id is written by the fsync thread just before
 //! its next fsync: written by openraft's core, it would wait for the journal lock that an
 //! fsync in flight holds, stalling the core for a whole fsync after every commit.
@@ -95,7 +95,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ) -> io::Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for item in self.log.range(key_bounds(&range)) {
-            let (_, value) = item.into_inner().map_err(io::Error::other)?;
+            let (_, value) = item.map_err(io::Error::other)?;
             entries.push(decode(&value)?);
         }
         Ok(entries)
@@ -111,11 +111,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.reader.meta(LAST_PURGED)?;
-        let last_log_id = match self.reader.log.last_key_value() {
-            Some(last) => {
-                let (_, value) = last.into_inner().map_err(io::Error::other)?;
-                Some(decode::<Entry>(&value)?.log_id())
-            }
+        let last_log_id = match self.reader.log.last().map_err(io::Error::other)? {
+            Some((_, value)) => Some(decode::<Entry>(&value)?.log_id()),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -194,8 +191,8 @@ impl LogStore {
             if let Some(marker) = last_purged {
                 batch.insert(&meta, LAST_PURGED, marker);
             }
-            for item in log.range(key_bounds(&range)) {
-                batch.remove(&log, item.key().map_err(io::Error::other)?);
+            for key in log.range(key_bounds(&range)).keys() {
+                batch.remove(&log, key.map_err(io::Error::other)?);
             }
             batch.commit().map_err(io::Error::other)
         })

@@ -1,4 +1,5 @@
-//! Raft: cairn's replicated log on openraft, stored in fjall, applied to the MVCC store.
+//! Raft: cairn's replicated log on openraft, kept in the store's WAL database, applied to the
+//! MVCC store.
 //!
 //! Owns: the openraft type configuration (declared once, below), the node's lifecycle
 //! ([`RaftNode::start`] / [`RaftNode::shutdown`]), proposals and read barriers, and the raft
@@ -6,6 +7,11 @@
 //! [`state_machine`] (apply into [`crate::mvcc`]) and [`network`] (peer transport).
 //! openraft types stay inside this module: callers see only [`cairnpb::Command`] going in and
 //! [`Applied`] coming out.
+//!
+//! Failing safe: a storage error in the log store, the fsync thread or apply, a corrupt log
+//! entry, or a panic stops openraft's core; [`RaftNode::failed`] reports that (and any fatal
+//! storage error latched elsewhere), and the caller must then stop the process: serving on
+//! would answer from a state that may never become durable, and a restart replays the log.
 //!
 //! Today a cluster has one voter. Everything multi-node needs is an addition here: a real
 //! [`network`] transport, snapshot transfer (see [`state_machine`]), and membership calls.
@@ -132,6 +138,8 @@ pub struct RaftStatus {
 /// A running raft member.
 pub struct RaftNode {
     raft: Raft,
+    /// Held to watch for a fatal storage failure ([`RaftNode::failed`]).
+    store: Arc<Store>,
     /// Bounds a proposal or read barrier, like etcd's request timeout (5 s + 2 elections).
     request_timeout: Duration,
     metrics_task: tokio::task::JoinHandle<()>,
@@ -152,8 +160,9 @@ impl RaftNode {
         let config = openraft_config(&settings)?;
         let (in_use, released) = InUse::new();
         let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
-        let state_machine = StateMachine::open(store, mvcc, lessor, in_use, settings.watch.clone())
-            .map_err(fatal)?;
+        let state_machine =
+            StateMachine::open(store.clone(), mvcc, lessor, in_use, settings.watch.clone())
+                .map_err(fatal)?;
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -168,6 +177,7 @@ impl RaftNode {
             request_timeout: Duration::from_secs(5) + 2 * settings.election_timeout,
             released: tokio::sync::Mutex::new(released),
             raft,
+            store,
         };
         let wait = settings.election_timeout * 2 * ELECTIONS_TO_WAIT;
         let ready = match node
@@ -233,6 +243,20 @@ impl RaftNode {
             .nodes()
             .map(|(id, info)| (*id, info.clone()))
             .collect()
+    }
+
+    /// Resolves when this node can no longer serve safely: openraft's core stopped on an
+    /// error (a failed append or fsync, a corrupt log entry, a storage error in apply, a
+    /// panic), or the store latched a fatal engine error anywhere (e.g. in MVCC's compaction
+    /// thread). Never resolves while healthy or after [`RaftNode::shutdown`]. The error is
+    /// logged here; the caller must stop the process without serving another request.
+    pub async fn failed(&self) -> RaftError {
+        let cause = tokio::select! {
+            e = self.store.failure() => e.to_string(),
+            cause = core_failure(self.raft.metrics()) => cause,
+        };
+        tracing::error!(error = %cause, "raft cannot go on; the node must stop (a restart replays the log)");
+        RaftError::Fatal(cause)
     }
 
     /// Stops raft and returns once its storage handles are released, so the store can be
@@ -384,6 +408,30 @@ async fn record_metrics(
     }
 }
 
+/// Resolves with the reason once openraft's core has stopped on an error or panicked; never
+/// if it runs on or was stopped on request.
+async fn core_failure(
+    mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+) -> String {
+    loop {
+        let state = rx.borrow_watched().running_state.clone();
+        let ended = match state {
+            Err(Fatal::Stopped) => return std::future::pending().await,
+            Err(e) => return e.to_string(),
+            Ok(()) => rx.changed().await.is_err(),
+        };
+        if ended {
+            // The core sets `running_state` before it drops the sender, so a sender gone
+            // with the state still `Ok` means the core task died without reporting.
+            return match rx.borrow_watched().running_state.clone() {
+                Err(Fatal::Stopped) => std::future::pending().await,
+                Err(e) => e.to_string(),
+                Ok(()) => "raft core task ended unexpectedly".to_string(),
+            };
+        }
+    }
+}
+
 fn index_gauge(index: Option<u64>) -> i64 {
     index.map_or(0, |i| i64::try_from(i).unwrap_or(i64::MAX))
 }
@@ -494,8 +542,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Runs a blocking fjall call off the async runtime. fjall holds its journal lock for the
-/// whole of an fsync, so even a small write can wait for one.
+/// Runs a blocking storage call off the async runtime. The engine holds its journal lock for
+/// the whole of an fsync, so even a small write can wait for one.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
@@ -715,6 +763,63 @@ mod tests {
             3
         );
         node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_fsync_stops_raft_and_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = crate::storage::StoreOptions {
+            fault: Some("wal-fsync:20".parse().expect("plan")),
+        };
+        let store = Arc::new(Store::open_with(dir.path(), &options).expect("open store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));
+        let node = RaftNode::start(store.clone(), mvcc, lessor(&store), settings(0))
+            .await
+            .expect("start raft");
+        let mut acked = 0;
+        while node.propose(txn()).await.is_ok() {
+            acked += 1;
+            assert!(acked < 100, "the fault never stopped raft");
+        }
+        let failed = tokio::time::timeout(Duration::from_secs(10), node.failed())
+            .await
+            .expect("failed() resolves");
+        assert!(
+            failed.to_string().contains("injected fault wal-fsync:20"),
+            "{failed}"
+        );
+        assert!(
+            node.propose(txn()).await.is_err(),
+            "nothing is acknowledged after the failure"
+        );
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_log_entry_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_mvcc, node) = start(dir.path(), 0).await;
+            node.propose(txn()).await.expect("propose");
+            node.shutdown().await;
+        }
+        {
+            let store = Store::open(dir.path()).expect("open store");
+            let log = store.wal_keyspace("raft_log").expect("log");
+            let (last, _) = log.last().expect("read").expect("an entry");
+            log.insert(last, b"\xff\xff not an entry")
+                .expect("corrupt it");
+            store.sync_wal().expect("sync");
+        }
+        let store = Arc::new(Store::open(dir.path()).expect("reopen store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));
+        let started = tokio::time::timeout(
+            Duration::from_secs(30),
+            RaftNode::start(store.clone(), mvcc, lessor(&store), settings(0)),
+        )
+        .await
+        .expect("start gives up");
+        assert!(started.is_err(), "a node with a corrupt log must not serve");
     }
 
     #[test]

@@ -1,34 +1,66 @@
-//! The data directory and the fjall database inside it.
+//! The data directory, the fjall databases inside it, and the storage contract every other
+//! module reads and writes through. No module outside `storage/` names fjall.
 //!
 //! Owns: creating and validating `--data-dir`, the exclusive lock that keeps a second
-//! process out, the format marker, opening fjall, and the durability calls. Every fjall
-//! keyspace is opened through [`Store::keyspace`]; the module that owns a keyspace documents
-//! its key encoding next to where it opens it (see ARCHITECTURE.md for the list).
+//! process out, the format marker, opening fjall, the durability calls, the failure latch
+//! and the fault-injection seam ([`fault`]). Every keyspace is opened through
+//! [`Store::keyspace`] or [`Store::wal_keyspace`]; the module that owns a keyspace
+//! documents its key encoding next to where it opens it (see ARCHITECTURE.md for the list).
 //! It must not know what is stored: no raft or MVCC types here.
 //!
 //! Layout of a data dir:
 //! ```text
 //! <data-dir>/CAIRN_FORMAT   "cairn-data-v2": written last on first start, checked on every start
 //! <data-dir>/cairn.lock     held with an exclusive lock while a node runs
-//! <data-dir>/db/            the fjall database of the state: MVCC, leases, meta
-//! <data-dir>/wal/           the fjall database of the raft log and raft meta
+//! <data-dir>/db/            the state database: MVCC, leases, meta
+//! <data-dir>/wal/           the WAL database: the raft log and raft meta
 //! ```
 //!
 //! Two databases, because fjall holds a database's journal lock for the whole of an
 //! fdatasync: with one journal, every MVCC apply would wait for the log's fsync in flight.
-//! The WAL database is made durable by [`Store::sync_wal`] (the raft log's group commit);
-//! the state database only by [`Store::sync`] (snapshots, identity, restore), and may lag
-//! behind the log after a crash, which replaying the log repairs.
+//!
+//! # The contract
+//!
+//! * **Keyspaces** ([`Keyspace`]): named tables of one database. Keys and values are byte
+//!   strings (a key at most 64 KiB); iteration is in ascending byte order of the keys,
+//!   descending from the back ([`Iter`], [`Keys`]), so big-endian integers in keys iterate
+//!   in numeric order. Reads hand out [`Bytes`], which share the engine's buffer.
+//! * **Atomicity**: a [`WriteBatch`] spans any keyspaces of one database and is applied all
+//!   or nothing, also across a crash; so is a single [`Keyspace::insert`]. Nothing is atomic
+//!   across the two databases.
+//! * **Visibility**: a commit is visible to every read started after it returns. A
+//!   [`Snapshot`] ([`Store::snapshot`]) is a consistent view of the state database as of
+//!   its creation: it sees every commit before it whole and none after.
+//! * **Durability**: committing does not fsync. Commits to a database become durable, in
+//!   commit order, at the next [`Store::sync`] (state database) or [`Store::sync_wal`]
+//!   (WAL database) that returns `Ok`. After a crash each database holds a prefix of its
+//!   commits: everything before its last successful sync and possibly some after. The
+//!   state database may lag behind the WAL; replaying the log repairs that.
+//! * **Errors**: every failure is a [`StorageError`]. An engine error (I/O, corruption,
+//!   a failed fsync) is fatal: the store logs it, latches it, refuses every later write and
+//!   sync with [`StorageError::Refused`] (after a failed fsync, a later one that succeeds
+//!   proves nothing about the earlier writes), and [`Store::failure`] resolves, so the node
+//!   stops and a restart recovers from what is durable.
+//! * **Fault injection**: [`StoreOptions::fault`] makes one chosen write or fsync fail with
+//!   an injected I/O error that takes the same path as a real one (see [`fault`]).
 
+mod fault;
+mod kv;
+
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-pub use fjall::{Keyspace, OwnedWriteBatch as WriteBatch, PersistMode, Readable, Snapshot};
+use tokio::sync::watch;
+
+pub use fault::{BadFaultPlan, FaultDatabase, FaultOp, FaultPlan};
+pub use kv::{Bytes, Iter, Keys, Keyspace, Snapshot, WriteBatch};
 
 /// The content of the format marker. Bump it (and add a migration) when an on-disk
 /// encoding changes incompatibly.
@@ -52,7 +84,7 @@ const WAL_WRITE_BUFFER_BYTES: u64 = 32 << 20;
 /// How often the data dir's size is measured for `Status`, `/metrics` and the quota check.
 const SIZE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why the data directory could not be used.
+/// Why a storage operation failed: the one error type of the storage contract.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("data dir {path}: {source}")]
@@ -66,8 +98,25 @@ pub enum StorageError {
     Foreign { path: PathBuf, found: String },
     #[error("data dir {path} has format {found:?}, this cairn reads {FORMAT:?}")]
     WrongFormat { path: PathBuf, found: String },
-    #[error("storage engine error in {path}: {source}")]
-    Engine { path: PathBuf, source: fjall::Error },
+    /// The engine failed an operation. Fatal: see the module header.
+    #[error("storage engine error in {path} ({context}): {source}")]
+    Engine {
+        path: PathBuf,
+        /// The operation and, where there is one, the keyspace.
+        context: String,
+        source: EngineError,
+    },
+    /// The store has failed (what [`Store::failure`] reports): `first` is the first engine
+    /// error.
+    #[error("storage failed: {first}")]
+    Failed { first: String },
+    /// Refused because an earlier engine error made the store unusable until a restart.
+    #[error("refused {op} in {path}: storage failed earlier: {first}")]
+    Refused {
+        path: PathBuf,
+        op: String,
+        first: String,
+    },
 }
 
 impl StorageError {
@@ -79,10 +128,136 @@ impl StorageError {
     }
 }
 
+/// The engine's own error, opaque to callers: its message and `source()` chain are all
+/// they get.
+#[derive(Debug)]
+pub struct EngineError(fjall::Error);
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            fjall::Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// How a [`Store`] is opened.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Testing only: a storage operation to fail with an injected I/O error.
+    pub fault: Option<FaultPlan>,
+}
+
+/// An operation on a database, for error context and fault injection.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Read,
+    /// A single-key write.
+    Write,
+    /// A batch commit.
+    Commit,
+    Sync,
+    Open,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Commit => "batch commit",
+            Op::Sync => "fsync",
+            Op::Open => "open keyspace",
+        })
+    }
+}
+
+/// The first fatal engine error of a store; shared by both databases.
+struct Failure {
+    failed: AtomicBool,
+    /// The first engine error, as text (it names the database).
+    first: watch::Sender<Option<String>>,
+}
+
+/// What every handle of one database shares: where it is, its armed fault, the store's
+/// failure latch.
+struct Db {
+    path: PathBuf,
+    fault: Option<fault::Armed>,
+    failure: Arc<Failure>,
+}
+
+impl Db {
+    /// Refuses a write or sync once the store has failed.
+    fn before_write(&self, op: Op, keyspace: &str) -> Result<(), StorageError> {
+        if !self.failure.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let first = self.failure.first.borrow().clone().unwrap_or_default();
+        let op = if keyspace.is_empty() {
+            op.to_string()
+        } else {
+            format!("{op} of keyspace {keyspace}")
+        };
+        Err(StorageError::Refused {
+            path: self.path.clone(),
+            op,
+            first,
+        })
+    }
+
+    /// The fault-injection seam: fails the planned operation as the engine would.
+    fn inject(&self, op: Op) -> Result<(), fjall::Error> {
+        let Some(armed) = &self.fault else {
+            return Ok(());
+        };
+        match op {
+            Op::Write | Op::Commit => armed.check(FaultOp::Write),
+            Op::Sync => armed.check(FaultOp::Fsync),
+            Op::Read | Op::Open => Ok(()),
+        }
+    }
+
+    /// Wraps an engine error with its context, logs it and latches the store as failed.
+    fn fail(&self, op: Op, keyspace: Option<&str>, source: fjall::Error) -> StorageError {
+        let context = match keyspace {
+            Some(ks) => format!("{op} of keyspace {ks}"),
+            None => op.to_string(),
+        };
+        let err = StorageError::Engine {
+            path: self.path.clone(),
+            context,
+            source: EngineError(source),
+        };
+        let first = self.failure.first.send_if_modified(|first| {
+            if first.is_some() {
+                return false;
+            }
+            *first = Some(err.to_string());
+            true
+        });
+        self.failure.failed.store(true, Ordering::Release);
+        if first {
+            tracing::error!(error = %err, "fatal storage error: cairn must stop and recover on restart");
+        }
+        err
+    }
+}
+
 /// An opened, locked data directory.
 pub struct Store {
     db: fjall::Database,
     wal: fjall::Database,
+    db_info: Arc<Db>,
+    wal_info: Arc<Db>,
+    failure: Arc<Failure>,
     dir: PathBuf,
     /// Bytes allocated on disk by the database, sampled in the background: asking fjall
     /// would wait for its journal lock, which an fsync in progress holds.
@@ -94,6 +269,11 @@ pub struct Store {
 impl Store {
     /// Opens (creating on first start) the data directory at `dir`.
     pub fn open(dir: &Path) -> Result<Store, StorageError> {
+        Store::open_with(dir, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Store, StorageError> {
         fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
         let lock = lock(dir)?;
         let fresh = check_format(dir)?;
@@ -105,9 +285,27 @@ impl Store {
         let paths = vec![dir.join(DB_DIR), dir.join(WAL_DIR)];
         let size = Arc::new(AtomicU64::new(allocated(&paths)));
         sample_size(paths, Arc::downgrade(&size))?;
+        let failure = Arc::new(Failure {
+            failed: AtomicBool::new(false),
+            first: watch::Sender::new(None),
+        });
+        let info = |sub: &str, which: FaultDatabase| {
+            let fault = options.fault.filter(|f| f.database == which);
+            if let Some(plan) = fault {
+                tracing::warn!(fault = %plan, "storage fault injection armed (--unsafe-storage-fault): never use this in production");
+            }
+            Arc::new(Db {
+                path: dir.join(sub),
+                fault: fault.map(fault::Armed::new),
+                failure: failure.clone(),
+            })
+        };
         Ok(Store {
             db,
             wal,
+            db_info: info(DB_DIR, FaultDatabase::State),
+            wal_info: info(WAL_DIR, FaultDatabase::Wal),
+            failure: failure.clone(),
             dir: dir.to_path_buf(),
             size,
             _lock: lock,
@@ -116,41 +314,36 @@ impl Store {
 
     /// Opens or creates the named keyspace of the state database.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, StorageError> {
-        self.db
-            .keyspace(name, keyspace_options)
-            .map_err(|e| self.engine(e))
+        open_keyspace(&self.db, &self.db_info, name)
     }
 
     /// Opens or creates the named keyspace of the WAL database.
     pub fn wal_keyspace(&self, name: &str) -> Result<Keyspace, StorageError> {
-        self.wal
-            .keyspace(name, keyspace_options)
-            .map_err(|e| self.wal_engine(e))
+        open_keyspace(&self.wal, &self.wal_info, name)
     }
 
-    /// A new atomic batch across keyspaces. Nothing is fsynced by committing it; durability
-    /// comes from [`Store::sync`].
+    /// A new atomic batch across keyspaces of the state database; durable after
+    /// [`Store::sync`].
     pub fn batch(&self) -> WriteBatch {
-        self.db.batch()
+        WriteBatch::new(self.db.batch(), self.db_info.clone())
     }
 
-    /// A new atomic batch across WAL keyspaces; durable after [`Store::sync_wal`].
+    /// A new atomic batch across keyspaces of the WAL database; durable after
+    /// [`Store::sync_wal`].
     pub fn wal_batch(&self) -> WriteBatch {
-        self.wal.batch()
+        WriteBatch::new(self.wal.batch(), self.wal_info.clone())
     }
 
-    /// A consistent point-in-time view across all keyspaces.
+    /// A consistent point-in-time view across all keyspaces of the state database.
     pub fn snapshot(&self) -> Snapshot {
-        self.db.snapshot()
+        Snapshot::new(self.db.snapshot())
     }
 
     /// Makes everything committed so far to the state database durable (fdatasync of its
     /// journal) and records the time in `etcd_disk_backend_commit_duration_seconds`.
     pub fn sync(&self) -> Result<(), StorageError> {
         let start = Instant::now();
-        self.db
-            .persist(PersistMode::SyncData)
-            .map_err(|e| self.engine(e))?;
+        persist(&self.db, &self.db_info)?;
         crate::metrics::get()
             .backend_commit_duration
             .observe(start.elapsed().as_secs_f64());
@@ -161,13 +354,29 @@ impl Store {
     /// journal) and records the time in `etcd_disk_wal_fsync_duration_seconds`.
     pub fn sync_wal(&self) -> Result<(), StorageError> {
         let start = Instant::now();
-        self.wal
-            .persist(PersistMode::SyncData)
-            .map_err(|e| self.wal_engine(e))?;
+        persist(&self.wal, &self.wal_info)?;
         crate::metrics::get()
             .wal_fsync_duration
             .observe(start.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Resolves with [`StorageError::Failed`] once an engine error has made the store
+    /// unusable (see the module header); never while the store is healthy.
+    pub fn failure(&self) -> impl Future<Output = StorageError> + Send + 'static {
+        let mut rx = self.failure.first.subscribe();
+        async move {
+            let first = rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|first| first.clone());
+            match first {
+                Some(first) => StorageError::Failed { first },
+                // The store was dropped healthy: it never fails now.
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Bytes the database occupies on disk (allocated blocks, like `du`: fjall preallocates
@@ -180,21 +389,23 @@ impl Store {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
 
-    /// Wraps an engine error with the state database path.
-    pub fn engine(&self, source: fjall::Error) -> StorageError {
-        StorageError::Engine {
-            path: self.dir.join(DB_DIR),
-            source,
-        }
-    }
+fn open_keyspace(
+    db: &fjall::Database,
+    info: &Arc<Db>,
+    name: &str,
+) -> Result<Keyspace, StorageError> {
+    db.keyspace(name, keyspace_options)
+        .map(|ks| Keyspace::new(ks, name, info.clone()))
+        .map_err(|e| info.fail(Op::Open, Some(name), e))
+}
 
-    fn wal_engine(&self, source: fjall::Error) -> StorageError {
-        StorageError::Engine {
-            path: self.dir.join(WAL_DIR),
-            source,
-        }
-    }
+fn persist(db: &fjall::Database, info: &Db) -> Result<(), StorageError> {
+    info.before_write(Op::Sync, "")?;
+    info.inject(Op::Sync)
+        .and_then(|()| db.persist(fjall::PersistMode::SyncData))
+        .map_err(|e| info.fail(Op::Sync, None, e))
 }
 
 /// Opens one fjall database with cairn's settings.
@@ -207,7 +418,8 @@ fn open_db(path: &Path, write_buffer: u64) -> Result<fjall::Database, StorageErr
         .max_write_buffer_size(Some(write_buffer));
     builder.open().map_err(|source| StorageError::Engine {
         path: path.to_path_buf(),
-        source,
+        context: "open".to_string(),
+        source: EngineError(source),
     })
 }
 
@@ -371,5 +583,102 @@ mod tests {
                 .as_deref(),
             Some(&b"b"[..])
         );
+    }
+
+    #[test]
+    fn iteration_is_in_key_byte_order_both_ways() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let ks = s.keyspace("t").expect("ks");
+        let mut batch = s.batch();
+        for n in [300u64, 2, 70_000, 1] {
+            batch.insert(&ks, n.to_be_bytes(), n.to_string());
+        }
+        batch.remove(&ks, 2u64.to_be_bytes());
+        batch.commit().expect("commit");
+        let snap = s.snapshot();
+        ks.insert(5u64.to_be_bytes(), "late").expect("insert");
+        fn keys(it: impl Iterator<Item = Result<(Bytes, Bytes), StorageError>>) -> Vec<u64> {
+            it.map(|e| {
+                let (k, _) = e.expect("entry");
+                u64::from_be_bytes(k[..].try_into().expect("8 bytes"))
+            })
+            .collect()
+        }
+        assert_eq!(
+            keys(snap.iter(&ks)),
+            [1, 300, 70_000],
+            "the snapshot misses later writes"
+        );
+        assert_eq!(keys(ks.iter()), [1, 5, 300, 70_000]);
+        assert_eq!(
+            keys(snap.range(&ks, 2u64.to_be_bytes()..).rev()),
+            [70_000, 300]
+        );
+        let last = ks.iter().keys().next_back().expect("a key").expect("read");
+        assert_eq!(&*last, &70_000u64.to_be_bytes()[..]);
+        assert_eq!(
+            snap.get(&ks, 300u64.to_be_bytes()).expect("get").as_deref(),
+            Some(&b"300"[..])
+        );
+        assert_eq!(snap.prefix(&ks, [0u8; 6]).count(), 2, "1 and 300");
+    }
+
+    #[tokio::test]
+    async fn an_injected_fsync_failure_is_fatal_and_latched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            fault: Some("wal-fsync:2".parse().expect("plan")),
+        };
+        let s = Store::open_with(dir.path(), &options).expect("open");
+        let ks = s.wal_keyspace("log").expect("ks");
+        let failure = s.failure();
+        ks.insert("a", "1").expect("insert");
+        s.sync_wal().expect("first fsync");
+        s.sync().expect("the state database is not armed");
+        let err = s.sync_wal().expect_err("second fsync fails");
+        assert!(
+            matches!(&err, StorageError::Engine { context, .. } if context == "fsync"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("injected fault wal-fsync:2"),
+            "{err}"
+        );
+        // The fault fires once, but the store stays failed: nothing later is acknowledged.
+        for refused in [
+            s.sync_wal(),
+            s.sync(),
+            ks.insert("b", "2"),
+            s.batch().commit(),
+        ] {
+            assert!(
+                matches!(refused, Err(StorageError::Refused { .. })),
+                "{refused:?}"
+            );
+        }
+        let failed = tokio::time::timeout(Duration::from_secs(5), failure)
+            .await
+            .expect("failure() resolves");
+        assert!(failed.to_string().contains("injected fault"), "{failed}");
+        assert_eq!(
+            ks.get("a").expect("reads still work").as_deref(),
+            Some(&b"1"[..])
+        );
+    }
+
+    #[test]
+    fn an_injected_write_failure_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            fault: Some("db-write:1".parse().expect("plan")),
+        };
+        let s = Store::open_with(dir.path(), &options).expect("open");
+        let ks = s.keyspace("t").expect("ks");
+        let mut batch = s.batch();
+        batch.insert(&ks, "k", "v");
+        let err = batch.commit().expect_err("the first write fails");
+        assert!(matches!(err, StorageError::Engine { .. }), "{err}");
+        assert_eq!(ks.get("k").expect("get"), None);
     }
 }

@@ -9,6 +9,7 @@ mod bad_input;
 mod big_reads;
 mod crash;
 mod etcdctl;
+mod fail_safe;
 mod http;
 mod kv;
 mod lease_api;
