@@ -30,6 +30,10 @@ pub enum ApiError {
     InvalidSortOption,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// etcd bounds nesting only by `--max-txn-ops` and the request size; cairn's validation
+    /// and apply recurse, so it also stops at a fixed depth.
+    #[error("cairn: txn nesting deeper than {0} levels is not supported")]
+    TxnTooDeep(usize),
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
@@ -67,7 +71,9 @@ impl ApiError {
         use ApiError::*;
         match self {
             EmptyKey | KeyNotFound | KeyTooLong | ValueProvided | LeaseProvided | TooManyOps
-            | DuplicateKey | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            | DuplicateKey | InvalidSortOption | RequestTooLarge | TxnTooDeep(_) => {
+                Code::InvalidArgument
+            }
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,

@@ -6,9 +6,11 @@
 //! Must not touch fjall or openraft types directly: it talks to `RaftNode`, `Mvcc` and `Store`.
 
 mod cluster;
+pub mod codec;
 mod concurrency;
 mod election;
 pub mod error;
+mod grpc_layer;
 mod http;
 mod kv;
 mod lease;
@@ -85,22 +87,36 @@ impl Node {
 
 /// The router serving gRPC and HTTP on one port, as etcd does.
 pub fn router(node: Arc<Node>) -> axum::Router {
+    // grpc-go's receive limit is server-wide: every service gets it.
     let max_msg = node.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    codec::set_max_txn_ops(node.limits.max_txn_ops);
     let grpc = tonic::service::Routes::new(
         KvServer::new(kv::KvService(node.clone())).max_decoding_message_size(max_msg),
     )
-    .add_service(ClusterServer::new(cluster::ClusterService(node.clone())))
-    .add_service(LeaseServer::new(lease::LeaseService(node.clone())))
-    .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
-        node.clone(),
-    )))
-    .add_service(LockServer::new(lock::LockService(node.clone())))
-    .add_service(ElectionServer::new(election::ElectionService(node.clone())))
+    .add_service(
+        ClusterServer::new(cluster::ClusterService(node.clone()))
+            .max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService(node.clone())).max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService(node.clone()))
+            .max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        LockServer::new(lock::LockService(node.clone())).max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        ElectionServer::new(election::ElectionService(node.clone()))
+            .max_decoding_message_size(max_msg),
+    )
     .add_service(
         WatchServer::new(watch::WatchService(node.clone())).max_decoding_message_size(max_msg),
     )
     .into_axum_router();
     grpc.merge(http::router(node))
+        .layer(axum::middleware::from_fn(grpc_layer::layer))
 }
 
 /// The router for `--listen-metrics-urls`: the HTTP endpoints only.
