@@ -72,9 +72,10 @@ impl Node {
     }
 
     pub(super) async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ApiError> {
-        validate::size(&req, self.limits.max_request_bytes)?;
         validate::txn(&req, self.limits.max_txn_ops)?;
         if validate::txn_writes(&req) {
+            // As etcd, only what goes through the log is held to --max-request-bytes.
+            validate::size(&req, self.limits.max_request_bytes)?;
             return self.write(req).await;
         }
         // A txn that only reads needs no log entry: a ReadIndex barrier makes it linearizable.

@@ -14,6 +14,7 @@ mod grpc_layer;
 mod http;
 mod kv;
 mod lease;
+pub mod listen;
 mod lock;
 mod maintenance;
 mod validate;

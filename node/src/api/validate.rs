@@ -25,6 +25,7 @@ pub fn range(r: &RangeRequest) -> Result<(), ApiError> {
     if r.key.is_empty() {
         return Err(ApiError::EmptyKey);
     }
+    bounds(&r.key, &r.range_end)?;
     if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
         return Err(ApiError::InvalidSortOption);
     }
@@ -53,6 +54,7 @@ pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), ApiError> {
     if r.key.is_empty() {
         return Err(ApiError::EmptyKey);
     }
+    bounds(&r.key, &r.range_end)?;
     Ok(())
 }
 
@@ -72,6 +74,9 @@ fn txn_ops(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(ApiError::EmptyKey);
     }
+    r.compare
+        .iter()
+        .try_for_each(|c| bounds(&c.key, &c.range_end))?;
     r.success
         .iter()
         .chain(&r.failure)
@@ -88,6 +93,15 @@ fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ApiError> {
         Some(Request::RequestTxn(r)) => txn_ops(r, max_txn_ops),
         None => Err(ApiError::KeyNotFound),
     }
+}
+
+/// A range bound longer than any key the store can hold cannot be looked up (the storage
+/// engine refuses it), so it is refused here; etcd, with no key limit, serves such a read.
+fn bounds(key: &[u8], range_end: &[u8]) -> Result<(), ApiError> {
+    if key.len() > crate::mvcc::MAX_KEY_LEN || range_end.len() > crate::mvcc::MAX_KEY_LEN {
+        return Err(ApiError::KeyTooLong);
+    }
+    Ok(())
 }
 
 /// Whether any op in the txn, at any depth, writes.

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod crash;
+mod edge_cases;
 mod etcdctl;
 mod http;
 mod kv;
