@@ -44,8 +44,7 @@ fn fix_status(headers: &mut HeaderMap) {
     };
     let message = message.replace("%20", " ");
     // "Error, decoded message length too large: found {len} bytes, the limit is: {limit} bytes"
-    let Some(rest) = message.strip_prefix("Error, decoded message length too large: found ")
-    else {
+    let Some(rest) = message.strip_prefix("Error, decoded message length too large: found ") else {
         return;
     };
     let numbers: Vec<&str> = rest

@@ -102,10 +102,7 @@ fn op(mut buf: &[u8], depth: usize, max_depth: usize) -> Result<RequestOp, Nesti
 }
 
 /// The payload of a length-delimited field, advancing `buf` past it.
-fn length_delimited<'a>(
-    buf: &mut &'a [u8],
-    wire_type: WireType,
-) -> Result<&'a [u8], NestingError> {
+fn length_delimited<'a>(buf: &mut &'a [u8], wire_type: WireType) -> Result<&'a [u8], NestingError> {
     check_wire_type(WireType::LengthDelimited, wire_type)?;
     let len = usize::try_from(decode_varint(buf)?).map_err(|_| NestingError::Truncated)?;
     if len > buf.len() {
@@ -152,7 +149,10 @@ mod tests {
     fn round_trips_what_prost_cannot_decode() {
         let txn = nested(200);
         let bytes = txn.encode_to_vec();
-        assert!(TxnRequest::decode(bytes.as_slice()).is_err(), "prost's limit");
+        assert!(
+            TxnRequest::decode(bytes.as_slice()).is_err(),
+            "prost's limit"
+        );
         let back = decode_txn(&bytes, MAX_TXN_DEPTH).expect("decodes");
         assert!(back == txn);
         let command = Command {
@@ -197,7 +197,12 @@ mod tests {
 
     #[test]
     fn malformed_bytes_are_errors() {
-        for bad in [&b"\xff\xff"[..], b"\x12\x05ab", b"\x10\x01", b"\x12\x02\x22\x05"] {
+        for bad in [
+            &b"\xff\xff"[..],
+            b"\x12\x05ab",
+            b"\x10\x01",
+            b"\x12\x02\x22\x05",
+        ] {
             assert!(decode_txn(bad, 10).is_err(), "{bad:?}");
         }
         // Unknown fields are skipped, as prost does.

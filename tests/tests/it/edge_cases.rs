@@ -192,10 +192,14 @@ async fn nested_txns_are_accepted_as_deep_as_max_txn_ops_allows() {
     let mut client = server.client().await.unwrap();
 
     // Deeper than prost's default recursion limit allows (about 49 levels).
-    let resp = call(&server, TXN, nested_txn(100, b"at-100")).await.unwrap();
+    let resp = call(&server, TXN, nested_txn(100, b"at-100"))
+        .await
+        .unwrap();
     assert!(txn_succeeded(&resp));
     // The default --max-txn-ops=128 is also the deepest chain etcd accepts.
-    let resp = call(&server, TXN, nested_txn(128, b"at-128")).await.unwrap();
+    let resp = call(&server, TXN, nested_txn(128, b"at-128"))
+        .await
+        .unwrap();
     assert!(txn_succeeded(&resp));
     let got = client.get("at-128", None).await.unwrap();
     assert_eq!((got.kvs()[0].value(), rev!(got)), (&b"v"[..], 3));
@@ -220,7 +224,9 @@ async fn nested_txns_are_accepted_as_deep_as_max_txn_ops_allows() {
 async fn nesting_is_bounded_even_with_a_huge_max_txn_ops() {
     let server = Server::start_with(&["--max-txn-ops=100000"]).await.unwrap();
     let mut client = server.client().await.unwrap();
-    let resp = call(&server, TXN, nested_txn(512, b"at-512")).await.unwrap();
+    let resp = call(&server, TXN, nested_txn(512, b"at-512"))
+        .await
+        .unwrap();
     assert!(txn_succeeded(&resp));
     let deeper = call(&server, TXN, nested_txn(513, b"at-513")).await;
     if cairn_tests::testing_cairn() {
@@ -253,7 +259,12 @@ async fn unknown_compare_target_and_result_are_treated_as_etcd_does() {
         ]
         .concat();
         let get = field_bytes(1, &field_bytes(1, b"k"));
-        [field_bytes(1, &compare), field_bytes(2, &get), field_bytes(3, &get)].concat()
+        [
+            field_bytes(1, &compare),
+            field_bytes(2, &get),
+            field_bytes(3, &get),
+        ]
+        .concat()
     };
     let succeeded = |r: Result<Vec<u8>, Status>| txn_succeeded(&r.unwrap());
     // Results: EQUAL 0, GREATER 1, LESS 2, NOT_EQUAL 3. Known: version 1 = 5 is false,
@@ -356,7 +367,11 @@ async fn messages_over_the_limits_get_grpc_gos_and_etcds_answers() {
     if cairn_tests::testing_cairn() {
         // Deliberate difference: cairn's store holds keys up to 32736 bytes and refuses a
         // longer range bound; etcd has no key limit below the request size.
-        assert_status(range, Code::InvalidArgument, "cairn: key is longer than 32736 bytes");
+        assert_status(
+            range,
+            Code::InvalidArgument,
+            "cairn: key is longer than 32736 bytes",
+        );
     } else {
         range.unwrap();
     }

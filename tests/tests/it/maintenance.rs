@@ -127,7 +127,11 @@ async fn defragment_keeps_the_data() {
     assert_eq!(client.get("gone", None).await.unwrap().kvs().len(), 0);
     let hash_after = client.hash_kv(0).await.unwrap();
     assert_eq!(
-        (hash_after.hash(), hash_after.compact_version(), rev!(hash_after)),
+        (
+            hash_after.hash(),
+            hash_after.compact_version(),
+            rev!(hash_after)
+        ),
         (hash_before.hash(), 3, 4)
     );
     // The compacted revision stays compacted, the one above it stays readable.
@@ -150,7 +154,10 @@ async fn defragment_keeps_the_data() {
     // The endpoint keeps serving writes, which continue the revision sequence.
     assert_eq!(rev!(client.put("k", "v2", None).await.unwrap()), 5);
     let health = server.ctl(&["endpoint", "health"]).await.unwrap();
-    assert!(health.stdout.contains("is healthy") || health.stderr.contains("is healthy"), "{health:?}");
+    assert!(
+        health.stdout.contains("is healthy") || health.stderr.contains("is healthy"),
+        "{health:?}"
+    );
 }
 
 #[tokio::test]
@@ -170,12 +177,27 @@ async fn snapshot_streams_the_whole_database() {
         total += len;
         remaining.push(chunk.remaining_bytes());
     }
-    assert!(total > 100_000, "snapshot of {total} bytes holds the big value");
-    assert_eq!(Some(total), announced, "received what the first message announced");
-    assert!(remaining.len() > 1, "several chunks: {remaining:?}");
-    assert_eq!(remaining.last(), Some(&0), "the last chunk has nothing remaining");
     assert!(
-        remaining.windows(2).all(|w| w[0] > w[1]),
+        total > 100_000,
+        "snapshot of {total} bytes holds the big value"
+    );
+    // etcd 3.5.1 announces the database alone, then sends its 32-byte SHA-256 (which
+    // etcdctl checks) in one more chunk with remaining_bytes 0; cairn counts the digest in
+    // the announced size.
+    let digest_outside = if cairn_tests::testing_cairn() { 0 } else { 32 };
+    assert_eq!(
+        Some(total),
+        announced.map(|a| a + digest_outside),
+        "received what the first message announced"
+    );
+    assert!(remaining.len() > 1, "several chunks: {remaining:?}");
+    assert_eq!(
+        remaining.last(),
+        Some(&0),
+        "the last chunk has nothing remaining"
+    );
+    assert!(
+        remaining.windows(2).all(|w| w[0] > w[1] || w == [0, 0]),
         "remaining_bytes falls with every chunk: {remaining:?}"
     );
 }
