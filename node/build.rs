@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
+        .codec_path("crate::api::codec::EtcdCodec")
         .build_client(true)
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");

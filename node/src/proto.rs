@@ -21,6 +21,7 @@ pub mod v3electionpb {
 pub mod cairnpb {
     tonic::include_proto!("cairnpb");
 }
+pub mod nesting;
 
 /// etcd's range end for "every key starting with `prefix`" (what `--prefix` sends): the
 /// prefix with its last byte below 0xff incremented, or `\0` (all keys) if there is none.

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use url::Url;
 
@@ -192,11 +191,7 @@ async fn serve(listener: TcpListener, router: axum::Router) -> Result<(), Server
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
-    let listener = listener.tap_io(|tcp| {
-        // Small request/response RPCs must not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
+    api::listen::serve(listener, router)
         .await
         .map_err(|e| ServerError::Serve(addr, e))
 }

@@ -10,7 +10,7 @@ pub fn code(e: &Error) -> Code {
     use Error::*;
     match e {
         EmptyKey | KeyNotFound | KeyTooLong | ValueProvided | LeaseProvided | TooManyOps
-        | DuplicateKey | InvalidSortOption | RequestTooLarge | EmptyWatchRange => {
+        | DuplicateKey | InvalidSortOption | RequestTooLarge | EmptyWatchRange | TxnTooDeep(_) => {
             Code::InvalidArgument
         }
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,

@@ -7,11 +7,14 @@
 //! Must not decide behaviour (that is `core/`) nor touch fjall, openraft, MVCC or Raft.
 
 mod cluster;
+pub mod codec;
 mod election;
 pub mod error;
+mod grpc_layer;
 mod http;
 mod kv;
 mod lease;
+pub mod listen;
 mod lock;
 mod maintenance;
 mod watch;
@@ -34,22 +37,36 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The router serving gRPC and HTTP on one port, as etcd does.
 pub fn router(core: Arc<Core>) -> axum::Router {
+    // grpc-go's receive limit is server-wide: every service gets it.
     let max_msg = core.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    codec::set_max_txn_ops(core.limits().max_txn_ops);
     let grpc = tonic::service::Routes::new(
         KvServer::new(kv::KvService(core.clone())).max_decoding_message_size(max_msg),
     )
-    .add_service(ClusterServer::new(cluster::ClusterService(core.clone())))
-    .add_service(LeaseServer::new(lease::LeaseService(core.clone())))
-    .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
-        core.clone(),
-    )))
-    .add_service(LockServer::new(lock::LockService(core.clone())))
-    .add_service(ElectionServer::new(election::ElectionService(core.clone())))
+    .add_service(
+        ClusterServer::new(cluster::ClusterService(core.clone()))
+            .max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService(core.clone())).max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService(core.clone()))
+            .max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        LockServer::new(lock::LockService(core.clone())).max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        ElectionServer::new(election::ElectionService(core.clone()))
+            .max_decoding_message_size(max_msg),
+    )
     .add_service(
         WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
     )
     .into_axum_router();
     grpc.merge(http::router(core))
+        .layer(axum::middleware::from_fn(grpc_layer::layer))
 }
 
 /// The router for `--listen-metrics-urls`: the HTTP endpoints only.

@@ -32,6 +32,10 @@ pub enum Error {
     InvalidSortOption,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// etcd bounds nesting only by `--max-txn-ops` and the request size; cairn's validation
+    /// and apply recurse, so it also stops at a fixed depth.
+    #[error("cairn: txn nesting deeper than {0} levels is not supported")]
+    TxnTooDeep(usize),
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]

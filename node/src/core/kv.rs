@@ -134,9 +134,10 @@ impl Core {
 
     pub async fn txn(&self, ctx: &RequestContext, req: TxnRequest) -> Result<TxnResponse, Error> {
         until_deadline(ctx, async {
-            validate::size(&req, self.limits.max_request_bytes)?;
             validate::txn(&req, self.limits.max_txn_ops)?;
             if validate::txn_writes(&req) {
+                // As etcd, only what goes through the log is held to --max-request-bytes.
+                validate::size(&req, self.limits.max_request_bytes)?;
                 return self.write(ctx, req, true).await;
             }
             self.authorize(ctx, Operation::Txn(&req)).await?;

@@ -150,9 +150,27 @@ fn fresh_ids_are_positive_and_unused() {
 fn lease_metrics_have_etcds_names() {
     let (_dir, store, lessor) = open();
     lessor.promote();
+    // Other tests in this process move the same counters, but never backwards.
+    let c = counters();
+    let before = (
+        c.granted.get(),
+        c.renewed.get(),
+        c.revoked.get(),
+        c.ttl.get_sample_count(),
+    );
     grant(&store, &lessor, 1, 10);
     lessor.renew(1).expect("renew");
     revoke(&store, &lessor, 1);
+    let after = (
+        c.granted.get(),
+        c.renewed.get(),
+        c.revoked.get(),
+        c.ttl.get_sample_count(),
+    );
+    assert!(after.0 > before.0, "granted moved: {before:?} -> {after:?}");
+    assert!(after.1 > before.1, "renewed moved: {before:?} -> {after:?}");
+    assert!(after.2 > before.2, "revoked moved: {before:?} -> {after:?}");
+    assert!(after.3 > before.3, "ttl observed: {before:?} -> {after:?}");
     let text = crate::metrics::get().render();
     for name in [
         "etcd_debugging_lease_granted_total",

@@ -506,7 +506,9 @@ impl<'de> Deserialize<'de> for Proposal {
                 f.write_str("a protobuf-encoded cairnpb.Command")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Proposal, E> {
-                cairnpb::Command::decode(v).map(Proposal).map_err(E::custom)
+                crate::proto::nesting::decode_command(v)
+                    .map(Proposal)
+                    .map_err(E::custom)
             }
         }
         d.deserialize_bytes(Bytes)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cairn_tests::{free_port, run_until_exit, server_args, testing_cairn, Server, ServerKind};
+use cairn_tests::{free_port, run_until_exit, server_args, Server, ServerKind};
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 
 use crate::{assert_grpc_error, current_revision, Code};
@@ -230,14 +230,6 @@ async fn future_and_compacted_revisions_are_refused() {
     assert_eq!(current_revision(&mut client).await, 4);
 }
 
-/// Start-up errors are cairn's own wording; under etcd these tests have nothing to check.
-fn cairn_only(test: &str) -> bool {
-    if !testing_cairn() {
-        eprintln!("{test}: cairn-only, skipped under CAIRN_TEST_SERVER=etcd");
-    }
-    testing_cairn()
-}
-
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn fresh_args(dir: &std::path::Path) -> Vec<String> {
@@ -251,9 +243,7 @@ fn fresh_args(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn unknown_config_file_key_is_named() {
-    if !cairn_only("unknown_config_file_key_is_named") {
-        return;
-    }
+    cairn_tests::cairn_only!("start-up errors are cairn's own wording");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cairn.yaml");
     std::fs::write(
@@ -282,9 +272,7 @@ async fn unknown_config_file_key_is_named() {
 
 #[tokio::test]
 async fn bad_listen_url_is_named() {
-    if !cairn_only("bad_listen_url_is_named") {
-        return;
-    }
+    cairn_tests::cairn_only!("start-up errors are cairn's own wording");
     let dir = tempfile::tempdir().unwrap();
     let mut args = fresh_args(dir.path());
     args.retain(|a| !a.starts_with("--listen-client-urls="));
@@ -302,9 +290,7 @@ async fn bad_listen_url_is_named() {
 
 #[tokio::test]
 async fn data_dir_held_by_a_running_server_is_refused() {
-    if !cairn_only("data_dir_held_by_a_running_server_is_refused") {
-        return;
-    }
+    cairn_tests::cairn_only!("start-up errors are cairn's own wording");
     let (mut server, mut client) = start_with(&[]).await;
     client.put("k", "kept", None).await.unwrap();
 

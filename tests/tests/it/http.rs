@@ -91,3 +91,99 @@ async fn metrics_use_etcd_names() {
     assert!(handled("Put") >= 1.0);
     assert!(handled("Range") >= 2.0, "the readiness probe and the get");
 }
+
+/// The value of an unlabelled counter, 0 if the server does not export it yet.
+async fn counter(server: &Server, name: &str) -> f64 {
+    let (status, body) = server.http_get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    find(&parse_metrics(&body), name, &[]).map_or(0.0, |s| s.value)
+}
+
+async fn counters(server: &Server, names: &[&str]) -> Vec<f64> {
+    let mut values = Vec::new();
+    for name in names {
+        values.push(counter(server, name).await);
+    }
+    values
+}
+
+#[tokio::test]
+async fn lease_metrics_count_grants_renewals_revokes_and_expiries() {
+    let server = Server::start().await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let names = [
+        "etcd_debugging_lease_granted_total",
+        "etcd_debugging_lease_renewed_total",
+        "etcd_debugging_lease_revoked_total",
+        // etcd 3.5 names it etcd_debugging_server_lease_expired_total; only one exists.
+        "etcd_server_lease_expired_total",
+        "etcd_debugging_server_lease_expired_total",
+        "etcd_debugging_lease_ttl_total_count",
+        "etcd_debugging_lease_ttl_total_sum",
+    ];
+    let before = counters(&server, &names).await;
+
+    let kept = client.lease_grant(60, None).await.unwrap().id();
+    let (mut keeper, mut responses) = client.lease_keep_alive(kept).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    responses
+        .message()
+        .await
+        .unwrap()
+        .expect("a keep-alive answer");
+    client.lease_revoke(kept).await.unwrap();
+    // The minimum TTL: it expires (and is revoked by the leader) within a few seconds.
+    let short = client.lease_grant(2, None).await.unwrap().id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ttl = client.lease_time_to_live(short, None).await.unwrap();
+        if ttl.ttl() == -1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lease did not expire");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The expiry's revoke is applied before the lease disappears; give /metrics a moment.
+    let mut after = counters(&server, &names).await;
+    for _ in 0..20 {
+        if after[3] + after[4] - before[3] - before[4] >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = counters(&server, &names).await;
+    }
+    let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let expired = delta[3] + delta[4];
+    assert_eq!(
+        [delta[0], delta[1], delta[2], expired, delta[5], delta[6]],
+        [2.0, 2.0, 2.0, 1.0, 2.0, 62.0],
+        "granted, renewed (etcd-client's keep-alive stream sends one on opening, then ours), \
+         revoked (by hand and by expiry), expired, TTLs observed and their sum"
+    );
+}
+
+#[tokio::test]
+async fn grpc_byte_counters_count_request_and_response_bytes() {
+    let server = Server::start().await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let names = [
+        "etcd_network_client_grpc_received_bytes_total",
+        "etcd_network_client_grpc_sent_bytes_total",
+    ];
+    client.put("warm-up", "x", None).await.unwrap();
+    let before = counters(&server, &names).await;
+    // A 100 kB value travels in the request, then back in the response of a get.
+    client.put("k", vec![b'x'; 100_000], None).await.unwrap();
+    let resp = client.get("k", None).await.unwrap();
+    assert_eq!(resp.kvs()[0].value().len(), 100_000);
+    let after = counters(&server, &names).await;
+    let received = after[0] - before[0];
+    let sent = after[1] - before[1];
+    // etcd counts the protobuf sizes of messages; cairn counts their gRPC frames. Both are a
+    // little over the value plus the small messages around it.
+    assert!(
+        (100_000.0..110_000.0).contains(&received),
+        "received {received} bytes"
+    );
+    assert!((100_000.0..110_000.0).contains(&sent), "sent {sent} bytes");
+}

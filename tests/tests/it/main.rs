@@ -8,6 +8,7 @@
 mod bad_input;
 mod big_reads;
 mod crash;
+mod edge_cases;
 mod etcdctl;
 mod fail_safe;
 mod http;
