@@ -141,7 +141,7 @@ pub(crate) static KEYS: &[Key] = &[
     key("grpc-keepalive-interval", "2h", Duration, MEMBER, Honoured, "Frequency duration of server-to-client ping to check if a connection is alive (0 to disable)."),
     key("grpc-keepalive-timeout", "20s", Duration, MEMBER, Honoured, "Additional duration of wait before closing a non-responsive connection (0 to disable)."),
     key("socket-reuse-port", "false", Bool, MEMBER, Honoured, "Enable to set socket option SO_REUSEPORT on listeners allowing rebinding of a port already in use."),
-    key("socket-reuse-address", "false", Bool, MEMBER, Honoured, "Enable to set socket option SO_REUSEADDR on listeners allowing binding to an address in TIME_WAIT state (cairn's listeners, like Go's, always set it)."),
+    key("socket-reuse-address", "false", Bool, MEMBER, NoEffect("cairn's listeners always set SO_REUSEADDR, as Go's (and so etcd's) do by default"), "Enable to set socket option SO_REUSEADDR on listeners allowing binding to an address in TIME_WAIT state."),
     key("raft-read-timeout", "5s", Duration, MEMBER, NoEffect(NO_RAFT_HTTP), "Read timeout set on each rafthttp connection."),
     key("raft-write-timeout", "5s", Duration, MEMBER, NoEffect(NO_RAFT_HTTP), "Write timeout set on each rafthttp connection."),
     key(CONFIG_FILE, "", Text, MEMBER, Honoured, "Path to the server configuration file (YAML, etcd's key names)."),

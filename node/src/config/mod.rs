@@ -85,9 +85,6 @@ pub struct Config {
 pub struct ListenerOptions {
     /// `--socket-reuse-port`: SO_REUSEPORT, so several processes may bind the same port.
     pub reuse_port: bool,
-    /// `--socket-reuse-address`. SO_REUSEADDR is set on every listener regardless (as Go's
-    /// and Rust's standard listeners do on Unix), so this only records what was asked.
-    pub reuse_address: bool,
     /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: the server pings an idle
     /// connection after the interval and closes it if no answer comes within the timeout.
     /// `None` when either is 0, which etcd documents as disabling the pings.
@@ -473,7 +470,6 @@ mod tests {
                 watch_progress_notify_interval: Duration::from_secs(600),
                 listener: ListenerOptions {
                     reuse_port: false,
-                    reuse_address: false,
                     keepalive: Some((Duration::from_secs(7200), Duration::from_secs(20))),
                     max_concurrent_streams: u32::MAX,
                 },
@@ -1024,7 +1020,6 @@ mod tests {
             c.listener,
             ListenerOptions {
                 reuse_port: true,
-                reuse_address: true,
                 keepalive: Some((Duration::from_secs(30), Duration::from_secs(5))),
                 max_concurrent_streams: 100,
             }

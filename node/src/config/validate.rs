@@ -279,7 +279,6 @@ fn listener(raw: &Raw) -> Result<ListenerOptions, ConfigError> {
         .ok_or_else(|| streams.invalid("must be between 1 and 4294967295"))?;
     Ok(ListenerOptions {
         reuse_port: boolean(raw.get("socket-reuse-port"))?,
-        reuse_address: boolean(raw.get("socket-reuse-address"))?,
         keepalive: (!interval.is_zero() && !timeout.is_zero()).then_some((interval, timeout)),
         max_concurrent_streams,
     })

@@ -87,6 +87,8 @@ pub struct Store {
     /// Bytes allocated on disk by the database, sampled in the background: asking fjall
     /// would wait for its journal lock, which an fsync in progress holds.
     size: Arc<AtomicU64>,
+    /// `SyncData`, or `Buffer` under `--unsafe-no-fsync`.
+    durability: PersistMode,
     // Held for the life of the process; the OS releases it on exit, even on kill -9.
     _lock: File,
 }
@@ -110,8 +112,18 @@ impl Store {
             wal,
             dir: dir.to_path_buf(),
             size,
+            durability: PersistMode::SyncData,
             _lock: lock,
         })
+    }
+
+    /// `--unsafe-no-fsync`: [`Store::sync`] and [`Store::sync_wal`] hand their writes to the
+    /// OS without fsync, so they survive a crash of this process but not of the machine.
+    pub fn unsafe_no_fsync(mut self, skip_fsync: bool) -> Store {
+        if skip_fsync {
+            self.durability = PersistMode::Buffer;
+        }
+        self
     }
 
     /// Opens or creates the named keyspace of the state database.
@@ -149,7 +161,7 @@ impl Store {
     pub fn sync(&self) -> Result<(), StorageError> {
         let start = Instant::now();
         self.db
-            .persist(PersistMode::SyncData)
+            .persist(self.durability)
             .map_err(|e| self.engine(e))?;
         crate::metrics::get()
             .backend_commit_duration
@@ -162,7 +174,7 @@ impl Store {
     pub fn sync_wal(&self) -> Result<(), StorageError> {
         let start = Instant::now();
         self.wal
-            .persist(PersistMode::SyncData)
+            .persist(self.durability)
             .map_err(|e| self.wal_engine(e))?;
         crate::metrics::get()
             .wal_fsync_duration
