@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod config;
 mod crash;
 mod etcdctl;
 mod http;
