@@ -447,9 +447,7 @@ impl Server {
 
     /// Starts a server whose whole command line `args` writes (it may also write a config
     /// file into `layout.dir`), for tests of how real configurations are given.
-    pub async fn start_custom(
-        args: impl FnOnce(&Layout) -> Result<Vec<String>>,
-    ) -> Result<Server> {
+    pub async fn start_custom(args: impl FnOnce(&Layout) -> Result<Vec<String>>) -> Result<Server> {
         let kind = ServerKind::from_env();
         let dir = tempfile::Builder::new().prefix("cairn-it-").tempdir()?;
         let layout = Layout {

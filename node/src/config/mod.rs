@@ -190,7 +190,7 @@ impl Loaded {
             .filter(|e| e.key.section != keys::HIDDEN)
             .map(|e| {
                 let note = match e.key.effect {
-                    Effect::NoEffect(why) => format!("; no effect: {why}"),
+                    Effect::Ignored(why) => format!("; no effect: {why}"),
                     Effect::Honoured | Effect::DefaultOnly(_) => String::new(),
                 };
                 format!(
@@ -310,7 +310,7 @@ fn no_effect_warning(entries: &[Entry], no_flag: &[String]) -> Option<String> {
         None => groups.push((why, vec![name])),
     };
     for entry in entries.iter().filter(|e| e.origin != Origin::Default) {
-        if let Effect::NoEffect(why) = entry.key.effect {
+        if let Effect::Ignored(why) = entry.key.effect {
             add(why, entry.key.name.to_owned());
         }
     }

@@ -51,7 +51,10 @@ async fn start_from_fixture(fixture: &str) -> Server {
 
 /// A put and a get through etcdctl.
 async fn serves_etcdctl(server: &Server) {
-    assert_eq!(ok(server, &["put", "config-test", "works"]).await.trim(), "OK");
+    assert_eq!(
+        ok(server, &["put", "config-test", "works"]).await.trim(),
+        "OK"
+    );
     assert_eq!(
         ok(server, &["get", "config-test", "--print-value-only"])
             .await
@@ -211,7 +214,11 @@ async fn every_flag_of_etcd_351_help_is_known() {
         return;
     }
     let etcd = help_flags(&help_of(ServerKind::Etcd));
-    assert!(etcd.len() >= 90, "parsed only {} flags from etcd --help", etcd.len());
+    assert!(
+        etcd.len() >= 90,
+        "parsed only {} flags from etcd --help",
+        etcd.len()
+    );
     let cairn = help_flags(&help_of(ServerKind::Cairn));
     let missing: Vec<_> = etcd.difference(&cairn).collect();
     assert!(missing.is_empty(), "cairn --help lacks {missing:?}");
@@ -340,12 +347,17 @@ async fn log_outputs_write_to_a_file() {
 
 #[tokio::test]
 async fn enable_pprof_serves_a_cpu_profile() {
-    let server = Server::start_with(&["--enable-pprof"]).await.expect("starts");
+    let server = Server::start_with(&["--enable-pprof"])
+        .await
+        .expect("starts");
     let resp = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
-        .get(format!("{}/debug/pprof/profile?seconds=1", server.client_url()))
+        .get(format!(
+            "{}/debug/pprof/profile?seconds=1",
+            server.client_url()
+        ))
         .send()
         .await
         .expect("profile request");
@@ -360,9 +372,12 @@ async fn enable_pprof_serves_a_cpu_profile() {
     // Without the flag there is no profile (cairn answers unknown paths with gRPC's
     // Unimplemented, etcd with 404).
     let plain = Server::start().await.expect("starts");
-    let resp = reqwest::get(format!("{}/debug/pprof/profile?seconds=1", plain.client_url()))
-        .await
-        .expect("request");
+    let resp = reqwest::get(format!(
+        "{}/debug/pprof/profile?seconds=1",
+        plain.client_url()
+    ))
+    .await
+    .expect("request");
     let content_type = resp.headers().get("content-type").cloned();
     assert!(
         resp.status().as_u16() == 404
