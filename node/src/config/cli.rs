@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction};
 
-use super::keys::{self, Kind, HIDDEN, KEYS};
+use super::keys::{self, Effect, Kind, HIDDEN, KEYS};
 use super::layers::Layer;
 use super::{ConfigError, Origin, Unknown};
 
@@ -95,7 +95,9 @@ const AFTER_HELP: &str = "Every flag can also be set in the YAML file given by -
 name upper-cased with - turned into _ (e.g. ETCD_INITIAL_CLUSTER_STATE). Flags override the \
 environment, which overrides the file, which overrides etcd's defaults. Unlike etcd, giving \
 --config-file does not make cairn ignore flags and environment variables. \
-`cairn config show` prints the effective value of every key and where it came from.";
+Settings that have no effect in cairn are accepted and named in one warning at start-up; \
+`cairn config show` prints the effective value of every key, where it came from, and \
+whether it has an effect.";
 
 /// The clap command: one argument per key, grouped into etcd's help sections.
 pub(crate) fn command() -> clap::Command {
@@ -116,10 +118,16 @@ pub(crate) fn command() -> clap::Command {
 }
 
 fn arg(key: &'static keys::Key) -> Arg {
-    let help = match key.default {
-        "" => key.help.to_owned(),
-        default => format!("{} [default: {default}]", key.help),
+    let default = match key.default {
+        "" => String::new(),
+        default => format!(" [default: {default}]"),
     };
+    let effect = match key.effect {
+        Effect::Honoured => String::new(),
+        Effect::Ignored(why) => format!(" [no effect in cairn: {why}]"),
+        Effect::DefaultOnly(what) => format!(" [only the default is accepted: {what}]"),
+    };
+    let help = format!("{}{default}{effect}", key.help);
     let arg = Arg::new(key.name)
         .long(key.name)
         .help(help)
