@@ -32,14 +32,16 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(cairn::bench::run(args))),
         Command::Snapshot(args) => cairn::snapshot_cmd::run(args),
         Command::Serve => {
-            init_logging(&loaded.config.log_level);
-            for warning in loaded.warnings() {
-                tracing::warn!("{warning}");
-            }
-            runtime().and_then(|rt| {
-                rt.block_on(cairn::server::run(loaded.config))
-                    .map_err(anyhow::Error::from)
-            })
+            cairn::logging::init(&loaded.config.log_level, &loaded.config.log_outputs)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| {
+                    for warning in loaded.warnings() {
+                        tracing::warn!("{warning}");
+                    }
+                    let rt = runtime()?;
+                    rt.block_on(cairn::server::run(loaded.config))
+                        .map_err(anyhow::Error::from)
+                })
         }
     };
     match result {
@@ -55,22 +57,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-fn init_logging(level: &str) {
-    // etcd's `panic` and `fatal` levels mean "errors only" here.
-    let level = match level {
-        "panic" | "fatal" => "error",
-        other => other,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},openraft=warn,fjall=warn,lsm_tree=warn"
-        ))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

@@ -105,6 +105,16 @@ impl Metrics {
         })
     }
 
+    /// `--metrics basic` (etcd's default): stop exporting the `grpc_server_handling_seconds`
+    /// histogram, which etcd exports only with `--metrics extensive`. Recording into it
+    /// stays harmless, so callers need not know the level.
+    pub fn omit_extensive(&self) {
+        // Unregistering fails only if it is not registered, which is the state wanted.
+        let _ = self
+            .registry
+            .unregister(Box::new(self.grpc_handling_seconds.clone()));
+    }
+
     /// The text exposition format served at `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

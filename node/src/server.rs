@@ -6,18 +6,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use url::Url;
 
 use crate::api;
-use crate::config::Config;
+use crate::config::{Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
 use crate::identity::Identity;
 use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
 use crate::storage::{StorageError, Store, StoreOptions};
-use crate::watch::{WatchError, WatchHub, DEFAULT_PROGRESS_INTERVAL};
+use crate::watch::{WatchError, WatchHub};
 
 /// Why the node could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,11 @@ pub enum ServerError {
 pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let options = StoreOptions {
         fault: cfg.unsafe_storage_fault,
+        skip_fsync: cfg.unsafe_no_fsync,
     };
+    if cfg.unsafe_no_fsync {
+        tracing::warn!("--unsafe-no-fsync: writes are not fsynced; a machine crash loses data");
+    }
     let store = Arc::new(Store::open_with(&cfg.data_dir, &options)?);
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
     let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token)?;
@@ -60,7 +64,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id),
     )?);
     // Before raft, so entries replayed at start-up are dispatched like any others.
-    let watch = Arc::new(WatchHub::start(mvcc.clone(), DEFAULT_PROGRESS_INTERVAL)?);
+    let watch = Arc::new(WatchHub::start(
+        mvcc.clone(),
+        cfg.watch_progress_notify_interval,
+    )?);
     let member = MemberInfo {
         name: cfg.name.clone(),
         peer_urls,
@@ -81,6 +88,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     )
     .await?;
     publish_identity(&id, cfg.quota_backend_bytes);
+    if cfg.metrics == MetricsLevel::Basic {
+        crate::metrics::get().omit_extensive();
+    }
 
     let core = Core::new(Parts {
         raft: raft.clone(),
@@ -102,14 +112,26 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     core::spawn_lease_expiry(core.clone());
 
     let mut servers = tokio::task::JoinSet::new();
-    let client_router = api::router(core.clone());
-    for url in &cfg.listen_client_urls {
-        let listener = bind("--listen-client-urls", url).await?;
-        servers.spawn(serve(listener, client_router.clone()));
+    let mut client_router = api::router(core.clone());
+    if cfg.enable_pprof {
+        client_router = client_router.merge(crate::pprof::router());
+    }
+    let options = cfg.listener;
+    // etcd serves only HTTP on --listen-client-http-urls; cairn serves the whole client
+    // router there, which is a superset.
+    let client_listeners = [
+        ("--listen-client-urls", &cfg.listen_client_urls),
+        ("--listen-client-http-urls", &cfg.listen_client_http_urls),
+    ];
+    for (flag, urls) in client_listeners {
+        for url in urls {
+            let listener = bind(flag, url, options).await?;
+            servers.spawn(serve(listener, client_router.clone(), options));
+        }
     }
     for url in &cfg.listen_metrics_urls {
-        let listener = bind("--listen-metrics-urls", url).await?;
-        servers.spawn(serve(listener, api::metrics_router(core.clone())));
+        let listener = bind("--listen-metrics-urls", url, options).await?;
+        servers.spawn(serve(listener, api::metrics_router(core.clone()), options));
     }
     tracing::info!(
         name = %cfg.name,
@@ -165,7 +187,11 @@ fn publish_identity(id: &Identity, quota: u64) {
 
 /// Binds a listen URL. Like etcd, a host name is resolved and the first IPv4 address is
 /// preferred, so `localhost` means 127.0.0.1.
-async fn bind(flag: &'static str, url: &Url) -> Result<TcpListener, ServerError> {
+async fn bind(
+    flag: &'static str,
+    url: &Url,
+    options: ListenerOptions,
+) -> Result<TcpListener, ServerError> {
     let err = |source| ServerError::Listen {
         flag,
         url: url.clone(),
@@ -184,14 +210,33 @@ async fn bind(flag: &'static str, url: &Url) -> Result<TcpListener, ServerError>
         .or(addrs.first())
         .copied()
         .ok_or_else(|| err(std::io::Error::other("host resolves to no address")))?;
-    TcpListener::bind(addr).await.map_err(err)
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    // Go's listeners (so etcd's) set SO_REUSEADDR by default, so a restarted server binds
+    // while its old connections sit in TIME_WAIT; --socket-reuse-address asks the same.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.set_reuseport(options.reuse_port).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
-async fn serve(listener: TcpListener, router: axum::Router) -> Result<(), ServerError> {
+/// The accept queue length: tokio's own default for `TcpListener::bind`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Serves `router` on `listener`, HTTP/1 and HTTP/2 (gRPC) on the same port, with the
+/// configured HTTP/2 keepalive and stream limit (which `axum::serve` cannot set).
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    options: ListenerOptions,
+) -> Result<(), ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
-    api::listen::serve(listener, router)
+    api::listen::serve(listener, router, options)
         .await
         .map_err(|e| ServerError::Serve(addr, e))
 }

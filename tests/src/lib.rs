@@ -409,6 +409,28 @@ impl CtlProcess {
     }
 }
 
+/// What [`Server::start_custom`] allocated for a server before it starts: its member name,
+/// free client and peer ports, its data directory and a temporary directory for any other
+/// files (config files, logs) that lives as long as the server.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
 /// One running (or killed) server process with its own ports and data directory.
 pub struct Server {
     kind: ServerKind,
@@ -431,14 +453,39 @@ impl Server {
 
     /// Starts a single-member server with extra flags (e.g. `--max-request-bytes=1024`).
     pub async fn start_with(extra_args: &[&str]) -> Result<Server> {
+        Server::start_custom(|layout| {
+            let mut args = server_args(
+                &layout.name,
+                &layout.data_dir,
+                layout.client_port,
+                layout.peer_port,
+            );
+            args.extend(extra_args.iter().map(|a| a.to_string()));
+            Ok(args)
+        })
+        .await
+    }
+
+    /// Starts a server whose whole command line `args` writes (it may also write a config
+    /// file into `layout.dir`), for tests of how real configurations are given.
+    pub async fn start_custom(args: impl FnOnce(&Layout) -> Result<Vec<String>>) -> Result<Server> {
         let kind = ServerKind::from_env();
         let dir = tempfile::Builder::new().prefix("cairn-it-").tempdir()?;
-        let name = "node1".to_string();
-        let client_port = free_port()?;
-        let peer_port = free_port()?;
-        let data_dir = dir.path().join("data");
-        let mut args = server_args(&name, &data_dir, client_port, peer_port);
-        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let layout = Layout {
+            name: "node1".to_string(),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            data_dir: dir.path().join("data"),
+            dir: dir.path().to_path_buf(),
+        };
+        let args = args(&layout)?;
+        let Layout {
+            name,
+            client_port,
+            peer_port,
+            data_dir,
+            ..
+        } = layout;
         let mut server = Server {
             kind,
             name,

@@ -9,9 +9,9 @@ use std::ffi::OsString;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction};
 
-use super::keys::{self, Kind, KEYS};
+use super::keys::{self, Effect, Kind, HIDDEN, KEYS};
 use super::layers::Layer;
-use super::ConfigError;
+use super::{ConfigError, Origin, Unknown};
 
 /// What the words after the program name asked for.
 #[derive(Debug)]
@@ -59,9 +59,14 @@ pub(crate) struct Flags {
     pub layer: Layer,
 }
 
-/// Parses `args` (no program name) as etcd flags.
+/// Parses `args` (no program name) as etcd flags. Every unknown flag is named in one error,
+/// each with the nearest known flag.
 pub(crate) fn parse(args: Vec<OsString>) -> Result<Flags, ConfigError> {
-    let argv = std::iter::once(OsString::from("cairn")).chain(normalize(args));
+    let (args, unknown) = normalize(args);
+    if !unknown.is_empty() {
+        return Err(ConfigError::UnknownKeys(unknown));
+    }
+    let argv = std::iter::once(OsString::from("cairn")).chain(args);
     let matches = command()
         .try_get_matches_from(argv)
         .map_err(ConfigError::Cli)?;
@@ -90,7 +95,9 @@ const AFTER_HELP: &str = "Every flag can also be set in the YAML file given by -
 name upper-cased with - turned into _ (e.g. ETCD_INITIAL_CLUSTER_STATE). Flags override the \
 environment, which overrides the file, which overrides etcd's defaults. Unlike etcd, giving \
 --config-file does not make cairn ignore flags and environment variables. \
-`cairn config show` prints the effective value of every key and where it came from.";
+Settings that have no effect in cairn are accepted and named in one warning at start-up; \
+`cairn config show` prints the effective value of every key, where it came from, and \
+whether it has an effect.";
 
 /// The clap command: one argument per key, grouped into etcd's help sections.
 pub(crate) fn command() -> clap::Command {
@@ -111,25 +118,33 @@ pub(crate) fn command() -> clap::Command {
 }
 
 fn arg(key: &'static keys::Key) -> Arg {
-    let help = match key.default {
-        "" => key.help.to_owned(),
-        default => format!("{} [default: {default}]", key.help),
+    let default = match key.default {
+        "" => String::new(),
+        default => format!(" [default: {default}]"),
     };
+    let effect = match key.effect {
+        Effect::Honoured => String::new(),
+        Effect::Ignored(why) => format!(" [no effect in cairn: {why}]"),
+        Effect::DefaultOnly(what) => format!(" [only the default is accepted: {what}]"),
+    };
+    let help = format!("{}{default}{effect}", key.help);
     let arg = Arg::new(key.name)
         .long(key.name)
         .help(help)
         .help_heading(key.section)
+        .hide(key.section == HIDDEN)
         .action(ArgAction::Set);
     match key.kind {
         // Go booleans: `--flag` alone means true and a value must be attached with `=`,
-        // so `--flag false` is a stray argument, as in etcd.
-        Kind::Bool => arg
+        // so `--flag false` is a stray argument, as in etcd. etcd's ignored legacy flags
+        // are boolean flags to Go's parser too.
+        Kind::Bool | Kind::Legacy => arg
             .value_name("BOOL")
             .num_args(0..=1)
             .require_equals(true)
             .default_missing_value("true"),
         // Go takes the next argument as the value even when it starts with `-`.
-        Kind::Text | Kind::Uint => arg
+        Kind::Text | Kind::List | Kind::Uint | Kind::Int | Kind::Duration => arg
             .value_name(value_name(key))
             .num_args(1)
             .allow_hyphen_values(true),
@@ -138,17 +153,19 @@ fn arg(key: &'static keys::Key) -> Arg {
 
 fn value_name(key: &keys::Key) -> &'static str {
     match key.name {
-        _ if key.kind == Kind::Uint => "N",
+        _ if matches!(key.kind, Kind::Uint | Kind::Int) => "N",
+        _ if key.kind == Kind::Duration => "DURATION",
         name if name.ends_with("-urls") => "URLS",
         name if name.ends_with("-file") || name.ends_with("-dir") => "PATH",
         _ => "VALUE",
     }
 }
 
-/// Rewrites Go-style single-dash long flags (`-name x`, `-name=x`) to `--name`. Only names
-/// cairn knows are rewritten, so clap still reports unknown ones; a value following a
-/// non-boolean flag is left alone even if it starts with `-`.
-fn normalize(args: Vec<OsString>) -> Vec<OsString> {
+/// Rewrites Go-style single-dash long flags (`-name x`, `-name=x`) to `--name`, and collects
+/// the flags cairn does not know; a value following a non-boolean flag is left alone even if
+/// it starts with `-`.
+fn normalize(args: Vec<OsString>) -> (Vec<OsString>, Vec<Unknown>) {
+    let mut unknown = Vec::new();
     let mut out = Vec::with_capacity(args.len());
     let mut verbatim = false;
     let mut value_next = false;
@@ -177,15 +194,24 @@ fn normalize(args: Vec<OsString>) -> Vec<OsString> {
             None => (body, false),
         };
         let key = keys::find(name);
-        let known = key.is_some() || name == "version" || name == "help";
-        value_next = !has_value && key.is_some_and(|k| k.kind != Kind::Bool);
-        out.push(if single && known {
+        let known = key.is_some() || matches!(name, "version" | "help" | "h");
+        if !known {
+            unknown.push(Unknown {
+                key: format!("--{name}"),
+                origin: Origin::Flag(format!("--{name}")),
+                suggestion: keys::suggest(name).map(|s| format!("--{s}")),
+            });
+        }
+        value_next =
+            !has_value && key.is_some_and(|k| !matches!(k.kind, Kind::Bool | Kind::Legacy));
+        // `-h` is clap's own short flag and stays as it is.
+        out.push(if single && known && name != "h" {
             format!("-{text}").into()
         } else {
             arg
         });
     }
-    out
+    (out, unknown)
 }
 
 #[cfg(test)]
@@ -213,11 +239,40 @@ mod tests {
             ),
             (&["-h"], &["-h"]),
             (&["-version"], &["--version"]),
-            (&["-bogus"], &["-bogus"]),
             (&["--", "-name"], &["--", "-name"]),
         ];
         for (input, want) in cases {
-            assert_eq!(normalize(os(input)), os(want), "{input:?}");
+            let (args, unknown) = normalize(os(input));
+            assert_eq!(args, os(want), "{input:?}");
+            assert!(unknown.is_empty(), "{input:?}: {unknown:?}");
+        }
+    }
+
+    #[test]
+    fn every_unknown_flag_is_named_with_a_suggestion() {
+        match parse(os(&[
+            "-nmae",
+            "x",
+            "--snapshot-cuont=5",
+            "--bogus-thing",
+            "--name",
+            "-y",
+        ])) {
+            Err(ConfigError::UnknownKeys(unknown)) => {
+                let got: Vec<_> = unknown
+                    .iter()
+                    .map(|u| (u.key.as_str(), u.suggestion.as_deref()))
+                    .collect();
+                assert_eq!(
+                    got,
+                    [
+                        ("--nmae", Some("--name")),
+                        ("--snapshot-cuont", Some("--snapshot-count")),
+                        ("--bogus-thing", None),
+                    ]
+                );
+            }
+            other => panic!("expected unknown flags, got {other:?}"),
         }
     }
 

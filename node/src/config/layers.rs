@@ -11,7 +11,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
 use super::keys::{self, Key, Kind, CONFIG_FILE, KEYS};
-use super::{ConfigError, Origin};
+use super::{suggest, ConfigError, Origin, Unknown};
 
 /// Layer names, carried through figment's metadata so `merge` can tell which layer won.
 const DEFAULT: &str = "default";
@@ -83,7 +83,13 @@ pub(crate) fn env(env: &[(String, String)], warnings: &mut Vec<String>) -> Layer
             Some(key) if keys::env_var(key.name) == *var => {
                 layer.values.insert(name, value.clone());
             }
-            _ => warnings.push(format!("unrecognized environment variable {var}={value}")),
+            _ => warnings.push(match keys::suggest(&name) {
+                Some(near) => format!(
+                    "unrecognized environment variable {var}={value} (did you mean {}?)",
+                    keys::env_var(near)
+                ),
+                None => format!("unrecognized environment variable {var}={value}"),
+            }),
         }
     }
     layer
@@ -94,11 +100,13 @@ pub(crate) fn no_file() -> Layer {
     Layer::new(FILE)
 }
 
-/// The YAML file at `path`, with etcd's key names. Unknown keys are refused (etcd itself
-/// ignores them, which hides typos). etcd nests TLS settings under
-/// `client-transport-security:` / `peer-transport-security:`; they are flattened to the
-/// flag names (`cert-file`, `peer-cert-file`, ...) so every layer speaks the same keys.
-pub(crate) fn file(path: &Path) -> Result<Layer, ConfigError> {
+/// The YAML file at `path`, with etcd's key names. Unknown keys are refused, all of them in
+/// one error with the nearest known key for each (etcd itself ignores them, which hides
+/// typos). etcd nests TLS settings under `client-transport-security:` /
+/// `peer-transport-security:`; they are flattened to the flag names (`cert-file`,
+/// `peer-cert-file`, ...) so every layer speaks the same keys. Nested settings that have no
+/// flag (the client section's `allowed-cn`) are added to `no_flag` by their written name.
+pub(crate) fn file(path: &Path, no_flag: &mut Vec<String>) -> Result<Layer, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_owned(),
         source,
@@ -121,6 +129,8 @@ pub(crate) fn file(path: &Path) -> Result<Layer, ConfigError> {
     let mut flat = FileValues {
         path,
         values: &mut layer.values,
+        unknown: Vec::new(),
+        no_flag,
     };
     for (name, value) in dict {
         match transport_prefix(&name) {
@@ -128,8 +138,17 @@ pub(crate) fn file(path: &Path) -> Result<Layer, ConfigError> {
             None if name != CONFIG_FILE && keys::find(&name).is_some() => {
                 flat.insert(&name, name.clone(), &value)?
             }
-            None => return Err(flat.unknown(name)),
+            None => {
+                // `config-file` is a known key the file itself may not set.
+                let suggestion = keys::suggest(&name)
+                    .filter(|s| *s != name)
+                    .map(str::to_owned);
+                flat.unknown(name, suggestion)
+            }
         }
+    }
+    if !flat.unknown.is_empty() {
+        return Err(ConfigError::UnknownKeys(flat.unknown));
     }
     Ok(layer)
 }
@@ -143,10 +162,39 @@ fn transport_prefix(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The keys etcd's `securityConfig` (3.5 and 3.6) nests under a transport section.
+const TRANSPORT_KEYS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "client-cert-file",
+    "client-key-file",
+    "client-cert-auth",
+    "trusted-ca-file",
+    "auto-tls",
+    "allowed-cn",
+    "allowed-hostname",
+    "skip-client-san-verification",
+];
+
+/// The flag a nested transport setting stands for, if it has one.
+fn transport_flag(prefix: &str, sub: &str) -> Option<String> {
+    let flag = match (prefix, sub) {
+        ("", "allowed-cn") => return None,
+        ("", "allowed-hostname") => "client-cert-allowed-hostname".to_owned(),
+        ("", "skip-client-san-verification") => return None,
+        (_, "allowed-cn" | "allowed-hostname") => format!("peer-cert-{sub}"),
+        (_, "skip-client-san-verification") => "peer-skip-client-san-verification".to_owned(),
+        (_, _) => format!("{prefix}{sub}"),
+    };
+    Some(flag)
+}
+
 /// The file's values as they are flattened into flag names.
 struct FileValues<'a> {
     path: &'a Path,
     values: &'a mut BTreeMap<String, String>,
+    unknown: Vec<Unknown>,
+    no_flag: &'a mut Vec<String>,
 }
 
 impl FileValues<'_> {
@@ -163,11 +211,23 @@ impl FileValues<'_> {
         };
         for (sub, value) in inner {
             let written = format!("{section}.{sub}");
-            match sub.as_str() {
-                "cert-file" | "key-file" | "client-cert-auth" | "trusted-ca-file" | "auto-tls" => {
-                    self.insert(&written, format!("{prefix}{sub}"), &value)?
+            if !TRANSPORT_KEYS.contains(&sub.as_str()) {
+                let suggestion = suggest::nearest(&sub, TRANSPORT_KEYS.iter().copied())
+                    .map(|s| format!("{section}.{s}"));
+                self.unknown(written, suggestion);
+                continue;
+            }
+            match transport_flag(prefix, &sub) {
+                Some(flag) => self.insert(&written, flag, &value)?,
+                None => {
+                    // Still refuse a malformed value, as for any other key.
+                    if scalar(&value)
+                        .map_err(|reason| self.bad_value(&written, reason))?
+                        .is_some_and(|v| !v.is_empty())
+                    {
+                        self.no_flag.push(written);
+                    }
                 }
-                _ => return Err(self.unknown(written)),
             }
         }
         Ok(())
@@ -175,18 +235,35 @@ impl FileValues<'_> {
 
     /// Records `value` under `key`; `written` is the key as the file spells it, for errors.
     /// A YAML null (`wal-dir:` with nothing after it, as in etcd's sample file) sets nothing.
+    /// An integer for a duration key is nanoseconds, as etcd's YAML decoding reads it.
     fn insert(&mut self, written: &str, key: String, value: &Value) -> Result<(), ConfigError> {
-        if let Some(text) = scalar(value).map_err(|reason| self.bad_value(written, reason))? {
+        let is_duration = keys::find(&key).is_some_and(|k| k.kind == Kind::Duration);
+        let text = match value {
+            Value::Num(..) if is_duration => match number(value) {
+                Some(n) if n.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
+                    Some(format!("{n}ns"))
+                }
+                _ => {
+                    return Err(self.bad_value(
+                        written,
+                        "expected a Go duration (\"5s\") or integer nanoseconds",
+                    ))
+                }
+            },
+            _ => scalar(value).map_err(|reason| self.bad_value(written, reason))?,
+        };
+        if let Some(text) = text {
             self.values.insert(key, text);
         }
         Ok(())
     }
 
-    fn unknown(&self, key: String) -> ConfigError {
-        ConfigError::UnknownKey {
+    fn unknown(&mut self, key: String, suggestion: Option<String>) {
+        self.unknown.push(Unknown {
             key,
-            path: self.path.to_owned(),
-        }
+            origin: Origin::File(self.path.to_owned()),
+            suggestion,
+        });
     }
 
     fn bad_value(&self, key: &str, reason: &str) -> ConfigError {
@@ -241,8 +318,8 @@ impl Entry {
     /// The value as `config show` prints it: text quoted, numbers and booleans bare.
     pub(crate) fn display_value(&self) -> String {
         match self.key.kind {
-            Kind::Text => format!("{:?}", self.value),
-            Kind::Uint | Kind::Bool => self.value.clone(),
+            Kind::Text | Kind::List | Kind::Duration | Kind::Legacy => format!("{:?}", self.value),
+            Kind::Uint | Kind::Int | Kind::Bool => self.value.clone(),
         }
     }
 }
@@ -312,9 +389,13 @@ mod tests {
         let f = write(
             "name: n1\nsnapshot-count: 5000\nforce-new-cluster: false\nwal-dir:\n\
              listen-client-urls: [http://127.0.0.1:1, http://127.0.0.1:2]\n\
-             peer-transport-security:\n  cert-file: /p.pem\n  client-cert-auth: true\n",
+             log-outputs: [stderr]\n\
+             peer-transport-security:\n  cert-file: /p.pem\n  client-cert-auth: true\n  \
+             allowed-cn: [a, b]\n\
+             client-transport-security:\n  allowed-hostname: h\n  allowed-cn: [c]\n",
         );
-        let layer = file(f.path()).expect("file loads");
+        let mut no_flag = Vec::new();
+        let layer = file(f.path(), &mut no_flag).expect("file loads");
         assert_eq!(layer.get("name"), Some("n1"));
         assert_eq!(layer.get("snapshot-count"), Some("5000"));
         assert_eq!(layer.get("force-new-cluster"), Some("false"));
@@ -323,35 +404,70 @@ mod tests {
             layer.get("listen-client-urls"),
             Some("http://127.0.0.1:1,http://127.0.0.1:2")
         );
+        assert_eq!(layer.get("log-outputs"), Some("stderr"));
         assert_eq!(layer.get("peer-cert-file"), Some("/p.pem"));
         assert_eq!(layer.get("peer-client-cert-auth"), Some("true"));
+        assert_eq!(layer.get("peer-cert-allowed-cn"), Some("a,b"));
+        assert_eq!(layer.get("client-cert-allowed-hostname"), Some("h"));
+        assert_eq!(no_flag, ["client-transport-security.allowed-cn"]);
     }
 
     #[test]
-    fn file_refuses_unknown_keys_by_name() {
-        for (text, key) in [
-            ("name: a\nnmae: b\n", "nmae"),
-            ("config-file: /x.yaml\n", "config-file"),
-            (
-                "client-transport-security:\n  crl-file: /c\n",
-                "client-transport-security.crl-file",
-            ),
-        ] {
-            let f = write(text);
-            match file(f.path()) {
-                Err(ConfigError::UnknownKey { key: k, path }) => {
-                    assert_eq!(k, key);
-                    assert_eq!(path, f.path());
-                }
-                other => panic!("{text:?}: expected UnknownKey, got {other:?}"),
+    fn durations_in_the_file_are_strings_or_integer_nanoseconds() {
+        let f = write(
+            "experimental-watch-progress-notify-interval: 5000000000\n\
+             grpc-keepalive-interval: 90s\ngrpc-keepalive-timeout: 0\n",
+        );
+        let layer = file(f.path(), &mut Vec::new()).expect("file loads");
+        assert_eq!(
+            layer.get("experimental-watch-progress-notify-interval"),
+            Some("5000000000ns")
+        );
+        assert_eq!(layer.get("grpc-keepalive-interval"), Some("90s"));
+        assert_eq!(layer.get("grpc-keepalive-timeout"), Some("0ns"));
+    }
+
+    #[test]
+    fn file_names_every_unknown_key_with_a_suggestion() {
+        let f = write(
+            "nmae: b\nsnapshot-cuont: 5\nconfig-file: /x.yaml\nzzz-not-close: 1\n\
+             client-transport-security:\n  cert-fiel: /c\n",
+        );
+        match file(f.path(), &mut Vec::new()) {
+            Err(ConfigError::UnknownKeys(unknown)) => {
+                let got: Vec<_> = unknown
+                    .iter()
+                    .map(|u| (u.key.as_str(), u.suggestion.as_deref()))
+                    .collect();
+                // figment's dictionary is sorted by key.
+                assert_eq!(
+                    got,
+                    [
+                        (
+                            "client-transport-security.cert-fiel",
+                            Some("client-transport-security.cert-file")
+                        ),
+                        ("config-file", None),
+                        ("nmae", Some("name")),
+                        ("snapshot-cuont", Some("snapshot-count")),
+                        ("zzz-not-close", None),
+                    ]
+                );
+                assert!(unknown
+                    .iter()
+                    .all(|u| u.origin == Origin::File(f.path().to_owned())));
             }
+            other => panic!("expected UnknownKeys, got {other:?}"),
         }
     }
 
     #[test]
     fn file_of_only_comments_sets_nothing() {
         let f = write("# nothing here\n\n");
-        assert!(file(f.path()).expect("loads").values.is_empty());
+        assert!(file(f.path(), &mut Vec::new())
+            .expect("loads")
+            .values
+            .is_empty());
     }
 
     #[test]
@@ -372,6 +488,12 @@ mod tests {
         assert_eq!(
             warnings,
             ["unrecognized environment variable ETCD_NOT_A_FLAG=x"]
+        );
+        let mut warnings = Vec::new();
+        env(&[("ETCD_DATA_DIRR".into(), "/d".into())], &mut warnings);
+        assert_eq!(
+            warnings,
+            ["unrecognized environment variable ETCD_DATA_DIRR=/d (did you mean ETCD_DATA_DIR?)"]
         );
     }
 }

@@ -8,19 +8,29 @@
 //! value and its origin. [`load`] is the only function in cairn that reads the process
 //! arguments and environment; everything after start-up takes a `Config`.
 //!
+//! Every flag, `ETCD_*` variable and YAML key of etcd 3.5 is accepted, as are the etcd 3.6
+//! names of the `experimental-` ones ([`keys::KEYS`] lists them all). Each is either honoured,
+//! or accepted without effect (named in one start-up warning and marked by `config show`),
+//! or accepted only at its default because the feature it turns on is not built yet.
+//!
 //! Deliberate differences from etcd:
 //! - With `--config-file`, etcd ignores all other flags and environment variables; cairn
 //!   layers them over the file instead, so one flag can override one file key.
-//! - Unknown keys in the YAML file are errors (etcd silently ignores them).
+//! - Unknown keys in the YAML file are errors, all named at once with the nearest known key
+//!   (etcd silently ignores them); so are unknown flags.
+//! - Durations in the YAML file may be Go duration strings (`5s`) as well as the integer
+//!   nanoseconds etcd reads there; booleans may be any form Go's `strconv.ParseBool` takes.
 //! - Features cairn does not implement yet (TLS, https URLs, multi-member
 //!   `initial-cluster`, `initial-cluster-state=existing`, `force-new-cluster`, `wal-dir`,
-//!   `discovery`, `enable-v2=true`) are refused rather than ignored.
+//!   discovery, lease checkpoints, the v2 proxy, a Host header whitelist) are refused rather
+//!   than ignored.
 //! - `initial-cluster` URLs are compared to `initial-advertise-peer-urls` as written; etcd
 //!   also resolves host names.
 
 mod cli;
 mod keys;
 mod layers;
+mod suggest;
 mod validate;
 
 use std::ffi::OsString;
@@ -28,7 +38,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keys::CONFIG_FILE;
+use keys::{Effect, CONFIG_FILE};
 use layers::{Entry, Raw};
 
 /// The typed, validated configuration the server runs with.
@@ -56,8 +66,52 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// One of `debug`, `info`, `warn`, `error`, `panic`, `fatal`.
     pub log_level: String,
+    /// Where logs go (`--log-outputs`), without duplicates.
+    pub log_outputs: Vec<LogOutput>,
+    /// Extra client listeners (`--listen-client-http-urls`); empty unless set.
+    pub listen_client_http_urls: Vec<url::Url>,
+    /// `--experimental-watch-progress-notify-interval` (or its etcd 3.6 name).
+    pub watch_progress_notify_interval: Duration,
+    pub listener: ListenerOptions,
+    pub metrics: MetricsLevel,
+    /// Serve `/debug/pprof/profile` on the client URLs.
+    pub enable_pprof: bool,
+    /// Skip fsync: acknowledged writes survive a crash of cairn, not of the machine.
+    pub unsafe_no_fsync: bool,
     /// `--unsafe-storage-fault`: tests only, a storage operation to fail on purpose.
     pub unsafe_storage_fault: Option<crate::storage::FaultPlan>,
+}
+
+/// Socket and HTTP/2 settings of every client and metrics listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerOptions {
+    /// `--socket-reuse-port`: SO_REUSEPORT, so several processes may bind the same port.
+    pub reuse_port: bool,
+    /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: the server pings an idle
+    /// connection after the interval and closes it if no answer comes within the timeout.
+    /// `None` when either is 0, which etcd documents as disabling the pings.
+    pub keepalive: Option<(Duration, Duration)>,
+    /// `--max-concurrent-streams`: HTTP/2 streams one client connection may open at once.
+    pub max_concurrent_streams: u32,
+}
+
+/// One `--log-outputs` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    /// `stderr`, or `default` (etcd's default; journald is not used).
+    Stderr,
+    Stdout,
+    /// Any other value: a file, appended to.
+    File(PathBuf),
+}
+
+/// `--metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsLevel {
+    /// etcd's default: no `grpc_server_handling_seconds` histogram.
+    Basic,
+    /// Also the `grpc_server_handling_seconds` histogram.
+    Extensive,
 }
 
 /// `--initial-cluster-state`.
@@ -130,11 +184,24 @@ pub struct Loaded {
 
 impl Loaded {
     /// `cairn config show`: every key's effective value and origin, one per line, e.g.
-    /// `name = "default"  # default` or `snapshot-count = 5000  # env ETCD_SNAPSHOT_COUNT`.
+    /// `name = "default"  # default` or `snapshot-count = 5000  # env ETCD_SNAPSHOT_COUNT`;
+    /// keys without effect in cairn say so: `max-wals = 5  # default; no effect: <why>`.
     pub fn show(&self) -> String {
         self.sources
             .iter()
-            .map(|e| format!("{} = {}  # {}\n", e.key.name, e.display_value(), e.origin))
+            .filter(|e| e.key.section != keys::HIDDEN)
+            .map(|e| {
+                let note = match e.key.effect {
+                    Effect::Ignored(why) => format!("; no effect: {why}"),
+                    Effect::Honoured | Effect::DefaultOnly(_) => String::new(),
+                };
+                format!(
+                    "{} = {}  # {}{note}\n",
+                    e.key.name,
+                    e.display_value(),
+                    e.origin
+                )
+            })
             .collect()
     }
 
@@ -168,8 +235,9 @@ pub enum ConfigError {
     },
     #[error("cannot parse config file {}: {message}", path.display())]
     ParseFile { path: PathBuf, message: String },
-    #[error("unknown key {key:?} in config file {}", path.display())]
-    UnknownKey { key: String, path: PathBuf },
+    /// Every unknown key of one layer (the file, or the flags), each with a suggestion.
+    #[error("{}", unknown_message(.0))]
+    UnknownKeys(Vec<Unknown>),
     #[error("invalid value for {key} in config file {}: {reason}", path.display())]
     BadFileValue {
         key: String,
@@ -195,6 +263,73 @@ pub enum ConfigError {
     Conflict { message: String, origins: String },
     #[error("merging configuration layers: {0}")]
     Merge(Box<figment::Error>),
+}
+
+/// A key no layer of cairn knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unknown {
+    /// As written: `nmae`, `client-transport-security.crl-file`, `--nmae`.
+    pub key: String,
+    pub origin: Origin,
+    /// The nearest known key, spelt like `key`.
+    pub suggestion: Option<String>,
+}
+
+/// `unknown key "nmae" in file /etc/c.yaml (did you mean "name"?)`, or for several
+/// `unknown keys: "a" in file ... (did you mean ...); "b" in file ...`.
+fn unknown_message(unknown: &[Unknown]) -> String {
+    let items: Vec<String> = unknown
+        .iter()
+        .map(|u| {
+            let hint = u
+                .suggestion
+                .as_ref()
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+            match &u.origin {
+                Origin::Flag(_) => format!("{:?}{hint}", u.key),
+                origin => format!("{:?} in {origin}{hint}", u.key),
+            }
+        })
+        .collect();
+    let what = match unknown.first().map(|u| &u.origin) {
+        Some(Origin::Flag(_)) => "flag",
+        _ => "key",
+    };
+    match items.as_slice() {
+        [one] => format!("unknown {what} {one}"),
+        many => format!("unknown {what}s: {}", many.join("; ")),
+    }
+}
+
+/// The one start-up warning naming every explicitly set key that has no effect in cairn,
+/// grouped by reason; `None` if there is none. `no_flag` are file settings without a flag
+/// (they are TLS settings, so they share the TLS keys' reason).
+fn no_effect_warning(entries: &[Entry], no_flag: &[String]) -> Option<String> {
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut add = |why: &'static str, name: String| match groups.iter_mut().find(|g| g.0 == why) {
+        Some(group) => group.1.push(name),
+        None => groups.push((why, vec![name])),
+    };
+    for entry in entries.iter().filter(|e| e.origin != Origin::Default) {
+        if let Effect::Ignored(why) = entry.key.effect {
+            add(why, entry.key.name.to_owned());
+        }
+    }
+    for name in no_flag {
+        add(keys::TLS_ONLY, name.clone());
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(why, names)| format!("{} ({why})", names.join(", ")))
+        .collect();
+    Some(format!(
+        "accepted, no effect in cairn: {}",
+        parts.join("; ")
+    ))
 }
 
 /// `cairn <crate version> (etcd API 3.5.0)`.
@@ -234,15 +369,20 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
         .or_else(|| env.get(CONFIG_FILE))
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
+    let mut no_flag = Vec::new();
     let file = match &file_path {
-        Some(path) => layers::file(path)?,
+        Some(path) => layers::file(path, &mut no_flag)?,
         None => layers::no_file(),
     };
     let raw = layers::merge(
         &[layers::defaults(), file, env, flags.layer],
         file_path.as_deref(),
     )?;
-    finish(command, raw, warnings)
+    let mut loaded = finish(command, raw, warnings)?;
+    loaded
+        .warnings
+        .extend(no_effect_warning(&loaded.sources, &no_flag));
+    Ok(loaded)
 }
 
 /// The configuration for commands that read none: etcd's defaults.
@@ -327,6 +467,17 @@ mod tests {
                 max_txn_ops: 128,
                 quota_backend_bytes: 2 * 1024 * 1024 * 1024,
                 log_level: "info".into(),
+                log_outputs: vec![LogOutput::Stderr],
+                listen_client_http_urls: vec![],
+                watch_progress_notify_interval: Duration::from_secs(600),
+                listener: ListenerOptions {
+                    reuse_port: false,
+                    keepalive: Some((Duration::from_secs(7200), Duration::from_secs(20))),
+                    max_concurrent_streams: u32::MAX,
+                },
+                metrics: MetricsLevel::Basic,
+                enable_pprof: false,
+                unsafe_no_fsync: false,
                 unsafe_storage_fault: None,
             }
         );
@@ -459,12 +610,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_yaml_key_is_named() {
+    fn unknown_yaml_keys_are_named_together() {
         let file = yaml("name: a\nsnapshot-cuont: 5\n");
         let path = file.path().to_str().expect("utf-8 temp path");
         assert_eq!(
             err(&["--config-file", path], &[]),
-            format!("unknown key \"snapshot-cuont\" in config file {path}")
+            format!(
+                "unknown key \"snapshot-cuont\" in file {path} (did you mean \"snapshot-count\"?)"
+            )
+        );
+        let file = yaml("data_dir: /d\nsnapshot-cuont: 5\nname: a\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        assert_eq!(
+            err(&["--config-file", path], &[]),
+            format!(
+                "unknown keys: \"data_dir\" in file {path} (did you mean \"data-dir\"?); \
+                 \"snapshot-cuont\" in file {path} (did you mean \"snapshot-count\"?)"
+            )
+        );
+        assert_eq!(
+            err(&["--nmae", "x", "--bogus"], &[]),
+            "unknown flags: \"--nmae\" (did you mean \"--name\"?); \"--bogus\""
         );
         assert!(err(&["--config-file", "/nonexistent/cairn.yaml"], &[])
             .starts_with("cannot read config file /nonexistent/cairn.yaml"));
@@ -637,7 +803,11 @@ mod tests {
             (&["--force-new-cluster"], "--force-new-cluster: force-new-cluster is not supported yet"),
             (&["--wal-dir", "/wal"], "--wal-dir: a separate WAL directory is not supported yet"),
             (&["--discovery", "https://discovery.etcd.io/x"], "--discovery: discovery is not supported"),
-            (&["--enable-v2"], "--enable-v2: the v2 API is not supported"),
+            (&["--discovery-srv", "example.com"], "--discovery-srv: DNS discovery is not supported"),
+            (&["--proxy=on"], "--proxy: running as a v2 proxy is not supported"),
+            (&["--host-whitelist=example.com"], "--host-whitelist: checking the HTTP Host header is not supported yet"),
+            (&["--experimental-enable-lease-checkpoint"], "--experimental-enable-lease-checkpoint: lease checkpoints are not supported yet"),
+            (&["--feature-gates=InitialCorruptCheck=true,LeaseCheckpoint=true"], "--feature-gates: lease checkpoints are not supported yet"),
         ];
         for (args, want) in cases {
             let got = err(args, &[]);
@@ -649,12 +819,15 @@ mod tests {
             err(&["--config-file", path], &[]),
             format!("--cert-file: TLS is not supported yet (value \"/c.pem\" from file {path})")
         );
-        // Their defaults, written out explicitly, are fine.
+        // Their defaults, written out explicitly, are fine, as is an empty list for a
+        // key whose default is `*`.
         ok(
             &[
-                "--enable-v2=false",
                 "--client-cert-auth=false",
                 "--wal-dir=",
+                "--proxy=off",
+                "--host-whitelist=",
+                "--feature-gates=LeaseCheckpoint=false",
             ],
             &[],
         );
@@ -722,7 +895,8 @@ mod tests {
         );
         assert_eq!(loaded.command, Command::ConfigShow);
         let shown = loaded.show();
-        assert_eq!(shown.lines().count(), keys::KEYS.len());
+        let visible = keys::KEYS.iter().filter(|k| k.section != keys::HIDDEN);
+        assert_eq!(shown.lines().count(), visible.count());
         for line in [
             "name = \"n1\"  # flag --name",
             "data-dir = \"n1.etcd\"  # default",
@@ -732,6 +906,8 @@ mod tests {
             "log-level = \"debug\"  # env ETCD_LOG_LEVEL",
             "force-new-cluster = false  # default",
             "config-file = \"\"  # default",
+            "max-wals = 5  # default; no effect: cairn's raft log is purged after each snapshot; \
+             there are no WAL files",
         ] {
             assert!(
                 shown.lines().any(|l| l == line),
@@ -751,8 +927,170 @@ mod tests {
         );
         assert!(version().starts_with("cairn ") && version().ends_with(" (etcd API 3.5.0)"));
         assert!(matches!(run(&["help"], &[]), Err(ConfigError::Cli(_))));
-        assert!(matches!(run(&["--bogus"], &[]), Err(ConfigError::Cli(_))));
+        assert!(matches!(
+            run(&["--bogus"], &[]),
+            Err(ConfigError::UnknownKeys(_))
+        ));
         assert!(matches!(run(&["stray"], &[]), Err(ConfigError::Cli(_))));
+    }
+
+    #[test]
+    fn durations_and_booleans_take_every_form_etcd_does() {
+        let interval = |args: &[&str]| ok(args, &[]).config.watch_progress_notify_interval;
+        assert_eq!(
+            interval(&["--experimental-watch-progress-notify-interval=5s"]),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            interval(&["--watch-progress-notify-interval", "1m30s"]),
+            Duration::from_secs(90)
+        );
+        let file = yaml("experimental-watch-progress-notify-interval: 5000000000\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        assert_eq!(interval(&["--config-file", path]), Duration::from_secs(5));
+        let file = yaml("watch-progress-notify-interval: 250ms\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        assert_eq!(
+            interval(&["--config-file", path]),
+            Duration::from_millis(250)
+        );
+        // As with Go's flag package, a flag or variable needs a unit.
+        assert_eq!(
+            err(&["--grpc-keepalive-timeout=20"], &[]),
+            "invalid value \"20\" for grpc-keepalive-timeout (from flag \
+             --grpc-keepalive-timeout): time: missing unit in duration \"20\""
+        );
+        assert!(err(
+            &[
+                "--experimental-watch-progress-notify-interval=5s",
+                "--watch-progress-notify-interval=6s"
+            ],
+            &[]
+        )
+        .contains("are set to different values"));
+
+        for (text, want) in [
+            ("1", true),
+            ("t", true),
+            ("T", true),
+            ("TRUE", true),
+            ("true", true),
+            ("True", true),
+            ("0", false),
+            ("f", false),
+            ("F", false),
+            ("FALSE", false),
+            ("false", false),
+            ("False", false),
+        ] {
+            let flag = format!("--unsafe-no-fsync={text}");
+            assert_eq!(ok(&[&flag], &[]).config.unsafe_no_fsync, want, "{text}");
+            let env = [("ETCD_ENABLE_PPROF", text)];
+            assert_eq!(ok(&[], &env).config.enable_pprof, want, "{text}");
+        }
+        for bad in ["yes", "on", "tRUE", ""] {
+            let flag = format!("--enable-pprof={bad}");
+            assert!(err(&[&flag], &[]).contains("must be a boolean"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn honoured_settings_reach_the_config() {
+        let c = ok(
+            &[
+                "--log-outputs=stdout,stderr,/tmp/cairn.log,stdout",
+                "--metrics=extensive",
+                "--grpc-keepalive-interval=30s",
+                "--grpc-keepalive-timeout=5s",
+                "--max-concurrent-streams=100",
+                "--socket-reuse-port",
+                "--socket-reuse-address=true",
+                "--listen-client-http-urls=http://127.0.0.1:2382",
+            ],
+            &[],
+        )
+        .config;
+        assert_eq!(
+            c.log_outputs,
+            vec![
+                LogOutput::File("/tmp/cairn.log".into()),
+                LogOutput::Stderr,
+                LogOutput::Stdout
+            ]
+        );
+        assert_eq!(c.metrics, MetricsLevel::Extensive);
+        assert_eq!(
+            c.listener,
+            ListenerOptions {
+                reuse_port: true,
+                keepalive: Some((Duration::from_secs(30), Duration::from_secs(5))),
+                max_concurrent_streams: 100,
+            }
+        );
+        assert_eq!(
+            c.listen_client_http_urls,
+            vec![url("http://127.0.0.1:2382")]
+        );
+        assert_eq!(
+            ok(&["--grpc-keepalive-interval=0s"], &[])
+                .config
+                .listener
+                .keepalive,
+            None
+        );
+        for (args, want) in [
+            (
+                &["--log-outputs=default,stdout"][..],
+                "multi logoutput for \"default\" is not supported yet",
+            ),
+            (
+                &["--logger=capnslog"],
+                "--logger=capnslog is removed in v3.5",
+            ),
+            (&["--metrics=all"], "must be one of basic, extensive"),
+            (
+                &["--max-concurrent-streams=0"],
+                "must be between 1 and 4294967295",
+            ),
+            (&["--auth-token=oauth"], "unknown token type"),
+            (
+                &["--feature-gates=Bogus=true"],
+                "unrecognized feature gate: Bogus",
+            ),
+            (
+                &["--discovery-fallback=retry"],
+                "must be one of exit, proxy",
+            ),
+            (&["--max-wals=many"], "must be a non-negative integer"),
+        ] {
+            let got = err(args, &[]);
+            assert!(got.contains(want), "{args:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn settings_without_effect_are_named_in_one_warning() {
+        let file = yaml(
+            "max-wals: 5\nproxy-dial-timeout: 1000\nproxy-read-timeout: 0\n\
+             client-transport-security:\n  allowed-cn: [x]\n",
+        );
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let loaded = ok(
+            &["--config-file", path, "--enable-v2", "--name=n"],
+            &[("ETCD_CORS", "*")],
+        );
+        assert_eq!(
+            loaded.warnings(),
+            [
+                "accepted, no effect in cairn: max-wals (cairn's raft log is purged after each \
+                 snapshot; there are no WAL files); enable-v2 (cairn serves only the v3 API \
+                 (etcd 3.6 removed v2)); cors (cairn's HTTP endpoints send no CORS headers yet, \
+                 so browsers get no cross-origin access at all); proxy-dial-timeout, \
+                 proxy-read-timeout (cairn always runs as a cluster member, never as a v2 \
+                 proxy); client-transport-security.allowed-cn (it only applies to TLS \
+                 connections, and cairn serves none yet)"
+            ]
+        );
     }
 
     #[test]

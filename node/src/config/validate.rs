@@ -9,8 +9,14 @@ use std::time::Duration;
 
 use url::{Host, Url};
 
+use super::keys::{
+    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINTS, WATCH_PROGRESS, WATCH_PROGRESS_OLD,
+};
 use super::layers::{Entry, Raw};
-use super::{AutoCompaction, ClusterState, Config, ConfigError, Origin};
+use super::{
+    AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
+    Origin,
+};
 
 /// etcd's `maxElectionMs`.
 const MAX_ELECTION_MS: u64 = 50_000;
@@ -19,6 +25,33 @@ const MAX_ELECTION_MS: u64 = 50_000;
 pub(crate) const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error", "panic", "fatal"];
+
+/// Keys whose value etcd checks against a fixed set.
+const CHOICES: &[(&str, &[&str])] = &[
+    ("log-level", LOG_LEVELS),
+    ("metrics", &["basic", "extensive"]),
+    ("log-format", &["json", "console"]),
+    ("discovery-fallback", &["exit", "proxy"]),
+    ("proxy", &["off", "readonly", "on"]),
+    (
+        "v2-deprecation",
+        &["not-yet", "write-only", "write-only-drop-data", "gone"],
+    ),
+    ("tls-min-version", &["", "TLS1.2", "TLS1.3"]),
+    ("tls-max-version", &["", "TLS1.2", "TLS1.3"]),
+];
+
+/// etcd 3.6's feature gates. They mirror experimental flags of 3.5 with the same effect in
+/// cairn: the lease checkpoint ones turn on a feature cairn lacks, the others change nothing.
+const FEATURE_GATE_NAMES: &[&str] = &[
+    "StopGRPCServiceOnDefrag",
+    "TxnModeWriteWithSharedBuffer",
+    "InitialCorruptCheck",
+    "CompactHashCheck",
+    "LeaseCheckpoint",
+    "LeaseCheckpointPersist",
+    "SetMemberLocalAddr",
+];
 
 /// Fills in the defaults etcd computes from other keys, so `config show` prints what is
 /// used: an empty `data-dir` is `${name}.etcd`, and an `initial-cluster` left at its
@@ -41,7 +74,10 @@ pub(crate) fn fill_derived(raw: &mut Raw) {
 
 /// Turns the merged raw values into a [`Config`].
 pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
+    check_forms(raw)?;
+    check_choices(raw)?;
     reject_unsupported(raw)?;
+    feature_gates(raw.get(FEATURE_GATES))?;
     let name = raw.get("name").value.clone();
     let listen_client_urls = urls(raw.get("listen-client-urls"), Need::Bind)?;
     let advertise_client_urls = urls(raw.get("advertise-client-urls"), Need::Host)?;
@@ -76,6 +112,16 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             quota
         },
         log_level: raw.get("log-level").value.clone(),
+        log_outputs: log_outputs(raw.get("log-outputs"))?,
+        listen_client_http_urls: urls(raw.get("listen-client-http-urls"), Need::BindOrNone)?,
+        watch_progress_notify_interval: watch_progress(raw)?,
+        listener: listener(raw)?,
+        metrics: match raw.get("metrics").value.as_str() {
+            "extensive" => MetricsLevel::Extensive,
+            _ => MetricsLevel::Basic,
+        },
+        enable_pprof: boolean(raw.get("enable-pprof"))?,
+        unsafe_no_fsync: boolean(raw.get("unsafe-no-fsync"))?,
         unsafe_storage_fault: match raw.get("unsafe-storage-fault") {
             e if e.value.is_empty() => None,
             e => Some(
@@ -113,52 +159,164 @@ impl Entry {
     }
 }
 
-/// Refuses settings for features a later issue implements.
-fn reject_unsupported(raw: &Raw) -> Result<(), ConfigError> {
-    const TLS: &str = "TLS is not supported yet";
-    let text_features = [
-        ("cert-file", TLS),
-        ("key-file", TLS),
-        ("trusted-ca-file", TLS),
-        ("peer-cert-file", TLS),
-        ("peer-key-file", TLS),
-        ("peer-trusted-ca-file", TLS),
-        ("wal-dir", "a separate WAL directory is not supported yet"),
-        ("discovery", "discovery is not supported"),
-    ];
-    for (key, what) in text_features {
-        let entry = raw.get(key);
-        if !entry.value.is_empty() {
-            return Err(entry.unsupported(what));
+/// Checks every value has the form of its key's kind, so a malformed value is refused even
+/// for a key cairn does nothing with (as etcd's flag parser would refuse it).
+fn check_forms(raw: &Raw) -> Result<(), ConfigError> {
+    for entry in &raw.entries {
+        match entry.key.kind {
+            Kind::Uint => uint(entry).map(drop)?,
+            Kind::Int => {
+                entry
+                    .value
+                    .parse::<i64>()
+                    .map_err(|_| entry.invalid("must be an integer"))?;
+            }
+            Kind::Bool => boolean(entry).map(drop)?,
+            Kind::Duration => duration(entry).map(drop)?,
+            Kind::Text | Kind::List | Kind::Legacy => {}
         }
     }
-    let bool_features = [
-        ("client-cert-auth", TLS),
-        ("auto-tls", TLS),
-        ("peer-client-cert-auth", TLS),
-        ("peer-auto-tls", TLS),
-        (
-            "force-new-cluster",
-            "force-new-cluster is not supported yet",
-        ),
-        ("enable-v2", "the v2 API is not supported"),
-    ];
-    for (key, what) in bool_features {
+    Ok(())
+}
+
+fn check_choices(raw: &Raw) -> Result<(), ConfigError> {
+    for (key, allowed) in CHOICES {
         let entry = raw.get(key);
-        if boolean(entry)? {
-            return Err(entry.unsupported(what));
+        if !allowed.contains(&entry.value.as_str()) {
+            let shown: Vec<&str> = allowed.iter().copied().filter(|a| !a.is_empty()).collect();
+            return Err(entry.invalid(format!("must be one of {}", shown.join(", "))));
+        }
+    }
+    // etcd's `--auth-token`: a token type, optionally followed by `,option=value` pairs.
+    let token = raw.get("auth-token");
+    match token.value.split(',').next() {
+        Some("simple" | "jwt") => Ok(()),
+        _ => Err(token.invalid("unknown token type: must be simple or jwt[,options]")),
+    }
+}
+
+/// Refuses settings for features a later issue implements: a key that only takes its
+/// default must have it (an empty value counts as the default, as in etcd).
+fn reject_unsupported(raw: &Raw) -> Result<(), ConfigError> {
+    for entry in &raw.entries {
+        if let Effect::DefaultOnly(what) = entry.key.effect {
+            let at_default = match entry.key.kind {
+                Kind::Bool => boolean(entry)? == (entry.key.default == "true"),
+                _ => entry.value.trim().is_empty() || entry.value == entry.key.default,
+            };
+            if !at_default {
+                return Err(entry.unsupported(what));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--feature-gates`: `Name=bool` pairs with etcd 3.6's gate names.
+fn feature_gates(entry: &Entry) -> Result<(), ConfigError> {
+    for pair in entry
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| entry.invalid(format!("missing bool value for {pair}")))?;
+        if !FEATURE_GATE_NAMES.contains(&name) {
+            return Err(entry.invalid(format!("unrecognized feature gate: {name}")));
+        }
+        let enabled = parse_bool(value)
+            .ok_or_else(|| entry.invalid(format!("invalid value of {name}={value}")))?;
+        if enabled && name.starts_with("LeaseCheckpoint") {
+            return Err(entry.unsupported(LEASE_CHECKPOINTS));
         }
     }
     Ok(())
 }
 
 /// Go's `strconv.ParseBool`, which etcd's boolean flags use.
-fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
-    match entry.value.as_str() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(entry.invalid("must be a boolean (true or false)")),
+fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
     }
+}
+
+fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
+    parse_bool(&entry.value).ok_or_else(|| entry.invalid("must be a boolean (true or false)"))
+}
+
+fn duration(entry: &Entry) -> Result<Duration, ConfigError> {
+    go_duration(&entry.value).map_err(|e| entry.invalid(e))
+}
+
+/// The watch progress interval, under its etcd 3.5 or 3.6 name. Like etcd 3.6, an explicitly
+/// set `experimental-` name wins over the default of the new one; both set differently is
+/// refused rather than one silently ignored.
+fn watch_progress(raw: &Raw) -> Result<Duration, ConfigError> {
+    let (old, new) = (raw.get(WATCH_PROGRESS_OLD), raw.get(WATCH_PROGRESS));
+    let (old_interval, new_interval) = (duration(old)?, duration(new)?);
+    let (entry, interval) = match (old.origin != Origin::Default, new.origin != Origin::Default) {
+        (true, true) if old_interval != new_interval => {
+            return Err(ConfigError::Conflict {
+                message: format!(
+                    "--{WATCH_PROGRESS_OLD} and --{WATCH_PROGRESS} (its etcd 3.6 name) are set \
+                     to different values"
+                ),
+                origins: format!("{}, {}", old.provenance(), new.provenance()),
+            })
+        }
+        (true, _) => (old, old_interval),
+        _ => (new, new_interval),
+    };
+    if interval.is_zero() {
+        return Err(entry.invalid(format!("--{} must be >0", entry.key.name)));
+    }
+    Ok(interval)
+}
+
+fn listener(raw: &Raw) -> Result<ListenerOptions, ConfigError> {
+    let interval = duration(raw.get("grpc-keepalive-interval"))?;
+    let timeout = duration(raw.get("grpc-keepalive-timeout"))?;
+    let streams = raw.get("max-concurrent-streams");
+    let max_concurrent_streams = u32::try_from(uint(streams)?)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| streams.invalid("must be between 1 and 4294967295"))?;
+    Ok(ListenerOptions {
+        reuse_port: boolean(raw.get("socket-reuse-port"))?,
+        keepalive: (!interval.is_zero() && !timeout.is_zero()).then_some((interval, timeout)),
+        max_concurrent_streams,
+    })
+}
+
+/// `--log-outputs`: `default`, `stderr`, `stdout` or file paths, deduplicated as etcd's
+/// `UniqueStringsValue` does. Like etcd, `default` cannot be combined with others.
+fn log_outputs(entry: &Entry) -> Result<Vec<LogOutput>, ConfigError> {
+    let mut names: Vec<&str> = entry
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return Err(entry.invalid("at least one output is required"));
+    }
+    if names.len() > 1 && names.contains(&"default") {
+        return Err(entry.invalid("multi logoutput for \"default\" is not supported yet"));
+    }
+    Ok(names
+        .into_iter()
+        .map(|name| match name {
+            "default" | "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            path => LogOutput::File(PathBuf::from(path)),
+        })
+        .collect())
 }
 
 fn uint(entry: &Entry) -> Result<u64, ConfigError> {
@@ -414,8 +572,8 @@ fn auto_compaction(raw: &Raw) -> Result<AutoCompaction, ConfigError> {
 }
 
 /// Go's `time.ParseDuration` (e.g. `1h`, `30m`, `5m30s`, `1.5h`, `300ms`), refusing
-/// negative durations, which no retention can use.
-fn go_duration(text: &str) -> Result<Duration, String> {
+/// negative durations, which no setting of etcd's can use.
+pub(crate) fn go_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("time: invalid duration {text:?}");
     let (negative, mut rest) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
@@ -488,15 +646,12 @@ fn split_digits(text: &str) -> (&str, &str) {
 }
 
 fn check_logging(raw: &Raw) -> Result<(), ConfigError> {
-    let level = raw.get("log-level");
-    if !LOG_LEVELS.contains(&level.value.as_str()) {
-        return Err(level.invalid(format!("must be one of {}", LOG_LEVELS.join(", "))));
-    }
     let logger = raw.get("logger");
-    if logger.value != "zap" {
-        return Err(logger.invalid(format!("unknown logger option {:?}", logger.value)));
+    match logger.value.as_str() {
+        "zap" => Ok(()),
+        "capnslog" => Err(logger.invalid("--logger=capnslog is removed in v3.5")),
+        other => Err(logger.invalid(format!("unknown logger option {other:?}"))),
     }
-    Ok(())
 }
 
 #[cfg(test)]

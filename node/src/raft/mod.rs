@@ -772,6 +772,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = crate::storage::StoreOptions {
             fault: Some("wal-fsync:20".parse().expect("plan")),
+            ..Default::default()
         };
         let store = Arc::new(Store::open_with(dir.path(), &options).expect("open store"));
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("open mvcc"));

@@ -153,6 +153,9 @@ impl std::error::Error for EngineError {
 pub struct StoreOptions {
     /// Testing only: a storage operation to fail with an injected I/O error.
     pub fault: Option<FaultPlan>,
+    /// `--unsafe-no-fsync`: [`Store::sync`] and [`Store::sync_wal`] hand their writes to the
+    /// OS without fsync, so they survive a crash of this process but not of the machine.
+    pub skip_fsync: bool,
 }
 
 /// An operation on a database, for error context and fault injection.
@@ -262,6 +265,8 @@ pub struct Store {
     /// Bytes allocated on disk by the database, sampled in the background: asking fjall
     /// would wait for its journal lock, which an fsync in progress holds.
     size: Arc<AtomicU64>,
+    /// `SyncData`, or `Buffer` under `--unsafe-no-fsync`.
+    durability: fjall::PersistMode,
     // Held for the life of the process; the OS releases it on exit, even on kill -9.
     _lock: File,
 }
@@ -308,6 +313,11 @@ impl Store {
             failure: failure.clone(),
             dir: dir.to_path_buf(),
             size,
+            durability: if options.skip_fsync {
+                fjall::PersistMode::Buffer
+            } else {
+                fjall::PersistMode::SyncData
+            },
             _lock: lock,
         })
     }
@@ -343,7 +353,7 @@ impl Store {
     /// journal) and records the time in `etcd_disk_backend_commit_duration_seconds`.
     pub fn sync(&self) -> Result<(), StorageError> {
         let start = Instant::now();
-        persist(&self.db, &self.db_info)?;
+        persist(&self.db, &self.db_info, self.durability)?;
         crate::metrics::get()
             .backend_commit_duration
             .observe(start.elapsed().as_secs_f64());
@@ -354,7 +364,7 @@ impl Store {
     /// journal) and records the time in `etcd_disk_wal_fsync_duration_seconds`.
     pub fn sync_wal(&self) -> Result<(), StorageError> {
         let start = Instant::now();
-        persist(&self.wal, &self.wal_info)?;
+        persist(&self.wal, &self.wal_info, self.durability)?;
         crate::metrics::get()
             .wal_fsync_duration
             .observe(start.elapsed().as_secs_f64());
@@ -401,10 +411,14 @@ fn open_keyspace(
         .map_err(|e| info.fail(Op::Open, Some(name), e))
 }
 
-fn persist(db: &fjall::Database, info: &Db) -> Result<(), StorageError> {
+fn persist(
+    db: &fjall::Database,
+    info: &Db,
+    durability: fjall::PersistMode,
+) -> Result<(), StorageError> {
     info.before_write(Op::Sync, "")?;
     info.inject(Op::Sync)
-        .and_then(|()| db.persist(fjall::PersistMode::SyncData))
+        .and_then(|()| db.persist(durability))
         .map_err(|e| info.fail(Op::Sync, None, e))
 }
 
@@ -629,6 +643,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = StoreOptions {
             fault: Some("wal-fsync:2".parse().expect("plan")),
+            ..Default::default()
         };
         let s = Store::open_with(dir.path(), &options).expect("open");
         let ks = s.wal_keyspace("log").expect("ks");
@@ -672,6 +687,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = StoreOptions {
             fault: Some("db-write:1".parse().expect("plan")),
+            ..Default::default()
         };
         let s = Store::open_with(dir.path(), &options).expect("open");
         let ks = s.keyspace("t").expect("ks");
