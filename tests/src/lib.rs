@@ -58,27 +58,6 @@ pub fn testing_cairn() -> bool {
     ServerKind::from_env() == ServerKind::Cairn
 }
 
-/// For a test of cairn-only behaviour (its own start-up messages, its metrics): under
-/// `CAIRN_TEST_SERVER=etcd` prints `skipped: cairn-only: <reason>` to stderr and returns
-/// false, so the test can return before asserting anything. Use [`cairn_only!`].
-pub fn cairn_only(test: &str, reason: &str) -> bool {
-    if !testing_cairn() {
-        eprintln!("{test}: skipped: cairn-only: {reason}");
-    }
-    testing_cairn()
-}
-
-/// `cairn_only!("reason")` at the top of a test returns from it, reporting it as skipped
-/// rather than letting it pass silently, when the suite runs against etcd.
-#[macro_export]
-macro_rules! cairn_only {
-    ($reason:expr) => {
-        if !$crate::cairn_only(module_path!(), $reason) {
-            return;
-        }
-    };
-}
-
 fn cairn_binary() -> Result<PathBuf> {
     if let Ok(bin) = std::env::var("CAIRN_BIN") {
         return Ok(PathBuf::from(bin));

@@ -2,12 +2,12 @@
 //! status, and a restart on the same data directory (without the fault) serves every write
 //! that was acknowledged before it. The fault is injected with cairn's test-only
 //! `--unsafe-storage-fault`, which fails one chosen write or fsync the way a failing disk
-//! would; these tests are cairn-only and report themselves skipped against etcd.
+//! would; these tests are cairn-only, compiled as ignored against etcd.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cairn_tests::{testing_cairn, Server};
+use cairn_tests::Server;
 use etcd_client::GetOptions;
 
 use crate::{current_revision, rev};
@@ -56,10 +56,6 @@ async fn writer(url: String, writer: usize) -> Vec<Ack> {
 /// its own soon after the fault, then restarts it without the fault and checks every
 /// acknowledged put.
 async fn fault_mid_load_then_recover(fault: &str) {
-    if !testing_cairn() {
-        eprintln!("skipped: cairn-only (storage fault injection with --unsafe-storage-fault)");
-        return;
-    }
     let flag = format!("--unsafe-storage-fault={fault}");
     let mut server = Server::start_with(&[&flag]).await.expect("server starts");
     let url = server.client_url();
@@ -163,11 +159,19 @@ async fn fault_mid_load_then_recover(fault: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    against_etcd,
+    ignore = "cairn-only: storage fault injection with --unsafe-storage-fault"
+)]
 async fn wal_fsync_failure_mid_load_stops_the_node_and_restart_recovers_acked_writes() {
     fault_mid_load_then_recover("wal-fsync:150").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    against_etcd,
+    ignore = "cairn-only: storage fault injection with --unsafe-storage-fault"
+)]
 async fn apply_write_failure_mid_load_stops_the_node_and_restart_recovers_acked_writes() {
     fault_mid_load_then_recover("db-write:400").await;
 }
