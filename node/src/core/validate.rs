@@ -312,6 +312,28 @@ mod tests {
     }
 
     #[test]
+    fn only_txns_of_serializable_ranges_skip_the_barrier() {
+        let get = |serializable| RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key: "a".into(),
+                serializable,
+                ..Default::default()
+            })),
+        };
+        let txn = |success: Vec<RequestOp>, failure: Vec<RequestOp>| TxnRequest {
+            success,
+            failure,
+            ..Default::default()
+        };
+        assert!(txn_serializable(&txn(vec![get(true)], vec![get(true)])));
+        assert!(txn_serializable(&txn(vec![], vec![])));
+        assert!(!txn_serializable(&txn(vec![get(true)], vec![get(false)])));
+        // As etcd's isTxnSerializable, a nested txn is not looked into.
+        let nested = txn_op(vec![get(true)], vec![]);
+        assert!(!txn_serializable(&txn(vec![nested], vec![])));
+    }
+
+    #[test]
     fn writes_are_found_at_any_depth() {
         let read = RequestOp {
             request: Some(Request::RequestRange(RangeRequest {
