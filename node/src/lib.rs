@@ -9,6 +9,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod mvcc;
+pub mod plugins;
 pub mod pprof;
 pub mod proto;
 pub mod raft;

@@ -50,6 +50,12 @@ pub struct Metrics {
     pub watchers: IntGauge,
     pub slow_watchers: IntGauge,
     pub watch_streams: IntGauge,
+    // Plugins (issue 12): calls by result, latency, failures by kind, loaded versions.
+    pub plugin_calls: IntCounterVec,
+    pub plugin_call_seconds: HistogramVec,
+    pub plugin_traps: IntCounterVec,
+    pub plugin_timeouts: IntCounterVec,
+    pub plugin_loaded: IntGaugeVec,
 }
 
 impl Metrics {
@@ -101,6 +107,12 @@ impl Metrics {
             watchers: reg.gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.")?,
             slow_watchers: reg.gauge("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.")?,
             watch_streams: reg.gauge("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.")?,
+            plugin_calls: reg.counter_vec("cairn_plugin_calls_total", "Plugin calls by plugin, hook and result (allow, deny, rewrite, failure).", &["plugin", "hook", "result"])?,
+            // An admission check should take microseconds: buckets from 1 us to ~16 ms.
+            plugin_call_seconds: reg.histogram_vec("cairn_plugin_call_duration_seconds", "The latency of plugin calls, instantiation included.", &["plugin", "hook"], prometheus::exponential_buckets(0.000_001, 2.0, 15).unwrap_or_default())?,
+            plugin_traps: reg.counter_vec("cairn_plugin_traps_total", "Plugin calls that trapped, ran out of memory or could not be instantiated.", &["plugin", "hook"])?,
+            plugin_timeouts: reg.counter_vec("cairn_plugin_timeouts_total", "Plugin calls stopped at their deadline.", &["plugin", "hook"])?,
+            plugin_loaded: reg.gauge_vec("cairn_plugin_loaded", "1 for each loaded plugin, labelled with its file's SHA-256 prefix as version.", &["plugin", "version"])?,
             registry,
         })
     }

@@ -42,6 +42,9 @@ pub enum ServerError {
     },
     #[error("serving {0}: {1}")]
     Serve(SocketAddr, std::io::Error),
+    /// A configured plugin could not be loaded (issue 12); the message names it.
+    #[error(transparent)]
+    Plugins(#[from] crate::plugins::PluginError),
     #[error("stopped on a fatal error: {0}")]
     Failed(RaftError),
 }
@@ -92,6 +95,11 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         crate::metrics::get().omit_extensive();
     }
 
+    // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up.
+    let mut hooks = Hooks::default();
+    if let Some(plugins) = crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))? {
+        hooks.admission = Box::new(crate::plugins::PluginAdmission::new(plugins));
+    }
     let core = Core::new(Parts {
         raft: raft.clone(),
         mvcc,
@@ -105,7 +113,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             max_txn_ops: usize::try_from(cfg.max_txn_ops).unwrap_or(usize::MAX),
             quota_backend_bytes: cfg.quota_backend_bytes,
         },
-        hooks: Hooks::default(),
+        hooks,
         reads: read_pool()?,
     });
     crate::compactor::spawn(core.clone(), &cfg.auto_compaction);

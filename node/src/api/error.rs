@@ -16,7 +16,7 @@ pub fn code(e: &Error) -> Code {
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
         LeaseNotFound => Code::NotFound,
-        NotLeader | LeaseExists => Code::FailedPrecondition,
+        NotLeader | LeaseExists | Refused(_) => Code::FailedPrecondition,
         NoLeader | Timeout | Stopped => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,

@@ -106,7 +106,12 @@ pub(crate) fn no_file() -> Layer {
 /// `peer-transport-security:`; they are flattened to the flag names (`cert-file`,
 /// `peer-cert-file`, ...) so every layer speaks the same keys. Nested settings that have no
 /// flag (the client section's `allowed-cn`) are added to `no_flag` by their written name.
-pub(crate) fn file(path: &Path, no_flag: &mut Vec<String>) -> Result<Layer, ConfigError> {
+/// The `plugins:` list is not a flag: it is validated here into `plugins`.
+pub(crate) fn file(
+    path: &Path,
+    no_flag: &mut Vec<String>,
+    plugins: &mut Vec<super::PluginConfig>,
+) -> Result<Layer, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_owned(),
         source,
@@ -135,6 +140,7 @@ pub(crate) fn file(path: &Path, no_flag: &mut Vec<String>) -> Result<Layer, Conf
     for (name, value) in dict {
         match transport_prefix(&name) {
             Some(prefix) => flat.insert_transport(&name, prefix, value)?,
+            None if name == "plugins" => *plugins = super::plugins::parse(&value, path)?,
             None if name != CONFIG_FILE && keys::find(&name).is_some() => {
                 flat.insert(&name, name.clone(), &value)?
             }
@@ -395,7 +401,7 @@ mod tests {
              client-transport-security:\n  allowed-hostname: h\n  allowed-cn: [c]\n",
         );
         let mut no_flag = Vec::new();
-        let layer = file(f.path(), &mut no_flag).expect("file loads");
+        let layer = file(f.path(), &mut no_flag, &mut Vec::new()).expect("file loads");
         assert_eq!(layer.get("name"), Some("n1"));
         assert_eq!(layer.get("snapshot-count"), Some("5000"));
         assert_eq!(layer.get("force-new-cluster"), Some("false"));
@@ -418,7 +424,7 @@ mod tests {
             "experimental-watch-progress-notify-interval: 5000000000\n\
              grpc-keepalive-interval: 90s\ngrpc-keepalive-timeout: 0\n",
         );
-        let layer = file(f.path(), &mut Vec::new()).expect("file loads");
+        let layer = file(f.path(), &mut Vec::new(), &mut Vec::new()).expect("file loads");
         assert_eq!(
             layer.get("experimental-watch-progress-notify-interval"),
             Some("5000000000ns")
@@ -433,7 +439,7 @@ mod tests {
             "nmae: b\nsnapshot-cuont: 5\nconfig-file: /x.yaml\nzzz-not-close: 1\n\
              client-transport-security:\n  cert-fiel: /c\n",
         );
-        match file(f.path(), &mut Vec::new()) {
+        match file(f.path(), &mut Vec::new(), &mut Vec::new()) {
             Err(ConfigError::UnknownKeys(unknown)) => {
                 let got: Vec<_> = unknown
                     .iter()
@@ -464,7 +470,7 @@ mod tests {
     #[test]
     fn file_of_only_comments_sets_nothing() {
         let f = write("# nothing here\n\n");
-        assert!(file(f.path(), &mut Vec::new())
+        assert!(file(f.path(), &mut Vec::new(), &mut Vec::new())
             .expect("loads")
             .values
             .is_empty());

@@ -30,6 +30,8 @@
 mod cli;
 mod keys;
 mod layers;
+// Plugins: the file's `plugins:` list (issue 12).
+mod plugins;
 mod suggest;
 mod validate;
 
@@ -39,6 +41,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keys::{Effect, CONFIG_FILE};
+pub use plugins::{DenyCode, FailurePolicy, Hook, PluginConfig};
 use layers::{Entry, Raw};
 
 /// The typed, validated configuration the server runs with.
@@ -80,6 +83,8 @@ pub struct Config {
     pub unsafe_no_fsync: bool,
     /// `--unsafe-storage-fault`: tests only, a storage operation to fail on purpose.
     pub unsafe_storage_fault: Option<crate::storage::FaultPlan>,
+    /// WebAssembly plugins from the config file's `plugins:` list, in call order.
+    pub plugins: Vec<PluginConfig>,
 }
 
 /// Socket and HTTP/2 settings of every client and metrics listener.
@@ -370,8 +375,9 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
     let mut no_flag = Vec::new();
+    let mut plugin_specs = Vec::new();
     let file = match &file_path {
-        Some(path) => layers::file(path, &mut no_flag)?,
+        Some(path) => layers::file(path, &mut no_flag, &mut plugin_specs)?,
         None => layers::no_file(),
     };
     let raw = layers::merge(
@@ -379,6 +385,7 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
         file_path.as_deref(),
     )?;
     let mut loaded = finish(command, raw, warnings)?;
+    loaded.config.plugins = plugin_specs;
     loaded
         .warnings
         .extend(no_effect_warning(&loaded.sources, &no_flag));
@@ -479,6 +486,7 @@ mod tests {
                 enable_pprof: false,
                 unsafe_no_fsync: false,
                 unsafe_storage_fault: None,
+                plugins: Vec::new(),
             }
         );
         assert!(keys::KEYS

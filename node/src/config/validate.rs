@@ -131,6 +131,8 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             ),
         },
         name,
+        // Filled from the file's `plugins:` list by `load_from`.
+        plugins: Vec::new(),
     })
 }
 

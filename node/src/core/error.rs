@@ -69,6 +69,10 @@ pub enum Error {
     /// An admission hook refused a write; the reason is the hook's own.
     #[error("{0}")]
     Denied(String),
+    /// An admission plugin refused a write and is configured to answer FailedPrecondition
+    /// (the write may succeed once the state it depends on changes).
+    #[error("{0}")]
+    Refused(String),
     /// A refusal of the lock and election recipes. etcd's v3lock/v3election servers return
     /// these as plain Go errors, which gRPC reports with code Unknown and the text as is.
     #[error("{0}")]

@@ -1,0 +1,58 @@
+//! `hostile`: a plugin that misbehaves on purpose, for the node's tests of its sandbox.
+//! Its config picks the misbehaviour: `{"mode": "loop" | "alloc" | "trap" | "garbage" |
+//! "spam" | "deny" | "allow" | "rewrite"}`. Never deploy it.
+
+use cairn_plugin_sdk::{host, Decision, Plugin, Rewrite, WriteRequest};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Config {
+    mode: String,
+}
+
+pub struct Hostile;
+
+impl Plugin for Hostile {
+    fn check(request: WriteRequest) -> Decision {
+        let mode = cairn_plugin_sdk::config::<Config>().map(|c| c.mode).unwrap_or_default();
+        match mode.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => panic!("hostile plugin traps on purpose"),
+            // A rewrite of an op index that does not exist: the host must refuse it.
+            "garbage" => Decision::Rewrite(vec![Rewrite {
+                index: u32::MAX,
+                value: vec![0xff; 16],
+            }]),
+            "spam" => {
+                for i in 0..100_000 {
+                    host::log(host::Level::Error, &format!("spam {i} {}", "x".repeat(1000)));
+                }
+                Decision::Allow
+            }
+            "deny" => Decision::deny("hostile says no"),
+            "rewrite" => Decision::Rewrite(
+                (0..request.ops.len() as u32)
+                    .map(|index| Rewrite {
+                        index,
+                        value: b"rewritten".to_vec(),
+                    })
+                    .collect(),
+            ),
+            _ => Decision::Allow,
+        }
+    }
+}
+
+cairn_plugin_sdk::export_plugin!(Hostile);

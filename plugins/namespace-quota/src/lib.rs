@@ -1,0 +1,154 @@
+//! `namespace-quota`: each namespace (a key prefix) belongs to some principals, and bounds
+//! its values' size and its number of keys.
+//!
+//! Config:
+//! ```json
+//! {"namespaces": [
+//!   {"prefix": "/team-a/", "owners": ["alice"], "max-value-bytes": 1024, "max-keys": 100}
+//! ]}
+//! ```
+//! `owners` absent or containing `"*"` lets anyone write; the anonymous principal's name is
+//! `""`. A key under several namespaces obeys the longest prefix. `max-keys` counts the
+//! keys already stored under the prefix through the host's bounded range read, so it is a
+//! soft limit: two concurrent creates can both pass (the plugin sees no raft order).
+
+use cairn_plugin_sdk::{host, Decision, Plugin, WriteOp, WriteRequest};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Namespace {
+    prefix: String,
+    owners: Option<Vec<String>>,
+    max_value_bytes: Option<u64>,
+    max_keys: Option<u32>,
+}
+
+impl Namespace {
+    fn owned_by(&self, name: &str) -> bool {
+        self.owners
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == "*" || n == name))
+    }
+}
+
+pub struct NamespaceQuota;
+
+impl Plugin for NamespaceQuota {
+    fn check(request: WriteRequest) -> Decision {
+        let config: Config = match cairn_plugin_sdk::config::<Option<Config>>() {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => return Decision::deny(e),
+        };
+        let who = &request.principal.name;
+        for op in &request.ops {
+            let Some(ns) = namespace_of(&config, op.key()) else {
+                continue;
+            };
+            if !ns.owned_by(who) {
+                return Decision::deny(format!("{who:?} does not own namespace {}", ns.prefix));
+            }
+            let WriteOp::Put(put) = op else { continue };
+            if let Some(max) = ns.max_value_bytes {
+                if !put.ignore_value && put.value_size > max {
+                    return Decision::deny(format!(
+                        "value of {} bytes exceeds {max} bytes in namespace {}",
+                        put.value_size, ns.prefix
+                    ));
+                }
+            }
+            if let Some(max) = ns.max_keys {
+                if let Err(reason) = room_for(&put.key, ns, max) {
+                    return Decision::deny(reason);
+                }
+            }
+        }
+        Decision::Allow
+    }
+}
+
+cairn_plugin_sdk::export_plugin!(NamespaceQuota);
+
+fn namespace_of<'c>(config: &'c Config, key: &[u8]) -> Option<&'c Namespace> {
+    config
+        .namespaces
+        .iter()
+        .filter(|n| key.starts_with(n.prefix.as_bytes()))
+        .max_by_key(|n| n.prefix.len())
+}
+
+/// Refuses a put that would create a key in a namespace already holding `max` keys.
+fn room_for(key: &[u8], ns: &Namespace, max: u32) -> Result<(), String> {
+    if !host::range(key, b"", 1)?.is_empty() {
+        return Ok(()); // an update, not a new key
+    }
+    let held = host::range(ns.prefix.as_bytes(), &prefix_end(ns.prefix.as_bytes()), max.saturating_add(1))?;
+    if held.len() >= max as usize {
+        return Err(format!("namespace {} is full ({max} keys)", ns.prefix));
+    }
+    Ok(())
+}
+
+/// etcd's prefix range end: the prefix with its last byte below 0xff incremented.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_plugin_sdk::testing::Harness;
+    use serde_json::json;
+
+    fn harness() -> Harness {
+        Harness::new().config(json!({"namespaces": [
+            {"prefix": "/a/", "owners": ["alice"], "max-value-bytes": 4, "max-keys": 2},
+            {"prefix": "/open/"},
+        ]}))
+    }
+
+    #[test]
+    fn owners_write_their_namespace_only() {
+        let _h = harness();
+        assert!(NamespaceQuota::check(WriteRequest::new("alice").put("/a/1", "x")).is_allowed());
+        assert_eq!(
+            NamespaceQuota::check(WriteRequest::new("bob").delete("/a/1")),
+            Decision::deny("\"bob\" does not own namespace /a/")
+        );
+        assert!(NamespaceQuota::check(WriteRequest::new("bob").put("/open/1", "x")).is_allowed());
+        assert!(NamespaceQuota::check(WriteRequest::new("bob").put("/elsewhere", "x")).is_allowed());
+    }
+
+    #[test]
+    fn value_size_and_key_count_are_bounded() {
+        let _h = harness().kv(b"/a/1", b"x").kv(b"/a/2", b"y");
+        assert!(!NamespaceQuota::check(WriteRequest::new("alice").put("/a/1", "12345")).is_allowed());
+        // Updating an existing key needs no room; a third key does.
+        assert!(NamespaceQuota::check(WriteRequest::new("alice").put("/a/1", "z")).is_allowed());
+        assert_eq!(
+            NamespaceQuota::check(WriteRequest::new("alice").put("/a/3", "z")),
+            Decision::deny("namespace /a/ is full (2 keys)")
+        );
+    }
+
+    #[test]
+    fn prefix_end_matches_etcd() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}

@@ -1,0 +1,134 @@
+//! A native stand-in for the node, so plugin logic is tested with `cargo test`.
+//!
+//! ```
+//! use cairn_plugin_sdk::testing::Harness;
+//! let h = Harness::new().config(serde_json::json!({"limit": 3})).kv(b"/a", b"1");
+//! assert_eq!(cairn_plugin_sdk::host::config(), "{\"limit\":3}");
+//! assert_eq!(cairn_plugin_sdk::host::range(b"/a", b"", 10).map(|kvs| kvs.len()), Ok(1));
+//! drop(h);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use crate::host::Level;
+use crate::KeyValue;
+
+#[derive(Default)]
+struct State {
+    config: String,
+    kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    logs: Vec<(Level, String)>,
+    now_nanos: u64,
+    unix_seconds: u64,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State {
+        config: "null".into(),
+        ..State::default()
+    });
+}
+
+/// The host as a plugin's unit test sees it: config, keys, clocks and captured logs, per
+/// thread (cargo runs each test on its own thread). Dropping it resets the thread's state.
+pub struct Harness(());
+
+impl Harness {
+    /// A host with `null` config, no keys and clocks at zero.
+    pub fn new() -> Harness {
+        STATE.with(|s| {
+            *s.borrow_mut() = State {
+                config: "null".into(),
+                ..State::default()
+            }
+        });
+        Harness(())
+    }
+
+    /// Sets the plugin's config value.
+    pub fn config(self, value: serde_json::Value) -> Harness {
+        STATE.with(|s| s.borrow_mut().config = value.to_string());
+        self
+    }
+
+    /// Adds a key to the store `host::range` reads.
+    pub fn kv(self, key: &[u8], value: &[u8]) -> Harness {
+        STATE.with(|s| s.borrow_mut().kv.insert(key.to_vec(), value.to_vec()));
+        self
+    }
+
+    /// Sets both clocks (monotonic in nanoseconds, wall in Unix seconds).
+    pub fn clock(self, monotonic_nanos: u64, unix_seconds: u64) -> Harness {
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.now_nanos = monotonic_nanos;
+            s.unix_seconds = unix_seconds;
+        });
+        self
+    }
+
+    /// The messages the plugin logged so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        STATE.with(|s| s.borrow().logs.clone())
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Harness {
+        Harness::new()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        STATE.with(|s| *s.borrow_mut() = State::default());
+    }
+}
+
+#[doc(hidden)]
+pub mod native {
+    use super::*;
+
+    pub fn log(level: Level, message: &str) {
+        STATE.with(|s| s.borrow_mut().logs.push((level, message.to_string())));
+    }
+
+    pub fn config() -> String {
+        STATE.with(|s| s.borrow().config.clone())
+    }
+
+    pub fn monotonic_now() -> u64 {
+        STATE.with(|s| s.borrow().now_nanos)
+    }
+
+    pub fn unix_seconds() -> u64 {
+        STATE.with(|s| s.borrow().unix_seconds)
+    }
+
+    pub fn range(key: &[u8], range_end: &[u8], limit: u32) -> Result<Vec<KeyValue>, String> {
+        STATE.with(|s| {
+            let s = s.borrow();
+            let in_range = |k: &[u8]| {
+                if range_end.is_empty() {
+                    k == key
+                } else {
+                    k >= key && (range_end == [0] || k < range_end)
+                }
+            };
+            Ok(s.kv
+                .iter()
+                .filter(|(k, _)| in_range(k))
+                .take(limit as usize)
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                    create_revision: 1,
+                    mod_revision: 1,
+                    version: 1,
+                    lease: 0,
+                })
+                .collect())
+        })
+    }
+}
