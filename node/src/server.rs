@@ -97,7 +97,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 
     // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up.
     let mut hooks = Hooks::default();
-    if let Some(plugins) = crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))? {
+    if let Some(plugins) =
+        crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))?
+    {
         hooks.admission = Box::new(crate::plugins::PluginAdmission::new(plugins));
     }
     let core = Core::new(Parts {

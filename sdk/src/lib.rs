@@ -24,8 +24,7 @@ pub mod bindings {
 }
 
 pub use bindings::cairn::plugin::types::{
-    Decision, DeleteOp, KeyValue, Principal, PrincipalSource, PutOp, Rewrite, WriteOp,
-    WriteRequest,
+    Decision, DeleteOp, KeyValue, Principal, PrincipalSource, PutOp, Rewrite, WriteOp, WriteRequest,
 };
 pub use bindings::exports::cairn::plugin::auth::Credentials;
 pub use bindings::exports::cairn::plugin::backup::Direction;
@@ -45,7 +44,12 @@ pub trait Plugin {
     }
 
     /// Authorization of a read or write of `[key, range_end)`. The default allows.
-    fn authorize(_principal: Principal, _write: bool, _key: Vec<u8>, _range_end: Vec<u8>) -> Decision {
+    fn authorize(
+        _principal: Principal,
+        _write: bool,
+        _key: Vec<u8>,
+        _range_end: Vec<u8>,
+    ) -> Decision {
         Decision::Allow
     }
 
@@ -177,7 +181,7 @@ macro_rules! export_plugin {
                     <$plugin as $crate::Plugin>::backup_finish()
                 }
             }
-            $crate::bindings::__export_plugin_world!(__CairnExport with_types_in $crate::bindings);
+    $crate::bindings::__export_plugin_world!(__CairnExport with_types_in $crate::bindings);
         };
     };
 }

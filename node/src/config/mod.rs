@@ -41,8 +41,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keys::{Effect, CONFIG_FILE};
-pub use plugins::{DenyCode, FailurePolicy, Hook, PluginConfig};
 use layers::{Entry, Raw};
+pub use plugins::{DenyCode, FailurePolicy, Hook, PluginConfig};
 
 /// The typed, validated configuration the server runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -107,16 +107,30 @@ pub(crate) fn parse(value: &Value, file: &Path) -> Result<Vec<PluginConfig>, Con
     if matches!(value, Value::Empty(..)) {
         return Ok(Vec::new());
     }
-    let raw: Vec<RawPlugin> = value
+    let items: Vec<Value> = value
         .deserialize()
         .map_err(|e| bad(format!("expected a list of plugins: {e}")))?;
     let base = file.parent().unwrap_or(Path::new("."));
     let mut out: Vec<PluginConfig> = Vec::new();
-    for p in raw {
+    for (i, item) in items.iter().enumerate() {
+        // Name the plugin in every refusal, by its name when it has one.
+        let label = match item.find_ref("name").and_then(Value::as_str) {
+            Some(name) => format!("{name:?}"),
+            None => format!("#{}", i + 1),
+        };
+        let p: RawPlugin = item
+            .deserialize()
+            .map_err(|e| bad(format!("plugin {label}: {e}")))?;
         let name = p.name.clone();
         let bad = |reason: String| bad(format!("plugin {name:?}: {reason}"));
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(bad("name must be non-empty letters, digits, '-', '_' or '.'".into()));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(bad(
+                "name must be non-empty letters, digits, '-', '_' or '.'".into(),
+            ));
         }
         if out.iter().any(|o| o.name == name) {
             return Err(bad("name used twice".into()));
@@ -146,20 +160,26 @@ fn validate_one(p: RawPlugin, base: &Path) -> Result<PluginConfig, String> {
         None => DEFAULT_DEADLINE,
     };
     if deadline.is_zero() || deadline > MAX_DEADLINE {
-        return Err(format!("deadline must be above 0 and at most {MAX_DEADLINE:?}"));
+        return Err(format!(
+            "deadline must be above 0 and at most {MAX_DEADLINE:?}"
+        ));
     }
     let memory_bytes = match &p.memory {
         Some(v) => byte_size(v)?,
         None => DEFAULT_MEMORY_BYTES,
     };
     if !(64 << 10..=MAX_MEMORY_BYTES).contains(&memory_bytes) {
-        return Err(format!("memory must be between 64KiB and 1GiB, got {memory_bytes} bytes"));
+        return Err(format!(
+            "memory must be between 64KiB and 1GiB, got {memory_bytes} bytes"
+        ));
     }
     let failure_policy = match p.failure_policy.as_deref() {
         None | Some("fail-closed") => FailurePolicy::FailClosed,
         Some("fail-open") => FailurePolicy::FailOpen,
         Some(other) => {
-            return Err(format!("failure-policy {other:?}: expected fail-closed or fail-open"))
+            return Err(format!(
+                "failure-policy {other:?}: expected fail-closed or fail-open"
+            ))
         }
     };
     let deny_code = match p.deny_code.as_deref() {
@@ -290,11 +310,14 @@ mod tests {
             ("- {name: p, path: x, hooks: [admission], deadline: 0s}", "plugin \"p\": deadline"),
             ("- {name: p, path: x, hooks: [admission], memory: 3TiB}", "unknown unit"),
             ("- {name: p, path: x, hooks: [admission], failure-policy: maybe}", "failure-policy"),
-            ("- {name: p, path: x, hooks: [admission], colour: red}", "unknown field `colour`"),
+            ("- {name: p, path: x, hooks: [admission], colour: red}", "plugin \"p\": unknown field: found `colour`"),
+            ("- {path: x, hooks: [admission]}", "plugin #1: missing field `name`"),
             ("- {name: p, path: x, hooks: [admission]}\n  - {name: p, path: y, hooks: [admission]}", "name used twice"),
         ];
         for (yaml, want) in cases {
-            let err = parse_yaml(&format!("plugins:\n  {yaml}\n")).expect_err(yaml).to_string();
+            let err = parse_yaml(&format!("plugins:\n  {yaml}\n"))
+                .expect_err(yaml)
+                .to_string();
             assert!(err.contains(want), "{yaml}: {err}");
             assert!(err.contains("plugins"), "{yaml}: {err}");
         }

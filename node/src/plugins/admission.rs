@@ -15,9 +15,9 @@ use super::runtime::{
 };
 use super::{LoadedPlugin, PluginSet};
 use crate::config::{DenyCode, FailurePolicy, Hook};
-use crate::core::{self as core_ctx, RequestContext};
 use crate::core::hooks::Admission;
 use crate::core::Error;
+use crate::core::{self as core_ctx, RequestContext};
 use crate::proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
 const HOOK: &str = "admission";
@@ -38,14 +38,18 @@ impl Admission for PluginAdmission {
     async fn admit(&self, ctx: &RequestContext, mut txn: TxnRequest) -> Result<TxnRequest, Error> {
         let principal = principal(ctx.principal());
         for plugin in self.plugins.serving(Hook::Admission) {
-            admit_one(plugin, &principal, &mut txn)?;
+            admit_one(plugin, &principal, &mut txn).await?;
         }
         Ok(txn)
     }
 }
 
 /// Runs one plugin over `txn`, rewriting it in place if the plugin may and does.
-fn admit_one(plugin: &LoadedPlugin, principal: &Principal, txn: &mut TxnRequest) -> Result<(), Error> {
+async fn admit_one(
+    plugin: &LoadedPlugin,
+    principal: &Principal,
+    txn: &mut TxnRequest,
+) -> Result<(), Error> {
     let cfg = &plugin.config;
     // Flat indices (in walk order) of the ops this plugin covers, and their WIT form.
     let mut covered = Vec::new();
@@ -70,7 +74,7 @@ fn admit_one(plugin: &LoadedPlugin, principal: &Principal, txn: &mut TxnRequest)
         memory_bytes: cfg.memory_bytes,
     };
     let started = Instant::now();
-    let outcome = plugin.loaded.check(&plugin.env, limits, &request);
+    let outcome = plugin.loaded.check(&plugin.env, limits, &request).await;
     let m = crate::metrics::get();
     m.plugin_call_seconds
         .with_label_values(&[cfg.name.as_str(), HOOK])
@@ -87,15 +91,24 @@ fn admit_one(plugin: &LoadedPlugin, principal: &Principal, txn: &mut TxnRequest)
         .inc();
     match outcome {
         Ok(Verdict::Allow) => Ok(()),
-        Ok(Verdict::Deny(reason)) => Err(refusal(cfg.deny_code, format!("plugin {}: {reason}", cfg.name))),
+        Ok(Verdict::Deny(reason)) => Err(refusal(
+            cfg.deny_code,
+            format!("plugin {}: {reason}", cfg.name),
+        )),
         Ok(Verdict::Rewrite(values)) => {
             apply_rewrites(txn, values);
             Ok(())
         }
         Err(failure) => {
             match &failure {
-                CallFailure::Timeout => m.plugin_timeouts.with_label_values(&[cfg.name.as_str(), HOOK]).inc(),
-                _ => m.plugin_traps.with_label_values(&[cfg.name.as_str(), HOOK]).inc(),
+                CallFailure::Timeout => m
+                    .plugin_timeouts
+                    .with_label_values(&[cfg.name.as_str(), HOOK])
+                    .inc(),
+                _ => m
+                    .plugin_traps
+                    .with_label_values(&[cfg.name.as_str(), HOOK])
+                    .inc(),
             }
             match cfg.failure_policy {
                 FailurePolicy::FailOpen => {
@@ -106,7 +119,10 @@ fn admit_one(plugin: &LoadedPlugin, principal: &Principal, txn: &mut TxnRequest)
                     tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write refused (fail-closed)");
                     Err(refusal(
                         cfg.deny_code,
-                        format!("plugin {}: {failure} (write refused: fail-closed)", cfg.name),
+                        format!(
+                            "plugin {}: {failure} (write refused: fail-closed)",
+                            cfg.name
+                        ),
                     ))
                 }
             }
@@ -143,7 +159,9 @@ fn check_rewrite(
         Decision::Rewrite(r) => r,
     };
     if !allowed {
-        return Err(CallFailure::BadAnswer("rewrote values but allow-rewrite is off".into()));
+        return Err(CallFailure::BadAnswer(
+            "rewrote values but allow-rewrite is off".into(),
+        ));
     }
     rewrites
         .into_iter()
@@ -151,7 +169,10 @@ fn check_rewrite(
             let i = usize::try_from(r.index).unwrap_or(usize::MAX);
             match (request.ops.get(i), covered.get(i)) {
                 (Some(WriteOp::Put(_)), Some(&flat)) => Ok((flat, r.value)),
-                _ => Err(CallFailure::BadAnswer(format!("rewrite of op {} which is not a put it was shown", r.index))),
+                _ => Err(CallFailure::BadAnswer(format!(
+                    "rewrite of op {} which is not a put it was shown",
+                    r.index
+                ))),
             }
         })
         .collect::<Result<_, _>>()
@@ -173,15 +194,17 @@ fn apply_rewrites(txn: &mut TxnRequest, mut values: Vec<(usize, Vec<u8>)>) {
 /// The WIT form of `op` if it is a put or delete the prefixes cover.
 fn covered_op(op: &RequestOp, prefixes: &[Vec<u8>], values: bool) -> Option<WriteOp> {
     match &op.request {
-        Some(Request::RequestPut(p)) if covers(prefixes, &p.key, &[]) => Some(WriteOp::Put(PutOp {
-            key: p.key.clone(),
-            value: values.then(|| p.value.clone()),
-            value_size: p.value.len() as u64,
-            lease: p.lease,
-            prev_kv: p.prev_kv,
-            ignore_value: p.ignore_value,
-            ignore_lease: p.ignore_lease,
-        })),
+        Some(Request::RequestPut(p)) if covers(prefixes, &p.key, &[]) => {
+            Some(WriteOp::Put(PutOp {
+                key: p.key.clone(),
+                value: values.then(|| p.value.clone()),
+                value_size: p.value.len() as u64,
+                lease: p.lease,
+                prev_kv: p.prev_kv,
+                ignore_value: p.ignore_value,
+                ignore_lease: p.ignore_lease,
+            }))
+        }
         Some(Request::RequestDeleteRange(d)) if covers(prefixes, &d.key, &d.range_end) => {
             Some(WriteOp::Delete(DeleteOp {
                 key: d.key.clone(),
@@ -204,7 +227,9 @@ fn covers(prefixes: &[Vec<u8>], key: &[u8], range_end: &[u8]) -> bool {
         }
         // A range starting before the prefix reaches into it if it ends past the prefix
         // (an end of "\0" means "to the end of the keyspace").
-        !range_end.is_empty() && key < p.as_slice() && (range_end == [0] || range_end > p.as_slice())
+        !range_end.is_empty()
+            && key < p.as_slice()
+            && (range_end == [0] || range_end > p.as_slice())
     })
 }
 
@@ -252,9 +277,9 @@ fn principal(p: Option<&core_ctx::Principal>) -> Principal {
 
 #[cfg(test)]
 mod tests {
+    use super::super::runtime::Rewrite;
     use super::*;
     use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
-    use super::super::runtime::Rewrite;
 
     fn put(key: &str, value: &str) -> RequestOp {
         RequestOp {
@@ -283,13 +308,17 @@ mod tests {
             ("/json/a", "", true),
             ("/jsonx", "", false),
             ("/other", "", false),
-            ("/a", "/k", true),   // [/a, /k) contains /json/
+            ("/a", "/k", true), // [/a, /k) contains /json/
             ("/a", "/b", false),
             ("/", "\0", true),
             ("/json/", "/json0", true),
         ];
         for (key, end, want) in cases {
-            assert_eq!(covers(&p, key.as_bytes(), end.as_bytes()), *want, "{key} {end}");
+            assert_eq!(
+                covers(&p, key.as_bytes(), end.as_bytes()),
+                *want,
+                "{key} {end}"
+            );
         }
         assert!(covers(&[], b"anything", b""));
     }
@@ -327,12 +356,21 @@ mod tests {
             ops,
         };
         let decision = Decision::Rewrite(vec![
-            Rewrite { index: 0, value: b"A".to_vec() },
-            Rewrite { index: 2, value: b"N".to_vec() },
+            Rewrite {
+                index: 0,
+                value: b"A".to_vec(),
+            },
+            Rewrite {
+                index: 2,
+                value: b"N".to_vec(),
+            },
         ]);
         // Refused unless configured, and a rewrite of a delete is nonsense.
         assert!(check_rewrite(decision.clone(), false, &request, &covered).is_err());
-        let bad = Decision::Rewrite(vec![Rewrite { index: 1, value: vec![] }]);
+        let bad = Decision::Rewrite(vec![Rewrite {
+            index: 1,
+            value: vec![],
+        }]);
         assert!(check_rewrite(bad, true, &request, &covered).is_err());
         let Ok(Verdict::Rewrite(values)) = check_rewrite(decision, true, &request, &covered) else {
             panic!("valid rewrite refused");
@@ -353,7 +391,12 @@ mod tests {
 
     #[test]
     fn denials_take_the_configured_code() {
-        assert!(matches!(refusal(DenyCode::PermissionDenied, "m".into()), Error::Denied(m) if m == "m"));
-        assert!(matches!(refusal(DenyCode::FailedPrecondition, "m".into()), Error::Refused(_)));
+        assert!(
+            matches!(refusal(DenyCode::PermissionDenied, "m".into()), Error::Denied(m) if m == "m")
+        );
+        assert!(matches!(
+            refusal(DenyCode::FailedPrecondition, "m".into()),
+            Error::Refused(_)
+        ));
     }
 }

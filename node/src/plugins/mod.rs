@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod runtime;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -65,6 +66,8 @@ pub fn load(
     }
     let runtime = Runtime::new()?;
     let mut plugins = Vec::new();
+    // One component configured several times (say, on different prefixes) is compiled once.
+    let mut compiled: HashMap<[u8; 32], Loaded> = HashMap::new();
     for config in configs {
         let path = config.path.display().to_string();
         let bytes = std::fs::read(&config.path).map_err(|source| PluginError::Read {
@@ -72,18 +75,22 @@ pub fn load(
             path: path.clone(),
             source,
         })?;
-        let loaded = runtime
-            .load(&config.name, &bytes)
-            .map_err(|reason| PluginError::Invalid {
-                name: config.name.clone(),
-                path: path.clone(),
-                reason,
-            })?;
-        let version: String = Sha256::digest(&bytes)
-            .iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let loaded = match compiled.get(&digest) {
+            Some(loaded) => loaded.clone(),
+            None => {
+                let loaded = runtime
+                    .load(&bytes)
+                    .map_err(|reason| PluginError::Invalid {
+                        name: config.name.clone(),
+                        path: path.clone(),
+                        reason,
+                    })?;
+                compiled.insert(digest, loaded.clone());
+                loaded
+            }
+        };
+        let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
         crate::metrics::get()
             .plugin_loaded
             .with_label_values(&[config.name.as_str(), version.as_str()])
@@ -116,7 +123,9 @@ pub struct PluginSet {
 impl PluginSet {
     /// The plugins serving `hook`, in call order.
     pub fn serving(&self, hook: Hook) -> impl Iterator<Item = &LoadedPlugin> {
-        self.plugins.iter().filter(move |p| p.config.hooks.contains(&hook))
+        self.plugins
+            .iter()
+            .filter(move |p| p.config.hooks.contains(&hook))
     }
 }
 

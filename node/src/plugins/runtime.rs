@@ -23,13 +23,16 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../sdk/wit",
+        // Calls run on fibers, so WASI's streams (a guest's panic message on stderr) are
+        // served by async host code: sync WASI would block on the tokio runtime, which
+        // panics on a runtime worker.
+        exports: { default: async },
     });
 }
 
 pub use bindings::cairn::plugin::host::Level;
 pub use bindings::cairn::plugin::types::{
-    Decision, DeleteOp, KeyValue, Principal, PrincipalSource, PutOp, Rewrite, WriteOp,
-    WriteRequest,
+    Decision, DeleteOp, KeyValue, Principal, PrincipalSource, PutOp, Rewrite, WriteOp, WriteRequest,
 };
 use bindings::{Plugin, PluginPre};
 
@@ -70,6 +73,7 @@ impl Runtime {
             .total_tables(POOL_INSTANCES * 8)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
+            .total_stacks(POOL_INSTANCES)
             .max_memory_size(MAX_MEMORY_BYTES as usize);
         let mut config = Config::new();
         config
@@ -80,7 +84,7 @@ impl Runtime {
         // Rust's std on wasm32-wasip2 imports WASI (stderr for panics, clocks, random). It
         // is linked with an empty context: no preopened directories, no environment, and
         // sockets refuse every address.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
@@ -107,7 +111,7 @@ impl Runtime {
     }
 
     /// Compiles and pre-links a component. `bytes` may be a binary component or WAT.
-    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Loaded, String> {
+    pub fn load(&self, bytes: &[u8]) -> Result<Loaded, String> {
         let component = Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))?;
         let pre = self
             .linker
@@ -117,7 +121,6 @@ impl Runtime {
         Ok(Loaded {
             engine: self.engine.clone(),
             pre,
-            name: name.to_owned(),
         })
     }
 }
@@ -230,21 +233,20 @@ pub enum CallFailure {
     BadAnswer(String),
 }
 
-/// A compiled, pre-linked plugin.
+/// A compiled, pre-linked plugin. Cloning shares the compiled code.
+#[derive(Clone)]
 pub struct Loaded {
     engine: Engine,
     pre: PluginPre<CallState>,
-    name: String,
 }
 
 impl Loaded {
     /// Runs `f` on a fresh instance under `limits`.
-    fn call<R>(
+    async fn store(
         &self,
         env: &Arc<CallEnv>,
         limits: CallLimits,
-        f: impl FnOnce(&Plugin, &mut Store<CallState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallFailure> {
+    ) -> Result<(Plugin, Store<CallState>), CallFailure> {
         let state = CallState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -258,40 +260,58 @@ impl Loaded {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = limits.deadline.as_micros().div_ceil(TICK.as_micros()).max(1);
+        let ticks = limits
+            .deadline
+            .as_micros()
+            .div_ceil(TICK.as_micros())
+            .max(1);
         // One tick more than asked: the current tick may be about to end.
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
         store.epoch_deadline_trap();
         let plugin = self
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| classify(e, true))?;
-        f(&plugin, &mut store).map_err(|e| classify(e, false))
+        Ok((plugin, store))
     }
 
-    pub fn check(
+    /// The admission hook, on a fresh instance under `limits`.
+    pub async fn check(
         &self,
         env: &Arc<CallEnv>,
         limits: CallLimits,
         request: &WriteRequest,
     ) -> Result<Decision, CallFailure> {
-        self.call(env, limits, |p, store| {
-            p.cairn_plugin_admission().call_check(store, request)
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
+        let (plugin, mut store) = self.store(env, limits).await?;
+        plugin
+            .cairn_plugin_admission()
+            .call_check(&mut store, request)
+            .await
+            .map_err(|e| classify(e, false))
     }
 }
 
 fn classify(e: wasmtime::Error, instantiating: bool) -> CallFailure {
+    let full = format!("{e:#}");
+    // The whole error (with the guest's backtrace) goes to the log; the client sees one
+    // short line, which must fit in a gRPC status header.
+    tracing::debug!(error = %full, "plugin call failed");
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallFailure::Timeout,
         // A failed memory.grow traps (trap_on_grow_failure) with this message.
-        _ if format!("{e:#}").contains("forcing trap when growing memory") => CallFailure::Memory,
-        Some(trap) => CallFailure::Trap(trap.to_string()),
-        None if instantiating => CallFailure::Instantiate(format!("{e:#}")),
-        None => CallFailure::Trap(format!("{e:#}")),
+        _ if full.contains("forcing trap when growing memory") => CallFailure::Memory,
+        Some(trap) => CallFailure::Trap(short(&trap.to_string())),
+        None if instantiating => CallFailure::Instantiate(short(&full)),
+        None => CallFailure::Trap(short(&full)),
+    }
+}
+
+/// The first line of `text`, at most 160 characters.
+fn short(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(160) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line.to_string(),
     }
 }

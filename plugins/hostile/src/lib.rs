@@ -14,7 +14,9 @@ pub struct Hostile;
 
 impl Plugin for Hostile {
     fn check(request: WriteRequest) -> Decision {
-        let mode = cairn_plugin_sdk::config::<Config>().map(|c| c.mode).unwrap_or_default();
+        let mode = cairn_plugin_sdk::config::<Config>()
+            .map(|c| c.mode)
+            .unwrap_or_default();
         match mode.as_str() {
             "loop" => {
                 let mut n: u64 = 0;
@@ -36,8 +38,10 @@ impl Plugin for Hostile {
                 value: vec![0xff; 16],
             }]),
             "spam" => {
-                for i in 0..100_000 {
-                    host::log(host::Level::Error, &format!("spam {i} {}", "x".repeat(1000)));
+                // 200 KB of log in one call: well past the host's per-call cap, yet quick
+                // enough to finish inside the deadline.
+                for i in 0..2_000 {
+                    host::log(host::Level::Error, &format!("spam {i} {}", "x".repeat(100)));
                 }
                 Decision::Allow
             }

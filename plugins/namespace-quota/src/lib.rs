@@ -89,7 +89,11 @@ fn room_for(key: &[u8], ns: &Namespace, max: u32) -> Result<(), String> {
     if !host::range(key, b"", 1)?.is_empty() {
         return Ok(()); // an update, not a new key
     }
-    let held = host::range(ns.prefix.as_bytes(), &prefix_end(ns.prefix.as_bytes()), max.saturating_add(1))?;
+    let held = host::range(
+        ns.prefix.as_bytes(),
+        &prefix_end(ns.prefix.as_bytes()),
+        max.saturating_add(1),
+    )?;
     if held.len() >= max as usize {
         return Err(format!("namespace {} is full ({max} keys)", ns.prefix));
     }
@@ -130,13 +134,17 @@ mod tests {
             Decision::deny("\"bob\" does not own namespace /a/")
         );
         assert!(NamespaceQuota::check(WriteRequest::new("bob").put("/open/1", "x")).is_allowed());
-        assert!(NamespaceQuota::check(WriteRequest::new("bob").put("/elsewhere", "x")).is_allowed());
+        assert!(
+            NamespaceQuota::check(WriteRequest::new("bob").put("/elsewhere", "x")).is_allowed()
+        );
     }
 
     #[test]
     fn value_size_and_key_count_are_bounded() {
         let _h = harness().kv(b"/a/1", b"x").kv(b"/a/2", b"y");
-        assert!(!NamespaceQuota::check(WriteRequest::new("alice").put("/a/1", "12345")).is_allowed());
+        assert!(
+            !NamespaceQuota::check(WriteRequest::new("alice").put("/a/1", "12345")).is_allowed()
+        );
         // Updating an existing key needs no room; a third key does.
         assert!(NamespaceQuota::check(WriteRequest::new("alice").put("/a/1", "z")).is_allowed());
         assert_eq!(

@@ -107,8 +107,15 @@ mod tests {
     #[test]
     fn objects_pass_and_other_json_or_garbage_is_refused() {
         let _h = Harness::new();
-        assert_eq!(check(WriteRequest::new("").put("/json/a", r#"{"a":1}"#)), Decision::Allow);
-        let cases = [("nope", "not JSON"), ("[1]", "not a JSON object"), ("3", "not a JSON object")];
+        assert_eq!(
+            check(WriteRequest::new("").put("/json/a", r#"{"a":1}"#)),
+            Decision::Allow
+        );
+        let cases = [
+            ("nope", "not JSON"),
+            ("[1]", "not a JSON object"),
+            ("3", "not a JSON object"),
+        ];
         for (value, want) in cases {
             match check(WriteRequest::new("").put("/json/b", value)) {
                 Decision::Deny(reason) => assert!(reason.contains(want), "{value}: {reason}"),
@@ -124,7 +131,10 @@ mod tests {
             {"prefix": "/json/users/", "required": {"name": "string", "age": "integer"}},
         ]}));
         assert!(check(WriteRequest::new("").put("/json/x", "{}")).is_allowed());
-        assert!(check(WriteRequest::new("").put("/json/users/1", r#"{"name":"a","age":3}"#)).is_allowed());
+        assert!(
+            check(WriteRequest::new("").put("/json/users/1", r#"{"name":"a","age":3}"#))
+                .is_allowed()
+        );
         assert_eq!(
             check(WriteRequest::new("").put("/json/users/1", r#"{"name":"a"}"#)),
             Decision::deny("/json/users/1: missing required field `age`")
