@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs the test dependencies, builds cairn, runs every unit and
-# integration test, then clippy and rustfmt. Fails on the first failure.
+# The one test command: installs the test dependencies, builds the example plugins and cairn,
+# runs every unit and integration test, then clippy and rustfmt. Fails on the first failure.
 #
 #   scripts/test.sh                          # against cairn
 #   CAIRN_TEST_SERVER=etcd scripts/test.sh   # the same integration tests against etcd 3.5.1
@@ -14,6 +14,19 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cairn-target}"
+
+# Example plugins (issue 12): their own workspace, built for wasm32-wasip2 into
+# plugins/target, where config/plugins.yaml and the integration tests find them. Their
+# logic is tested natively, and they are linted for the target they ship on.
+rustup target add wasm32-wasip2
+(
+  cd plugins
+  cargo build --release --target wasm32-wasip2 --target-dir target
+  cargo test --target-dir target
+  cargo clippy --target wasm32-wasip2 --target-dir target --all-targets -- -D warnings
+  cargo fmt --all --check
+)
+
 cargo build -p cairn
 export CAIRN_BIN="$CARGO_TARGET_DIR/debug/cairn"
 

@@ -20,6 +20,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "cairn_plugin_sdk::bindings",
+        // Plugin tests compare decisions and requests.
+        additional_derives: [PartialEq],
     });
 }
 
@@ -181,6 +183,9 @@ macro_rules! export_plugin {
                     <$plugin as $crate::Plugin>::backup_finish()
                 }
             }
+            // Only a component exports the world's symbols; a native build (the plugin's
+            // unit tests) must not: their names are not valid native linker symbols.
+            #[cfg(target_arch = "wasm32")]
     $crate::bindings::__export_plugin_world!(__CairnExport with_types_in $crate::bindings);
         };
     };

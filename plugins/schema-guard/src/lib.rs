@@ -146,9 +146,18 @@ mod tests {
     }
 
     #[test]
-    fn deletes_pass_and_bad_config_refuses() {
-        let _h = Harness::new().config(json!({"schema": []}));
+    fn deletes_pass() {
+        let _h = Harness::new();
         assert!(check(WriteRequest::new("").delete("/json/a")).is_allowed());
-        assert!(!check(WriteRequest::new("").put("/json/a", "{}")).is_allowed());
+    }
+
+    #[test]
+    fn a_bad_config_refuses_every_write() {
+        // A guard that cannot read its rules must not let writes through.
+        let _h = Harness::new().config(json!({"schema": []}));
+        match check(WriteRequest::new("").put("/json/a", "{}")) {
+            Decision::Deny(reason) => assert!(reason.starts_with("bad plugin config"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
