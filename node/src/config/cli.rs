@@ -24,6 +24,8 @@ pub(crate) enum Invocation {
     Bench(Vec<OsString>),
     /// `cairn snapshot ...`: everything after `snapshot`, for `snapshot_cmd` to parse.
     Snapshot(Vec<OsString>),
+    /// `cairn plugin ...`: everything after `plugin`, for `plugins::check` to parse.
+    Plugin(Vec<OsString>),
     /// `cairn version`.
     Version,
 }
@@ -36,6 +38,7 @@ pub(crate) fn split(args: Vec<OsString>) -> Result<Invocation, ConfigError> {
     Ok(match first.as_deref() {
         Some("bench") => Invocation::Bench(rest()),
         Some("snapshot") => Invocation::Snapshot(rest()),
+        Some("plugin") => Invocation::Plugin(rest()),
         Some("version") => Invocation::Version,
         Some("help") => Invocation::Serve(vec!["--help".into()]),
         Some("config") => match args.get(1).and_then(|a| a.to_str()) {
@@ -286,6 +289,9 @@ mod tests {
             matches!(split(os(&["bench", "put", "--total", "5"])), Ok(Invocation::Bench(a)) if a == os(&["put", "--total", "5"]))
         );
         assert!(matches!(split(os(&["version"])), Ok(Invocation::Version)));
+        assert!(
+            matches!(split(os(&["plugin", "check", "a.wasm"])), Ok(Invocation::Plugin(a)) if a == os(&["check", "a.wasm"]))
+        );
         assert!(matches!(split(os(&["config"])), Err(ConfigError::Usage(_))));
     }
 

@@ -149,6 +149,8 @@ pub enum Command {
     Bench(Vec<OsString>),
     /// `cairn snapshot ...`: the arguments after `snapshot`, for `snapshot_cmd`.
     Snapshot(Vec<OsString>),
+    /// `cairn plugin check FILE...`: the arguments after `plugin`, for `plugins::check`.
+    Plugin(Vec<OsString>),
     /// `cairn version` or `cairn --version`: print [`version`].
     Version,
 }
@@ -358,6 +360,7 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
     let (command, flag_args) = match cli::split(args)? {
         cli::Invocation::Bench(rest) => return defaults_only(Command::Bench(rest)),
         cli::Invocation::Snapshot(rest) => return defaults_only(Command::Snapshot(rest)),
+        cli::Invocation::Plugin(rest) => return defaults_only(Command::Plugin(rest)),
         cli::Invocation::Version => return defaults_only(Command::Version),
         cli::Invocation::Serve(flags) => (Command::Serve, flags),
         cli::Invocation::ConfigShow(flags) => (Command::ConfigShow, flags),

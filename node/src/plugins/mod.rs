@@ -14,6 +14,7 @@
 //! [`Admission`]: crate::core::hooks::Admission
 
 pub mod admission;
+pub mod check;
 pub mod runtime;
 
 use std::collections::HashMap;
@@ -37,6 +38,10 @@ pub enum PluginError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error("{0} file(s) are not valid cairn plugins")]
+    Check(usize),
     #[error("plugin {name:?}: {path} is not a valid cairn plugin component: {reason}")]
     Invalid {
         name: String,

@@ -335,3 +335,31 @@ async fn a_bad_plugin_fails_start_up_naming_it() {
         );
     }
 }
+
+#[tokio::test]
+#[cfg_attr(against_etcd, ignore = "cairn-only: plugins")]
+async fn plugin_check_accepts_components_and_names_bad_files() {
+    let bin = ServerKind::Cairn.binary().unwrap();
+    let good = plugin("schema-guard");
+    let out = std::process::Command::new(&bin)
+        .args(["plugin", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (version "));
+
+    let bad = PathBuf::from(REPO).join("README.md");
+    let out = std::process::Command::new(&bin)
+        .args(["plugin", "check"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("README.md: not a valid cairn plugin"),
+        "{stdout}"
+    );
+}
