@@ -199,9 +199,11 @@ impl Core {
         quota: bool,
     ) -> Result<TxnResponse, Error> {
         self.authorize(ctx, Operation::Txn(&txn)).await?;
-        let txn = match ctx.transport {
-            Transport::Internal => txn,
-            _ => self.hooks.admission.admit(ctx, txn).await?,
+        let txn = match &self.hooks.admission {
+            Some(admission) if ctx.transport != Transport::Internal => {
+                admission.admit(ctx, txn).await?
+            }
+            _ => txn,
         };
         if quota {
             self.check_quota()?;

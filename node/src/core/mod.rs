@@ -133,17 +133,19 @@ impl Core {
     /// The pipeline's authenticate and authorize steps. The caller is authenticated once
     /// per context; the node's own requests are already.
     async fn authorize(&self, ctx: &RequestContext, op: Operation<'_>) -> Result<(), Error> {
-        let principal = match ctx.principal() {
-            Some(p) => p,
-            None => {
-                let p = self.hooks.authenticator.authenticate(ctx).await?;
-                ctx.set_principal(p)
+        let principal = match (ctx.principal(), &self.hooks.authenticator) {
+            (Some(p), _) => p,
+            (None, Some(authenticator)) => {
+                ctx.set_principal(authenticator.authenticate(ctx).await?)
             }
+            (None, None) => ctx.set_principal(Principal::anonymous()),
         };
-        if ctx.transport == context::Transport::Internal {
-            return Ok(());
+        match &self.hooks.authorizer {
+            Some(authorizer) if ctx.transport != context::Transport::Internal => {
+                authorizer.authorize(principal, &op).await
+            }
+            _ => Ok(()),
         }
-        self.hooks.authorizer.authorize(principal, &op).await
     }
 
     /// Whether the database has grown past `--quota-backend-bytes`; writes are refused then.

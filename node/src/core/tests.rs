@@ -107,9 +107,9 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
             quota_backend_bytes: u64::MAX,
         },
         hooks: Hooks {
-            authenticator: Box::new(Hook(recorder.clone())),
-            authorizer: Box::new(Hook(recorder.clone())),
-            admission: Box::new(Hook(recorder)),
+            authenticator: Some(Box::new(Hook(recorder.clone()))),
+            authorizer: Some(Box::new(Hook(recorder.clone()))),
+            admission: Some(Box::new(Hook(recorder))),
         },
         reads: ReadPool::start(1, 1).expect("read pool"),
     });
