@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::proxy::{LinkFault, Network, NodeId};
-use crate::{server_args, Layout, Server};
+use crate::{server_args, Layout, Server, READY_TIMEOUT};
 
 /// How long a cluster may take to agree on a leader before a test gives up.
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,7 +95,10 @@ fn member_args(
         format!("--initial-cluster-token={token}"),
         "--initial-cluster-state=new".to_string(),
         format!("--heartbeat-interval={}", options.heartbeat.as_millis()),
-        format!("--election-timeout={}", options.election_timeout.as_millis()),
+        format!(
+            "--election-timeout={}",
+            options.election_timeout.as_millis()
+        ),
     ]);
     args.extend(options.extra_args.iter().cloned());
     args
@@ -122,6 +125,21 @@ async fn status_of(url: String) -> Result<MemberStatus> {
     tokio::time::timeout(Duration::from_secs(2), probe)
         .await
         .context("status timed out")?
+}
+
+/// A member's raft id, asked (bounded) right after it became ready; a loaded machine may
+/// need more than one try.
+async fn member_id_of(server: &Server) -> Result<u64> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match status_of(server.client_url()).await {
+            Ok(status) => return Ok(status.member_id),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("status of {}", server.name())))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 impl Cluster {
@@ -159,7 +177,7 @@ impl Cluster {
         let mut members = Vec::new();
         for mut server in servers {
             server.wait_ready().await?;
-            let id = status_of(server.client_url()).await?.member_id;
+            let id = member_id_of(&server).await?;
             members.push(Member {
                 server,
                 id,

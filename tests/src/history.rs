@@ -19,7 +19,9 @@ pub type Nanos = u64;
 /// What a client asked for. Values are strings; the absence of a key is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Put { value: String },
+    Put {
+        value: String,
+    },
     Get,
     /// A transaction: if the key's value is `expected` (`None`: the key does not exist), put
     /// `new`.

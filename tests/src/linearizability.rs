@@ -168,9 +168,11 @@ fn step(value: Value, op: &Op) -> Option<Value> {
         (Call32::Cas { expected, .. }, Result32::Cas(false)) => {
             (*expected != value).then_some(value)
         }
-        (Call32::Cas { expected, new }, _) => {
-            Some(if *expected == value { Some(*new) } else { value })
-        }
+        (Call32::Cas { expected, new }, _) => Some(if *expected == value {
+            Some(*new)
+        } else {
+            value
+        }),
     }
 }
 
@@ -440,11 +442,19 @@ fn stuck_ops(events: &Events, return_event: usize, op: usize) -> Vec<usize> {
 }
 
 #[cfg(test)]
+// A failed unwrap is a failed assertion with its value printed, which is what a test wants.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     /// Builds operations on key "x" from a compact description.
-    fn op(client: usize, call: Call, outcome: Outcome, invoked: Nanos, returned: Nanos) -> Operation {
+    fn op(
+        client: usize,
+        call: Call,
+        outcome: Outcome,
+        invoked: Nanos,
+        returned: Nanos,
+    ) -> Operation {
         Operation {
             client,
             key: "x".into(),
@@ -457,7 +467,13 @@ mod tests {
     }
 
     fn put(client: usize, v: &str, t: (Nanos, Nanos)) -> Operation {
-        op(client, Call::Put { value: v.into() }, Outcome::Ok(Output::Put), t.0, t.1)
+        op(
+            client,
+            Call::Put { value: v.into() },
+            Outcome::Ok(Output::Put),
+            t.0,
+            t.1,
+        )
     }
 
     fn put_unknown(client: usize, v: &str, t: (Nanos, Nanos)) -> Operation {
@@ -470,7 +486,13 @@ mod tests {
         op(client, Call::Get, out, t.0, t.1)
     }
 
-    fn cas(client: usize, exp: Option<&str>, new: &str, swapped: bool, t: (Nanos, Nanos)) -> Operation {
+    fn cas(
+        client: usize,
+        exp: Option<&str>,
+        new: &str,
+        swapped: bool,
+        t: (Nanos, Nanos),
+    ) -> Operation {
         let call = Call::Cas {
             expected: exp.map(String::from),
             new: new.into(),
@@ -563,7 +585,10 @@ mod tests {
         ]);
         assert!(!report.is_linearizable());
         // From an absent key, expecting absence succeeds.
-        let report = verdict(vec![cas(1, None, "b", true, (0, 1)), get(0, Some("b"), (2, 3))]);
+        let report = verdict(vec![
+            cas(1, None, "b", true, (0, 1)),
+            get(0, Some("b"), (2, 3)),
+        ]);
         assert!(report.is_linearizable(), "{report}");
     }
 
@@ -611,7 +636,12 @@ mod tests {
             .map(|i| put(i, &format!("v{i}"), (0, 100)))
             .chain([get(99, Some("v7"), (101, 102))])
             .collect();
-        let report = check(&History { ops }, Limits { max_steps_per_key: 10 });
+        let report = check(
+            &History { ops },
+            Limits {
+                max_steps_per_key: 10,
+            },
+        );
         assert!(matches!(report.keys[0].verdict, Verdict::Inconclusive));
         assert!(!report.is_linearizable());
     }

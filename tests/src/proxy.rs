@@ -228,8 +228,12 @@ impl Link {
         }
         let (in_read, in_write) = inbound.split();
         let (out_read, out_write) = outbound.split();
-        let up = pump(in_read, out_write, faults.clone(), move |f| self.upstream(f));
-        let down = pump(out_read, in_write, faults.clone(), move |f| self.downstream(f));
+        let up = pump(in_read, out_write, faults.clone(), move |f| {
+            self.upstream(f)
+        });
+        let down = pump(out_read, in_write, faults.clone(), move |f| {
+            self.downstream(f)
+        });
         let both = async {
             tokio::pin!(up, down);
             // A clean end of one direction waits for the other; an error ends both.
@@ -271,7 +275,12 @@ async fn pump(
                 .wait_for(|f| fault_of(f) != LinkFault::Drop)
                 .await;
             let n = reader.read(&mut buf).await?;
-            if n == 0 || chunks_tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+            if n == 0
+                || chunks_tx
+                    .send((Instant::now(), buf[..n].to_vec()))
+                    .await
+                    .is_err()
+            {
                 return Ok::<_, io::Error>(());
             }
         }
@@ -279,8 +288,11 @@ async fn pump(
     let mut write_faults = faults;
     let write = async move {
         while let Some((read_at, chunk)) = chunks.recv().await {
-            let fault = match write_faults.wait_for(|f| fault_of(f) != LinkFault::Drop).await {
-                Ok(faults) => fault_of(&*faults),
+            let fault = match write_faults
+                .wait_for(|f| fault_of(f) != LinkFault::Drop)
+                .await
+            {
+                Ok(faults) => fault_of(&faults),
                 Err(_) => LinkFault::Pass,
             };
             if let LinkFault::Delay(delay) = fault {
@@ -337,6 +349,8 @@ fn find_inode(table: &str, local_port: u16, remote_port: u16) -> Option<u64> {
 }
 
 #[cfg(test)]
+// A failed unwrap is a failed assertion with its value printed, which is what a test wants.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -385,7 +399,9 @@ mod tests {
     #[tokio::test]
     async fn attributes_connections_to_the_dialing_process() {
         let network = network().await;
-        let stream = TcpStream::connect(("127.0.0.1", network.port(1))).await.unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", network.port(1)))
+            .await
+            .unwrap();
         let from = tokio::task::spawn_blocking({
             let dialer = stream.local_addr().unwrap();
             let port = network.port(1);
@@ -399,7 +415,9 @@ mod tests {
     #[tokio::test]
     async fn passes_drops_and_heals() {
         let network = network().await;
-        let mut stream = TcpStream::connect(("127.0.0.1", network.port(1))).await.unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", network.port(1)))
+            .await
+            .unwrap();
         let wait = Duration::from_secs(2);
         assert_eq!(round_trip(&mut stream, b"one", wait).await.unwrap(), b"one");
 
@@ -410,40 +428,67 @@ mod tests {
         network.set(0, 1, LinkFault::Pass);
         network.set(2, 1, LinkFault::Drop);
         let mut held = vec![0; 3];
-        tokio::time::timeout(wait, stream.read_exact(&mut held)).await.unwrap().unwrap();
+        tokio::time::timeout(wait, stream.read_exact(&mut held))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(held, b"two", "held bytes arrive once the link heals");
 
         network.split(&[0], &[1], LinkFault::Drop);
         assert_eq!(network.link(1, 0), LinkFault::Drop);
         network.heal();
-        assert_eq!(round_trip(&mut stream, b"three", wait).await.unwrap(), b"three");
+        assert_eq!(
+            round_trip(&mut stream, b"three", wait).await.unwrap(),
+            b"three"
+        );
     }
 
     #[tokio::test]
     async fn delays_each_direction() {
         let network = network().await;
-        let mut stream = TcpStream::connect(("127.0.0.1", network.port(1))).await.unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", network.port(1)))
+            .await
+            .unwrap();
         network.set(0, 1, LinkFault::Delay(Duration::from_millis(150)));
         network.set(1, 0, LinkFault::Delay(Duration::from_millis(150)));
         let start = std::time::Instant::now();
-        round_trip(&mut stream, b"slow", Duration::from_secs(5)).await.unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+        round_trip(&mut stream, b"slow", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn cut_resets_open_and_new_connections() {
         let network = network().await;
-        let mut stream = TcpStream::connect(("127.0.0.1", network.port(1))).await.unwrap();
-        round_trip(&mut stream, b"hi", Duration::from_secs(2)).await.unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", network.port(1)))
+            .await
+            .unwrap();
+        round_trip(&mut stream, b"hi", Duration::from_secs(2))
+            .await
+            .unwrap();
         network.set(1, 0, LinkFault::Cut);
         let mut buf = [0; 1];
         let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
-        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "open connection ends: {read:?}");
-        let mut again = TcpStream::connect(("127.0.0.1", network.port(1))).await.unwrap();
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "open connection ends: {read:?}"
+        );
+        let mut again = TcpStream::connect(("127.0.0.1", network.port(1)))
+            .await
+            .unwrap();
         let err = round_trip(&mut again, b"x", Duration::from_secs(2)).await;
         assert!(err.is_err(), "a new connection is reset");
         network.heal();
-        let mut healed = TcpStream::connect(("127.0.0.1", network.port(1))).await.unwrap();
-        round_trip(&mut healed, b"ok", Duration::from_secs(2)).await.unwrap();
+        let mut healed = TcpStream::connect(("127.0.0.1", network.port(1)))
+            .await
+            .unwrap();
+        round_trip(&mut healed, b"ok", Duration::from_secs(2))
+            .await
+            .unwrap();
     }
 }

@@ -292,10 +292,15 @@ pub async fn stored_writes(cluster: &Cluster, member: usize) -> Result<Vec<Store
     let mut stream = client.watch(KEY_PREFIX, Some(options)).await?;
     let mut writes = Vec::new();
     let deadline = tokio::time::Instant::now() + CATCH_UP;
-    while writes.last().is_none_or(|w: &StoredWrite| w.revision < head) {
+    while writes
+        .last()
+        .is_none_or(|w: &StoredWrite| w.revision < head)
+    {
         let message = tokio::time::timeout_at(deadline, stream.message())
             .await
-            .with_context(|| format!("member {member}: history up to revision {head} not replayed"))??
+            .with_context(|| {
+                format!("member {member}: history up to revision {head} not replayed")
+            })??
             .with_context(|| format!("member {member}: watch ended"))?;
         for event in message.events() {
             let kv = event.kv().context("event without kv")?;
@@ -338,8 +343,7 @@ pub async fn check_durability(cluster: &Cluster, history: &History) -> Result<Du
         }
     }
     let stored = longest;
-    let by_revision: BTreeMap<i64, &StoredWrite> =
-        stored.iter().map(|w| (w.revision, w)).collect();
+    let by_revision: BTreeMap<i64, &StoredWrite> = stored.iter().map(|w| (w.revision, w)).collect();
     let mut written: HashMap<&str, usize> = HashMap::new();
     for op in &history.ops {
         if let Some(value) = op.written_value() {

@@ -10,10 +10,11 @@
 use std::time::Duration;
 
 use cairn_tests::cluster::Cluster;
-use cairn_tests::history::Recorder;
+use cairn_tests::history::{Call, Outcome, Output, Recorder};
 use cairn_tests::linearizability::{check, Limits};
 use cairn_tests::proxy::{LinkFault, NodeId};
-use cairn_tests::workload::{check_durability, read_back, Workload};
+use cairn_tests::workload::{check_durability, execute, read_back, Workload};
+use etcd_client::{Client, GetOptions};
 use tokio::time::{sleep, Instant};
 
 /// How long faults are injected in each scenario.
@@ -184,4 +185,66 @@ async fn five_members_survive_a_partition_and_a_kill() {
         Ok(())
     })
     .await;
+}
+
+/// The harness must see what it exists to see: a member cut off from the others still
+/// answers serializable reads from its own stale store, and the checker rejects the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(against_etcd),
+    ignore = "multi-node clusters arrive with issue 11's server side"
+)]
+async fn checker_rejects_stale_reads_from_an_isolated_member() {
+    let cluster = Cluster::start(3).await.expect("cluster starts");
+    let leader = cluster.leader().await.unwrap();
+    let isolated = follower(&cluster, leader);
+    let mut writer = cluster.client(leader).await.unwrap();
+    let mut stale = cluster.client(isolated).await.unwrap();
+    let recorder = Recorder::new();
+    let put = async |client: &mut Client, value: &str| {
+        let call = Call::Put {
+            value: value.to_string(),
+        };
+        let invocation = recorder.invoke(0, "key0", call.clone());
+        let (output, revision) = execute(client, "key0", &call).await.unwrap();
+        invocation.finish(Outcome::Ok(output), Some(revision));
+    };
+    put(&mut writer, "old").await;
+    // Wait until the member to be isolated has applied "old".
+    let serializable = || Some(GetOptions::new().with_serializable());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stale
+        .get("key0", serializable())
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "member {isolated} never applied the put"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.isolate(isolated);
+    put(&mut writer, "new").await;
+    let read = recorder.invoke(1, "key0", Call::Get);
+    let resp = stale.get("key0", serializable()).await.unwrap();
+    let seen = resp
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+    assert_eq!(seen.as_deref(), Some("old"), "the isolated member is stale");
+    read.finish(Outcome::Ok(Output::Get(seen)), None);
+
+    let report = check(&recorder.history(), Limits::default());
+    eprintln!("{report}");
+    let (key, violation) = report
+        .violations()
+        .next()
+        .expect("the stale read is caught");
+    assert_eq!(key, "key0");
+    assert_eq!(violation.stuck[0].client, 1, "{report}");
+    assert_eq!(violation.value.as_deref(), Some("new"), "{report}");
 }
