@@ -51,6 +51,34 @@ struct Member {
     /// The raft member id, as in response headers and `Status`.
     id: u64,
     paused: bool,
+    /// While the member is down: its client and peer ports, bound so that no outgoing
+    /// connection takes one as its ephemeral source port (the kernel picks those from the
+    /// same range, skipping ports bound with bind()) and the restart then fails with
+    /// "address already in use".
+    reserved_ports: Vec<tokio::net::TcpSocket>,
+}
+
+/// The port of an `http://127.0.0.1:<port>` URL.
+fn url_port(url: &str) -> Result<u16> {
+    let port = url.rsplit(':').next().context("URL without port")?;
+    Ok(port.parse()?)
+}
+
+/// Binds the ports `server` listens on, without listening: connections to them are still
+/// refused, as by a dead process.
+fn reserve_ports(server: &Server) -> Result<Vec<tokio::net::TcpSocket>> {
+    [server.client_url(), server.peer_url()]
+        .iter()
+        .map(|url| reserve_port(url_port(url)?))
+        .collect()
+}
+
+fn reserve_port(port: u16) -> Result<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // Past the dead process's connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(([127, 0, 0, 1], port).into())?;
+    Ok(socket)
 }
 
 /// A running cluster; members are numbered from 0 and named `node0`, `node1`, ...
@@ -182,6 +210,7 @@ impl Cluster {
                 server,
                 id,
                 paused: false,
+                reserved_ports: Vec::new(),
             });
         }
         let cluster = Cluster { members, network };
@@ -278,9 +307,12 @@ impl Cluster {
 
     /// `kill -9` member `i`: no chance to flush or say goodbye.
     pub fn kill9(&mut self, i: NodeId) -> Result<()> {
-        self.members[i].server.kill9()?;
-        self.members[i].paused = false;
+        let member = &mut self.members[i];
+        member.server.kill9()?;
+        member.paused = false;
         self.network.set_pid(i, None);
+        // Best effort: a port still held by the dead process's sockets stays unreserved.
+        member.reserved_ports = reserve_ports(&member.server).unwrap_or_default();
         Ok(())
     }
 
@@ -288,6 +320,7 @@ impl Cluster {
     /// until it serves.
     pub async fn restart(&mut self, i: NodeId) -> Result<()> {
         let member = &mut self.members[i];
+        member.reserved_ports.clear();
         member.server.relaunch()?;
         member.paused = false;
         // Before it dials its peers, so that its connections are attributed to it.
@@ -361,8 +394,27 @@ impl Drop for Cluster {
 }
 
 #[cfg(test)]
+// A failed unwrap is a failed assertion with its value printed, which is what a test wants.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_port_of_a_url() {
+        assert_eq!(url_port("http://127.0.0.1:2380").ok(), Some(2380));
+        assert!(url_port("http://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn a_reserved_port_refuses_connections_yet_the_member_can_bind_it() {
+        let port = crate::free_port().unwrap();
+        let _reservation = reserve_port(port).unwrap();
+        let connect = std::net::TcpStream::connect(("127.0.0.1", port));
+        assert!(connect.is_err(), "nothing listens on a reserved port");
+        // Servers bind with SO_REUSEADDR too, so a reservation never blocks a restart.
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port));
+        assert!(listener.is_ok(), "{listener:?}");
+    }
 
     #[test]
     fn members_advertise_their_proxy_port() {
