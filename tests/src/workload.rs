@@ -102,6 +102,15 @@ impl RunningWorkload {
     }
 }
 
+/// Pause after a failed operation.
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// True if an error says the request never left the client: the connection to the member
+/// was refused, so no byte of the request was sent and even a write had no effect.
+fn never_sent(error: &str) -> bool {
+    error.contains("Connection refused")
+}
+
 /// xorshift64*: deterministic per client, no dependency.
 struct Rng(u64);
 
@@ -145,12 +154,16 @@ impl Worker {
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
-                    let outcome = match call {
-                        Call::Get => Outcome::Failed(why),
-                        _ => Outcome::Unknown(why),
+                    let outcome = if call == Call::Get || never_sent(&why) {
+                        Outcome::Failed(why)
+                    } else {
+                        Outcome::Unknown(why)
                     };
                     invocation.finish(outcome, None);
                     self.node = (self.node + 1) % self.endpoints.len();
+                    // Like a real client, do not hammer a member that is down: every
+                    // failed write is one more unknown for the checker to place.
+                    tokio::time::sleep(ERROR_BACKOFF).await;
                 }
             }
             tokio::time::sleep(self.workload.think_time).await;
@@ -387,6 +400,16 @@ mod tests {
             counts[rng.below(4)] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn only_refused_connections_count_as_never_sent() {
+        let refused = "transport error: tcp connect error: Connection refused (os error 111)";
+        assert!(never_sent(refused));
+        assert!(!never_sent(
+            "status: Unavailable, message: \"etcdserver: request timed out\""
+        ));
+        assert!(!never_sent("no answer within 1.5s"));
     }
 
     #[test]

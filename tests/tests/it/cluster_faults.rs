@@ -26,12 +26,21 @@ const HEALED_TIME: Duration = Duration::from_secs(2);
 /// until the deadline (it must leave every member running and the network healed), then
 /// checks the history and the members' stores.
 async fn scenario(members: usize, inject: impl AsyncFnMut(&mut Cluster) -> anyhow::Result<()>) {
+    scenario_for(members, FAULT_TIME, inject).await;
+}
+
+/// [`scenario`] with faults for `fault_time`.
+async fn scenario_for(
+    members: usize,
+    fault_time: Duration,
+    inject: impl AsyncFnMut(&mut Cluster) -> anyhow::Result<()>,
+) {
     let mut inject = inject;
     let mut cluster = Cluster::start(members).await.expect("cluster starts");
     let recorder = Recorder::new();
     let workload = Workload::default();
     let clients = workload.start(cluster.client_urls(), &recorder);
-    let deadline = Instant::now() + FAULT_TIME;
+    let deadline = Instant::now() + fault_time;
     let mut rounds = 0;
     while Instant::now() < deadline {
         inject(&mut cluster).await.expect("fault round");
@@ -247,4 +256,19 @@ async fn checker_rejects_stale_reads_from_an_isolated_member() {
     assert_eq!(key, "key0");
     assert_eq!(violation.stuck[0].client, 1, "{report}");
     assert_eq!(violation.value.as_deref(), Some("new"), "{report}");
+}
+
+/// The same harness on a single member, which cairn runs today: `kill -9` and restart under
+/// load, then the history must be linearizable and every acknowledged write kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_member_is_linearizable_across_kill_9() {
+    scenario_for(1, Duration::from_secs(8), async |cluster: &mut Cluster| {
+        sleep(Duration::from_secs(1)).await;
+        cluster.kill9(0)?;
+        sleep(Duration::from_millis(500)).await;
+        cluster.restart(0).await?;
+        sleep(Duration::from_secs(1)).await;
+        Ok(())
+    })
+    .await;
 }
