@@ -6,7 +6,8 @@
 //! it saw. A client talks to one member at a time and moves to the next member after an
 //! error, so that traffic reaches leaders and followers and survives a dead member. Every
 //! operation is bounded by a timeout: a write that fails or times out is recorded as
-//! unknown (it may have been committed), a read that fails as failed (it had no effect).
+//! unknown (it may have been committed) unless its connection was refused, a read that
+//! fails as failed (it had no effect).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
