@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod big_reads;
+mod cluster_faults;
 mod config;
 mod crash;
 mod edge_cases;
