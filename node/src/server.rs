@@ -3,6 +3,7 @@
 //! graceful shutdown) so the process exits non-zero. Nothing here decides behaviour; it
 //! connects the modules that do.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -57,7 +58,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     let store = Arc::new(Store::open_with(&cfg.data_dir, &options)?);
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
-    let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token)?;
+    let mut initial_peers = initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+    let member_ids: Vec<u64> = initial_peers.keys().copied().collect();
+    let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token, &member_ids)?;
+    initial_peers.remove(&id.member_id);
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
     let lessor = Arc::new(Lessor::open(
         &store,
@@ -80,6 +84,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         RaftSettings {
             node_id: id.member_id,
             member,
+            initial_peers: initial_peers.clone(),
+            cluster_id: id.cluster_id,
             heartbeat: cfg.heartbeat_interval,
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
@@ -129,6 +135,13 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             servers.spawn(serve(listener, client_router.clone(), options));
         }
     }
+    // A one-member cluster has no peers to listen for (etcd opens the port regardless).
+    if !initial_peers.is_empty() {
+        for url in &cfg.listen_peer_urls {
+            let listener = bind("--listen-peer-urls", url, options).await?;
+            servers.spawn(serve(listener, api::peer::router(core.clone()), options));
+        }
+    }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url, options).await?;
         servers.spawn(serve(listener, api::metrics_router(core.clone()), options));
@@ -160,6 +173,28 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 fn read_pool() -> Result<ReadPool, ServerError> {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     ReadPool::start(cpus, 4 * cpus).map_err(ServerError::ReadPool)
+}
+
+/// The members of `--initial-cluster` by member ID (etcd's algorithm, see `identity`), a
+/// name's URLs grouped as etcd groups them.
+fn initial_members(cluster: &[(String, Url)], token: &str) -> BTreeMap<u64, MemberInfo> {
+    let mut by_name: BTreeMap<&str, Vec<Url>> = BTreeMap::new();
+    for (name, url) in cluster {
+        by_name.entry(name).or_default().push(url.clone());
+    }
+    by_name
+        .into_iter()
+        .map(|(name, urls)| {
+            let peer_urls = url_strings(&urls);
+            let id = crate::identity::member_id(&peer_urls, token);
+            let member = MemberInfo {
+                name: name.to_string(),
+                peer_urls,
+                client_urls: Vec::new(),
+            };
+            (id, member)
+        })
+        .collect()
 }
 
 /// etcd writes URLs as `scheme://host:port`, without the trailing slash `Url` adds; member

@@ -16,7 +16,7 @@ pub fn code(e: &Error) -> Code {
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
         LeaseNotFound => Code::NotFound,
-        NotLeader | LeaseExists => Code::FailedPrecondition,
+        NotLeader | LeaseExists | ClusterIdMismatch => Code::FailedPrecondition,
         NoLeader | Timeout | Stopped => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,
@@ -24,6 +24,16 @@ pub fn code(e: &Error) -> Code {
         NotSupported(_) => Code::Unimplemented,
         Concurrency(_) => Code::Unknown,
         Internal => Code::Internal,
+    }
+}
+
+/// The status a peer call answers `e` with: as a client call, except that "no leader" and
+/// "not leader" are ABORTED, which tells the calling member its request was not taken and
+/// may be made again once a leader is known (see `raft::network::PeerError::unsent`).
+pub fn peer_status(e: Error) -> Status {
+    match e {
+        Error::NoLeader | Error::NotLeader => Status::new(Code::Aborted, e.to_string()),
+        other => other.into(),
     }
 }
 

@@ -795,10 +795,6 @@ mod tests {
                 &["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
                 "--listen-client-urls: https URLs (TLS) are not supported yet",
             ),
-            (
-                &["--initial-cluster", "default=http://localhost:2380,b=http://10.0.0.2:2380"],
-                "--initial-cluster: a cluster of more than one member is not supported yet",
-            ),
             (&["--initial-cluster-state", "existing"], "--initial-cluster-state: joining an existing cluster"),
             (&["--force-new-cluster"], "--force-new-cluster: force-new-cluster is not supported yet"),
             (&["--wal-dir", "/wal"], "--wal-dir: a separate WAL directory is not supported yet"),

@@ -427,10 +427,6 @@ fn initial_cluster(entry: &Entry) -> Result<Vec<(String, Url)>, ConfigError> {
         let (name, text) = pair.split_once('=').unwrap_or((pair, ""));
         members.push((name.to_owned(), url(entry, text.trim())?));
     }
-    let names: BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
-    if names.len() > 1 {
-        return Err(entry.unsupported("a cluster of more than one member is not supported yet"));
-    }
     Ok(members)
 }
 

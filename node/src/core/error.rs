@@ -73,6 +73,9 @@ pub enum Error {
     /// these as plain Go errors, which gRPC reports with code Unknown and the text as is.
     #[error("{0}")]
     Concurrency(&'static str),
+    /// A peer call from a member of another cluster (etcd's rafthttp wording).
+    #[error("cluster ID mismatch")]
+    ClusterIdMismatch,
     /// A capability a later release adds; the message names it.
     #[error("cairn: {0} is not supported yet")]
     NotSupported(&'static str),
@@ -108,7 +111,12 @@ impl From<RaftError> for Error {
     fn from(e: RaftError) -> Error {
         match e {
             RaftError::NoLeader => Error::NoLeader,
-            RaftError::NotLeader => Error::NotLeader,
+            RaftError::NotLeader(_) => Error::NotLeader,
+            // The leader could not be asked in time: the outcome is unknown to the client.
+            RaftError::Peer(e) => {
+                tracing::warn!(error = %e, "request to the leader failed");
+                Error::Timeout
+            }
             RaftError::Timeout => Error::Timeout,
             RaftError::Stopped => Error::Stopped,
             RaftError::Apply(e) => e.into(),
@@ -130,7 +138,7 @@ impl From<LeaseError> for Error {
             LeaseError::NotFound | LeaseError::Expired => Error::LeaseNotFound,
             LeaseError::Exists => Error::LeaseExists,
             LeaseError::TtlTooLarge => Error::LeaseTtlTooLarge,
-            // Requests are not forwarded yet, so only the leader serves lease calls.
+            // Keep-alive and time-to-live are not forwarded yet: only the leader serves them.
             LeaseError::NotPrimary => Error::NotLeader,
             other => Error::internal(other),
         }

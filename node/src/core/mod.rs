@@ -22,6 +22,7 @@ mod concurrency;
 mod context;
 mod election;
 mod error;
+mod forward;
 pub mod hooks;
 mod kv;
 mod lease;
@@ -162,7 +163,7 @@ impl Core {
     /// Proposes `cmd` and waits until it is applied; `pick` takes the result kind the
     /// command produces (anything else is a bug, reported as an internal error).
     async fn propose<T>(&self, cmd: Cmd, pick: fn(Applied) -> Option<T>) -> Result<T, Error> {
-        let applied = self.raft.propose(Command { cmd: Some(cmd) }).await?;
+        let applied = self.propose_anywhere(Command { cmd: Some(cmd) }).await?;
         pick(applied).ok_or_else(|| Error::internal("apply answered with another result kind"))
     }
 

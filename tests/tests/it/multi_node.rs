@@ -1,0 +1,269 @@
+//! Three-member clusters started with the seed documents' flags (`--initial-cluster`,
+//! `--initial-cluster-token`, `--initial-cluster-state new`, `--initial-advertise-peer-urls`,
+//! `--listen-peer-urls`), all on 127.0.0.1, driven by etcdctl and etcd-client, each bounded
+//! in time. The expectations hold for etcd 3.5.1 too (`CAIRN_TEST_SERVER=etcd`).
+//!
+//! The cluster helper here is private to this module (the shared harness lives in
+//! `cairn_tests::cluster`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cairn_tests::{free_port, server_command, Server, ServerKind};
+use etcd_client::GetOptions;
+
+use crate::ok;
+
+const TOKEN: &str = "etcd-cluster-1";
+/// How long a cluster may take to elect a leader again, generously (etcd: about 1-2 s).
+const FAILOVER_LIMIT: Duration = Duration::from_secs(20);
+
+/// The peer ports and the `--initial-cluster` value of a cluster of `n` members.
+struct Plan {
+    peer_ports: Vec<u16>,
+    initial_cluster: String,
+}
+
+impl Plan {
+    fn new(n: usize) -> Result<Plan> {
+        let peer_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+        let initial_cluster = peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("infra{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Plan {
+            peer_ports,
+            initial_cluster,
+        })
+    }
+
+    /// Member `i`'s command line, as the seeds write it.
+    fn args(&self, i: usize, token: &str, client_port: u16, data_dir: &std::path::Path) -> Vec<String> {
+        let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
+        let client = format!("http://127.0.0.1:{client_port}");
+        vec![
+            format!("--name=infra{i}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={}", self.initial_cluster),
+            format!("--initial-cluster-token={token}"),
+            "--initial-cluster-state=new".to_string(),
+            // Fast elections keep the tests short (etcd's ratio: 5 heartbeats per election).
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ]
+    }
+}
+
+/// Starts all members at once (none is ready before a quorum runs).
+async fn start_cluster(plan: &Plan) -> Result<Vec<Server>> {
+    let start = |i: usize| {
+        Server::start_custom(move |layout| {
+            Ok(plan.args(i, TOKEN, layout.client_port, &layout.data_dir))
+        })
+    };
+    let (a, b, c) = tokio::try_join!(start(0), start(1), start(2))?;
+    Ok(vec![a, b, c])
+}
+
+/// `endpoint status` of one member as JSON: (member id, leader id, raft term).
+async fn status(member: &Server) -> Result<(u64, u64, u64)> {
+    let out = member.ctl(&["endpoint", "status", "-w", "json"]).await?;
+    let v: serde_json::Value = serde_json::from_str(out.success()?)?;
+    let s = &v[0]["Status"];
+    let header = &s["header"];
+    Ok((
+        header["member_id"].as_u64().unwrap_or(0),
+        s["leader"].as_u64().unwrap_or(0),
+        s["raft_term"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// The index in `members` of the leader, once all running members agree on one.
+async fn leader(members: &[Server]) -> usize {
+    let deadline = Instant::now() + FAILOVER_LIMIT;
+    loop {
+        let mut ids = Vec::new();
+        let mut leaders = Vec::new();
+        for m in members {
+            match status(m).await {
+                Ok((id, leader, _)) => {
+                    ids.push(id);
+                    leaders.push(leader);
+                }
+                Err(_) => ids.push(0),
+            }
+        }
+        leaders.dedup();
+        if let [l] = leaders[..] {
+            if let Some(i) = ids.iter().position(|id| *id == l && l != 0) {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {leaders:x?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
+    let plan = Plan::new(3).unwrap();
+    let members = start_cluster(&plan).await.unwrap();
+    let leader = leader(&members).await;
+    let follower = (leader + 1) % 3;
+
+    // A write on a follower is forwarded to the leader; linearizable reads on every member
+    // see it.
+    assert_eq!(ok(&members[follower], &["put", "greeting", "hello"]).await.trim(), "OK");
+    for m in &members {
+        assert_eq!(ok(m, &["get", "greeting", "--print-value-only"]).await.trim(), "hello");
+    }
+    // A serializable read on a member is local; it catches up shortly.
+    let mut client = members[(leader + 2) % 3].client().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = client
+            .get("greeting", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
+        if resp.kvs().len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "serializable read never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every member lists the three members with their names, peer and client URLs, and
+    // every member reports the same leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = crate::json(&members[follower], &["member", "list"]).await;
+        let list = v["members"].as_array().cloned().unwrap_or_default();
+        let published = list
+            .iter()
+            .filter(|m| m["clientURLs"].as_array().is_some_and(|u| !u.is_empty()))
+            .count();
+        if list.len() == 3 && published == 3 {
+            for (i, port) in plan.peer_ports.iter().enumerate() {
+                let url = format!("http://127.0.0.1:{port}");
+                let m = list
+                    .iter()
+                    .find(|m| m["name"] == format!("infra{i}"))
+                    .unwrap_or_else(|| panic!("infra{i} missing: {v}"));
+                assert_eq!(m["peerURLs"][0], url, "{v}");
+                assert_eq!(m["clientURLs"][0], members[i].client_url(), "{v}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "member list incomplete: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let table = ok(&members[0], &["member", "list", "-w", "table"]).await;
+    assert!(table.contains("| started |") && table.contains("infra2"), "{table}");
+    // `--cluster` finds the endpoints through the member list's client URLs.
+    let v = crate::json(&members[0], &["endpoint", "status", "--cluster"]).await;
+    let statuses = v.as_array().cloned().unwrap_or_default();
+    assert_eq!(statuses.len(), 3, "{v}");
+    let leaders: std::collections::BTreeSet<u64> = statuses
+        .iter()
+        .map(|s| s["Status"]["leader"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(leaders.len(), 1, "one leader for all: {v}");
+    let is_leader = statuses
+        .iter()
+        .filter(|s| Some(s["Status"]["header"]["member_id"].as_u64()) == Some(leaders.first().copied()))
+        .count();
+    assert_eq!(is_leader, 1, "{v}");
+    let table = ok(&members[0], &["endpoint", "status", "--cluster", "-w", "table"]).await;
+    assert!(table.contains(&members[2].client_url()), "{table}");
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_another_and_the_killed_member_catches_up() {
+    let plan = Plan::new(3).unwrap();
+    let mut members = start_cluster(&plan).await.unwrap();
+    let first = leader(&members).await;
+    ok(&members[first], &["put", "before", "1"]).await;
+
+    members[first].kill9().unwrap();
+    let killed_at = Instant::now();
+    let survivor = (first + 1) % 3;
+    let mut client = members[survivor].client().await.unwrap();
+    loop {
+        match client.put("after", "2", None).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                killed_at.elapsed() < FAILOVER_LIMIT,
+                "no write accepted {FAILOVER_LIMIT:?} after the leader died: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("a put succeeded {:?} after kill -9 of the leader", killed_at.elapsed());
+    let others = (first + 2) % 3;
+    assert_eq!(ok(&members[others], &["get", "after", "--print-value-only"]).await.trim(), "2");
+
+    // The killed member comes back on its data dir and catches up from the leader.
+    members[first].restart().await.unwrap();
+    let mut back = members[first].client().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = back
+            .get("after", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
+        if resp.kvs().first().map(|kv| kv.value()) == Some(&b"2"[..]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted member never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ok(&members[first], &["get", "before", "--print-value-only"]).await.trim(), "1");
+}
+
+#[tokio::test]
+async fn a_member_started_with_another_token_is_refused() {
+    let plan = Plan::new(3).unwrap();
+    // Two members of the cluster (a quorum) and the third with a wrong token.
+    let start = |i: usize| {
+        let plan = &plan;
+        Server::start_custom(move |layout| {
+            Ok(plan.args(i, TOKEN, layout.client_port, &layout.data_dir))
+        })
+    };
+    let (a, b) = tokio::try_join!(start(0), start(1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stray_client = free_port().unwrap();
+    let args = plan.args(2, "another-token", stray_client, &dir.path().join("data"));
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut stray = tokio::process::Command::from(
+        server_command(ServerKind::from_env(), &args).unwrap(),
+    );
+    stray
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true);
+    let mut stray = stray.spawn().unwrap();
+
+    // The good members refuse the stray member's messages and log why; it never joins.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(a.log() + &b.log()).contains("cluster ID mismatch") {
+        assert!(Instant::now() < deadline, "no cluster ID mismatch logged:\n{}", a.log_tail(3000));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v = crate::json(&a, &["member", "list"]).await;
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    assert!(!v.to_string().contains(&format!("127.0.0.1:{stray_client}")), "{v}");
+    // The stray member has no leader: a linearizable read fails there.
+    let stray_url = format!("http://127.0.0.1:{stray_client}");
+    let out = cairn_tests::etcdctl(&stray_url, &["get", "x", "--command-timeout=3s"], None)
+        .await
+        .unwrap();
+    assert!(out.success().is_err(), "the stray member served a linearizable read");
+    stray.kill().await.unwrap();
+}
