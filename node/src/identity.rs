@@ -25,27 +25,44 @@ impl Identity {
         token: &str,
         initial_members: &[u64],
     ) -> Result<Identity, StorageError> {
-        let meta = store.keyspace("meta")?;
-        if let (Some(member_id), Some(cluster_id)) = (
-            read_u64(&meta, "member_id")?,
-            read_u64(&meta, "cluster_id")?,
-        ) {
-            return Ok(Identity {
-                member_id,
-                cluster_id,
-            });
+        if let Some(id) = Identity::load(store)? {
+            return Ok(id);
         }
         let member_id = member_id(peer_urls, token);
         let id = Identity {
             member_id,
             cluster_id: cluster_id(initial_members),
         };
-        let mut batch = store.batch();
-        batch.insert(&meta, "member_id", id.member_id.to_be_bytes());
-        batch.insert(&meta, "cluster_id", id.cluster_id.to_be_bytes());
-        batch.commit()?;
-        store.sync()?;
+        id.save(store)?;
         Ok(id)
+    }
+
+    /// The stored identity, if this data dir has one.
+    pub fn load(store: &Store) -> Result<Option<Identity>, StorageError> {
+        let meta = store.keyspace("meta")?;
+        Ok(
+            match (
+                read_u64(&meta, "member_id")?,
+                read_u64(&meta, "cluster_id")?,
+            ) {
+                (Some(member_id), Some(cluster_id)) => Some(Identity {
+                    member_id,
+                    cluster_id,
+                }),
+                _ => None,
+            },
+        )
+    }
+
+    /// Stores the identity durably (a member joining an existing cluster learns it from
+    /// its peers).
+    pub fn save(&self, store: &Store) -> Result<(), StorageError> {
+        let meta = store.keyspace("meta")?;
+        let mut batch = store.batch();
+        batch.insert(&meta, "member_id", self.member_id.to_be_bytes());
+        batch.insert(&meta, "cluster_id", self.cluster_id.to_be_bytes());
+        batch.commit()?;
+        store.sync()
     }
 }
 

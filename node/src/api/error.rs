@@ -15,8 +15,10 @@ pub fn code(e: &Error) -> Code {
         }
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
-        LeaseNotFound => Code::NotFound,
-        NotLeader | LeaseExists | ClusterIdMismatch => Code::FailedPrecondition,
+        LeaseNotFound | MemberNotFound => Code::NotFound,
+        NotLeader | LeaseExists | ClusterIdMismatch | MemberIdExists | PeerUrlsExist
+        | NotLearner | LearnerNotReady => Code::FailedPrecondition,
+        BadMemberUrls => Code::InvalidArgument,
         NoLeader | Timeout | Stopped => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,

@@ -96,6 +96,26 @@ impl RaftPeer for PeerService {
         Ok(Response::new(RaftMessage::default()))
     }
 
+    async fn change_members(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&req)?;
+        let data = self
+            .0
+            .peer_member_change(&req.into_inner().data)
+            .await
+            .map_err(peer_status)?;
+        Ok(Response::new(RaftMessage { data }))
+    }
+
+    /// Not checked: the caller is joining and does not know the cluster ID yet; the answer
+    /// is what `etcdctl member list` shows anyone.
+    async fn cluster(&self, _req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let data = self.0.peer_cluster().map_err(peer_status)?;
+        Ok(Response::new(RaftMessage { data }))
+    }
+
     async fn read_index(
         &self,
         req: Request<ReadIndexRequest>,

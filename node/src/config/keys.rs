@@ -148,7 +148,7 @@ pub(crate) static KEYS: &[Key] = &[
     // Clustering
     key("initial-advertise-peer-urls", "http://localhost:2380", List, CLUSTERING, Honoured, "List of this member's peer URLs to advertise to the rest of the cluster."),
     key("initial-cluster", "default=http://localhost:2380", Text, CLUSTERING, Honoured, "Initial cluster configuration for bootstrapping."),
-    key("initial-cluster-state", "new", Text, CLUSTERING, Honoured, "Initial cluster state ('new' or 'existing'; 'existing' is not supported yet)."),
+    key("initial-cluster-state", "new", Text, CLUSTERING, Honoured, "Initial cluster state ('new' or 'existing')."),
     key("initial-cluster-token", "etcd-cluster", Text, CLUSTERING, Honoured, "Initial cluster token for the etcd cluster during bootstrap."),
     key("advertise-client-urls", "http://localhost:2379", List, CLUSTERING, Honoured, "List of this member's client URLs to advertise to the public."),
     key("discovery", "", Text, CLUSTERING, DefaultOnly("discovery is not supported"), "Discovery URL used to bootstrap the cluster."),

@@ -795,7 +795,6 @@ mod tests {
                 &["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
                 "--listen-client-urls: https URLs (TLS) are not supported yet",
             ),
-            (&["--initial-cluster-state", "existing"], "--initial-cluster-state: joining an existing cluster"),
             (&["--force-new-cluster"], "--force-new-cluster: force-new-cluster is not supported yet"),
             (&["--wal-dir", "/wal"], "--wal-dir: a separate WAL directory is not supported yet"),
             (&["--discovery", "https://discovery.etcd.io/x"], "--discovery: discovery is not supported"),

@@ -489,9 +489,7 @@ fn bare(url: &Url) -> &str {
 fn cluster_state(entry: &Entry) -> Result<ClusterState, ConfigError> {
     match entry.value.as_str() {
         "new" => Ok(ClusterState::New),
-        "existing" => Err(entry.unsupported(
-            "joining an existing cluster (initial-cluster-state=existing) is not supported yet",
-        )),
+        "existing" => Ok(ClusterState::Existing),
         _ => Err(entry.invalid("must be one of new, existing")),
     }
 }

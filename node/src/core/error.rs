@@ -8,7 +8,7 @@
 
 use crate::lease::LeaseError;
 use crate::mvcc::MvccError;
-use crate::raft::RaftError;
+use crate::raft::{MemberError, RaftError};
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,18 @@ pub enum Error {
     /// these as plain Go errors, which gRPC reports with code Unknown and the text as is.
     #[error("{0}")]
     Concurrency(&'static str),
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberIdExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlsExist,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadMemberUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     /// A peer call from a member of another cluster (etcd's rafthttp wording).
     #[error("cluster ID mismatch")]
     ClusterIdMismatch,
@@ -120,6 +132,13 @@ impl From<RaftError> for Error {
             RaftError::Timeout => Error::Timeout,
             RaftError::Stopped => Error::Stopped,
             RaftError::Apply(e) => e.into(),
+            RaftError::Member(e) => match e {
+                MemberError::NotFound => Error::MemberNotFound,
+                MemberError::IdExists => Error::MemberIdExists,
+                MemberError::PeerUrlsExist => Error::PeerUrlsExist,
+                MemberError::NotLearner => Error::NotLearner,
+                MemberError::LearnerNotReady => Error::LearnerNotReady,
+            },
             RaftError::Lease(e) => e.into(),
             // The node stops on a fatal error; tell the client to go elsewhere meanwhile.
             other => {

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use super::{Core, Error};
 use crate::proto::cairnpb::{Command, ProposeResponse};
-use crate::raft::Applied;
+use crate::proto::etcdserverpb::Member;
+use crate::raft::{Applied, MemberChange};
 
 /// How long a step waits before trying again when there is no usable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -42,6 +43,28 @@ impl Core {
             match result {
                 Err(e) if e.unsent() && Instant::now() + RETRY_PAUSE < deadline => {
                     tracing::debug!(error = %e, "proposal not taken, retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Makes a membership change on the leader, wherever it is; returns the members after.
+    pub(super) async fn member_change_anywhere(
+        &self,
+        change: MemberChange,
+    ) -> Result<Vec<Member>, Error> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let result = match self.raft.status().leader {
+                Some(leader) if leader != self.member_id => {
+                    self.raft.forward_member_change(leader, change.clone()).await
+                }
+                _ => self.raft.change_members(change.clone()).await,
+            };
+            match result {
+                Err(e) if e.unsent() && Instant::now() + RETRY_PAUSE < deadline => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 other => return Ok(other?),
@@ -102,6 +125,16 @@ impl Core {
     /// A member's attributes for the membership (etcd's publish).
     pub async fn peer_publish(&self, data: &[u8]) -> Result<(), Error> {
         Ok(self.raft.peer_publish(data).await?)
+    }
+
+    /// A membership change forwarded by a follower (openraft's encoding in and out).
+    pub async fn peer_member_change(&self, data: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(self.raft.peer_member_change(data).await?)
+    }
+
+    /// The cluster ID and members for a joining member; asked without a cluster ID.
+    pub fn peer_cluster(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.raft.peer_cluster(self.cluster_id)?)
     }
 
     /// A raft vote request (openraft's encoding in and out).

@@ -22,6 +22,7 @@
 //! multi-member cluster keeps its whole log instead) and membership changes.
 
 mod log_store;
+mod membership;
 pub mod network;
 mod state_machine;
 
@@ -44,6 +45,8 @@ use crate::mvcc::{CompactionDone, Mvcc, MvccError};
 use crate::proto::{cairnpb, etcdserverpb, mvccpb};
 use crate::storage::Store;
 use crate::watch::WatchHub;
+
+pub use membership::{MemberChange, MemberError};
 
 use log_store::LogStore;
 use network::{Network, PeerError, Peers};
@@ -74,6 +77,9 @@ pub struct RaftSettings {
     /// The voters of `--initial-cluster` other than this member, by member id; used on the
     /// first start only (the membership is in the log afterwards).
     pub initial_peers: BTreeMap<u64, MemberInfo>,
+    /// Started with `--initial-cluster-state existing`: the member was added by a
+    /// membership change and waits for the leader instead of initializing a cluster.
+    pub join_existing: bool,
     pub cluster_id: u64,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
@@ -138,6 +144,9 @@ pub enum RaftError {
     Peer(#[from] PeerError),
     #[error("malformed peer message: {0}")]
     Malformed(String),
+    /// The leader refused a membership change.
+    #[error(transparent)]
+    Member(MemberError),
 }
 
 impl RaftError {
@@ -223,9 +232,11 @@ impl RaftNode {
             let mut members = settings.initial_peers;
             let me = settings.member.clone();
             members.insert(settings.node_id, settings.member);
-            if let Err(e) = node.initialize(members).await {
-                node.shutdown().await;
-                return Err(e);
+            if !settings.join_existing {
+                if let Err(e) = node.initialize(members).await {
+                    node.shutdown().await;
+                    return Err(e);
+                }
             }
             let node = Arc::new(node);
             tokio::spawn(publish(Arc::downgrade(&node), settings.node_id, me));
@@ -322,13 +333,7 @@ impl RaftNode {
 
     async fn set_member_info(&self, id: u64, info: MemberInfo) -> Result<(), RaftError> {
         let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, info)]));
-        let write = self.raft.change_membership(change, true);
-        match tokio::time::timeout(self.request_timeout, write).await {
-            Err(_) => Err(RaftError::Timeout),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
-            Ok(Err(openraft::error::RaftError::APIError(e))) => Err(write_error(e)),
-        }
+        Box::pin(self.apply_change(change)).await
     }
 
     /// Receives a vote request from a candidate, in openraft's encoding.
@@ -523,6 +528,12 @@ fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
         // The entry was appended, then replaced by another leader's log: it may or may not
         // commit, which is what a timeout tells the client too.
         ClientWriteError::LogEntryDiscarded(_) => RaftError::Timeout,
+        // Another membership change is still committing: etcd refuses overlapping changes
+        // too; the client may try again.
+        ClientWriteError::ChangeMembershipError(e) => {
+            tracing::warn!(error = %e, "membership change refused");
+            RaftError::Timeout
+        }
         other => RaftError::Fatal(other.to_string()),
     }
 }
@@ -754,6 +765,7 @@ mod tests {
                 client_urls: vec![],
             },
             initial_peers: BTreeMap::new(),
+            join_existing: false,
             cluster_id: 1,
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),

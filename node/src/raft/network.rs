@@ -198,6 +198,17 @@ impl Peers {
         Ok(())
     }
 
+    /// Hands an encoded membership change to the leader; returns its encoded answer.
+    pub(super) async fn change_members(&self, leader: u64, data: Vec<u8>) -> Result<Vec<u8>, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let resp = client
+            .change_members(self.request(RaftMessage { data }, self.forward_timeout))
+            .await
+            .map_err(|s| self.failed(leader, s))?;
+        Ok(resp.into_inner().data)
+    }
+
     /// Asks the leader `leader` for its read index: once this member has applied up to it,
     /// a local read is linearizable.
     pub async fn read_index(&self, leader: u64) -> Result<u64, PeerError> {
@@ -242,6 +253,36 @@ impl Peers {
         }
         PeerError::Status(to, status)
     }
+}
+
+/// Asks the members at `urls` (the other members of `--initial-cluster`), in turn, for the
+/// cluster ID and member list: how a member started with `--initial-cluster-state existing`
+/// learns who it is (etcd's `GetClusterFromRemotePeers`).
+pub async fn fetch_cluster(
+    urls: &[String],
+    timeout: Duration,
+) -> Result<(u64, Vec<(u64, MemberInfo)>), PeerError> {
+    let mut last = PeerError::NoAddress(0);
+    for url in urls {
+        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+            continue;
+        };
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
+        let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut req = tonic::Request::new(RaftMessage::default());
+        req.set_timeout(timeout);
+        match client.cluster(req).await {
+            Ok(resp) => {
+                return decode(&resp.into_inner().data)
+                    .map_err(|e| PeerError::Malformed(0, e.to_string()))
+            }
+            Err(status) => {
+                tracing::warn!(peer = %url, error = %status, "cannot fetch the cluster from this peer");
+                last = PeerError::Status(0, status);
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Encodes apply's result for the follower that forwarded the proposal.

@@ -12,7 +12,7 @@ use anyhow::Result;
 use cairn_tests::{free_port, server_command, Server, ServerKind};
 use etcd_client::GetOptions;
 
-use crate::ok;
+use crate::{assert_grpc_error, ok, Code};
 
 const TOKEN: &str = "etcd-cluster-1";
 /// How long a cluster may take to elect a leader again, generously (etcd: about 1-2 s).
@@ -266,4 +266,177 @@ async fn a_member_started_with_another_token_is_refused() {
         .unwrap();
     assert!(out.success().is_err(), "the stray member served a linearizable read");
     stray.kill().await.unwrap();
+}
+
+/// Retries `op` while etcd's strict reconfiguration check refuses it ("unhealthy
+/// cluster": a member connected less than 5 s ago), bounded.
+async fn reconfigure<T: std::fmt::Debug, F, Fut>(mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match op().await {
+            Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn learner_opts() -> etcd_client::MemberAddOptions {
+    etcd_client::MemberAddOptions::new().with_is_learner()
+}
+
+#[tokio::test]
+async fn members_are_added_updated_promoted_and_removed_with_etcds_messages() {
+    let plan = Plan::new(3).unwrap();
+    let members = start_cluster(&plan).await.unwrap();
+    let mut client = members[0].client().await.unwrap();
+    let list = client.member_list().await.unwrap();
+    let ids: Vec<u64> = list.members().iter().map(|m| m.id()).collect();
+    assert_eq!(ids.len(), 3);
+
+    // etcd's refusals.
+    assert_grpc_error(
+        client.member_add(["http://127.0.0.1:1/path"], None).await,
+        Code::InvalidArgument,
+        "etcdserver: given member URLs are invalid",
+    );
+    let taken = format!("http://127.0.0.1:{}", plan.peer_ports[1]);
+    assert_grpc_error(
+        reconfigure(|| {
+            let (mut c, url) = (client.clone(), taken.clone());
+            async move { c.member_add([url], Some(learner_opts())).await }
+        })
+        .await,
+        Code::FailedPrecondition,
+        "etcdserver: Peer URLs already exists",
+    );
+    assert_grpc_error(
+        client.member_remove(0x1234).await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_grpc_error(
+        client.member_update(0x1234, vec![taken.clone()]).await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_grpc_error(
+        client.member_promote(ids[0]).await,
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member",
+    );
+
+    // A learner that never started cannot be promoted; it can be removed.
+    let idle = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let added = reconfigure(|| {
+        let (mut c, url) = (client.clone(), idle.clone());
+        async move { c.member_add([url], Some(learner_opts())).await }
+    })
+    .await
+    .unwrap();
+    let learner = added.member().unwrap().clone();
+    assert!(learner.is_learner() && learner.name().is_empty(), "{learner:?}");
+    assert_eq!(client.member_list().await.unwrap().members().len(), 4);
+    let table = ok(&members[1], &["member", "list", "-w", "table"]).await;
+    assert!(table.contains("unstarted") && table.contains(&idle), "{table}");
+    assert_grpc_error(
+        client.member_promote(learner.id()).await,
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    );
+    let removed = reconfigure(|| {
+        let (mut c, id) = (client.clone(), learner.id());
+        async move { c.member_remove(id).await }
+    })
+        .await
+        .unwrap();
+    assert_eq!(removed.members().len(), 3);
+
+    // An update to the same URL is accepted; etcdctl prints etcd's line.
+    let own = format!("http://127.0.0.1:{}", plan.peer_ports[2]);
+    let id2 = list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls() == [own.clone()])
+        .unwrap()
+        .id();
+    let out = ok(
+        &members[0],
+        &["member", "update", &format!("{id2:x}"), &format!("--peer-urls={own}")],
+    )
+    .await;
+    assert!(out.contains(&format!("Member {id2:16x} updated in cluster")), "{out}");
+
+    // A voter added with etcdctl starts with the lines it printed and serves.
+    let peer_port = free_port().unwrap();
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let out = loop {
+        let out = members[1]
+            .ctl(&["member", "add", "infra3", &format!("--peer-urls={peer}")])
+            .await
+            .unwrap();
+        match out.success() {
+            Ok(text) => break text.to_string(),
+            Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) => panic!("member add: {e:#}"),
+        }
+    };
+    assert!(out.contains("added to cluster"), "{out}");
+    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    let initial_cluster = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert!(initial_cluster.contains(&format!("infra3={peer}")), "{out}");
+    let joined = Server::start_custom(|layout| {
+        let client = format!("http://127.0.0.1:{}", layout.client_port);
+        Ok(vec![
+            "--name=infra3".to_string(),
+            format!("--data-dir={}", layout.data_dir.display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={initial_cluster}"),
+            "--initial-cluster-state=existing".to_string(),
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ])
+    })
+    .await
+    .unwrap();
+    ok(&members[0], &["put", "joined", "yes"]).await;
+    assert_eq!(ok(&joined, &["get", "joined", "--print-value-only"]).await.trim(), "yes");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = ok(&joined, &["member", "list", "-w", "table"]).await;
+        if table.matches("| started |").count() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "infra3 never listed as started: {table}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let infra3 = client
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .find(|m| m.name() == "infra3")
+        .unwrap()
+        .id();
+    let out = members[0].ctl(&["member", "remove", &format!("{infra3:x}")]).await.unwrap();
+    let out = out.success().unwrap();
+    assert!(out.contains(&format!("Member {infra3:16x} removed from cluster")), "{out}");
+    assert_eq!(client.member_list().await.unwrap().members().len(), 3);
 }
