@@ -7,10 +7,14 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::core::Core;
+use crate::core::{Core, RequestContext};
 use crate::proto::cairnpb::{
     raft_peer_server::{RaftPeer, RaftPeerServer},
     ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+};
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::raft::network::{CLUSTER_ID_HEADER, MEMBER_ID_HEADER};
 
@@ -114,6 +118,41 @@ impl RaftPeer for PeerService {
     async fn cluster(&self, _req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let data = self.0.peer_cluster().map_err(peer_status)?;
         Ok(Response::new(RaftMessage { data }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.admit(&req)?;
+        let ctx = RequestContext::internal();
+        let id = req.into_inner().id;
+        let resp = self.0.lease_keep_alive(&ctx, id).await.map_err(peer_status)?;
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.admit(&req)?;
+        let ctx = RequestContext::internal();
+        let resp = self
+            .0
+            .lease_time_to_live(&ctx, req.into_inner())
+            .await
+            .map_err(peer_status)?;
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        req: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.admit(&req)?;
+        let ctx = RequestContext::internal();
+        let resp = self.0.lease_leases(&ctx).await.map_err(peer_status)?;
+        Ok(Response::new(resp))
     }
 
     async fn read_index(

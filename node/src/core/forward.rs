@@ -20,8 +20,11 @@ use tokio::time::Instant;
 
 use super::{Core, Error};
 use crate::proto::cairnpb::{Command, ProposeResponse};
-use crate::proto::etcdserverpb::Member;
-use crate::raft::{Applied, MemberChange};
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    Member,
+};
+use crate::raft::{Applied, MemberChange, RaftError};
 
 /// How long a step waits before trying again when there is no usable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -90,6 +93,47 @@ impl Core {
                 other => return Ok(other?),
             }
         }
+    }
+
+    /// The leader, if another member is it: lease calls the leader's lessor alone answers
+    /// (keep-alive, time-to-live, the lease list) go there as they are, once.
+    pub(super) fn leader_elsewhere(&self) -> Option<u64> {
+        self.raft.status().leader.filter(|l| *l != self.member_id)
+    }
+
+    pub(super) async fn forward_keep_alive(
+        &self,
+        leader: u64,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Error> {
+        let resp = self.raft.peers().lease_keep_alive(leader, id).await;
+        let resp = resp.map_err(RaftError::from)?;
+        Ok(LeaseKeepAliveResponse {
+            header: self.current_header(),
+            ..resp
+        })
+    }
+
+    pub(super) async fn forward_time_to_live(
+        &self,
+        leader: u64,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, Error> {
+        let resp = self.raft.peers().lease_time_to_live(leader, req).await;
+        let resp = resp.map_err(RaftError::from)?;
+        Ok(LeaseTimeToLiveResponse {
+            header: self.current_header(),
+            ..resp
+        })
+    }
+
+    pub(super) async fn forward_leases(&self, leader: u64) -> Result<LeaseLeasesResponse, Error> {
+        let resp = self.raft.peers().lease_leases(leader).await;
+        let resp = resp.map_err(RaftError::from)?;
+        Ok(LeaseLeasesResponse {
+            header: self.current_header(),
+            ..resp
+        })
     }
 
     /// Refuses a peer call from another cluster. `cluster_id` is what the caller sent.

@@ -279,6 +279,11 @@ impl RaftNode {
         result
     }
 
+    /// The peer channels, for the calls a follower hands to its leader as they are.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     /// A follower's linearizable read barrier: asks the leader `leader` for its read index,
     /// then waits until this member has applied up to it.
     pub async fn remote_read_barrier(&self, leader: u64) -> Result<(), RaftError> {

@@ -45,7 +45,10 @@ use crate::proto::cairnpb::{
     self, propose_response::Result as Outcome, raft_peer_client::RaftPeerClient, ApplyError,
     ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
 };
-use crate::proto::etcdserverpb::CompactionResponse;
+use crate::proto::etcdserverpb::{
+    CompactionResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 
 /// Metadata keys every peer call carries.
 pub const CLUSTER_ID_HEADER: &str = "cairn-cluster-id";
@@ -207,6 +210,37 @@ impl Peers {
             .await
             .map_err(|s| self.failed(leader, s))?;
         Ok(resp.into_inner().data)
+    }
+
+    /// A lease keep-alive answered by the leader's lessor.
+    pub async fn lease_keep_alive(&self, leader: u64, id: i64) -> Result<LeaseKeepAliveResponse, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let req = self.request(LeaseKeepAliveRequest { id }, self.forward_timeout);
+        let resp = client.lease_keep_alive(req).await;
+        Ok(resp.map_err(|s| self.failed(leader, s))?.into_inner())
+    }
+
+    /// A lease time-to-live answered by the leader's lessor.
+    pub async fn lease_time_to_live(
+        &self,
+        leader: u64,
+        msg: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let req = self.request(msg, self.forward_timeout);
+        let resp = client.lease_time_to_live(req).await;
+        Ok(resp.map_err(|s| self.failed(leader, s))?.into_inner())
+    }
+
+    /// The lease list of the leader's lessor.
+    pub async fn lease_leases(&self, leader: u64) -> Result<LeaseLeasesResponse, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let req = self.request(LeaseLeasesRequest {}, self.forward_timeout);
+        let resp = client.lease_leases(req).await;
+        Ok(resp.map_err(|s| self.failed(leader, s))?.into_inner())
     }
 
     /// Asks the leader `leader` for its read index: once this member has applied up to it,

@@ -138,6 +138,20 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Lease calls on a follower reach the leader's lessor, as etcd forwards them.
+    let f = &members[follower];
+    let granted = ok(f, &["lease", "grant", "60"]).await;
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    ok(f, &["put", "leased", "v", &format!("--lease={id}")]).await;
+    let alive = ok(f, &["lease", "keep-alive", "--once", &id]).await;
+    assert!(alive.contains("keepalived with TTL(60)"), "{alive}");
+    let ttl = ok(f, &["lease", "timetolive", &id, "--keys"]).await;
+    assert!(ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"), "{ttl}");
+    let list = ok(f, &["lease", "list"]).await;
+    assert!(list.contains(&id), "{list}");
+    ok(f, &["lease", "revoke", &id]).await;
+    assert_eq!(ok(&members[leader], &["get", "leased"]).await.trim(), "");
+
     // Every member lists the three members with their names, peer and client URLs, and
     // every member reports the same leader.
     let deadline = Instant::now() + Duration::from_secs(10);
