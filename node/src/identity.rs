@@ -124,7 +124,10 @@ mod tests {
             .map(|p| member_id(&[format!("http://127.0.0.1:{p}")], token))
             .collect();
         let names: Vec<String> = ids.iter().map(|id| format!("{id:x}")).collect();
-        assert_eq!(names, ["8211f1d0f64f3269", "91bc3c398fb3c146", "fd422379fda50e48"]);
+        assert_eq!(
+            names,
+            ["8211f1d0f64f3269", "91bc3c398fb3c146", "fd422379fda50e48"]
+        );
         assert_eq!(format!("{:x}", cluster_id(&ids)), "ef37ad9dc622a7c4");
     }
 

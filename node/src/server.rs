@@ -185,7 +185,11 @@ async fn identity(
 ) -> Result<(Identity, BTreeMap<u64, MemberInfo>, bool), ServerError> {
     let initial = initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
     if let Some(id) = Identity::load(store)? {
-        return Ok((id, initial, cfg.initial_cluster_state == ClusterState::Existing));
+        return Ok((
+            id,
+            initial,
+            cfg.initial_cluster_state == ClusterState::Existing,
+        ));
     }
     if cfg.initial_cluster_state == ClusterState::New {
         let ids: Vec<u64> = initial.keys().copied().collect();

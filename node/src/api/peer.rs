@@ -127,7 +127,11 @@ impl RaftPeer for PeerService {
         self.admit(&req)?;
         let ctx = RequestContext::internal();
         let id = req.into_inner().id;
-        let resp = self.0.lease_keep_alive(&ctx, id).await.map_err(peer_status)?;
+        let resp = self
+            .0
+            .lease_keep_alive(&ctx, id)
+            .await
+            .map_err(peer_status)?;
         Ok(Response::new(resp))
     }
 

@@ -70,7 +70,8 @@ impl Core {
         req: MemberRemoveRequest,
     ) -> Result<MemberRemoveResponse, Error> {
         until_deadline(ctx, async {
-            self.authorize(ctx, Operation::Admin("MemberRemove")).await?;
+            self.authorize(ctx, Operation::Admin("MemberRemove"))
+                .await?;
             let members = self
                 .member_change_anywhere(MemberChange::Remove(req.id))
                 .await?;
@@ -88,7 +89,8 @@ impl Core {
         req: MemberUpdateRequest,
     ) -> Result<MemberUpdateResponse, Error> {
         until_deadline(ctx, async {
-            self.authorize(ctx, Operation::Admin("MemberUpdate")).await?;
+            self.authorize(ctx, Operation::Admin("MemberUpdate"))
+                .await?;
             let change = MemberChange::Update {
                 id: req.id,
                 peer_urls: peer_urls(&req.peer_ur_ls)?,
@@ -108,7 +110,8 @@ impl Core {
         req: MemberPromoteRequest,
     ) -> Result<MemberPromoteResponse, Error> {
         until_deadline(ctx, async {
-            self.authorize(ctx, Operation::Admin("MemberPromote")).await?;
+            self.authorize(ctx, Operation::Admin("MemberPromote"))
+                .await?;
             let members = self
                 .member_change_anywhere(MemberChange::Promote(req.id))
                 .await?;

@@ -62,7 +62,9 @@ impl Core {
         loop {
             let result = match self.raft.status().leader {
                 Some(leader) if leader != self.member_id => {
-                    self.raft.forward_member_change(leader, change.clone()).await
+                    self.raft
+                        .forward_member_change(leader, change.clone())
+                        .await
                 }
                 _ => self.raft.change_members(change.clone()).await,
             };

@@ -204,7 +204,10 @@ impl RaftNode {
         matched as f64 >= leader_last as f64 * LEARNER_READY_PERCENT
     }
 
-    pub(super) async fn apply_change(&self, change: ChangeMembers<u64, MemberInfo>) -> Result<(), RaftError> {
+    pub(super) async fn apply_change(
+        &self,
+        change: ChangeMembers<u64, MemberInfo>,
+    ) -> Result<(), RaftError> {
         self.apply_change_retaining(change, true).await
     }
 

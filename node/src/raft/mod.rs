@@ -479,7 +479,11 @@ async fn publish(node: std::sync::Weak<RaftNode>, id: u64, me: MemberInfo) {
     loop {
         tokio::time::sleep(PUBLISH_RETRY).await;
         let Some(node) = node.upgrade() else { return };
-        if node.members().iter().any(|(m, info)| *m == id && *info == me) {
+        if node
+            .members()
+            .iter()
+            .any(|(m, info)| *m == id && *info == me)
+        {
             return;
         }
         let result = match node.status().leader {

@@ -133,10 +133,7 @@ impl Peers {
             .first()
             .ok_or(PeerError::NoAddress(id))?
             .clone();
-        let mut channels = self
-            .channels
-            .lock()
-            .map_err(|_| PeerError::NoAddress(id))?;
+        let mut channels = self.channels.lock().map_err(|_| PeerError::NoAddress(id))?;
         let channel = match channels.get(&id) {
             Some((known, channel)) if *known == url => channel.clone(),
             _ => {
@@ -190,7 +187,11 @@ impl Peers {
 
     /// Tells the leader `leader` this member's attributes (see [`super::RaftNode`]'s
     /// publishing).
-    pub(super) async fn publish(&self, leader: u64, me: &(u64, MemberInfo)) -> Result<(), PeerError> {
+    pub(super) async fn publish(
+        &self,
+        leader: u64,
+        me: &(u64, MemberInfo),
+    ) -> Result<(), PeerError> {
         let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
         let mut client = self.client(leader, &member)?;
         let data = encode(me).map_err(|e| PeerError::Malformed(leader, e.to_string()))?;
@@ -202,7 +203,11 @@ impl Peers {
     }
 
     /// Hands an encoded membership change to the leader; returns its encoded answer.
-    pub(super) async fn change_members(&self, leader: u64, data: Vec<u8>) -> Result<Vec<u8>, PeerError> {
+    pub(super) async fn change_members(
+        &self,
+        leader: u64,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, PeerError> {
         let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
         let mut client = self.client(leader, &member)?;
         let resp = client
@@ -213,7 +218,11 @@ impl Peers {
     }
 
     /// A lease keep-alive answered by the leader's lessor.
-    pub async fn lease_keep_alive(&self, leader: u64, id: i64) -> Result<LeaseKeepAliveResponse, PeerError> {
+    pub async fn lease_keep_alive(
+        &self,
+        leader: u64,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, PeerError> {
         let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
         let mut client = self.client(leader, &member)?;
         let req = self.request(LeaseKeepAliveRequest { id }, self.forward_timeout);

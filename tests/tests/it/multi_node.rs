@@ -40,7 +40,13 @@ impl Plan {
     }
 
     /// Member `i`'s command line, as the seeds write it.
-    fn args(&self, i: usize, token: &str, client_port: u16, data_dir: &std::path::Path) -> Vec<String> {
+    fn args(
+        &self,
+        i: usize,
+        token: &str,
+        client_port: u16,
+        data_dir: &std::path::Path,
+    ) -> Vec<String> {
         let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
         let client = format!("http://127.0.0.1:{client_port}");
         vec![
@@ -119,9 +125,19 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
 
     // A write on a follower is forwarded to the leader; linearizable reads on every member
     // see it.
-    assert_eq!(ok(&members[follower], &["put", "greeting", "hello"]).await.trim(), "OK");
+    assert_eq!(
+        ok(&members[follower], &["put", "greeting", "hello"])
+            .await
+            .trim(),
+        "OK"
+    );
     for m in &members {
-        assert_eq!(ok(m, &["get", "greeting", "--print-value-only"]).await.trim(), "hello");
+        assert_eq!(
+            ok(m, &["get", "greeting", "--print-value-only"])
+                .await
+                .trim(),
+            "hello"
+        );
     }
     // A serializable read on a member is local; it catches up shortly.
     let mut client = members[(leader + 2) % 3].client().await.unwrap();
@@ -134,7 +150,10 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
         if resp.kvs().len() == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "serializable read never caught up");
+        assert!(
+            Instant::now() < deadline,
+            "serializable read never caught up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -146,7 +165,10 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
     let alive = ok(f, &["lease", "keep-alive", "--once", &id]).await;
     assert!(alive.contains("keepalived with TTL(60)"), "{alive}");
     let ttl = ok(f, &["lease", "timetolive", &id, "--keys"]).await;
-    assert!(ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"), "{ttl}");
+    assert!(
+        ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"),
+        "{ttl}"
+    );
     let list = ok(f, &["lease", "list"]).await;
     assert!(list.contains(&id), "{list}");
     ok(f, &["lease", "revoke", &id]).await;
@@ -178,7 +200,10 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let table = ok(&members[0], &["member", "list", "-w", "table"]).await;
-    assert!(table.contains("| started |") && table.contains("infra2"), "{table}");
+    assert!(
+        table.contains("| started |") && table.contains("infra2"),
+        "{table}"
+    );
     // `--cluster` finds the endpoints through the member list's client URLs.
     let v = crate::json(&members[0], &["endpoint", "status", "--cluster"]).await;
     let statuses = v.as_array().cloned().unwrap_or_default();
@@ -190,10 +215,16 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
     assert_eq!(leaders.len(), 1, "one leader for all: {v}");
     let is_leader = statuses
         .iter()
-        .filter(|s| Some(s["Status"]["header"]["member_id"].as_u64()) == Some(leaders.first().copied()))
+        .filter(|s| {
+            Some(s["Status"]["header"]["member_id"].as_u64()) == Some(leaders.first().copied())
+        })
         .count();
     assert_eq!(is_leader, 1, "{v}");
-    let table = ok(&members[0], &["endpoint", "status", "--cluster", "-w", "table"]).await;
+    let table = ok(
+        &members[0],
+        &["endpoint", "status", "--cluster", "-w", "table"],
+    )
+    .await;
     assert!(table.contains(&members[2].client_url()), "{table}");
 }
 
@@ -218,9 +249,17 @@ async fn killing_the_leader_elects_another_and_the_killed_member_catches_up() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("a put succeeded {:?} after kill -9 of the leader", killed_at.elapsed());
+    eprintln!(
+        "a put succeeded {:?} after kill -9 of the leader",
+        killed_at.elapsed()
+    );
     let others = (first + 2) % 3;
-    assert_eq!(ok(&members[others], &["get", "after", "--print-value-only"]).await.trim(), "2");
+    assert_eq!(
+        ok(&members[others], &["get", "after", "--print-value-only"])
+            .await
+            .trim(),
+        "2"
+    );
 
     // The killed member comes back on its data dir and catches up from the leader.
     members[first].restart().await.unwrap();
@@ -234,10 +273,18 @@ async fn killing_the_leader_elects_another_and_the_killed_member_catches_up() {
         if resp.kvs().first().map(|kv| kv.value()) == Some(&b"2"[..]) {
             break;
         }
-        assert!(Instant::now() < deadline, "the restarted member never caught up");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member never caught up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(ok(&members[first], &["get", "before", "--print-value-only"]).await.trim(), "1");
+    assert_eq!(
+        ok(&members[first], &["get", "before", "--print-value-only"])
+            .await
+            .trim(),
+        "1"
+    );
 }
 
 #[tokio::test]
@@ -255,9 +302,8 @@ async fn a_member_started_with_another_token_is_refused() {
     let stray_client = free_port().unwrap();
     let args = plan.args(2, "another-token", stray_client, &dir.path().join("data"));
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut stray = tokio::process::Command::from(
-        server_command(ServerKind::from_env(), &args).unwrap(),
-    );
+    let mut stray =
+        tokio::process::Command::from(server_command(ServerKind::from_env(), &args).unwrap());
     stray
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -267,18 +313,28 @@ async fn a_member_started_with_another_token_is_refused() {
     // The good members refuse the stray member's messages and log why; it never joins.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !(a.log() + &b.log()).contains("cluster ID mismatch") {
-        assert!(Instant::now() < deadline, "no cluster ID mismatch logged:\n{}", a.log_tail(3000));
+        assert!(
+            Instant::now() < deadline,
+            "no cluster ID mismatch logged:\n{}",
+            a.log_tail(3000)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let v = crate::json(&a, &["member", "list"]).await;
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
-    assert!(!v.to_string().contains(&format!("127.0.0.1:{stray_client}")), "{v}");
+    assert!(
+        !v.to_string().contains(&format!("127.0.0.1:{stray_client}")),
+        "{v}"
+    );
     // The stray member has no leader: a linearizable read fails there.
     let stray_url = format!("http://127.0.0.1:{stray_client}");
     let out = cairn_tests::etcdctl(&stray_url, &["get", "x", "--command-timeout=3s"], None)
         .await
         .unwrap();
-    assert!(out.success().is_err(), "the stray member served a linearizable read");
+    assert!(
+        out.success().is_err(),
+        "the stray member served a linearizable read"
+    );
     stray.kill().await.unwrap();
 }
 
@@ -354,10 +410,16 @@ async fn members_are_added_updated_promoted_and_removed_with_etcds_messages() {
     .await
     .unwrap();
     let learner = added.member().unwrap().clone();
-    assert!(learner.is_learner() && learner.name().is_empty(), "{learner:?}");
+    assert!(
+        learner.is_learner() && learner.name().is_empty(),
+        "{learner:?}"
+    );
     assert_eq!(client.member_list().await.unwrap().members().len(), 4);
     let table = ok(&members[1], &["member", "list", "-w", "table"]).await;
-    assert!(table.contains("unstarted") && table.contains(&idle), "{table}");
+    assert!(
+        table.contains("unstarted") && table.contains(&idle),
+        "{table}"
+    );
     assert_grpc_error(
         client.member_promote(learner.id()).await,
         Code::FailedPrecondition,
@@ -367,8 +429,8 @@ async fn members_are_added_updated_promoted_and_removed_with_etcds_messages() {
         let (mut c, id) = (client.clone(), learner.id());
         async move { c.member_remove(id).await }
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     assert_eq!(removed.members().len(), 3);
 
     // An update to the same URL is accepted; etcdctl prints etcd's line.
@@ -381,10 +443,18 @@ async fn members_are_added_updated_promoted_and_removed_with_etcds_messages() {
         .id();
     let out = ok(
         &members[0],
-        &["member", "update", &format!("{id2:x}"), &format!("--peer-urls={own}")],
+        &[
+            "member",
+            "update",
+            &format!("{id2:x}"),
+            &format!("--peer-urls={own}"),
+        ],
     )
     .await;
-    assert!(out.contains(&format!("Member {id2:16x} updated in cluster")), "{out}");
+    assert!(
+        out.contains(&format!("Member {id2:16x} updated in cluster")),
+        "{out}"
+    );
 
     // A voter added with etcdctl starts with the lines it printed and serves.
     let peer_port = free_port().unwrap();
@@ -404,7 +474,10 @@ async fn members_are_added_updated_promoted_and_removed_with_etcds_messages() {
         }
     };
     assert!(out.contains("added to cluster"), "{out}");
-    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
     let initial_cluster = out
         .lines()
         .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
@@ -430,14 +503,22 @@ async fn members_are_added_updated_promoted_and_removed_with_etcds_messages() {
     .await
     .unwrap();
     ok(&members[0], &["put", "joined", "yes"]).await;
-    assert_eq!(ok(&joined, &["get", "joined", "--print-value-only"]).await.trim(), "yes");
+    assert_eq!(
+        ok(&joined, &["get", "joined", "--print-value-only"])
+            .await
+            .trim(),
+        "yes"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let table = ok(&joined, &["member", "list", "-w", "table"]).await;
         if table.matches("| started |").count() == 4 {
             break;
         }
-        assert!(Instant::now() < deadline, "infra3 never listed as started: {table}");
+        assert!(
+            Instant::now() < deadline,
+            "infra3 never listed as started: {table}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let infra3 = client
@@ -449,8 +530,14 @@ async fn members_are_added_updated_promoted_and_removed_with_etcds_messages() {
         .find(|m| m.name() == "infra3")
         .unwrap()
         .id();
-    let out = members[0].ctl(&["member", "remove", &format!("{infra3:x}")]).await.unwrap();
+    let out = members[0]
+        .ctl(&["member", "remove", &format!("{infra3:x}")])
+        .await
+        .unwrap();
     let out = out.success().unwrap();
-    assert!(out.contains(&format!("Member {infra3:16x} removed from cluster")), "{out}");
+    assert!(
+        out.contains(&format!("Member {infra3:16x} removed from cluster")),
+        "{out}"
+    );
     assert_eq!(client.member_list().await.unwrap().members().len(), 3);
 }
