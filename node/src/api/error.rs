@@ -50,7 +50,7 @@ mod tests {
     use super::*;
     use crate::lease::LeaseError;
     use crate::mvcc::MvccError;
-    use crate::raft::RaftError;
+    use crate::raft::{MemberError, RaftError};
 
     #[test]
     fn etcd_strings_and_codes() {
@@ -74,6 +74,41 @@ mod tests {
                 Error::RequestTooLarge,
                 Code::InvalidArgument,
                 "etcdserver: request is too large",
+            ),
+            (
+                RaftError::Member(MemberError::NotFound).into(),
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                RaftError::Member(MemberError::PeerUrlsExist).into(),
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                RaftError::Member(MemberError::IdExists).into(),
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                Error::BadMemberUrls,
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            (
+                RaftError::Member(MemberError::NotLearner).into(),
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                RaftError::Member(MemberError::LearnerNotReady).into(),
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                Error::ClusterIdMismatch,
+                Code::FailedPrecondition,
+                "cluster ID mismatch",
             ),
             (
                 MvccError::Compacted.into(),

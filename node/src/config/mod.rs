@@ -20,10 +20,9 @@
 //!   (etcd silently ignores them); so are unknown flags.
 //! - Durations in the YAML file may be Go duration strings (`5s`) as well as the integer
 //!   nanoseconds etcd reads there; booleans may be any form Go's `strconv.ParseBool` takes.
-//! - Features cairn does not implement yet (TLS, https URLs, multi-member
-//!   `initial-cluster`, `initial-cluster-state=existing`, `force-new-cluster`, `wal-dir`,
-//!   discovery, lease checkpoints, the v2 proxy, a Host header whitelist) are refused rather
-//!   than ignored.
+//! - Features cairn does not implement yet (TLS, https URLs, `force-new-cluster`,
+//!   `wal-dir`, discovery, lease checkpoints, the v2 proxy, a Host header whitelist) are
+//!   refused rather than ignored.
 //! - `initial-cluster` URLs are compared to `initial-advertise-peer-urls` as written; etcd
 //!   also resolves host names.
 

@@ -64,7 +64,8 @@ openraft::declare_raft_types!(
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// What a snapshot carries. Empty for now: a snapshot is the local MVCC state made durable,
-/// which is all a single voter needs; sending one to a follower is multi-node work.
+/// which is all a member needs while logs are not purged in clusters; sending one to a
+/// follower is not supported yet.
 type SnapshotData = Vec<u8>;
 
 /// How long [`RaftNode::start`] waits for leadership, in election timeouts.
