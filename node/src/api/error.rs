@@ -17,7 +17,7 @@ pub fn code(e: &Error) -> Code {
         NoSpace => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
         NotLeader | LeaseExists | ClusterIdMismatch | MemberIdExists | PeerUrlsExist
-        | NotLearner | LearnerNotReady => Code::FailedPrecondition,
+        | NotLearner | LearnerNotReady | BadLeaderTransferee => Code::FailedPrecondition,
         BadMemberUrls => Code::InvalidArgument,
         NoLeader | Timeout | Stopped => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,

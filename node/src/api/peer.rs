@@ -68,6 +68,19 @@ impl RaftPeer for PeerService {
         Ok(Response::new(RaftMessage { data }))
     }
 
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&req)?;
+        let data = self
+            .0
+            .peer_transfer_leader(&req.into_inner().data)
+            .await
+            .map_err(peer_status)?;
+        Ok(Response::new(RaftMessage { data }))
+    }
+
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.admit(&req)?;
         let data = self

@@ -9,7 +9,7 @@ use super::{until_deadline, Core, Error, Operation};
 use crate::proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse,
+    MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse,
 };
 use crate::raft::MemberChange;
 
@@ -118,6 +118,26 @@ impl Core {
             Ok(MemberPromoteResponse {
                 header: self.current_header(),
                 members,
+            })
+        })
+        .await
+    }
+}
+
+impl Core {
+    /// etcd's MoveLeader: only the leader moves leadership, to a voter.
+    pub async fn move_leader(
+        &self,
+        ctx: &RequestContext,
+        req: MoveLeaderRequest,
+    ) -> Result<MoveLeaderResponse, Error> {
+        until_deadline(ctx, async {
+            self.authorize(ctx, Operation::Admin("MoveLeader")).await?;
+            if !self.raft.move_leader(req.target_id).await? {
+                return Err(Error::BadLeaderTransferee);
+            }
+            Ok(MoveLeaderResponse {
+                header: self.current_header(),
             })
         })
         .await

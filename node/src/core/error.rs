@@ -85,6 +85,8 @@ pub enum Error {
     NotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     /// A peer call from a member of another cluster (etcd's rafthttp wording).
     #[error("cluster ID mismatch")]
     ClusterIdMismatch,

@@ -183,6 +183,11 @@ impl Core {
         Ok(self.raft.peer_cluster(self.cluster_id)?)
     }
 
+    /// Leadership handed over by the leader (openraft's encoding in and out).
+    pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(self.raft.peer_transfer_leader(data).await?)
+    }
+
     /// A raft vote request (openraft's encoding in and out).
     pub async fn peer_vote(&self, data: &[u8]) -> Result<Vec<u8>, Error> {
         Ok(self.raft.peer_vote(data).await?)

@@ -97,7 +97,7 @@ impl Core {
         Ok(self.mvcc.snapshot_source()?)
     }
 
-    /// MoveLeader and Downgrade, by RPC name.
+    /// Downgrade, by RPC name.
     pub async fn unsupported_admin<T>(
         &self,
         ctx: &RequestContext,

@@ -338,8 +338,52 @@ impl RaftNode {
     }
 
     async fn set_member_info(&self, id: u64, info: MemberInfo) -> Result<(), RaftError> {
+        // SetNodes would add an unknown id: a removed member must not come back this way.
+        if !self.members().iter().any(|(m, _)| *m == id) {
+            return Err(MemberError::NotFound.into());
+        }
         let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, info)]));
         Box::pin(self.apply_change(change)).await
+    }
+
+    /// Receives leadership from the leader (etcd's MoveLeader), in openraft's encoding.
+    pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, RaftError> {
+        let req = decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(stopped_or_fatal)?;
+        encode(&resp).map_err(fatal)
+    }
+
+    /// etcd's MoveLeader, on the leader: hands leadership to the voter `to` and waits until
+    /// it leads. `Ok(false)`: `to` is not a voter.
+    pub async fn move_leader(&self, to: u64) -> Result<bool, RaftError> {
+        let status = self.status();
+        if !status.is_leader {
+            return Err(status
+                .leader
+                .map_or(RaftError::NoLeader, RaftError::NotLeader));
+        }
+        let is_voter = self.raft.voter_ids().any(|id| id == to);
+        if !is_voter {
+            return Ok(false);
+        }
+        if status.leader == Some(to) {
+            return Ok(true);
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(stopped_or_fatal)?;
+        self.raft
+            .wait(Some(self.request_timeout))
+            .current_leader(to, "move leader")
+            .await
+            .map(|_| true)
+            .map_err(|_| RaftError::Timeout)
     }
 
     /// Receives a vote request from a candidate, in openraft's encoding.
@@ -473,19 +517,18 @@ impl RaftNode {
 /// How often a member looks whether the membership holds its current attributes.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
-/// etcd's "publish": until the membership holds this member's attributes (its client URLs
-/// are known only to itself at bootstrap), asks the leader to record them. Ends when done
-/// or when the node is gone.
+/// etcd's "publish": whenever the membership holds this member with other attributes than
+/// its own (its client URLs are known only to itself at bootstrap, and a concurrent change
+/// may replace a record), asks the leader to record them. A member not in the membership
+/// (removed, or not added yet) publishes nothing. Ends when the node is gone.
 async fn publish(node: std::sync::Weak<RaftNode>, id: u64, me: MemberInfo) {
     loop {
         tokio::time::sleep(PUBLISH_RETRY).await;
         let Some(node) = node.upgrade() else { return };
-        if node
-            .members()
-            .iter()
-            .any(|(m, info)| *m == id && *info == me)
-        {
-            return;
+        let members = node.members();
+        match members.iter().find(|(m, _)| *m == id) {
+            Some((_, info)) if *info != me => {}
+            _ => continue,
         }
         let result = match node.status().leader {
             None => continue,

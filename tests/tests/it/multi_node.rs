@@ -157,6 +157,57 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A watch on a follower sees every revision written through the leader, in order.
+    let mut watcher = members[follower].client().await.unwrap();
+    let mut stream = watcher
+        .watch("w/", Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut writer = members[leader].client().await.unwrap();
+    let mut written = Vec::new();
+    for i in 0..20 {
+        written.push(crate::rev!(writer
+            .put(format!("w/{i}"), "x", None)
+            .await
+            .unwrap()));
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < written.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let resp = tokio::time::timeout(left, stream.message())
+            .await
+            .expect("watch events on the follower in time")
+            .unwrap()
+            .unwrap();
+        seen.extend(
+            resp.events()
+                .iter()
+                .filter_map(|e| e.kv())
+                .map(|kv| kv.mod_revision()),
+        );
+    }
+    assert_eq!(seen, written);
+
+    // The raft and peer metrics are etcd's, on a follower too.
+    let (_, text) = members[follower].http_get("/metrics").await.unwrap();
+    let samples = cairn_tests::parse_metrics(&text);
+    let value = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
+    assert_eq!(value("etcd_server_has_leader"), Some(1.0));
+    assert_eq!(value("etcd_server_is_leader"), Some(0.0));
+    // (etcd measures the round-trip time with a prober every 30 s, so it is not asked here.)
+    for name in [
+        "etcd_network_peer_sent_bytes_total",
+        "etcd_network_peer_received_bytes_total",
+    ] {
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.name == name && s.labels.len() == 1),
+            "{name} missing"
+        );
+    }
+
     // Lease calls on a follower reach the leader's lessor, as etcd forwards them.
     let f = &members[follower];
     let granted = ok(f, &["lease", "grant", "60"]).await;
@@ -176,7 +227,7 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
 
     // Every member lists the three members with their names, peer and client URLs, and
     // every member reports the same leader.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = crate::json(&members[follower], &["member", "list"]).await;
         let list = v["members"].as_array().cloned().unwrap_or_default();
@@ -226,6 +277,32 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
     )
     .await;
     assert!(table.contains(&members[2].client_url()), "{table}");
+
+    // MoveLeader: etcdctl finds the leader among the endpoints and hands leadership over.
+    let mut on_leader = members[leader].client().await.unwrap();
+    assert_grpc_error(
+        on_leader.move_leader(0x1234).await,
+        Code::FailedPrecondition,
+        "etcdserver: bad leader transferee",
+    );
+    let target = status(&members[follower]).await.unwrap().0;
+    let endpoints = members
+        .iter()
+        .map(|m| m.client_url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = ok(
+        &members[0],
+        &[
+            "--endpoints",
+            &endpoints,
+            "move-leader",
+            &format!("{target:x}"),
+        ],
+    )
+    .await;
+    assert!(out.contains("Leadership transferred from"), "{out}");
+    assert_eq!(self::leader(&members).await, follower);
 }
 
 #[tokio::test]
