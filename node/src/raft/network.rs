@@ -499,3 +499,60 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{ResponseHeader, TxnResponse};
+
+    /// A forwarded proposal answers the follower's client exactly as the leader's apply
+    /// answered: results and deterministic refusals survive the trip.
+    #[test]
+    fn apply_results_survive_forwarding() {
+        let trip = |r: Result<Applied, RaftError>| {
+            let wire = encode_outcome(r).expect("encodable");
+            decode_outcome(
+                1,
+                ProposeResponse::decode(wire.encode_to_vec().as_slice()).expect("decode"),
+            )
+            .expect("well formed")
+        };
+        let txn = TxnResponse {
+            header: Some(ResponseHeader {
+                revision: 7,
+                ..Default::default()
+            }),
+            succeeded: true,
+            ..Default::default()
+        };
+        match trip(Ok(Applied::Txn(txn.clone(), Vec::new()))) {
+            Ok(Applied::Txn(back, _)) => assert_eq!(back, txn),
+            _ => panic!("txn result changed"),
+        }
+        assert!(matches!(
+            trip(Err(RaftError::Apply(MvccError::Compacted))),
+            Err(RaftError::Apply(MvccError::Compacted))
+        ));
+        assert!(matches!(
+            trip(Err(RaftError::Apply(MvccError::InvalidKey(40_000)))),
+            Err(RaftError::Apply(MvccError::InvalidKey(40_000)))
+        ));
+        assert!(matches!(
+            trip(Err(RaftError::Lease(LeaseError::Exists))),
+            Err(RaftError::Lease(LeaseError::Exists))
+        ));
+        // Anything else is not an apply result: it travels as the call's status.
+        assert!(encode_outcome(Err(RaftError::Timeout)).is_err());
+    }
+
+    #[test]
+    fn only_calls_that_never_arrived_are_retried() {
+        let status = |code, msg: &str| PeerError::Status(1, tonic::Status::new(code, msg));
+        assert!(status(tonic::Code::Aborted, "etcdserver: not leader").unsent());
+        assert!(PeerError::NoAddress(1).unsent());
+        // A status the leader sent (no local transport error) may follow a proposal.
+        assert!(!status(tonic::Code::Unavailable, "etcdserver: request timed out").unsent());
+        assert!(!status(tonic::Code::DeadlineExceeded, "timeout").unsent());
+        assert!(!PeerError::Refused(1, CLUSTER_ID_MISMATCH.into()).unsent());
+    }
+}
