@@ -183,6 +183,9 @@ async fn until_deadline<T>(
 ) -> Result<T, Error> {
     match ctx.deadline {
         None => op.await,
+        // Expired already: refuse before starting. (A timer set in the past fires on the
+        // timer's next tick, and a fast write could finish before it.)
+        Some(deadline) if deadline <= std::time::Instant::now() => Err(Error::DeadlineExceeded),
         Some(deadline) => tokio::time::timeout_at(deadline.into(), op)
             .await
             .map_err(|_| Error::DeadlineExceeded)?,
