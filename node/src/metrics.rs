@@ -50,6 +50,10 @@ pub struct Metrics {
     pub watchers: IntGauge,
     pub slow_watchers: IntGauge,
     pub watch_streams: IntGauge,
+    pub peer_round_trip: HistogramVec,
+    pub peer_sent_bytes: IntCounterVec,
+    pub peer_received_bytes: IntCounterVec,
+    pub peer_sent_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -101,6 +105,15 @@ impl Metrics {
             watchers: reg.gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.")?,
             slow_watchers: reg.gauge("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.")?,
             watch_streams: reg.gauge("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.")?,
+            peer_round_trip: reg.histogram_vec(
+                "etcd_network_peer_round_trip_time_seconds",
+                "Round-Trip-Time histogram between peers",
+                &["To"],
+                prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
+            )?,
+            peer_sent_bytes: reg.counter_vec("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", &["To"])?,
+            peer_received_bytes: reg.counter_vec("etcd_network_peer_received_bytes_total", "The total number of bytes received from peers.", &["From"])?,
+            peer_sent_failures: reg.counter_vec("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", &["To"])?,
             registry,
         })
     }

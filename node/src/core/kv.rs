@@ -223,7 +223,7 @@ impl Core {
     /// Waits for a ReadIndex barrier, unless the read may be served from local state.
     pub(super) async fn read_barrier(&self, serializable: bool) -> Result<(), Error> {
         if !serializable {
-            self.raft.read_barrier().await?;
+            self.linearizable_barrier().await?;
         }
         Ok(())
     }

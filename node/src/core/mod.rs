@@ -22,6 +22,7 @@ mod concurrency;
 mod context;
 mod election;
 mod error;
+mod forward;
 pub mod hooks;
 mod kv;
 mod lease;
@@ -164,7 +165,7 @@ impl Core {
     /// Proposes `cmd` and waits until it is applied; `pick` takes the result kind the
     /// command produces (anything else is a bug, reported as an internal error).
     async fn propose<T>(&self, cmd: Cmd, pick: fn(Applied) -> Option<T>) -> Result<T, Error> {
-        let applied = self.raft.propose(Command { cmd: Some(cmd) }).await?;
+        let applied = self.propose_anywhere(Command { cmd: Some(cmd) }).await?;
         pick(applied).ok_or_else(|| Error::internal("apply answered with another result kind"))
     }
 
@@ -184,6 +185,9 @@ async fn until_deadline<T>(
 ) -> Result<T, Error> {
     match ctx.deadline {
         None => op.await,
+        // Expired already: refuse before starting. (A timer set in the past fires on the
+        // timer's next tick, and a fast write could finish before it.)
+        Some(deadline) if deadline <= std::time::Instant::now() => Err(Error::DeadlineExceeded),
         Some(deadline) => tokio::time::timeout_at(deadline.into(), op)
             .await
             .map_err(|_| Error::DeadlineExceeded)?,

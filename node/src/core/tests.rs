@@ -85,6 +85,9 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
     let settings = RaftSettings {
         node_id: 1,
         member: MemberInfo::default(),
+        initial_peers: Default::default(),
+        join_existing: false,
+        cluster_id: 7,
         heartbeat: Duration::from_millis(50),
         election_timeout: Duration::from_millis(300),
         snapshot_count: 0,

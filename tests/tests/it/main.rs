@@ -20,6 +20,7 @@ mod lease_ctl;
 mod lock_api;
 mod lock_elect;
 mod maintenance;
+mod multi_node;
 mod watch_ctl;
 mod watch_guarantees;
 
