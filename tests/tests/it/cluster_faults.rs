@@ -81,10 +81,6 @@ fn follower(cluster: &Cluster, leader: NodeId) -> NodeId {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(
-    not(against_etcd),
-    ignore = "multi-node clusters arrive with issue 11's server side"
-)]
 async fn linearizable_while_members_are_killed_and_restarted() {
     let mut kill_leader = true;
     scenario(3, async |cluster: &mut Cluster| {
@@ -106,10 +102,6 @@ async fn linearizable_while_members_are_killed_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(
-    not(against_etcd),
-    ignore = "multi-node clusters arrive with issue 11's server side"
-)]
 async fn linearizable_while_the_leader_is_frozen() {
     scenario(3, async |cluster: &mut Cluster| {
         let leader = cluster.leader().await?;
@@ -125,10 +117,6 @@ async fn linearizable_while_the_leader_is_frozen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(
-    not(against_etcd),
-    ignore = "multi-node clusters arrive with issue 11's server side"
-)]
 async fn linearizable_with_a_follower_partitioned_away() {
     scenario(3, async |cluster: &mut Cluster| {
         let leader = cluster.leader().await?;
@@ -147,10 +135,6 @@ async fn linearizable_with_a_follower_partitioned_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(
-    not(against_etcd),
-    ignore = "multi-node clusters arrive with issue 11's server side"
-)]
 async fn linearizable_with_the_leader_partitioned_away() {
     scenario(3, async |cluster: &mut Cluster| {
         let old = cluster.leader().await?;
@@ -174,10 +158,6 @@ async fn linearizable_with_the_leader_partitioned_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(
-    not(against_etcd),
-    ignore = "multi-node clusters arrive with issue 11's server side"
-)]
 async fn five_members_survive_a_partition_and_a_kill() {
     scenario(5, async |cluster: &mut Cluster| {
         let leader = cluster.leader().await?;
@@ -199,10 +179,6 @@ async fn five_members_survive_a_partition_and_a_kill() {
 /// The harness must see what it exists to see: a member cut off from the others still
 /// answers serializable reads from its own stale store, and the checker rejects the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(against_etcd),
-    ignore = "multi-node clusters arrive with issue 11's server side"
-)]
 async fn checker_rejects_stale_reads_from_an_isolated_member() {
     let cluster = Cluster::start(3).await.expect("cluster starts");
     let leader = cluster.leader().await.unwrap();
