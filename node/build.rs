@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
         "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
         "proto/cairn/raftcmd.proto",
+        "proto/cairn/peer.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

@@ -16,33 +16,53 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Reads the stored identity, or computes and stores it on first start.
+    /// Reads the stored identity, or computes and stores it on first start: this member's
+    /// ID from its peer URLs, the cluster's from the IDs of every initial member
+    /// (`initial_members`, which includes this one).
     pub fn load_or_init(
         store: &Store,
         peer_urls: &[String],
         token: &str,
+        initial_members: &[u64],
     ) -> Result<Identity, StorageError> {
-        let meta = store.keyspace("meta")?;
-        if let (Some(member_id), Some(cluster_id)) = (
-            read_u64(&meta, "member_id")?,
-            read_u64(&meta, "cluster_id")?,
-        ) {
-            return Ok(Identity {
-                member_id,
-                cluster_id,
-            });
+        if let Some(id) = Identity::load(store)? {
+            return Ok(id);
         }
         let member_id = member_id(peer_urls, token);
         let id = Identity {
             member_id,
-            cluster_id: cluster_id(&[member_id]),
+            cluster_id: cluster_id(initial_members),
         };
-        let mut batch = store.batch();
-        batch.insert(&meta, "member_id", id.member_id.to_be_bytes());
-        batch.insert(&meta, "cluster_id", id.cluster_id.to_be_bytes());
-        batch.commit()?;
-        store.sync()?;
+        id.save(store)?;
         Ok(id)
+    }
+
+    /// The stored identity, if this data dir has one.
+    pub fn load(store: &Store) -> Result<Option<Identity>, StorageError> {
+        let meta = store.keyspace("meta")?;
+        Ok(
+            match (
+                read_u64(&meta, "member_id")?,
+                read_u64(&meta, "cluster_id")?,
+            ) {
+                (Some(member_id), Some(cluster_id)) => Some(Identity {
+                    member_id,
+                    cluster_id,
+                }),
+                _ => None,
+            },
+        )
+    }
+
+    /// Stores the identity durably (a member joining an existing cluster learns it from
+    /// its peers).
+    pub fn save(&self, store: &Store) -> Result<(), StorageError> {
+        let meta = store.keyspace("meta")?;
+        let mut batch = store.batch();
+        batch.insert(&meta, "member_id", self.member_id.to_be_bytes());
+        batch.insert(&meta, "cluster_id", self.cluster_id.to_be_bytes());
+        batch.commit()?;
+        store.sync()
     }
 }
 
@@ -94,17 +114,36 @@ mod tests {
     }
 
     #[test]
+    fn three_member_ids_match_etcd() {
+        // etcd 3.5.1 started as `--name infra1 --initial-advertise-peer-urls
+        // http://127.0.0.1:12380 --initial-cluster-token etcd-cluster-1` (etcd's Procfile)
+        // and its two peers on 22380 and 32380.
+        let token = "etcd-cluster-1";
+        let ids: Vec<u64> = [12380, 22380, 32380]
+            .iter()
+            .map(|p| member_id(&[format!("http://127.0.0.1:{p}")], token))
+            .collect();
+        let names: Vec<String> = ids.iter().map(|id| format!("{id:x}")).collect();
+        assert_eq!(
+            names,
+            ["8211f1d0f64f3269", "91bc3c398fb3c146", "fd422379fda50e48"]
+        );
+        assert_eq!(format!("{:x}", cluster_id(&ids)), "ef37ad9dc622a7c4");
+    }
+
+    #[test]
     fn identity_is_stable_across_restarts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let urls = vec!["http://localhost:2380".to_string()];
         let first = {
             let store = Store::open(dir.path()).expect("open");
-            Identity::load_or_init(&store, &urls, "etcd-cluster").expect("init")
+            let id = member_id(&urls, "etcd-cluster");
+            Identity::load_or_init(&store, &urls, "etcd-cluster", &[id]).expect("init")
         };
         let store = Store::open(dir.path()).expect("reopen");
         let other = vec!["http://10.0.0.1:2380".to_string()];
         assert_eq!(
-            Identity::load_or_init(&store, &other, "x").expect("load"),
+            Identity::load_or_init(&store, &other, "x", &[1, 2]).expect("load"),
             first
         );
     }

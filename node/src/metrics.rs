@@ -50,6 +50,10 @@ pub struct Metrics {
     pub watchers: IntGauge,
     pub slow_watchers: IntGauge,
     pub watch_streams: IntGauge,
+    pub peer_round_trip: HistogramVec,
+    pub peer_sent_bytes: IntCounterVec,
+    pub peer_received_bytes: IntCounterVec,
+    pub peer_sent_failures: IntCounterVec,
     // Plugins (issue 12): calls by result, latency, failures by kind, loaded versions.
     pub plugin_calls: IntCounterVec,
     pub plugin_call_seconds: HistogramVec,
@@ -107,6 +111,15 @@ impl Metrics {
             watchers: reg.gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.")?,
             slow_watchers: reg.gauge("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.")?,
             watch_streams: reg.gauge("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.")?,
+            peer_round_trip: reg.histogram_vec(
+                "etcd_network_peer_round_trip_time_seconds",
+                "Round-Trip-Time histogram between peers",
+                &["To"],
+                prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
+            )?,
+            peer_sent_bytes: reg.counter_vec("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", &["To"])?,
+            peer_received_bytes: reg.counter_vec("etcd_network_peer_received_bytes_total", "The total number of bytes received from peers.", &["From"])?,
+            peer_sent_failures: reg.counter_vec("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", &["To"])?,
             plugin_calls: reg.counter_vec("cairn_plugin_calls_total", "Plugin calls by plugin, hook and result (allow, deny, rewrite, failure).", &["plugin", "hook", "result"])?,
             // An admission check should take microseconds: buckets from 1 us to ~16 ms.
             plugin_call_seconds: reg.histogram_vec("cairn_plugin_call_duration_seconds", "The latency of plugin calls, instantiation included.", &["plugin", "hook"], prometheus::exponential_buckets(0.000_001, 2.0, 15).unwrap_or_default())?,

@@ -3,6 +3,7 @@
 //! graceful shutdown) so the process exits non-zero. Nothing here decides behaviour; it
 //! connects the modules that do.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use url::Url;
 
 use crate::api;
-use crate::config::{Config, ListenerOptions, MetricsLevel};
+use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
 use crate::identity::Identity;
 use crate::lease::{LeaseError, Lessor, LessorConfig};
@@ -42,6 +43,8 @@ pub enum ServerError {
     },
     #[error("serving {0}: {1}")]
     Serve(SocketAddr, std::io::Error),
+    #[error("joining the existing cluster: {0}")]
+    Join(String),
     /// A configured plugin could not be loaded (issue 12); the message names it.
     #[error(transparent)]
     Plugins(#[from] crate::plugins::PluginError),
@@ -60,7 +63,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     let store = Arc::new(Store::open_with(&cfg.data_dir, &options)?);
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
-    let id = Identity::load_or_init(&store, &peer_urls, &cfg.initial_cluster_token)?;
+    let (id, mut initial_peers, join_existing) = identity(&cfg, &store, &peer_urls).await?;
+    initial_peers.remove(&id.member_id);
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
     let lessor = Arc::new(Lessor::open(
         &store,
@@ -83,6 +87,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         RaftSettings {
             node_id: id.member_id,
             member,
+            initial_peers,
+            join_existing,
+            cluster_id: id.cluster_id,
             heartbeat: cfg.heartbeat_interval,
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
@@ -100,7 +107,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     if let Some(plugins) =
         crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))?
     {
-        hooks.admission = Box::new(crate::plugins::PluginAdmission::new(plugins));
+        hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(plugins)));
     }
     let core = Core::new(Parts {
         raft: raft.clone(),
@@ -139,6 +146,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             servers.spawn(serve(listener, client_router.clone(), options));
         }
     }
+    for url in &cfg.listen_peer_urls {
+        let listener = bind("--listen-peer-urls", url, options).await?;
+        servers.spawn(serve(listener, api::peer::router(core.clone()), options));
+    }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url, options).await?;
         servers.spawn(serve(listener, api::metrics_router(core.clone()), options));
@@ -170,6 +181,86 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 fn read_pool() -> Result<ReadPool, ServerError> {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     ReadPool::start(cpus, 4 * cpus).map_err(ServerError::ReadPool)
+}
+
+/// Who this member is and whom it starts with: the stored identity on a restart; on a
+/// first start with `--initial-cluster-state new` the IDs etcd derives from
+/// `--initial-cluster`; with `existing`, the cluster ID and member ID the running members
+/// know (the member must have been added with `etcdctl member add` first). The flag says
+/// whether to wait for the leader instead of initializing a cluster.
+async fn identity(
+    cfg: &Config,
+    store: &Store,
+    peer_urls: &[String],
+) -> Result<(Identity, BTreeMap<u64, MemberInfo>, bool), ServerError> {
+    let initial = initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+    if let Some(id) = Identity::load(store)? {
+        return Ok((
+            id,
+            initial,
+            cfg.initial_cluster_state == ClusterState::Existing,
+        ));
+    }
+    if cfg.initial_cluster_state == ClusterState::New {
+        let ids: Vec<u64> = initial.keys().copied().collect();
+        let id = Identity::load_or_init(store, peer_urls, &cfg.initial_cluster_token, &ids)?;
+        return Ok((id, initial, false));
+    }
+    let others: Vec<String> = initial
+        .values()
+        .filter(|m| m.peer_urls != peer_urls)
+        .flat_map(|m| m.peer_urls.clone())
+        .collect();
+    let (cluster_id, members) = crate::raft::network::fetch_cluster(&others, JOIN_TIMEOUT)
+        .await
+        .map_err(|e| ServerError::Join(e.to_string()))?;
+    let mut mine = peer_urls.to_vec();
+    mine.sort();
+    let member_id = members
+        .iter()
+        .find(|(_, m)| {
+            let mut urls = m.peer_urls.clone();
+            urls.sort();
+            urls == mine
+        })
+        .map(|(id, _)| *id)
+        .ok_or_else(|| {
+            ServerError::Join(format!(
+                "no member of cluster {cluster_id:x} has the peer URLs {}; add this member with `etcdctl member add` first",
+                peer_urls.join(",")
+            ))
+        })?;
+    let id = Identity {
+        member_id,
+        cluster_id,
+    };
+    id.save(store)?;
+    Ok((id, members.into_iter().collect(), true))
+}
+
+/// How long a joining member waits for a peer's member list.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The members of `--initial-cluster` by member ID (etcd's algorithm, see `identity`), a
+/// name's URLs grouped as etcd groups them.
+fn initial_members(cluster: &[(String, Url)], token: &str) -> BTreeMap<u64, MemberInfo> {
+    let mut by_name: BTreeMap<&str, Vec<Url>> = BTreeMap::new();
+    for (name, url) in cluster {
+        by_name.entry(name).or_default().push(url.clone());
+    }
+    by_name
+        .into_iter()
+        .map(|(name, urls)| {
+            let peer_urls = url_strings(&urls);
+            let id = crate::identity::member_id(&peer_urls, token);
+            let member = MemberInfo {
+                name: name.to_string(),
+                peer_urls,
+                client_urls: Vec::new(),
+            };
+            (id, member)
+        })
+        .collect()
 }
 
 /// etcd writes URLs as `scheme://host:port`, without the trailing slash `Url` adds; member

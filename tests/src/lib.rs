@@ -24,6 +24,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{Client, ConnectOptions};
 
+pub mod cluster;
+pub mod history;
+pub mod linearizability;
+pub mod proxy;
+pub mod workload;
+
 /// How long a server may take to start serving before a test gives up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -448,10 +454,21 @@ impl Server {
     /// Starts a server whose whole command line `args` writes (it may also write a config
     /// file into `layout.dir`), for tests of how real configurations are given.
     pub async fn start_custom(args: impl FnOnce(&Layout) -> Result<Vec<String>>) -> Result<Server> {
+        let mut server = Server::spawn_custom("node1", args)?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Like [`Server::start_custom`] for member `name`, but returns as soon as the process
+    /// runs: a cluster member cannot serve until a quorum of its peers has started too.
+    pub fn spawn_custom(
+        name: &str,
+        args: impl FnOnce(&Layout) -> Result<Vec<String>>,
+    ) -> Result<Server> {
         let kind = ServerKind::from_env();
         let dir = tempfile::Builder::new().prefix("cairn-it-").tempdir()?;
         let layout = Layout {
-            name: "node1".to_string(),
+            name: name.to_string(),
             client_port: free_port()?,
             peer_port: free_port()?,
             data_dir: dir.path().join("data"),
@@ -477,7 +494,6 @@ impl Server {
             _dir: dir,
         };
         server.spawn()?;
-        server.wait_ready().await?;
         Ok(server)
     }
 
@@ -652,9 +668,20 @@ impl Server {
 
     /// Starts the server again with the same flags and data directory.
     pub async fn restart(&mut self) -> Result<()> {
-        self.kill9()?;
-        self.spawn()?;
+        self.relaunch()?;
         self.wait_ready().await
+    }
+
+    /// `kill -9` (if running) and start again on the same data directory, without waiting
+    /// until it serves.
+    pub fn relaunch(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
+    }
+
+    /// The process id while the process runs (e.g. to SIGSTOP it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// How the process ended, if it has exited by itself; `None` while it runs (or after

@@ -21,39 +21,36 @@ const fn method(name: &'static str) -> Method {
 
 pub struct ClusterService(pub Arc<Core>);
 
-/// A reconfiguration RPC, which the core refuses for now.
-async fn member_change<Req, Resp>(
-    core: &Core,
-    name: &'static str,
-    req: Request<Req>,
-) -> Result<Response<Resp>, Status> {
-    unary(method(name), req, |ctx, _| async move {
-        core.member_change(&ctx, name).await
-    })
-    .await
-}
-
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        member_change(&self.0, "MemberAdd", req).await
+        unary(method("MemberAdd"), req, |ctx, r| async move {
+            self.0.member_add(&ctx, r).await
+        })
+        .await
     }
 
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        member_change(&self.0, "MemberRemove", req).await
+        unary(method("MemberRemove"), req, |ctx, r| async move {
+            self.0.member_remove(&ctx, r).await
+        })
+        .await
     }
 
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        member_change(&self.0, "MemberUpdate", req).await
+        unary(method("MemberUpdate"), req, |ctx, r| async move {
+            self.0.member_update(&ctx, r).await
+        })
+        .await
     }
 
     async fn member_list(
@@ -70,6 +67,9 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        member_change(&self.0, "MemberPromote", req).await
+        unary(method("MemberPromote"), req, |ctx, r| async move {
+            self.0.member_promote(&ctx, r).await
+        })
+        .await
     }
 }

@@ -15,8 +15,12 @@ pub fn code(e: &Error) -> Code {
         }
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
-        LeaseNotFound => Code::NotFound,
-        NotLeader | LeaseExists | Refused(_) => Code::FailedPrecondition,
+        LeaseNotFound | MemberNotFound => Code::NotFound,
+        NotLeader | LeaseExists | Refused(_) | ClusterIdMismatch | MemberIdExists
+        | PeerUrlsExist | NotLearner | LearnerNotReady | BadLeaderTransferee => {
+            Code::FailedPrecondition
+        }
+        BadMemberUrls => Code::InvalidArgument,
         NoLeader | Timeout | Stopped => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,
@@ -24,6 +28,16 @@ pub fn code(e: &Error) -> Code {
         NotSupported(_) => Code::Unimplemented,
         Concurrency(_) => Code::Unknown,
         Internal => Code::Internal,
+    }
+}
+
+/// The status a peer call answers `e` with: as a client call, except that "no leader" and
+/// "not leader" are ABORTED, which tells the calling member its request was not taken and
+/// may be made again once a leader is known (see `raft::network::PeerError::unsent`).
+pub fn peer_status(e: Error) -> Status {
+    match e {
+        Error::NoLeader | Error::NotLeader => Status::new(Code::Aborted, e.to_string()),
+        other => other.into(),
     }
 }
 
@@ -38,7 +52,7 @@ mod tests {
     use super::*;
     use crate::lease::LeaseError;
     use crate::mvcc::MvccError;
-    use crate::raft::RaftError;
+    use crate::raft::{MemberError, RaftError};
 
     #[test]
     fn etcd_strings_and_codes() {
@@ -62,6 +76,41 @@ mod tests {
                 Error::RequestTooLarge,
                 Code::InvalidArgument,
                 "etcdserver: request is too large",
+            ),
+            (
+                RaftError::Member(MemberError::NotFound).into(),
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                RaftError::Member(MemberError::PeerUrlsExist).into(),
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                RaftError::Member(MemberError::IdExists).into(),
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                Error::BadMemberUrls,
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            (
+                RaftError::Member(MemberError::NotLearner).into(),
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                RaftError::Member(MemberError::LearnerNotReady).into(),
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                Error::ClusterIdMismatch,
+                Code::FailedPrecondition,
+                "cluster ID mismatch",
             ),
             (
                 MvccError::Compacted.into(),

@@ -124,8 +124,8 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        unary(method("MoveLeader"), req, |ctx, _| async move {
-            self.0.unsupported_admin(&ctx, "MoveLeader").await
+        unary(method("MoveLeader"), req, |ctx, r| async move {
+            self.0.move_leader(&ctx, r).await
         })
         .await
     }

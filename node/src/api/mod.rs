@@ -17,6 +17,7 @@ mod lease;
 pub mod listen;
 mod lock;
 mod maintenance;
+pub mod peer;
 mod watch;
 
 use std::future::Future;

@@ -79,14 +79,14 @@ const NO_V2: &str = "cairn serves only the v3 API (etcd 3.6 removed v2)";
 const V2_PROXY: &str = "cairn always runs as a cluster member, never as a v2 proxy";
 const DISCOVERY_ONLY: &str = "it only applies to discovery, which cairn does not support yet";
 const AUTH_ONLY: &str = "authentication is not implemented yet, so no tokens or passwords exist";
-const NO_PEERS: &str = "it compares this member with its peers, and a cairn cluster has one \
-                        member for now";
+const NO_PEERS: &str = "it compares this member with its peers, which cairn does not do yet";
 const NO_BBOLT: &str = "cairn stores data in fjall (an LSM), not bbolt";
 const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
 const NO_RAFT_HTTP: &str =
-    "it tunes etcd's peer transport, and cairn opens no peer connections yet";
+    "it tunes etcd's peer transport; cairn's peer calls are bounded by openraft's own timeouts";
 const NO_DEFRAG: &str = "defragmentation is a no-op in cairn: the LSM compacts in the background";
-const NO_LEARNERS: &str = "cairn has no learners: member changes are not supported yet";
+const NO_LEARNERS: &str =
+    "cairn limits no learners and sends no snapshots between members yet (the whole log is kept)";
 const NO_SLOW_LOG: &str = "cairn logs no slow-request warnings yet";
 const NO_COMPACTION_BATCHES: &str = "cairn compacts in one LSM range delete, not in batches";
 const NO_LOG_ROTATION: &str = "cairn does not rotate log files (use logrotate with copytruncate)";
@@ -148,7 +148,7 @@ pub(crate) static KEYS: &[Key] = &[
     // Clustering
     key("initial-advertise-peer-urls", "http://localhost:2380", List, CLUSTERING, Honoured, "List of this member's peer URLs to advertise to the rest of the cluster."),
     key("initial-cluster", "default=http://localhost:2380", Text, CLUSTERING, Honoured, "Initial cluster configuration for bootstrapping."),
-    key("initial-cluster-state", "new", Text, CLUSTERING, Honoured, "Initial cluster state ('new' or 'existing'; 'existing' is not supported yet)."),
+    key("initial-cluster-state", "new", Text, CLUSTERING, Honoured, "Initial cluster state ('new' or 'existing')."),
     key("initial-cluster-token", "etcd-cluster", Text, CLUSTERING, Honoured, "Initial cluster token for the etcd cluster during bootstrap."),
     key("advertise-client-urls", "http://localhost:2379", List, CLUSTERING, Honoured, "List of this member's client URLs to advertise to the public."),
     key("discovery", "", Text, CLUSTERING, DefaultOnly("discovery is not supported"), "Discovery URL used to bootstrap the cluster."),

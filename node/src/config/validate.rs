@@ -429,10 +429,6 @@ fn initial_cluster(entry: &Entry) -> Result<Vec<(String, Url)>, ConfigError> {
         let (name, text) = pair.split_once('=').unwrap_or((pair, ""));
         members.push((name.to_owned(), url(entry, text.trim())?));
     }
-    let names: BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
-    if names.len() > 1 {
-        return Err(entry.unsupported("a cluster of more than one member is not supported yet"));
-    }
     Ok(members)
 }
 
@@ -495,9 +491,7 @@ fn bare(url: &Url) -> &str {
 fn cluster_state(entry: &Entry) -> Result<ClusterState, ConfigError> {
     match entry.value.as_str() {
         "new" => Ok(ClusterState::New),
-        "existing" => Err(entry.unsupported(
-            "joining an existing cluster (initial-cluster-state=existing) is not supported yet",
-        )),
+        "existing" => Ok(ClusterState::Existing),
         _ => Err(entry.invalid("must be one of new, existing")),
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::lease::LeaseError;
 use crate::mvcc::MvccError;
-use crate::raft::RaftError;
+use crate::raft::{MemberError, RaftError};
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,23 @@ pub enum Error {
     /// these as plain Go errors, which gRPC reports with code Unknown and the text as is.
     #[error("{0}")]
     Concurrency(&'static str),
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberIdExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlsExist,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadMemberUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// A peer call from a member of another cluster (etcd's rafthttp wording).
+    #[error("cluster ID mismatch")]
+    ClusterIdMismatch,
     /// A capability a later release adds; the message names it.
     #[error("cairn: {0} is not supported yet")]
     NotSupported(&'static str),
@@ -112,10 +129,25 @@ impl From<RaftError> for Error {
     fn from(e: RaftError) -> Error {
         match e {
             RaftError::NoLeader => Error::NoLeader,
-            RaftError::NotLeader => Error::NotLeader,
+            RaftError::NotLeader(_) => Error::NotLeader,
+            // The leader could not be asked in time: the outcome is unknown to the client.
+            RaftError::Peer(e) => {
+                tracing::warn!(error = %e, "request to the leader failed");
+                Error::Timeout
+            }
             RaftError::Timeout => Error::Timeout,
             RaftError::Stopped => Error::Stopped,
             RaftError::Apply(e) => e.into(),
+            RaftError::Member(e) => match e {
+                MemberError::NotFound => Error::MemberNotFound,
+                MemberError::IdExists => Error::MemberIdExists,
+                MemberError::PeerUrlsExist => Error::PeerUrlsExist,
+                MemberError::NotLearner => Error::NotLearner,
+                MemberError::LearnerNotReady => Error::LearnerNotReady,
+                MemberError::LogPurged => Error::NotSupported(
+                    "adding a member once the raft log was purged (snapshot transfer)",
+                ),
+            },
             RaftError::Lease(e) => e.into(),
             // The node stops on a fatal error; tell the client to go elsewhere meanwhile.
             other => {
@@ -134,7 +166,7 @@ impl From<LeaseError> for Error {
             LeaseError::NotFound | LeaseError::Expired => Error::LeaseNotFound,
             LeaseError::Exists => Error::LeaseExists,
             LeaseError::TtlTooLarge => Error::LeaseTtlTooLarge,
-            // Requests are not forwarded yet, so only the leader serves lease calls.
+            // Keep-alive and time-to-live are not forwarded yet: only the leader serves them.
             LeaseError::NotPrimary => Error::NotLeader,
             other => Error::internal(other),
         }

@@ -116,45 +116,13 @@ pub trait Admission: Send + Sync {
     async fn admit(&self, ctx: &RequestContext, txn: TxnRequest) -> Result<TxnRequest, Error>;
 }
 
-/// Authentication off: every caller is anonymous, and may do anything.
-pub struct AllowAll;
-
-#[async_trait]
-impl Authenticator for AllowAll {
-    async fn authenticate(&self, _ctx: &RequestContext) -> Result<Principal, Error> {
-        Ok(Principal::anonymous())
-    }
-}
-
-#[async_trait]
-impl Authorizer for AllowAll {
-    async fn authorize(&self, _principal: &Principal, _op: &Operation<'_>) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Admission for AllowAll {
-    async fn admit(&self, _ctx: &RequestContext, txn: TxnRequest) -> Result<TxnRequest, Error> {
-        Ok(txn)
-    }
-}
-
-/// The hooks a core runs with.
+/// The hooks a core runs with. A hook left out allows everything and costs nothing: no
+/// call is made (authentication then makes every caller [`Principal::anonymous`]).
+#[derive(Default)]
 pub struct Hooks {
-    pub authenticator: Box<dyn Authenticator>,
-    pub authorizer: Box<dyn Authorizer>,
-    pub admission: Box<dyn Admission>,
-}
-
-impl Default for Hooks {
-    fn default() -> Hooks {
-        Hooks {
-            authenticator: Box::new(AllowAll),
-            authorizer: Box::new(AllowAll),
-            admission: Box::new(AllowAll),
-        }
-    }
+    pub authenticator: Option<Box<dyn Authenticator>>,
+    pub authorizer: Option<Box<dyn Authorizer>>,
+    pub admission: Option<Box<dyn Admission>>,
 }
 
 #[cfg(test)]

@@ -61,7 +61,9 @@ impl Core {
             self.authorize(ctx, Operation::Range(&req)).await?;
             self.read_barrier(req.serializable).await?;
             let (tx, rx) = mpsc::channel(RANGE_STREAM_QUEUE);
-            let mvcc = self.mvcc.clone();
+            // Pinned now, so the stream answers as of the request, however late its thread
+            // starts or slowly its client reads.
+            let pinned = self.mvcc.pin()?;
             let header = self.header(0);
             self.reads
                 .spawn_stream(move || {
@@ -75,7 +77,8 @@ impl Core {
                             Err(_) => ControlFlow::Break(()), // the client went away
                         }
                     };
-                    let last = match mvcc.range_chunks(&req, RANGE_STREAM_CHUNK_BYTES, &mut emit) {
+                    let last = match pinned.range_chunks(&req, RANGE_STREAM_CHUNK_BYTES, &mut emit)
+                    {
                         Ok(Some(mut last)) => {
                             let revision = last.header.map_or(0, |h| h.revision);
                             last.header = header.map(|h| super::ResponseHeader { revision, ..h });
@@ -199,9 +202,11 @@ impl Core {
         quota: bool,
     ) -> Result<TxnResponse, Error> {
         self.authorize(ctx, Operation::Txn(&txn)).await?;
-        let txn = match ctx.transport {
-            Transport::Internal => txn,
-            _ => self.hooks.admission.admit(ctx, txn).await?,
+        let txn = match &self.hooks.admission {
+            Some(admission) if ctx.transport != Transport::Internal => {
+                admission.admit(ctx, txn).await?
+            }
+            _ => txn,
         };
         if quota {
             self.check_quota()?;
@@ -218,7 +223,7 @@ impl Core {
     /// Waits for a ReadIndex barrier, unless the read may be served from local state.
     pub(super) async fn read_barrier(&self, serializable: bool) -> Result<(), Error> {
         if !serializable {
-            self.raft.read_barrier().await?;
+            self.linearizable_barrier().await?;
         }
         Ok(())
     }

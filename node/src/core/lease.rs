@@ -1,8 +1,8 @@
 //! etcd's lease requests (`etcdserver/v3_server.go`) and the leader's expiry loop. Grant and
 //! revoke go through Raft; keep-alive, time-to-live and the lease list are answered by the
 //! leader from the [`Lessor`](crate::lease::Lessor) alone, as etcd's primary lessor does.
-//! Requests are not forwarded to another leader yet: a member that is not the leader
-//! answers "not leader".
+//! A follower hands keep-alive, time-to-live and the lease list to the leader
+//! (`core::forward`), as etcd does.
 //!
 //! Expiry: every [`EXPIRY_TICK`] the leader proposes a revoke for each expired lease (at
 //! most [`REVOKES_PER_TICK`], etcd's 1000 revokes/s), which deletes the lease's keys in one
@@ -92,6 +92,9 @@ impl Core {
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, Error> {
         self.authorize(ctx, Operation::LeaseKeepAlive(id)).await?;
+        if let Some(leader) = self.leader_elsewhere() {
+            return self.forward_keep_alive(leader, id).await;
+        }
         let deadline = tokio::time::Instant::now() + REVOKE_WAIT;
         let ttl = loop {
             match self.lessor.renew(id) {
@@ -120,6 +123,9 @@ impl Core {
         until_deadline(ctx, async {
             self.authorize(ctx, Operation::LeaseTimeToLive(&req))
                 .await?;
+            if let Some(leader) = self.leader_elsewhere() {
+                return self.forward_time_to_live(leader, req).await;
+            }
             let header = self.current_header();
             let Some(ttl) = self.lessor.time_to_live(req.id)? else {
                 return Ok(LeaseTimeToLiveResponse {
@@ -150,6 +156,9 @@ impl Core {
     pub async fn lease_leases(&self, ctx: &RequestContext) -> Result<LeaseLeasesResponse, Error> {
         until_deadline(ctx, async {
             self.authorize(ctx, Operation::LeaseLeases).await?;
+            if let Some(leader) = self.leader_elsewhere() {
+                return self.forward_leases(leader).await;
+            }
             Ok(LeaseLeasesResponse {
                 header: self.current_header(),
                 leases: self

@@ -97,7 +97,7 @@ impl Core {
         Ok(self.mvcc.snapshot_source()?)
     }
 
-    /// MoveLeader and Downgrade, by RPC name.
+    /// Downgrade, by RPC name.
     pub async fn unsupported_admin<T>(
         &self,
         ctx: &RequestContext,
@@ -115,7 +115,7 @@ impl Core {
         } else if !self.alarms().is_empty() {
             Health::Unhealthy("ALARM NOSPACE")
         } else {
-            match tokio::time::timeout(HEALTH_TIMEOUT, self.raft.read_barrier()).await {
+            match tokio::time::timeout(HEALTH_TIMEOUT, self.linearizable_barrier()).await {
                 Ok(Ok(())) => Health::Healthy,
                 _ => Health::Unhealthy("timeout"),
             }

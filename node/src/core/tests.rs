@@ -85,6 +85,9 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
     let settings = RaftSettings {
         node_id: 1,
         member: MemberInfo::default(),
+        initial_peers: Default::default(),
+        join_existing: false,
+        cluster_id: 7,
         heartbeat: Duration::from_millis(50),
         election_timeout: Duration::from_millis(300),
         snapshot_count: 0,
@@ -107,9 +110,9 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
             quota_backend_bytes: u64::MAX,
         },
         hooks: Hooks {
-            authenticator: Box::new(Hook(recorder.clone())),
-            authorizer: Box::new(Hook(recorder.clone())),
-            admission: Box::new(Hook(recorder)),
+            authenticator: Some(Box::new(Hook(recorder.clone()))),
+            authorizer: Some(Box::new(Hook(recorder.clone()))),
+            admission: Some(Box::new(Hook(recorder))),
         },
         reads: ReadPool::start(1, 1).expect("read pool"),
     });

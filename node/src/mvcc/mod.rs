@@ -215,18 +215,18 @@ impl Mvcc {
         chunk_bytes: usize,
         emit: &mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>,
     ) -> Result<Option<RangeResponse>, MvccError> {
-        crate::metrics::get().mvcc_range.inc();
+        self.pin()?.range_chunks(req, chunk_bytes, emit)
+    }
+
+    /// The store as it is now, to read later (e.g. on another thread) at this revision.
+    pub fn pin(&self) -> Result<Pinned, MvccError> {
         let snap = self.store.snapshot();
         let revs = revisions(&snap, &self.ks)?;
-        let view = View {
-            ks: &self.ks,
-            snap: &snap,
-            overlay: None,
-            snap_rev: revs.current,
-            rev: revs.current,
-            compact_rev: revs.compact,
-        };
-        read::range_chunks(&view, req, chunk_bytes, emit)
+        Ok(Pinned {
+            ks: self.ks.clone(),
+            snap,
+            revs,
+        })
     }
 
     /// Applies a txn as one revision (none if it writes nothing) and stores `applied` with
@@ -401,6 +401,35 @@ impl Mvcc {
     /// The last stored apply marker.
     pub fn applied_marker(&self) -> Result<Option<Vec<u8>>, MvccError> {
         Ok(self.ks.meta.get(meta::APPLIED)?.map(|v| v.to_vec()))
+    }
+}
+
+/// A consistent state of the store, pinned by [`Mvcc::pin`]: it reads as of that moment
+/// whatever is applied later.
+pub struct Pinned {
+    ks: Keyspaces,
+    snap: Snapshot,
+    revs: Revisions,
+}
+
+impl Pinned {
+    /// See [`Mvcc::range_chunks`].
+    pub fn range_chunks(
+        &self,
+        req: &RangeRequest,
+        chunk_bytes: usize,
+        emit: &mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+    ) -> Result<Option<RangeResponse>, MvccError> {
+        crate::metrics::get().mvcc_range.inc();
+        let view = View {
+            ks: &self.ks,
+            snap: &self.snap,
+            overlay: None,
+            snap_rev: self.revs.current,
+            rev: self.revs.current,
+            compact_rev: self.revs.compact,
+        };
+        read::range_chunks(&view, req, chunk_bytes, emit)
     }
 }
 

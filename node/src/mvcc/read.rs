@@ -96,6 +96,9 @@ pub(super) struct RangeResult {
     pub rev: i64,
 }
 
+/// What a scan hands each key it finds; `Break` ends the scan.
+type Visit<'v> = dyn FnMut(Found<'_>) -> Result<ControlFlow<()>, MvccError> + 'v;
+
 /// A consistent state to read from.
 pub(super) struct View<'a> {
     pub ks: &'a Keyspaces,
@@ -145,7 +148,7 @@ impl View<'_> {
             if !count_only && (limit == 0 || kvs.len() < limit) {
                 kvs.push(found.into_kv()?);
             }
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })?;
         Ok(RangeResult {
             kvs,
@@ -155,12 +158,7 @@ impl View<'_> {
     }
 
     /// Visits, in key order, every live key of `range` at revision `at` (0: the view's).
-    fn scan(
-        &self,
-        range: KeyRange<'_>,
-        at: i64,
-        visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
-    ) -> Result<(), MvccError> {
+    fn scan(&self, range: KeyRange<'_>, at: i64, visit: &mut Visit<'_>) -> Result<(), MvccError> {
         if at > self.rev {
             return Err(MvccError::FutureRev);
         }
@@ -184,7 +182,7 @@ impl View<'_> {
         &self,
         range: KeyRange<'_>,
         overlay: Option<&Overlay>,
-        visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), MvccError> {
         let bounds = range.bounds();
         let mut committed = self
@@ -207,17 +205,22 @@ impl View<'_> {
             if order != Ordering::Greater {
                 let (key, raw) = committed.next().transpose()?.ok_or_else(lost_item)?;
                 if order == Ordering::Less {
-                    visit(Found::Encoded {
+                    let found = Found::Encoded {
                         key: &key,
                         record: &raw,
-                    })?;
+                    };
+                    if visit(found)?.is_break() {
+                        return Ok(());
+                    }
                     continue;
                 }
             }
             // The txn's own change to this key replaces the committed version.
             let (_, kv) = pending.next().ok_or_else(lost_item)?;
             if let Some(kv) = kv {
-                visit(Found::Decoded(kv))?;
+                if visit(Found::Decoded(kv))?.is_break() {
+                    return Ok(());
+                }
             }
         }
     }
@@ -227,7 +230,7 @@ impl View<'_> {
         &self,
         range: KeyRange<'_>,
         at: i64,
-        visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), MvccError> {
         // The escaped key being walked, and its newest (history key, record) at or below `at`.
         let mut walking: Option<Vec<u8>> = None;
@@ -237,21 +240,23 @@ impl View<'_> {
             let (prefix, rev) = codec::split_history_key(&raw_key)?;
             if walking.as_deref() != Some(prefix) {
                 walking = Some(prefix.to_vec());
-                emit_newest(newest.take(), visit)?;
+                if emit_newest(newest.take(), visit)?.is_break() {
+                    return Ok(());
+                }
             }
             if rev.main <= at {
                 newest = Some((raw_key, record));
             }
         }
-        emit_newest(newest, visit)
+        emit_newest(newest, visit).map(drop)
     }
 }
 
 /// Hands the newest record of a key to `visit` unless it is a tombstone.
 fn emit_newest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     newest: Option<(K, V)>,
-    visit: &mut dyn FnMut(Found<'_>) -> Result<(), MvccError>,
-) -> Result<(), MvccError> {
+    visit: &mut Visit<'_>,
+) -> Result<ControlFlow<()>, MvccError> {
     match newest {
         Some((raw_key, record)) if !codec::is_tombstone(record.as_ref()) => {
             let (prefix, _) = codec::split_history_key(raw_key.as_ref())?;
@@ -261,7 +266,7 @@ fn emit_newest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 record: record.as_ref(),
             })
         }
-        _ => Ok(()),
+        _ => Ok(ControlFlow::Continue(())),
     }
 }
 
@@ -318,24 +323,25 @@ pub(super) fn range_chunks(
     let filtered = has_revision_filter(req);
     let (mut chunk, mut bytes, mut kept) = (Vec::new(), 0usize, 0usize);
     let (mut count, mut more, mut stopped) = (0i64, false, false);
+    const GO_ON: ControlFlow<()> = ControlFlow::Continue(());
     view.scan(range, req.revision, &mut |found: Found<'_>| {
         count += 1;
-        if req.count_only || more || stopped {
-            return Ok(());
+        if req.count_only || more {
+            return Ok(GO_ON);
         }
         // Past the limit only whether another key would pass matters, and without filters
         // any key does: no need to decode it.
         if limit > 0 && kept == limit && !filtered {
             more = true;
-            return Ok(());
+            return Ok(GO_ON);
         }
         let mut kv = found.into_kv()?;
         if !keep_by_revision(req, &kv) {
-            return Ok(());
+            return Ok(GO_ON);
         }
         if limit > 0 && kept == limit {
             more = true;
-            return Ok(());
+            return Ok(GO_ON);
         }
         kept += 1;
         if req.keys_only {
@@ -345,9 +351,13 @@ pub(super) fn range_chunks(
         chunk.push(kv);
         if bytes >= chunk_bytes {
             bytes = 0;
-            stopped = emit(std::mem::take(&mut chunk)).is_break();
+            // The reader went away: the rest of the range is nobody's business.
+            if emit(std::mem::take(&mut chunk)).is_break() {
+                stopped = true;
+                return Ok(ControlFlow::Break(()));
+            }
         }
-        Ok(())
+        Ok(GO_ON)
     })?;
     Ok((!stopped).then(|| RangeResponse {
         header: Some(ResponseHeader {

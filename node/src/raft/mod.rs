@@ -13,11 +13,17 @@
 //! storage error latched elsewhere), and the caller must then stop the process: serving on
 //! would answer from a state that may never become durable, and a restart replays the log.
 //!
-//! Today a cluster has one voter. Everything multi-node needs is an addition here: a real
-//! [`network`] transport, snapshot transfer (see [`state_machine`]), and membership calls.
+//! Clusters: the members of `--initial-cluster` are initialized as the voters on every
+//! member's first start (openraft accepts the same membership initialized on each member);
+//! a one-member cluster waits for its own leadership at start, a larger one starts serving
+//! at once and answers "no leader" until an election is won, as etcd does. [`network`] is
+//! the peer transport and the follower's calls to its leader (forwarded proposals, read
+//! indexes); the `peer_*` methods are the receiving side. Not yet: snapshot transfer (a
+//! multi-member cluster keeps its whole log instead) and membership changes.
 
 mod log_store;
-mod network;
+mod membership;
+pub mod network;
 mod state_machine;
 
 use std::collections::BTreeMap;
@@ -40,8 +46,10 @@ use crate::proto::{cairnpb, etcdserverpb, mvccpb};
 use crate::storage::Store;
 use crate::watch::WatchHub;
 
+pub use membership::{MemberChange, MemberError};
+
 use log_store::LogStore;
-use network::Network;
+use network::{Network, PeerError, Peers};
 use state_machine::StateMachine;
 
 openraft::declare_raft_types!(
@@ -56,7 +64,8 @@ openraft::declare_raft_types!(
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// What a snapshot carries. Empty for now: a snapshot is the local MVCC state made durable,
-/// which is all a single voter needs; sending one to a follower is multi-node work.
+/// which is all a member needs while logs are not purged in clusters; sending one to a
+/// follower is not supported yet.
 type SnapshotData = Vec<u8>;
 
 /// How long [`RaftNode::start`] waits for leadership, in election timeouts.
@@ -66,6 +75,13 @@ const ELECTIONS_TO_WAIT: u32 = 5;
 pub struct RaftSettings {
     pub node_id: u64,
     pub member: MemberInfo,
+    /// The voters of `--initial-cluster` other than this member, by member id; used on the
+    /// first start only (the membership is in the log afterwards).
+    pub initial_peers: BTreeMap<u64, MemberInfo>,
+    /// Started with `--initial-cluster-state existing`: the member was added by a
+    /// membership change and waits for the leader instead of initializing a cluster.
+    pub join_existing: bool,
+    pub cluster_id: u64,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     /// Entries applied between snapshots (etcd's `--snapshot-count`); 0 disables snapshots.
@@ -108,8 +124,9 @@ impl Applied {
 pub enum RaftError {
     #[error("no leader")]
     NoLeader,
-    #[error("not the leader")]
-    NotLeader,
+    /// Another member leads: forward to it.
+    #[error("not the leader (member {0:x} is)")]
+    NotLeader(u64),
     #[error("raft is stopped")]
     Stopped,
     /// The outcome is unknown: the entry may still commit.
@@ -123,6 +140,27 @@ pub enum RaftError {
     Lease(LeaseError),
     #[error("raft failed: {0}")]
     Fatal(String),
+    /// The leader could not be asked (unreachable, refused, timed out).
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error("malformed peer message: {0}")]
+    Malformed(String),
+    /// The leader refused a membership change.
+    #[error(transparent)]
+    Member(MemberError),
+}
+
+impl RaftError {
+    /// Whether the request certainly did not take effect and may be made again (when a
+    /// leader is known again): there was no leader, another member leads, or the leader
+    /// could not be reached before the request got there.
+    pub fn unsent(&self) -> bool {
+        match self {
+            RaftError::NoLeader | RaftError::NotLeader(_) => true,
+            RaftError::Peer(e) => e.unsent(),
+            _ => false,
+        }
+    }
 }
 
 /// A cheap view of this member's raft state.
@@ -138,6 +176,8 @@ pub struct RaftStatus {
 /// A running raft member.
 pub struct RaftNode {
     raft: Raft,
+    /// The channels to the other members.
+    peers: Arc<Peers>,
     /// Held to watch for a fatal storage failure ([`RaftNode::failed`]).
     store: Arc<Store>,
     /// Bounds a proposal or read barrier, like etcd's request timeout (5 s + 2 elections).
@@ -158,6 +198,8 @@ impl RaftNode {
         settings: RaftSettings,
     ) -> Result<Arc<RaftNode>, RaftError> {
         let config = openraft_config(&settings)?;
+        let request_timeout = Duration::from_secs(5) + 2 * settings.election_timeout;
+        let peers = Peers::new(settings.cluster_id, settings.node_id, request_timeout);
         let (in_use, released) = InUse::new();
         let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
         let state_machine =
@@ -166,20 +208,41 @@ impl RaftNode {
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
-            Network,
+            Network(peers.clone()),
             log_store,
             state_machine,
         )
         .await
         .map_err(fatal)?;
         let node = RaftNode {
-            metrics_task: tokio::spawn(record_metrics(raft.metrics(), settings.node_id)),
-            request_timeout: Duration::from_secs(5) + 2 * settings.election_timeout,
+            metrics_task: tokio::spawn(record_metrics(
+                raft.metrics(),
+                settings.node_id,
+                peers.clone(),
+            )),
+            peers,
+            request_timeout,
             released: tokio::sync::Mutex::new(released),
             raft,
             store,
         };
         let wait = settings.election_timeout * 2 * ELECTIONS_TO_WAIT;
+        if !settings.initial_peers.is_empty() {
+            // A member of a larger cluster cannot win an election alone: it serves at once
+            // and answers "no leader" until its peers are up, as etcd does.
+            let mut members = settings.initial_peers;
+            let me = settings.member.clone();
+            members.insert(settings.node_id, settings.member);
+            if !settings.join_existing {
+                if let Err(e) = node.initialize(members).await {
+                    node.shutdown().await;
+                    return Err(e);
+                }
+            }
+            let node = Arc::new(node);
+            tokio::spawn(publish(Arc::downgrade(&node), settings.node_id, me));
+            return Ok(node);
+        }
         let ready = match node
             .become_leader(settings.node_id, settings.member, wait)
             .await
@@ -205,6 +268,129 @@ impl RaftNode {
             metrics::get().proposals_failed.inc();
         }
         result
+    }
+
+    /// Hands a proposal to the leader `leader` (see [`RaftError::NotLeader`]).
+    pub async fn forward(&self, leader: u64, cmd: cairnpb::Command) -> Result<Applied, RaftError> {
+        let _pending = Pending::start();
+        let result = self.peers.propose(leader, cmd).await?;
+        if matches!(result, Err(ref e) if !matches!(e, RaftError::Apply(_) | RaftError::Lease(_))) {
+            metrics::get().proposals_failed.inc();
+        }
+        result
+    }
+
+    /// The peer channels, for the calls a follower hands to its leader as they are.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// A follower's linearizable read barrier: asks the leader `leader` for its read index,
+    /// then waits until this member has applied up to it.
+    pub async fn remote_read_barrier(&self, leader: u64) -> Result<(), RaftError> {
+        let index = self.peers.read_index(leader).await?;
+        self.raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(Some(index), "follower read")
+            .await
+            .map(|_| ())
+            .map_err(|_| RaftError::Timeout)
+    }
+
+    /// The leader's side of a follower's read: confirms leadership with a quorum and
+    /// returns the index the follower must apply before reading.
+    pub async fn peer_read_index(&self) -> Result<u64, RaftError> {
+        let read = self.raft.get_read_linearizer(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(self.request_timeout, read).await {
+            Err(_) => Err(RaftError::Timeout),
+            Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
+            Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
+            Ok(Err(openraft::error::RaftError::APIError(e))) => Err(match e {
+                LinearizableReadError::ForwardToLeader(f) => not_leader(&f),
+                LinearizableReadError::QuorumNotEnough(_) => RaftError::Timeout,
+            }),
+        }
+    }
+
+    /// The leader's side of a forwarded proposal: `command` is a protobuf `Command`.
+    pub async fn peer_propose(
+        &self,
+        command: &[u8],
+    ) -> Result<cairnpb::ProposeResponse, RaftError> {
+        let cmd = crate::proto::nesting::decode_command(command)
+            .map_err(|e| RaftError::Malformed(e.to_string()))?;
+        network::encode_outcome(self.propose(cmd).await)
+    }
+
+    /// Receives an append-entries (or heartbeat) from the leader, in openraft's encoding.
+    pub async fn peer_append_entries(&self, data: &[u8]) -> Result<Vec<u8>, RaftError> {
+        let rpc = decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;
+        let resp = self.raft.append_entries(rpc).await.map_err(raft_error)?;
+        encode(&resp).map_err(fatal)
+    }
+
+    /// The leader's side of a member publishing its attributes: records them in the
+    /// membership (a membership entry with the same voters).
+    pub async fn peer_publish(&self, data: &[u8]) -> Result<(), RaftError> {
+        let (id, info): (u64, MemberInfo) =
+            decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;
+        self.set_member_info(id, info).await
+    }
+
+    async fn set_member_info(&self, id: u64, info: MemberInfo) -> Result<(), RaftError> {
+        // SetNodes would add an unknown id: a removed member must not come back this way.
+        if !self.members().iter().any(|(m, _)| *m == id) {
+            return Err(MemberError::NotFound.into());
+        }
+        let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, info)]));
+        Box::pin(self.apply_change(change)).await
+    }
+
+    /// Receives leadership from the leader (etcd's MoveLeader), in openraft's encoding.
+    pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, RaftError> {
+        let req = decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(stopped_or_fatal)?;
+        encode(&resp).map_err(fatal)
+    }
+
+    /// etcd's MoveLeader, on the leader: hands leadership to the voter `to` and waits until
+    /// it leads. `Ok(false)`: `to` is not a voter.
+    pub async fn move_leader(&self, to: u64) -> Result<bool, RaftError> {
+        let status = self.status();
+        if !status.is_leader {
+            return Err(status
+                .leader
+                .map_or(RaftError::NoLeader, RaftError::NotLeader));
+        }
+        let is_voter = self.raft.voter_ids().any(|id| id == to);
+        if !is_voter {
+            return Ok(false);
+        }
+        if status.leader == Some(to) {
+            return Ok(true);
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(stopped_or_fatal)?;
+        self.raft
+            .wait(Some(self.request_timeout))
+            .current_leader(to, "move leader")
+            .await
+            .map(|_| true)
+            .map_err(|_| RaftError::Timeout)
+    }
+
+    /// Receives a vote request from a candidate, in openraft's encoding.
+    pub async fn peer_vote(&self, data: &[u8]) -> Result<Vec<u8>, RaftError> {
+        let rpc = decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;
+        let resp = self.raft.vote(rpc).await.map_err(raft_error)?;
+        encode(&resp).map_err(fatal)
     }
 
     /// Linearizable read barrier (ReadIndex): returns once this node's state machine has
@@ -294,6 +480,17 @@ impl RaftNode {
         }
     }
 
+    /// Initializes a pristine member with the initial voters; nothing on a restart.
+    async fn initialize(&self, members: BTreeMap<u64, MemberInfo>) -> Result<(), RaftError> {
+        if !self.raft.is_initialized().await.map_err(stopped_or_fatal)? {
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| RaftError::Fatal(format!("initialize: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Initializes a pristine member as the sole voter, then waits for leadership. On a
     /// restart there is nothing to do: openraft restores a leader whose committed vote it
     /// finds (always the case for a sole voter that had been elected), or elects it after an
@@ -304,13 +501,7 @@ impl RaftNode {
         member: MemberInfo,
         wait: Duration,
     ) -> Result<(), RaftError> {
-        if !self.raft.is_initialized().await.map_err(stopped_or_fatal)? {
-            let members = BTreeMap::from([(id, member)]);
-            self.raft
-                .initialize(members)
-                .await
-                .map_err(|e| RaftError::Fatal(format!("initialize: {e}")))?;
-        }
+        self.initialize(BTreeMap::from([(id, member)])).await?;
         self.raft
             .wait(Some(wait))
             .state(ServerState::Leader, "start")
@@ -320,6 +511,37 @@ impl RaftNode {
                 tracing::error!("not leader {wait:?} after start: {e}");
                 RaftError::NoLeader
             })
+    }
+}
+
+/// How often a member looks whether the membership holds its current attributes.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+
+/// etcd's "publish": whenever the membership holds this member with other attributes than
+/// its own (its client URLs are known only to itself at bootstrap, and a concurrent change
+/// may replace a record), asks the leader to record them. A member not in the membership
+/// (removed, or not added yet) publishes nothing. Ends when the node is gone.
+async fn publish(node: std::sync::Weak<RaftNode>, id: u64, me: MemberInfo) {
+    loop {
+        tokio::time::sleep(PUBLISH_RETRY).await;
+        let Some(node) = node.upgrade() else { return };
+        let members = node.members();
+        match members.iter().find(|(m, _)| *m == id) {
+            Some((_, info)) if *info != me => {}
+            _ => continue,
+        }
+        let result = match node.status().leader {
+            None => continue,
+            Some(leader) if leader == id => node.set_member_info(id, me.clone()).await,
+            Some(leader) => node
+                .peers
+                .publish(leader, &(id, me.clone()))
+                .await
+                .map_err(RaftError::from),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "publishing this member's attributes failed, retrying");
+        }
     }
 }
 
@@ -335,8 +557,13 @@ fn openraft_config(settings: &RaftSettings) -> Result<Config, RaftError> {
             n => SnapshotPolicy::LogsSinceLast(n),
         },
         // A single voter has no follower to catch up from the log, so the log behind a
-        // snapshot goes at once. Multi-node: keep etcd's 5000 (SnapshotCatchUpEntries).
-        max_in_snapshot_log_to_keep: 0,
+        // snapshot goes at once. A larger cluster keeps its whole log until snapshots can
+        // be sent to a lagging member (not supported yet).
+        max_in_snapshot_log_to_keep: if settings.initial_peers.is_empty() {
+            0
+        } else {
+            u64::MAX
+        },
         ..Config::default()
     };
     config
@@ -354,14 +581,28 @@ fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
         // The entry was appended, then replaced by another leader's log: it may or may not
         // commit, which is what a timeout tells the client too.
         ClientWriteError::LogEntryDiscarded(_) => RaftError::Timeout,
+        // Another membership change is still committing: etcd refuses overlapping changes
+        // too; the client may try again.
+        ClientWriteError::ChangeMembershipError(e) => {
+            tracing::warn!(error = %e, "membership change refused");
+            RaftError::Timeout
+        }
         other => RaftError::Fatal(other.to_string()),
     }
 }
 
 fn not_leader(f: &ForwardToLeader<TypeConfig>) -> RaftError {
     match f.leader_id {
-        Some(_) => RaftError::NotLeader,
+        Some(leader) => RaftError::NotLeader(leader),
         None => RaftError::NoLeader,
+    }
+}
+
+/// An error of a raft RPC received from a peer.
+fn raft_error(e: openraft::error::RaftError<TypeConfig>) -> RaftError {
+    match e {
+        openraft::error::RaftError::Fatal(e) => stopped_or_fatal(e),
+        openraft::error::RaftError::APIError(e) => match e {},
     }
 }
 
@@ -381,12 +622,18 @@ fn fatal(e: impl fmt::Display) -> RaftError {
 async fn record_metrics(
     mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
     id: u64,
+    peers: Arc<Peers>,
 ) {
     let m = metrics::get();
     let mut last_leader = None;
     loop {
         {
             let r = rx.borrow_watched();
+            peers.set_members(
+                r.membership_config
+                    .nodes()
+                    .map(|(id, info)| (*id, info.clone())),
+            );
             m.has_leader.set(i64::from(r.current_leader.is_some()));
             m.is_leader.set(i64::from(
                 r.current_leader == Some(id) && r.state == ServerState::Leader,
@@ -570,6 +817,9 @@ mod tests {
                 peer_urls: vec!["http://localhost:2380".into()],
                 client_urls: vec![],
             },
+            initial_peers: BTreeMap::new(),
+            join_existing: false,
+            cluster_id: 1,
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             snapshot_count,

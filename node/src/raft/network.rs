@@ -1,45 +1,450 @@
-//! The peer transport: how this member's raft talks to other members.
+//! The peer transport: openraft's network over cairn's gRPC peer service (`peer.proto`),
+//! on the members' `--listen-peer-urls`.
 //!
-//! Not there yet: cairn runs a single voter, which never sends a raft RPC. Every call fails
-//! with "peer transport not supported yet", reported to openraft as an unreachable peer, so a
-//! misconfigured multi-member start backs off instead of spinning. The multi-node transport
-//! replaces [`PeerClient`] (a gRPC client per peer, with its server side calling
-//! `Raft::append_entries` / `vote` / `install_full_snapshot`).
+//! The client half is here: [`Peers`] keeps one lazily connected tonic channel per member
+//! (tonic reconnects a broken channel on the next call; openraft backs off from a member
+//! reported [`Unreachable`]), [`PeerClient`] is openraft's per-target network, and
+//! [`Peers::propose`] / [`Peers::read_index`] are the calls a follower makes to its leader.
+//! The server half decodes in `api::peer` and lands in [`super::RaftNode`]'s `peer_*`
+//! methods. This is the one place besides `api/` that names tonic: the transport is the
+//! raft network, as in openraft's own gRPC example.
+//!
+//! openraft's messages travel as their serde encoding (bincode, the same encoding as the log
+//! on disk) inside `RaftMessage`; a proposal travels as its protobuf `Command` and comes
+//! back as a `ProposeResponse`.
+//!
+//! Every call carries this member's cluster ID and member ID; a receiver of another cluster
+//! answers "cluster ID mismatch", which is logged loudly and reported to openraft as an
+//! unreachable peer, so nothing from another cluster ever joins.
+//!
+//! Metrics: `etcd_network_peer_round_trip_time_seconds{To}`,
+//! `etcd_network_peer_sent_bytes_total{To}`, `etcd_network_peer_received_bytes_total{From}`
+//! (counted by the receiver) and `etcd_network_peer_sent_failures_total{To}`, as etcd's
+//! rafthttp counts them.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
 
-use super::{MemberInfo, SnapshotData, TypeConfig};
+use super::{decode, encode, Applied, MemberInfo, RaftError, SnapshotData, TypeConfig};
+use crate::lease::LeaseError;
+use crate::metrics;
+use crate::mvcc::MvccError;
+use crate::proto::cairnpb::{
+    self, propose_response::Result as Outcome, raft_peer_client::RaftPeerClient, ApplyError,
+    ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
+};
+use crate::proto::etcdserverpb::{
+    CompactionResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 
-/// Creates a [`PeerClient`] per peer.
-pub(super) struct Network;
+/// Metadata keys every peer call carries.
+pub const CLUSTER_ID_HEADER: &str = "cairn-cluster-id";
+pub const MEMBER_ID_HEADER: &str = "cairn-member-id";
+/// The text a receiver of another cluster answers with (etcd's rafthttp wording).
+pub const CLUSTER_ID_MISMATCH: &str = "cluster ID mismatch";
+
+/// How long a connection attempt to a peer may take before the call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("member {0:x} has no usable peer URL")]
+    NoAddress(u64),
+    #[error("peer {0:x} refused us: {1}")]
+    Refused(u64, String),
+    #[error("peer {0:x}: {1}")]
+    Status(u64, tonic::Status),
+    #[error("peer {0:x} sent a malformed answer: {1}")]
+    Malformed(u64, String),
+}
+
+impl PeerError {
+    /// Whether the call certainly had no effect on the peer, so it may be made again: the
+    /// peer had no address, the connection failed locally (a status tonic made from a
+    /// transport error), or the peer answered ABORTED, which the peer service uses for
+    /// "not taken, ask the leader" (it is not the leader or has none).
+    pub fn unsent(&self) -> bool {
+        match self {
+            PeerError::NoAddress(_) => true,
+            PeerError::Refused(..) | PeerError::Malformed(..) => false,
+            PeerError::Status(_, s) => {
+                s.code() == tonic::Code::Aborted
+                    || (s.code() == tonic::Code::Unavailable
+                        && std::error::Error::source(s).is_some())
+            }
+        }
+    }
+}
+
+/// The channels to the other members, shared by openraft's network and the follower's
+/// forwarding calls.
+pub struct Peers {
+    cluster_id: u64,
+    member_id: u64,
+    /// The request timeout for forwarded calls (a proposal may wait for commit).
+    forward_timeout: Duration,
+    /// Per member: the URL the channel was made for, and the channel.
+    channels: Mutex<HashMap<u64, (String, Channel)>>,
+    /// The members' peer URLs as the membership knows them, for the forwarding calls.
+    addresses: Mutex<HashMap<u64, MemberInfo>>,
+}
+
+impl Peers {
+    pub fn new(cluster_id: u64, member_id: u64, forward_timeout: Duration) -> Arc<Peers> {
+        Arc::new(Peers {
+            cluster_id,
+            member_id,
+            forward_timeout,
+            channels: Mutex::default(),
+            addresses: Mutex::default(),
+        })
+    }
+
+    /// Records the members' addresses (from the effective membership).
+    pub(super) fn set_members(&self, members: impl IntoIterator<Item = (u64, MemberInfo)>) {
+        if let Ok(mut addresses) = self.addresses.lock() {
+            *addresses = members.into_iter().collect();
+        }
+    }
+
+    fn member(&self, id: u64) -> Option<MemberInfo> {
+        self.addresses.lock().ok()?.get(&id).cloned()
+    }
+
+    /// A client for member `id` at `member`'s first peer URL; the channel connects lazily
+    /// and is replaced when the member's URL changes.
+    fn client(&self, id: u64, member: &MemberInfo) -> Result<RaftPeerClient<Channel>, PeerError> {
+        let url = member
+            .peer_urls
+            .first()
+            .ok_or(PeerError::NoAddress(id))?
+            .clone();
+        let mut channels = self.channels.lock().map_err(|_| PeerError::NoAddress(id))?;
+        let channel = match channels.get(&id) {
+            Some((known, channel)) if *known == url => channel.clone(),
+            _ => {
+                let channel = Endpoint::from_shared(url.clone())
+                    .map_err(|_| PeerError::NoAddress(id))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(id, (url, channel.clone()));
+                channel
+            }
+        };
+        Ok(RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+
+    /// A request to a peer, with this member's credentials and a deadline.
+    fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(timeout);
+        let meta = req.metadata_mut();
+        if let Ok(v) = format!("{:x}", self.cluster_id).parse() {
+            meta.insert(CLUSTER_ID_HEADER, v);
+        }
+        if let Ok(v) = format!("{:x}", self.member_id).parse() {
+            meta.insert(MEMBER_ID_HEADER, v);
+        }
+        req
+    }
+
+    /// Hands a proposal to the leader `leader` and returns apply's result there.
+    pub async fn propose(
+        &self,
+        leader: u64,
+        cmd: cairnpb::Command,
+    ) -> Result<Result<Applied, RaftError>, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let msg = ProposeRequest {
+            command: cmd.encode_to_vec(),
+        };
+        let sent = msg.encoded_len();
+        let started = Instant::now();
+        let resp = client
+            .propose(self.request(msg, self.forward_timeout))
+            .await
+            .map_err(|s| self.failed(leader, s));
+        let resp = resp?.into_inner();
+        self.succeeded(leader, started, sent);
+        decode_outcome(leader, resp)
+    }
+
+    /// Tells the leader `leader` this member's attributes (see [`super::RaftNode`]'s
+    /// publishing).
+    pub(super) async fn publish(
+        &self,
+        leader: u64,
+        me: &(u64, MemberInfo),
+    ) -> Result<(), PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let data = encode(me).map_err(|e| PeerError::Malformed(leader, e.to_string()))?;
+        client
+            .publish(self.request(RaftMessage { data }, self.forward_timeout))
+            .await
+            .map_err(|s| self.failed(leader, s))?;
+        Ok(())
+    }
+
+    /// Hands an encoded membership change to the leader; returns its encoded answer.
+    pub(super) async fn change_members(
+        &self,
+        leader: u64,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let resp = client
+            .change_members(self.request(RaftMessage { data }, self.forward_timeout))
+            .await
+            .map_err(|s| self.failed(leader, s))?;
+        Ok(resp.into_inner().data)
+    }
+
+    /// A lease keep-alive answered by the leader's lessor.
+    pub async fn lease_keep_alive(
+        &self,
+        leader: u64,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let req = self.request(LeaseKeepAliveRequest { id }, self.forward_timeout);
+        let resp = client.lease_keep_alive(req).await;
+        Ok(resp.map_err(|s| self.failed(leader, s))?.into_inner())
+    }
+
+    /// A lease time-to-live answered by the leader's lessor.
+    pub async fn lease_time_to_live(
+        &self,
+        leader: u64,
+        msg: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let req = self.request(msg, self.forward_timeout);
+        let resp = client.lease_time_to_live(req).await;
+        Ok(resp.map_err(|s| self.failed(leader, s))?.into_inner())
+    }
+
+    /// The lease list of the leader's lessor.
+    pub async fn lease_leases(&self, leader: u64) -> Result<LeaseLeasesResponse, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let req = self.request(LeaseLeasesRequest {}, self.forward_timeout);
+        let resp = client.lease_leases(req).await;
+        Ok(resp.map_err(|s| self.failed(leader, s))?.into_inner())
+    }
+
+    /// Asks the leader `leader` for its read index: once this member has applied up to it,
+    /// a local read is linearizable.
+    pub async fn read_index(&self, leader: u64) -> Result<u64, PeerError> {
+        let member = self.member(leader).ok_or(PeerError::NoAddress(leader))?;
+        let mut client = self.client(leader, &member)?;
+        let started = Instant::now();
+        let resp = client
+            .read_index(self.request(ReadIndexRequest {}, self.forward_timeout))
+            .await
+            .map_err(|s| self.failed(leader, s))?;
+        self.succeeded(leader, started, 0);
+        Ok(resp.into_inner().index)
+    }
+
+    /// Records a successful round trip to `to`.
+    fn succeeded(&self, to: u64, started: Instant, sent: usize) {
+        let m = metrics::get();
+        let to = format!("{to:x}");
+        m.peer_round_trip
+            .with_label_values(&[&to])
+            .observe(started.elapsed().as_secs_f64());
+        m.peer_sent_bytes
+            .with_label_values(&[&to])
+            .inc_by(u64::try_from(sent).unwrap_or(u64::MAX));
+    }
+
+    /// Records a failed call to `to` and says why.
+    fn failed(&self, to: u64, status: tonic::Status) -> PeerError {
+        metrics::get()
+            .peer_sent_failures
+            .with_label_values(&[&format!("{to:x}")])
+            .inc();
+        if status.code() == tonic::Code::FailedPrecondition
+            && status.message().starts_with(CLUSTER_ID_MISMATCH)
+        {
+            tracing::error!(
+                peer = %format!("{to:x}"),
+                local_cluster_id = %format!("{:x}", self.cluster_id),
+                "peer refused this member: {}", status.message()
+            );
+            return PeerError::Refused(to, status.message().to_string());
+        }
+        PeerError::Status(to, status)
+    }
+}
+
+/// Asks the members at `urls` (the other members of `--initial-cluster`), in turn, for the
+/// cluster ID and member list: how a member started with `--initial-cluster-state existing`
+/// learns who it is (etcd's `GetClusterFromRemotePeers`).
+pub async fn fetch_cluster(
+    urls: &[String],
+    timeout: Duration,
+) -> Result<(u64, Vec<(u64, MemberInfo)>), PeerError> {
+    let mut last = PeerError::NoAddress(0);
+    for url in urls {
+        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+            continue;
+        };
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
+        let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut req = tonic::Request::new(RaftMessage::default());
+        req.set_timeout(timeout);
+        match client.cluster(req).await {
+            Ok(resp) => {
+                return decode(&resp.into_inner().data)
+                    .map_err(|e| PeerError::Malformed(0, e.to_string()))
+            }
+            Err(status) => {
+                tracing::warn!(peer = %url, error = %status, "cannot fetch the cluster from this peer");
+                last = PeerError::Status(0, status);
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Encodes apply's result for the follower that forwarded the proposal.
+pub fn encode_outcome(result: Result<Applied, RaftError>) -> Result<ProposeResponse, RaftError> {
+    let refusal = |e: ApplyError, key_len: usize| ProposeResponse {
+        result: Some(Outcome::Error(e as i32)),
+        key_len: u64::try_from(key_len).unwrap_or(u64::MAX),
+    };
+    let ok = |r: Outcome| ProposeResponse {
+        result: Some(r),
+        key_len: 0,
+    };
+    Ok(match result {
+        Ok(Applied::Txn(resp, _)) => ok(Outcome::Txn(resp)),
+        Ok(Applied::Compaction(_)) => ok(Outcome::Compaction(CompactionResponse::default())),
+        Ok(Applied::LeaseGrant(resp)) => ok(Outcome::LeaseGrant(resp)),
+        Ok(Applied::LeaseRevoke(resp, _)) => ok(Outcome::LeaseRevoke(resp)),
+        Err(RaftError::Apply(e)) => match e {
+            MvccError::Compacted => refusal(ApplyError::Compacted, 0),
+            MvccError::FutureRev => refusal(ApplyError::FutureRev, 0),
+            MvccError::KeyNotFound => refusal(ApplyError::KeyNotFound, 0),
+            MvccError::InvalidKey(n) => refusal(ApplyError::InvalidKey, n),
+            MvccError::LeaseNotFound => refusal(ApplyError::LeaseNotFound, 0),
+            other => return Err(RaftError::Apply(other)),
+        },
+        Err(RaftError::Lease(e)) => match e {
+            LeaseError::NotFound => refusal(ApplyError::LeaseNotFound, 0),
+            LeaseError::Exists => refusal(ApplyError::LeaseExists, 0),
+            LeaseError::TtlTooLarge => refusal(ApplyError::LeaseTtlTooLarge, 0),
+            other => return Err(RaftError::Lease(other)),
+        },
+        Err(other) => return Err(other),
+    })
+}
+
+fn decode_outcome(
+    from: u64,
+    resp: ProposeResponse,
+) -> Result<Result<Applied, RaftError>, PeerError> {
+    let malformed = |what: &str| PeerError::Malformed(from, what.to_string());
+    Ok(match resp.result.ok_or_else(|| malformed("no result"))? {
+        Outcome::Txn(r) => Ok(Applied::Txn(r, Vec::new())),
+        // The leader has compacted; a forwarded `physical` compaction waits for the
+        // leader's apply only.
+        Outcome::Compaction(_) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(());
+            Ok(Applied::Compaction(rx))
+        }
+        Outcome::LeaseGrant(r) => Ok(Applied::LeaseGrant(r)),
+        Outcome::LeaseRevoke(r) => Ok(Applied::LeaseRevoke(r, Vec::new())),
+        Outcome::Error(code) => Err(
+            match ApplyError::try_from(code).map_err(|_| malformed("unknown refusal"))? {
+                ApplyError::Compacted => RaftError::Apply(MvccError::Compacted),
+                ApplyError::FutureRev => RaftError::Apply(MvccError::FutureRev),
+                ApplyError::KeyNotFound => RaftError::Apply(MvccError::KeyNotFound),
+                ApplyError::InvalidKey => RaftError::Apply(MvccError::InvalidKey(
+                    usize::try_from(resp.key_len).unwrap_or(usize::MAX),
+                )),
+                ApplyError::LeaseNotFound => RaftError::Apply(MvccError::LeaseNotFound),
+                ApplyError::LeaseExists => RaftError::Lease(LeaseError::Exists),
+                ApplyError::LeaseTtlTooLarge => RaftError::Lease(LeaseError::TtlTooLarge),
+                ApplyError::Unspecified => return Err(malformed("unspecified refusal")),
+            },
+        ),
+    })
+}
+
+/// openraft's network factory: a [`PeerClient`] per target.
+pub(super) struct Network(pub(super) Arc<Peers>);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, _member: &MemberInfo) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: u64, member: &MemberInfo) -> PeerClient {
+        PeerClient {
+            peers: self.0.clone(),
+            target,
+            member: member.clone(),
+        }
     }
 }
 
-/// The connection to one peer.
+/// openraft's connection to one peer.
 pub(super) struct PeerClient {
+    peers: Arc<Peers>,
     target: u64,
+    member: MemberInfo,
 }
 
 impl PeerClient {
-    fn unsupported(&self) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!(
-            "peer transport not supported yet (to member {:x})",
-            self.target
-        ))
+    /// One raft RPC: encode, send with openraft's deadline, decode; a failure to reach the
+    /// peer is `Unreachable` (openraft backs off), a bad answer a network error.
+    async fn call<Req, Resp, Fut>(
+        &mut self,
+        rpc: &Req,
+        option: &RPCOption,
+        send: impl FnOnce(RaftPeerClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let data = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let sent = data.len();
+        let client = self
+            .peers
+            .client(self.target, &self.member)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let started = Instant::now();
+        let req = self.peers.request(RaftMessage { data }, option.hard_ttl());
+        let resp = send(client, req).await.map_err(|status| {
+            let e = self.peers.failed(self.target, status);
+            RPCError::Unreachable(Unreachable::new(&e))
+        })?;
+        self.peers.succeeded(self.target, started, sent);
+        decode(&resp.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -48,20 +453,37 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unsupported()))
+        self.call(&rpc, &option, |mut c, req| async move {
+            c.append_entries(req).await
+        })
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unsupported()))
+        self.call(&rpc, &option, |mut c, req| async move { c.vote(req).await })
+            .await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, &option, |mut c, req| async move {
+            c.transfer_leader(req).await
+        })
+        .await
+    }
+
+    /// Never needed yet: a multi-member cluster keeps its whole log (see
+    /// `openraft_config`), so a lagging member always catches up from entries.
     async fn full_snapshot(
         &mut self,
         _vote: VoteOf<TypeConfig>,
@@ -69,6 +491,68 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unsupported()))
+        Err(StreamingError::Unreachable(Unreachable::from_string(
+            format!(
+                "sending a snapshot to member {:x} is not supported yet",
+                self.target
+            ),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{ResponseHeader, TxnResponse};
+
+    /// A forwarded proposal answers the follower's client exactly as the leader's apply
+    /// answered: results and deterministic refusals survive the trip.
+    #[test]
+    fn apply_results_survive_forwarding() {
+        let trip = |r: Result<Applied, RaftError>| {
+            let wire = encode_outcome(r).expect("encodable");
+            decode_outcome(
+                1,
+                ProposeResponse::decode(wire.encode_to_vec().as_slice()).expect("decode"),
+            )
+            .expect("well formed")
+        };
+        let txn = TxnResponse {
+            header: Some(ResponseHeader {
+                revision: 7,
+                ..Default::default()
+            }),
+            succeeded: true,
+            ..Default::default()
+        };
+        match trip(Ok(Applied::Txn(txn.clone(), Vec::new()))) {
+            Ok(Applied::Txn(back, _)) => assert_eq!(back, txn),
+            _ => panic!("txn result changed"),
+        }
+        assert!(matches!(
+            trip(Err(RaftError::Apply(MvccError::Compacted))),
+            Err(RaftError::Apply(MvccError::Compacted))
+        ));
+        assert!(matches!(
+            trip(Err(RaftError::Apply(MvccError::InvalidKey(40_000)))),
+            Err(RaftError::Apply(MvccError::InvalidKey(40_000)))
+        ));
+        assert!(matches!(
+            trip(Err(RaftError::Lease(LeaseError::Exists))),
+            Err(RaftError::Lease(LeaseError::Exists))
+        ));
+        // Anything else is not an apply result: it travels as the call's status.
+        assert!(encode_outcome(Err(RaftError::Timeout)).is_err());
+    }
+
+    #[test]
+    fn only_calls_that_never_arrived_are_retried() {
+        let status = |code, msg: &str| PeerError::Status(1, tonic::Status::new(code, msg));
+        assert!(status(tonic::Code::Aborted, "etcdserver: not leader").unsent());
+        assert!(PeerError::NoAddress(1).unsent());
+        // A status the leader sent (no local transport error) may follow a proposal.
+        assert!(!status(tonic::Code::Unavailable, "etcdserver: request timed out").unsent());
+        assert!(!status(tonic::Code::DeadlineExceeded, "timeout").unsent());
+        assert!(!PeerError::Refused(1, CLUSTER_ID_MISMATCH.into()).unsent());
     }
 }

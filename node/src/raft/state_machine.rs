@@ -18,7 +18,8 @@
 //!
 //! Snapshots: a snapshot is the local MVCC state as of `last_applied`, made durable by
 //! `Store::sync` before openraft may purge the log behind it; its data is empty. Installing a
-//! snapshot sent by a leader is multi-node work and fails with a clear error for now.
+//! snapshot sent by a leader fails with a clear error for now: a cluster of more than one
+//! member never purges its log (see `openraft_config`), so no leader needs to send one.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -141,7 +142,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("installing a snapshot from the leader ({meta}) is not supported yet: cairn runs a single voter"),
+            format!("installing a snapshot from the leader ({meta}) is not supported yet: a cluster keeps its whole log instead"),
         ))
     }
 

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod big_reads;
+mod cluster_faults;
 mod config;
 mod crash;
 mod edge_cases;
@@ -19,6 +20,7 @@ mod lease_ctl;
 mod lock_api;
 mod lock_elect;
 mod maintenance;
+mod multi_node;
 mod plugins;
 mod watch_ctl;
 mod watch_guarantees;

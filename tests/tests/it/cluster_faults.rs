@@ -1,0 +1,250 @@
+//! Cluster fault tests: concurrent clients put, get and compare-and-swap on a few keys of a
+//! 3-member (and a 5-member) cluster while members are killed with `kill -9` and restarted,
+//! frozen with SIGSTOP, or partitioned from each other by the peer proxies. Afterwards the
+//! recorded history must be linearizable, every member must hold the same revision history,
+//! and every acknowledged write must be in it at its acknowledged revision.
+//!
+//! Each scenario runs its faults for [`FAULT_TIME`] plus a short healed tail, about 25 s in
+//! all with start-up and checks.
+
+use std::time::Duration;
+
+use cairn_tests::cluster::Cluster;
+use cairn_tests::history::{Call, Outcome, Output, Recorder};
+use cairn_tests::linearizability::{check, Limits};
+use cairn_tests::proxy::{LinkFault, NodeId};
+use cairn_tests::workload::{check_durability, execute, read_back, Workload};
+use etcd_client::{Client, GetOptions};
+use tokio::time::{sleep, Instant};
+
+/// How long faults are injected in each scenario.
+const FAULT_TIME: Duration = Duration::from_secs(16);
+/// Load on the healed cluster before the clients stop: the cluster must serve again.
+const HEALED_TIME: Duration = Duration::from_secs(2);
+
+/// Starts a cluster of `members`, runs the workload while `inject` runs rounds of faults
+/// until the deadline (it must leave every member running and the network healed), then
+/// checks the history and the members' stores.
+async fn scenario(members: usize, inject: impl AsyncFnMut(&mut Cluster) -> anyhow::Result<()>) {
+    scenario_for(members, FAULT_TIME, inject).await;
+}
+
+/// [`scenario`] with faults for `fault_time`.
+async fn scenario_for(
+    members: usize,
+    fault_time: Duration,
+    inject: impl AsyncFnMut(&mut Cluster) -> anyhow::Result<()>,
+) {
+    let mut inject = inject;
+    let mut cluster = Cluster::start(members).await.expect("cluster starts");
+    let recorder = Recorder::new();
+    let workload = Workload::default();
+    let clients = workload.start(cluster.client_urls(), &recorder);
+    let deadline = Instant::now() + fault_time;
+    let mut rounds = 0;
+    while Instant::now() < deadline {
+        inject(&mut cluster).await.expect("fault round");
+        rounds += 1;
+    }
+    cluster.heal();
+    cluster.leader().await.expect("a leader after healing");
+    let healed_at = recorder.now();
+    sleep(HEALED_TIME).await;
+    clients.stop().await.expect("clients stop");
+    read_back(&cluster, &workload.keys(), &recorder)
+        .await
+        .expect("every member serves every key");
+
+    let history = recorder.history();
+    let tally = history.tally();
+    let report = check(&history, Limits::default());
+    eprintln!("{rounds} fault rounds; {tally}\n{report}");
+    assert!(report.is_linearizable(), "{report}");
+    let durability = check_durability(&cluster, &history)
+        .await
+        .expect("no acknowledged write lost");
+    eprintln!("{durability:?}");
+    assert!(
+        tally.acknowledged_writes >= 20,
+        "too little progress under faults: {tally}"
+    );
+    let after_heal = history
+        .acknowledged_writes()
+        .filter(|op| op.invoked > healed_at)
+        .count();
+    assert!(after_heal > 0, "no write acknowledged after healing");
+}
+
+/// A member that is not `leader`.
+fn follower(cluster: &Cluster, leader: NodeId) -> NodeId {
+    (leader + 1) % cluster.size()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linearizable_while_members_are_killed_and_restarted() {
+    let mut kill_leader = true;
+    scenario(3, async |cluster: &mut Cluster| {
+        let leader = cluster.leader().await?;
+        // Alternately the leader and a follower, so both recoveries are exercised.
+        let victim = if kill_leader {
+            leader
+        } else {
+            follower(cluster, leader)
+        };
+        kill_leader = !kill_leader;
+        cluster.kill9(victim)?;
+        sleep(Duration::from_secs(1)).await;
+        cluster.restart(victim).await?;
+        sleep(Duration::from_secs(2)).await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linearizable_while_the_leader_is_frozen() {
+    scenario(3, async |cluster: &mut Cluster| {
+        let leader = cluster.leader().await?;
+        cluster.pause(leader)?;
+        // Several election timeouts: the others elect a new leader meanwhile, and the old
+        // one wakes up believing it still leads.
+        sleep(Duration::from_secs(2)).await;
+        cluster.resume(leader)?;
+        sleep(Duration::from_secs(2)).await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linearizable_with_a_follower_partitioned_away() {
+    scenario(3, async |cluster: &mut Cluster| {
+        let leader = cluster.leader().await?;
+        let minority = follower(cluster, leader);
+        let majority: Vec<NodeId> = (0..cluster.size()).filter(|&m| m != minority).collect();
+        // Cut (connections reset) rather than black-holed: the other way links fail.
+        cluster
+            .network()
+            .split(&[minority], &majority, LinkFault::Cut);
+        sleep(Duration::from_secs(3)).await;
+        cluster.heal();
+        sleep(Duration::from_secs(2)).await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linearizable_with_the_leader_partitioned_away() {
+    scenario(3, async |cluster: &mut Cluster| {
+        let old = cluster.leader().await?;
+        cluster.isolate(old);
+        // The majority must elect a leader of its own while the old one is cut off.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let new = loop {
+            match cluster.current_leader().await {
+                Some(new) if new != old => break new,
+                _ if Instant::now() > deadline => anyhow::bail!("majority elected no new leader"),
+                _ => sleep(Duration::from_millis(100)).await,
+            }
+        };
+        assert_ne!(new, old);
+        sleep(Duration::from_secs(2)).await;
+        cluster.heal();
+        sleep(Duration::from_secs(2)).await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_members_survive_a_partition_and_a_kill() {
+    scenario(5, async |cluster: &mut Cluster| {
+        let leader = cluster.leader().await?;
+        let minority = [leader, follower(cluster, leader)];
+        let majority: Vec<NodeId> = (0..5).filter(|m| !minority.contains(m)).collect();
+        cluster.partition(&minority, &majority);
+        sleep(Duration::from_secs(3)).await;
+        cluster.heal();
+        let victim = majority[0];
+        cluster.kill9(victim)?;
+        sleep(Duration::from_secs(1)).await;
+        cluster.restart(victim).await?;
+        sleep(Duration::from_secs(1)).await;
+        Ok(())
+    })
+    .await;
+}
+
+/// The harness must see what it exists to see: a member cut off from the others still
+/// answers serializable reads from its own stale store, and the checker rejects the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_rejects_stale_reads_from_an_isolated_member() {
+    let cluster = Cluster::start(3).await.expect("cluster starts");
+    let leader = cluster.leader().await.unwrap();
+    let isolated = follower(&cluster, leader);
+    let mut writer = cluster.client(leader).await.unwrap();
+    let mut stale = cluster.client(isolated).await.unwrap();
+    let recorder = Recorder::new();
+    let put = async |client: &mut Client, value: &str| {
+        let call = Call::Put {
+            value: value.to_string(),
+        };
+        let invocation = recorder.invoke(0, "key0", call.clone());
+        let (output, revision) = execute(client, "key0", &call).await.unwrap();
+        invocation.finish(Outcome::Ok(output), Some(revision));
+    };
+    put(&mut writer, "old").await;
+    // Wait until the member to be isolated has applied "old".
+    let serializable = || Some(GetOptions::new().with_serializable());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stale
+        .get("key0", serializable())
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "member {isolated} never applied the put"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.isolate(isolated);
+    put(&mut writer, "new").await;
+    let read = recorder.invoke(1, "key0", Call::Get);
+    let resp = stale.get("key0", serializable()).await.unwrap();
+    let seen = resp
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+    assert_eq!(seen.as_deref(), Some("old"), "the isolated member is stale");
+    read.finish(Outcome::Ok(Output::Get(seen)), None);
+
+    let report = check(&recorder.history(), Limits::default());
+    eprintln!("{report}");
+    let (key, violation) = report
+        .violations()
+        .next()
+        .expect("the stale read is caught");
+    assert_eq!(key, "key0");
+    assert_eq!(violation.stuck[0].client, 1, "{report}");
+    assert_eq!(violation.value.as_deref(), Some("new"), "{report}");
+}
+
+/// The same harness on a single member, which cairn runs today: `kill -9` and restart under
+/// load, then the history must be linearizable and every acknowledged write kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_member_is_linearizable_across_kill_9() {
+    scenario_for(1, Duration::from_secs(8), async |cluster: &mut Cluster| {
+        sleep(Duration::from_secs(1)).await;
+        cluster.kill9(0)?;
+        sleep(Duration::from_millis(500)).await;
+        cluster.restart(0).await?;
+        sleep(Duration::from_secs(1)).await;
+        Ok(())
+    })
+    .await;
+}
