@@ -238,17 +238,20 @@ async fn hostile_plugins_are_contained_and_their_policy_decides() {
 async fn deny_code_rewrite_and_namespace_quota() {
     let hostile = plugin("hostile").display().to_string();
     let quota = plugin("namespace-quota").display().to_string();
+    // Deadlines of 2 s: this case is about answers, not time, and a debug build on a loaded
+    // 2-core machine can take more than the default 5 ms.
     let yaml = format!(
-        "  - {{name: pre, path: {hostile}, hooks: [admission], prefixes: [/pre/], \
+        "  - {{name: pre, path: {hostile}, hooks: [admission], prefixes: [/pre/], deadline: 2s, \
               deny-code: failed-precondition, config: {{mode: deny}}}}
-  - {{name: rw, path: {hostile}, hooks: [admission], prefixes: [/rw/], allow-rewrite: true, \
+  - {{name: rw, path: {hostile}, hooks: [admission], prefixes: [/rw/], deadline: 2s, allow-rewrite: true, \
               config: {{mode: rewrite}}}}
-  - {{name: no-rw, path: {hostile}, hooks: [admission], prefixes: [/no-rw/], \
+  - {{name: no-rw, path: {hostile}, hooks: [admission], prefixes: [/no-rw/], deadline: 2s, \
               config: {{mode: rewrite}}}}
   - name: quota
     path: {quota}
     hooks: [admission]
     prefixes: [/team/, /free/]
+    deadline: 2s
     values: false
     config:
       namespaces:
