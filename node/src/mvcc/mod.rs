@@ -202,20 +202,9 @@ impl Mvcc {
     /// A range with every option of `RangeRequest`, as etcd's Range applier. The response
     /// header carries only the revision the read was served at.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.range_chunks(req, usize::MAX, &mut |_| ControlFlow::Continue(()))?
+        self.pin()?
+            .range_chunks(req, usize::MAX, &mut |_| ControlFlow::Continue(()))?
             .ok_or_else(|| MvccError::Storage(StorageFault::Corrupt("range stopped".into())))
-    }
-
-    /// [`Mvcc::range`] handing the kvs to `emit` in chunks of about `chunk_bytes`, all read
-    /// from one snapshot; returns the final chunk, which alone carries the header's
-    /// revision, `more` and `count`, or `None` if `emit` broke off.
-    pub fn range_chunks(
-        &self,
-        req: &RangeRequest,
-        chunk_bytes: usize,
-        emit: &mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>,
-    ) -> Result<Option<RangeResponse>, MvccError> {
-        self.pin()?.range_chunks(req, chunk_bytes, emit)
     }
 
     /// The store as it is now, to read later (e.g. on another thread) at this revision.
@@ -413,7 +402,9 @@ pub struct Pinned {
 }
 
 impl Pinned {
-    /// See [`Mvcc::range_chunks`].
+    /// [`Mvcc::range`] handing the kvs to `emit` in chunks of about `chunk_bytes`, all read
+    /// from this snapshot; returns the final chunk, which alone carries the header's
+    /// revision, `more` and `count`, or `None` if `emit` broke off.
     pub fn range_chunks(
         &self,
         req: &RangeRequest,

@@ -1155,6 +1155,8 @@ fn chunked(
     let mut chunks = Vec::new();
     let last = f
         .mvcc
+        .pin()
+        .expect("pin")
         .range_chunks(req, chunk_bytes, &mut |kvs| {
             chunks.push(kvs);
             ControlFlow::Continue(())
@@ -1228,6 +1230,8 @@ fn a_chunked_range_stops_when_told() {
     let mut emitted = 0;
     let stopped = f
         .mvcc
+        .pin()
+        .expect("pin")
         .range_chunks(&range("k", "l"), 1, &mut |_| {
             emitted += 1;
             ControlFlow::Break(())
