@@ -26,6 +26,10 @@ const LEARNER_READY_PERCENT: f64 = 0.9;
 /// How long a change waits before trying again while another one commits.
 const CHANGE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// etcd's `HealthInterval`: with the strict reconfiguration check, a voter is added only
+/// once the leader has reached every voter without a break for this long.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One membership change, as the core asks for it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MemberChange {
@@ -55,6 +59,12 @@ pub enum MemberError {
     NotLearner,
     #[error("can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    #[error("re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("unhealthy cluster")]
+    Unhealthy,
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
     /// The leader purged log entries (a one-member cluster does, behind its snapshots), so
     /// a new member could only catch up from a snapshot, which is not sent yet.
     #[error("adding a member after the raft log was purged needs snapshot transfer")]
@@ -147,6 +157,7 @@ impl RaftNode {
                 if urls_taken(id, &peer_urls) {
                     return Err(MemberError::PeerUrlsExist.into());
                 }
+                self.may_add(&members, learner)?;
                 let info = MemberInfo {
                     name: String::new(),
                     peer_urls,
@@ -161,6 +172,9 @@ impl RaftNode {
             }
             MemberChange::Remove(id) => {
                 let (_, _, is_learner) = find(id).ok_or(MemberError::NotFound)?;
+                if !is_learner {
+                    self.may_remove_voter(&members, id)?;
+                }
                 let ids = BTreeSet::from([id]);
                 let change = if *is_learner {
                     ChangeMembers::RemoveNodes(ids)
@@ -190,11 +204,68 @@ impl RaftNode {
                 if !self.learner_ready(id) {
                     return Err(MemberError::LearnerNotReady.into());
                 }
+                if self.strict_reconfig_check && !quorum_started(&members, 1, 1, None) {
+                    return Err(MemberError::NotEnoughStarted.into());
+                }
                 self.apply_change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
                     .await?;
             }
         }
         Ok(self.members_with_roles())
+    }
+
+    /// etcd's learner limit and `mayAddMember`: a voter is added only if the started voters
+    /// keep a quorum of the cluster it makes, and only once every voter has been reachable
+    /// for [`HEALTH_INTERVAL`] (a change made while one is down could lose quorum).
+    fn may_add(&self, members: &Members, learner: bool) -> Result<(), MemberError> {
+        if learner {
+            let learners = members.iter().filter(|(_, _, l)| *l).count();
+            return match learners < self.max_learners {
+                true => Ok(()),
+                false => Err(MemberError::TooManyLearners),
+            };
+        }
+        if !self.strict_reconfig_check {
+            return Ok(());
+        }
+        // A one-member cluster may always add its second member: etcd's recovery recipe
+        // (restore or --force-new-cluster, then add members one at a time).
+        let voters = members.iter().filter(|(_, _, l)| !l).count();
+        let second = voters == 1 && members.iter().any(|(_, info, l)| !l && started(info));
+        if !second && !quorum_started(members, 1, 0, None) {
+            return Err(MemberError::NotEnoughStarted);
+        }
+        let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+        let healthy = voters_except(members, self.member_id).all(|id| {
+            matches!((self.peers.active_since(id), since), (Some(t), Some(s)) if t <= s)
+        });
+        match healthy {
+            true => Ok(()),
+            false => Err(MemberError::Unhealthy),
+        }
+    }
+
+    /// etcd's `mayRemoveMember` for a voter: the started voters left must keep a quorum,
+    /// and unless `id` is down already (removing it loses nothing), the voters this leader
+    /// reaches, less `id`, must too.
+    fn may_remove_voter(&self, members: &Members, id: u64) -> Result<(), MemberError> {
+        if !self.strict_reconfig_check {
+            return Ok(());
+        }
+        if !quorum_started(members, 0, 0, Some(id)) {
+            return Err(MemberError::NotEnoughStarted);
+        }
+        if id != self.member_id && self.peers.active_since(id).is_none() {
+            return Ok(());
+        }
+        let voters = members.iter().filter(|(_, _, l)| !l).count();
+        let reached = 1 + voters_except(members, self.member_id)
+            .filter(|m| self.peers.active_since(*m).is_some())
+            .count();
+        match reached - 1 >= 1 + (voters - 1) / 2 {
+            true => Ok(()),
+            false => Err(MemberError::Unhealthy),
+        }
     }
 
     fn log_purged(&self) -> bool {
@@ -255,6 +326,36 @@ impl From<MemberError> for RaftError {
     fn from(e: MemberError) -> RaftError {
         RaftError::Member(e)
     }
+}
+
+/// Whether a member has started: it has published its name, as etcd's `IsStarted`.
+fn started(info: &MemberInfo) -> bool {
+    !info.name.is_empty()
+}
+
+fn voters_except(members: &Members, me: u64) -> impl Iterator<Item = u64> + '_ {
+    members
+        .iter()
+        .filter(move |(id, _, learner)| !learner && *id != me)
+        .map(|(id, _, _)| *id)
+}
+
+/// etcd's `IsReadyTo{Add,Promote,Remove}VotingMember`: counting the voters (without
+/// `leaving`) plus `joining` more, of which `joining_started` have started, do the started
+/// ones make a quorum?
+fn quorum_started(
+    members: &Members,
+    joining: usize,
+    joining_started: usize,
+    leaving: Option<u64>,
+) -> bool {
+    let voters = members
+        .iter()
+        .filter(|(id, _, learner)| !learner && Some(*id) != leaving);
+    let (all, up) = voters.fold((joining, joining_started), |(all, up), (_, info, _)| {
+        (all + 1, up + usize::from(started(info)))
+    });
+    up >= all / 2 + 1
 }
 
 fn to_etcd(members: Members) -> Vec<Member> {
