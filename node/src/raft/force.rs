@@ -2,9 +2,11 @@
 //! is the only voter of its cluster, keeping all of its data (etcd's
 //! `restartAsStandaloneNode`).
 //!
-//! As etcd does, the log entries after the last known commit are discarded (no quorum will
-//! ever decide on them now), then one membership entry is appended holding this member
-//! alone. openraft takes the last membership entry of the log as the effective one, so at
+//! One membership entry holding this member alone is appended to the log. Unlike etcd,
+//! the entries after the last commit this member recorded are kept, not discarded: they
+//! came from a legitimate leader, and this member records commits lazily, so some of them
+//! may have been acknowledged to clients (etcd's discard can drop such writes). They
+//! commit with the new membership entry. openraft takes the last membership entry of the log as the effective one, so at
 //! start this member is the sole voter, elects itself and commits that entry: the new
 //! membership goes through raft and persists; the cluster ID stays. Members added later
 //! replicate it like any other entry. A member with an empty log (never started) is left
@@ -44,22 +46,9 @@ pub(super) async fn single_voter(
         tracing::info!("--force-new-cluster: the raft log is empty, nothing to force");
         return Ok(());
     };
-    let (applied, applied_membership) = state_machine.applied_state().await?;
-    let commit = log.read_committed().await?.max(applied);
-    if commit.as_ref().map(|c| c.index()) < Some(last.index()) {
-        let from = commit.as_ref().map_or(0, |c| c.index());
-        tracing::info!(
-            "entry-index" = last.index(),
-            "commit-index-from-wal" = from,
-            "number-of-discarded-entries" = last.index() - from,
-            "discarding uncommitted WAL entries"
-        );
-        log.truncate_after(commit.clone()).await?;
-    }
-    let base = commit.or(state.last_purged_log_id).ok_or_else(|| {
-        io::Error::other("--force-new-cluster: no committed entry to start from")
-    })?;
-    let known = match last_membership(log, base.index()).await? {
+    let (_, applied_membership) = state_machine.applied_state().await?;
+    let commit = log.read_committed().await?;
+    let known = match last_membership(log, last.index()).await? {
         Some(m) => m,
         None => applied_membership.membership().clone(),
     };
@@ -82,13 +71,14 @@ pub(super) async fn single_voter(
     tracing::warn!(
         "cluster-id" = %format!("{cluster_id:x}"),
         "local-member-id" = %format!("{me:x}"),
-        "commit-index" = base.index(),
+        "commit-index" = commit.map_or(0, |c| c.index()),
+        "last-index" = last.index(),
         "removed-member-ids" = ?removed,
         "forcing restart member"
     );
     let membership = Membership::new(vec![BTreeSet::from([me])], BTreeMap::from([(me, info)]))
         .map_err(io::Error::other)?;
-    let log_id = LogId::new(base.committed_leader_id().clone(), base.index() + 1);
+    let log_id = LogId::new(last.committed_leader_id().clone(), last.index() + 1);
     log.append([Entry::new_membership(log_id, membership)], IOFlushed::noop())
         .await?;
     // Saving the vote waits for the fsync thread, which has then also made the entry

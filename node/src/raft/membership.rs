@@ -166,8 +166,7 @@ impl RaftNode {
                 self.apply_change(ChangeMembers::AddNodes(BTreeMap::from([(id, info)])))
                     .await?;
                 if !learner {
-                    self.apply_change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
-                        .await?;
+                    self.add_voter(id).await?;
                 }
             }
             MemberChange::Remove(id) => {
@@ -214,35 +213,32 @@ impl RaftNode {
         Ok(self.members_with_roles())
     }
 
-    /// etcd's learner limit and `mayAddMember`: a voter is added only if the started voters
-    /// keep a quorum of the cluster it makes, and only once every voter has been reachable
-    /// for [`HEALTH_INTERVAL`] (a change made while one is down could lose quorum).
+    /// etcd's `mayAddMember`, then its learner limit: a voter is added only if the started
+    /// voters keep a quorum of the cluster it makes; any member only once every voter has
+    /// been reachable for [`HEALTH_INTERVAL`] (a change made while one is down could lose
+    /// quorum); a learner only while there are fewer than `--max-learners`.
     fn may_add(&self, members: &Members, learner: bool) -> Result<(), MemberError> {
-        if learner {
-            let learners = members.iter().filter(|(_, _, l)| *l).count();
-            return match learners < self.max_learners {
-                true => Ok(()),
-                false => Err(MemberError::TooManyLearners),
-            };
+        if self.strict_reconfig_check {
+            // A one-member cluster may always add its second member: etcd's recovery
+            // recipe (restore or --force-new-cluster, then add members one at a time).
+            let voters = members.iter().filter(|(_, _, l)| !l).count();
+            let second = voters == 1 && members.iter().any(|(_, info, l)| !l && started(info));
+            if !learner && !second && !quorum_started(members, 1, 0, None) {
+                return Err(MemberError::NotEnoughStarted);
+            }
+            let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+            let healthy = voters_except(members, self.member_id).all(|id| {
+                matches!((self.peers.active_since(id), since), (Some(t), Some(s)) if t <= s)
+            });
+            if !healthy {
+                return Err(MemberError::Unhealthy);
+            }
         }
-        if !self.strict_reconfig_check {
-            return Ok(());
+        let learners = members.iter().filter(|(_, _, l)| *l).count();
+        if learner && learners >= self.max_learners {
+            return Err(MemberError::TooManyLearners);
         }
-        // A one-member cluster may always add its second member: etcd's recovery recipe
-        // (restore or --force-new-cluster, then add members one at a time).
-        let voters = members.iter().filter(|(_, _, l)| !l).count();
-        let second = voters == 1 && members.iter().any(|(_, info, l)| !l && started(info));
-        if !second && !quorum_started(members, 1, 0, None) {
-            return Err(MemberError::NotEnoughStarted);
-        }
-        let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
-        let healthy = voters_except(members, self.member_id).all(|id| {
-            matches!((self.peers.active_since(id), since), (Some(t), Some(s)) if t <= s)
-        });
-        match healthy {
-            true => Ok(()),
-            false => Err(MemberError::Unhealthy),
-        }
+        Ok(())
     }
 
     /// etcd's `mayRemoveMember` for a voter: the started voters left must keep a quorum,
@@ -265,6 +261,37 @@ impl RaftNode {
         match reached - 1 >= 1 + (voters - 1) / 2 {
             true => Ok(()),
             false => Err(MemberError::Unhealthy),
+        }
+    }
+
+    /// Makes the learner `id` a voter and returns once the membership lists it as one,
+    /// without waiting for the change to commit. openraft changes voters through a joint
+    /// configuration that must commit in the new configuration too, which needs the new
+    /// member when the cluster had one or two voters; etcd's `member add` returns before the
+    /// member starts (its single-step change commits in the old configuration), and the
+    /// seeds' recipes start the member only after that. The change commits once the member
+    /// has started and caught up; until then the cluster has the quorum etcd would have
+    /// (for one voter, none: writes wait, as in etcd).
+    async fn add_voter(&self, id: u64) -> Result<(), RaftError> {
+        let raft = self.raft.clone();
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let mut commit = tokio::spawn(async move { raft.change_membership(change, true).await });
+        let wait = self.raft.wait(Some(self.request_timeout));
+        let listed = wait.metrics(
+            |m| m.membership_config.membership().voter_ids().any(|v| v == id),
+            "new voter listed",
+        );
+        tokio::select! {
+            done = &mut commit => match done {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
+                Ok(Err(openraft::error::RaftError::APIError(e))) => Err(super::write_error(e)),
+                Err(e) => Err(RaftError::Fatal(format!("membership change task: {e}"))),
+            },
+            seen = listed => match seen {
+                Ok(_) => Ok(()),
+                Err(_) => Err(RaftError::Timeout),
+            },
         }
     }
 
@@ -369,4 +396,39 @@ fn to_etcd(members: Members) -> Vec<Member> {
             is_learner,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, started: bool, learner: bool) -> (u64, MemberInfo, bool) {
+        let name = if started { format!("m{id}") } else { String::new() };
+        let info = MemberInfo {
+            name,
+            ..MemberInfo::default()
+        };
+        (id, info, learner)
+    }
+
+    /// etcd's `IsReadyTo{Add,Remove,Promote}VotingMember` on a few memberships.
+    #[test]
+    fn started_voters_must_keep_a_quorum() {
+        let three = vec![member(1, true, false), member(2, true, false), member(3, true, false)];
+        assert!(quorum_started(&three, 1, 0, None), "add a 4th: 3 of 4 started");
+        assert!(quorum_started(&three, 0, 0, Some(3)), "remove one: 2 of 2");
+        let two_unstarted = vec![
+            member(1, true, false),
+            member(2, true, false),
+            member(3, true, false),
+            member(4, false, false),
+            member(5, false, false),
+        ];
+        assert!(!quorum_started(&two_unstarted, 0, 0, Some(1)), "2 of 4 started");
+        assert!(!quorum_started(&two_unstarted, 1, 0, None), "3 of 6 started");
+        assert!(quorum_started(&two_unstarted, 1, 1, None), "promote: 4 of 6 started");
+        // Learners do not count.
+        let with_learner = vec![member(1, true, false), member(2, false, true)];
+        assert!(quorum_started(&with_learner, 0, 0, None));
+    }
 }

@@ -464,9 +464,12 @@ impl PeerClient {
     {
         let data = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let sent = data.len();
+        // The membership's current address first: openraft keeps a replication stream
+        // (and this client) when only a member's URLs change (`member update`).
+        let member = self.peers.member(self.target);
         let client = self
             .peers
-            .client(self.target, &self.member)
+            .client(self.target, member.as_ref().unwrap_or(&self.member))
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let started = Instant::now();
         let req = self.peers.request(RaftMessage { data }, option.hard_ttl());
