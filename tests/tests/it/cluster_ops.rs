@@ -69,8 +69,11 @@ async fn force_new_cluster_recovers_a_survivor_and_the_cluster_grows_again() {
     let mut members = start_cluster(&plan).await.unwrap();
     leader(&members).await;
     ok(&members[1], &["put", "before", "disaster"]).await;
-    // The survivor has it (a member that had not received it yet could not recover it).
+    // The survivor has it (a member that had not received it yet could not recover it),
+    // and has recorded its commit: etcd discards the entries after the last commit index
+    // it persisted (its HardState, written with the next heartbeat), cairn keeps them.
     wait_serializable(&members[0], "before", "disaster").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // Two members are lost for good, the third stops.
     for m in &mut members {
         m.kill9().unwrap();
@@ -127,10 +130,15 @@ async fn force_new_cluster_recovers_a_survivor_and_the_cluster_grows_again() {
     })
     .unwrap();
     joined.wait_ready().await.unwrap();
-    let got = ok(&joined, &["get", "before", "--print-value-only"]).await;
-    assert_eq!(got.trim(), "disaster");
     let got = ok(&joined, &["get", "after", "--print-value-only"]).await;
     assert_eq!(got.trim(), "recovery");
+    if testing_cairn() {
+        // etcd 3.5.1 fails this one: its forced member serves "before" from its backend,
+        // but the entry was cut from its WAL (past the commit index it had persisted), so
+        // a member replicating the log never gets it. cairn keeps the entry.
+        let got = ok(&joined, &["get", "before", "--print-value-only"]).await;
+        assert_eq!(got.trim(), "disaster");
+    }
     wait_started(survivor, 2).await;
 }
 
