@@ -16,11 +16,17 @@ pub fn code(e: &Error) -> Code {
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
-        NotLeader | LeaseExists | Refused(_) | ClusterIdMismatch | MemberIdExists
-        | PeerUrlsExist | NotLearner | LearnerNotReady | BadLeaderTransferee
-        | NotEnoughStartedMembers | TooManyLearners => {
-            Code::FailedPrecondition
-        }
+        NotLeader
+        | LeaseExists
+        | Refused(_)
+        | ClusterIdMismatch
+        | MemberIdExists
+        | PeerUrlsExist
+        | NotLearner
+        | LearnerNotReady
+        | BadLeaderTransferee
+        | NotEnoughStartedMembers
+        | TooManyLearners => Code::FailedPrecondition,
         BadMemberUrls => Code::InvalidArgument,
         NoLeader | Timeout | Stopped | Unhealthy => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,

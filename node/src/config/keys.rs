@@ -85,8 +85,7 @@ const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
 const NO_RAFT_HTTP: &str =
     "it tunes etcd's peer transport; cairn's peer calls are bounded by openraft's own timeouts";
 const NO_DEFRAG: &str = "defragmentation is a no-op in cairn: the LSM compacts in the background";
-const NO_LEARNERS: &str =
-    "cairn limits no learners and sends no snapshots between members yet (the whole log is kept)";
+const NO_LEARNERS: &str = "cairn sends no snapshots between members yet (the whole log is kept)";
 const NO_SLOW_LOG: &str = "cairn logs no slow-request warnings yet";
 const NO_COMPACTION_BATCHES: &str = "cairn compacts in one LSM range delete, not in batches";
 const NO_LOG_ROTATION: &str = "cairn does not rotate log files (use logrotate with copytruncate)";

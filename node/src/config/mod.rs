@@ -460,6 +460,28 @@ mod tests {
     }
 
     #[test]
+    fn cluster_operation_keys_are_typed() {
+        let c = ok(
+            &[
+                "--wal-dir=/disk2/wal",
+                "--force-new-cluster",
+                "--strict-reconfig-check=false",
+            ],
+            &[("ETCD_MAX_LEARNERS", "2")],
+        )
+        .config;
+        assert_eq!(c.wal_dir, Some(PathBuf::from("/disk2/wal")));
+        assert!(c.force_new_cluster);
+        assert!(!c.strict_reconfig_check);
+        assert_eq!(c.max_learners, 2);
+        let e = err(&["--max-learners=0"], &[]);
+        assert!(
+            e.contains("--max-learners") && e.contains("at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_equal_etcds() {
         let loaded = ok(&[], &[]);
         assert_eq!(loaded.command, Command::Serve);
@@ -817,8 +839,6 @@ mod tests {
                 &["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
                 "--listen-client-urls: https URLs (TLS) are not supported yet",
             ),
-            (&["--force-new-cluster"], "--force-new-cluster: force-new-cluster is not supported yet"),
-            (&["--wal-dir", "/wal"], "--wal-dir: a separate WAL directory is not supported yet"),
             (&["--discovery", "https://discovery.etcd.io/x"], "--discovery: discovery is not supported"),
             (&["--discovery-srv", "example.com"], "--discovery-srv: DNS discovery is not supported"),
             (&["--proxy=on"], "--proxy: running as a v2 proxy is not supported"),

@@ -78,9 +78,12 @@ pub(super) async fn single_voter(
     );
     let membership = Membership::new(vec![BTreeSet::from([me])], BTreeMap::from([(me, info)]))
         .map_err(io::Error::other)?;
-    let log_id = LogId::new(last.committed_leader_id().clone(), last.index() + 1);
-    log.append([Entry::new_membership(log_id, membership)], IOFlushed::noop())
-        .await?;
+    let log_id = LogId::new(*last.committed_leader_id(), last.index() + 1);
+    log.append(
+        [Entry::new_membership(log_id, membership)],
+        IOFlushed::noop(),
+    )
+    .await?;
     // Saving the vote waits for the fsync thread, which has then also made the entry
     // above durable: raft starts from the rewritten log.
     let mut reader = log.get_log_reader().await;
@@ -92,7 +95,10 @@ pub(super) async fn single_voter(
 
 /// The membership of the last membership entry at or before `upto`, if the log still
 /// holds one.
-async fn last_membership(log: &mut LogStore, upto: u64) -> io::Result<Option<Membership<u64, MemberInfo>>> {
+async fn last_membership(
+    log: &mut LogStore,
+    upto: u64,
+) -> io::Result<Option<Membership<u64, MemberInfo>>> {
     let mut reader = log.get_log_reader().await;
     let mut end = upto + 1;
     while end > 0 {

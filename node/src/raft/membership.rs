@@ -227,9 +227,9 @@ impl RaftNode {
                 return Err(MemberError::NotEnoughStarted);
             }
             let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
-            let healthy = voters_except(members, self.member_id).all(|id| {
-                matches!((self.peers.active_since(id), since), (Some(t), Some(s)) if t <= s)
-            });
+            let healthy = voters_except(members, self.member_id).all(
+                |id| matches!((self.peers.active_since(id), since), (Some(t), Some(s)) if t <= s),
+            );
             if !healthy {
                 return Err(MemberError::Unhealthy);
             }
@@ -258,7 +258,8 @@ impl RaftNode {
         let reached = 1 + voters_except(members, self.member_id)
             .filter(|m| self.peers.active_since(*m).is_some())
             .count();
-        match reached - 1 >= 1 + (voters - 1) / 2 {
+        // etcd: (active - 1) < 1 + (len(m) - 1) / 2 refuses.
+        match reached > 1 + (voters - 1) / 2 {
             true => Ok(()),
             false => Err(MemberError::Unhealthy),
         }
@@ -278,7 +279,12 @@ impl RaftNode {
         let mut commit = tokio::spawn(async move { raft.change_membership(change, true).await });
         let wait = self.raft.wait(Some(self.request_timeout));
         let listed = wait.metrics(
-            |m| m.membership_config.membership().voter_ids().any(|v| v == id),
+            |m| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id)
+            },
             "new voter listed",
         );
         tokio::select! {
@@ -382,7 +388,7 @@ fn quorum_started(
     let (all, up) = voters.fold((joining, joining_started), |(all, up), (_, info, _)| {
         (all + 1, up + usize::from(started(info)))
     });
-    up >= all / 2 + 1
+    up > all / 2
 }
 
 fn to_etcd(members: Members) -> Vec<Member> {
@@ -403,7 +409,11 @@ mod tests {
     use super::*;
 
     fn member(id: u64, started: bool, learner: bool) -> (u64, MemberInfo, bool) {
-        let name = if started { format!("m{id}") } else { String::new() };
+        let name = if started {
+            format!("m{id}")
+        } else {
+            String::new()
+        };
         let info = MemberInfo {
             name,
             ..MemberInfo::default()
@@ -414,8 +424,15 @@ mod tests {
     /// etcd's `IsReadyTo{Add,Remove,Promote}VotingMember` on a few memberships.
     #[test]
     fn started_voters_must_keep_a_quorum() {
-        let three = vec![member(1, true, false), member(2, true, false), member(3, true, false)];
-        assert!(quorum_started(&three, 1, 0, None), "add a 4th: 3 of 4 started");
+        let three = vec![
+            member(1, true, false),
+            member(2, true, false),
+            member(3, true, false),
+        ];
+        assert!(
+            quorum_started(&three, 1, 0, None),
+            "add a 4th: 3 of 4 started"
+        );
         assert!(quorum_started(&three, 0, 0, Some(3)), "remove one: 2 of 2");
         let two_unstarted = vec![
             member(1, true, false),
@@ -424,9 +441,18 @@ mod tests {
             member(4, false, false),
             member(5, false, false),
         ];
-        assert!(!quorum_started(&two_unstarted, 0, 0, Some(1)), "2 of 4 started");
-        assert!(!quorum_started(&two_unstarted, 1, 0, None), "3 of 6 started");
-        assert!(quorum_started(&two_unstarted, 1, 1, None), "promote: 4 of 6 started");
+        assert!(
+            !quorum_started(&two_unstarted, 0, 0, Some(1)),
+            "2 of 4 started"
+        );
+        assert!(
+            !quorum_started(&two_unstarted, 1, 0, None),
+            "3 of 6 started"
+        );
+        assert!(
+            quorum_started(&two_unstarted, 1, 1, None),
+            "promote: 4 of 6 started"
+        );
         // Learners do not count.
         let with_learner = vec![member(1, true, false), member(2, false, true)];
         assert!(quorum_started(&with_learner, 0, 0, None));

@@ -653,7 +653,10 @@ mod tests {
         let (data, wal) = (root.path().join("data"), root.path().join("wal-disk"));
         {
             let s = with_wal_dir(&data, &wal).expect("open");
-            s.wal_keyspace("log").expect("ks").insert("1", "e").expect("insert");
+            s.wal_keyspace("log")
+                .expect("ks")
+                .insert("1", "e")
+                .expect("insert");
             s.sync_wal().expect("sync");
             assert!(wal.join(WAL_DIR).is_dir());
             assert!(!data.join(WAL_DIR).exists());
@@ -701,7 +704,9 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let wal = root.path().join("w");
         fs::create_dir_all(wal.join("member")).expect("mkdir");
-        let err = with_wal_dir(&root.path().join("d"), &wal).err().expect("refused");
+        let err = with_wal_dir(&root.path().join("d"), &wal)
+            .err()
+            .expect("refused");
         assert!(matches!(err, StorageError::Foreign { .. }), "{err}");
     }
 

@@ -42,10 +42,7 @@ async fn the_raft_log_lives_in_wal_dir() {
     .unwrap();
     ok(&server, &["put", "k", "v"]).await;
     assert!(has_files(&wal_dir), "nothing in --wal-dir");
-    assert!(
-        !has_wal_dir(server.data_dir()),
-        "a WAL in the data dir too"
-    );
+    assert!(!has_wal_dir(server.data_dir()), "a WAL in the data dir too");
     server.restart().await.unwrap();
     let got = ok(&server, &["get", "k", "--print-value-only"]).await;
     assert_eq!(got.trim(), "v");
@@ -102,7 +99,11 @@ async fn force_new_cluster_recovers_a_survivor_and_the_cluster_grows_again() {
 
     // Grow again: etcdctl member add, then start the new member with what it printed.
     let peer = format!("http://127.0.0.1:{}", free_port().unwrap());
-    let out = reconfigure_ctl(survivor, &["member", "add", "infra9", &format!("--peer-urls={peer}")]).await;
+    let out = reconfigure_ctl(
+        survivor,
+        &["member", "add", "infra9", &format!("--peer-urls={peer}")],
+    )
+    .await;
     let env: Vec<(String, String)> = out
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -159,10 +160,18 @@ async fn a_member_moves_to_a_new_address_with_its_data_dir() {
     let new_peer = format!("http://127.0.0.1:{}", free_port().unwrap());
     let out = ok(
         &members[stays],
-        &["member", "update", &format!("{id:x}"), &format!("--peer-urls={new_peer}")],
+        &[
+            "member",
+            "update",
+            &format!("{id:x}"),
+            &format!("--peer-urls={new_peer}"),
+        ],
     )
     .await;
-    assert!(out.contains(&format!("Member {id:16x} updated in cluster")), "{out}");
+    assert!(
+        out.contains(&format!("Member {id:16x} updated in cluster")),
+        "{out}"
+    );
 
     let initial_cluster = plan
         .initial_cluster
@@ -207,13 +216,18 @@ async fn a_member_moves_to_a_new_address_with_its_data_dir() {
             .as_array()
             .and_then(|m| m.iter().find(|m| m["ID"].as_u64() == Some(id)).cloned())
             .unwrap_or_default();
-        if me["peerURLs"][0] == new_peer.as_str() && me["clientURLs"][0] == moved.client_url().as_str() {
+        if me["peerURLs"][0] == new_peer.as_str()
+            && me["clientURLs"][0] == moved.client_url().as_str()
+        {
             break;
         }
         assert!(Instant::now() < deadline, "member list not updated: {v}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let health = moved.ctl(&["endpoint", "health", "--cluster"]).await.unwrap();
+    let health = moved
+        .ctl(&["endpoint", "health", "--cluster"])
+        .await
+        .unwrap();
     // etcdctl prints one line per endpoint, on stderr.
     let text = format!("{}{}", health.stdout, health.stderr);
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
@@ -234,8 +248,11 @@ async fn reconfiguration_that_could_lose_quorum_is_refused() {
     let learner = reconfigure(|| {
         let (mut c, url) = (client.clone(), first.clone());
         async move {
-            c.member_add([url], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
-                .await
+            c.member_add(
+                [url],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
         }
     })
     .await
@@ -246,8 +263,11 @@ async fn reconfiguration_that_could_lose_quorum_is_refused() {
         reconfigure(|| {
             let (mut c, url) = (client.clone(), second.clone());
             async move {
-                c.member_add([url], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
-                    .await
+                c.member_add(
+                    [url],
+                    Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+                )
+                .await
             }
         })
         .await,
@@ -311,7 +331,10 @@ async fn a_removed_members_stale_data_dir_does_not_harm_the_cluster() {
         .ctl(&["get", "k", "--command-timeout=3s"])
         .await
         .unwrap();
-    assert!(out.success().is_err(), "the removed member served a linearizable read");
+    assert!(
+        out.success().is_err(),
+        "the removed member served a linearizable read"
+    );
 }
 
 /// Runs an etcdctl membership command, retrying while the strict check says "unhealthy
@@ -334,7 +357,11 @@ async fn reconfigure_ctl(server: &Server, args: &[&str]) -> String {
 async fn wait_serializable(server: &Server, key: &str, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got = ok(server, &["get", key, "--consistency=s", "--print-value-only"]).await;
+        let got = ok(
+            server,
+            &["get", key, "--consistency=s", "--print-value-only"],
+        )
+        .await;
         if got.trim() == value {
             return;
         }
@@ -351,7 +378,10 @@ async fn wait_started(server: &Server, n: usize) {
         if table.matches("| started |").count() == n {
             return;
         }
-        assert!(Instant::now() < deadline, "not {n} started members: {table}");
+        assert!(
+            Instant::now() < deadline,
+            "not {n} started members: {table}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -417,7 +417,9 @@ async fn a_member_started_with_another_token_is_refused() {
 
 /// Retries `op` while etcd's strict reconfiguration check refuses it ("unhealthy
 /// cluster": a member connected less than 5 s ago), bounded.
-pub(crate) async fn reconfigure<T: std::fmt::Debug, F, Fut>(mut op: F) -> Result<T, etcd_client::Error>
+pub(crate) async fn reconfigure<T: std::fmt::Debug, F, Fut>(
+    mut op: F,
+) -> Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
