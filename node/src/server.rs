@@ -57,6 +57,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let options = StoreOptions {
         fault: cfg.unsafe_storage_fault,
         skip_fsync: cfg.unsafe_no_fsync,
+        wal_dir: cfg.wal_dir.clone(),
     };
     if cfg.unsafe_no_fsync {
         tracing::warn!("--unsafe-no-fsync: writes are not fsynced; a machine crash loses data");
@@ -94,6 +95,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
             watch: Some(watch.clone()),
+            strict_reconfig_check: cfg.strict_reconfig_check,
+            max_learners: cfg.max_learners,
+            force_new_cluster: cfg.force_new_cluster,
         },
     )
     .await?;

@@ -421,6 +421,8 @@ pub struct Server {
     kind: ServerKind,
     name: String,
     args: Vec<String>,
+    /// `ETCD_*` variables the process is started with (as `etcdctl member add` prints them).
+    env: Vec<(String, String)>,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
@@ -465,6 +467,16 @@ impl Server {
         name: &str,
         args: impl FnOnce(&Layout) -> Result<Vec<String>>,
     ) -> Result<Server> {
+        Server::spawn_with_env(name, Vec::new(), args)
+    }
+
+    /// [`Server::spawn_custom`] with environment variables (e.g. the `ETCD_NAME`,
+    /// `ETCD_INITIAL_CLUSTER` and `ETCD_INITIAL_CLUSTER_STATE` lines of `member add`).
+    pub fn spawn_with_env(
+        name: &str,
+        env: Vec<(String, String)>,
+        args: impl FnOnce(&Layout) -> Result<Vec<String>>,
+    ) -> Result<Server> {
         let kind = ServerKind::from_env();
         let dir = tempfile::Builder::new().prefix("cairn-it-").tempdir()?;
         let layout = Layout {
@@ -486,6 +498,7 @@ impl Server {
             kind,
             name,
             args,
+            env,
             client_port,
             peer_port,
             data_dir,
@@ -548,6 +561,7 @@ impl Server {
             .append(true)
             .open(&self.log_path)?;
         let child = server_command(self.kind, &self.args)?
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

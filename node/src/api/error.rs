@@ -16,12 +16,19 @@ pub fn code(e: &Error) -> Code {
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
-        NotLeader | LeaseExists | Refused(_) | ClusterIdMismatch | MemberIdExists
-        | PeerUrlsExist | NotLearner | LearnerNotReady | BadLeaderTransferee => {
-            Code::FailedPrecondition
-        }
+        NotLeader
+        | LeaseExists
+        | Refused(_)
+        | ClusterIdMismatch
+        | MemberIdExists
+        | PeerUrlsExist
+        | NotLearner
+        | LearnerNotReady
+        | BadLeaderTransferee
+        | NotEnoughStartedMembers
+        | TooManyLearners => Code::FailedPrecondition,
         BadMemberUrls => Code::InvalidArgument,
-        NoLeader | Timeout | Stopped => Code::Unavailable,
+        NoLeader | Timeout | Stopped | Unhealthy => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,
         InvalidAuthToken => Code::Unauthenticated,
@@ -106,6 +113,21 @@ mod tests {
                 RaftError::Member(MemberError::LearnerNotReady).into(),
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                RaftError::Member(MemberError::NotEnoughStarted).into(),
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                RaftError::Member(MemberError::Unhealthy).into(),
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+            ),
+            (
+                RaftError::Member(MemberError::TooManyLearners).into(),
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
             ),
             (
                 Error::ClusterIdMismatch,

@@ -85,8 +85,7 @@ const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
 const NO_RAFT_HTTP: &str =
     "it tunes etcd's peer transport; cairn's peer calls are bounded by openraft's own timeouts";
 const NO_DEFRAG: &str = "defragmentation is a no-op in cairn: the LSM compacts in the background";
-const NO_LEARNERS: &str =
-    "cairn limits no learners and sends no snapshots between members yet (the whole log is kept)";
+const NO_LEARNERS: &str = "cairn sends no snapshots between members yet (the whole log is kept)";
 const NO_SLOW_LOG: &str = "cairn logs no slow-request warnings yet";
 const NO_COMPACTION_BATCHES: &str = "cairn compacts in one LSM range delete, not in batches";
 const NO_LOG_ROTATION: &str = "cairn does not rotate log files (use logrotate with copytruncate)";
@@ -120,7 +119,7 @@ pub(crate) static KEYS: &[Key] = &[
     // Member
     key("name", "default", Text, MEMBER, Honoured, "Human-readable name for this member."),
     key("data-dir", "", Text, MEMBER, Honoured, "Path to the data directory (empty means ${name}.etcd)."),
-    key("wal-dir", "", Text, MEMBER, DefaultOnly("a separate WAL directory is not supported yet"), "Path to the dedicated wal directory."),
+    key("wal-dir", "", Text, MEMBER, Honoured, "Path to the dedicated wal directory."),
     key("snapshot-count", "100000", Uint, MEMBER, Honoured, "Number of committed transactions to trigger a snapshot to disk."),
     key("heartbeat-interval", "100", Uint, MEMBER, Honoured, "Time (in milliseconds) of a heartbeat interval."),
     key("election-timeout", "1000", Uint, MEMBER, Honoured, "Time (in milliseconds) for an election to timeout."),
@@ -169,14 +168,14 @@ pub(crate) static KEYS: &[Key] = &[
     key("discovery-cacert", "", Text, CLUSTERING, Ignored(DISCOVERY_ONLY), "V3 discovery (etcd 3.6): verify certificates of TLS-enabled secure servers using this CA bundle."),
     key("discovery-user", "", Text, CLUSTERING, Ignored(DISCOVERY_ONLY), "V3 discovery (etcd 3.6): username[:password] for authentication."),
     key("discovery-password", "", Text, CLUSTERING, Ignored(DISCOVERY_ONLY), "V3 discovery (etcd 3.6): password for authentication."),
-    key("strict-reconfig-check", "true", Bool, CLUSTERING, Ignored("cairn refuses every membership change for now"), "Reject reconfiguration requests that would cause quorum loss."),
+    key("strict-reconfig-check", "true", Bool, CLUSTERING, Honoured, "Reject reconfiguration requests that would cause quorum loss."),
     key("pre-vote", "true", Bool, CLUSTERING, Ignored("openraft runs its own election protocol, with no separate pre-vote switch"), "Enable to run an additional Raft election phase."),
     key("auto-compaction-retention", "0", Text, CLUSTERING, Honoured, "Auto compaction retention for mvcc key value store. 0 means disable auto compaction."),
     key("auto-compaction-mode", "periodic", Text, CLUSTERING, Honoured, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention."),
     key("enable-v2", "false", Bool, CLUSTERING, Ignored(NO_V2), "Accept etcd V2 client requests. Deprecated in v3.5."),
     key("v2-deprecation", "not-yet", Text, CLUSTERING, Ignored("cairn has no v2 store to deprecate"), "Phase of v2store deprecation: not-yet, write-only, write-only-drop-data or gone."),
     key("experimental-enable-v2v3", "", Text, CLUSTERING, Ignored(NO_V2), "Serve v2 requests through the v3 backend under a given prefix. Deprecated in v3.5."),
-    key("max-learners", "1", Int, CLUSTERING, Ignored(NO_LEARNERS), "Sets the maximum number of learners that can be available in the cluster membership (etcd 3.6)."),
+    key("max-learners", "1", Int, CLUSTERING, Honoured, "Sets the maximum number of learners that can be available in the cluster membership (etcd 3.6)."),
     // Security
     key("cert-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the client server TLS cert file."),
     key("key-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the client server TLS key file."),
@@ -270,7 +269,7 @@ pub(crate) static KEYS: &[Key] = &[
     key("snapshot-catchup-entries", "5000", Uint, EXPERIMENTAL, Ignored(NO_LEARNERS), "etcd 3.6 name of --experimental-snapshot-catchup-entries."),
     key(FEATURE_GATES, "", List, EXPERIMENTAL, Ignored("its gates mirror experimental flags that have no effect in cairn (LeaseCheckpoint=true is refused)"), "etcd 3.6 feature gates, e.g. InitialCorruptCheck=true (LeaseCheckpoint and LeaseCheckpointPersist are not supported yet)."),
     // Unsafe
-    key("force-new-cluster", "false", Bool, UNSAFE, DefaultOnly("force-new-cluster is not supported yet"), "Force to create a new one-member cluster."),
+    key("force-new-cluster", "false", Bool, UNSAFE, Honoured, "Force to create a new one-member cluster."),
     key("unsafe-no-fsync", "false", Bool, UNSAFE, Honoured, "Disables fsync, unsafe, will cause data loss: acknowledged writes survive a crash of cairn but not of the machine."),
     key("unsafe-storage-fault", "", Text, UNSAFE, Honoured, "cairn only, for tests: fail one storage operation with an injected I/O error, as <wal|db>-<write|fsync>:<N> (the Nth since start); the node then stops as on a real disk error. Never use it in production."),
     // etcd 0.4 flags that etcd 3.5 still accepts and ignores.

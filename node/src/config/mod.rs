@@ -20,8 +20,8 @@
 //!   (etcd silently ignores them); so are unknown flags.
 //! - Durations in the YAML file may be Go duration strings (`5s`) as well as the integer
 //!   nanoseconds etcd reads there; booleans may be any form Go's `strconv.ParseBool` takes.
-//! - Features cairn does not implement yet (TLS, https URLs, `force-new-cluster`,
-//!   `wal-dir`, discovery, lease checkpoints, the v2 proxy, a Host header whitelist) are
+//! - Features cairn does not implement yet (TLS, https URLs,
+//!   discovery, lease checkpoints, the v2 proxy, a Host header whitelist) are
 //!   refused rather than ignored.
 //! - `initial-cluster` URLs are compared to `initial-advertise-peer-urls` as written; etcd
 //!   also resolves host names.
@@ -48,6 +48,14 @@ pub use plugins::{DenyCode, FailurePolicy, Hook, PluginConfig};
 pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir`: where the raft log lives instead of `<data-dir>/wal`.
+    pub wal_dir: Option<PathBuf>,
+    /// `--force-new-cluster`: restart this member's data as a one-member cluster.
+    pub force_new_cluster: bool,
+    /// `--strict-reconfig-check`: refuse membership changes that could lose quorum.
+    pub strict_reconfig_check: bool,
+    /// `--max-learners` (etcd 3.6; 3.5 has the same limit fixed at 1).
+    pub max_learners: usize,
     pub listen_client_urls: Vec<url::Url>,
     pub advertise_client_urls: Vec<url::Url>,
     pub listen_peer_urls: Vec<url::Url>,
@@ -452,6 +460,28 @@ mod tests {
     }
 
     #[test]
+    fn cluster_operation_keys_are_typed() {
+        let c = ok(
+            &[
+                "--wal-dir=/disk2/wal",
+                "--force-new-cluster",
+                "--strict-reconfig-check=false",
+            ],
+            &[("ETCD_MAX_LEARNERS", "2")],
+        )
+        .config;
+        assert_eq!(c.wal_dir, Some(PathBuf::from("/disk2/wal")));
+        assert!(c.force_new_cluster);
+        assert!(!c.strict_reconfig_check);
+        assert_eq!(c.max_learners, 2);
+        let e = err(&["--max-learners=0"], &[]);
+        assert!(
+            e.contains("--max-learners") && e.contains("at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_equal_etcds() {
         let loaded = ok(&[], &[]);
         assert_eq!(loaded.command, Command::Serve);
@@ -460,6 +490,10 @@ mod tests {
             Config {
                 name: "default".into(),
                 data_dir: "default.etcd".into(),
+                wal_dir: None,
+                force_new_cluster: false,
+                strict_reconfig_check: true,
+                max_learners: 1,
                 listen_client_urls: vec![url("http://localhost:2379")],
                 advertise_client_urls: vec![url("http://localhost:2379")],
                 listen_peer_urls: vec![url("http://localhost:2380")],
@@ -805,8 +839,6 @@ mod tests {
                 &["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
                 "--listen-client-urls: https URLs (TLS) are not supported yet",
             ),
-            (&["--force-new-cluster"], "--force-new-cluster: force-new-cluster is not supported yet"),
-            (&["--wal-dir", "/wal"], "--wal-dir: a separate WAL directory is not supported yet"),
             (&["--discovery", "https://discovery.etcd.io/x"], "--discovery: discovery is not supported"),
             (&["--discovery-srv", "example.com"], "--discovery-srv: DNS discovery is not supported"),
             (&["--proxy=on"], "--proxy: running as a v2 proxy is not supported"),

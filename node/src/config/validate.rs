@@ -92,6 +92,12 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
     check_logging(raw)?;
     Ok(Config {
         data_dir: PathBuf::from(&raw.get("data-dir").value),
+        wal_dir: Some(&raw.get("wal-dir").value)
+            .filter(|w| !w.is_empty())
+            .map(PathBuf::from),
+        force_new_cluster: boolean(raw.get("force-new-cluster"))?,
+        strict_reconfig_check: boolean(raw.get("strict-reconfig-check"))?,
+        max_learners: max_learners(raw.get("max-learners"))?,
         listen_client_urls,
         advertise_client_urls,
         listen_peer_urls,
@@ -134,6 +140,14 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         // Filled from the file's `plugins:` list by `load_from`.
         plugins: Vec::new(),
     })
+}
+
+/// `--max-learners`: a Go `int`; etcd 3.6 refuses a value below 1.
+fn max_learners(entry: &Entry) -> Result<usize, ConfigError> {
+    match entry.value.parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        _ => Err(entry.invalid("must be at least 1")),
+    }
 }
 
 impl Entry {

@@ -91,6 +91,12 @@ pub enum Error {
     LearnerNotReady,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
     /// A peer call from a member of another cluster (etcd's rafthttp wording).
     #[error("cluster ID mismatch")]
     ClusterIdMismatch,
@@ -144,6 +150,9 @@ impl From<RaftError> for Error {
                 MemberError::PeerUrlsExist => Error::PeerUrlsExist,
                 MemberError::NotLearner => Error::NotLearner,
                 MemberError::LearnerNotReady => Error::LearnerNotReady,
+                MemberError::NotEnoughStarted => Error::NotEnoughStartedMembers,
+                MemberError::Unhealthy => Error::Unhealthy,
+                MemberError::TooManyLearners => Error::TooManyLearners,
                 MemberError::LogPurged => Error::NotSupported(
                     "adding a member once the raft log was purged (snapshot transfer)",
                 ),

@@ -92,6 +92,9 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
         election_timeout: Duration::from_millis(300),
         snapshot_count: 0,
         watch: Some(watch.clone()),
+        strict_reconfig_check: true,
+        max_learners: 1,
+        force_new_cluster: false,
     };
     let raft = RaftNode::start(store.clone(), mvcc.clone(), lessor.clone(), settings)
         .await

@@ -26,6 +26,10 @@ const LEARNER_READY_PERCENT: f64 = 0.9;
 /// How long a change waits before trying again while another one commits.
 const CHANGE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// etcd's `HealthInterval`: with the strict reconfiguration check, a voter is added only
+/// once the leader has reached every voter without a break for this long.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One membership change, as the core asks for it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MemberChange {
@@ -55,6 +59,12 @@ pub enum MemberError {
     NotLearner,
     #[error("can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    #[error("re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("unhealthy cluster")]
+    Unhealthy,
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
     /// The leader purged log entries (a one-member cluster does, behind its snapshots), so
     /// a new member could only catch up from a snapshot, which is not sent yet.
     #[error("adding a member after the raft log was purged needs snapshot transfer")]
@@ -147,6 +157,7 @@ impl RaftNode {
                 if urls_taken(id, &peer_urls) {
                     return Err(MemberError::PeerUrlsExist.into());
                 }
+                self.may_add(&members, learner)?;
                 let info = MemberInfo {
                     name: String::new(),
                     peer_urls,
@@ -155,12 +166,14 @@ impl RaftNode {
                 self.apply_change(ChangeMembers::AddNodes(BTreeMap::from([(id, info)])))
                     .await?;
                 if !learner {
-                    self.apply_change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
-                        .await?;
+                    self.add_voter(id).await?;
                 }
             }
             MemberChange::Remove(id) => {
                 let (_, _, is_learner) = find(id).ok_or(MemberError::NotFound)?;
+                if !is_learner {
+                    self.may_remove_voter(&members, id)?;
+                }
                 let ids = BTreeSet::from([id]);
                 let change = if *is_learner {
                     ChangeMembers::RemoveNodes(ids)
@@ -190,11 +203,102 @@ impl RaftNode {
                 if !self.learner_ready(id) {
                     return Err(MemberError::LearnerNotReady.into());
                 }
+                if self.strict_reconfig_check && !quorum_started(&members, 1, 1, None) {
+                    return Err(MemberError::NotEnoughStarted.into());
+                }
                 self.apply_change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
                     .await?;
             }
         }
         Ok(self.members_with_roles())
+    }
+
+    /// etcd's `mayAddMember`, then its learner limit: a voter is added only if the started
+    /// voters keep a quorum of the cluster it makes; any member only once every voter has
+    /// been reachable for [`HEALTH_INTERVAL`] (a change made while one is down could lose
+    /// quorum); a learner only while there are fewer than `--max-learners`.
+    fn may_add(&self, members: &Members, learner: bool) -> Result<(), MemberError> {
+        if self.strict_reconfig_check {
+            // A one-member cluster may always add its second member: etcd's recovery
+            // recipe (restore or --force-new-cluster, then add members one at a time).
+            let voters = members.iter().filter(|(_, _, l)| !l).count();
+            let second = voters == 1 && members.iter().any(|(_, info, l)| !l && started(info));
+            if !learner && !second && !quorum_started(members, 1, 0, None) {
+                return Err(MemberError::NotEnoughStarted);
+            }
+            let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+            let healthy = voters_except(members, self.member_id).all(
+                |id| matches!((self.peers.active_since(id), since), (Some(t), Some(s)) if t <= s),
+            );
+            if !healthy {
+                return Err(MemberError::Unhealthy);
+            }
+        }
+        let learners = members.iter().filter(|(_, _, l)| *l).count();
+        if learner && learners >= self.max_learners {
+            return Err(MemberError::TooManyLearners);
+        }
+        Ok(())
+    }
+
+    /// etcd's `mayRemoveMember` for a voter: the started voters left must keep a quorum,
+    /// and unless `id` is down already (removing it loses nothing), the voters this leader
+    /// reaches, less `id`, must too.
+    fn may_remove_voter(&self, members: &Members, id: u64) -> Result<(), MemberError> {
+        if !self.strict_reconfig_check {
+            return Ok(());
+        }
+        if !quorum_started(members, 0, 0, Some(id)) {
+            return Err(MemberError::NotEnoughStarted);
+        }
+        if id != self.member_id && self.peers.active_since(id).is_none() {
+            return Ok(());
+        }
+        let voters = members.iter().filter(|(_, _, l)| !l).count();
+        let reached = 1 + voters_except(members, self.member_id)
+            .filter(|m| self.peers.active_since(*m).is_some())
+            .count();
+        // etcd: (active - 1) < 1 + (len(m) - 1) / 2 refuses.
+        match reached > 1 + (voters - 1) / 2 {
+            true => Ok(()),
+            false => Err(MemberError::Unhealthy),
+        }
+    }
+
+    /// Makes the learner `id` a voter and returns once the membership lists it as one,
+    /// without waiting for the change to commit. openraft changes voters through a joint
+    /// configuration that must commit in the new configuration too, which needs the new
+    /// member when the cluster had one or two voters; etcd's `member add` returns before the
+    /// member starts (its single-step change commits in the old configuration), and the
+    /// seeds' recipes start the member only after that. The change commits once the member
+    /// has started and caught up; until then the cluster has the quorum etcd would have
+    /// (for one voter, none: writes wait, as in etcd).
+    async fn add_voter(&self, id: u64) -> Result<(), RaftError> {
+        let raft = self.raft.clone();
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let mut commit = tokio::spawn(async move { raft.change_membership(change, true).await });
+        let wait = self.raft.wait(Some(self.request_timeout));
+        let listed = wait.metrics(
+            |m| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id)
+            },
+            "new voter listed",
+        );
+        tokio::select! {
+            done = &mut commit => match done {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
+                Ok(Err(openraft::error::RaftError::APIError(e))) => Err(super::write_error(e)),
+                Err(e) => Err(RaftError::Fatal(format!("membership change task: {e}"))),
+            },
+            seen = listed => match seen {
+                Ok(_) => Ok(()),
+                Err(_) => Err(RaftError::Timeout),
+            },
+        }
     }
 
     fn log_purged(&self) -> bool {
@@ -257,6 +361,36 @@ impl From<MemberError> for RaftError {
     }
 }
 
+/// Whether a member has started: it has published its name, as etcd's `IsStarted`.
+fn started(info: &MemberInfo) -> bool {
+    !info.name.is_empty()
+}
+
+fn voters_except(members: &Members, me: u64) -> impl Iterator<Item = u64> + '_ {
+    members
+        .iter()
+        .filter(move |(id, _, learner)| !learner && *id != me)
+        .map(|(id, _, _)| *id)
+}
+
+/// etcd's `IsReadyTo{Add,Promote,Remove}VotingMember`: counting the voters (without
+/// `leaving`) plus `joining` more, of which `joining_started` have started, do the started
+/// ones make a quorum?
+fn quorum_started(
+    members: &Members,
+    joining: usize,
+    joining_started: usize,
+    leaving: Option<u64>,
+) -> bool {
+    let voters = members
+        .iter()
+        .filter(|(id, _, learner)| !learner && Some(*id) != leaving);
+    let (all, up) = voters.fold((joining, joining_started), |(all, up), (_, info, _)| {
+        (all + 1, up + usize::from(started(info)))
+    });
+    up > all / 2
+}
+
 fn to_etcd(members: Members) -> Vec<Member> {
     members
         .into_iter()
@@ -268,4 +402,59 @@ fn to_etcd(members: Members) -> Vec<Member> {
             is_learner,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, started: bool, learner: bool) -> (u64, MemberInfo, bool) {
+        let name = if started {
+            format!("m{id}")
+        } else {
+            String::new()
+        };
+        let info = MemberInfo {
+            name,
+            ..MemberInfo::default()
+        };
+        (id, info, learner)
+    }
+
+    /// etcd's `IsReadyTo{Add,Remove,Promote}VotingMember` on a few memberships.
+    #[test]
+    fn started_voters_must_keep_a_quorum() {
+        let three = vec![
+            member(1, true, false),
+            member(2, true, false),
+            member(3, true, false),
+        ];
+        assert!(
+            quorum_started(&three, 1, 0, None),
+            "add a 4th: 3 of 4 started"
+        );
+        assert!(quorum_started(&three, 0, 0, Some(3)), "remove one: 2 of 2");
+        let two_unstarted = vec![
+            member(1, true, false),
+            member(2, true, false),
+            member(3, true, false),
+            member(4, false, false),
+            member(5, false, false),
+        ];
+        assert!(
+            !quorum_started(&two_unstarted, 0, 0, Some(1)),
+            "2 of 4 started"
+        );
+        assert!(
+            !quorum_started(&two_unstarted, 1, 0, None),
+            "3 of 6 started"
+        );
+        assert!(
+            quorum_started(&two_unstarted, 1, 1, None),
+            "promote: 4 of 6 started"
+        );
+        // Learners do not count.
+        let with_learner = vec![member(1, true, false), member(2, false, true)];
+        assert!(quorum_started(&with_learner, 0, 0, None));
+    }
 }

@@ -21,6 +21,7 @@
 //! indexes); the `peer_*` methods are the receiving side. Not yet: snapshot transfer (a
 //! multi-member cluster keeps its whole log instead) and membership changes.
 
+mod force;
 mod log_store;
 mod membership;
 pub mod network;
@@ -88,6 +89,12 @@ pub struct RaftSettings {
     pub snapshot_count: u64,
     /// Told each applied revision's events, if watches are served.
     pub watch: Option<Arc<WatchHub>>,
+    /// `--strict-reconfig-check`: refuse membership changes that could lose quorum.
+    pub strict_reconfig_check: bool,
+    /// `--max-learners`: learners the membership may hold at once.
+    pub max_learners: usize,
+    /// `--force-new-cluster`: make this member's data a one-member cluster first.
+    pub force_new_cluster: bool,
 }
 
 /// A member as the cluster knows it: openraft's `Node` type, stored in membership entries.
@@ -183,6 +190,9 @@ pub struct RaftNode {
     /// Bounds a proposal or read barrier, like etcd's request timeout (5 s + 2 elections).
     request_timeout: Duration,
     metrics_task: tokio::task::JoinHandle<()>,
+    member_id: u64,
+    strict_reconfig_check: bool,
+    max_learners: usize,
     /// Yields `None` once every raft component holding the store has been dropped.
     released: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
@@ -201,10 +211,21 @@ impl RaftNode {
         let request_timeout = Duration::from_secs(5) + 2 * settings.election_timeout;
         let peers = Peers::new(settings.cluster_id, settings.node_id, request_timeout);
         let (in_use, released) = InUse::new();
-        let log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
-        let state_machine =
+        let mut log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
+        let mut state_machine =
             StateMachine::open(store.clone(), mvcc, lessor, in_use, settings.watch.clone())
                 .map_err(fatal)?;
+        if settings.force_new_cluster {
+            force::single_voter(
+                &mut log_store,
+                &mut state_machine,
+                settings.node_id,
+                settings.cluster_id,
+                &settings.member,
+            )
+            .await
+            .map_err(fatal)?;
+        }
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -222,12 +243,16 @@ impl RaftNode {
             )),
             peers,
             request_timeout,
+            member_id: settings.node_id,
+            strict_reconfig_check: settings.strict_reconfig_check,
+            max_learners: settings.max_learners,
             released: tokio::sync::Mutex::new(released),
             raft,
             store,
         };
         let wait = settings.election_timeout * 2 * ELECTIONS_TO_WAIT;
-        if !settings.initial_peers.is_empty() {
+        // A forced member is its cluster's only voter, whatever --initial-cluster says.
+        if !settings.initial_peers.is_empty() && !settings.force_new_cluster {
             // A member of a larger cluster cannot win an election alone: it serves at once
             // and answers "no leader" until its peers are up, as etcd does.
             let mut members = settings.initial_peers;
@@ -824,6 +849,9 @@ mod tests {
             election_timeout: Duration::from_millis(300),
             snapshot_count,
             watch: None,
+            strict_reconfig_check: true,
+            max_learners: 1,
+            force_new_cluster: false,
         }
     }
 

@@ -75,20 +75,31 @@ pub enum PeerError {
 
 impl PeerError {
     /// Whether the call certainly had no effect on the peer, so it may be made again: the
-    /// peer had no address, the connection failed locally (a status tonic made from a
-    /// transport error), or the peer answered ABORTED, which the peer service uses for
-    /// "not taken, ask the leader" (it is not the leader or has none).
+    /// peer had no address, no connection to it could be made (tonic's `ConnectError`
+    /// under the status: nothing was sent), or the peer answered ABORTED, which the peer
+    /// service uses for "not taken, ask the leader" (it is not the leader or has none).
+    /// Any other transport failure (a connection reset or a keep-alive timeout after the
+    /// request went out) may follow a request the leader received and will apply: the
+    /// client gets an error, never a second copy.
     pub fn unsent(&self) -> bool {
         match self {
             PeerError::NoAddress(_) => true,
             PeerError::Refused(..) | PeerError::Malformed(..) => false,
-            PeerError::Status(_, s) => {
-                s.code() == tonic::Code::Aborted
-                    || (s.code() == tonic::Code::Unavailable
-                        && std::error::Error::source(s).is_some())
-            }
+            PeerError::Status(_, s) => s.code() == tonic::Code::Aborted || never_connected(s),
         }
     }
+}
+
+/// Whether `status` comes from a failure to connect (nothing of the call was sent).
+fn never_connected(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The channels to the other members, shared by openraft's network and the follower's
@@ -102,6 +113,9 @@ pub struct Peers {
     channels: Mutex<HashMap<u64, (String, Channel)>>,
     /// The members' peer URLs as the membership knows them, for the forwarding calls.
     addresses: Mutex<HashMap<u64, MemberInfo>>,
+    /// Per member: since when every call to it has reached it (etcd's rafthttp
+    /// `ActiveSince`); a call that does not reach it clears the entry.
+    active_since: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Peers {
@@ -112,6 +126,7 @@ impl Peers {
             forward_timeout,
             channels: Mutex::default(),
             addresses: Mutex::default(),
+            active_since: Mutex::default(),
         })
     }
 
@@ -120,6 +135,12 @@ impl Peers {
         if let Ok(mut addresses) = self.addresses.lock() {
             *addresses = members.into_iter().collect();
         }
+    }
+
+    /// Since when calls to member `id` have been getting through without a break; `None`
+    /// if the last one did not, or none was made.
+    pub(super) fn active_since(&self, id: u64) -> Option<Instant> {
+        self.active_since.lock().ok()?.get(&id).copied()
     }
 
     fn member(&self, id: u64) -> Option<MemberInfo> {
@@ -269,6 +290,9 @@ impl Peers {
 
     /// Records a successful round trip to `to`.
     fn succeeded(&self, to: u64, started: Instant, sent: usize) {
+        if let Ok(mut active) = self.active_since.lock() {
+            active.entry(to).or_insert(started);
+        }
         let m = metrics::get();
         let to = format!("{to:x}");
         m.peer_round_trip
@@ -281,6 +305,13 @@ impl Peers {
 
     /// Records a failed call to `to` and says why.
     fn failed(&self, to: u64, status: tonic::Status) -> PeerError {
+        // A status the peer sent (no local transport error under it) still proves the
+        // connection works.
+        if std::error::Error::source(&status).is_some() {
+            if let Ok(mut active) = self.active_since.lock() {
+                active.remove(&to);
+            }
+        }
         metrics::get()
             .peer_sent_failures
             .with_label_values(&[&format!("{to:x}")])
@@ -433,9 +464,12 @@ impl PeerClient {
     {
         let data = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let sent = data.len();
+        // The membership's current address first: openraft keeps a replication stream
+        // (and this client) when only a member's URLs change (`member update`).
+        let member = self.peers.member(self.target);
         let client = self
             .peers
-            .client(self.target, &self.member)
+            .client(self.target, member.as_ref().unwrap_or(&self.member))
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let started = Instant::now();
         let req = self.peers.request(RaftMessage { data }, option.hard_ttl());
@@ -554,5 +588,16 @@ mod tests {
         assert!(!status(tonic::Code::Unavailable, "etcdserver: request timed out").unsent());
         assert!(!status(tonic::Code::DeadlineExceeded, "timeout").unsent());
         assert!(!PeerError::Refused(1, CLUSTER_ID_MISMATCH.into()).unsent());
+        // Transport failures tonic reports as UNAVAILABLE: only a failed connect is unsent.
+        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert_eq!(connect.code(), tonic::Code::Unavailable);
+        assert!(PeerError::Status(1, connect).unsent());
+        let mut reset = tonic::Status::unavailable("connection reset after the request was sent");
+        reset.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(!PeerError::Status(1, reset).unsent());
     }
 }

@@ -16,6 +16,12 @@
 //! <data-dir>/wal/           the WAL database: the raft log and raft meta
 //! ```
 //!
+//! With `--wal-dir W` the WAL database is `W/wal/` instead, and `W/cairn.lock` is held too,
+//! so one lock covers both directories. The raft log is looked for in one place only, as
+//! etcd does (`cfg.WALDir()`); a log in the other place, or a started data dir whose log is
+//! in neither, is refused at start (see [`wal_location`]) instead of silently starting an
+//! empty log next to the old state, which is what etcd does.
+//!
 //! Two databases, because fjall holds a database's journal lock for the whole of an
 //! fdatasync: with one journal, every MVCC apply would wait for the log's fsync in flight.
 //!
@@ -98,6 +104,9 @@ pub enum StorageError {
     Foreign { path: PathBuf, found: String },
     #[error("data dir {path} has format {found:?}, this cairn reads {FORMAT:?}")]
     WrongFormat { path: PathBuf, found: String },
+    /// The raft log is not where the configuration says it is (see [`wal_location`]).
+    #[error("{0}")]
+    WalMisplaced(String),
     /// The engine failed an operation. Fatal: see the module header.
     #[error("storage engine error in {path} ({context}): {source}")]
     Engine {
@@ -156,6 +165,8 @@ pub struct StoreOptions {
     /// `--unsafe-no-fsync`: [`Store::sync`] and [`Store::sync_wal`] hand their writes to the
     /// OS without fsync, so they survive a crash of this process but not of the machine.
     pub skip_fsync: bool,
+    /// `--wal-dir`: the directory that holds the WAL database instead of the data dir.
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// An operation on a database, for error context and fault injection.
@@ -267,8 +278,9 @@ pub struct Store {
     size: Arc<AtomicU64>,
     /// `SyncData`, or `Buffer` under `--unsafe-no-fsync`.
     durability: fjall::PersistMode,
-    // Held for the life of the process; the OS releases it on exit, even on kill -9.
-    _lock: File,
+    // Held for the life of the process; the OS releases them on exit, even on kill -9. The
+    // second is `--wal-dir`'s, if it is set.
+    _locks: (File, Option<File>),
 }
 
 impl Store {
@@ -282,25 +294,26 @@ impl Store {
         fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
         let lock = lock(dir)?;
         let fresh = check_format(dir)?;
+        let (wal_path, wal_lock) = wal_location(dir, options.wal_dir.as_deref(), fresh)?;
         let db = open_db(&dir.join(DB_DIR), DB_WRITE_BUFFER_BYTES)?;
-        let wal = open_db(&dir.join(WAL_DIR), WAL_WRITE_BUFFER_BYTES)?;
+        let wal = open_db(&wal_path, WAL_WRITE_BUFFER_BYTES)?;
         if fresh {
             write_format(dir)?;
         }
-        let paths = vec![dir.join(DB_DIR), dir.join(WAL_DIR)];
+        let paths = vec![dir.join(DB_DIR), wal_path.clone()];
         let size = Arc::new(AtomicU64::new(allocated(&paths)));
         sample_size(paths, Arc::downgrade(&size))?;
         let failure = Arc::new(Failure {
             failed: AtomicBool::new(false),
             first: watch::Sender::new(None),
         });
-        let info = |sub: &str, which: FaultDatabase| {
+        let info = |path: PathBuf, which: FaultDatabase| {
             let fault = options.fault.filter(|f| f.database == which);
             if let Some(plan) = fault {
                 tracing::warn!(fault = %plan, "storage fault injection armed (--unsafe-storage-fault): never use this in production");
             }
             Arc::new(Db {
-                path: dir.join(sub),
+                path,
                 fault: fault.map(fault::Armed::new),
                 failure: failure.clone(),
             })
@@ -308,8 +321,8 @@ impl Store {
         Ok(Store {
             db,
             wal,
-            db_info: info(DB_DIR, FaultDatabase::State),
-            wal_info: info(WAL_DIR, FaultDatabase::Wal),
+            db_info: info(dir.join(DB_DIR), FaultDatabase::State),
+            wal_info: info(wal_path, FaultDatabase::Wal),
             failure: failure.clone(),
             dir: dir.to_path_buf(),
             size,
@@ -318,7 +331,7 @@ impl Store {
             } else {
                 fjall::PersistMode::SyncData
             },
-            _lock: lock,
+            _locks: (lock, wal_lock),
         })
     }
 
@@ -489,6 +502,74 @@ fn lock(dir: &Path) -> Result<File, StorageError> {
     }
 }
 
+/// Where the WAL database is, and the lock of `--wal-dir` if one is set (with the data dir's
+/// own lock already held). The raft log is looked for only where the configuration puts it;
+/// refused, with what to do:
+/// - `--wal-dir` set but the log is still in the data dir (or in both places);
+/// - a data dir that has been started (`fresh` is false) whose log is not where it is looked
+///   for, e.g. `--wal-dir` dropped or changed: starting would begin an empty log beside the
+///   old state.
+fn wal_location(
+    dir: &Path,
+    wal_dir: Option<&Path>,
+    fresh: bool,
+) -> Result<(PathBuf, Option<File>), StorageError> {
+    let in_data_dir = dir.join(WAL_DIR);
+    let wal_dir = match wal_dir {
+        Some(w) if !same_dir(w, dir) => w,
+        _ => {
+            if !fresh && !in_data_dir.exists() {
+                return Err(StorageError::WalMisplaced(format!(
+                    "data dir {} has no raft log ({} is missing); if it was started with \
+                     --wal-dir, start it with the same --wal-dir",
+                    dir.display(),
+                    in_data_dir.display()
+                )));
+            }
+            return Ok((in_data_dir, None));
+        }
+    };
+    fs::create_dir_all(wal_dir).map_err(StorageError::io(wal_dir))?;
+    let lock = lock(wal_dir)?;
+    let wal_path = wal_dir.join(WAL_DIR);
+    let others: Vec<String> = fs::read_dir(wal_dir)
+        .map_err(StorageError::io(wal_dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE && n != WAL_DIR)
+        .collect();
+    if !others.is_empty() {
+        return Err(StorageError::Foreign {
+            path: wal_dir.to_path_buf(),
+            found: format!("--wal-dir holds {}", others.join(", ")),
+        });
+    }
+    let misplaced = match (in_data_dir.exists(), wal_path.exists()) {
+        (true, true) => Some("both hold a raft log; keep one of them"),
+        (true, false) => Some("the raft log is still in the data dir: move it to --wal-dir, or start without --wal-dir"),
+        (false, false) if !fresh => Some("the data dir has been started but --wal-dir holds no raft log: pass the --wal-dir it was started with"),
+        _ => None,
+    };
+    match misplaced {
+        Some(what) => Err(StorageError::WalMisplaced(format!(
+            "data dir {} and --wal-dir {}: {what} ({} is the raft log's place with --wal-dir)",
+            dir.display(),
+            wal_dir.display(),
+            wal_path.display()
+        ))),
+        None => Ok((wal_path, Some(lock))),
+    }
+}
+
+/// Whether two paths name the same directory (`--wal-dir` equal to `--data-dir` is the
+/// default layout).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Returns whether the directory is new. A directory with other content and no marker
 /// is someone else's (an etcd data dir, a home directory...) and is refused untouched.
 fn check_format(dir: &Path) -> Result<bool, StorageError> {
@@ -556,6 +637,77 @@ mod tests {
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(err.to_string().contains("etcd data dir"), "{err}");
         assert!(!dir.path().join(FORMAT_FILE).exists());
+    }
+
+    fn with_wal_dir(dir: &Path, wal: &Path) -> Result<Store, StorageError> {
+        let options = StoreOptions {
+            wal_dir: Some(wal.to_path_buf()),
+            ..StoreOptions::default()
+        };
+        Store::open_with(dir, &options)
+    }
+
+    #[test]
+    fn wal_dir_holds_the_log_and_is_locked_too() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (data, wal) = (root.path().join("data"), root.path().join("wal-disk"));
+        {
+            let s = with_wal_dir(&data, &wal).expect("open");
+            s.wal_keyspace("log")
+                .expect("ks")
+                .insert("1", "e")
+                .expect("insert");
+            s.sync_wal().expect("sync");
+            assert!(wal.join(WAL_DIR).is_dir());
+            assert!(!data.join(WAL_DIR).exists());
+            // Another process pointing only its data dir at the WAL dir is kept out.
+            let err = Store::open(&wal).err().expect("locked");
+            assert!(matches!(err, StorageError::Locked(_)), "{err}");
+        }
+        let s = with_wal_dir(&data, &wal).expect("reopen");
+        let got = s.wal_keyspace("log").expect("ks").get("1").expect("get");
+        assert_eq!(got.as_deref(), Some(&b"e"[..]));
+    }
+
+    #[test]
+    fn a_raft_log_in_the_other_place_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (data, wal) = (root.path().join("data"), root.path().join("wal-disk"));
+        drop(Store::open(&data).expect("plain start"));
+        // Log in the data dir, --wal-dir now set.
+        let err = with_wal_dir(&data, &wal).err().expect("refused");
+        assert!(err.to_string().contains("still in the data dir"), "{err}");
+        assert!(!wal.join(WAL_DIR).exists(), "nothing created in --wal-dir");
+
+        let other = root.path().join("data2");
+        drop(with_wal_dir(&other, &wal).expect("start with --wal-dir"));
+        // Started with --wal-dir, now without it.
+        let err = Store::open(&other).err().expect("refused");
+        assert!(err.to_string().contains("same --wal-dir"), "{err}");
+        // Started with --wal-dir, now with another, empty one.
+        let err = with_wal_dir(&other, &root.path().join("elsewhere"))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("holds no raft log"), "{err}");
+    }
+
+    #[test]
+    fn wal_dir_equal_to_the_data_dir_is_the_default_layout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(with_wal_dir(dir.path(), dir.path()).expect("open"));
+        assert!(dir.path().join(WAL_DIR).is_dir());
+        drop(Store::open(dir.path()).expect("reopen without --wal-dir"));
+    }
+
+    #[test]
+    fn a_foreign_wal_dir_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let wal = root.path().join("w");
+        fs::create_dir_all(wal.join("member")).expect("mkdir");
+        let err = with_wal_dir(&root.path().join("d"), &wal)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StorageError::Foreign { .. }), "{err}");
     }
 
     #[test]

@@ -88,7 +88,6 @@ async fn settings_without_effect_are_named_in_one_warning_line() {
         "cipher-suites",
         "tls-min-version",
         "self-signed-cert-validity",
-        "strict-reconfig-check",
         "discovery-fallback",
     ] {
         assert!(lines[0].contains(key), "{key} missing from {}", lines[0]);

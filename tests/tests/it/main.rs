@@ -8,6 +8,7 @@
 mod bad_input;
 mod big_reads;
 mod cluster_faults;
+mod cluster_ops;
 mod config;
 mod crash;
 mod edge_cases;

@@ -14,18 +14,18 @@ use etcd_client::GetOptions;
 
 use crate::{assert_grpc_error, ok, Code};
 
-const TOKEN: &str = "etcd-cluster-1";
+pub(crate) const TOKEN: &str = "etcd-cluster-1";
 /// How long a cluster may take to elect a leader again, generously (etcd: about 1-2 s).
 const FAILOVER_LIMIT: Duration = Duration::from_secs(20);
 
 /// The peer ports and the `--initial-cluster` value of a cluster of `n` members.
-struct Plan {
-    peer_ports: Vec<u16>,
-    initial_cluster: String,
+pub(crate) struct Plan {
+    pub(crate) peer_ports: Vec<u16>,
+    pub(crate) initial_cluster: String,
 }
 
 impl Plan {
-    fn new(n: usize) -> Result<Plan> {
+    pub(crate) fn new(n: usize) -> Result<Plan> {
         let peer_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
         let initial_cluster = peer_ports
             .iter()
@@ -40,7 +40,7 @@ impl Plan {
     }
 
     /// Member `i`'s command line, as the seeds write it.
-    fn args(
+    pub(crate) fn args(
         &self,
         i: usize,
         token: &str,
@@ -67,7 +67,7 @@ impl Plan {
 }
 
 /// Starts all members at once (none is ready before a quorum runs).
-async fn start_cluster(plan: &Plan) -> Result<Vec<Server>> {
+pub(crate) async fn start_cluster(plan: &Plan) -> Result<Vec<Server>> {
     let start = |i: usize| {
         Server::start_custom(move |layout| {
             Ok(plan.args(i, TOKEN, layout.client_port, &layout.data_dir))
@@ -78,7 +78,7 @@ async fn start_cluster(plan: &Plan) -> Result<Vec<Server>> {
 }
 
 /// `endpoint status` of one member as JSON: (member id, leader id, raft term).
-async fn status(member: &Server) -> Result<(u64, u64, u64)> {
+pub(crate) async fn status(member: &Server) -> Result<(u64, u64, u64)> {
     let out = member.ctl(&["endpoint", "status", "-w", "json"]).await?;
     let v: serde_json::Value = serde_json::from_str(out.success()?)?;
     let s = &v[0]["Status"];
@@ -91,7 +91,7 @@ async fn status(member: &Server) -> Result<(u64, u64, u64)> {
 }
 
 /// The index in `members` of the leader, once all running members agree on one.
-async fn leader(members: &[Server]) -> usize {
+pub(crate) async fn leader(members: &[Server]) -> usize {
     let deadline = Instant::now() + FAILOVER_LIMIT;
     loop {
         let mut ids = Vec::new();
@@ -417,7 +417,9 @@ async fn a_member_started_with_another_token_is_refused() {
 
 /// Retries `op` while etcd's strict reconfiguration check refuses it ("unhealthy
 /// cluster": a member connected less than 5 s ago), bounded.
-async fn reconfigure<T: std::fmt::Debug, F, Fut>(mut op: F) -> Result<T, etcd_client::Error>
+pub(crate) async fn reconfigure<T: std::fmt::Debug, F, Fut>(
+    mut op: F,
+) -> Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
