@@ -144,9 +144,6 @@ impl From<RaftError> for Error {
                 MemberError::PeerUrlsExist => Error::PeerUrlsExist,
                 MemberError::NotLearner => Error::NotLearner,
                 MemberError::LearnerNotReady => Error::LearnerNotReady,
-                MemberError::LogPurged => Error::NotSupported(
-                    "adding a member once the raft log was purged (snapshot transfer)",
-                ),
             },
             RaftError::Lease(e) => e.into(),
             // The node stops on a fatal error; tell the client to go elsewhere meanwhile.

@@ -18,12 +18,17 @@
 //! a one-member cluster waits for its own leadership at start, a larger one starts serving
 //! at once and answers "no leader" until an election is won, as etcd does. [`network`] is
 //! the peer transport and the follower's calls to its leader (forwarded proposals, read
-//! indexes); the `peer_*` methods are the receiving side. Not yet: snapshot transfer (a
-//! multi-member cluster keeps its whole log instead) and membership changes.
+//! indexes); the `peer_*` methods are the receiving side.
+//!
+//! Snapshots ([`snapshot`]): every `--snapshot-count` applied entries openraft builds one
+//! (the state database made durable) and purges the log behind it but for the last
+//! `--experimental-snapshot-catchup-entries` entries, as etcd does; a member whose next
+//! entry is gone gets the whole state streamed instead.
 
 mod log_store;
 mod membership;
 pub mod network;
+mod snapshot;
 mod state_machine;
 
 use std::collections::BTreeMap;
@@ -63,11 +68,6 @@ openraft::declare_raft_types!(
 
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
-/// What a snapshot carries. Empty for now: a snapshot is the local MVCC state made durable,
-/// which is all a member needs while logs are not purged in clusters; sending one to a
-/// follower is not supported yet.
-type SnapshotData = Vec<u8>;
-
 /// How long [`RaftNode::start`] waits for leadership, in election timeouts.
 const ELECTIONS_TO_WAIT: u32 = 5;
 
@@ -86,6 +86,9 @@ pub struct RaftSettings {
     pub election_timeout: Duration,
     /// Entries applied between snapshots (etcd's `--snapshot-count`); 0 disables snapshots.
     pub snapshot_count: u64,
+    /// Log entries kept behind a snapshot for followers to catch up from (etcd's
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// Told each applied revision's events, if watches are served.
     pub watch: Option<Arc<WatchHub>>,
 }
@@ -346,6 +349,72 @@ impl RaftNode {
         Box::pin(self.apply_change(change)).await
     }
 
+    /// Receives a snapshot streamed by the leader (`chunks`: a header with openraft's vote
+    /// and snapshot meta, then the snapshot stream), keeps it in a file, checks its digest
+    /// and installs it; answers openraft's response, encoded. `from` labels the metrics.
+    pub async fn peer_install_snapshot(
+        &self,
+        from: &str,
+        chunks: impl futures::Stream<Item = Result<cairnpb::SnapshotChunk, String>> + Send,
+    ) -> Result<Vec<u8>, RaftError> {
+        let m = metrics::get();
+        let inflight = m.snapshot_receive_inflights.with_label_values(&[from]);
+        inflight.inc();
+        let started = std::time::Instant::now();
+        let result = self.receive_snapshot(chunks).await;
+        inflight.dec();
+        match &result {
+            Ok(_) => {
+                m.snapshot_receive_success.with_label_values(&[from]).inc();
+                m.snapshot_receive_duration
+                    .with_label_values(&[from])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::warn!(from, error = %e, "receiving a snapshot failed");
+                m.snapshot_receive_failures.with_label_values(&[from]).inc();
+            }
+        }
+        result
+    }
+
+    async fn receive_snapshot(
+        &self,
+        chunks: impl futures::Stream<Item = Result<cairnpb::SnapshotChunk, String>> + Send,
+    ) -> Result<Vec<u8>, RaftError> {
+        use futures::StreamExt;
+        let mut chunks = std::pin::pin!(chunks);
+        let first = match chunks.next().await {
+            Some(chunk) => chunk.map_err(RaftError::Malformed)?,
+            None => return Err(RaftError::Malformed("empty snapshot stream".into())),
+        };
+        let (vote, meta): (openraft::alias::VoteOf<TypeConfig>, openraft::alias::SnapshotMetaOf<TypeConfig>) =
+            decode(&first.header).map_err(|e| RaftError::Malformed(e.to_string()))?;
+        let dir = self.store.snap_dir().map_err(fatal)?;
+        let mut incoming = snapshot::Incoming::create(&dir).await.map_err(fatal)?;
+        incoming.write(&first.data).await.map_err(fatal)?;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(RaftError::Malformed)?;
+            incoming.write(&chunk.data).await.map_err(fatal)?;
+        }
+        let part = incoming
+            .finish()
+            .await
+            .map_err(|e| RaftError::Malformed(format!("snapshot {meta}: {e}")))?;
+        tracing::info!(snapshot = %meta, "received a snapshot from the leader; installing it");
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, snapshot::SnapshotData> {
+            meta,
+            snapshot: snapshot::SnapshotData::Received(part.path().to_path_buf()),
+        };
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(stopped_or_fatal)?;
+        drop(part);
+        encode(&resp).map_err(fatal)
+    }
+
     /// Receives leadership from the leader (etcd's MoveLeader), in openraft's encoding.
     pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, RaftError> {
         let req = decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;
@@ -556,14 +625,12 @@ fn openraft_config(settings: &RaftSettings) -> Result<Config, RaftError> {
             0 => SnapshotPolicy::Never,
             n => SnapshotPolicy::LogsSinceLast(n),
         },
-        // A single voter has no follower to catch up from the log, so the log behind a
-        // snapshot goes at once. A larger cluster keeps its whole log until snapshots can
-        // be sent to a lagging member (not supported yet).
-        max_in_snapshot_log_to_keep: if settings.initial_peers.is_empty() {
-            0
-        } else {
-            u64::MAX
-        },
+        // etcd's catch-up tail: a follower a little behind gets entries, one further
+        // behind the whole state (`snapshot`).
+        max_in_snapshot_log_to_keep: settings.snapshot_catchup_entries,
+        // openraft's 200 ms default bounds a whole transfer; the transport bounds it
+        // itself (`network`).
+        install_snapshot_timeout: millis(network::SNAPSHOT_TIMEOUT),
         ..Config::default()
     };
     config
@@ -823,6 +890,7 @@ mod tests {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             snapshot_count,
+            snapshot_catchup_entries: 5,
             watch: None,
         }
     }
