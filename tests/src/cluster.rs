@@ -390,7 +390,9 @@ impl Cluster {
                 .await?;
             match out.success() {
                 Ok(text) => break text.to_string(),
-                Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                Err(e)
+                    if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(500)).await
                 }
                 Err(e) => return Err(e.context("member add")),

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use futures::StreamExt;
+use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::{Core, RequestContext};

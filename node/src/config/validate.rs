@@ -10,8 +10,8 @@ use std::time::Duration;
 use url::{Host, Url};
 
 use super::keys::{
-    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINTS, SNAPSHOT_CATCHUP, SNAPSHOT_CATCHUP_OLD, WATCH_PROGRESS,
-    WATCH_PROGRESS_OLD,
+    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINTS, SNAPSHOT_CATCHUP, SNAPSHOT_CATCHUP_OLD,
+    WATCH_PROGRESS, WATCH_PROGRESS_OLD,
 };
 use super::layers::{Entry, Raw};
 use super::{
@@ -281,9 +281,7 @@ fn renamed<'r, T: PartialEq>(
         new_entry.origin != Origin::Default,
     ) {
         (true, true) if old_value != new_value => Err(ConfigError::Conflict {
-            message: format!(
-                "--{old} and --{new} (its etcd 3.6 name) are set to different values"
-            ),
+            message: format!("--{old} and --{new} (its etcd 3.6 name) are set to different values"),
             origins: format!("{}, {}", old_entry.provenance(), new_entry.provenance()),
         }),
         (true, _) => Ok((old_entry, old_value)),

@@ -298,7 +298,10 @@ impl Mvcc {
         verify_digest(&mut file)?;
         file.seek(SeekFrom::Start(0))?;
         let restored = {
-            let _compaction = self.compacting.lock().unwrap_or_else(PoisonError::into_inner);
+            let _compaction = self
+                .compacting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let _readers = self.gate.write().unwrap_or_else(PoisonError::into_inner);
             clear(&self.store, &self.ks)?;
             let restored = load(

@@ -388,8 +388,10 @@ impl RaftNode {
             Some(chunk) => chunk.map_err(RaftError::Malformed)?,
             None => return Err(RaftError::Malformed("empty snapshot stream".into())),
         };
-        let (vote, meta): (openraft::alias::VoteOf<TypeConfig>, openraft::alias::SnapshotMetaOf<TypeConfig>) =
-            decode(&first.header).map_err(|e| RaftError::Malformed(e.to_string()))?;
+        let (vote, meta): (
+            openraft::alias::VoteOf<TypeConfig>,
+            openraft::alias::SnapshotMetaOf<TypeConfig>,
+        ) = decode(&first.header).map_err(|e| RaftError::Malformed(e.to_string()))?;
         let dir = self.store.snap_dir().map_err(fatal)?;
         let mut incoming = snapshot::Incoming::create(&dir).await.map_err(fatal)?;
         incoming.write(&first.data).await.map_err(fatal)?;

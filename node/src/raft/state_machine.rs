@@ -193,13 +193,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: meta.last_membership.clone(),
         };
         let (encoded_meta, marker) = (encode(meta)?, encode(&state)?);
-        let (mvcc, lessor, dir) = (self.mvcc.clone(), self.lessor.clone(), self.snap_dir.clone());
+        let (mvcc, lessor, dir) = (
+            self.mvcc.clone(),
+            self.lessor.clone(),
+            self.snap_dir.clone(),
+        );
         let started = Instant::now();
         let revision = blocking(move || {
             let pending = snapshot::commit(&dir, &encoded_meta, &file)?;
-            let restored = mvcc
-                .install(&pending, &marker)
-                .map_err(io::Error::other)?;
+            let restored = mvcc.install(&pending, &marker).map_err(io::Error::other)?;
             lessor.reload().map_err(io::Error::other)?;
             snapshot::clear_pending(&dir)?;
             Ok(restored.revision)
@@ -590,5 +592,149 @@ mod tests {
             panic!("revoke failed");
         };
         assert_eq!(events.len(), 1);
+    }
+
+    /// A member's state machine over its own store, with the apply marker at index 5.
+    struct Member {
+        _dir: tempfile::TempDir,
+        mvcc: Arc<Mvcc>,
+        lessor: Arc<Lessor>,
+        sm: StateMachine,
+    }
+
+    fn log_id(index: u64) -> LogIdOf<TypeConfig> {
+        openraft::testing::log_id::<TypeConfig>(1, 1, index)
+    }
+
+    /// Opens a member whose store holds `keys` (applied under the marker of index 5) and
+    /// lease 7.
+    fn member(keys: &[&str]) -> Member {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("mvcc"));
+        let lessor = Arc::new(Lessor::open(&store, config()).expect("lessor"));
+        let marker = encode(&AppliedState {
+            last_applied: Some(log_id(5)),
+            ..Default::default()
+        })
+        .expect("marker");
+        let run = |cmd| {
+            let proposal = Proposal(Command { cmd: Some(cmd) });
+            apply_command(&mvcc, &lessor, &proposal, &marker).expect("apply")
+        };
+        run(grant(7, 60));
+        for key in keys {
+            run(put(key, 7));
+        }
+        let sm = reopen(store, mvcc.clone(), lessor.clone());
+        Member {
+            _dir: dir,
+            mvcc,
+            lessor,
+            sm,
+        }
+    }
+
+    fn reopen(store: Arc<Store>, mvcc: Arc<Mvcc>, lessor: Arc<Lessor>) -> StateMachine {
+        StateMachine::open(store, mvcc, lessor, InUse::new().0, None).expect("state machine")
+    }
+
+    /// The source's current snapshot, written out as a received file would be.
+    async fn received(source: &mut Member, dir: &std::path::Path) -> (SnapshotMeta, PathBuf) {
+        let snap = source
+            .sm
+            .get_current_snapshot()
+            .await
+            .expect("snapshot")
+            .expect("there is one");
+        let path = dir.join("incoming-test.part");
+        let file = std::fs::File::create(&path).expect("file");
+        match snap.snapshot {
+            SnapshotData::Local(data) => data.write_to(file).expect("write"),
+            SnapshotData::Received(_) => panic!("a member's own state is local"),
+        };
+        (snap.meta, path)
+    }
+
+    fn all(mvcc: &Mvcc) -> Vec<(Vec<u8>, i64, i64)> {
+        let req = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let resp = mvcc.range(&req).expect("range");
+        resp.kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.mod_revision, kv.lease))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_replaces_another_members_state_whole() {
+        let mut source = member(&["a", "b", "c"]);
+        let mut target = member(&["stale"]);
+        let (meta, file) = received(&mut source, &target.sm.snap_dir).await;
+        assert_eq!(meta.last_log_id, Some(log_id(5)));
+        target
+            .sm
+            .install_snapshot(&meta, SnapshotData::Received(file.clone()))
+            .await
+            .expect("install");
+        assert_eq!(all(&target.mvcc), all(&source.mvcc));
+        assert_eq!(
+            target.mvcc.current_revision(),
+            source.mvcc.current_revision()
+        );
+        assert_eq!(
+            target.mvcc.hash_kv(0).expect("hash"),
+            source.mvcc.hash_kv(0).expect("hash")
+        );
+        assert_eq!(target.lessor.leases(), vec![7]);
+        let (applied, _) = target.sm.applied_state().await.expect("applied");
+        assert_eq!(applied, meta.last_log_id);
+        assert!(
+            !file.exists(),
+            "moved into place, then removed once installed"
+        );
+        assert!(snapshot::pending(&target.sm.snap_dir)
+            .expect("read")
+            .is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_a_crash_cut_short_is_redone_at_start() {
+        let mut source = member(&["a", "b"]);
+        let target = member(&["stale"]);
+        let dir = target.sm.snap_dir.clone();
+        let (mut meta, file) = received(&mut source, &dir).await;
+        // The leader's snapshot is ahead of this member's marker, as it is when one is sent.
+        meta.last_log_id = Some(log_id(9));
+        // Crash right after the commit point: the old state is still in place.
+        snapshot::commit(&dir, &encode(&meta).expect("meta"), &file).expect("commit");
+        let store = target.sm.store.clone();
+        drop(target.sm);
+        let mut sm = reopen(store, target.mvcc.clone(), target.lessor.clone());
+        let pending = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("pending");
+        assert_eq!(
+            pending.meta, meta,
+            "the pending snapshot is the current one"
+        );
+        // What openraft does at start with a current snapshot ahead of the marker.
+        sm.install_snapshot(&pending.meta, pending.snapshot)
+            .await
+            .expect("install again");
+        assert_eq!(all(&target.mvcc), all(&source.mvcc));
+        assert!(snapshot::pending(&dir).expect("read").is_none());
+        let again = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("current");
+        assert_eq!(again.meta.last_log_id, Some(log_id(9)));
+        assert!(matches!(again.snapshot, SnapshotData::Local(_)));
     }
 }
