@@ -258,6 +258,44 @@ impl<W: Write> Write for DigestWriter<W> {
     }
 }
 
+/// Cuts what is written into chunks of `size` bytes (the last one shorter) and hands each
+/// to `send`: how a snapshot is streamed in bounded memory.
+pub struct Chunker<F> {
+    size: usize,
+    buf: Vec<u8>,
+    send: F,
+}
+
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> Chunker<F> {
+    pub fn new(size: usize, send: F) -> Chunker<F> {
+        Chunker {
+            size,
+            buf: Vec::with_capacity(size),
+            send,
+        }
+    }
+}
+
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> Write for Chunker<F> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(self.size - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == self.size {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    /// Sends what is buffered as a (short) chunk.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
+        (self.send)(chunk)
+    }
+}
+
 /// What a restore loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Restored {

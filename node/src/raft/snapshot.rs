@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::mvcc::snapshot::{self as mvcc_snapshot, SnapshotSource};
+use crate::mvcc::snapshot::{self as mvcc_snapshot, Chunker, SnapshotSource};
 
 /// Bytes per chunk on the wire.
 pub(super) const CHUNK_BYTES: usize = 1 << 20;
@@ -62,48 +62,17 @@ impl SnapshotData {
 pub(super) fn stream(data: SnapshotData) -> mpsc::Receiver<io::Result<Vec<u8>>> {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK_BYTES),
-        };
-        if let Err(e) = data.write_to(&mut out).and_then(|_| out.send()) {
+        let chunks = tx.clone();
+        let mut out = Chunker::new(CHUNK_BYTES, move |chunk| {
+            chunks
+                .blocking_send(Ok(chunk))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "snapshot transfer ended"))
+        });
+        if let Err(e) = data.write_to(&mut out).and_then(|_| out.flush()) {
             let _ = tx.blocking_send(Err(e));
         }
     });
     rx
-}
-
-/// Cuts what is written into chunks for [`stream`].
-struct ChunkWriter {
-    tx: mpsc::Sender<io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "snapshot transfer ended"))
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK_BYTES - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK_BYTES {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
 }
 
 /// A snapshot being received into `snap/incoming-<n>.part`.

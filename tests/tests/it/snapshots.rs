@@ -164,14 +164,21 @@ async fn assert_a_snapshot_went(leader: &Server, member: &Server) {
     }
 }
 
-#[tokio::test]
-async fn a_follower_behind_the_purged_log_catches_up_while_writes_go_on() {
+/// A cluster whose follower was killed before the writes of [`write_history`]; returns the
+/// cluster, the leader, the follower (down) and a client of the leader.
+async fn a_follower_left_behind() -> (Cluster, usize, usize, Client) {
     let mut cluster = Cluster::start_with(options()).await.unwrap();
     let leader = cluster.leader().await.unwrap();
     let follower = (leader + 1) % 3;
     cluster.kill9(follower).unwrap();
     let mut client = cluster.client(leader).await.unwrap();
     write_history(&mut client, 300).await;
+    (cluster, leader, follower, client)
+}
+
+#[tokio::test]
+async fn a_follower_behind_the_purged_log_catches_up_while_writes_go_on() {
+    let (mut cluster, leader, follower, client) = a_follower_left_behind().await;
 
     let writes = tokio::spawn(write_for(client, Duration::from_secs(3)));
     cluster.restart(follower).await.unwrap();
@@ -219,12 +226,7 @@ fn receiving(data_dir: &Path) -> bool {
     ignore = "cairn-only: watches cairn's snapshot files to kill the receiver mid-install"
 )]
 async fn a_member_killed_while_receiving_a_snapshot_restarts_and_converges() {
-    let mut cluster = Cluster::start_with(options()).await.unwrap();
-    let leader = cluster.leader().await.unwrap();
-    let follower = (leader + 1) % 3;
-    cluster.kill9(follower).unwrap();
-    let mut client = cluster.client(leader).await.unwrap();
-    write_history(&mut client, 300).await;
+    let (mut cluster, leader, follower, mut client) = a_follower_left_behind().await;
     // A few MiB, so the transfer over a slowed link takes seconds.
     let value = "x".repeat(2048);
     for t in 0..200 {
