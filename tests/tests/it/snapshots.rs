@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::proxy::LinkFault;
 use cairn_tests::{parse_metrics, testing_cairn, Server};
-use etcd_client::{Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 
-use crate::{current_revision, json};
+use crate::{current_revision, json, rev};
 
 /// How long a member may take to hold the leader's data after it serves again.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
@@ -263,4 +265,42 @@ async fn a_member_killed_while_receiving_a_snapshot_restarts_and_converges() {
     assert_same_state(leader_server, member).await;
     assert!(!receiving(&data_dir), "the cut-short reception was removed");
     assert_a_snapshot_went(leader_server, member).await;
+}
+
+#[tokio::test]
+async fn a_watcher_on_a_member_brought_up_to_date_by_a_snapshot_sees_every_revision() {
+    let cluster = Cluster::start_with(options()).await.unwrap();
+    let leader = cluster.leader().await.unwrap();
+    let follower = (leader + 1) % 3;
+    let mut watching = cluster.client(follower).await.unwrap();
+    let mut stream = watching
+        .watch("w/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    cluster.isolate(follower);
+    let mut client = cluster.client(leader).await.unwrap();
+    let mut revisions = Vec::new();
+    for i in 0..250 {
+        let put = client
+            .put(format!("w/{}", i % 40), i.to_string(), None)
+            .await
+            .unwrap();
+        revisions.push(rev!(put));
+    }
+    cluster.heal();
+
+    let last = *revisions.last().unwrap();
+    let deadline = tokio::time::Instant::now() + CONVERGE_LIMIT;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&last) {
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("every revision within the limit")
+            .unwrap()
+            .expect("the watch stays open");
+        assert!(!msg.canceled(), "watch canceled: {}", msg.cancel_reason());
+        seen.extend(msg.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+    }
+    assert_eq!(seen, revisions, "each revision once, in order");
+    assert_a_snapshot_went(cluster.member(leader), cluster.member(follower)).await;
 }
