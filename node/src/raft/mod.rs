@@ -349,72 +349,15 @@ impl RaftNode {
         Box::pin(self.apply_change(change)).await
     }
 
-    /// Receives a snapshot streamed by the leader (`chunks`: a header with openraft's vote
-    /// and snapshot meta, then the snapshot stream), keeps it in a file, checks its digest
-    /// and installs it; answers openraft's response, encoded. `from` labels the metrics.
+    /// Receives a snapshot streamed by the leader `from` (hex) and installs it once whole
+    /// (see [`snapshot::receive`]); answers openraft's response, encoded.
     pub async fn peer_install_snapshot(
         &self,
         from: &str,
         chunks: impl futures::Stream<Item = Result<cairnpb::SnapshotChunk, String>> + Send,
     ) -> Result<Vec<u8>, RaftError> {
-        let m = metrics::get();
-        let inflight = m.snapshot_receive_inflights.with_label_values(&[from]);
-        inflight.inc();
-        let started = std::time::Instant::now();
-        let result = self.receive_snapshot(chunks).await;
-        inflight.dec();
-        match &result {
-            Ok(_) => {
-                m.snapshot_receive_success.with_label_values(&[from]).inc();
-                m.snapshot_receive_duration
-                    .with_label_values(&[from])
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                tracing::warn!(from, error = %e, "receiving a snapshot failed");
-                m.snapshot_receive_failures.with_label_values(&[from]).inc();
-            }
-        }
-        result
-    }
-
-    async fn receive_snapshot(
-        &self,
-        chunks: impl futures::Stream<Item = Result<cairnpb::SnapshotChunk, String>> + Send,
-    ) -> Result<Vec<u8>, RaftError> {
-        use futures::StreamExt;
-        let mut chunks = std::pin::pin!(chunks);
-        let first = match chunks.next().await {
-            Some(chunk) => chunk.map_err(RaftError::Malformed)?,
-            None => return Err(RaftError::Malformed("empty snapshot stream".into())),
-        };
-        let (vote, meta): (
-            openraft::alias::VoteOf<TypeConfig>,
-            openraft::alias::SnapshotMetaOf<TypeConfig>,
-        ) = decode(&first.header).map_err(|e| RaftError::Malformed(e.to_string()))?;
         let dir = self.store.snap_dir().map_err(fatal)?;
-        let mut incoming = snapshot::Incoming::create(&dir).await.map_err(fatal)?;
-        incoming.write(&first.data).await.map_err(fatal)?;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(RaftError::Malformed)?;
-            incoming.write(&chunk.data).await.map_err(fatal)?;
-        }
-        let part = incoming
-            .finish()
-            .await
-            .map_err(|e| RaftError::Malformed(format!("snapshot {meta}: {e}")))?;
-        tracing::info!(snapshot = %meta, "received a snapshot from the leader; installing it");
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, snapshot::SnapshotData> {
-            meta,
-            snapshot: snapshot::SnapshotData::Received(part.path().to_path_buf()),
-        };
-        let resp = self
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(stopped_or_fatal)?;
-        drop(part);
-        encode(&resp).map_err(fatal)
+        snapshot::receive(&self.raft, &dir, from, chunks).await
     }
 
     /// Receives leadership from the leader (etcd's MoveLeader), in openraft's encoding.

@@ -13,7 +13,7 @@
 //! [`CHUNKS_IN_FLIGHT`] chunks are in memory; apply goes on meanwhile (the storage snapshot
 //! only keeps the versions it reads from being discarded).
 //!
-//! Receiving ([`Incoming`]): chunks are appended to `snap/incoming-<n>.part`, the file is
+//! Receiving ([`receive`]): chunks are appended to `snap/incoming-<n>.part`, the file is
 //! fsynced and its digest checked. Installing then makes it the pending snapshot
 //! ([`commit`]): `snap/pending.meta` is written and fsynced, the file is renamed to
 //! `snap/pending.snap` and the directory fsynced. That rename is the switch: before it the
@@ -26,10 +26,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::{Stream, StreamExt};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::{decode, encode, fatal, stopped_or_fatal, Raft, RaftError, TypeConfig};
+use crate::metrics;
 use crate::mvcc::snapshot::{self as mvcc_snapshot, Chunker, SnapshotSource};
+use crate::proto::cairnpb::SnapshotChunk;
 
 /// Bytes per chunk on the wire.
 pub(super) const CHUNK_BYTES: usize = 1 << 20;
@@ -75,14 +80,80 @@ pub(super) fn stream(data: SnapshotData) -> mpsc::Receiver<io::Result<Vec<u8>>> 
     rx
 }
 
+/// Receives a snapshot streamed by the leader `from` into `dir` (`chunks`: a header with
+/// openraft's vote and snapshot meta, then the snapshot stream), checks its digest and
+/// hands it to openraft to install; returns openraft's response, encoded. Counted in
+/// `etcd_network_snapshot_receive_*{From}`.
+pub(super) async fn receive(
+    raft: &Raft,
+    dir: &Path,
+    from: &str,
+    chunks: impl Stream<Item = Result<SnapshotChunk, String>> + Send,
+) -> Result<Vec<u8>, RaftError> {
+    let m = metrics::get();
+    let inflight = m.snapshot_receive_inflights.with_label_values(&[from]);
+    inflight.inc();
+    let started = std::time::Instant::now();
+    let result = receive_and_install(raft, dir, chunks).await;
+    inflight.dec();
+    match &result {
+        Ok(_) => {
+            m.snapshot_receive_success.with_label_values(&[from]).inc();
+            m.snapshot_receive_duration
+                .with_label_values(&[from])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Err(e) => {
+            tracing::warn!(from, error = %e, "receiving a snapshot failed");
+            m.snapshot_receive_failures.with_label_values(&[from]).inc();
+        }
+    }
+    result
+}
+
+async fn receive_and_install(
+    raft: &Raft,
+    dir: &Path,
+    chunks: impl Stream<Item = Result<SnapshotChunk, String>> + Send,
+) -> Result<Vec<u8>, RaftError> {
+    let mut chunks = std::pin::pin!(chunks);
+    let first = match chunks.next().await {
+        Some(chunk) => chunk.map_err(RaftError::Malformed)?,
+        None => return Err(RaftError::Malformed("empty snapshot stream".into())),
+    };
+    let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+        decode(&first.header).map_err(|e| RaftError::Malformed(e.to_string()))?;
+    let mut incoming = Incoming::create(dir).await.map_err(fatal)?;
+    incoming.write(&first.data).await.map_err(fatal)?;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(RaftError::Malformed)?;
+        incoming.write(&chunk.data).await.map_err(fatal)?;
+    }
+    let part = incoming
+        .finish()
+        .await
+        .map_err(|e| RaftError::Malformed(format!("snapshot {meta}: {e}")))?;
+    tracing::info!(snapshot = %meta, "received a snapshot from the leader; installing it");
+    let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
+        meta,
+        snapshot: SnapshotData::Received(part.path().to_path_buf()),
+    };
+    let resp = raft
+        .install_full_snapshot(vote, snapshot)
+        .await
+        .map_err(stopped_or_fatal)?;
+    drop(part);
+    encode(&resp).map_err(fatal)
+}
+
 /// A snapshot being received into `snap/incoming-<n>.part`.
-pub(super) struct Incoming {
+struct Incoming {
     part: Part,
     file: tokio::fs::File,
 }
 
 impl Incoming {
-    pub(super) async fn create(dir: &Path) -> io::Result<Incoming> {
+    async fn create(dir: &Path) -> io::Result<Incoming> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("incoming-{n}{PART_SUFFIX}"));
@@ -93,12 +164,12 @@ impl Incoming {
         })
     }
 
-    pub(super) async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data).await
     }
 
     /// Makes the file durable and checks it is a whole snapshot (its digest).
-    pub(super) async fn finish(mut self) -> io::Result<Part> {
+    async fn finish(mut self) -> io::Result<Part> {
         self.file.flush().await?;
         self.file.sync_all().await?;
         let path = self.part.0.clone();
@@ -108,10 +179,10 @@ impl Incoming {
 }
 
 /// A received file; removed when dropped unless installing moved it.
-pub(super) struct Part(PathBuf);
+struct Part(PathBuf);
 
 impl Part {
-    pub(super) fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::proxy::LinkFault;
 use cairn_tests::{parse_metrics, testing_cairn, Server};
-use etcd_client::{
-    Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 
 use crate::{current_revision, json, rev};
 
