@@ -94,6 +94,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             heartbeat: cfg.heartbeat_interval,
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
+            snapshot_catchup_entries: cfg.snapshot_catchup_entries,
             watch: Some(watch.clone()),
             strict_reconfig_check: cfg.strict_reconfig_check,
             max_learners: cfg.max_learners,

@@ -319,13 +319,19 @@ impl Cluster {
     /// Starts member `i` again (killing it first if it runs) on its data directory and waits
     /// until it serves.
     pub async fn restart(&mut self, i: NodeId) -> Result<()> {
+        self.relaunch(i)?;
+        self.members[i].server.wait_ready().await
+    }
+
+    /// Starts member `i` again (killing it first if it runs) and returns at once.
+    pub fn relaunch(&mut self, i: NodeId) -> Result<()> {
         let member = &mut self.members[i];
         member.reserved_ports.clear();
         member.server.relaunch()?;
         member.paused = false;
         // Before it dials its peers, so that its connections are attributed to it.
         self.network.set_pid(i, member.server.pid());
-        member.server.wait_ready().await
+        Ok(())
     }
 
     /// Freezes member `i` (SIGSTOP): its sockets stay open but it answers nothing, like a
@@ -367,6 +373,51 @@ impl Cluster {
     /// Every link works again.
     pub fn heal(&self) {
         self.network.heal();
+    }
+
+    /// etcd's runtime reconfiguration recipe: `etcdctl member add <name>` on member `via`
+    /// (retried while the cluster answers "unhealthy cluster"), then the new member started
+    /// with the `ETCD_INITIAL_CLUSTER` it printed and `--initial-cluster-state existing`.
+    /// It listens on its own peer port, outside the proxy network. Returns once it serves.
+    pub async fn join(&self, via: NodeId, name: &str, options: &ClusterOptions) -> Result<Server> {
+        let peer_port = crate::free_port()?;
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let printed = loop {
+            let out = self.members[via]
+                .server
+                .ctl(&["member", "add", name, &format!("--peer-urls={peer}")])
+                .await?;
+            match out.success() {
+                Ok(text) => break text.to_string(),
+                Err(e)
+                    if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
+                Err(e) => return Err(e.context("member add")),
+            }
+        };
+        let initial_cluster = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+            .with_context(|| format!("member add printed no ETCD_INITIAL_CLUSTER: {printed}"))?
+            .trim_matches('"')
+            .to_string();
+        let token = format!("cairn-it-{}", self.network.port(0));
+        let mut server = Server::spawn_custom(name, |layout| {
+            let mut args = member_args(layout, peer_port, &initial_cluster, &token, options);
+            for arg in &mut args {
+                if arg.starts_with("--listen-peer-urls=") {
+                    *arg = format!("--listen-peer-urls={peer}");
+                } else if arg == "--initial-cluster-state=new" {
+                    *arg = "--initial-cluster-state=existing".to_string();
+                }
+            }
+            Ok(args)
+        })?;
+        server.wait_ready().await?;
+        Ok(server)
     }
 
     /// The last `bytes` of every member's log, for failure messages.

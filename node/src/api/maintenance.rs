@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{context, record_end, record_start, unary, Method};
 use crate::core::{Core, Error};
-use crate::mvcc::snapshot::{SnapshotError, SnapshotSource};
+use crate::mvcc::snapshot::{Chunker, SnapshotError, SnapshotSource};
 use crate::proto::etcdserverpb::{
     maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest,
     DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
@@ -151,20 +151,21 @@ fn send_snapshot(
     header: Option<ResponseHeader>,
     tx: ChunkSender,
 ) -> tonic::Code {
-    let mut out = ChunkWriter {
+    let mut responses = Responses {
         tx,
         header,
         remaining: 0,
-        buf: Vec::with_capacity(SNAPSHOT_CHUNK),
     };
     let result = source.stream_len().and_then(|total| {
-        out.remaining = total;
+        responses.remaining = total;
+        let mut out = Chunker::new(SNAPSHOT_CHUNK, |blob| responses.send(blob));
         source.write_to(&mut out)?;
         out.flush()?;
-        if out.remaining != 0 {
+        drop(out);
+        if responses.remaining != 0 {
             return Err(SnapshotError::Malformed(format!(
                 "{} bytes short of the announced length",
-                out.remaining
+                responses.remaining
             )));
         }
         Ok(())
@@ -179,25 +180,22 @@ fn send_snapshot(
             tracing::warn!(error = %e, "snapshot stream failed");
             let status = Status::from(Error::internal(e));
             let code = status.code();
-            let _ = out.tx.blocking_send(Err(status));
+            let _ = responses.tx.blocking_send(Err(status));
             code
         }
     }
 }
 
-/// Cuts what is written into `SnapshotResponse` chunks and sends them, blocking while the
-/// client is behind.
-struct ChunkWriter {
+/// Sends chunks as `SnapshotResponse`s, blocking while the client is behind.
+struct Responses {
     tx: ChunkSender,
     header: Option<ResponseHeader>,
     /// Stream bytes not yet sent.
     remaining: u64,
-    buf: Vec<u8>,
 }
 
-impl ChunkWriter {
-    fn send(&mut self) -> io::Result<()> {
-        let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+impl Responses {
+    fn send(&mut self, blob: Vec<u8>) -> io::Result<()> {
         self.remaining = self.remaining.saturating_sub(blob.len() as u64);
         let chunk = SnapshotResponse {
             header: self.header,
@@ -211,25 +209,6 @@ impl ChunkWriter {
     }
 }
 
-impl Write for ChunkWriter {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let n = bytes.len().min(SNAPSHOT_CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&bytes[..n]);
-        if self.buf.len() == SNAPSHOT_CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    /// Sends what is buffered as a (short) chunk; the byte count stays exact either way.
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.send()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,18 +217,19 @@ mod tests {
     fn chunks_count_remaining_bytes_down_to_zero() {
         let (tx, mut rx) = mpsc::channel(8);
         let total = 2 * SNAPSHOT_CHUNK + 100;
-        let mut out = ChunkWriter {
+        let mut responses = Responses {
             tx,
             header: None,
             remaining: total as u64,
-            buf: Vec::new(),
         };
+        let mut out = Chunker::new(SNAPSHOT_CHUNK, |blob| responses.send(blob));
         // Odd-sized writes, as BufWriter makes them.
         for piece in vec![7u8; total].chunks(1000) {
             out.write_all(piece).expect("write");
         }
         out.flush().expect("flush");
         drop(out);
+        drop(responses);
         let mut chunks = Vec::new();
         while let Ok(chunk) = rx.try_recv() {
             let chunk = chunk.expect("chunk");

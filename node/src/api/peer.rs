@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use prost::Message;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::{Core, RequestContext};
 use crate::proto::cairnpb::{
     raft_peer_server::{RaftPeer, RaftPeerServer},
     ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+    SnapshotChunk,
 };
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
@@ -35,6 +37,14 @@ struct PeerService(Arc<Core>);
 impl PeerService {
     /// Refuses a caller of another cluster; counts what it sent.
     fn admit<T: Message>(&self, req: &Request<T>) -> Result<(), Status> {
+        let from = self.caller(req)?;
+        received(&from, req.get_ref().encoded_len());
+        Ok(())
+    }
+
+    /// Refuses a caller of another cluster; returns its member id (hex), as metrics label
+    /// it.
+    fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let header = |name| {
             req.metadata()
                 .get(name)
@@ -44,13 +54,15 @@ impl PeerService {
         self.0
             .check_peer(header(CLUSTER_ID_HEADER))
             .map_err(peer_status)?;
-        let from = header(MEMBER_ID_HEADER).map_or_else(String::new, |id| format!("{id:x}"));
-        crate::metrics::get()
-            .peer_received_bytes
-            .with_label_values(&[&from])
-            .inc_by(u64::try_from(req.get_ref().encoded_len()).unwrap_or(u64::MAX));
-        Ok(())
+        Ok(header(MEMBER_ID_HEADER).map_or_else(String::new, |id| format!("{id:x}")))
     }
+}
+
+fn received(from: &str, bytes: usize) {
+    crate::metrics::get()
+        .peer_received_bytes
+        .with_label_values(&[from])
+        .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
 }
 
 #[tonic::async_trait]
@@ -170,6 +182,25 @@ impl RaftPeer for PeerService {
         let ctx = RequestContext::internal();
         let resp = self.0.lease_leases(&ctx).await.map_err(peer_status)?;
         Ok(Response::new(resp))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let from = self.caller(&req)?;
+        let label = from.clone();
+        let chunks = req.into_inner().map(move |chunk| {
+            let chunk = chunk.map_err(|s| s.to_string())?;
+            received(&label, chunk.encoded_len());
+            Ok(chunk)
+        });
+        let data = self
+            .0
+            .peer_install_snapshot(&from, chunks)
+            .await
+            .map_err(peer_status)?;
+        Ok(Response::new(RaftMessage { data }))
     }
 
     async fn read_index(

@@ -85,7 +85,6 @@ const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
 const NO_RAFT_HTTP: &str =
     "it tunes etcd's peer transport; cairn's peer calls are bounded by openraft's own timeouts";
 const NO_DEFRAG: &str = "defragmentation is a no-op in cairn: the LSM compacts in the background";
-const NO_LEARNERS: &str = "cairn sends no snapshots between members yet (the whole log is kept)";
 const NO_SLOW_LOG: &str = "cairn logs no slow-request warnings yet";
 const NO_COMPACTION_BATCHES: &str = "cairn compacts in one LSM range delete, not in batches";
 const NO_LOG_ROTATION: &str = "cairn does not rotate log files (use logrotate with copytruncate)";
@@ -265,8 +264,8 @@ pub(crate) static KEYS: &[Key] = &[
     key("downgrade-check-time", "5s", Duration, EXPERIMENTAL, Ignored("cairn does not support downgrades"), "etcd 3.6 name of --experimental-downgrade-check-time."),
     key("experimental-memory-mlock", "false", Bool, EXPERIMENTAL, Ignored(NO_BBOLT), "Enable to enforce etcd pages (in particular bbolt) to stay in RAM."),
     key("memory-mlock", "false", Bool, EXPERIMENTAL, Ignored(NO_BBOLT), "etcd 3.6 name of --experimental-memory-mlock."),
-    key("experimental-snapshot-catchup-entries", "5000", Uint, EXPERIMENTAL, Ignored(NO_LEARNERS), "Number of entries for a slow follower to catch up after compacting the raft storage entries."),
-    key("snapshot-catchup-entries", "5000", Uint, EXPERIMENTAL, Ignored(NO_LEARNERS), "etcd 3.6 name of --experimental-snapshot-catchup-entries."),
+    key(SNAPSHOT_CATCHUP_OLD, "5000", Uint, EXPERIMENTAL, Honoured, "Number of entries for a slow follower to catch up after compacting the raft storage entries."),
+    key(SNAPSHOT_CATCHUP, "5000", Uint, EXPERIMENTAL, Honoured, "etcd 3.6 name of --experimental-snapshot-catchup-entries."),
     key(FEATURE_GATES, "", List, EXPERIMENTAL, Ignored("its gates mirror experimental flags that have no effect in cairn (LeaseCheckpoint=true is refused)"), "etcd 3.6 feature gates, e.g. InitialCorruptCheck=true (LeaseCheckpoint and LeaseCheckpointPersist are not supported yet)."),
     // Unsafe
     key("force-new-cluster", "false", Bool, UNSAFE, Honoured, "Force to create a new one-member cluster."),
@@ -291,6 +290,8 @@ pub(crate) static KEYS: &[Key] = &[
 const LEGACY: &str = "an etcd 0.4 flag that etcd 3.5 ignores too";
 
 /// `--experimental-watch-progress-notify-interval` and its etcd 3.6 name.
+pub(crate) const SNAPSHOT_CATCHUP_OLD: &str = "experimental-snapshot-catchup-entries";
+pub(crate) const SNAPSHOT_CATCHUP: &str = "snapshot-catchup-entries";
 pub(crate) const WATCH_PROGRESS_OLD: &str = "experimental-watch-progress-notify-interval";
 pub(crate) const WATCH_PROGRESS: &str = "watch-progress-notify-interval";
 /// etcd 3.6's `--feature-gates`.

@@ -67,6 +67,9 @@ pub struct Config {
     pub initial_cluster_token: String,
     pub initial_cluster_state: ClusterState,
     pub snapshot_count: u64,
+    /// Raft log entries kept behind a snapshot for slow followers (etcd's
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub auto_compaction: AutoCompaction,
@@ -503,6 +506,7 @@ mod tests {
                 initial_cluster_token: "etcd-cluster".into(),
                 initial_cluster_state: ClusterState::New,
                 snapshot_count: 100_000,
+                snapshot_catchup_entries: 5000,
                 heartbeat_interval: Duration::from_millis(100),
                 election_timeout: Duration::from_millis(1000),
                 auto_compaction: AutoCompaction::Off,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use url::{Host, Url};
 
 use super::keys::{
-    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINTS, WATCH_PROGRESS, WATCH_PROGRESS_OLD,
+    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINTS, SNAPSHOT_CATCHUP, SNAPSHOT_CATCHUP_OLD,
+    WATCH_PROGRESS, WATCH_PROGRESS_OLD,
 };
 use super::layers::{Entry, Raw};
 use super::{
@@ -107,6 +108,7 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         initial_cluster_token: raw.get("initial-cluster-token").value.clone(),
         initial_cluster_state: cluster_state(raw.get("initial-cluster-state"))?,
         snapshot_count: uint(raw.get("snapshot-count"))?,
+        snapshot_catchup_entries: renamed(raw, SNAPSHOT_CATCHUP_OLD, SNAPSHOT_CATCHUP, uint)?.1,
         heartbeat_interval,
         election_timeout,
         auto_compaction: auto_compaction(raw)?,
@@ -268,29 +270,37 @@ fn duration(entry: &Entry) -> Result<Duration, ConfigError> {
     go_duration(&entry.value).map_err(|e| entry.invalid(e))
 }
 
-/// The watch progress interval, under its etcd 3.5 or 3.6 name. Like etcd 3.6, an explicitly
-/// set `experimental-` name wins over the default of the new one; both set differently is
-/// refused rather than one silently ignored.
+/// The watch progress interval, under its etcd 3.5 or 3.6 name.
 fn watch_progress(raw: &Raw) -> Result<Duration, ConfigError> {
-    let (old, new) = (raw.get(WATCH_PROGRESS_OLD), raw.get(WATCH_PROGRESS));
-    let (old_interval, new_interval) = (duration(old)?, duration(new)?);
-    let (entry, interval) = match (old.origin != Origin::Default, new.origin != Origin::Default) {
-        (true, true) if old_interval != new_interval => {
-            return Err(ConfigError::Conflict {
-                message: format!(
-                    "--{WATCH_PROGRESS_OLD} and --{WATCH_PROGRESS} (its etcd 3.6 name) are set \
-                     to different values"
-                ),
-                origins: format!("{}, {}", old.provenance(), new.provenance()),
-            })
-        }
-        (true, _) => (old, old_interval),
-        _ => (new, new_interval),
-    };
+    let (entry, interval) = renamed(raw, WATCH_PROGRESS_OLD, WATCH_PROGRESS, duration)?;
     if interval.is_zero() {
         return Err(entry.invalid(format!("--{} must be >0", entry.key.name)));
     }
     Ok(interval)
+}
+
+/// A value under its etcd 3.5 (`old`, `experimental-`) or 3.6 (`new`) name, with the entry
+/// it came from. Like etcd 3.6, an explicitly set old name wins over the default of the
+/// new one; both set differently is refused rather than one silently ignored.
+fn renamed<'r, T: PartialEq>(
+    raw: &'r Raw,
+    old: &str,
+    new: &str,
+    parse: impl Fn(&Entry) -> Result<T, ConfigError>,
+) -> Result<(&'r Entry, T), ConfigError> {
+    let (old_entry, new_entry) = (raw.get(old), raw.get(new));
+    let (old_value, new_value) = (parse(old_entry)?, parse(new_entry)?);
+    match (
+        old_entry.origin != Origin::Default,
+        new_entry.origin != Origin::Default,
+    ) {
+        (true, true) if old_value != new_value => Err(ConfigError::Conflict {
+            message: format!("--{old} and --{new} (its etcd 3.6 name) are set to different values"),
+            origins: format!("{}, {}", old_entry.provenance(), new_entry.provenance()),
+        }),
+        (true, _) => Ok((old_entry, old_value)),
+        _ => Ok((new_entry, new_value)),
+    }
 }
 
 fn listener(raw: &Raw) -> Result<ListenerOptions, ConfigError> {

@@ -153,9 +153,6 @@ impl From<RaftError> for Error {
                 MemberError::NotEnoughStarted => Error::NotEnoughStartedMembers,
                 MemberError::Unhealthy => Error::Unhealthy,
                 MemberError::TooManyLearners => Error::TooManyLearners,
-                MemberError::LogPurged => Error::NotSupported(
-                    "adding a member once the raft log was purged (snapshot transfer)",
-                ),
             },
             RaftError::Lease(e) => e.into(),
             // The node stops on a fatal error; tell the client to go elsewhere meanwhile.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Core, Error};
-use crate::proto::cairnpb::{Command, ProposeResponse};
+use crate::proto::cairnpb::{Command, ProposeResponse, SnapshotChunk};
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
     Member,
@@ -189,6 +189,15 @@ impl Core {
     /// Leadership handed over by the leader (openraft's encoding in and out).
     pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, Error> {
         Ok(self.raft.peer_transfer_leader(data).await?)
+    }
+
+    /// A snapshot streamed by the leader (`from`, hex), installed once whole.
+    pub async fn peer_install_snapshot(
+        &self,
+        from: &str,
+        chunks: impl futures::Stream<Item = Result<SnapshotChunk, String>> + Send,
+    ) -> Result<Vec<u8>, Error> {
+        Ok(self.raft.peer_install_snapshot(from, chunks).await?)
     }
 
     /// A raft vote request (openraft's encoding in and out).

@@ -91,6 +91,7 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
         heartbeat: Duration::from_millis(50),
         election_timeout: Duration::from_millis(300),
         snapshot_count: 0,
+        snapshot_catchup_entries: 5000,
         watch: Some(watch.clone()),
         strict_reconfig_check: true,
         max_learners: 1,

@@ -117,6 +117,24 @@ struct Table {
     primary: bool,
 }
 
+/// Every lease of the `leases` keyspace, none expiring yet.
+fn load(keyspace: &Keyspace) -> Result<HashMap<i64, Lease>, LeaseError> {
+    let mut leases = HashMap::new();
+    for item in keyspace.iter() {
+        let (key, value) = item?;
+        let (id, ttl) = (decode_i64(&key)?, decode_i64(&value)?);
+        leases.insert(
+            id,
+            Lease {
+                ttl,
+                expiry: None,
+                revoking: None,
+            },
+        );
+    }
+    Ok(leases)
+}
+
 /// What `LeaseTimeToLive` reports about a lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimeToLive {
@@ -138,19 +156,7 @@ impl Lessor {
     pub fn open(store: &Store, config: LessorConfig) -> Result<Lessor, LeaseError> {
         counters();
         let keyspace = store.keyspace("leases")?;
-        let mut leases = HashMap::new();
-        for item in keyspace.iter() {
-            let (key, value) = item?;
-            let (id, ttl) = (decode_i64(&key)?, decode_i64(&value)?);
-            leases.insert(
-                id,
-                Lease {
-                    ttl,
-                    expiry: None,
-                    revoking: None,
-                },
-            );
-        }
+        let leases = load(&keyspace)?;
         Ok(Lessor {
             keyspace,
             config,
@@ -160,6 +166,22 @@ impl Lessor {
             }),
             next_id: AtomicU64::new(id_seed(config.member_id)),
         })
+    }
+
+    /// Loads the lease table again after apply replaced it wholesale (a raft snapshot from
+    /// the leader was installed); on the leader every lease gets its full TTL, as after a
+    /// promotion.
+    pub fn reload(&self) -> Result<(), LeaseError> {
+        let leases = load(&self.keyspace)?;
+        let now = Instant::now();
+        let mut table = self.lock();
+        table.leases = leases;
+        if table.primary {
+            for lease in table.leases.values_mut() {
+                lease.refresh(now, self.config.promote_extend);
+            }
+        }
+        Ok(())
     }
 
     pub fn min_ttl(&self) -> i64 {

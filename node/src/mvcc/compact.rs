@@ -10,7 +10,7 @@
 //! per key, the newest version at or below the compact revision unless it is a tombstone.
 
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,10 +36,19 @@ pub(super) struct Waiter {
 }
 
 /// The worker's loop. It ends when every sender is dropped (the `Mvcc` is closing).
-pub(super) fn run(store: Arc<Store>, ks: Keyspaces, requests: Receiver<Waiter>) {
+pub(super) fn run(
+    store: Arc<Store>,
+    ks: Keyspaces,
+    lock: Arc<Mutex<()>>,
+    requests: Receiver<Waiter>,
+) {
     let mut waiters: Vec<Waiter> = Vec::new();
     loop {
-        let progress = match step(&store, &ks) {
+        let stepped = {
+            let _installing = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            step(&store, &ks)
+        };
+        let progress = match stepped {
             Ok(progress) => progress,
             Err(e) => {
                 // A storage error is fatal for the store; waiters see their channel close

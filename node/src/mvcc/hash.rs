@@ -46,7 +46,7 @@ impl Mvcc {
     /// `FutureRev` if it is above the current one. Reads the whole history: call it off
     /// the async runtime.
     pub fn hash_kv(&self, rev: i64) -> Result<KvHash, MvccError> {
-        let snap = self.store.snapshot();
+        let snap = self.view();
         let revs = revisions(&snap, &self.ks)?;
         if rev > 0 && rev <= revs.compact {
             return Err(MvccError::Compacted);

@@ -29,7 +29,7 @@ impl Mvcc {
         limit: usize,
         prev_kv: bool,
     ) -> Result<Vec<Event>, MvccError> {
-        let snap = self.store.snapshot();
+        let snap = self.view();
         let revs = revisions(&snap, &self.ks)?;
         if from_rev < revs.compact {
             return Err(MvccError::Compacted);

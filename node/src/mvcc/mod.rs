@@ -47,7 +47,7 @@ mod txn;
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -155,6 +155,12 @@ pub struct Mvcc {
     key_count: AtomicI64,
     compactor: Mutex<Option<mpsc::Sender<compact::Waiter>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Taken shared to start a read (a storage snapshot) and exclusively by
+    /// [`Mvcc::install`], so no reader sees the store half replaced.
+    gate: RwLock<()>,
+    /// Held by the compaction worker for each batch and by [`Mvcc::install`], so no batch
+    /// of the old state lands in the new one.
+    compacting: Arc<Mutex<()>>,
 }
 
 impl Mvcc {
@@ -166,11 +172,12 @@ impl Mvcc {
         let key_count = meta::snapshot_i64(&snap, &ks.meta, meta::KEY_COUNT)?.unwrap_or(0);
         drop(snap);
         let (tx, rx) = mpsc::channel();
+        let compacting = Arc::new(Mutex::new(()));
         let worker = {
-            let (store, ks) = (store.clone(), ks.clone());
+            let (store, ks, lock) = (store.clone(), ks.clone(), compacting.clone());
             std::thread::Builder::new()
                 .name("mvcc-compact".to_string())
-                .spawn(move || compact::run(store, ks, rx))
+                .spawn(move || compact::run(store, ks, lock, rx))
                 .map_err(StorageFault::Thread)?
         };
         Ok(Mvcc {
@@ -181,7 +188,15 @@ impl Mvcc {
             key_count: AtomicI64::new(key_count),
             compactor: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
+            gate: RwLock::new(()),
+            compacting,
         })
+    }
+
+    /// A storage snapshot to read from; waits while [`Mvcc::install`] replaces the store.
+    fn view(&self) -> Snapshot {
+        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        self.store.snapshot()
     }
 
     /// Revision of the last write; a fresh store is at revision 1 (as etcd).
@@ -209,7 +224,7 @@ impl Mvcc {
 
     /// The store as it is now, to read later (e.g. on another thread) at this revision.
     pub fn pin(&self) -> Result<Pinned, MvccError> {
-        let snap = self.store.snapshot();
+        let snap = self.view();
         let revs = revisions(&snap, &self.ks)?;
         Ok(Pinned {
             ks: self.ks.clone(),
@@ -242,7 +257,7 @@ impl Mvcc {
         lease_exists: &dyn Fn(i64) -> bool,
         extra: impl FnOnce(&mut WriteBatch),
     ) -> Result<(TxnResponse, Vec<Event>), MvccError> {
-        let snap = self.store.snapshot();
+        let snap = self.view();
         let revs = revisions(&snap, &self.ks)?;
         let mut exec =
             TxnExec::new(&self.ks, &snap, revs.current, revs.compact).with_leases(lease_exists);
@@ -323,7 +338,7 @@ impl Mvcc {
     /// Evaluates a read-only txn (see [`is_read_only`]) against the current state without
     /// writing. Writes in it, if the caller sends any, are evaluated and discarded.
     pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        let snap = self.store.snapshot();
+        let snap = self.view();
         let revs = revisions(&snap, &self.ks)?;
         let mut exec = TxnExec::new(&self.ks, &snap, revs.current, revs.compact);
         let result = exec.run(req);
@@ -337,7 +352,7 @@ impl Mvcc {
     /// above the current one with `FutureRev` (a store never compacted accepts 0). The
     /// apply marker is recorded whatever the outcome.
     pub fn compact(&self, rev: i64, applied: &[u8]) -> Result<CompactionDone, MvccError> {
-        let revs = revisions(&self.store.snapshot(), &self.ks)?;
+        let revs = revisions(&self.view(), &self.ks)?;
         let refusal = if rev <= revs.compact {
             Some(MvccError::Compacted)
         } else if rev > revs.current {
@@ -384,7 +399,7 @@ impl Mvcc {
 
     /// The live keys attached to `lease`, in key order.
     pub fn lease_keys(&self, lease: i64) -> Result<Vec<Vec<u8>>, MvccError> {
-        lease_index::keys(&self.store.snapshot(), &self.ks.lease, lease)
+        lease_index::keys(&self.view(), &self.ks.lease, lease)
     }
 
     /// The last stored apply marker.

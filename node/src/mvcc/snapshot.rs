@@ -29,6 +29,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
 
 use sha2::{Digest, Sha256};
 
@@ -50,6 +52,8 @@ const ALIGN: u64 = 512;
 const DIGEST_LEN: u64 = 32;
 /// Restore commits a batch once it holds this many bytes, to bound its memory.
 const RESTORE_BATCH_BYTES: usize = 16 << 20;
+/// Keys removed per batch when an install clears the old state.
+const CLEAR_BATCH_KEYS: usize = 10_000;
 
 /// Why a snapshot could not be written or restored.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +92,7 @@ impl Mvcc {
     /// Pins the current state for a snapshot. Holding it keeps the storage engine from discarding the
     /// versions it reads, so drop it when done.
     pub fn snapshot_source(&self) -> Result<SnapshotSource, MvccError> {
-        let snap = self.store.snapshot();
+        let snap = self.view();
         let revs = revisions(&snap, &self.ks)?;
         Ok(SnapshotSource {
             snap,
@@ -254,6 +258,44 @@ impl<W: Write> Write for DigestWriter<W> {
     }
 }
 
+/// Cuts what is written into chunks of `size` bytes (the last one shorter) and hands each
+/// to `send`: how a snapshot is streamed in bounded memory.
+pub struct Chunker<F> {
+    size: usize,
+    buf: Vec<u8>,
+    send: F,
+}
+
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> Chunker<F> {
+    pub fn new(size: usize, send: F) -> Chunker<F> {
+        Chunker {
+            size,
+            buf: Vec::with_capacity(size),
+            send,
+        }
+    }
+}
+
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> Write for Chunker<F> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(self.size - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == self.size {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    /// Sends what is buffered as a (short) chunk.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
+        (self.send)(chunk)
+    }
+}
+
 /// What a restore loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Restored {
@@ -276,6 +318,79 @@ pub fn restore(path: &Path, store: &Store) -> Result<Restored, SnapshotError> {
     let restored = load(&mut BufReader::with_capacity(64 << 10, file), store, &ks)?;
     store.sync()?;
     Ok(restored)
+}
+
+/// Checks that the file at `path` is a whole snapshot: its trailing SHA-256 matches.
+pub fn verify(path: &Path) -> Result<(), SnapshotError> {
+    verify_digest(&mut File::open(path)?)
+}
+
+impl Mvcc {
+    /// Replaces the whole MVCC state and the lease table with the snapshot file at `path`
+    /// (a raft snapshot from the leader), stores `applied` as the apply marker, and syncs.
+    /// The digest is checked before anything is touched. Reads wait until the new state
+    /// is complete and the compaction worker pauses meanwhile. Not atomic across a crash:
+    /// the caller keeps the file until this returns and installs it again after a crash.
+    pub fn install(&self, path: &Path, applied: &[u8]) -> Result<Restored, SnapshotError> {
+        let mut file = File::open(path)?;
+        verify_digest(&mut file)?;
+        file.seek(SeekFrom::Start(0))?;
+        let restored = {
+            let _compaction = self
+                .compacting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let _readers = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+            clear(&self.store, &self.ks)?;
+            let restored = load(
+                &mut BufReader::with_capacity(64 << 10, file),
+                &self.store,
+                &self.ks,
+            )?;
+            self.ks.meta.insert(meta::APPLIED, applied)?;
+            self.store.sync()?;
+            let snap = self.store.snapshot();
+            let key_count = meta::snapshot_i64(&snap, &self.ks.meta, meta::KEY_COUNT)?;
+            self.current_rev.store(restored.revision, Ordering::Release);
+            self.compact_rev
+                .store(restored.compact_revision, Ordering::Release);
+            self.key_count
+                .store(key_count.unwrap_or(0), Ordering::Release);
+            restored
+        };
+        // The snapshot may hold an unfinished physical compaction: wake the worker.
+        if let Ok(guard) = self.compactor.lock() {
+            if let Some(tx) = guard.as_ref() {
+                let (done, _) = tokio::sync::oneshot::channel();
+                let rev = restored.compact_revision;
+                let _ = tx.send(super::compact::Waiter { rev, done });
+            }
+        }
+        Ok(restored)
+    }
+}
+
+/// Removes every entry of the snapshot's keyspaces, `mvcc_meta` (and with it the apply
+/// marker) first, in bounded batches.
+fn clear(store: &Store, ks: &Keyspaces) -> Result<(), SnapshotError> {
+    let mut order = sections(ks);
+    order.sort_by_key(|(name, _)| *name != "mvcc_meta");
+    for (_, keyspace) in order {
+        // One pass over a view from before the deletes, committing as it goes.
+        let mut batch = store.batch();
+        let mut staged = 0;
+        let view = store.snapshot();
+        for key in view.iter(keyspace).keys() {
+            batch.remove(keyspace, key?);
+            staged += 1;
+            if staged == CLEAR_BATCH_KEYS {
+                std::mem::replace(&mut batch, store.batch()).commit()?;
+                staged = 0;
+            }
+        }
+        batch.commit()?;
+    }
+    Ok(())
 }
 
 /// Checks the trailing SHA-256 against the rest of the file.

@@ -65,10 +65,6 @@ pub enum MemberError {
     Unhealthy,
     #[error("too many learner members in cluster")]
     TooManyLearners,
-    /// The leader purged log entries (a one-member cluster does, behind its snapshots), so
-    /// a new member could only catch up from a snapshot, which is not sent yet.
-    #[error("adding a member after the raft log was purged needs snapshot transfer")]
-    LogPurged,
 }
 
 /// The member list as it travels between members: (id, attributes, is learner).
@@ -150,9 +146,6 @@ impl RaftNode {
             } => {
                 if find(id).is_some() {
                     return Err(MemberError::IdExists.into());
-                }
-                if self.log_purged() {
-                    return Err(MemberError::LogPurged.into());
                 }
                 if urls_taken(id, &peer_urls) {
                     return Err(MemberError::PeerUrlsExist.into());
@@ -299,12 +292,6 @@ impl RaftNode {
                 Err(_) => Err(RaftError::Timeout),
             },
         }
-    }
-
-    fn log_purged(&self) -> bool {
-        let rx = self.raft.metrics();
-        let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
-        m.purged.is_some()
     }
 
     /// etcd's `isLearnerReady`: the learner has replicated at least 90 % of the leader's log.

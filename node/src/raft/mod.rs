@@ -18,13 +18,18 @@
 //! a one-member cluster waits for its own leadership at start, a larger one starts serving
 //! at once and answers "no leader" until an election is won, as etcd does. [`network`] is
 //! the peer transport and the follower's calls to its leader (forwarded proposals, read
-//! indexes); the `peer_*` methods are the receiving side. Not yet: snapshot transfer (a
-//! multi-member cluster keeps its whole log instead) and membership changes.
+//! indexes); the `peer_*` methods are the receiving side.
+//!
+//! Snapshots ([`snapshot`]): every `--snapshot-count` applied entries openraft builds one
+//! (the state database made durable) and purges the log behind it but for the last
+//! `--experimental-snapshot-catchup-entries` entries, as etcd does; a member whose next
+//! entry is gone gets the whole state streamed instead.
 
 mod force;
 mod log_store;
 mod membership;
 pub mod network;
+mod snapshot;
 mod state_machine;
 
 use std::collections::BTreeMap;
@@ -64,11 +69,6 @@ openraft::declare_raft_types!(
 
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
-/// What a snapshot carries. Empty for now: a snapshot is the local MVCC state made durable,
-/// which is all a member needs while logs are not purged in clusters; sending one to a
-/// follower is not supported yet.
-type SnapshotData = Vec<u8>;
-
 /// How long [`RaftNode::start`] waits for leadership, in election timeouts.
 const ELECTIONS_TO_WAIT: u32 = 5;
 
@@ -87,6 +87,9 @@ pub struct RaftSettings {
     pub election_timeout: Duration,
     /// Entries applied between snapshots (etcd's `--snapshot-count`); 0 disables snapshots.
     pub snapshot_count: u64,
+    /// Log entries kept behind a snapshot for followers to catch up from (etcd's
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// Told each applied revision's events, if watches are served.
     pub watch: Option<Arc<WatchHub>>,
     /// `--strict-reconfig-check`: refuse membership changes that could lose quorum.
@@ -371,6 +374,17 @@ impl RaftNode {
         Box::pin(self.apply_change(change)).await
     }
 
+    /// Receives a snapshot streamed by the leader `from` (hex) and installs it once whole
+    /// (see [`snapshot::receive`]); answers openraft's response, encoded.
+    pub async fn peer_install_snapshot(
+        &self,
+        from: &str,
+        chunks: impl futures::Stream<Item = Result<cairnpb::SnapshotChunk, String>> + Send,
+    ) -> Result<Vec<u8>, RaftError> {
+        let dir = self.store.snap_dir().map_err(fatal)?;
+        snapshot::receive(&self.raft, &dir, from, chunks).await
+    }
+
     /// Receives leadership from the leader (etcd's MoveLeader), in openraft's encoding.
     pub async fn peer_transfer_leader(&self, data: &[u8]) -> Result<Vec<u8>, RaftError> {
         let req = decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;
@@ -581,14 +595,12 @@ fn openraft_config(settings: &RaftSettings) -> Result<Config, RaftError> {
             0 => SnapshotPolicy::Never,
             n => SnapshotPolicy::LogsSinceLast(n),
         },
-        // A single voter has no follower to catch up from the log, so the log behind a
-        // snapshot goes at once. A larger cluster keeps its whole log until snapshots can
-        // be sent to a lagging member (not supported yet).
-        max_in_snapshot_log_to_keep: if settings.initial_peers.is_empty() {
-            0
-        } else {
-            u64::MAX
-        },
+        // etcd's catch-up tail: a follower a little behind gets entries, one further
+        // behind the whole state (`snapshot`).
+        max_in_snapshot_log_to_keep: settings.snapshot_catchup_entries,
+        // openraft's 200 ms default bounds a whole transfer; the transport bounds it
+        // itself (`network`).
+        install_snapshot_timeout: millis(network::SNAPSHOT_TIMEOUT),
         ..Config::default()
     };
     config
@@ -848,6 +860,7 @@ mod tests {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             snapshot_count,
+            snapshot_catchup_entries: 5,
             watch: None,
             strict_reconfig_check: true,
             max_learners: 1,

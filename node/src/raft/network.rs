@@ -17,10 +17,16 @@
 //! answers "cluster ID mismatch", which is logged loudly and reported to openraft as an
 //! unreachable peer, so nothing from another cluster ever joins.
 //!
+//! Snapshots: [`PeerClient::full_snapshot`] streams one (see [`super::snapshot`]) as a
+//! client stream of `SnapshotChunk`s; the receiver answers once it has installed it.
+//! The transfer is bounded by [`SNAPSHOT_TIMEOUT`] as a whole and ends early when openraft
+//! cancels it (leadership lost); dropping the stream stops the reading thread.
+//!
 //! Metrics: `etcd_network_peer_round_trip_time_seconds{To}`,
 //! `etcd_network_peer_sent_bytes_total{To}`, `etcd_network_peer_received_bytes_total{From}`
 //! (counted by the receiver) and `etcd_network_peer_sent_failures_total{To}`, as etcd's
-//! rafthttp counts them.
+//! rafthttp counts them; `etcd_network_snapshot_send_{success,failures,inflights_total,
+//! total_duration_seconds}{To}` per snapshot sent.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,13 +44,14 @@ use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{decode, encode, Applied, MemberInfo, RaftError, SnapshotData, TypeConfig};
+use super::snapshot::{self, SnapshotData};
+use super::{decode, encode, Applied, MemberInfo, RaftError, TypeConfig};
 use crate::lease::LeaseError;
 use crate::metrics;
 use crate::mvcc::MvccError;
 use crate::proto::cairnpb::{
     self, propose_response::Result as Outcome, raft_peer_client::RaftPeerClient, ApplyError,
-    ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
+    ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, SnapshotChunk,
 };
 use crate::proto::etcdserverpb::{
     CompactionResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -59,6 +66,8 @@ pub const CLUSTER_ID_MISMATCH: &str = "cluster ID mismatch";
 
 /// How long a connection attempt to a peer may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long sending and installing one snapshot may take.
+pub(super) const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -293,13 +302,17 @@ impl Peers {
         if let Ok(mut active) = self.active_since.lock() {
             active.entry(to).or_insert(started);
         }
-        let m = metrics::get();
-        let to = format!("{to:x}");
-        m.peer_round_trip
-            .with_label_values(&[&to])
+        metrics::get()
+            .peer_round_trip
+            .with_label_values(&[&format!("{to:x}")])
             .observe(started.elapsed().as_secs_f64());
-        m.peer_sent_bytes
-            .with_label_values(&[&to])
+        self.count_sent(to, sent);
+    }
+
+    fn count_sent(&self, to: u64, sent: usize) {
+        metrics::get()
+            .peer_sent_bytes
+            .with_label_values(&[&format!("{to:x}")])
             .inc_by(u64::try_from(sent).unwrap_or(u64::MAX));
     }
 
@@ -516,21 +529,89 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         .await
     }
 
-    /// Never needed yet: a multi-member cluster keeps its whole log (see
-    /// `openraft_config`), so a lagging member always catches up from entries.
     async fn full_snapshot(
         &mut self,
-        _vote: VoteOf<TypeConfig>,
-        _snapshot: SnapshotOf<TypeConfig, SnapshotData>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(Unreachable::from_string(
-            format!(
-                "sending a snapshot to member {:x} is not supported yet",
-                self.target
-            ),
-        )))
+        let to = format!("{:x}", self.target);
+        let m = metrics::get();
+        let inflight = m.snapshot_send_inflights.with_label_values(&[&to]);
+        inflight.inc();
+        let started = Instant::now();
+        tracing::info!(to = %to, snapshot = %snapshot.meta, "sending a snapshot");
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.send_snapshot(vote, snapshot)) => {
+                sent.unwrap_or_else(|_| Err(StreamingError::Unreachable(Unreachable::from_string(
+                    format!("sending a snapshot took longer than {SNAPSHOT_TIMEOUT:?}"),
+                ))))
+            }
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        };
+        inflight.dec();
+        match &sent {
+            Ok(_) => {
+                m.snapshot_send_success.with_label_values(&[&to]).inc();
+                m.snapshot_send_duration
+                    .with_label_values(&[&to])
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(to = %to, elapsed = ?started.elapsed(), "snapshot sent and installed");
+            }
+            Err(e) => {
+                m.snapshot_send_failures.with_label_values(&[&to]).inc();
+                tracing::warn!(to = %to, error = %e, "sending a snapshot failed");
+            }
+        }
+        sent
+    }
+}
+
+impl PeerClient {
+    /// Streams the header and the snapshot's chunks; returns the receiver's answer.
+    async fn send_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        use futures::StreamExt;
+        let header = encode(&(vote, snapshot.meta))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut client = self
+            .peers
+            .client(self.target, &self.member)
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let (peers, target) = (self.peers.clone(), self.target);
+        let chunks = snapshot::stream(snapshot.snapshot);
+        let chunks = tokio_stream::StreamExt::map_while(
+            tokio_stream::wrappers::ReceiverStream::new(chunks),
+            move |chunk| match chunk {
+                Ok(data) => {
+                    peers.count_sent(target, data.len());
+                    Some(SnapshotChunk {
+                        header: Vec::new(),
+                        data,
+                    })
+                }
+                // The stream ends short; the receiver refuses it by its digest.
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the snapshot to send failed");
+                    None
+                }
+            },
+        );
+        let body = futures::stream::iter([SnapshotChunk {
+            header,
+            data: Vec::new(),
+        }])
+        .chain(chunks);
+        let req = self.peers.request(body, SNAPSHOT_TIMEOUT);
+        let resp = client.install_snapshot(req).await.map_err(|status| {
+            let e = self.peers.failed(self.target, status);
+            StreamingError::Unreachable(Unreachable::new(&e))
+        })?;
+        decode(&resp.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }
 

@@ -16,13 +16,19 @@
 //! checked against the lessor's table, which only apply changes, so the check is the same
 //! on every member.
 //!
-//! Snapshots: a snapshot is the local MVCC state as of `last_applied`, made durable by
-//! `Store::sync` before openraft may purge the log behind it; its data is empty. Installing a
-//! snapshot sent by a leader fails with a clear error for now: a cluster of more than one
-//! member never purges its log (see `openraft_config`), so no leader needs to send one.
+//! Snapshots (see [`super::snapshot`]): building one makes the state database durable
+//! (one fsync) up to the marker, after which openraft may purge the log behind it, less
+//! the catch-up tail. The current snapshot handed out to be sent is always this member's
+//! state as it is now, pinned as a storage snapshot on the state machine worker, between
+//! two applies, so its data matches its meta exactly; it is made durable first too.
+//! Installing one from the leader replaces the MVCC state and the lease table through
+//! [`Mvcc::install`], with the snapshot's log id and membership as the new marker; a
+//! pending install a crash interrupted is reported as the current snapshot at start, so
+//! openraft installs it again.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
@@ -31,12 +37,11 @@ use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    blocking, decode, encode, Applied, InUse, Outcome, Proposal, RaftError, SnapshotData,
-    TypeConfig,
-};
+use super::snapshot::{self, SnapshotData};
+use super::{blocking, decode, encode, Applied, InUse, Outcome, Proposal, RaftError, TypeConfig};
 use crate::lease::Lessor;
 use crate::metrics;
+use crate::mvcc::snapshot::SnapshotSource;
 use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
 use crate::proto::etcdserverpb::{
@@ -66,9 +71,10 @@ pub(super) struct StateMachine {
     /// Told about every applied revision's events, in apply order.
     watch: Option<Arc<WatchHub>>,
     state: AppliedState,
-    /// The last snapshot built, kept in memory only: after a restart with a purged log,
-    /// openraft asks for a fresh one, which is as good.
-    snapshot: Arc<Mutex<Option<SnapshotMeta>>>,
+    /// A received snapshot whose install a crash interrupted, until it is installed.
+    pending: Option<(SnapshotMeta, PathBuf)>,
+    /// Where received snapshots are kept (see [`super::snapshot`]).
+    snap_dir: PathBuf,
     in_use: InUse,
 }
 
@@ -81,16 +87,52 @@ impl StateMachine {
         watch: Option<Arc<WatchHub>>,
     ) -> io::Result<StateMachine> {
         let marker = mvcc.applied_marker().map_err(io::Error::other)?;
-        let state = marker.map(|m| decode(&m)).transpose()?.unwrap_or_default();
+        let state: AppliedState = marker.map(|m| decode(&m)).transpose()?.unwrap_or_default();
+        let snap_dir = store.snap_dir().map_err(io::Error::other)?;
+        snapshot::remove_parts(&snap_dir)?;
+        let pending = match snapshot::pending(&snap_dir)? {
+            Some((meta, file)) => {
+                let meta: SnapshotMeta = decode(&meta)?;
+                if meta.last_log_id > state.last_applied {
+                    tracing::warn!(snapshot = %meta, "a snapshot install was interrupted; installing it again");
+                    Some((meta, file))
+                } else {
+                    snapshot::clear_pending(&snap_dir)?;
+                    None
+                }
+            }
+            None => None,
+        };
         Ok(StateMachine {
             store,
             mvcc,
             lessor,
             watch,
             state,
-            snapshot: Arc::default(),
+            pending,
+            snap_dir,
             in_use,
         })
+    }
+
+    /// This member's state now, pinned, durable, with its meta.
+    async fn current(&self) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
+        let source = self.mvcc.snapshot_source().map_err(io::Error::other)?;
+        let store = self.store.clone();
+        blocking(move || store.sync().map_err(io::Error::other)).await?;
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: self.state.meta(),
+            snapshot: SnapshotData::Local(Box::new(source)),
+        })
+    }
+}
+
+impl AppliedState {
+    fn meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+        }
     }
 }
 
@@ -129,8 +171,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
+            // Pinned here, between two applies, so the data matches `state`.
+            source: self.mvcc.snapshot_source().map_err(|e| e.to_string()),
             state: self.state.clone(),
-            current: self.snapshot.clone(),
             _in_use: self.in_use.clone(),
         }
     }
@@ -138,27 +181,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        _snapshot: SnapshotData,
+        snapshot: SnapshotData,
     ) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("installing a snapshot from the leader ({meta}) is not supported yet: a cluster keeps its whole log instead"),
-        ))
+        let SnapshotData::Received(file) = snapshot else {
+            return Err(io::Error::other(
+                "a member's own state cannot be installed as a snapshot",
+            ));
+        };
+        let state = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        let (encoded_meta, marker) = (encode(meta)?, encode(&state)?);
+        let (mvcc, lessor, dir) = (
+            self.mvcc.clone(),
+            self.lessor.clone(),
+            self.snap_dir.clone(),
+        );
+        let started = Instant::now();
+        let revision = blocking(move || {
+            let pending = snapshot::commit(&dir, &encoded_meta, &file)?;
+            let restored = mvcc.install(&pending, &marker).map_err(io::Error::other)?;
+            lessor.reload().map_err(io::Error::other)?;
+            snapshot::clear_pending(&dir)?;
+            Ok(restored.revision)
+        })
+        .await?;
+        tracing::info!(snapshot = %meta, revision, elapsed = ?started.elapsed(), "installed a snapshot from the leader");
+        if let Some(hub) = &self.watch {
+            hub.restored(revision);
+        }
+        self.state = state;
+        self.pending = None;
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
-        let current = self
-            .snapshot
-            .lock()
-            .map_err(|_| io::Error::other("snapshot lock poisoned"))?;
-        Ok(current
-            .clone()
-            .map(|meta| SnapshotOf::<TypeConfig, SnapshotData> {
-                meta,
-                snapshot: Vec::new(),
-            }))
+        if let Some((meta, file)) = &self.pending {
+            return Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+                meta: meta.clone(),
+                snapshot: SnapshotData::Received(file.clone()),
+            }));
+        }
+        self.current().await.map(Some)
     }
 }
 
@@ -329,8 +396,8 @@ fn no_change(mvcc: &Mvcc, marker: &[u8]) -> io::Result<Outcome> {
 /// Builds a snapshot of the state machine as it was when the builder was made.
 pub(super) struct SnapshotBuilder {
     store: Arc<Store>,
+    source: Result<SnapshotSource, String>,
     state: AppliedState,
-    current: Arc<Mutex<Option<SnapshotMeta>>>,
     _in_use: InUse,
 }
 
@@ -340,20 +407,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
         // Everything up to `state.last_applied` was written before this builder was made;
         // one fsync makes it durable, after which openraft may purge the log up to it.
+        let source = std::mem::replace(&mut self.source, Err("already built".into()))
+            .map_err(io::Error::other)?;
         let store = self.store.clone();
+        let started = Instant::now();
         blocking(move || store.sync().map_err(io::Error::other)).await?;
-        let meta = SnapshotMeta {
-            last_log_id: self.state.last_applied,
-            last_membership: self.state.membership.clone(),
-        };
-        let mut current = self
-            .current
-            .lock()
-            .map_err(|_| io::Error::other("snapshot lock poisoned"))?;
-        *current = Some(meta.clone());
+        metrics::get()
+            .snap_save_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok(SnapshotOf::<TypeConfig, SnapshotData> {
-            meta,
-            snapshot: Vec::new(),
+            meta: self.state.meta(),
+            snapshot: SnapshotData::Local(Box::new(source)),
         })
     }
 }
@@ -528,5 +592,149 @@ mod tests {
             panic!("revoke failed");
         };
         assert_eq!(events.len(), 1);
+    }
+
+    /// A member's state machine over its own store, with the apply marker at index 5.
+    struct Member {
+        _dir: tempfile::TempDir,
+        mvcc: Arc<Mvcc>,
+        lessor: Arc<Lessor>,
+        sm: StateMachine,
+    }
+
+    fn log_id(index: u64) -> LogIdOf<TypeConfig> {
+        openraft::testing::log_id::<TypeConfig>(1, 1, index)
+    }
+
+    /// Opens a member whose store holds `keys` (applied under the marker of index 5) and
+    /// lease 7.
+    fn member(keys: &[&str]) -> Member {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("mvcc"));
+        let lessor = Arc::new(Lessor::open(&store, config()).expect("lessor"));
+        let marker = encode(&AppliedState {
+            last_applied: Some(log_id(5)),
+            ..Default::default()
+        })
+        .expect("marker");
+        let run = |cmd| {
+            let proposal = Proposal(Command { cmd: Some(cmd) });
+            apply_command(&mvcc, &lessor, &proposal, &marker).expect("apply")
+        };
+        run(grant(7, 60));
+        for key in keys {
+            run(put(key, 7));
+        }
+        let sm = reopen(store, mvcc.clone(), lessor.clone());
+        Member {
+            _dir: dir,
+            mvcc,
+            lessor,
+            sm,
+        }
+    }
+
+    fn reopen(store: Arc<Store>, mvcc: Arc<Mvcc>, lessor: Arc<Lessor>) -> StateMachine {
+        StateMachine::open(store, mvcc, lessor, InUse::new().0, None).expect("state machine")
+    }
+
+    /// The source's current snapshot, written out as a received file would be.
+    async fn received(source: &mut Member, dir: &std::path::Path) -> (SnapshotMeta, PathBuf) {
+        let snap = source
+            .sm
+            .get_current_snapshot()
+            .await
+            .expect("snapshot")
+            .expect("there is one");
+        let path = dir.join("incoming-test.part");
+        let file = std::fs::File::create(&path).expect("file");
+        match snap.snapshot {
+            SnapshotData::Local(data) => data.write_to(file).expect("write"),
+            SnapshotData::Received(_) => panic!("a member's own state is local"),
+        };
+        (snap.meta, path)
+    }
+
+    fn all(mvcc: &Mvcc) -> Vec<(Vec<u8>, i64, i64)> {
+        let req = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let resp = mvcc.range(&req).expect("range");
+        resp.kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.mod_revision, kv.lease))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_replaces_another_members_state_whole() {
+        let mut source = member(&["a", "b", "c"]);
+        let mut target = member(&["stale"]);
+        let (meta, file) = received(&mut source, &target.sm.snap_dir).await;
+        assert_eq!(meta.last_log_id, Some(log_id(5)));
+        target
+            .sm
+            .install_snapshot(&meta, SnapshotData::Received(file.clone()))
+            .await
+            .expect("install");
+        assert_eq!(all(&target.mvcc), all(&source.mvcc));
+        assert_eq!(
+            target.mvcc.current_revision(),
+            source.mvcc.current_revision()
+        );
+        assert_eq!(
+            target.mvcc.hash_kv(0).expect("hash"),
+            source.mvcc.hash_kv(0).expect("hash")
+        );
+        assert_eq!(target.lessor.leases(), vec![7]);
+        let (applied, _) = target.sm.applied_state().await.expect("applied");
+        assert_eq!(applied, meta.last_log_id);
+        assert!(
+            !file.exists(),
+            "moved into place, then removed once installed"
+        );
+        assert!(snapshot::pending(&target.sm.snap_dir)
+            .expect("read")
+            .is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_a_crash_cut_short_is_redone_at_start() {
+        let mut source = member(&["a", "b"]);
+        let target = member(&["stale"]);
+        let dir = target.sm.snap_dir.clone();
+        let (mut meta, file) = received(&mut source, &dir).await;
+        // The leader's snapshot is ahead of this member's marker, as it is when one is sent.
+        meta.last_log_id = Some(log_id(9));
+        // Crash right after the commit point: the old state is still in place.
+        snapshot::commit(&dir, &encode(&meta).expect("meta"), &file).expect("commit");
+        let store = target.sm.store.clone();
+        drop(target.sm);
+        let mut sm = reopen(store, target.mvcc.clone(), target.lessor.clone());
+        let pending = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("pending");
+        assert_eq!(
+            pending.meta, meta,
+            "the pending snapshot is the current one"
+        );
+        // What openraft does at start with a current snapshot ahead of the marker.
+        sm.install_snapshot(&pending.meta, pending.snapshot)
+            .await
+            .expect("install again");
+        assert_eq!(all(&target.mvcc), all(&source.mvcc));
+        assert!(snapshot::pending(&dir).expect("read").is_none());
+        let again = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("current");
+        assert_eq!(again.meta.last_log_id, Some(log_id(9)));
+        assert!(matches!(again.snapshot, SnapshotData::Local(_)));
     }
 }

@@ -14,6 +14,7 @@
 //! <data-dir>/cairn.lock     held with an exclusive lock while a node runs
 //! <data-dir>/db/            the state database: MVCC, leases, meta
 //! <data-dir>/wal/           the WAL database: the raft log and raft meta
+//! <data-dir>/snap/          raft snapshots received from a leader (files, see `raft::snapshot`)
 //! ```
 //!
 //! With `--wal-dir W` the WAL database is `W/wal/` instead, and `W/cairn.lock` is held too,
@@ -75,6 +76,7 @@ const FORMAT_FILE: &str = "CAIRN_FORMAT";
 const LOCK_FILE: &str = "cairn.lock";
 const DB_DIR: &str = "db";
 const WAL_DIR: &str = "wal";
+const SNAP_DIR: &str = "snap";
 /// Block cache of each database. Reads of recent revisions hit the memtables; the cache
 /// serves the rest, and etcd (bbolt) relies on the page cache the same way.
 const CACHE_BYTES: u64 = 16 << 20;
@@ -411,6 +413,14 @@ impl Store {
     /// The data directory this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory for snapshot files received from a leader, created if missing. Files
+    /// there are plain files, not part of either database.
+    pub fn snap_dir(&self) -> Result<PathBuf, StorageError> {
+        let dir = self.dir.join(SNAP_DIR);
+        fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
+        Ok(dir)
     }
 }
 

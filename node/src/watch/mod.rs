@@ -242,6 +242,11 @@ impl State {
         else {
             return;
         };
+        if rev <= self.rev {
+            // Queued before a snapshot install moved the hub past it: the watchers read
+            // this revision from history instead (see `WatchHub::restored`).
+            return;
+        }
         self.rev = rev;
         let mut slow = Vec::new();
         for (range, ids) in &self.synced {
@@ -375,6 +380,27 @@ impl WatchHub {
             // The dispatcher only stops when the hub is dropped.
             let _ = tx.send(Arc::new(events.to_vec()));
         }
+    }
+
+    /// The store was replaced by a raft snapshot at revision `rev` (this member was far
+    /// behind): as etcd's `watchableStore.Restore`, every synced watcher becomes unsynced
+    /// and catches up from history, so the revisions it missed reach it in order (or it
+    /// is told they were compacted).
+    pub fn restored(&self, rev: i64) {
+        let mut st = self.shared.lock();
+        let synced: Vec<(WatcherId, i64)> = st
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.synced)
+            .map(|(id, w)| (*id, w.next_rev))
+            .collect();
+        for (id, next_rev) in synced {
+            st.mark_unsynced(id, next_rev);
+        }
+        st.rev = st.rev.max(rev);
+        st.publish_counts();
+        drop(st);
+        self.wake();
     }
 
     /// The last revision handed to watchers: a watch from "now" starts after it.

@@ -23,6 +23,7 @@ mod lock_elect;
 mod maintenance;
 mod multi_node;
 mod plugins;
+mod snapshots;
 mod watch_ctl;
 mod watch_guarantees;
 
