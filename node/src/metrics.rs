@@ -60,6 +60,11 @@ pub struct Metrics {
     pub plugin_traps: IntCounterVec,
     pub plugin_timeouts: IntCounterVec,
     pub plugin_loaded: IntGaugeVec,
+    // Backups (issue 12): the last success, how long and how big, failures.
+    pub backup_last_success: IntGauge,
+    pub backup_duration: Histogram,
+    pub backup_bytes: IntGauge,
+    pub backup_failures: IntCounter,
 }
 
 impl Metrics {
@@ -126,6 +131,10 @@ impl Metrics {
             plugin_traps: reg.counter_vec("cairn_plugin_traps_total", "Plugin calls that trapped, ran out of memory or could not be instantiated.", &["plugin", "hook"])?,
             plugin_timeouts: reg.counter_vec("cairn_plugin_timeouts_total", "Plugin calls stopped at their deadline.", &["plugin", "hook"])?,
             plugin_loaded: reg.gauge_vec("cairn_plugin_loaded", "1 for each loaded plugin, labelled with its file's SHA-256 prefix as version.", &["plugin", "version"])?,
+            backup_last_success: reg.gauge("cairn_backup_last_success_timestamp_seconds", "Unix time the last successful backup was written (0: none yet).")?,
+            backup_duration: reg.histogram("cairn_backup_duration_seconds", "How long backups took, snapshot to renamed file, failed ones included.", prometheus::exponential_buckets(0.01, 2.0, 16).unwrap_or_default())?,
+            backup_bytes: reg.gauge("cairn_backup_bytes", "Size of the last successful backup file, after the backup plugins.")?,
+            backup_failures: reg.counter("cairn_backup_failures_total", "Backups that failed (snapshot, plugin or file system).")?,
             registry,
         })
     }

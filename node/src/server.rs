@@ -11,7 +11,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use url::Url;
 
 use crate::api;
-use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
+use crate::backup::Backups;
+use crate::config::{ClusterState, Config, Hook, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
 use crate::identity::Identity;
 use crate::lease::{LeaseError, Lessor, LessorConfig};
@@ -104,10 +105,21 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 
     // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up.
     let mut hooks = Hooks::default();
-    if let Some(plugins) =
-        crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))?
-    {
-        hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(plugins)));
+    let plugins = crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))?;
+    if let Some(plugins) = &plugins {
+        if plugins.serves(Hook::Admission) {
+            hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(
+                plugins.clone(),
+            )));
+        }
+        if plugins.serves(Hook::Auth) {
+            hooks
+                .authenticators
+                .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
+            hooks
+                .authorizers
+                .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
+        }
     }
     let core = Core::new(Parts {
         raft: raft.clone(),
@@ -128,8 +140,20 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     crate::compactor::spawn(core.clone(), &cfg.auto_compaction);
     core::spawn_lease_expiry(core.clone());
 
+    let backups = cfg.backup_dir.clone().map(|dir| {
+        Arc::new(Backups::new(
+            core.clone(),
+            plugins.clone(),
+            dir,
+            cfg.name.clone(),
+        ))
+    });
+    if let (Some(backups), Some(interval)) = (&backups, cfg.backup_interval) {
+        crate::backup::spawn_periodic(backups.clone(), interval);
+    }
+
     let mut servers = tokio::task::JoinSet::new();
-    let mut client_router = api::router(core.clone());
+    let mut client_router = api::router(core.clone()).merge(api::http::backup_router(backups.clone()));
     if cfg.enable_pprof {
         client_router = client_router.merge(crate::pprof::router());
     }
@@ -152,7 +176,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url, options).await?;
-        servers.spawn(serve(listener, api::metrics_router(core.clone()), options));
+        let router = api::metrics_router(core.clone())
+            .merge(api::http::backup_router(backups.clone()));
+        servers.spawn(serve(listener, router, options));
     }
     tracing::info!(
         name = %cfg.name,

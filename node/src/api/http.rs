@@ -1,9 +1,11 @@
 //! Plain HTTP endpoints served beside gRPC on the client port (and on
-//! `--listen-metrics-urls`): `/health`, `/livez`, `/readyz`, `/version`, `/metrics`.
+//! `--listen-metrics-urls`): `/health`, `/livez`, `/readyz`, `/version`, `/metrics`, and
+//! cairn's own admin endpoints under `/cairn/v1/` (`POST /cairn/v1/backup`).
 
 use std::sync::Arc;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use axum::routing::{get, post};
+use axum::{extract::State, http::StatusCode, response::IntoResponse, Json, Router};
 use serde_json::json;
 
 use crate::core::{Core, Health, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
@@ -16,6 +18,32 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .with_state(core)
+}
+
+/// `POST /cairn/v1/backup`: writes a backup into `--backup-dir` and answers what was
+/// written (200), why it failed (500), or that backups are off (409).
+pub fn backup_router(backups: Option<Arc<crate::backup::Backups>>) -> Router {
+    Router::new()
+        .route("/cairn/v1/backup", post(backup))
+        .with_state(backups)
+}
+
+async fn backup(
+    State(backups): State<Option<Arc<crate::backup::Backups>>>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let Some(backups) = backups else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "backups are not configured: start cairn with --backup-dir"})),
+        );
+    };
+    match backups.take().await {
+        Ok(written) => (StatusCode::OK, Json(json!(written))),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        ),
+    }
 }
 
 /// etcd's `/health`, as [`Core::health`] judges it.

@@ -11,7 +11,7 @@ pub mod codec;
 mod election;
 pub mod error;
 mod grpc_layer;
-mod http;
+pub mod http;
 mod kv;
 mod lease;
 pub mod listen;
@@ -83,12 +83,28 @@ fn context<T>(req: &tonic::Request<T>) -> RequestContext {
         .get("token")
         .and_then(|t| t.to_str().ok())
         .map(str::to_string);
+    ctx.credentials.user_password = meta
+        .get("authorization")
+        .and_then(|a| a.to_str().ok())
+        .and_then(basic_auth);
     ctx.deadline = meta
         .get("grpc-timeout")
         .and_then(|t| t.to_str().ok())
         .and_then(grpc_timeout)
         .map(|timeout| Instant::now() + timeout);
     ctx
+}
+
+/// `Basic base64(user:password)` (RFC 7617), for auth plugins that take passwords.
+fn basic_auth(value: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// Parses gRPC's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).

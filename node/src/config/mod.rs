@@ -84,6 +84,10 @@ pub struct Config {
     pub unsafe_storage_fault: Option<crate::storage::FaultPlan>,
     /// WebAssembly plugins from the config file's `plugins:` list, in call order.
     pub plugins: Vec<PluginConfig>,
+    /// `--backup-dir`: where backups are written; `None` disables them.
+    pub backup_dir: Option<PathBuf>,
+    /// `--backup-interval`: periodic backups; `None` when 0.
+    pub backup_interval: Option<Duration>,
 }
 
 /// Socket and HTTP/2 settings of every client and metrics listener.
@@ -150,6 +154,8 @@ pub enum Command {
     Snapshot(Vec<OsString>),
     /// `cairn plugin check FILE...`: the arguments after `plugin`, for `plugins::check`.
     Plugin(Vec<OsString>),
+    /// `cairn backup [--endpoint URL]`: the arguments after `backup`, for `backup::cli`.
+    Backup(Vec<OsString>),
     /// `cairn version` or `cairn --version`: print [`version`].
     Version,
 }
@@ -360,6 +366,7 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
         cli::Invocation::Bench(rest) => return defaults_only(Command::Bench(rest)),
         cli::Invocation::Snapshot(rest) => return defaults_only(Command::Snapshot(rest)),
         cli::Invocation::Plugin(rest) => return defaults_only(Command::Plugin(rest)),
+        cli::Invocation::Backup(rest) => return defaults_only(Command::Backup(rest)),
         cli::Invocation::Version => return defaults_only(Command::Version),
         cli::Invocation::Serve(flags) => (Command::Serve, flags),
         cli::Invocation::ConfigShow(flags) => (Command::ConfigShow, flags),
@@ -489,6 +496,8 @@ mod tests {
                 unsafe_no_fsync: false,
                 unsafe_storage_fault: None,
                 plugins: Vec::new(),
+                backup_dir: None,
+                backup_interval: None,
             }
         );
         assert!(keys::KEYS

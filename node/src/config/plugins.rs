@@ -6,10 +6,10 @@
 //! plugins:
 //!   - name: schema-guard
 //!     path: ../plugins/target/wasm32-wasip2/release/schema_guard.wasm  # relative to this file
-//!     hooks: [admission]
-//!     prefixes: ["/json/"]          # keys the plugin sees; empty or absent: every key
+//!     hooks: [admission]            # and/or auth, backup
+//!     prefixes: ["/json/"]          # keys admission sees; empty or absent: every key
 //!     order: 10                     # lower runs first; ties keep file order
-//!     deadline: 5ms                 # per call
+//!     deadline: 5ms                 # per call (backup: per chunk, default 1s)
 //!     memory: 16MiB                 # per instance
 //!     failure-policy: fail-closed   # or fail-open
 //!     deny-code: permission-denied  # or failed-precondition
@@ -31,6 +31,21 @@ use super::ConfigError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Admission,
+    /// Authentication and authorization: the plugin's `authenticate` and `authorize`.
+    Auth,
+    /// The backup stream: `begin`, `transform` per chunk, `finish`.
+    Backup,
+}
+
+impl Hook {
+    /// The name in the config file and in metrics' `hook` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Admission => "admission",
+            Hook::Auth => "auth",
+            Hook::Backup => "backup",
+        }
+    }
 }
 
 /// What a plugin's failure (trap, timeout, memory limit, bad answer) means for the request.
@@ -72,6 +87,9 @@ pub struct PluginConfig {
 /// Rust component's heap and a request's values.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
 pub const DEFAULT_MEMORY_BYTES: u64 = 16 << 20;
+/// A backup chunk (64 KiB compressed and encrypted) is work, not a check; a backup plugin
+/// gets this per call unless its entry says otherwise.
+pub const DEFAULT_BACKUP_DEADLINE: Duration = Duration::from_secs(1);
 /// Upper bounds, so a typo cannot make a plugin hold a request for minutes.
 const MAX_DEADLINE: Duration = Duration::from_secs(10);
 const MAX_MEMORY_BYTES: u64 = 1 << 30;
@@ -148,15 +166,24 @@ fn validate_one(p: RawPlugin, base: &Path) -> Result<PluginConfig, String> {
         .iter()
         .map(|h| match h.as_str() {
             "admission" => Ok(Hook::Admission),
-            "auth" | "backup" => Err(format!("hook {h:?} is not served by the node yet")),
-            other => Err(format!("unknown hook {other:?} (expected admission)")),
+            "auth" => Ok(Hook::Auth),
+            "backup" => Ok(Hook::Backup),
+            other => Err(format!(
+                "unknown hook {other:?} (expected admission, auth or backup)"
+            )),
         })
         .collect::<Result<Vec<_>, _>>()?;
     if hooks.is_empty() {
-        return Err("hooks: name at least one hook (admission)".into());
+        return Err("hooks: name at least one hook (admission, auth or backup)".into());
+    }
+    // Authorization sees every key a request touches and a backup sees the whole store:
+    // a prefix filter there would silently let requests or data through unexamined.
+    if !p.prefixes.is_empty() && !hooks.contains(&Hook::Admission) {
+        return Err("prefixes apply to the admission hook only".into());
     }
     let deadline = match &p.deadline {
         Some(text) => go_duration(text).map_err(|e| format!("deadline {text:?}: {e}"))?,
+        None if hooks == [Hook::Backup] => DEFAULT_BACKUP_DEADLINE,
         None => DEFAULT_DEADLINE,
     };
     if deadline.is_zero() || deadline > MAX_DEADLINE {
@@ -303,10 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_backup_hooks_and_the_backup_deadline() {
+        let got = parse_yaml(
+            "plugins:\n  - {name: t, path: t.wasm, hooks: [auth]}\n  - {name: s, path: s.wasm, hooks: [backup]}\n",
+        )
+        .expect("valid");
+        assert_eq!(got[0].hooks, vec![Hook::Auth]);
+        assert_eq!(got[0].deadline, DEFAULT_DEADLINE);
+        assert_eq!(got[1].hooks, vec![Hook::Backup]);
+        assert_eq!(got[1].deadline, DEFAULT_BACKUP_DEADLINE);
+    }
+
+    #[test]
     fn refusals_name_the_plugin_and_the_problem() {
         let cases = [
             ("- {name: p, path: x, hooks: [admision]}", "plugin \"p\": unknown hook \"admision\""),
             ("- {name: p, path: x, hooks: []}", "plugin \"p\": hooks"),
+            ("- {name: p, path: x, hooks: [auth], prefixes: [/a/]}", "plugin \"p\": prefixes apply to the admission hook only"),
             ("- {name: p, path: x, hooks: [admission], deadline: 0s}", "plugin \"p\": deadline"),
             ("- {name: p, path: x, hooks: [admission], memory: 3TiB}", "unknown unit"),
             ("- {name: p, path: x, hooks: [admission], failure-policy: maybe}", "failure-policy"),

@@ -10,8 +10,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::runtime::{
-    CallFailure, CallLimits, Decision, DeleteOp, Principal, PrincipalSource, PutOp, WriteOp,
-    WriteRequest,
+    CallFailure, Decision, DeleteOp, Principal, PrincipalSource, PutOp, WriteOp, WriteRequest,
 };
 use super::{LoadedPlugin, PluginSet};
 use crate::config::{DenyCode, FailurePolicy, Hook};
@@ -69,26 +68,22 @@ async fn admit_one(
         principal: principal.clone(),
         ops,
     };
-    let limits = CallLimits {
-        deadline: cfg.deadline,
-        memory_bytes: cfg.memory_bytes,
-    };
     let started = Instant::now();
-    let outcome = plugin.loaded.check(&plugin.env, limits, &request).await;
-    let m = crate::metrics::get();
-    m.plugin_call_seconds
-        .with_label_values(&[cfg.name.as_str(), HOOK])
-        .observe(started.elapsed().as_secs_f64());
-    let outcome = outcome.and_then(|d| check_rewrite(d, cfg.allow_rewrite, &request, &covered));
-    let result = match &outcome {
-        Ok(Verdict::Allow) => "allow",
-        Ok(Verdict::Deny(_)) => "deny",
-        Ok(Verdict::Rewrite(_)) => "rewrite",
-        Err(_) => "failure",
-    };
-    m.plugin_calls
-        .with_label_values(&[cfg.name.as_str(), HOOK, result])
-        .inc();
+    let outcome = plugin
+        .loaded
+        .check(&plugin.env, plugin.limits(), &request)
+        .await
+        .and_then(|d| check_rewrite(d, cfg.allow_rewrite, &request, &covered));
+    plugin.record(
+        HOOK,
+        started,
+        match &outcome {
+            Ok(Verdict::Allow) => Ok("allow"),
+            Ok(Verdict::Deny(_)) => Ok("deny"),
+            Ok(Verdict::Rewrite(_)) => Ok("rewrite"),
+            Err(failure) => Err(failure),
+        },
+    );
     match outcome {
         Ok(Verdict::Allow) => Ok(()),
         Ok(Verdict::Deny(reason)) => Err(refusal(
@@ -99,18 +94,7 @@ async fn admit_one(
             apply_rewrites(txn, values);
             Ok(())
         }
-        Err(failure) => {
-            match &failure {
-                CallFailure::Timeout => m
-                    .plugin_timeouts
-                    .with_label_values(&[cfg.name.as_str(), HOOK])
-                    .inc(),
-                _ => m
-                    .plugin_traps
-                    .with_label_values(&[cfg.name.as_str(), HOOK])
-                    .inc(),
-            }
-            match cfg.failure_policy {
+        Err(failure) => match cfg.failure_policy {
                 FailurePolicy::FailOpen => {
                     tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write allowed (fail-open)");
                     Ok(())
@@ -125,8 +109,7 @@ async fn admit_one(
                         ),
                     ))
                 }
-            }
-        }
+            },
     }
 }
 
@@ -255,11 +238,13 @@ fn walk_mut(txn: &mut TxnRequest, f: &mut impl FnMut(&mut RequestOp)) {
     }
 }
 
-fn principal(p: Option<&core_ctx::Principal>) -> Principal {
+/// The WIT form of the core's principal (anonymous when authentication has not run).
+pub(super) fn principal(p: Option<&core_ctx::Principal>) -> Principal {
     let Some(p) = p else {
         return Principal {
             name: String::new(),
             source: PrincipalSource::Anonymous,
+            roles: Vec::new(),
         };
     };
     let source = match &p.source {
@@ -272,6 +257,7 @@ fn principal(p: Option<&core_ctx::Principal>) -> Principal {
     Principal {
         name: p.name.clone(),
         source,
+        roles: p.roles.clone(),
     }
 }
 

@@ -14,18 +14,22 @@
 //! [`Admission`]: crate::core::hooks::Admission
 
 pub mod admission;
+pub mod auth;
+pub mod backup;
 pub mod check;
 pub mod runtime;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
 use crate::config::{Hook, PluginConfig};
 use crate::proto::etcdserverpb::RangeRequest;
 pub use admission::PluginAdmission;
-use runtime::{CallEnv, KeyValue, Loaded, RangeFn, Runtime};
+pub use auth::PluginAuth;
+use runtime::{CallEnv, CallFailure, CallLimits, KeyValue, Loaded, RangeFn, Runtime};
 
 /// Why plugins could not be loaded. Every message names the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,33 @@ pub fn load(
     })))
 }
 
+impl LoadedPlugin {
+    pub fn limits(&self) -> CallLimits {
+        CallLimits {
+            deadline: self.config.deadline,
+            memory_bytes: self.config.memory_bytes,
+        }
+    }
+
+    /// Records one call in the metrics: its latency, its result label (`failure` for an
+    /// `Err`), and a failure's kind. `hook` is the metrics' `hook` label.
+    pub fn record(&self, hook: &str, started: Instant, result: Result<&str, &CallFailure>) {
+        let name = self.config.name.as_str();
+        let m = crate::metrics::get();
+        m.plugin_call_seconds
+            .with_label_values(&[name, hook])
+            .observe(started.elapsed().as_secs_f64());
+        m.plugin_calls
+            .with_label_values(&[name, hook, result.unwrap_or("failure")])
+            .inc();
+        match result {
+            Ok(_) => {}
+            Err(CallFailure::Timeout) => m.plugin_timeouts.with_label_values(&[name, hook]).inc(),
+            Err(_) => m.plugin_traps.with_label_values(&[name, hook]).inc(),
+        }
+    }
+}
+
 /// The loaded plugins, in call order.
 pub struct PluginSet {
     // Kept for its epoch thread, which stops when the set is dropped.
@@ -131,6 +162,11 @@ impl PluginSet {
         self.plugins
             .iter()
             .filter(move |p| p.config.hooks.contains(&hook))
+    }
+
+    /// Whether any plugin serves `hook`.
+    pub fn serves(&self, hook: Hook) -> bool {
+        self.serving(hook).next().is_some()
     }
 }
 

@@ -34,6 +34,11 @@ pub use bindings::cairn::plugin::host::Level;
 pub use bindings::cairn::plugin::types::{
     Decision, DeleteOp, KeyValue, Principal, PrincipalSource, PutOp, Rewrite, WriteOp, WriteRequest,
 };
+pub use bindings::exports::cairn::plugin::auth::{
+    AuthRequest, Credentials, Identity, KeyAccess, Operation, UserPassword,
+};
+pub use bindings::exports::cairn::plugin::backup::Direction;
+use bindings::exports::cairn::plugin::backup::Guest as BackupExports;
 use bindings::{Plugin, PluginPre};
 
 /// How often the epoch advances: the granularity of call deadlines.
@@ -260,13 +265,7 @@ impl Loaded {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = limits
-            .deadline
-            .as_micros()
-            .div_ceil(TICK.as_micros())
-            .max(1);
-        // One tick more than asked: the current tick may be about to end.
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+        store.set_epoch_deadline(deadline_ticks(limits.deadline));
         store.epoch_deadline_trap();
         let plugin = self
             .pre
@@ -290,6 +289,110 @@ impl Loaded {
             .await
             .map_err(|e| classify(e, false))
     }
+}
+
+/// The auth and backup hooks. Kept apart from the admission call above, which the
+/// instance-reuse work reshapes.
+impl Loaded {
+    /// `auth.authenticate`, on a fresh instance under `limits`.
+    pub async fn authenticate(
+        &self,
+        env: &Arc<CallEnv>,
+        limits: CallLimits,
+        credentials: &Credentials,
+    ) -> Result<Result<Option<Identity>, String>, CallFailure> {
+        let (plugin, mut store) = self.store(env, limits).await?;
+        plugin
+            .cairn_plugin_auth()
+            .call_authenticate(&mut store, credentials)
+            .await
+            .map_err(|e| classify(e, false))
+    }
+
+    /// `auth.authorize`, on a fresh instance under `limits`.
+    pub async fn authorize(
+        &self,
+        env: &Arc<CallEnv>,
+        limits: CallLimits,
+        request: &AuthRequest,
+    ) -> Result<Decision, CallFailure> {
+        let (plugin, mut store) = self.store(env, limits).await?;
+        plugin
+            .cairn_plugin_auth()
+            .call_authorize(&mut store, request)
+            .await
+            .map_err(|e| classify(e, false))
+    }
+
+    /// A backup stream on one fresh instance: the plugin keeps its stream state in its
+    /// memory from `begin` to `finish`. Each call gets `limits.deadline` anew.
+    pub async fn backup_stream(
+        &self,
+        env: &Arc<CallEnv>,
+        limits: CallLimits,
+    ) -> Result<BackupStream, CallFailure> {
+        let (plugin, store) = self.store(env, limits).await?;
+        Ok(BackupStream {
+            plugin,
+            store,
+            ticks: deadline_ticks(limits.deadline),
+        })
+    }
+}
+
+/// One plugin's side of one backup stream. Dropped after a failure: a trapped instance
+/// is never called again.
+pub struct BackupStream {
+    plugin: Plugin,
+    store: Store<CallState>,
+    ticks: u64,
+}
+
+impl BackupStream {
+    /// The plugin's backup exports and its store, the store rearmed for the next call
+    /// with a fresh deadline and log allowance.
+    fn next_call(&mut self) -> (&BackupExports, &mut Store<CallState>) {
+        self.store.set_epoch_deadline(self.ticks);
+        self.store.data_mut().log_bytes = 0;
+        (self.plugin.cairn_plugin_backup(), &mut self.store)
+    }
+
+    pub async fn begin(
+        &mut self,
+        direction: Direction,
+        name: &str,
+    ) -> Result<Result<String, String>, CallFailure> {
+        let (backup, store) = self.next_call();
+        backup
+            .call_begin(store, direction, name)
+            .await
+            .map_err(|e| classify(e, false))
+    }
+
+    pub async fn transform(
+        &mut self,
+        chunk: &[u8],
+    ) -> Result<Result<Vec<u8>, String>, CallFailure> {
+        let (backup, store) = self.next_call();
+        backup
+            .call_transform(store, chunk)
+            .await
+            .map_err(|e| classify(e, false))
+    }
+
+    pub async fn finish(&mut self) -> Result<Result<Vec<u8>, String>, CallFailure> {
+        let (backup, store) = self.next_call();
+        backup
+            .call_finish(store)
+            .await
+            .map_err(|e| classify(e, false))
+    }
+}
+
+/// Epoch ticks for a deadline, one more than asked: the current tick may be about to end.
+fn deadline_ticks(deadline: Duration) -> u64 {
+    let ticks = deadline.as_micros().div_ceil(TICK.as_micros()).max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 fn classify(e: wasmtime::Error, instantiating: bool) -> CallFailure {
