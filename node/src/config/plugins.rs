@@ -83,6 +83,29 @@ pub struct PluginConfig {
     pub config_json: String,
 }
 
+impl PluginConfig {
+    /// A backup plugin named on a command line (`cairn snapshot restore --unseal`), with
+    /// the defaults a config file entry would get; named after its file.
+    pub fn backup(path: PathBuf, config_json: String) -> PluginConfig {
+        PluginConfig {
+            name: path
+                .file_stem()
+                .map_or_else(|| "backup".into(), |s| s.to_string_lossy().into_owned()),
+            path,
+            hooks: vec![Hook::Backup],
+            prefixes: Vec::new(),
+            order: 0,
+            deadline: DEFAULT_BACKUP_DEADLINE,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            failure_policy: FailurePolicy::FailClosed,
+            deny_code: DenyCode::PermissionDenied,
+            values: false,
+            allow_rewrite: false,
+            config_json,
+        }
+    }
+}
+
 /// Defaults: an admission check costs microseconds, so 5 ms is generous; 16 MiB holds a
 /// Rust component's heap and a request's values.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);

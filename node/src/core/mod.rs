@@ -147,12 +147,21 @@ impl Core {
         Ok(())
     }
 
-    /// The first authenticator that claims the credentials names the caller.
+    /// The first authenticator that claims the credentials names the caller. With
+    /// authentication on, a token or password that none claims is invalid (as etcd answers
+    /// a token it did not issue); a caller that presents neither is anonymous.
     async fn authenticate(&self, ctx: &RequestContext) -> Result<Principal, Error> {
+        if self.hooks.authenticators.is_empty() {
+            return Ok(Principal::anonymous());
+        }
         for authenticator in &self.hooks.authenticators {
             if let Some(principal) = authenticator.authenticate(ctx).await? {
                 return Ok(principal);
             }
+        }
+        let c = &ctx.credentials;
+        if c.token.is_some() || c.user_password.is_some() {
+            return Err(Error::InvalidAuthToken);
         }
         Ok(Principal::anonymous())
     }
