@@ -290,7 +290,10 @@ pub fn cli(args: Vec<OsString>) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, clap::Parser)]
-#[command(name = "cairn backup", about = "Ask a running cairn node to write a backup into its --backup-dir")]
+#[command(
+    name = "cairn backup",
+    about = "Ask a running cairn node to write a backup into its --backup-dir"
+)]
 struct BackupArgs {
     /// A client or metrics URL of the node.
     #[arg(long, default_value = "http://127.0.0.1:2379")]

@@ -153,7 +153,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
 
     let mut servers = tokio::task::JoinSet::new();
-    let mut client_router = api::router(core.clone()).merge(api::http::backup_router(backups.clone()));
+    let mut client_router =
+        api::router(core.clone()).merge(api::http::backup_router(backups.clone()));
     if cfg.enable_pprof {
         client_router = client_router.merge(crate::pprof::router());
     }
@@ -176,8 +177,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url, options).await?;
-        let router = api::metrics_router(core.clone())
-            .merge(api::http::backup_router(backups.clone()));
+        let router =
+            api::metrics_router(core.clone()).merge(api::http::backup_router(backups.clone()));
         servers.spawn(serve(listener, router, options));
     }
     tracing::info!(

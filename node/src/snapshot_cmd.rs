@@ -95,20 +95,21 @@ fn unseal(
     let mut input =
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    runtime.block_on(async {
-        let (mut chain, _) = BackupChain::begin(plugins, Direction::Open, &name).await?;
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = input.read(&mut buf)?;
-            if n == 0 {
-                break;
+    runtime
+        .block_on(async {
+            let (mut chain, _) = BackupChain::begin(plugins, Direction::Open, &name).await?;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&chain.push(buf[..n].to_vec()).await?)?;
             }
-            out.write_all(&chain.push(buf[..n].to_vec()).await?)?;
-        }
-        out.write_all(&chain.finish().await?)?;
-        anyhow::Ok(())
-    })
-    .with_context(|| format!("unsealing {}", file.display()))?;
+            out.write_all(&chain.finish().await?)?;
+            anyhow::Ok(())
+        })
+        .with_context(|| format!("unsealing {}", file.display()))?;
     out.flush()?;
     Ok(out)
 }

@@ -95,21 +95,21 @@ async fn admit_one(
             Ok(())
         }
         Err(failure) => match cfg.failure_policy {
-                FailurePolicy::FailOpen => {
-                    tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write allowed (fail-open)");
-                    Ok(())
-                }
-                FailurePolicy::FailClosed => {
-                    tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write refused (fail-closed)");
-                    Err(refusal(
-                        cfg.deny_code,
-                        format!(
-                            "plugin {}: {failure} (write refused: fail-closed)",
-                            cfg.name
-                        ),
-                    ))
-                }
-            },
+            FailurePolicy::FailOpen => {
+                tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write allowed (fail-open)");
+                Ok(())
+            }
+            FailurePolicy::FailClosed => {
+                tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write refused (fail-closed)");
+                Err(refusal(
+                    cfg.deny_code,
+                    format!(
+                        "plugin {}: {failure} (write refused: fail-closed)",
+                        cfg.name
+                    ),
+                ))
+            }
+        },
     }
 }
 

@@ -18,8 +18,7 @@ use async_trait::async_trait;
 
 use super::admission::principal as wit_principal;
 use super::runtime::{
-    AuthRequest, CallFailure, Credentials, Decision, Identity, KeyAccess, Operation,
-    UserPassword,
+    AuthRequest, CallFailure, Credentials, Decision, Identity, KeyAccess, Operation, UserPassword,
 };
 use super::{LoadedPlugin, PluginSet};
 use crate::config::{FailurePolicy, Hook};

@@ -97,10 +97,7 @@ fn stream_cipher(key: &[u8; 32], salt: &[u8]) -> (ChaCha20Poly1305, Vec<u8>) {
     let stream_key = mac.finalize().into_bytes();
     let mut header = MAGIC.to_vec();
     header.extend_from_slice(salt);
-    (
-        ChaCha20Poly1305::new(Key::from_slice(&stream_key)),
-        header,
-    )
+    (ChaCha20Poly1305::new(Key::from_slice(&stream_key)), header)
 }
 
 fn nonce(counter: u64, last: bool) -> [u8; 12] {
@@ -291,7 +288,13 @@ mod tests {
     /// Compressible but not trivial: a snapshot-like mix of keys and values.
     fn data(len: usize) -> Vec<u8> {
         (0..len)
-            .map(|i| if i % 7 == 0 { (i / 7 % 251) as u8 } else { b'k' })
+            .map(|i| {
+                if i % 7 == 0 {
+                    (i / 7 % 251) as u8
+                } else {
+                    b'k'
+                }
+            })
             .collect()
     }
 
@@ -303,7 +306,8 @@ mod tests {
     }
 
     fn open(sealed: &[u8], chunk: usize) -> Result<Vec<u8>, String> {
-        let (name, plain) = backup_stream::<BackupSeal>(Direction::Open, "b.snap.zst.sealed", sealed, chunk)?;
+        let (name, plain) =
+            backup_stream::<BackupSeal>(Direction::Open, "b.snap.zst.sealed", sealed, chunk)?;
         assert_eq!(name, "b.snap");
         Ok(plain)
     }
@@ -311,12 +315,25 @@ mod tests {
     #[test]
     fn round_trips_whatever_the_chunking() {
         let _h = host(KEY);
-        for (len, seal_chunk, open_chunk) in [(0, 64, 64), (1, 1, 1), (300_000, 65_536, 1000), (100_000, 7_777, 65_536)] {
+        for (len, seal_chunk, open_chunk) in [
+            (0, 64, 64),
+            (1, 1, 1),
+            (300_000, 65_536, 1000),
+            (100_000, 7_777, 65_536),
+        ] {
             let input = data(len);
             let sealed = seal(&input, seal_chunk);
-            assert_eq!(open(&sealed, open_chunk).as_deref(), Ok(&input[..]), "{len}");
+            assert_eq!(
+                open(&sealed, open_chunk).as_deref(),
+                Ok(&input[..]),
+                "{len}"
+            );
             if len > 100_000 {
-                assert!(sealed.len() < input.len() / 2, "compressed: {} of {len}", sealed.len());
+                assert!(
+                    sealed.len() < input.len() / 2,
+                    "compressed: {} of {len}",
+                    sealed.len()
+                );
             }
         }
     }
@@ -345,14 +362,20 @@ mod tests {
         // Cut inside the final frame, and without it (4 + 16 bytes: an empty plaintext).
         for cut in [5, 20] {
             let truncated = &sealed[..sealed.len() - cut];
-            assert!(open(truncated, 4096).is_err_and(|e| e.contains("truncated")), "{cut}");
+            assert!(
+                open(truncated, 4096).is_err_and(|e| e.contains("truncated")),
+                "{cut}"
+            );
         }
-        assert!(open(b"not sealed at all, just some bytes", 8).is_err_and(|e| e.contains("bad magic")));
+        assert!(
+            open(b"not sealed at all, just some bytes", 8).is_err_and(|e| e.contains("bad magic"))
+        );
     }
 
     #[test]
     fn a_bad_key_in_the_config_is_refused_at_begin() {
         let _h = host("abc");
-        assert!(BackupSeal::backup_begin(Direction::Seal, "x".into()).is_err_and(|e| e.contains("64 hex")));
+        assert!(BackupSeal::backup_begin(Direction::Seal, "x".into())
+            .is_err_and(|e| e.contains("64 hex")));
     }
 }

@@ -127,10 +127,12 @@ impl Plugin for TokenAuth {
         };
         let config: Config = cairn_plugin_sdk::config()?;
         let now = cairn_plugin_sdk::host::unix_seconds();
-        Ok(verify(config.secret.as_bytes(), &token, now)?.map(|c| Identity {
-            name: c.sub,
-            roles: c.roles,
-        }))
+        Ok(
+            verify(config.secret.as_bytes(), &token, now)?.map(|c| Identity {
+                name: c.sub,
+                roles: c.roles,
+            }),
+        )
     }
 
     fn authorize(request: AuthRequest) -> Decision {
@@ -154,7 +156,11 @@ fn decide(config: &Config, request: &AuthRequest) -> Decision {
             .filter_map(|r| config.roles.get(r))
             .collect()
     };
-    let who = if anonymous { "anonymous" } else { &principal.name };
+    let who = if anonymous {
+        "anonymous"
+    } else {
+        &principal.name
+    };
     match &request.operation {
         Operation::Compact => return root_only(principal.has_role(ROOT), who, "Compact"),
         Operation::Admin(rpc) if ROOT_ONLY.contains(&rpc.as_str()) => {
@@ -250,7 +256,8 @@ mod tests {
             roles: vec!["root".into()],
             exp: 2000,
         };
-        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap_or_default());
+        let forged_payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap_or_default());
         let forged = format!("{PREFIX}{forged_payload}.{sig}");
         let got = TokenAuth::authenticate(Credentials::token(forged));
         assert_eq!(got, Err("bad signature".to_string()));
@@ -295,8 +302,14 @@ mod tests {
             AuthRequest::new(alice(&["root"]), Operation::Range).read("\0", "\0")
         ));
         assert!(allowed(AuthRequest::new(alice(&[]), Operation::LeaseGrant)));
-        assert!(!allowed(AuthRequest::new(alice(&["app"]), Operation::Compact)));
-        assert!(allowed(AuthRequest::new(alice(&["root"]), Operation::Compact)));
+        assert!(!allowed(AuthRequest::new(
+            alice(&["app"]),
+            Operation::Compact
+        )));
+        assert!(allowed(AuthRequest::new(
+            alice(&["root"]),
+            Operation::Compact
+        )));
         assert!(!allowed(AuthRequest::new(
             alice(&["app"]),
             Operation::Admin("Snapshot".into())
@@ -307,16 +320,25 @@ mod tests {
     fn anonymous_callers_get_the_anonymous_grants_only() {
         let _h = host(1000);
         let anon = Principal::anonymous;
-        assert!(TokenAuth::authorize(AuthRequest::new(anon(), Operation::Range).read("/public/x", "")).is_allowed());
-        let denied = TokenAuth::authorize(AuthRequest::new(anon(), Operation::Txn).write("/public/x", ""));
+        assert!(TokenAuth::authorize(
+            AuthRequest::new(anon(), Operation::Range).read("/public/x", "")
+        )
+        .is_allowed());
+        let denied =
+            TokenAuth::authorize(AuthRequest::new(anon(), Operation::Txn).write("/public/x", ""));
         assert_eq!(denied, Decision::deny("anonymous may not write /public/x"));
-        assert!(!TokenAuth::authorize(AuthRequest::new(anon(), Operation::LeaseGrant)).is_allowed());
+        assert!(
+            !TokenAuth::authorize(AuthRequest::new(anon(), Operation::LeaseGrant)).is_allowed()
+        );
     }
 
     #[test]
     fn a_config_without_a_secret_refuses() {
         let _h = Harness::new().config(json!({"roles": {}}));
         assert!(TokenAuth::authenticate(Credentials::token("cairn.x.y")).is_err());
-        assert!(!TokenAuth::authorize(AuthRequest::new(alice(&["root"]), Operation::Range)).is_allowed());
+        assert!(
+            !TokenAuth::authorize(AuthRequest::new(alice(&["root"]), Operation::Range))
+                .is_allowed()
+        );
     }
 }

@@ -21,6 +21,7 @@ mod lock_api;
 mod lock_elect;
 mod maintenance;
 mod multi_node;
+mod plugin_hooks;
 mod plugins;
 mod watch_ctl;
 mod watch_guarantees;

@@ -12,7 +12,7 @@ use crate::{current_revision, grpc_error, ok, Code};
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// A built example plugin, by crate name.
-fn plugin(name: &str) -> PathBuf {
+pub(crate) fn plugin(name: &str) -> PathBuf {
     let dir = std::env::var_os("CAIRN_PLUGIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(REPO).join("plugins/target/wasm32-wasip2/release"));
@@ -26,7 +26,12 @@ fn plugin(name: &str) -> PathBuf {
 }
 
 /// Starts a server with `plugins_yaml` (the `plugins:` list) in its config file.
-async fn start_with_plugins(plugins_yaml: &str) -> Server {
+pub(crate) async fn start_with_plugins(plugins_yaml: &str) -> Server {
+    start_with_plugins_and(plugins_yaml, &[]).await
+}
+
+/// [`start_with_plugins`], with more flags.
+pub(crate) async fn start_with_plugins_and(plugins_yaml: &str, flags: &[String]) -> Server {
     Server::start_custom(|layout: &Layout| {
         let path = layout.dir.join("plugins.yaml");
         std::fs::write(&path, format!("plugins:\n{plugins_yaml}"))?;
@@ -37,6 +42,7 @@ async fn start_with_plugins(plugins_yaml: &str) -> Server {
             layout.peer_port,
         );
         args.push(format!("--config-file={}", path.display()));
+        args.extend_from_slice(flags);
         Ok(args)
     })
     .await
@@ -44,7 +50,7 @@ async fn start_with_plugins(plugins_yaml: &str) -> Server {
 }
 
 /// The value of metric `name` whose labels include every pair of `labels`, 0 if none.
-async fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) async fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
     let (_, body) = server.http_get("/metrics").await.expect("metrics");
     parse_metrics(&body)
         .into_iter()
