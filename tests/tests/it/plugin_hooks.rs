@@ -268,6 +268,9 @@ async fn failing_auth_plugins_follow_their_policy_and_the_node_keeps_serving() {
     assert!(metric(&server, "cairn_plugin_timeouts_total", &timeouts).await >= 5.0);
 }
 
+/// A key as a restore must bring it back: key, value, create and mod revision, version.
+type Stored = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
 #[tokio::test]
 #[cfg_attr(against_etcd, ignore = "cairn-only: plugins, backups")]
 async fn a_sealed_backup_restores_to_the_same_data() {
@@ -302,7 +305,7 @@ async fn a_sealed_backup_restores_to_the_same_data() {
     client.compact(100, None).await.unwrap();
     let revision = current_revision(&mut client).await;
     let hash = client.hash_kv(0).await.unwrap().hash();
-    let all = |resp: etcd_client::GetResponse| -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
+    let all = |resp: etcd_client::GetResponse| -> Vec<Stored> {
         resp.kvs()
             .iter()
             .map(|kv| {
