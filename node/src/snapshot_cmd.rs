@@ -62,9 +62,9 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<()> {
             unseal_config: Some(config),
         } => {
             let opened = unseal(&file, &plugin, &config, &data_dir)?;
-            restore(opened.path(), &data_dir)
+            restore(opened.path(), &file, &data_dir)
         }
-        Action::Restore { file, data_dir, .. } => restore(&file, &data_dir),
+        Action::Restore { file, data_dir, .. } => restore(&file, &file, &data_dir),
     }
 }
 
@@ -114,7 +114,9 @@ fn unseal(
     Ok(out)
 }
 
-fn restore(file: &Path, data_dir: &Path) -> anyhow::Result<()> {
+/// Restores the snapshot in `file`; `shown` is the file the user named (the sealed one
+/// when `file` is its unsealed temp copy).
+fn restore(file: &Path, shown: &Path, data_dir: &Path) -> anyhow::Result<()> {
     // As etcdutl: never merge into an existing data dir.
     let occupied = std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some());
     anyhow::ensure!(
@@ -123,11 +125,11 @@ fn restore(file: &Path, data_dir: &Path) -> anyhow::Result<()> {
         data_dir.display()
     );
     let store = Store::open(data_dir)?;
-    let restored =
-        snapshot::restore(file, &store).with_context(|| format!("restoring {}", file.display()))?;
+    let restored = snapshot::restore(file, &store)
+        .with_context(|| format!("restoring {}", shown.display()))?;
     println!(
         "restored {} at revision {} (compact revision {}, {} records) into {}",
-        file.display(),
+        shown.display(),
         restored.revision,
         restored.compact_revision,
         restored.records,
