@@ -33,6 +33,15 @@ pub enum Hook {
     Admission,
 }
 
+impl Hook {
+    /// The hook's name in the config file, the WIT world and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Admission => "admission",
+        }
+    }
+}
+
 /// What a plugin's failure (trap, timeout, memory limit, bad answer) means for the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailurePolicy {
@@ -58,6 +67,9 @@ pub struct PluginConfig {
     /// Keys the plugin sees; empty means every key.
     pub prefixes: Vec<Vec<u8>>,
     pub order: i64,
+    /// The per-call budget, in wasm instructions (wasmtime fuel).
+    pub fuel: u64,
+    /// The wall-clock backstop of a call, for what fuel does not count.
     pub deadline: Duration,
     pub memory_bytes: u64,
     pub failure_policy: FailurePolicy,
@@ -68,12 +80,18 @@ pub struct PluginConfig {
     pub config_json: String,
 }
 
-/// Defaults: an admission check costs microseconds, so 5 ms is generous; 16 MiB holds a
-/// Rust component's heap and a request's values.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
+/// Defaults. A call's budget is fuel, not time, so that CPU contention (a busy machine
+/// descheduling the call's thread) never fails a call that a quiet machine would allow:
+/// 10 million instructions is a few milliseconds of compiled wasm, a thousand times what
+/// the example plugins use. The wall-clock deadline is only a backstop for what fuel does
+/// not count (host calls, page faults), so it is generous. 16 MiB holds a Rust component's
+/// heap and a request's values.
+pub const DEFAULT_FUEL: u64 = 10_000_000;
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 pub const DEFAULT_MEMORY_BYTES: u64 = 16 << 20;
 /// Upper bounds, so a typo cannot make a plugin hold a request for minutes.
 const MAX_DEADLINE: Duration = Duration::from_secs(10);
+const MAX_FUEL: u64 = 10_000_000_000;
 const MAX_MEMORY_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +105,7 @@ struct RawPlugin {
     prefixes: Vec<String>,
     #[serde(default)]
     order: i64,
+    fuel: Option<u64>,
     deadline: Option<String>,
     memory: Option<Value>,
     failure_policy: Option<String>,
@@ -164,6 +183,10 @@ fn validate_one(p: RawPlugin, base: &Path) -> Result<PluginConfig, String> {
             "deadline must be above 0 and at most {MAX_DEADLINE:?}"
         ));
     }
+    let fuel = p.fuel.unwrap_or(DEFAULT_FUEL);
+    if !(1..=MAX_FUEL).contains(&fuel) {
+        return Err(format!("fuel must be between 1 and {MAX_FUEL}, got {fuel}"));
+    }
     let memory_bytes = match &p.memory {
         Some(v) => byte_size(v)?,
         None => DEFAULT_MEMORY_BYTES,
@@ -198,6 +221,7 @@ fn validate_one(p: RawPlugin, base: &Path) -> Result<PluginConfig, String> {
         hooks,
         prefixes: p.prefixes.into_iter().map(String::into_bytes).collect(),
         order: p.order,
+        fuel,
         deadline,
         memory_bytes,
         failure_policy,
@@ -259,6 +283,7 @@ mod tests {
                 hooks: vec![Hook::Admission],
                 prefixes: vec![],
                 order: 0,
+                fuel: DEFAULT_FUEL,
                 deadline: DEFAULT_DEADLINE,
                 memory_bytes: DEFAULT_MEMORY_BYTES,
                 failure_policy: FailurePolicy::FailClosed,
@@ -280,6 +305,7 @@ mod tests {
     hooks: [admission]
     prefixes: [/x/]
     order: 1
+    fuel: 5000
     deadline: 2ms
     memory: 1MiB
     failure-policy: fail-open
@@ -294,6 +320,7 @@ mod tests {
         assert_eq!(got[1].name, "b");
         let a = &got[0];
         assert_eq!(a.prefixes, vec![b"/x/".to_vec()]);
+        assert_eq!(a.fuel, 5000);
         assert_eq!(a.deadline, Duration::from_millis(2));
         assert_eq!(a.memory_bytes, 1 << 20);
         assert_eq!(a.failure_policy, FailurePolicy::FailOpen);
@@ -309,6 +336,7 @@ mod tests {
             ("- {name: p, path: x, hooks: []}", "plugin \"p\": hooks"),
             ("- {name: p, path: x, hooks: [admission], deadline: 0s}", "plugin \"p\": deadline"),
             ("- {name: p, path: x, hooks: [admission], memory: 3TiB}", "unknown unit"),
+            ("- {name: p, path: x, hooks: [admission], fuel: 0}", "plugin \"p\": fuel must be"),
             ("- {name: p, path: x, hooks: [admission], failure-policy: maybe}", "failure-policy"),
             ("- {name: p, path: x, hooks: [admission], colour: red}", "plugin \"p\": unknown field: found `colour`"),
             ("- {path: x, hooks: [admission]}", "plugin #1: missing field `name`"),

@@ -131,8 +131,9 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             ),
         },
         name,
-        // Filled from the file's `plugins:` list by `load_from`.
+        // Filled from the file's `plugins:` list and path by `load_from`.
         plugins: Vec::new(),
+        config_file: None,
     })
 }
 

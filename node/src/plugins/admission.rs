@@ -13,22 +13,22 @@ use super::runtime::{
     CallFailure, CallLimits, Decision, DeleteOp, Principal, PrincipalSource, PutOp, WriteOp,
     WriteRequest,
 };
-use super::{LoadedPlugin, PluginSet};
+use super::{LoadedPlugin, Plugins};
 use crate::config::{DenyCode, FailurePolicy, Hook};
 use crate::core::hooks::Admission;
 use crate::core::Error;
 use crate::core::{self as core_ctx, RequestContext};
 use crate::proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
-const HOOK: &str = "admission";
+const HOOK: &str = Hook::Admission.name();
 
-/// The core's [`Admission`] hook, served by the configured plugins.
+/// The core's [`Admission`] hook, served by the plugins loaded at the time of each write.
 pub struct PluginAdmission {
-    plugins: Arc<PluginSet>,
+    plugins: Arc<Plugins>,
 }
 
 impl PluginAdmission {
-    pub fn new(plugins: Arc<PluginSet>) -> PluginAdmission {
+    pub fn new(plugins: Arc<Plugins>) -> PluginAdmission {
         PluginAdmission { plugins }
     }
 }
@@ -36,8 +36,13 @@ impl PluginAdmission {
 #[async_trait]
 impl Admission for PluginAdmission {
     async fn admit(&self, ctx: &RequestContext, mut txn: TxnRequest) -> Result<TxnRequest, Error> {
+        let set = self.plugins.current();
+        let mut serving = set.serving(Hook::Admission).peekable();
+        if serving.peek().is_none() {
+            return Ok(txn);
+        }
         let principal = principal(ctx.principal());
-        for plugin in self.plugins.serving(Hook::Admission) {
+        for plugin in serving {
             admit_one(plugin, &principal, &mut txn).await?;
         }
         Ok(txn)
@@ -70,15 +75,18 @@ async fn admit_one(
         ops,
     };
     let limits = CallLimits {
+        fuel: cfg.fuel,
         deadline: cfg.deadline,
-        memory_bytes: cfg.memory_bytes,
     };
     let started = Instant::now();
-    let outcome = plugin.loaded.check(&plugin.env, limits, &request).await;
+    let (outcome, usage) = plugin.instances.check(limits, &request).await;
     let m = crate::metrics::get();
     m.plugin_call_seconds
         .with_label_values(&[cfg.name.as_str(), HOOK])
         .observe(started.elapsed().as_secs_f64());
+    m.plugin_call_fuel
+        .with_label_values(&[cfg.name.as_str(), HOOK])
+        .observe(usage.fuel as f64);
     let outcome = outcome.and_then(|d| check_rewrite(d, cfg.allow_rewrite, &request, &covered));
     let result = match &outcome {
         Ok(Verdict::Allow) => "allow",
@@ -101,7 +109,7 @@ async fn admit_one(
         }
         Err(failure) => {
             match &failure {
-                CallFailure::Timeout => m
+                f if f.is_timeout() => m
                     .plugin_timeouts
                     .with_label_values(&[cfg.name.as_str(), HOOK])
                     .inc(),
