@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::core::{Core, RequestContext};
 use crate::plugins::backup::{BackupChain, ChainError};
 use crate::plugins::runtime::Direction;
-use crate::plugins::PluginSet;
+use crate::plugins::Plugins;
 
 /// Bytes handed to the plugins per call: etcd's snapshot chunk size times two, small
 /// enough for a plugin's default 16 MiB memory, big enough to compress well.
@@ -57,7 +57,7 @@ pub struct Written {
 /// The node's backups.
 pub struct Backups {
     core: Arc<Core>,
-    plugins: Option<Arc<PluginSet>>,
+    plugins: Option<Arc<Plugins>>,
     dir: PathBuf,
     /// The member name, in default file names.
     member: String,
@@ -68,7 +68,7 @@ pub struct Backups {
 impl Backups {
     pub fn new(
         core: Arc<Core>,
-        plugins: Option<Arc<PluginSet>>,
+        plugins: Option<Arc<Plugins>>,
         dir: PathBuf,
         member: String,
     ) -> Backups {
@@ -123,8 +123,9 @@ impl Backups {
             self.member,
             unix_seconds()
         );
-        let (mut chain, name) =
-            BackupChain::begin(self.plugins.clone(), Direction::Seal, &default_name).await?;
+        // The plugins loaded now serve the whole stream, whatever a reload does meanwhile.
+        let set = self.plugins.as_ref().map(|p| p.current());
+        let (mut chain, name) = BackupChain::begin(set, Direction::Seal, &default_name).await?;
         if !plain_file_name(&name) {
             return Err(BackupError::BadName(name));
         }

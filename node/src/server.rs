@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::api;
 use crate::backup::Backups;
-use crate::config::{ClusterState, Config, Hook, ListenerOptions, MetricsLevel};
+use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
 use crate::identity::Identity;
 use crate::lease::{LeaseError, Lessor, LessorConfig};
@@ -103,23 +103,34 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         crate::metrics::get().omit_extensive();
     }
 
-    // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up.
+    // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up. With a
+    // config file the hook is installed even when the list is empty, so a reload can add
+    // plugins; without one there is nothing to reload and no hook.
     let mut hooks = Hooks::default();
-    let plugins = crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))?;
+    let plugins = match &cfg.config_file {
+        Some(_) => Some(
+            crate::plugins::Plugins::start(
+                cfg.config_file.clone(),
+                &cfg.plugins,
+                crate::plugins::mvcc_range(mvcc.clone()),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     if let Some(plugins) = &plugins {
-        if plugins.serves(Hook::Admission) {
-            hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(
-                plugins.clone(),
-            )));
-        }
-        if plugins.serves(Hook::Auth) {
-            hooks
-                .authenticators
-                .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
-            hooks
-                .authorizers
-                .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
-        }
+        hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(
+            plugins.clone(),
+        )));
+        // Installed whatever the list holds now: a reload may add auth plugins. Without
+        // one serving, they call nothing and leave authentication off.
+        hooks
+            .authenticators
+            .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
+        hooks
+            .authorizers
+            .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
+        tokio::spawn(reload_on_sighup(plugins.clone()));
     }
     let core = Core::new(Parts {
         raft: raft.clone(),
@@ -154,7 +165,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 
     let mut servers = tokio::task::JoinSet::new();
     let mut client_router =
-        api::router(core.clone()).merge(api::http::backup_router(backups.clone()));
+        api::router(core.clone(), plugins).merge(api::http::backup_router(backups.clone()));
     if cfg.enable_pprof {
         client_router = client_router.merge(crate::pprof::router());
     }
@@ -367,6 +378,23 @@ async fn serve(
     api::listen::serve(listener, router, options)
         .await
         .map_err(|e| ServerError::Serve(addr, e))
+}
+
+/// SIGHUP reloads the plugins, as `cairn plugin reload` does; the outcome goes to the log.
+async fn reload_on_sighup(plugins: Arc<crate::plugins::Plugins>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; plugin reload only through the API");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("received SIGHUP, reloading plugins");
+        if let Err(e) = plugins.reload().await {
+            tracing::warn!(error = %e, "plugin reload failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -21,6 +21,7 @@ use crate::config::PluginConfig;
 use crate::mvcc::snapshot;
 use crate::plugins::backup::BackupChain;
 use crate::plugins::runtime::{Direction, RangeFn};
+use crate::plugins::Plugins;
 use crate::storage::Store;
 
 #[derive(Debug, Parser)]
@@ -82,7 +83,6 @@ fn unseal(
     let spec = PluginConfig::backup(plugin.to_owned(), config_json.to_string());
     let no_range: Arc<RangeFn> =
         Arc::new(|_: &[u8], _: &[u8], _: u32| Err("no store while restoring".to_string()));
-    let plugins = crate::plugins::load(&[spec], no_range)?;
     let dir = match data_dir.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
@@ -97,7 +97,9 @@ fn unseal(
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     runtime
         .block_on(async {
-            let (mut chain, _) = BackupChain::begin(plugins, Direction::Open, &name).await?;
+            let plugins = Plugins::start(None, &[spec], no_range).await?;
+            let (mut chain, _) =
+                BackupChain::begin(Some(plugins.current()), Direction::Open, &name).await?;
             let mut buf = vec![0u8; 64 << 10];
             loop {
                 let n = input.read(&mut buf)?;

@@ -41,7 +41,10 @@ use std::time::Duration;
 
 use keys::{Effect, CONFIG_FILE};
 use layers::{Entry, Raw};
-pub use plugins::{DenyCode, FailurePolicy, Hook, PluginConfig};
+pub use plugins::{
+    DenyCode, FailurePolicy, Hook, PluginConfig, DEFAULT_DEADLINE as DEFAULT_PLUGIN_DEADLINE,
+    DEFAULT_FUEL as DEFAULT_PLUGIN_FUEL, DEFAULT_MEMORY_BYTES as DEFAULT_PLUGIN_MEMORY_BYTES,
+};
 
 /// The typed, validated configuration the server runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,8 @@ pub struct Config {
     pub backup_dir: Option<PathBuf>,
     /// `--backup-interval`: periodic backups; `None` when 0.
     pub backup_interval: Option<Duration>,
+    /// `--config-file`, where a plugin reload reads the `plugins:` list again.
+    pub config_file: Option<PathBuf>,
 }
 
 /// Socket and HTTP/2 settings of every client and metrics listener.
@@ -395,10 +400,19 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
     )?;
     let mut loaded = finish(command, raw, warnings)?;
     loaded.config.plugins = plugin_specs;
+    loaded.config.config_file = file_path;
     loaded
         .warnings
         .extend(no_effect_warning(&loaded.sources, &no_flag));
     Ok(loaded)
+}
+
+/// The `plugins:` list of the config file at `path`, validated as at start-up (the whole
+/// file is read, so a file broken since start-up is refused, naming the problem).
+pub fn plugins_in_file(path: &std::path::Path) -> Result<Vec<PluginConfig>, ConfigError> {
+    let mut plugins = Vec::new();
+    layers::file(path, &mut Vec::new(), &mut plugins)?;
+    Ok(plugins)
 }
 
 /// The configuration for commands that read none: etcd's defaults.
@@ -498,6 +512,7 @@ mod tests {
                 plugins: Vec::new(),
                 backup_dir: None,
                 backup_interval: None,
+                config_file: None,
             }
         );
         assert!(keys::KEYS

@@ -131,12 +131,13 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             ),
         },
         name,
-        // Filled from the file's `plugins:` list by `load_from`.
+        // Filled from the file's `plugins:` list and path by `load_from`.
         plugins: Vec::new(),
         backup_dir: Some(raw.get("backup-dir").value.as_str())
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from),
         backup_interval: backup_interval(raw)?,
+        config_file: None,
     })
 }
 

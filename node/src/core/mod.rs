@@ -151,10 +151,10 @@ impl Core {
     /// authentication on, a token or password that none claims is invalid (as etcd answers
     /// a token it did not issue); a caller that presents neither is anonymous.
     async fn authenticate(&self, ctx: &RequestContext) -> Result<Principal, Error> {
-        if self.hooks.authenticators.is_empty() {
+        if !self.hooks.authenticators.iter().any(|a| a.enabled()) {
             return Ok(Principal::anonymous());
         }
-        for authenticator in &self.hooks.authenticators {
+        for authenticator in self.hooks.authenticators.iter().filter(|a| a.enabled()) {
             if let Some(principal) = authenticator.authenticate(ctx).await? {
                 return Ok(principal);
             }

@@ -12,22 +12,22 @@ use async_trait::async_trait;
 use super::runtime::{
     CallFailure, Decision, DeleteOp, Principal, PrincipalSource, PutOp, WriteOp, WriteRequest,
 };
-use super::{LoadedPlugin, PluginSet};
+use super::{LoadedPlugin, Plugins};
 use crate::config::{DenyCode, FailurePolicy, Hook};
 use crate::core::hooks::Admission;
 use crate::core::Error;
 use crate::core::{self as core_ctx, RequestContext};
 use crate::proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
-const HOOK: &str = "admission";
+const HOOK: &str = Hook::Admission.name();
 
-/// The core's [`Admission`] hook, served by the configured plugins.
+/// The core's [`Admission`] hook, served by the plugins loaded at the time of each write.
 pub struct PluginAdmission {
-    plugins: Arc<PluginSet>,
+    plugins: Arc<Plugins>,
 }
 
 impl PluginAdmission {
-    pub fn new(plugins: Arc<PluginSet>) -> PluginAdmission {
+    pub fn new(plugins: Arc<Plugins>) -> PluginAdmission {
         PluginAdmission { plugins }
     }
 }
@@ -35,8 +35,13 @@ impl PluginAdmission {
 #[async_trait]
 impl Admission for PluginAdmission {
     async fn admit(&self, ctx: &RequestContext, mut txn: TxnRequest) -> Result<TxnRequest, Error> {
+        let set = self.plugins.current();
+        let mut serving = set.serving(Hook::Admission).peekable();
+        if serving.peek().is_none() {
+            return Ok(txn);
+        }
         let principal = principal(ctx.principal());
-        for plugin in self.plugins.serving(Hook::Admission) {
+        for plugin in serving {
             admit_one(plugin, &principal, &mut txn).await?;
         }
         Ok(txn)
@@ -69,14 +74,12 @@ async fn admit_one(
         ops,
     };
     let started = Instant::now();
-    let outcome = plugin
-        .loaded
-        .check(&plugin.env, plugin.limits(), &request)
-        .await
-        .and_then(|d| check_rewrite(d, cfg.allow_rewrite, &request, &covered));
+    let (outcome, usage) = plugin.instances.check(plugin.limits(), &request).await;
+    let outcome = outcome.and_then(|d| check_rewrite(d, cfg.allow_rewrite, &request, &covered));
     plugin.record(
         HOOK,
         started,
+        usage,
         match &outcome {
             Ok(Verdict::Allow) => Ok("allow"),
             Ok(Verdict::Deny(_)) => Ok("deny"),

@@ -9,7 +9,8 @@
 //! plugin; any denial is etcd's `permission denied`. The plugin's reasons go to the log,
 //! not to the client, as etcd's own auth does. A failed call (trap, timeout, memory,
 //! nonsense) follows the plugin's failure policy: fail-closed refuses the request with a
-//! message naming the plugin; fail-open passes (authentication) or allows (authorization).
+//! message naming the plugin; fail-open makes the caller anonymous (authentication) or
+//! allows the request (authorization).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,35 +21,37 @@ use super::admission::principal as wit_principal;
 use super::runtime::{
     AuthRequest, CallFailure, Credentials, Decision, Identity, KeyAccess, Operation, UserPassword,
 };
-use super::{LoadedPlugin, PluginSet};
+use super::{LoadedPlugin, Plugins};
 use crate::config::{FailurePolicy, Hook};
 use crate::core::hooks::{Authenticator, Authorizer};
 use crate::core::{self, Error, Principal, PrincipalSource, RequestContext};
 
-/// The core's authentication and authorization hooks, served by the auth plugins.
+/// The core's authentication and authorization hooks, served by the auth plugins loaded
+/// at the time of each request (a reload may add or remove them).
 pub struct PluginAuth {
-    plugins: Arc<PluginSet>,
+    plugins: Arc<Plugins>,
 }
 
 impl PluginAuth {
-    pub fn new(plugins: Arc<PluginSet>) -> PluginAuth {
+    pub fn new(plugins: Arc<Plugins>) -> PluginAuth {
         PluginAuth { plugins }
     }
 }
 
 #[async_trait]
 impl Authenticator for PluginAuth {
+    fn enabled(&self) -> bool {
+        self.plugins.current().serves(Hook::Auth)
+    }
+
     async fn authenticate(&self, ctx: &RequestContext) -> Result<Option<Principal>, Error> {
         let Some(credentials) = credentials(&ctx.credentials) else {
             return Ok(None);
         };
-        for plugin in self.plugins.serving(Hook::Auth) {
-            if let Some(identity) = authenticate_one(plugin, &credentials).await? {
-                return Ok(Some(Principal {
-                    name: identity.name,
-                    source: PrincipalSource::Plugin(plugin.config.name.clone()),
-                    roles: identity.roles,
-                }));
+        let set = self.plugins.current();
+        for plugin in set.serving(Hook::Auth) {
+            if let Some(principal) = authenticate_one(plugin, &credentials).await? {
+                return Ok(Some(principal));
             }
         }
         Ok(None)
@@ -62,6 +65,10 @@ impl Authorizer for PluginAuth {
         principal: &Principal,
         op: &core::Operation<'_>,
     ) -> Result<(), Error> {
+        let set = self.plugins.current();
+        if !set.serves(Hook::Auth) {
+            return Ok(());
+        }
         let request = AuthRequest {
             principal: wit_principal(Some(principal)),
             operation: operation(op),
@@ -75,7 +82,7 @@ impl Authorizer for PluginAuth {
                 })
                 .collect(),
         };
-        for plugin in self.plugins.serving(Hook::Auth) {
+        for plugin in set.serving(Hook::Auth) {
             authorize_one(plugin, &request).await?;
         }
         Ok(())
@@ -86,17 +93,18 @@ impl Authorizer for PluginAuth {
 async fn authenticate_one(
     plugin: &LoadedPlugin,
     credentials: &Credentials,
-) -> Result<Option<Identity>, Error> {
+) -> Result<Option<Principal>, Error> {
     const HOOK: &str = "authenticate";
     let name = &plugin.config.name;
     let started = Instant::now();
-    let outcome = plugin
-        .loaded
-        .authenticate(&plugin.env, plugin.limits(), credentials)
+    let (outcome, usage) = plugin
+        .instances
+        .authenticate(plugin.limits(), credentials)
         .await;
     plugin.record(
         HOOK,
         started,
+        usage,
         match &outcome {
             Ok(Ok(Some(_))) => Ok("allow"),
             Ok(Ok(None)) => Ok("pass"),
@@ -105,15 +113,20 @@ async fn authenticate_one(
         },
     );
     match outcome {
-        Ok(Ok(identity)) => Ok(identity),
+        Ok(Ok(identity)) => Ok(identity.map(|Identity { name, roles }| Principal {
+            name,
+            source: PrincipalSource::Plugin(plugin.config.name.clone()),
+            roles,
+        })),
         Ok(Err(reason)) => {
             tracing::info!(plugin = %name, %reason, "credentials refused");
             Err(Error::InvalidAuthToken)
         }
         Err(failure) => match plugin.config.failure_policy {
+            // The caller goes on as anonymous: it is not refused, and gains nothing.
             FailurePolicy::FailOpen => {
-                tracing::warn!(plugin = %name, error = %failure, "auth plugin failed; credentials left to the next authenticator (fail-open)");
-                Ok(None)
+                tracing::warn!(plugin = %name, error = %failure, "auth plugin failed; caller treated as anonymous (fail-open)");
+                Ok(Some(Principal::anonymous()))
             }
             FailurePolicy::FailClosed => Err(Error::AuthUnavailable(closed(name, &failure))),
         },
@@ -125,19 +138,17 @@ async fn authorize_one(plugin: &LoadedPlugin, request: &AuthRequest) -> Result<(
     const HOOK: &str = "authorize";
     let name = &plugin.config.name;
     let started = Instant::now();
-    let outcome = plugin
-        .loaded
-        .authorize(&plugin.env, plugin.limits(), request)
-        .await
-        .and_then(|decision| match decision {
-            Decision::Rewrite(_) => Err(CallFailure::BadAnswer(
-                "authorization cannot rewrite values".into(),
-            )),
-            other => Ok(other),
-        });
+    let (outcome, usage) = plugin.instances.authorize(plugin.limits(), request).await;
+    let outcome = outcome.and_then(|decision| match decision {
+        Decision::Rewrite(_) => Err(CallFailure::BadAnswer(
+            "authorization cannot rewrite values".into(),
+        )),
+        other => Ok(other),
+    });
     plugin.record(
         HOOK,
         started,
+        usage,
         match &outcome {
             Ok(Decision::Deny(_)) => Ok("deny"),
             Ok(_) => Ok("allow"),

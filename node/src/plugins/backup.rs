@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::runtime::{BackupStream, CallFailure, Direction};
+use super::runtime::{BackupStream, CallFailure, Direction, Usage};
 use super::{LoadedPlugin, PluginSet};
 use crate::config::Hook;
 
-const HOOK: &str = "backup";
+const HOOK: &str = Hook::Backup.name();
 
 /// Why a backup stream stopped, naming the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -29,78 +29,70 @@ pub enum ChainError {
 }
 
 /// One stream through every backup plugin. With no backup plugin it passes bytes through.
+/// It holds the plugins it began with, so a reload meanwhile does not change the stream.
 pub struct BackupChain {
-    plugins: Option<Arc<PluginSet>>,
-    /// Index into the set's plugins, and that plugin's side of the stream, in stream order.
-    stages: Vec<(usize, BackupStream)>,
+    /// Each plugin and its side of the stream, in stream order.
+    stages: Vec<(Arc<LoadedPlugin>, BackupStream)>,
 }
 
 impl BackupChain {
-    /// Starts a stream named `name`; returns it and the output's name, as the plugins
-    /// renamed it (each sees the name the previous one chose).
+    /// Starts a stream named `name` through the backup plugins of `set`; returns it and
+    /// the output's name, as the plugins renamed it (each sees the previous one's name).
     pub async fn begin(
-        plugins: Option<Arc<PluginSet>>,
+        set: Option<Arc<PluginSet>>,
         direction: Direction,
         name: &str,
     ) -> Result<(BackupChain, String), ChainError> {
-        let mut chain = BackupChain {
-            plugins: plugins.clone(),
-            stages: Vec::new(),
-        };
+        let mut chain = BackupChain { stages: Vec::new() };
         let mut name = name.to_string();
-        let Some(set) = plugins else {
+        let Some(set) = set else {
             return Ok((chain, name));
         };
-        let mut order: Vec<usize> = (0..set.plugins.len())
-            .filter(|&i| set.plugins[i].config.hooks.contains(&Hook::Backup))
+        let mut order: Vec<Arc<LoadedPlugin>> = set
+            .plugins
+            .iter()
+            .filter(|p| p.config.hooks.contains(&Hook::Backup))
+            .cloned()
             .collect();
         if direction == Direction::Open {
             order.reverse();
         }
-        for index in order {
-            let plugin = &set.plugins[index];
+        for plugin in order {
             let started = Instant::now();
-            let mut stream = plugin
-                .loaded
-                .backup_stream(&plugin.env, plugin.limits())
-                .await
-                .map_err(|failure| failed(plugin, started, failure))?;
-            name = answer(plugin, started, stream.begin(direction, &name).await)?;
-            chain.stages.push((index, stream));
+            let mut stream = match plugin.instances.backup_stream(plugin.limits()).await {
+                Ok(stream) => stream,
+                Err(failure) => return Err(failed(&plugin, started, Usage::default(), failure)),
+            };
+            let outcome = stream.begin(direction, &name).await;
+            name = answer(&plugin, started, stream.usage(), outcome)?;
+            chain.stages.push((plugin, stream));
         }
         Ok((chain, name))
     }
 
     /// Passes one chunk through every stage.
     pub async fn push(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>, ChainError> {
-        let Some(set) = self.plugins.clone() else {
-            return Ok(chunk);
-        };
         let mut bytes = chunk;
-        for (index, stream) in &mut self.stages {
-            let plugin = &set.plugins[*index];
+        for (plugin, stream) in &mut self.stages {
             let started = Instant::now();
-            bytes = answer(plugin, started, stream.transform(&bytes).await)?;
+            let outcome = stream.transform(&bytes).await;
+            bytes = answer(plugin, started, stream.usage(), outcome)?;
         }
         Ok(bytes)
     }
 
-    /// Ends the stream: each stage's remaining bytes go through the stages after it.
+    /// Ends the stream: what each stage flushes goes through the stages after it.
     pub async fn finish(mut self) -> Result<Vec<u8>, ChainError> {
-        let Some(set) = self.plugins.clone() else {
-            return Ok(Vec::new());
-        };
         let mut out = Vec::new();
-        for i in 0..self.stages.len() {
-            // What the earlier stages flushed goes through this one, then it flushes too.
-            let (index, stream) = &mut self.stages[i];
-            let plugin = &set.plugins[*index];
-            let mut started = Instant::now();
+        for (plugin, stream) in &mut self.stages {
             if !out.is_empty() {
-                out = answer(plugin, started, stream.transform(&out).await)?;
-                started = Instant::now();
+                let started = Instant::now();
+                let outcome = stream.transform(&out).await;
+                out = answer(plugin, started, stream.usage(), outcome)?;
             }
-            out.extend(answer(plugin, started, stream.finish().await)?);
+            let started = Instant::now();
+            let outcome = stream.finish().await;
+            out.extend(answer(plugin, started, stream.usage(), outcome)?);
         }
         Ok(out)
     }
@@ -110,26 +102,32 @@ impl BackupChain {
 fn answer<T>(
     plugin: &LoadedPlugin,
     started: Instant,
+    usage: Usage,
     outcome: Result<Result<T, String>, CallFailure>,
 ) -> Result<T, ChainError> {
     match outcome {
         Ok(Ok(value)) => {
-            plugin.record(HOOK, started, Ok("ok"));
+            plugin.record(HOOK, started, usage, Ok("ok"));
             Ok(value)
         }
         Ok(Err(reason)) => {
-            plugin.record(HOOK, started, Ok("refused"));
+            plugin.record(HOOK, started, usage, Ok("refused"));
             Err(ChainError::Refused {
                 plugin: plugin.config.name.clone(),
                 reason,
             })
         }
-        Err(failure) => Err(failed(plugin, started, failure)),
+        Err(failure) => Err(failed(plugin, started, usage, failure)),
     }
 }
 
-fn failed(plugin: &LoadedPlugin, started: Instant, failure: CallFailure) -> ChainError {
-    plugin.record(HOOK, started, Err(&failure));
+fn failed(
+    plugin: &LoadedPlugin,
+    started: Instant,
+    usage: Usage,
+    failure: CallFailure,
+) -> ChainError {
+    plugin.record(HOOK, started, usage, Err(&failure));
     ChainError::Failed {
         plugin: plugin.config.name.clone(),
         failure,
