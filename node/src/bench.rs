@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
+mod plugin;
 mod scan;
 mod watch;
 
@@ -41,7 +42,7 @@ pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
 /// `anyhow` with the endpoint named.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("the watch and scan modes have their own runners")]
+    #[error("the watch, scan and plugin modes have their own runners")]
     NotKv,
     #[error("invalid duration {0:?}: expected a number with unit ms, s or m, e.g. 10s")]
     Duration(String),
@@ -80,6 +81,9 @@ pub enum Mode {
     /// (see `bench/scan.rs`; uses --endpoints, --key-space, --key-size, --val-size,
     /// --duration and --request-timeout).
     Scan(scan::ScanArgs),
+    /// The per-call overhead of an admission plugin, in process (see `bench/plugin.rs`;
+    /// uses --val-size).
+    Plugin(plugin::PluginArgs),
 }
 
 /// Options of `range`.
@@ -190,7 +194,7 @@ impl BenchArgs {
         let (op, preload) = match self.mode {
             Mode::Put => (Op::Put, false),
             Mode::Range(r) => (Op::Range(r.consistency), r.preload),
-            Mode::Watch(_) | Mode::Scan(_) => return Err(BenchError::NotKv),
+            Mode::Watch(_) | Mode::Scan(_) | Mode::Plugin(_) => return Err(BenchError::NotKv),
         };
         let bad = |flag, value: String, reason| BenchError::Flag {
             flag,
@@ -358,6 +362,9 @@ pub async fn run(args: Vec<OsString>) -> anyhow::Result<()> {
             request_timeout: load.request_timeout,
         };
         return scan::run(s, scan_load).await;
+    }
+    if let Mode::Plugin(p) = &args.mode {
+        return plugin::run(p, args.load.val_size).await;
     }
     let plan = args.validate()?;
     let summary = execute(&plan).await?;

@@ -31,7 +31,11 @@ fn main() -> ExitCode {
         }
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(cairn::bench::run(args))),
         Command::Snapshot(args) => cairn::snapshot_cmd::run(args),
-        Command::Plugin(args) => cairn::plugins::check::run(args).map_err(anyhow::Error::from),
+        Command::Plugin(args) => runtime().and_then(|rt| {
+            rt.block_on(cairn::plugins::cli::run(args))
+                .map_err(anyhow::Error::from)
+        }),
+        Command::Backup(args) => cairn::backup::cli(args),
         Command::Serve => {
             cairn::logging::init(&loaded.config.log_level, &loaded.config.log_outputs)
                 .map_err(anyhow::Error::from)

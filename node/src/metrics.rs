@@ -66,9 +66,16 @@ pub struct Metrics {
     // Plugins (issue 12): calls by result, latency, failures by kind, loaded versions.
     pub plugin_calls: IntCounterVec,
     pub plugin_call_seconds: HistogramVec,
+    pub plugin_call_fuel: HistogramVec,
     pub plugin_traps: IntCounterVec,
     pub plugin_timeouts: IntCounterVec,
     pub plugin_loaded: IntGaugeVec,
+    pub plugin_load_failures: IntCounterVec,
+    // Backups (issue 12): the last success, how long and how big, failures.
+    pub backup_last_success: IntGauge,
+    pub backup_duration: Histogram,
+    pub backup_bytes: IntGauge,
+    pub backup_failures: IntCounter,
 }
 
 impl Metrics {
@@ -141,10 +148,16 @@ impl Metrics {
             snap_save_duration: reg.histogram("etcd_debugging_snap_save_total_duration_seconds", "The total latency distributions of save called by snapshot.", disk_buckets())?,
             plugin_calls: reg.counter_vec("cairn_plugin_calls_total", "Plugin calls by plugin, hook and result (allow, deny, rewrite, failure).", &["plugin", "hook", "result"])?,
             // An admission check should take microseconds: buckets from 1 us to ~16 ms.
-            plugin_call_seconds: reg.histogram_vec("cairn_plugin_call_duration_seconds", "The latency of plugin calls, instantiation included.", &["plugin", "hook"], prometheus::exponential_buckets(0.000_001, 2.0, 15).unwrap_or_default())?,
+            plugin_call_seconds: reg.histogram_vec("cairn_plugin_call_duration_seconds", "The latency of plugin calls, instantiation (when no instance is idle) included.", &["plugin", "hook"], prometheus::exponential_buckets(0.000_001, 2.0, 15).unwrap_or_default())?,
+            plugin_call_fuel: reg.histogram_vec("cairn_plugin_call_fuel", "Fuel (wasm instructions) used by plugin calls.", &["plugin", "hook"], prometheus::exponential_buckets(100.0, 4.0, 12).unwrap_or_default())?,
             plugin_traps: reg.counter_vec("cairn_plugin_traps_total", "Plugin calls that trapped, ran out of memory or could not be instantiated.", &["plugin", "hook"])?,
-            plugin_timeouts: reg.counter_vec("cairn_plugin_timeouts_total", "Plugin calls stopped at their deadline.", &["plugin", "hook"])?,
+            plugin_timeouts: reg.counter_vec("cairn_plugin_timeouts_total", "Plugin calls stopped for running out of fuel or passing their deadline.", &["plugin", "hook"])?,
+            plugin_load_failures: reg.counter_vec("cairn_plugin_load_failures_total", "Plugin versions a reload could not load or self-check (the old version kept serving).", &["plugin"])?,
             plugin_loaded: reg.gauge_vec("cairn_plugin_loaded", "1 for each loaded plugin, labelled with its file's SHA-256 prefix as version.", &["plugin", "version"])?,
+            backup_last_success: reg.gauge("cairn_backup_last_success_timestamp_seconds", "Unix time the last successful backup was written (0: none yet).")?,
+            backup_duration: reg.histogram("cairn_backup_duration_seconds", "How long backups took, snapshot to renamed file, failed ones included.", prometheus::exponential_buckets(0.01, 2.0, 16).unwrap_or_default())?,
+            backup_bytes: reg.gauge("cairn_backup_bytes", "Size of the last successful backup file, after the backup plugins.")?,
+            backup_failures: reg.counter("cairn_backup_failures_total", "Backups that failed (snapshot, plugin or file system).")?,
             registry,
         })
     }

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use url::Url;
 
 use crate::api;
+use crate::backup::Backups;
 use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
 use crate::identity::Identity;
@@ -107,12 +108,34 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         crate::metrics::get().omit_extensive();
     }
 
-    // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up.
+    // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up. With a
+    // config file the hook is installed even when the list is empty, so a reload can add
+    // plugins; without one there is nothing to reload and no hook.
     let mut hooks = Hooks::default();
-    if let Some(plugins) =
-        crate::plugins::load(&cfg.plugins, crate::plugins::mvcc_range(mvcc.clone()))?
-    {
-        hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(plugins)));
+    let plugins = match &cfg.config_file {
+        Some(_) => Some(
+            crate::plugins::Plugins::start(
+                cfg.config_file.clone(),
+                &cfg.plugins,
+                crate::plugins::mvcc_range(mvcc.clone()),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    if let Some(plugins) = &plugins {
+        hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(
+            plugins.clone(),
+        )));
+        // Installed whatever the list holds now: a reload may add auth plugins. Without
+        // one serving, they call nothing and leave authentication off.
+        hooks
+            .authenticators
+            .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
+        hooks
+            .authorizers
+            .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
+        tokio::spawn(reload_on_sighup(plugins.clone()));
     }
     let core = Core::new(Parts {
         raft: raft.clone(),
@@ -133,8 +156,21 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     crate::compactor::spawn(core.clone(), &cfg.auto_compaction);
     core::spawn_lease_expiry(core.clone());
 
+    let backups = cfg.backup_dir.clone().map(|dir| {
+        Arc::new(Backups::new(
+            core.clone(),
+            plugins.clone(),
+            dir,
+            cfg.name.clone(),
+        ))
+    });
+    if let (Some(backups), Some(interval)) = (&backups, cfg.backup_interval) {
+        crate::backup::spawn_periodic(backups.clone(), interval);
+    }
+
     let mut servers = tokio::task::JoinSet::new();
-    let mut client_router = api::router(core.clone());
+    let mut client_router =
+        api::router(core.clone(), plugins).merge(api::http::backup_router(backups.clone()));
     if cfg.enable_pprof {
         client_router = client_router.merge(crate::pprof::router());
     }
@@ -157,7 +193,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url, options).await?;
-        servers.spawn(serve(listener, api::metrics_router(core.clone()), options));
+        let router =
+            api::metrics_router(core.clone()).merge(api::http::backup_router(backups.clone()));
+        servers.spawn(serve(listener, router, options));
     }
     tracing::info!(
         name = %cfg.name,
@@ -345,6 +383,23 @@ async fn serve(
     api::listen::serve(listener, router, options)
         .await
         .map_err(|e| ServerError::Serve(addr, e))
+}
+
+/// SIGHUP reloads the plugins, as `cairn plugin reload` does; the outcome goes to the log.
+async fn reload_on_sighup(plugins: Arc<crate::plugins::Plugins>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; plugin reload only through the API");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("received SIGHUP, reloading plugins");
+        if let Err(e) = plugins.reload().await {
+            tracing::warn!(error = %e, "plugin reload failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -28,7 +28,9 @@ pub mod bindings {
 pub use bindings::cairn::plugin::types::{
     Decision, DeleteOp, KeyValue, Principal, PrincipalSource, PutOp, Rewrite, WriteOp, WriteRequest,
 };
-pub use bindings::exports::cairn::plugin::auth::Credentials;
+pub use bindings::exports::cairn::plugin::auth::{
+    AuthRequest, Credentials, Identity, KeyAccess, Operation, UserPassword,
+};
 pub use bindings::exports::cairn::plugin::backup::Direction;
 
 /// A cairn plugin. Every hook has a default that refuses or allows nothing surprising; the
@@ -40,18 +42,16 @@ pub trait Plugin {
         Decision::Allow
     }
 
-    /// Authentication: credentials to a user name, or a reason to refuse them.
-    fn authenticate(_credentials: Credentials) -> Result<String, String> {
-        Err("this plugin does not authenticate".into())
+    /// Authentication: credentials to an identity (a name and roles). `Ok(None)` leaves
+    /// them to the next authenticator; `Err` refuses them (the client sees `etcdserver:
+    /// invalid auth token`, the reason goes to the node's log). The default claims nothing.
+    fn authenticate(_credentials: Credentials) -> Result<Option<Identity>, String> {
+        Ok(None)
     }
 
-    /// Authorization of a read or write of `[key, range_end)`. The default allows.
-    fn authorize(
-        _principal: Principal,
-        _write: bool,
-        _key: Vec<u8>,
-        _range_end: Vec<u8>,
-    ) -> Decision {
+    /// Authorization of one request: its operation and every key range it touches. A
+    /// denial reaches the client as `etcdserver: permission denied`. The default allows.
+    fn authorize(_request: AuthRequest) -> Decision {
         Decision::Allow
     }
 
@@ -92,6 +92,7 @@ impl WriteRequest {
                 } else {
                     PrincipalSource::User
                 },
+                roles: Vec::new(),
             },
             ops: Vec::new(),
         }
@@ -121,6 +122,108 @@ impl WriteRequest {
         }));
         self
     }
+}
+
+impl Principal {
+    /// A principal an auth plugin named `plugin` established (for tests).
+    pub fn from_plugin(plugin: &str, name: &str, roles: &[&str]) -> Principal {
+        Principal {
+            name: name.to_string(),
+            source: PrincipalSource::Plugin(plugin.to_string()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// The anonymous principal: no credentials were presented, or none was claimed.
+    pub fn anonymous() -> Principal {
+        Principal {
+            name: String::new(),
+            source: PrincipalSource::Anonymous,
+            roles: Vec::new(),
+        }
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+impl Credentials {
+    /// Only a bearer token (gRPC metadata `token`).
+    pub fn token(token: impl Into<String>) -> Credentials {
+        Credentials {
+            token: Some(token.into()),
+            user_password: None,
+            client_cert_subject: None,
+        }
+    }
+}
+
+impl AuthRequest {
+    /// A request by `principal` doing `operation`, touching no keys yet (for tests).
+    pub fn new(principal: Principal, operation: Operation) -> AuthRequest {
+        AuthRequest {
+            principal,
+            operation,
+            keys: Vec::new(),
+        }
+    }
+
+    /// Adds a read of `[key, range_end)` (for tests).
+    pub fn read(self, key: impl AsRef<[u8]>, range_end: impl AsRef<[u8]>) -> AuthRequest {
+        self.access(false, key, range_end)
+    }
+
+    /// Adds a write of `[key, range_end)` (for tests).
+    pub fn write(self, key: impl AsRef<[u8]>, range_end: impl AsRef<[u8]>) -> AuthRequest {
+        self.access(true, key, range_end)
+    }
+
+    fn access(
+        mut self,
+        write: bool,
+        key: impl AsRef<[u8]>,
+        range_end: impl AsRef<[u8]>,
+    ) -> AuthRequest {
+        self.keys.push(KeyAccess {
+            write,
+            key: key.as_ref().to_vec(),
+            range_end: range_end.as_ref().to_vec(),
+        });
+        self
+    }
+}
+
+impl KeyAccess {
+    /// Whether the whole range lies under `prefix` (an etcd range end of `"\0"` reaches
+    /// the end of the keyspace, so it lies under no prefix but the empty one).
+    pub fn within(&self, prefix: &[u8]) -> bool {
+        if !self.key.starts_with(prefix) {
+            return false;
+        }
+        if self.range_end.is_empty() || prefix.is_empty() {
+            return true;
+        }
+        match prefix_end(prefix) {
+            // An all-0xff prefix reaches the end of the keyspace itself.
+            end if end == [0] => true,
+            end => self.range_end != [0] && self.range_end <= end,
+        }
+    }
+}
+
+/// The etcd range end that covers every key starting with `prefix` (what `etcdctl get
+/// --prefix` sends): the prefix with its last byte below 0xff incremented and the rest cut.
+/// `"\0"` (the whole keyspace) for an empty or all-0xff prefix.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 impl Decision {
@@ -160,16 +263,13 @@ macro_rules! export_plugin {
                 }
             }
             impl __cairn::auth::Guest for __CairnExport {
-                fn authenticate(credentials: $crate::Credentials) -> Result<String, String> {
+                fn authenticate(
+                    credentials: $crate::Credentials,
+                ) -> Result<Option<$crate::Identity>, String> {
                     <$plugin as $crate::Plugin>::authenticate(credentials)
                 }
-                fn authorize(
-                    principal: $crate::Principal,
-                    write: bool,
-                    key: Vec<u8>,
-                    range_end: Vec<u8>,
-                ) -> $crate::Decision {
-                    <$plugin as $crate::Plugin>::authorize(principal, write, key, range_end)
+                fn authorize(request: $crate::AuthRequest) -> $crate::Decision {
+                    <$plugin as $crate::Plugin>::authorize(request)
                 }
             }
             impl __cairn::backup::Guest for __CairnExport {
@@ -189,4 +289,33 @@ macro_rules! export_plugin {
     $crate::bindings::__export_plugin_world!(__CairnExport with_types_in $crate::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_matches_etcdctl() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
+
+    #[test]
+    fn key_access_within_a_prefix() {
+        let access = |key: &[u8], end: &[u8]| KeyAccess {
+            write: false,
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+        };
+        assert!(access(b"/a/x", b"").within(b"/a/"));
+        assert!(access(b"/a/", b"/a0").within(b"/a/"));
+        assert!(!access(b"/a/", b"/b").within(b"/a/"));
+        assert!(!access(b"/a/", b"\0").within(b"/a/"));
+        assert!(!access(b"/b", b"").within(b"/a/"));
+        assert!(access(b"\xff", b"\0").within(b"\xff"));
+        assert!(access(b"anything", b"\0").within(b""));
+    }
 }

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::host::Level;
-use crate::KeyValue;
+use crate::{Direction, KeyValue, Plugin};
 
 #[derive(Default)]
 struct State {
@@ -84,6 +84,25 @@ impl Drop for Harness {
     fn drop(&mut self) {
         STATE.with(|s| *s.borrow_mut() = State::default());
     }
+}
+
+/// Runs one backup stream through plugin `P` as the node does: `begin`, then `transform`
+/// on `input` cut into `chunk`-byte pieces, then `finish`. Returns the output's name and
+/// bytes. A native test runs every stream on the same thread, so `begin` must reset any
+/// stream state the plugin keeps (in a component, each stream gets a fresh instance).
+pub fn backup_stream<P: Plugin>(
+    direction: Direction,
+    name: &str,
+    input: &[u8],
+    chunk: usize,
+) -> Result<(String, Vec<u8>), String> {
+    let name = P::backup_begin(direction, name.to_string())?;
+    let mut out = Vec::new();
+    for piece in input.chunks(chunk.max(1)) {
+        out.extend(P::backup_transform(piece.to_vec())?);
+    }
+    out.extend(P::backup_finish()?);
+    Ok((name, out))
 }
 
 #[doc(hidden)]

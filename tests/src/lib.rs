@@ -21,7 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use etcd_client::{Client, ConnectOptions};
 
 pub mod cluster;
@@ -604,8 +604,22 @@ impl Server {
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(2));
         let mut client = Client::connect([self.client_url()], Some(opts)).await?;
-        client.get("cairn-it-ready-probe", None).await?;
-        Ok(())
+        match client.get("cairn-it-ready-probe", None).await {
+            Ok(_) => Ok(()),
+            // An auth plugin refusing the anonymous probe shows the server answers but not
+            // that it has a leader and an applied store; `/health` says whether it has.
+            Err(etcd_client::Error::GRpcStatus(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                let (status, body) = self.http_get("/health").await?;
+                ensure!(status == 200, "/health answers {status}: {body}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A fresh etcd-client connection (5 s connect timeout, 10 s per request).

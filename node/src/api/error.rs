@@ -31,7 +31,7 @@ pub fn code(e: &Error) -> Code {
         NoLeader | Timeout | Stopped | Unhealthy => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,
-        InvalidAuthToken => Code::Unauthenticated,
+        InvalidAuthToken | AuthUnavailable(_) => Code::Unauthenticated,
         NotSupported(_) => Code::Unimplemented,
         Concurrency(_) => Code::Unknown,
         Internal => Code::Internal,

@@ -1,12 +1,21 @@
 //! Plain HTTP endpoints served beside gRPC on the client port (and on
-//! `--listen-metrics-urls`): `/health`, `/livez`, `/readyz`, `/version`, `/metrics`.
+//! `--listen-metrics-urls`): `/health`, `/livez`, `/readyz`, `/version`, `/metrics`; on the
+//! client port of a node started with a config file, cairn's plugin endpoints
+//! `GET /cairn/v1/plugins` and `POST /cairn/v1/plugins/reload`; `POST /cairn/v1/backup` (on the metrics port too).
 
 use std::sync::Arc;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+    Json, Router,
+};
 use serde_json::json;
 
 use crate::core::{Core, Health, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
+use crate::plugins::{PluginError, Plugins};
 
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
@@ -16,6 +25,32 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .with_state(core)
+}
+
+/// `POST /cairn/v1/backup`: writes a backup into `--backup-dir` and answers what was
+/// written (200), why it failed (500), or that backups are off (409).
+pub fn backup_router(backups: Option<Arc<crate::backup::Backups>>) -> Router {
+    Router::new()
+        .route("/cairn/v1/backup", post(backup))
+        .with_state(backups)
+}
+
+async fn backup(
+    State(backups): State<Option<Arc<crate::backup::Backups>>>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let Some(backups) = backups else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "backups are not configured: start cairn with --backup-dir"})),
+        );
+    };
+    match backups.take().await {
+        Ok(written) => (StatusCode::OK, Json(json!(written))),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        ),
+    }
 }
 
 /// etcd's `/health`, as [`Core::health`] judges it.
@@ -53,4 +88,32 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     m.db_total_size.set(size);
     m.db_total_size_in_use.set(size);
     m.render()
+}
+
+/// cairn's plugin endpoints (`cairn plugin list`, `cairn plugin reload`).
+pub fn plugin_router(plugins: Arc<Plugins>) -> Router {
+    Router::new()
+        .route("/cairn/v1/plugins", get(plugin_list))
+        .route("/cairn/v1/plugins/reload", post(plugin_reload))
+        .with_state(plugins)
+}
+
+async fn plugin_list(State(plugins): State<Arc<Plugins>>) -> impl IntoResponse {
+    Json(json!({ "plugins": plugins.current().describe() }))
+}
+
+/// 200 with the report when the list was read (plugins that failed are in `failed`), an
+/// error status and message when nothing could be reloaded.
+async fn plugin_reload(State(plugins): State<Arc<Plugins>>) -> axum::response::Response {
+    match plugins.reload().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => {
+            let status = match e {
+                PluginError::NoConfigFile => StatusCode::CONFLICT,
+                PluginError::Config(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, Json(json!({ "error": e.to_string() }))).into_response()
+        }
+    }
 }

@@ -11,7 +11,7 @@ pub mod codec;
 mod election;
 pub mod error;
 mod grpc_layer;
-mod http;
+pub mod http;
 mod kv;
 mod lease;
 pub mod listen;
@@ -38,8 +38,9 @@ use crate::proto::v3lockpb::lock_server::LockServer;
 /// of `--max-request-bytes` before the transport refuses a message.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// The router serving gRPC and HTTP on one port, as etcd does.
-pub fn router(core: Arc<Core>) -> axum::Router {
+/// The router serving gRPC and HTTP on one port, as etcd does; with `plugins`, also the
+/// plugin endpoints (`/cairn/v1/plugins`).
+pub fn router(core: Arc<Core>, plugins: Option<Arc<crate::plugins::Plugins>>) -> axum::Router {
     // grpc-go's receive limit is server-wide: every service gets it.
     let max_msg = core.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     codec::set_max_txn_ops(core.limits().max_txn_ops);
@@ -68,7 +69,11 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
     )
     .into_axum_router();
-    grpc.merge(http::router(core))
+    let mut http = http::router(core);
+    if let Some(plugins) = plugins {
+        http = http.merge(http::plugin_router(plugins));
+    }
+    grpc.merge(http)
         .layer(axum::middleware::from_fn(grpc_layer::layer))
 }
 
@@ -85,12 +90,28 @@ fn context<T>(req: &tonic::Request<T>) -> RequestContext {
         .get("token")
         .and_then(|t| t.to_str().ok())
         .map(str::to_string);
+    ctx.credentials.user_password = meta
+        .get("authorization")
+        .and_then(|a| a.to_str().ok())
+        .and_then(basic_auth);
     ctx.deadline = meta
         .get("grpc-timeout")
         .and_then(|t| t.to_str().ok())
         .and_then(grpc_timeout)
         .map(|timeout| Instant::now() + timeout);
     ctx
+}
+
+/// `Basic base64(user:password)` (RFC 7617), for auth plugins that take passwords.
+fn basic_auth(value: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// Parses gRPC's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).

@@ -26,6 +26,8 @@ pub(crate) enum Invocation {
     Snapshot(Vec<OsString>),
     /// `cairn plugin ...`: everything after `plugin`, for `plugins::check` to parse.
     Plugin(Vec<OsString>),
+    /// `cairn backup ...`: everything after `backup`, for `backup::cli` to parse.
+    Backup(Vec<OsString>),
     /// `cairn version`.
     Version,
 }
@@ -39,6 +41,7 @@ pub(crate) fn split(args: Vec<OsString>) -> Result<Invocation, ConfigError> {
         Some("bench") => Invocation::Bench(rest()),
         Some("snapshot") => Invocation::Snapshot(rest()),
         Some("plugin") => Invocation::Plugin(rest()),
+        Some("backup") => Invocation::Backup(rest()),
         Some("version") => Invocation::Version,
         Some("help") => Invocation::Serve(vec!["--help".into()]),
         Some("config") => match args.get(1).and_then(|a| a.to_str()) {
@@ -90,7 +93,8 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Flags, ConfigError> {
 const USAGE: &str = "cairn [flags]\n       \
                      cairn config show [flags]\n       \
                      cairn bench [bench flags]\n       \
-                     cairn snapshot restore <file> --data-dir <dir>\n       \
+                     cairn snapshot restore <file> --data-dir <dir> [--unseal <plugin.wasm> --unseal-config <file>]\n       \
+                     cairn backup [--endpoint <url>]\n       \
                      cairn version";
 
 const AFTER_HELP: &str = "Every flag can also be set in the YAML file given by --config-file \

@@ -126,6 +126,8 @@ pub(crate) static KEYS: &[Key] = &[
     key("listen-peer-urls", "http://localhost:2380", List, MEMBER, Honoured, "List of URLs to listen on for peer traffic."),
     key("listen-client-urls", "http://localhost:2379", List, MEMBER, Honoured, "List of URLs to listen on for client traffic."),
     key("listen-client-http-urls", "", List, MEMBER, Honoured, "List of URLs to listen on for HTTP client traffic (cairn serves gRPC there too, and keeps HTTP on --listen-client-urls)."),
+    key("backup-dir", "", Text, MEMBER, Honoured, "cairn only: directory that backups (POST /cairn/v1/backup, `cairn backup`, --backup-interval) are written to, through the backup plugins; empty disables backups."),
+    key("backup-interval", "0s", Duration, MEMBER, Honoured, "cairn only: take a backup into --backup-dir this often (0 disables periodic backups)."),
     key("max-snapshots", "5", Uint, MEMBER, Ignored("cairn keeps its raft snapshot in the LSM, not in snapshot files"), "Maximum number of snapshot files to retain (0 is unlimited)."),
     key("max-wals", "5", Uint, MEMBER, Ignored("cairn's raft log is purged after each snapshot; there are no WAL files"), "Maximum number of wal files to retain (0 is unlimited)."),
     key("quota-backend-bytes", "0", Uint, MEMBER, Honoured, "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)."),

@@ -41,7 +41,10 @@ use std::time::Duration;
 
 use keys::{Effect, CONFIG_FILE};
 use layers::{Entry, Raw};
-pub use plugins::{DenyCode, FailurePolicy, Hook, PluginConfig};
+pub use plugins::{
+    DenyCode, FailurePolicy, Hook, PluginConfig, DEFAULT_DEADLINE as DEFAULT_PLUGIN_DEADLINE,
+    DEFAULT_FUEL as DEFAULT_PLUGIN_FUEL, DEFAULT_MEMORY_BYTES as DEFAULT_PLUGIN_MEMORY_BYTES,
+};
 
 /// The typed, validated configuration the server runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +98,12 @@ pub struct Config {
     pub unsafe_storage_fault: Option<crate::storage::FaultPlan>,
     /// WebAssembly plugins from the config file's `plugins:` list, in call order.
     pub plugins: Vec<PluginConfig>,
+    /// `--backup-dir`: where backups are written; `None` disables them.
+    pub backup_dir: Option<PathBuf>,
+    /// `--backup-interval`: periodic backups; `None` when 0.
+    pub backup_interval: Option<Duration>,
+    /// `--config-file`, where a plugin reload reads the `plugins:` list again.
+    pub config_file: Option<PathBuf>,
 }
 
 /// Socket and HTTP/2 settings of every client and metrics listener.
@@ -161,6 +170,8 @@ pub enum Command {
     Snapshot(Vec<OsString>),
     /// `cairn plugin check FILE...`: the arguments after `plugin`, for `plugins::check`.
     Plugin(Vec<OsString>),
+    /// `cairn backup [--endpoint URL]`: the arguments after `backup`, for `backup::cli`.
+    Backup(Vec<OsString>),
     /// `cairn version` or `cairn --version`: print [`version`].
     Version,
 }
@@ -371,6 +382,7 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
         cli::Invocation::Bench(rest) => return defaults_only(Command::Bench(rest)),
         cli::Invocation::Snapshot(rest) => return defaults_only(Command::Snapshot(rest)),
         cli::Invocation::Plugin(rest) => return defaults_only(Command::Plugin(rest)),
+        cli::Invocation::Backup(rest) => return defaults_only(Command::Backup(rest)),
         cli::Invocation::Version => return defaults_only(Command::Version),
         cli::Invocation::Serve(flags) => (Command::Serve, flags),
         cli::Invocation::ConfigShow(flags) => (Command::ConfigShow, flags),
@@ -399,10 +411,19 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
     )?;
     let mut loaded = finish(command, raw, warnings)?;
     loaded.config.plugins = plugin_specs;
+    loaded.config.config_file = file_path;
     loaded
         .warnings
         .extend(no_effect_warning(&loaded.sources, &no_flag));
     Ok(loaded)
+}
+
+/// The `plugins:` list of the config file at `path`, validated as at start-up (the whole
+/// file is read, so a file broken since start-up is refused, naming the problem).
+pub fn plugins_in_file(path: &std::path::Path) -> Result<Vec<PluginConfig>, ConfigError> {
+    let mut plugins = Vec::new();
+    layers::file(path, &mut Vec::new(), &mut plugins)?;
+    Ok(plugins)
 }
 
 /// The configuration for commands that read none: etcd's defaults.
@@ -527,6 +548,9 @@ mod tests {
                 unsafe_no_fsync: false,
                 unsafe_storage_fault: None,
                 plugins: Vec::new(),
+                backup_dir: None,
+                backup_interval: None,
+                config_file: None,
             }
         );
         assert!(keys::KEYS

@@ -6,10 +6,11 @@
 //! plugins:
 //!   - name: schema-guard
 //!     path: ../plugins/target/wasm32-wasip2/release/schema_guard.wasm  # relative to this file
-//!     hooks: [admission]
-//!     prefixes: ["/json/"]          # keys the plugin sees; empty or absent: every key
+//!     hooks: [admission]            # and/or auth, backup
+//!     prefixes: ["/json/"]          # keys admission sees; empty or absent: every key
 //!     order: 10                     # lower runs first; ties keep file order
-//!     deadline: 5ms                 # per call
+//!     fuel: 10000000                # wasm instructions per call (backup: per chunk, 2e9)
+//!     deadline: 1s                  # wall-clock backstop per call (backup: 10s)
 //!     memory: 16MiB                 # per instance
 //!     failure-policy: fail-closed   # or fail-open
 //!     deny-code: permission-denied  # or failed-precondition
@@ -31,6 +32,30 @@ use super::ConfigError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Admission,
+    /// Authentication and authorization: the plugin's `authenticate` and `authorize`.
+    Auth,
+    /// The backup stream: `begin`, `transform` per chunk, `finish`.
+    Backup,
+}
+
+impl Hook {
+    /// The hook's name in the config file, the WIT world and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Admission => "admission",
+            Hook::Auth => "auth",
+            Hook::Backup => "backup",
+        }
+    }
+
+    /// The `hook` labels its calls are counted under: auth's two calls are told apart.
+    pub const fn labels(self) -> &'static [&'static str] {
+        match self {
+            Hook::Admission => &["admission"],
+            Hook::Auth => &["authenticate", "authorize"],
+            Hook::Backup => &["backup"],
+        }
+    }
 }
 
 /// What a plugin's failure (trap, timeout, memory limit, bad answer) means for the request.
@@ -58,6 +83,9 @@ pub struct PluginConfig {
     /// Keys the plugin sees; empty means every key.
     pub prefixes: Vec<Vec<u8>>,
     pub order: i64,
+    /// The per-call budget, in wasm instructions (wasmtime fuel).
+    pub fuel: u64,
+    /// The wall-clock backstop of a call, for what fuel does not count.
     pub deadline: Duration,
     pub memory_bytes: u64,
     pub failure_policy: FailurePolicy,
@@ -68,12 +96,46 @@ pub struct PluginConfig {
     pub config_json: String,
 }
 
-/// Defaults: an admission check costs microseconds, so 5 ms is generous; 16 MiB holds a
-/// Rust component's heap and a request's values.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
+impl PluginConfig {
+    /// A backup plugin named on a command line (`cairn snapshot restore --unseal`), with
+    /// the defaults a config file entry would get; named after its file.
+    pub fn backup(path: PathBuf, config_json: String) -> PluginConfig {
+        PluginConfig {
+            name: path
+                .file_stem()
+                .map_or_else(|| "backup".into(), |s| s.to_string_lossy().into_owned()),
+            path,
+            hooks: vec![Hook::Backup],
+            prefixes: Vec::new(),
+            order: 0,
+            fuel: DEFAULT_BACKUP_FUEL,
+            deadline: DEFAULT_BACKUP_DEADLINE,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            failure_policy: FailurePolicy::FailClosed,
+            deny_code: DenyCode::PermissionDenied,
+            values: false,
+            allow_rewrite: false,
+            config_json,
+        }
+    }
+}
+
+/// Defaults. A call's budget is fuel, not time, so that CPU contention (a busy machine
+/// descheduling the call's thread) never fails a call that a quiet machine would allow:
+/// 10 million instructions is a few milliseconds of compiled wasm, a thousand times what
+/// the example plugins use. The wall-clock deadline is only a backstop for what fuel does
+/// not count (host calls, page faults), so it is generous. 16 MiB holds a Rust component's
+/// heap and a request's values.
+pub const DEFAULT_FUEL: u64 = 10_000_000;
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+/// A backup chunk (64 KiB compressed and encrypted) is work, not a check: a backup plugin
+/// gets this much fuel and time per call unless its entry says otherwise.
+pub const DEFAULT_BACKUP_FUEL: u64 = 2_000_000_000;
+pub const DEFAULT_BACKUP_DEADLINE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MEMORY_BYTES: u64 = 16 << 20;
 /// Upper bounds, so a typo cannot make a plugin hold a request for minutes.
 const MAX_DEADLINE: Duration = Duration::from_secs(10);
+const MAX_FUEL: u64 = 10_000_000_000;
 const MAX_MEMORY_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +149,7 @@ struct RawPlugin {
     prefixes: Vec<String>,
     #[serde(default)]
     order: i64,
+    fuel: Option<u64>,
     deadline: Option<String>,
     memory: Option<Value>,
     failure_policy: Option<String>,
@@ -148,21 +211,38 @@ fn validate_one(p: RawPlugin, base: &Path) -> Result<PluginConfig, String> {
         .iter()
         .map(|h| match h.as_str() {
             "admission" => Ok(Hook::Admission),
-            "auth" | "backup" => Err(format!("hook {h:?} is not served by the node yet")),
-            other => Err(format!("unknown hook {other:?} (expected admission)")),
+            "auth" => Ok(Hook::Auth),
+            "backup" => Ok(Hook::Backup),
+            other => Err(format!(
+                "unknown hook {other:?} (expected admission, auth or backup)"
+            )),
         })
         .collect::<Result<Vec<_>, _>>()?;
     if hooks.is_empty() {
-        return Err("hooks: name at least one hook (admission)".into());
+        return Err("hooks: name at least one hook (admission, auth or backup)".into());
+    }
+    // Authorization sees every key a request touches and a backup sees the whole store:
+    // a prefix filter there would silently let requests or data through unexamined.
+    if !p.prefixes.is_empty() && !hooks.contains(&Hook::Admission) {
+        return Err("prefixes apply to the admission hook only".into());
     }
     let deadline = match &p.deadline {
         Some(text) => go_duration(text).map_err(|e| format!("deadline {text:?}: {e}"))?,
+        None if hooks == [Hook::Backup] => DEFAULT_BACKUP_DEADLINE,
         None => DEFAULT_DEADLINE,
     };
     if deadline.is_zero() || deadline > MAX_DEADLINE {
         return Err(format!(
             "deadline must be above 0 and at most {MAX_DEADLINE:?}"
         ));
+    }
+    let fuel = match p.fuel {
+        Some(fuel) => fuel,
+        None if hooks == [Hook::Backup] => DEFAULT_BACKUP_FUEL,
+        None => DEFAULT_FUEL,
+    };
+    if !(1..=MAX_FUEL).contains(&fuel) {
+        return Err(format!("fuel must be between 1 and {MAX_FUEL}, got {fuel}"));
     }
     let memory_bytes = match &p.memory {
         Some(v) => byte_size(v)?,
@@ -198,6 +278,7 @@ fn validate_one(p: RawPlugin, base: &Path) -> Result<PluginConfig, String> {
         hooks,
         prefixes: p.prefixes.into_iter().map(String::into_bytes).collect(),
         order: p.order,
+        fuel,
         deadline,
         memory_bytes,
         failure_policy,
@@ -259,6 +340,7 @@ mod tests {
                 hooks: vec![Hook::Admission],
                 prefixes: vec![],
                 order: 0,
+                fuel: DEFAULT_FUEL,
                 deadline: DEFAULT_DEADLINE,
                 memory_bytes: DEFAULT_MEMORY_BYTES,
                 failure_policy: FailurePolicy::FailClosed,
@@ -280,6 +362,7 @@ mod tests {
     hooks: [admission]
     prefixes: [/x/]
     order: 1
+    fuel: 5000
     deadline: 2ms
     memory: 1MiB
     failure-policy: fail-open
@@ -294,6 +377,7 @@ mod tests {
         assert_eq!(got[1].name, "b");
         let a = &got[0];
         assert_eq!(a.prefixes, vec![b"/x/".to_vec()]);
+        assert_eq!(a.fuel, 5000);
         assert_eq!(a.deadline, Duration::from_millis(2));
         assert_eq!(a.memory_bytes, 1 << 20);
         assert_eq!(a.failure_policy, FailurePolicy::FailOpen);
@@ -303,12 +387,27 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_backup_hooks_and_the_backup_deadline() {
+        let got = parse_yaml(
+            "plugins:\n  - {name: t, path: t.wasm, hooks: [auth]}\n  - {name: s, path: s.wasm, hooks: [backup]}\n",
+        )
+        .expect("valid");
+        assert_eq!(got[0].hooks, vec![Hook::Auth]);
+        assert_eq!(got[0].deadline, DEFAULT_DEADLINE);
+        assert_eq!(got[1].hooks, vec![Hook::Backup]);
+        assert_eq!(got[1].deadline, DEFAULT_BACKUP_DEADLINE);
+        assert_eq!(got[1].fuel, DEFAULT_BACKUP_FUEL);
+    }
+
+    #[test]
     fn refusals_name_the_plugin_and_the_problem() {
         let cases = [
             ("- {name: p, path: x, hooks: [admision]}", "plugin \"p\": unknown hook \"admision\""),
             ("- {name: p, path: x, hooks: []}", "plugin \"p\": hooks"),
+            ("- {name: p, path: x, hooks: [auth], prefixes: [/a/]}", "plugin \"p\": prefixes apply to the admission hook only"),
             ("- {name: p, path: x, hooks: [admission], deadline: 0s}", "plugin \"p\": deadline"),
             ("- {name: p, path: x, hooks: [admission], memory: 3TiB}", "unknown unit"),
+            ("- {name: p, path: x, hooks: [admission], fuel: 0}", "plugin \"p\": fuel must be"),
             ("- {name: p, path: x, hooks: [admission], failure-policy: maybe}", "failure-policy"),
             ("- {name: p, path: x, hooks: [admission], colour: red}", "plugin \"p\": unknown field: found `colour`"),
             ("- {path: x, hooks: [admission]}", "plugin #1: missing field `name`"),

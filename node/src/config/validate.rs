@@ -139,8 +139,13 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             ),
         },
         name,
-        // Filled from the file's `plugins:` list by `load_from`.
+        // Filled from the file's `plugins:` list and path by `load_from`.
         plugins: Vec::new(),
+        backup_dir: Some(raw.get("backup-dir").value.as_str())
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from),
+        backup_interval: backup_interval(raw)?,
+        config_file: None,
     })
 }
 
@@ -268,6 +273,18 @@ fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
 
 fn duration(entry: &Entry) -> Result<Duration, ConfigError> {
     go_duration(&entry.value).map_err(|e| entry.invalid(e))
+}
+
+/// `--backup-interval`: periodic backups need somewhere to go.
+fn backup_interval(raw: &Raw) -> Result<Option<Duration>, ConfigError> {
+    let entry = raw.get("backup-interval");
+    match duration(entry)? {
+        d if d.is_zero() => Ok(None),
+        _ if raw.get("backup-dir").value.is_empty() => {
+            Err(entry.invalid("periodic backups need --backup-dir"))
+        }
+        d => Ok(Some(d)),
+    }
 }
 
 /// The watch progress interval, under its etcd 3.5 or 3.6 name.

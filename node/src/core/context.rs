@@ -20,6 +20,8 @@ pub enum Transport {
 pub struct Credentials {
     /// etcd's auth token (gRPC metadata `token`, HTTP header `Authorization`).
     pub token: Option<String>,
+    /// A user name and password (gRPC metadata `authorization: Basic ...`).
+    pub user_password: Option<(String, String)>,
     /// The common name of a verified client certificate.
     pub client_cert_cn: Option<String>,
 }
@@ -45,6 +47,8 @@ pub struct Principal {
     /// etcd's user name; empty for the anonymous and internal principals.
     pub name: String,
     pub source: PrincipalSource,
+    /// Roles its authenticator granted (an auth plugin's; etcd's RBAC looks its own up).
+    pub roles: Vec<String>,
 }
 
 impl Principal {
@@ -52,6 +56,7 @@ impl Principal {
         Principal {
             name: String::new(),
             source: PrincipalSource::Anonymous,
+            roles: Vec::new(),
         }
     }
 
@@ -59,6 +64,7 @@ impl Principal {
         Principal {
             name: String::new(),
             source: PrincipalSource::Internal,
+            roles: Vec::new(),
         }
     }
 }

@@ -66,6 +66,10 @@ pub enum Error {
     PermissionDenied,
     #[error("etcdserver: invalid auth token")]
     InvalidAuthToken,
+    /// An authentication plugin failed (trap, timeout) and its policy refuses the request;
+    /// the message names the plugin. Not `InvalidAuthToken`: the token may be fine.
+    #[error("{0}")]
+    AuthUnavailable(String),
     /// An admission hook refused a write; the reason is the hook's own.
     #[error("{0}")]
     Denied(String),

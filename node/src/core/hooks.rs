@@ -97,10 +97,18 @@ fn op_access<'a>(op: &'a RequestOp, out: &mut Vec<KeyAccess<'a>>) {
     }
 }
 
-/// Establishes who is calling from the request's credentials.
+/// Establishes who is calling from the request's credentials. `Ok(None)`: none of the
+/// credentials is this authenticator's to judge, so the next one decides; `Err`: they are
+/// its own and invalid (etcd's `invalid auth token`).
 #[async_trait]
 pub trait Authenticator: Send + Sync {
-    async fn authenticate(&self, ctx: &RequestContext) -> Result<Principal, Error>;
+    /// Whether it judges credentials at all right now (an auth plugin set may be reloaded
+    /// away). With none enabled, authentication is off and credentials are ignored.
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    async fn authenticate(&self, ctx: &RequestContext) -> Result<Option<Principal>, Error>;
 }
 
 /// Decides whether a principal may perform an operation.
@@ -117,11 +125,16 @@ pub trait Admission: Send + Sync {
 }
 
 /// The hooks a core runs with. A hook left out allows everything and costs nothing: no
-/// call is made (authentication then makes every caller [`Principal::anonymous`]).
+/// call is made.
+///
+/// Several authenticators (etcd's built-in auth, auth plugins) are tried in order and the
+/// first that claims the credentials names the principal; a caller none claims is
+/// [`Principal::anonymous`]. Every authorizer must allow a request: an auth plugin beside
+/// etcd's RBAC can only narrow what RBAC permits, and a plugin alone decides alone.
 #[derive(Default)]
 pub struct Hooks {
-    pub authenticator: Option<Box<dyn Authenticator>>,
-    pub authorizer: Option<Box<dyn Authorizer>>,
+    pub authenticators: Vec<Box<dyn Authenticator>>,
+    pub authorizers: Vec<Box<dyn Authorizer>>,
     pub admission: Option<Box<dyn Admission>>,
 }
 

@@ -134,21 +134,38 @@ impl Core {
     }
 
     /// The pipeline's authenticate and authorize steps. The caller is authenticated once
-    /// per context; the node's own requests are already.
+    /// per context; the node's own requests are already, and are never refused.
     async fn authorize(&self, ctx: &RequestContext, op: Operation<'_>) -> Result<(), Error> {
-        let principal = match (ctx.principal(), &self.hooks.authenticator) {
-            (Some(p), _) => p,
-            (None, Some(authenticator)) => {
-                ctx.set_principal(authenticator.authenticate(ctx).await?)
-            }
-            (None, None) => ctx.set_principal(Principal::anonymous()),
+        let principal = match ctx.principal() {
+            Some(p) => p,
+            None => ctx.set_principal(self.authenticate(ctx).await?),
         };
-        match &self.hooks.authorizer {
-            Some(authorizer) if ctx.transport != context::Transport::Internal => {
-                authorizer.authorize(principal, &op).await
-            }
-            _ => Ok(()),
+        if ctx.transport == context::Transport::Internal {
+            return Ok(());
         }
+        for authorizer in &self.hooks.authorizers {
+            authorizer.authorize(principal, &op).await?;
+        }
+        Ok(())
+    }
+
+    /// The first authenticator that claims the credentials names the caller. With
+    /// authentication on, a token or password that none claims is invalid (as etcd answers
+    /// a token it did not issue); a caller that presents neither is anonymous.
+    async fn authenticate(&self, ctx: &RequestContext) -> Result<Principal, Error> {
+        if !self.hooks.authenticators.iter().any(|a| a.enabled()) {
+            return Ok(Principal::anonymous());
+        }
+        for authenticator in self.hooks.authenticators.iter().filter(|a| a.enabled()) {
+            if let Some(principal) = authenticator.authenticate(ctx).await? {
+                return Ok(principal);
+            }
+        }
+        let c = &ctx.credentials;
+        if c.token.is_some() || c.user_password.is_some() {
+            return Err(Error::InvalidAuthToken);
+        }
+        Ok(Principal::anonymous())
     }
 
     /// Whether the database has grown past `--quota-backend-bytes`; writes are refused then.

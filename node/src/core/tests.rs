@@ -36,12 +36,13 @@ struct Hook(Arc<Recorder>);
 
 #[async_trait]
 impl Authenticator for Hook {
-    async fn authenticate(&self, ctx: &RequestContext) -> Result<Principal, Error> {
+    async fn authenticate(&self, ctx: &RequestContext) -> Result<Option<Principal>, Error> {
         self.0.log("authenticate".into());
-        Ok(Principal {
+        Ok(Some(Principal {
             name: ctx.credentials.token.clone().unwrap_or_default(),
             source: PrincipalSource::User,
-        })
+            roles: Vec::new(),
+        }))
     }
 }
 
@@ -114,8 +115,8 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
             quota_backend_bytes: u64::MAX,
         },
         hooks: Hooks {
-            authenticator: Some(Box::new(Hook(recorder.clone()))),
-            authorizer: Some(Box::new(Hook(recorder.clone()))),
+            authenticators: vec![Box::new(Hook(recorder.clone()))],
+            authorizers: vec![Box::new(Hook(recorder.clone()))],
             admission: Some(Box::new(Hook(recorder))),
         },
         reads: ReadPool::start(1, 1).expect("read pool"),

@@ -10,25 +10,24 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::runtime::{
-    CallFailure, CallLimits, Decision, DeleteOp, Principal, PrincipalSource, PutOp, WriteOp,
-    WriteRequest,
+    CallFailure, Decision, DeleteOp, Principal, PrincipalSource, PutOp, WriteOp, WriteRequest,
 };
-use super::{LoadedPlugin, PluginSet};
+use super::{LoadedPlugin, Plugins};
 use crate::config::{DenyCode, FailurePolicy, Hook};
 use crate::core::hooks::Admission;
 use crate::core::Error;
 use crate::core::{self as core_ctx, RequestContext};
 use crate::proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
-const HOOK: &str = "admission";
+const HOOK: &str = Hook::Admission.name();
 
-/// The core's [`Admission`] hook, served by the configured plugins.
+/// The core's [`Admission`] hook, served by the plugins loaded at the time of each write.
 pub struct PluginAdmission {
-    plugins: Arc<PluginSet>,
+    plugins: Arc<Plugins>,
 }
 
 impl PluginAdmission {
-    pub fn new(plugins: Arc<PluginSet>) -> PluginAdmission {
+    pub fn new(plugins: Arc<Plugins>) -> PluginAdmission {
         PluginAdmission { plugins }
     }
 }
@@ -36,8 +35,13 @@ impl PluginAdmission {
 #[async_trait]
 impl Admission for PluginAdmission {
     async fn admit(&self, ctx: &RequestContext, mut txn: TxnRequest) -> Result<TxnRequest, Error> {
+        let set = self.plugins.current();
+        let mut serving = set.serving(Hook::Admission).peekable();
+        if serving.peek().is_none() {
+            return Ok(txn);
+        }
         let principal = principal(ctx.principal());
-        for plugin in self.plugins.serving(Hook::Admission) {
+        for plugin in serving {
             admit_one(plugin, &principal, &mut txn).await?;
         }
         Ok(txn)
@@ -69,26 +73,20 @@ async fn admit_one(
         principal: principal.clone(),
         ops,
     };
-    let limits = CallLimits {
-        deadline: cfg.deadline,
-        memory_bytes: cfg.memory_bytes,
-    };
     let started = Instant::now();
-    let outcome = plugin.loaded.check(&plugin.env, limits, &request).await;
-    let m = crate::metrics::get();
-    m.plugin_call_seconds
-        .with_label_values(&[cfg.name.as_str(), HOOK])
-        .observe(started.elapsed().as_secs_f64());
+    let (outcome, usage) = plugin.instances.check(plugin.limits(), &request).await;
     let outcome = outcome.and_then(|d| check_rewrite(d, cfg.allow_rewrite, &request, &covered));
-    let result = match &outcome {
-        Ok(Verdict::Allow) => "allow",
-        Ok(Verdict::Deny(_)) => "deny",
-        Ok(Verdict::Rewrite(_)) => "rewrite",
-        Err(_) => "failure",
-    };
-    m.plugin_calls
-        .with_label_values(&[cfg.name.as_str(), HOOK, result])
-        .inc();
+    plugin.record(
+        HOOK,
+        started,
+        usage,
+        match &outcome {
+            Ok(Verdict::Allow) => Ok("allow"),
+            Ok(Verdict::Deny(_)) => Ok("deny"),
+            Ok(Verdict::Rewrite(_)) => Ok("rewrite"),
+            Err(failure) => Err(failure),
+        },
+    );
     match outcome {
         Ok(Verdict::Allow) => Ok(()),
         Ok(Verdict::Deny(reason)) => Err(refusal(
@@ -99,34 +97,22 @@ async fn admit_one(
             apply_rewrites(txn, values);
             Ok(())
         }
-        Err(failure) => {
-            match &failure {
-                CallFailure::Timeout => m
-                    .plugin_timeouts
-                    .with_label_values(&[cfg.name.as_str(), HOOK])
-                    .inc(),
-                _ => m
-                    .plugin_traps
-                    .with_label_values(&[cfg.name.as_str(), HOOK])
-                    .inc(),
+        Err(failure) => match cfg.failure_policy {
+            FailurePolicy::FailOpen => {
+                tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write allowed (fail-open)");
+                Ok(())
             }
-            match cfg.failure_policy {
-                FailurePolicy::FailOpen => {
-                    tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write allowed (fail-open)");
-                    Ok(())
-                }
-                FailurePolicy::FailClosed => {
-                    tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write refused (fail-closed)");
-                    Err(refusal(
-                        cfg.deny_code,
-                        format!(
-                            "plugin {}: {failure} (write refused: fail-closed)",
-                            cfg.name
-                        ),
-                    ))
-                }
+            FailurePolicy::FailClosed => {
+                tracing::warn!(plugin = %cfg.name, error = %failure, "admission plugin failed; write refused (fail-closed)");
+                Err(refusal(
+                    cfg.deny_code,
+                    format!(
+                        "plugin {}: {failure} (write refused: fail-closed)",
+                        cfg.name
+                    ),
+                ))
             }
-        }
+        },
     }
 }
 
@@ -255,11 +241,13 @@ fn walk_mut(txn: &mut TxnRequest, f: &mut impl FnMut(&mut RequestOp)) {
     }
 }
 
-fn principal(p: Option<&core_ctx::Principal>) -> Principal {
+/// The WIT form of the core's principal (anonymous when authentication has not run).
+pub(super) fn principal(p: Option<&core_ctx::Principal>) -> Principal {
     let Some(p) = p else {
         return Principal {
             name: String::new(),
             source: PrincipalSource::Anonymous,
+            roles: Vec::new(),
         };
     };
     let source = match &p.source {
@@ -272,6 +260,7 @@ fn principal(p: Option<&core_ctx::Principal>) -> Principal {
     Principal {
         name: p.name.clone(),
         source,
+        roles: p.roles.clone(),
     }
 }
 

@@ -1,42 +1,25 @@
-//! `cairn plugin check FILE...`: compiles each component as the node would at start-up and
-//! checks that it implements the `cairn:plugin` world, so a bad file is found before a
-//! restart refuses it.
+//! `cairn plugin check FILE...`: compiles each component as the node would at start-up,
+//! checks that it implements the `cairn:plugin` world and runs the same self-check (one
+//! instantiation under the default limits), so a bad file is found before a restart or a
+//! reload refuses it.
 
-use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::runtime::Runtime;
-use super::PluginError;
+use super::runtime::{CallEnv, RangeFn, Runtime};
+use super::{version_of, PluginError};
+use crate::config::{DEFAULT_PLUGIN_DEADLINE, DEFAULT_PLUGIN_FUEL, DEFAULT_PLUGIN_MEMORY_BYTES};
 
-const USAGE: &str = "usage: cairn plugin check FILE...";
-
-/// Runs the sub-command; `args` are the words after `plugin`.
-pub fn run(args: Vec<OsString>) -> Result<(), PluginError> {
-    let mut args = args.into_iter();
-    if args.next().as_deref().and_then(|a| a.to_str()) != Some("check") {
-        return Err(PluginError::Usage(USAGE));
-    }
-    let files: Vec<OsString> = args.collect();
-    if files.is_empty() {
-        return Err(PluginError::Usage(USAGE));
-    }
+/// Checks every file, printing one line each; fails when any is not a valid plugin.
+pub async fn run(files: Vec<PathBuf>) -> Result<(), PluginError> {
     let runtime = Runtime::new()?;
     let mut bad = 0usize;
     for file in files {
-        let path = std::path::PathBuf::from(file).display().to_string();
-        let checked = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| runtime.load(&bytes).map(|_| bytes));
-        match checked {
-            Ok(bytes) => {
-                let version: String = Sha256::digest(&bytes)
-                    .iter()
-                    .take(6)
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                println!("{path}: ok (version {version})");
-            }
+        let path = file.display().to_string();
+        match check_one(&runtime, &file).await {
+            Ok(version) => println!("{path}: ok (version {version})"),
             Err(reason) => {
                 println!("{path}: not a valid cairn plugin: {reason}");
                 bad += 1;
@@ -47,4 +30,21 @@ pub fn run(args: Vec<OsString>) -> Result<(), PluginError> {
         0 => Ok(()),
         n => Err(PluginError::Check(n)),
     }
+}
+
+async fn check_one(runtime: &Runtime, file: &std::path::Path) -> Result<String, String> {
+    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+    let loaded = runtime.load(&bytes)?;
+    let no_range: Arc<RangeFn> = Arc::new(|_: &[u8], _: &[u8], _| Ok(vec![]));
+    let env = Arc::new(CallEnv {
+        name: "check".into(),
+        config_json: "null".into(),
+        range: Some(no_range),
+    });
+    loaded
+        .instances(env, DEFAULT_PLUGIN_MEMORY_BYTES)
+        .warm(DEFAULT_PLUGIN_FUEL, DEFAULT_PLUGIN_DEADLINE)
+        .await
+        .map_err(|e| format!("self-check: {e}"))?;
+    Ok(version_of(&Sha256::digest(&bytes).into()))
 }

@@ -1,13 +1,25 @@
 //! The wasmtime side of plugins, and the only file in cairn that names wasmtime.
 //!
-//! One [`Runtime`] per node: an Engine with the pooling allocator and epoch interruption,
-//! and a thread that advances the epoch every [`TICK`]. A [`Loaded`] plugin is its
-//! component compiled once and pre-linked (`PluginPre`); every call gets a fresh `Store`
-//! with the plugin's memory limit and an epoch deadline, so a call starts from a clean
-//! instance and a misbehaving one is stopped, dropped and never reused.
+//! One [`Runtime`] per node: an Engine with the pooling allocator, fuel metering and epoch
+//! interruption, and a thread that advances the epoch every [`TICK`]. A [`Loaded`] plugin is
+//! its component compiled once and pre-linked (`PluginPre`). Each configured plugin owns an
+//! [`Instances`] pool: instances made from the `PluginPre`, each in its own `Store` with the
+//! plugin's memory limit and a WASI context built once, handed out one call at a time and
+//! put back after a clean call. A call that traps, runs out of fuel, passes its deadline or
+//! blows its memory limit drops its instance: a misbehaving instance is never reused.
+//!
+//! Why reuse: a fresh store, WASI context and instance per call cost ~86 µs of a trivial
+//! admission call; a ready instance costs a few µs. The price is that a plugin's globals
+//! and heap persist between calls of the same instance (never across plugins); the SDK
+//! documents that plugins must not rely on either.
+//!
+//! The per-call budget is fuel (wasm instructions), not time: a busy machine that
+//! deschedules a call's thread does not make the call fail, and the same plugin gets the
+//! same budget on every machine. The epoch deadline stays as a generous wall-clock backstop
+//! for what fuel does not meter (host calls, page faults of a growing memory).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -34,6 +46,11 @@ pub use bindings::cairn::plugin::host::Level;
 pub use bindings::cairn::plugin::types::{
     Decision, DeleteOp, KeyValue, Principal, PrincipalSource, PutOp, Rewrite, WriteOp, WriteRequest,
 };
+pub use bindings::exports::cairn::plugin::auth::{
+    AuthRequest, Credentials, Identity, KeyAccess, Operation, UserPassword,
+};
+pub use bindings::exports::cairn::plugin::backup::Direction;
+use bindings::exports::cairn::plugin::backup::Guest as BackupExports;
 use bindings::{Plugin, PluginPre};
 
 /// How often the epoch advances: the granularity of call deadlines.
@@ -57,11 +74,22 @@ pub const RANGE_LIMIT: u32 = 1000;
 /// Reads the node's current state for `host.range`.
 pub type RangeFn = dyn Fn(&[u8], &[u8], u32) -> Result<Vec<KeyValue>, String> + Send + Sync;
 
-/// The engine shared by all plugins.
+/// The engine shared by all plugins. Cloning shares it; the epoch thread stops when the
+/// last clone is dropped.
+#[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<CallState>,
-    stop: Arc<AtomicBool>,
+    linker: Arc<Linker<CallState>>,
+    _ticker: Arc<Ticker>,
+}
+
+/// Stops the epoch thread when dropped.
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Runtime {
@@ -77,6 +105,7 @@ impl Runtime {
             .max_memory_size(MAX_MEMORY_BYTES as usize);
         let mut config = Config::new();
         config
+            .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
@@ -105,8 +134,8 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("starting the epoch thread: {e}")))?;
         Ok(Runtime {
             engine,
-            linker,
-            stop,
+            linker: Arc::new(linker),
+            _ticker: Arc::new(Ticker(stop)),
         })
     }
 
@@ -125,14 +154,8 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// What a call's store holds: WASI's empty context, the limits, and the host's view of
-/// the plugin.
+/// What an instance's store holds: WASI's empty context, the limits, and the host's view
+/// of the plugin.
 struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -211,16 +234,20 @@ impl bindings::cairn::plugin::host::Host for CallState {
     }
 }
 
-/// The limits of one call.
+/// The budget of one call.
 #[derive(Clone, Copy, Debug)]
 pub struct CallLimits {
+    /// Wasm instructions (wasmtime fuel) the call may execute: the budget.
+    pub fuel: u64,
+    /// The wall-clock backstop, for time fuel does not count.
     pub deadline: Duration,
-    pub memory_bytes: u64,
 }
 
 /// How a call went wrong. The plugin's failure policy answers every one of these.
 #[derive(Debug, thiserror::Error)]
 pub enum CallFailure {
+    #[error("ran out of fuel")]
+    OutOfFuel,
     #[error("timed out")]
     Timeout,
     #[error("exceeded its memory limit")]
@@ -233,6 +260,13 @@ pub enum CallFailure {
     BadAnswer(String),
 }
 
+impl CallFailure {
+    /// Whether the call was stopped for using up its budget (fuel or the deadline).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, CallFailure::OutOfFuel | CallFailure::Timeout)
+    }
+}
+
 /// A compiled, pre-linked plugin. Cloning shares the compiled code.
 #[derive(Clone)]
 pub struct Loaded {
@@ -241,55 +275,255 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Runs `f` on a fresh instance under `limits`.
-    async fn store(
+    /// An empty pool of instances of this component, for one configured plugin.
+    pub fn instances(&self, env: Arc<CallEnv>, memory_bytes: u64) -> Instances {
+        Instances {
+            loaded: self.clone(),
+            env,
+            memory_bytes,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Ready instances of one configured plugin. Calls take one (or make one when none is
+/// idle), and put it back only when the call ended cleanly.
+pub struct Instances {
+    loaded: Loaded,
+    env: Arc<CallEnv>,
+    memory_bytes: u64,
+    idle: Mutex<Vec<Ready>>,
+}
+
+/// An instance with its store, between calls.
+struct Ready {
+    plugin: Plugin,
+    store: Store<CallState>,
+}
+
+/// What a call used, for the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub fuel: u64,
+}
+
+impl Instances {
+    /// The compiled component the instances are made from.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    /// Makes the first instance (the plugin's self-check at load: it links, runs its
+    /// start-up code within `fuel`, `deadline` and its memory limit) and keeps it ready.
+    pub async fn warm(&self, fuel: u64, deadline: Duration) -> Result<(), CallFailure> {
+        let ready = self.instantiate(CallLimits { fuel, deadline }).await?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ready);
+        Ok(())
+    }
+
+    /// The admission hook.
+    pub async fn check(
         &self,
-        env: &Arc<CallEnv>,
         limits: CallLimits,
-    ) -> Result<(Plugin, Store<CallState>), CallFailure> {
+        request: &WriteRequest,
+    ) -> (Result<Decision, CallFailure>, Usage) {
+        let mut ready = match self.take(limits).await {
+            Ok(ready) => ready,
+            Err(failure) => return (Err(failure), Usage::default()),
+        };
+        arm(&mut ready.store, limits);
+        let result = ready
+            .plugin
+            .cairn_plugin_admission()
+            .call_check(&mut ready.store, request)
+            .await;
+        self.finish(ready, limits, result)
+    }
+
+    /// `auth.authenticate`.
+    pub async fn authenticate(
+        &self,
+        limits: CallLimits,
+        credentials: &Credentials,
+    ) -> (Result<Result<Option<Identity>, String>, CallFailure>, Usage) {
+        let mut ready = match self.take(limits).await {
+            Ok(ready) => ready,
+            Err(failure) => return (Err(failure), Usage::default()),
+        };
+        arm(&mut ready.store, limits);
+        let result = ready
+            .plugin
+            .cairn_plugin_auth()
+            .call_authenticate(&mut ready.store, credentials)
+            .await;
+        self.finish(ready, limits, result)
+    }
+
+    /// `auth.authorize`.
+    pub async fn authorize(
+        &self,
+        limits: CallLimits,
+        request: &AuthRequest,
+    ) -> (Result<Decision, CallFailure>, Usage) {
+        let mut ready = match self.take(limits).await {
+            Ok(ready) => ready,
+            Err(failure) => return (Err(failure), Usage::default()),
+        };
+        arm(&mut ready.store, limits);
+        let result = ready
+            .plugin
+            .cairn_plugin_auth()
+            .call_authorize(&mut ready.store, request)
+            .await;
+        self.finish(ready, limits, result)
+    }
+
+    /// A backup stream on an instance of its own, made for it and dropped after it (never
+    /// pooled): the plugin keeps its stream state in its memory from `begin` to `finish`.
+    pub async fn backup_stream(&self, limits: CallLimits) -> Result<BackupStream, CallFailure> {
+        Ok(BackupStream {
+            ready: self.instantiate(limits).await?,
+            limits,
+        })
+    }
+
+    /// An idle instance, or a new one.
+    async fn take(&self, limits: CallLimits) -> Result<Ready, CallFailure> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(ready) => Ok(ready),
+            None => self.instantiate(limits).await,
+        }
+    }
+
+    /// A new instance; its start-up code runs within `limits`, like a call.
+    async fn instantiate(&self, limits: CallLimits) -> Result<Ready, CallFailure> {
         let state = CallState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
+                .memory_size(usize::try_from(self.memory_bytes).unwrap_or(usize::MAX))
                 .instances(16)
                 .trap_on_grow_failure(true)
                 .build(),
-            env: env.clone(),
+            env: self.env.clone(),
             log_bytes: 0,
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.loaded.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = limits
-            .deadline
-            .as_micros()
-            .div_ceil(TICK.as_micros())
-            .max(1);
-        // One tick more than asked: the current tick may be about to end.
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
         store.epoch_deadline_trap();
+        arm(&mut store, limits);
         let plugin = self
+            .loaded
             .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| classify(e, true))?;
-        Ok((plugin, store))
+        Ok(Ready { plugin, store })
     }
 
-    /// The admission hook, on a fresh instance under `limits`.
-    pub async fn check(
+    /// Ends a call: a clean instance goes back to the pool (if there is room), a failed one
+    /// is dropped, so its trapped or half-updated state is never seen again.
+    fn finish<T>(
         &self,
-        env: &Arc<CallEnv>,
+        mut ready: Ready,
         limits: CallLimits,
-        request: &WriteRequest,
-    ) -> Result<Decision, CallFailure> {
-        let (plugin, mut store) = self.store(env, limits).await?;
-        plugin
-            .cairn_plugin_admission()
-            .call_check(&mut store, request)
+        result: wasmtime::Result<T>,
+    ) -> (Result<T, CallFailure>, Usage) {
+        let left = ready.store.get_fuel().unwrap_or(0);
+        let usage = Usage {
+            fuel: limits.fuel.saturating_sub(left),
+        };
+        match result {
+            Ok(value) => {
+                ready.store.data_mut().log_bytes = 0;
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push(ready);
+                }
+                (Ok(value), usage)
+            }
+            Err(e) => (Err(classify(e, false)), usage),
+        }
+    }
+}
+
+/// One plugin's side of one backup stream. Each call gets the plugin's whole budget anew.
+/// Dropped after a failure: a trapped instance is never called again.
+pub struct BackupStream {
+    ready: Ready,
+    limits: CallLimits,
+}
+
+impl BackupStream {
+    /// The plugin's backup exports and its store, armed for the next call.
+    fn next_call(&mut self) -> (&BackupExports, &mut Store<CallState>) {
+        arm(&mut self.ready.store, self.limits);
+        self.ready.store.data_mut().log_bytes = 0;
+        (
+            self.ready.plugin.cairn_plugin_backup(),
+            &mut self.ready.store,
+        )
+    }
+
+    /// What the last call used.
+    pub fn usage(&self) -> Usage {
+        let left = self.ready.store.get_fuel().unwrap_or(0);
+        Usage {
+            fuel: self.limits.fuel.saturating_sub(left),
+        }
+    }
+
+    pub async fn begin(
+        &mut self,
+        direction: Direction,
+        name: &str,
+    ) -> Result<Result<String, String>, CallFailure> {
+        let (backup, store) = self.next_call();
+        backup
+            .call_begin(store, direction, name)
             .await
             .map_err(|e| classify(e, false))
     }
+
+    pub async fn transform(
+        &mut self,
+        chunk: &[u8],
+    ) -> Result<Result<Vec<u8>, String>, CallFailure> {
+        let (backup, store) = self.next_call();
+        backup
+            .call_transform(store, chunk)
+            .await
+            .map_err(|e| classify(e, false))
+    }
+
+    pub async fn finish(&mut self) -> Result<Result<Vec<u8>, String>, CallFailure> {
+        let (backup, store) = self.next_call();
+        backup
+            .call_finish(store)
+            .await
+            .map_err(|e| classify(e, false))
+    }
+}
+
+/// Instances kept idle per plugin: calls run to completion on the async workers (they
+/// never wait), so about one per worker is ever busy; the rest is headroom for bursts.
+const MAX_IDLE: usize = 16;
+
+/// Sets a call's budget: its fuel, and the epoch deadline as a backstop.
+fn arm(store: &mut Store<CallState>, limits: CallLimits) {
+    // Fuel is always on in this engine, so setting it cannot fail.
+    let _ = store.set_fuel(limits.fuel);
+    let ticks = limits
+        .deadline
+        .as_micros()
+        .div_ceil(TICK.as_micros())
+        .max(1);
+    // One tick more than asked: the current tick may be about to end.
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
 }
 
 fn classify(e: wasmtime::Error, instantiating: bool) -> CallFailure {
@@ -298,6 +532,7 @@ fn classify(e: wasmtime::Error, instantiating: bool) -> CallFailure {
     // short line, which must fit in a gRPC status header.
     tracing::debug!(error = %full, "plugin call failed");
     match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => CallFailure::OutOfFuel,
         Some(Trap::Interrupt) => CallFailure::Timeout,
         // A failed memory.grow traps (trap_on_grow_failure) with this message.
         _ if full.contains("forcing trap when growing memory") => CallFailure::Memory,

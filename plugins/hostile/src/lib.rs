@@ -1,8 +1,11 @@
 //! `hostile`: a plugin that misbehaves on purpose, for the node's tests of its sandbox.
 //! Its config picks the misbehaviour: `{"mode": "loop" | "alloc" | "trap" | "garbage" |
-//! "spam" | "deny" | "allow" | "rewrite"}`. Never deploy it.
+//! "spam" | "deny" | "allow" | "rewrite"}`, in every hook it serves (admission, auth:
+//! `authenticate` misbehaves for any token, `authorize` for every request). Never deploy it.
 
-use cairn_plugin_sdk::{host, Decision, Plugin, Rewrite, WriteRequest};
+use cairn_plugin_sdk::{
+    host, AuthRequest, Credentials, Decision, Identity, Plugin, Rewrite, WriteRequest,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -12,12 +15,36 @@ struct Config {
 
 pub struct Hostile;
 
+fn mode() -> String {
+    cairn_plugin_sdk::config::<Config>()
+        .map(|c| c.mode)
+        .unwrap_or_default()
+}
+
 impl Plugin for Hostile {
+    fn authenticate(credentials: Credentials) -> Result<Option<Identity>, String> {
+        match credentials.token {
+            None => Ok(None),
+            // Whatever the misbehaviour makes of it; a plain "allow" names the caller.
+            Some(token) => match Self::authorize(AuthRequest::new(
+                cairn_plugin_sdk::Principal::anonymous(),
+                cairn_plugin_sdk::Operation::Range,
+            )) {
+                Decision::Deny(reason) => Err(reason),
+                _ => Ok(Some(Identity {
+                    name: token,
+                    roles: Vec::new(),
+                })),
+            },
+        }
+    }
+
+    fn authorize(_request: AuthRequest) -> Decision {
+        Self::check(WriteRequest::new(""))
+    }
+
     fn check(request: WriteRequest) -> Decision {
-        let mode = cairn_plugin_sdk::config::<Config>()
-            .map(|c| c.mode)
-            .unwrap_or_default();
-        match mode.as_str() {
+        match mode().as_str() {
             "loop" => {
                 let mut n: u64 = 0;
                 loop {

@@ -22,6 +22,7 @@ mod lock_api;
 mod lock_elect;
 mod maintenance;
 mod multi_node;
+mod plugin_hooks;
 mod plugins;
 mod snapshots;
 mod watch_ctl;

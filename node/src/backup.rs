@@ -1,0 +1,330 @@
+//! Backups (issue 12): the node's snapshot (the bytes Maintenance.Snapshot serves) streamed
+//! through the backup plugins (compress, encrypt, sign) into a file in `--backup-dir`,
+//! written atomically: a hidden temp file beside the final one, fsynced, renamed into
+//! place, and the directory fsynced, so a crash leaves the old set of backups or the new
+//! one, never a torn file under a backup's name. Taken on demand (`POST /cairn/v1/backup`,
+//! `cairn backup`) and every `--backup-interval`.
+//!
+//! Owns: the backup files and the schedule. Must not touch: storage or raft (the snapshot
+//! comes from the core, as for a client).
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::core::{Core, RequestContext};
+use crate::plugins::backup::{BackupChain, ChainError};
+use crate::plugins::runtime::Direction;
+use crate::plugins::Plugins;
+
+/// Bytes handed to the plugins per call: etcd's snapshot chunk size times two, small
+/// enough for a plugin's default 16 MiB memory, big enough to compress well.
+const CHUNK: usize = 64 << 10;
+
+/// Why a backup failed. The message reaches the caller of `POST /cairn/v1/backup`.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("taking the snapshot: {0}")]
+    Snapshot(String),
+    #[error(transparent)]
+    Plugin(#[from] ChainError),
+    #[error("the backup plugins named the output {0:?}, which is not a plain file name")]
+    BadName(String),
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// One written backup, as `POST /cairn/v1/backup` reports it.
+#[derive(Debug, Serialize)]
+pub struct Written {
+    pub name: String,
+    pub path: PathBuf,
+    /// Bytes of the file, after the plugins.
+    pub bytes: u64,
+    /// Bytes of the snapshot that went in.
+    pub snapshot_bytes: u64,
+    pub revision: i64,
+    pub seconds: f64,
+}
+
+/// The node's backups.
+pub struct Backups {
+    core: Arc<Core>,
+    plugins: Option<Arc<Plugins>>,
+    dir: PathBuf,
+    /// The member name, in default file names.
+    member: String,
+    /// One backup at a time: a second request waits for the first.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Backups {
+    pub fn new(
+        core: Arc<Core>,
+        plugins: Option<Arc<Plugins>>,
+        dir: PathBuf,
+        member: String,
+    ) -> Backups {
+        Backups {
+            core,
+            plugins,
+            dir,
+            member,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Takes one backup, recording it in the metrics.
+    pub async fn take(&self) -> Result<Written, BackupError> {
+        let _one = self.running.lock().await;
+        let started = Instant::now();
+        let result = self.write().await;
+        let m = crate::metrics::get();
+        m.backup_duration.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(written) => {
+                m.backup_last_success.set(unix_seconds() as i64);
+                m.backup_bytes
+                    .set(i64::try_from(written.bytes).unwrap_or(i64::MAX));
+                tracing::info!(path = %written.path.display(), bytes = written.bytes, revision = written.revision, "backup written");
+            }
+            Err(e) => {
+                m.backup_failures.inc();
+                tracing::warn!(error = %e, "backup failed");
+            }
+        }
+        result
+    }
+
+    async fn write(&self) -> Result<Written, BackupError> {
+        let started = Instant::now();
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| BackupError::Io { path, source }
+        };
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(io_err(&self.dir))?;
+        let source = self
+            .core
+            .snapshot(&RequestContext::internal())
+            .await
+            .map_err(|e| BackupError::Snapshot(e.to_string()))?;
+        let revision = source.revision();
+        let default_name = format!(
+            "cairn-{}-{}-rev{revision}.snap",
+            self.member,
+            unix_seconds()
+        );
+        // The plugins loaded now serve the whole stream, whatever a reload does meanwhile.
+        let set = self.plugins.as_ref().map(|p| p.current());
+        let (mut chain, name) = BackupChain::begin(set, Direction::Seal, &default_name).await?;
+        if !plain_file_name(&name) {
+            return Err(BackupError::BadName(name));
+        }
+        let path = self.dir.join(&name);
+        let temp = self.dir.join(format!(".{name}.partial"));
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        // The snapshot is written by blocking code; it hands chunks over as it goes.
+        let producer = tokio::task::spawn_blocking(move || {
+            source
+                .write_to(ChunkSender::new(tx))
+                .map_err(|e| e.to_string())
+        });
+        let result = async {
+            let mut file = tokio::fs::File::create(&temp)
+                .await
+                .map_err(io_err(&temp))?;
+            let mut bytes = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                let out = chain.push(chunk).await?;
+                bytes += out.len() as u64;
+                file.write_all(&out).await.map_err(io_err(&temp))?;
+            }
+            let snapshot_bytes = producer
+                .await
+                .map_err(|e| BackupError::Snapshot(e.to_string()))?
+                .map_err(BackupError::Snapshot)?;
+            let tail = chain.finish().await?;
+            bytes += tail.len() as u64;
+            file.write_all(&tail).await.map_err(io_err(&temp))?;
+            file.sync_all().await.map_err(io_err(&temp))?;
+            Ok::<_, BackupError>((bytes, snapshot_bytes))
+        }
+        .await;
+        let (bytes, snapshot_bytes) = match result {
+            Ok(sizes) => sizes,
+            Err(e) => {
+                // Closing the receiver stops the snapshot writer; the partial file goes.
+                drop(rx);
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e);
+            }
+        };
+        tokio::fs::rename(&temp, &path)
+            .await
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir).await.map_err(io_err(&self.dir))?;
+        Ok(Written {
+            name,
+            path,
+            bytes,
+            snapshot_bytes,
+            revision,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Takes a backup every `interval`, the first one an interval after start.
+pub fn spawn_periodic(backups: Arc<Backups>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            // Failures are logged and counted by `take`; the next tick tries again.
+            let _ = backups.take().await;
+        }
+    });
+}
+
+/// A name the plugins chose must stay inside the backup directory and not be hidden
+/// (hidden names are the temp files').
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
+}
+
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A `Write` that cuts what it is given into [`CHUNK`]-byte pieces and sends them to the
+/// async side, blocking while the plugins catch up. A closed receiver (the backup
+/// failed) fails the write, which stops the snapshot.
+struct ChunkSender {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn new(tx: mpsc::Sender<Vec<u8>>) -> ChunkSender {
+        ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "backup stopped"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
+/// `cairn backup [--endpoint URL]`: asks a running node for a backup and prints where it
+/// went. The endpoint is a client or metrics URL (default `http://127.0.0.1:2379`).
+pub fn cli(args: Vec<OsString>) -> anyhow::Result<()> {
+    let argv = std::iter::once(OsString::from("cairn backup")).chain(args);
+    let args = BackupArgs::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    let url = url::Url::parse(&args.endpoint)
+        .with_context(|| format!("--endpoint {:?}", args.endpoint))?;
+    anyhow::ensure!(
+        url.scheme() == "http",
+        "--endpoint {url}: only http:// endpoints are served (cairn has no TLS yet)"
+    );
+    let host = url.host_str().context("--endpoint has no host")?;
+    let port = url.port_or_known_default().unwrap_or(2379);
+    let mut stream = std::net::TcpStream::connect((host, port))
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    write!(
+        stream,
+        "POST /cairn/v1/backup HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("the node's answer is not HTTP")?;
+    let ok = head
+        .lines()
+        .next()
+        .is_some_and(|status| status.split(' ').nth(1) == Some("200"));
+    anyhow::ensure!(ok, "backup failed: {}", body.trim());
+    println!("{}", body.trim());
+    Ok(())
+}
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "cairn backup",
+    about = "Ask a running cairn node to write a backup into its --backup-dir"
+)]
+struct BackupArgs {
+    /// A client or metrics URL of the node.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    endpoint: String,
+}
+
+use clap::Parser as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_cut_at_the_chunk_size_and_flushed() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = ChunkSender::new(tx);
+        w.write_all(&vec![7u8; CHUNK + 10]).expect("write");
+        w.flush().expect("flush");
+        drop(w);
+        let sizes: Vec<usize> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, vec![CHUNK, 10]);
+    }
+
+    #[test]
+    fn output_names_stay_in_the_directory() {
+        assert!(plain_file_name("cairn-1.snap.sealed"));
+        for bad in ["", ".hidden", "../x", "a/b", "a\\b"] {
+            assert!(!plain_file_name(bad), "{bad}");
+        }
+    }
+}
