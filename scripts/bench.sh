@@ -17,7 +17,10 @@
 #   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
-#   BENCH_CASES          which groups run: kv, watch, scale, scan ["kv watch scale scan"]
+#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins ["kv watch scale scan"];
+#                        plugins (cairn only, needs the example plugins built) puts at
+#                        BENCH_CLIENTS with no plugins, then with namespace-quota +
+#                        schema-guard on every key, and measures one admission call in process
 #   BENCH_FSYNC_SECONDS  time of the raw fsync measurement [4]
 #   BENCH_DATA_ROOT      where the fresh data dirs are made [${TMPDIR:-/tmp}]
 #   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1 [42379]
@@ -255,6 +258,36 @@ scan_server() {
 	stop_server
 }
 
+# plugins_server NAME: put throughput and latency without plugins and with namespace-quota +
+# schema-guard covering every key (JSON values, so every put is allowed), each on a fresh
+# data dir; then the per-call overhead of a trivial admission plugin (`cairn bench plugin`).
+plugins_server() {
+	local server=$1 dir="$repo/plugins/target/wasm32-wasip2/release"
+	want plugins && [ "$server" = cairn ] || return 0
+	if [ ! -f "$dir/schema_guard.wasm" ]; then
+		log "plugins: no $dir/schema_guard.wasm; build the example plugins first (scripts/test.sh)"
+		return 0
+	fi
+	cat >"$work/plugins.yaml" <<EOF
+plugins:
+  - {name: quota, path: $dir/namespace_quota.wasm, hooks: [admission], values: false,
+     config: {namespaces: [{prefix: "", owners: ["*"], max-value-bytes: 4096}]}}
+  - {name: guard, path: $dir/schema_guard.wasm, hooks: [admission]}
+EOF
+	start_server "$server" -plugins-off
+	run_case "$server" "put-$clients-plugins-off" put --clients "$clients" --json-values
+	stop_server
+	CAIRN_SERVE_ARGS="${CAIRN_SERVE_ARGS:-} --config-file=$work/plugins.yaml" \
+		start_server "$server" -plugins-on
+	run_case "$server" "put-$clients-plugins-on" put --clients "$clients" --json-values
+	stop_server
+	log "$server: one admission call, in process"
+	"$CAIRN" bench plugin "$dir/hostile.wasm" --config '{"mode":"allow"}' --calls 200000 \
+		2>&1 | tee "$work/$server.plugin-call.out" >&2 || return 0
+	grep '^BENCH_RESULT ' "$work/$server.plugin-call.out" | sed 's/^BENCH_RESULT //' \
+		>"$work/$server.plugin-call.json"
+}
+
 machine_info() {
 	local cpu mem fs
 	cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -278,7 +311,8 @@ CAIRN=$(cairn_bin)
 info=$(machine_info)
 for server in $servers; do
 	case "$server" in
-	etcd | cairn) bench_server "$server" && scale_server "$server" && scan_server "$server" ;;
+	etcd | cairn) bench_server "$server" && scale_server "$server" && scan_server "$server" &&
+		plugins_server "$server" ;;
 	*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
 	esac
 done
@@ -367,6 +401,22 @@ for pattern in ("append", "prealloc"):
         rows.append(f"| disk: raw 4 KiB {pattern} + fdatasync, before the run | {label} "
                     f"| {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 print("\n".join(rows))
+
+off, on = load(f"cairn.put-{clients}-plugins-off"), load(f"cairn.put-{clients}-plugins-on")
+call = load("cairn.plugin-call")
+if off or on or call:
+    off, on = off or {}, on or {}
+    rows = ["", f"Plugins (cairn only): puts of JSON values, {clients} clients, no plugins vs "
+            "namespace-quota + schema-guard on every key", "",
+            "| metric | no plugins | quota + guard | with/without |", "|---|---:|---:|---:|"]
+    for field, label, fmt in metrics:
+        ov, nv = off.get(field), on.get(field)
+        rows.append(f"| {label} | {cell(ov, fmt)} | {cell(nv, fmt)} | {ratio(ov, nv)} |")
+    if call:
+        rows += ["", "| one admission call of a trivial plugin, in process | p50 µs | p90 µs | p99 µs |",
+                 "|---|---:|---:|---:|",
+                 f"| {call['calls']} calls | {call['p50_us']:.2f} | {call['p90_us']:.2f} | {call['p99_us']:.2f} |"]
+    print("\n".join(rows))
 PY
 )
 

@@ -57,7 +57,7 @@ pub struct Written {
 /// The node's backups.
 pub struct Backups {
     core: Arc<Core>,
-    plugins: Option<Arc<Plugins>>,
+    plugins: Arc<Plugins>,
     dir: PathBuf,
     /// The member name, in default file names.
     member: String,
@@ -68,7 +68,7 @@ pub struct Backups {
 impl Backups {
     pub fn new(
         core: Arc<Core>,
-        plugins: Option<Arc<Plugins>>,
+        plugins: Arc<Plugins>,
         dir: PathBuf,
         member: String,
     ) -> Backups {
@@ -124,7 +124,7 @@ impl Backups {
             unix_seconds()
         );
         // The plugins loaded now serve the whole stream, whatever a reload does meanwhile.
-        let set = self.plugins.as_ref().map(|p| p.current());
+        let set = Some(self.plugins.current());
         let (mut chain, name) = BackupChain::begin(set, Direction::Seal, &default_name).await?;
         if !plain_file_name(&name) {
             return Err(BackupError::BadName(name));

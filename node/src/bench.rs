@@ -136,6 +136,10 @@ pub struct LoadArgs {
     /// Value length in bytes (put and preload).
     #[arg(long, global = true, default_value_t = 256)]
     pub val_size: usize,
+    /// Put values that are JSON objects (`{"v":"vvv..."}`, --val-size bytes), e.g. for a
+    /// node whose schema-guard plugin requires them.
+    #[arg(long, global = true)]
+    pub json_values: bool,
     /// Number of distinct keys requests pick from, uniformly at random.
     #[arg(long, global = true, default_value_t = 100_000)]
     pub key_space: u64,
@@ -165,6 +169,7 @@ struct Plan {
     stop: Stop,
     key_size: usize,
     val_size: usize,
+    json_values: bool,
     key_space: u64,
     warmup: Duration,
     request_timeout: Duration,
@@ -246,6 +251,7 @@ impl BenchArgs {
             stop,
             key_size: load.key_size,
             val_size: load.val_size,
+            json_values: load.json_values,
             key_space: load.key_space,
             warmup: load.warmup,
             request_timeout: load.request_timeout,
@@ -284,6 +290,14 @@ fn decimal_digits(mut n: u64) -> usize {
 /// `etcdctl get` can inspect what a run wrote.
 fn key(index: u64, size: usize) -> Vec<u8> {
     format!("{index:0size$}").into_bytes()
+}
+
+/// A put's value: `size` bytes of `v`, or a JSON object of (at least) `size` bytes.
+fn put_value(size: usize, json: bool) -> Vec<u8> {
+    match json {
+        false => vec![b'v'; size],
+        true => format!(r#"{{"v":"{}"}}"#, "v".repeat(size.saturating_sub(8))).into_bytes(),
+    }
 }
 
 /// splitmix64: enough randomness to pick keys uniformly, without a `rand` dependency.
@@ -425,7 +439,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
             Stop::After(_) => 0,
         }),
     });
-    let value = Arc::new(vec![b'v'; plan.val_size]);
+    let value = Arc::new(put_value(plan.val_size, plan.json_values));
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);

@@ -110,20 +110,16 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 
     // Plugins (issue 12): loaded before serving, so a bad plugin fails start-up. With a
     // config file the hook is installed even when the list is empty, so a reload can add
-    // plugins; without one there is nothing to reload and no hook.
+    // plugins; without one there is nothing to reload and no hook (the plugin endpoints
+    // then list nothing and refuse reloads).
     let mut hooks = Hooks::default();
-    let plugins = match &cfg.config_file {
-        Some(_) => Some(
-            crate::plugins::Plugins::start(
-                cfg.config_file.clone(),
-                &cfg.plugins,
-                crate::plugins::mvcc_range(mvcc.clone()),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    if let Some(plugins) = &plugins {
+    let plugins = crate::plugins::Plugins::start(
+        cfg.config_file.clone(),
+        &cfg.plugins,
+        crate::plugins::mvcc_range(mvcc.clone()),
+    )
+    .await?;
+    if cfg.config_file.is_some() {
         hooks.admission = Some(Box::new(crate::plugins::PluginAdmission::new(
             plugins.clone(),
         )));

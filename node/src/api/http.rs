@@ -1,7 +1,7 @@
 //! Plain HTTP endpoints served beside gRPC on the client port (and on
 //! `--listen-metrics-urls`): `/health`, `/livez`, `/readyz`, `/version`, `/metrics`; on the
-//! client port of a node started with a config file, cairn's plugin endpoints
-//! `GET /cairn/v1/plugins` and `POST /cairn/v1/plugins/reload`; `POST /cairn/v1/backup` (on the metrics port too).
+//! client port only, cairn's plugin endpoints `GET /cairn/v1/plugins` and
+//! `POST /cairn/v1/plugins/reload`; `POST /cairn/v1/backup` on the client and metrics ports.
 
 use std::sync::Arc;
 

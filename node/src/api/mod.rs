@@ -38,9 +38,9 @@ use crate::proto::v3lockpb::lock_server::LockServer;
 /// of `--max-request-bytes` before the transport refuses a message.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// The router serving gRPC and HTTP on one port, as etcd does; with `plugins`, also the
-/// plugin endpoints (`/cairn/v1/plugins`).
-pub fn router(core: Arc<Core>, plugins: Option<Arc<crate::plugins::Plugins>>) -> axum::Router {
+/// The router serving gRPC and HTTP on one port, as etcd does, and cairn's plugin
+/// endpoints (`/cairn/v1/plugins`).
+pub fn router(core: Arc<Core>, plugins: Arc<crate::plugins::Plugins>) -> axum::Router {
     // grpc-go's receive limit is server-wide: every service gets it.
     let max_msg = core.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     codec::set_max_txn_ops(core.limits().max_txn_ops);
@@ -69,11 +69,8 @@ pub fn router(core: Arc<Core>, plugins: Option<Arc<crate::plugins::Plugins>>) ->
         WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
     )
     .into_axum_router();
-    let mut http = http::router(core);
-    if let Some(plugins) = plugins {
-        http = http.merge(http::plugin_router(plugins));
-    }
-    grpc.merge(http)
+    grpc.merge(http::router(core))
+        .merge(http::plugin_router(plugins))
         .layer(axum::middleware::from_fn(grpc_layer::layer))
 }
 

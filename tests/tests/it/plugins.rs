@@ -615,10 +615,19 @@ async fn reload_without_a_config_file_or_with_a_broken_one_changes_nothing() {
     );
     assert_eq!(loaded_version(&server, "guard").await, Some(version));
 
-    // A node started without --config-file has no plugin endpoints.
+    // A node started without --config-file lists no plugins and has nothing to reload.
     let plain = Server::start().await.unwrap();
-    let (status, _) = plain.http_get("/cairn/v1/plugins").await.unwrap();
-    assert_eq!(status, 404);
+    let (ok, stdout, _) = plugin_cli(&["list", "--endpoint", &plain.client_url()]).await;
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 1, "only the header: {stdout}");
+    let (ok, _, stderr) = plugin_cli(&["reload", "--endpoint", &plain.client_url()]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "409 Conflict: no plugins reloaded: the node was started without --config-file"
+        ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
