@@ -66,12 +66,7 @@ pub struct Backups {
 }
 
 impl Backups {
-    pub fn new(
-        core: Arc<Core>,
-        plugins: Arc<Plugins>,
-        dir: PathBuf,
-        member: String,
-    ) -> Backups {
+    pub fn new(core: Arc<Core>, plugins: Arc<Plugins>, dir: PathBuf, member: String) -> Backups {
         Backups {
             core,
             plugins,
