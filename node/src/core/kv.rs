@@ -232,7 +232,10 @@ impl Core {
     /// the old value is left to apply, which first answers "key not found" if the key is
     /// missing, as etcd's `checkRequestPut`.
     fn check_put_lease(&self, lease: i64, ignore_value: bool) -> Result<(), Error> {
-        if lease != 0 && !ignore_value && !self.lessor.contains(lease) {
+        // Only where the leader's lessor is: a follower may not yet have applied a grant the
+        // leader already acknowledged, and apply checks every put's lease anyway.
+        let here = self.leader_elsewhere().is_none();
+        if lease != 0 && !ignore_value && here && !self.lessor.contains(lease) {
             return Err(Error::LeaseNotFound);
         }
         Ok(())

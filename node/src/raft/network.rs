@@ -318,9 +318,12 @@ impl Peers {
 
     /// Records a failed call to `to` and says why.
     fn failed(&self, to: u64, status: tonic::Status) -> PeerError {
-        // A status the peer sent (no local transport error under it) still proves the
-        // connection works.
-        if std::error::Error::source(&status).is_some() {
+        // Only a broken connection ends "active since", as a broken stream does in etcd's
+        // rafthttp: a status the peer sent still proves the connection works, and a call
+        // that timed out (a loaded machine, a large append) did not break it.
+        let broken = status.code() == tonic::Code::Unavailable
+            && std::error::Error::source(&status).is_some();
+        if broken {
             if let Ok(mut active) = self.active_since.lock() {
                 active.remove(&to);
             }
