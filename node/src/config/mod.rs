@@ -82,6 +82,9 @@ pub struct Config {
     pub listen_client_http_urls: Vec<url::Url>,
     /// `--experimental-watch-progress-notify-interval` (or its etcd 3.6 name).
     pub watch_progress_notify_interval: Duration,
+    /// Lease checkpoints (`--experimental-enable-lease-checkpoint` and friends); `None`
+    /// when disabled.
+    pub lease_checkpoints: Option<crate::lease::CheckpointConfig>,
     pub listener: ListenerOptions,
     pub metrics: MetricsLevel,
     /// Serve `/debug/pprof/profile` on the client URLs.
@@ -513,6 +516,10 @@ mod tests {
                 log_outputs: vec![LogOutput::Stderr],
                 listen_client_http_urls: vec![],
                 watch_progress_notify_interval: Duration::from_secs(600),
+                lease_checkpoints: Some(crate::lease::CheckpointConfig {
+                    interval: Duration::from_secs(300),
+                    persist: false,
+                }),
                 listener: ListenerOptions {
                     reuse_port: false,
                     keepalive: Some((Duration::from_secs(7200), Duration::from_secs(20))),
@@ -843,8 +850,6 @@ mod tests {
             (&["--discovery-srv", "example.com"], "--discovery-srv: DNS discovery is not supported"),
             (&["--proxy=on"], "--proxy: running as a v2 proxy is not supported"),
             (&["--host-whitelist=example.com"], "--host-whitelist: checking the HTTP Host header is not supported yet"),
-            (&["--experimental-enable-lease-checkpoint"], "--experimental-enable-lease-checkpoint: lease checkpoints are not supported yet"),
-            (&["--feature-gates=InitialCorruptCheck=true,LeaseCheckpoint=true"], "--feature-gates: lease checkpoints are not supported yet"),
         ];
         for (args, want) in cases {
             let got = err(args, &[]);
