@@ -977,6 +977,53 @@ mod tests {
     }
 
     #[test]
+    fn lease_checkpoints_come_from_the_flags_or_their_feature_gates() {
+        use crate::lease::CheckpointConfig;
+        let checkpoints = |args: &[&str]| ok(args, &[]).config.lease_checkpoints;
+        let on = |secs, persist| {
+            Some(CheckpointConfig {
+                interval: Duration::from_secs(secs),
+                persist,
+            })
+        };
+        assert_eq!(checkpoints(&[]), on(300, false));
+        assert_eq!(checkpoints(&["--experimental-enable-lease-checkpoint=false"]), None);
+        assert_eq!(checkpoints(&["--feature-gates=LeaseCheckpoint=false"]), None);
+        assert_eq!(
+            checkpoints(&[
+                "--feature-gates=LeaseCheckpointPersist=true",
+                "--experimental-lease-checkpoint-interval=2s"
+            ]),
+            on(2, true)
+        );
+        assert_eq!(
+            checkpoints(&[
+                "--experimental-enable-lease-checkpoint=true",
+                "--feature-gates=LeaseCheckpoint=true"
+            ]),
+            on(300, false)
+        );
+        let refused = [
+            (
+                &["--experimental-enable-lease-checkpoint=true", "--feature-gates=LeaseCheckpoint=false"][..],
+                "--experimental-enable-lease-checkpoint=true and --feature-gates=LeaseCheckpoint=false are set at the same time",
+            ),
+            (
+                &["--experimental-enable-lease-checkpoint=false", "--experimental-enable-lease-checkpoint-persist=true"],
+                "(from flag --experimental-enable-lease-checkpoint-persist): setting experimental-enable-lease-checkpoint-persist requires experimental-enable-lease-checkpoint",
+            ),
+            (
+                &["--experimental-lease-checkpoint-interval=500ms"],
+                "(from flag --experimental-lease-checkpoint-interval): --experimental-lease-checkpoint-interval must be at least 1s",
+            ),
+        ];
+        for (args, want) in refused {
+            let got = err(args, &[]);
+            assert!(got.contains(want), "{args:?}: {got}");
+        }
+    }
+
+    #[test]
     fn durations_and_booleans_take_every_form_etcd_does() {
         let interval = |args: &[&str]| ok(args, &[]).config.watch_progress_notify_interval;
         assert_eq!(

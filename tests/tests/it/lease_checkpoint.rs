@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::cluster::{Cluster, ClusterOptions, LEADER_TIMEOUT};
 use etcd_client::{GetOptions, PutOptions};
 use tokio::time::{sleep, Instant};
 
@@ -34,13 +34,28 @@ async fn a_lease_keeps_its_remaining_ttl_when_the_leader_is_killed() {
     sleep(BEFORE_KILL).await;
 
     cluster.kill9(leader).expect("kill -9 the leader");
-    let next = cluster.leader().await.expect("a new leader");
-    assert_ne!(next, leader);
+    // The survivors name the killed leader until they elect another.
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    let next = loop {
+        match cluster.current_leader().await {
+            Some(next) if next != leader => break next,
+            _ if Instant::now() < deadline => sleep(Duration::from_millis(100)).await,
+            other => panic!("no new leader within {LEADER_TIMEOUT:?}: {other:?}"),
+        }
+    };
     let mut client = cluster.client(next).await.expect("client");
-    let ttl = client
-        .lease_time_to_live(lease, None)
-        .await
-        .expect("time to live");
+    // A new leader answers "not leader" to lease calls until its lessor is promoted, on
+    // its next expiry tick (500 ms).
+    let ttl = loop {
+        match client.lease_time_to_live(lease, None).await {
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.message() == "etcdserver: not leader" && Instant::now() < deadline =>
+            {
+                sleep(Duration::from_millis(100)).await
+            }
+            other => break other.expect("time to live"),
+        }
+    };
     let left = TTL - i64::try_from(granted_at.elapsed().as_secs()).unwrap();
     assert_eq!(ttl.granted_ttl(), TTL);
     // Without checkpoints the new leader reports the full TTL again (plus the election
