@@ -987,8 +987,14 @@ mod tests {
             })
         };
         assert_eq!(checkpoints(&[]), on(300, false));
-        assert_eq!(checkpoints(&["--experimental-enable-lease-checkpoint=false"]), None);
-        assert_eq!(checkpoints(&["--feature-gates=LeaseCheckpoint=false"]), None);
+        assert_eq!(
+            checkpoints(&["--experimental-enable-lease-checkpoint=false"]),
+            None
+        );
+        assert_eq!(
+            checkpoints(&["--feature-gates=LeaseCheckpoint=false"]),
+            None
+        );
         assert_eq!(
             checkpoints(&[
                 "--feature-gates=LeaseCheckpointPersist=true",

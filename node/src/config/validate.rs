@@ -14,11 +14,11 @@ use super::keys::{
     LEASE_CHECKPOINT_PERSIST, WATCH_PROGRESS, WATCH_PROGRESS_OLD,
 };
 use super::layers::{Entry, Raw};
-use crate::lease::CheckpointConfig;
 use super::{
     AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
     Origin,
 };
+use crate::lease::CheckpointConfig;
 
 /// etcd's `maxElectionMs`.
 const MAX_ELECTION_MS: u64 = 50_000;
@@ -260,7 +260,12 @@ fn lease_checkpoints(
     gates: &[(&str, bool)],
 ) -> Result<Option<CheckpointConfig>, ConfigError> {
     let enabled = gated(raw, gates, LEASE_CHECKPOINT, "LeaseCheckpoint")?;
-    let persist = gated(raw, gates, LEASE_CHECKPOINT_PERSIST, "LeaseCheckpointPersist")?;
+    let persist = gated(
+        raw,
+        gates,
+        LEASE_CHECKPOINT_PERSIST,
+        "LeaseCheckpointPersist",
+    )?;
     if persist && !enabled {
         return Err(raw.get(LEASE_CHECKPOINT_PERSIST).invalid(format!(
             "setting {LEASE_CHECKPOINT_PERSIST} requires {LEASE_CHECKPOINT}"
@@ -285,7 +290,11 @@ fn gated(raw: &Raw, gates: &[(&str, bool)], flag: &str, gate: &str) -> Result<bo
                 message: format!(
                     "--{flag}={value} and --{FEATURE_GATES}={gate}={gated} are set at the same time"
                 ),
-                origins: format!("{}, {}", entry.provenance(), raw.get(FEATURE_GATES).provenance()),
+                origins: format!(
+                    "{}, {}",
+                    entry.provenance(),
+                    raw.get(FEATURE_GATES).provenance()
+                ),
             })
         }
         Some(&(_, gated)) => Ok(gated),

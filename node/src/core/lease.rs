@@ -21,8 +21,8 @@ use super::{until_deadline, Core, Error, Operation};
 use crate::lease::{counters, LeaseError, MAX_LEASE_TTL};
 use crate::proto::cairnpb::command::Cmd;
 use crate::proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::raft::Applied;

@@ -76,7 +76,10 @@ async fn a_lease_keeps_its_remaining_ttl_when_the_leader_is_killed() {
         if got.count() == 0 {
             break;
         }
-        assert!(Instant::now() < limit, "the lease's key outlived its TTL by 5 s");
+        assert!(
+            Instant::now() < limit,
+            "the lease's key outlived its TTL by 5 s"
+        );
         sleep(Duration::from_millis(200)).await;
     }
     let expired_after = granted_at.elapsed();
