@@ -359,7 +359,8 @@ failover() {
 	wait "${member_pids[$leader]}" 2>/dev/null || true
 	member_pids[leader]=""
 	deadline=$((SECONDS + 60))
-	until "$ETCDCTL" --endpoints="$survivor" --dial-timeout=1s --command-timeout=1s \
+	# Short timeouts: each failed try costs its timeout, which bounds the resolution.
+	until "$ETCDCTL" --endpoints="$survivor" --dial-timeout=250ms --command-timeout=250ms \
 		put failover x >/dev/null 2>&1; do
 		if [ $SECONDS -ge $deadline ]; then
 			log "$name: no put succeeded within 60 s of the kill"
