@@ -17,13 +17,18 @@
 #   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
-#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins ["kv watch scale scan"];
-#                        plugins (cairn only, needs the example plugins built) puts at
-#                        BENCH_CLIENTS with no plugins, then with namespace-quota +
-#                        schema-guard on every key, and measures one admission call in process
+#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins, cluster
+#                        ["kv watch scale scan"]; plugins (cairn only, needs the example
+#                        plugins built) puts at BENCH_CLIENTS with no plugins, then with
+#                        namespace-quota + schema-guard on every key, and measures one
+#                        admission call in process
+#   BENCH_HEARTBEAT      --heartbeat-interval (ms) of the 3-member cluster case [100]
+#   BENCH_ELECTION       --election-timeout (ms) of the 3-member cluster case [1000]
+#   BENCH_FAILOVERS      kill -9 rounds of the cluster case, reported as the median [5]
 #   BENCH_FSYNC_SECONDS  time of the raw fsync measurement [4]
 #   BENCH_DATA_ROOT      where the fresh data dirs are made [${TMPDIR:-/tmp}]
-#   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1 [42379]
+#   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1; the cluster
+#                        case's members use BENCH_PORT+10 to BENCH_PORT+15 [42379]
 #   BENCH_KEEP           1 keeps the data dirs and logs
 #   CAIRN_BIN            cairn binary (server and load generator); else built with
 #                        `cargo build --release -p cairn` into CARGO_TARGET_DIR
@@ -59,15 +64,23 @@ watch_rate=${BENCH_WATCH_RATE:-1000}
 scale_keys=${BENCH_SCALE_KEYS:-1000000}
 scan_keys=${BENCH_SCAN_KEYS:-200000}
 cases=${BENCH_CASES:-kv watch scale scan}
+heartbeat=${BENCH_HEARTBEAT:-100}
+election=${BENCH_ELECTION:-1000}
+failovers=${BENCH_FAILOVERS:-5}
 data_root=${BENCH_DATA_ROOT:-${TMPDIR:-/tmp}}
 port=${BENCH_PORT:-42379}
 peer_port=$((port + 1))
 endpoint="127.0.0.1:$port"
+# Where run_bench sends load; the cluster case points it at one member.
+bench_endpoint=$endpoint
 
 work=$(mktemp -d "$data_root/cairn-bench.XXXXXX")
 server_pid=""
+# The cluster case's members, by index ("" while one is down).
+member_pids=()
 cleanup() {
 	stop_server
+	stop_members
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then
 		echo "kept $work" >&2
 	else
@@ -84,6 +97,16 @@ stop_server() {
 	kill -KILL "$server_pid" 2>/dev/null || true
 	wait "$server_pid" 2>/dev/null || true
 	server_pid=""
+}
+stop_members() {
+	local i pid
+	for i in "${!member_pids[@]}"; do
+		pid=${member_pids[$i]}
+		[ -n "$pid" ] || continue
+		server_pid=$pid
+		stop_server
+	done
+	member_pids=()
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -125,21 +148,34 @@ start_server() {
 		--listen-peer-urls "http://127.0.0.1:$peer_port"
 		--initial-advertise-peer-urls "http://127.0.0.1:$peer_port"
 		--initial-cluster "bench=http://127.0.0.1:$peer_port")
-	case "$name" in
-	# shellcheck disable=SC2206 # word splitting of the *_ARGS variables is intended
-	etcd) cmd=("$ETCD" "${flags[@]}" ${ETCD_EXTRA_ARGS---log-level=warn}) ;;
-	# shellcheck disable=SC2206
-	cairn) cmd=("${CAIRN_SERVER_BIN:-$CAIRN}" ${CAIRN_SERVE_ARGS:-} "${flags[@]}" ${CAIRN_EXTRA_ARGS:-}) ;;
-	esac
+	server_cmd "$name" "${flags[@]}"
 	log "starting $name: ${cmd[*]}"
 	"${cmd[@]}" >"$work/$name.log" 2>&1 &
 	server_pid=$!
+	wait_healthy "$name" "$server_pid" "$endpoint" "$work/$name.log"
+}
+
+# server_cmd NAME FLAGS...: the command line that starts server NAME with etcd's FLAGS.
+server_cmd() {
+	local name=$1
+	shift
+	case "$name" in
+	# shellcheck disable=SC2206 # word splitting of the *_ARGS variables is intended
+	etcd) cmd=("$ETCD" "$@" ${ETCD_EXTRA_ARGS---log-level=warn}) ;;
+	# shellcheck disable=SC2206
+	cairn) cmd=("${CAIRN_SERVER_BIN:-$CAIRN}" ${CAIRN_SERVE_ARGS:-} "$@" ${CAIRN_EXTRA_ARGS:-}) ;;
+	esac
+}
+
+# wait_healthy NAME PID ENDPOINT LOG: waits until the server answers `endpoint health`.
+wait_healthy() {
+	local name=$1 pid=$2 at=$3 logfile=$4
 	local deadline=$((SECONDS + 30))
-	until "$ETCDCTL" --endpoints="$endpoint" --dial-timeout=1s --command-timeout=2s \
+	until "$ETCDCTL" --endpoints="$at" --dial-timeout=1s --command-timeout=2s \
 		endpoint health >/dev/null 2>&1; do
-		if ! kill -0 "$server_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+		if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
 			echo "$name did not become healthy; last log lines:" >&2
-			tail -n 20 "$work/$name.log" >&2
+			tail -n 20 "$logfile" >&2
 			exit 1
 		fi
 		sleep 0.2
@@ -163,7 +199,7 @@ run_bench() {
 	shift 2
 	log "$server $case"
 	# A failing case is reported and left blank in the table; the other cases still run.
-	if ! "$CAIRN" bench --endpoints "$endpoint" "$@" 2>&1 | tee "$work/$server.$case.out" >&2; then
+	if ! "$CAIRN" bench --endpoints "$bench_endpoint" "$@" 2>&1 | tee "$work/$server.$case.out" >&2; then
 		log "$server $case FAILED"
 		return 0
 	fi
@@ -288,6 +324,117 @@ EOF
 		>"$work/$server.plugin-call.json"
 }
 
+# The cluster case's member I: client port BENCH_PORT+10+2I, peer port one above.
+member_client() { echo "127.0.0.1:$((port + 10 + 2 * $1))"; }
+member_peer() { echo "http://127.0.0.1:$((port + 11 + 2 * $1))"; }
+member_endpoints() { local i; for i in 0 1 2; do member_client "$i"; done | paste -sd, -; }
+
+# start_member NAME I: starts member I of NAME's 3-member cluster (on its data dir, kept
+# across restarts) in the background; does not wait.
+start_member() {
+	local name=$1 i=$2 initial="" j
+	for j in 0 1 2; do initial+="${initial:+,}m$j=$(member_peer "$j")"; done
+	local at data="$work/$name-cluster-m$i"
+	at=$(member_client "$i")
+	mkdir -p "$data"
+	server_cmd "$name" --name "m$i" --data-dir "$data" \
+		--listen-client-urls "http://$at" --advertise-client-urls "http://$at" \
+		--listen-peer-urls "$(member_peer "$i")" --initial-advertise-peer-urls "$(member_peer "$i")" \
+		--initial-cluster "$initial" --initial-cluster-token "bench-$name" \
+		--initial-cluster-state new \
+		--heartbeat-interval "$heartbeat" --election-timeout "$election"
+	"${cmd[@]}" >>"$work/$name-cluster-m$i.log" 2>&1 &
+	member_pids[i]=$!
+}
+
+# cluster_leader: the index of the member every running member names as leader, or
+# nothing yet.
+cluster_leader() {
+	"$ETCDCTL" --endpoints="$(member_endpoints)" --dial-timeout=1s --command-timeout=2s \
+		endpoint status -w json 2>/dev/null | python3 -c '
+import json, sys
+try:
+    statuses = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+ids = [s["Status"]["header"]["member_id"] for s in statuses]
+leaders = {s["Status"]["leader"] for s in statuses}
+if len(statuses) == 3 and len(leaders) == 1 and leaders <= set(ids):
+    ends = [s["Endpoint"] for s in statuses]
+    port = int(ends[ids.index(leaders.pop())].rsplit(":", 1)[1])
+    print((port - int(sys.argv[1]) - 10) // 2)
+' "$port" || true
+}
+
+# wait_cluster NAME: waits (30 s) until all 3 members run and agree on a leader; prints it.
+wait_cluster() {
+	local deadline=$((SECONDS + 30)) leader=""
+	while [ -z "$leader" ]; do
+		if [ $SECONDS -ge $deadline ]; then
+			echo "$1's cluster has no leader; last log lines:" >&2
+			tail -n 5 "$work/$1"-cluster-m*.log >&2
+			exit 1
+		fi
+		sleep 0.2
+		leader=$(cluster_leader)
+	done
+	echo "$leader"
+}
+
+# failover NAME: kill -9 of the leader, then the time until a put through a surviving member
+# succeeds, in ms (etcdctl's start-up included, as for both servers); restarts the killed
+# member afterwards.
+failover() {
+	local name=$1 leader survivor started ms deadline
+	leader=$(wait_cluster "$name")
+	survivor=$(member_client $(((leader + 1) % 3)))
+	started=$EPOCHREALTIME
+	kill -KILL "${member_pids[$leader]}"
+	wait "${member_pids[$leader]}" 2>/dev/null || true
+	member_pids[leader]=""
+	deadline=$((SECONDS + 60))
+	# Short timeouts: each failed try costs its timeout, which bounds the resolution.
+	until "$ETCDCTL" --endpoints="$survivor" --dial-timeout=250ms --command-timeout=250ms \
+		put failover x >/dev/null 2>&1; do
+		if [ $SECONDS -ge $deadline ]; then
+			log "$name: no put succeeded within 60 s of the kill"
+			return 0
+		fi
+	done
+	ms=$(python3 -c "print(round(($EPOCHREALTIME - $started) * 1000))")
+	log "$name: put through a survivor $ms ms after kill -9 of the leader"
+	echo "$ms" >>"$work/$name.failover.txt"
+	start_member "$name" "$leader"
+}
+
+# cluster_server NAME: 3 members on loopback: puts and reads against the leader and a
+# follower, then kill -9 of the leader, BENCH_FAILOVERS times.
+cluster_server() {
+	local name=$1 leader follower i
+	want cluster || return 0
+	for i in 0 1 2; do start_member "$name" "$i"; done
+	leader=$(wait_cluster "$name")
+	follower=$(((leader + 1) % 3))
+	log "$name cluster: leader m$leader, follower m$follower"
+	local bench_endpoint
+	for role in leader follower; do
+		if [ "$role" = leader ]; then i=$leader; else i=$follower; fi
+		bench_endpoint=$(member_client "$i")
+		run_case "$name" "cluster-put-1-$role" put --clients 1
+		run_case "$name" "cluster-put-$clients-$role" put --clients "$clients"
+		run_case "$name" "cluster-range-l-$clients-$role" range --consistency l \
+			--clients "$clients" $([ "$role" = leader ] && echo --preload)
+		run_case "$name" "cluster-range-s-$clients-$role" range --consistency s --clients "$clients"
+	done
+	for _ in $(seq "$failovers"); do failover "$name"; done
+	python3 -c '
+import json, statistics, sys
+ms = [float(x) for x in open(sys.argv[1]).read().split()]
+print(json.dumps({"median_ms": statistics.median(ms), "rounds": len(ms), "max_ms": max(ms)}))
+' "$work/$name.failover.txt" >"$work/$name.failover.json" 2>/dev/null || true
+	stop_members
+}
+
 machine_info() {
 	local cpu mem fs
 	cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -311,16 +458,19 @@ CAIRN=$(cairn_bin)
 info=$(machine_info)
 for server in $servers; do
 	case "$server" in
-	etcd | cairn) bench_server "$server" && scale_server "$server" && scan_server "$server" &&
-		plugins_server "$server" ;;
+	etcd | cairn)
+		bench_server "$server" && scale_server "$server" && scan_server "$server" &&
+			plugins_server "$server" && cluster_server "$server"
+		;;
 	*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
 	esac
 done
 
-table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" <<'PY'
+table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" \
+	"$heartbeat" "$election" <<'PY'
 import json, os, sys
 
-work, clients, watchers, watch_rate, scale_keys, scan_keys = sys.argv[1:7]
+work, clients, watchers, watch_rate, scale_keys, scan_keys, heartbeat, election = sys.argv[1:9]
 
 def load(name):
     path = os.path.join(work, name + ".json")
@@ -329,6 +479,8 @@ def load(name):
 cases = [("put-1", "put, 1 client"), (f"put-{clients}", f"put, {clients} clients"),
          (f"range-l-{clients}", f"range linearizable, {clients} clients"),
          (f"range-s-{clients}", f"range serializable, {clients} clients")]
+cases += [(f"cluster-{key}-{role}", f"3 members, {title}, on the {role}")
+          for role in ("leader", "follower") for key, title in cases]
 metrics = [("ops_per_sec", "ops/s", "{:.0f}"), ("p50_ms", "p50 ms", "{:.3f}"),
            ("p90_ms", "p90 ms", "{:.3f}"), ("p99_ms", "p99 ms", "{:.3f}"),
            ("p999_ms", "p99.9 ms", "{:.3f}"), ("errors", "errors", "{:d}")]
@@ -375,6 +527,13 @@ for field, label, fmt in [("p50_ms", "put p50 ms from due time", "{:.3f}"),
                           ("put_errors", "puts failed", "{:d}"), ("scans", "full ranges done", "{:d}")]:
     ev, cv = e.get(field), c.get(field)
     rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+
+e, c = load("etcd.failover") or {}, load("cairn.failover") or {}
+title = (f"3 members, kill -9 of the leader until a put through a survivor succeeds "
+         f"(heartbeat {heartbeat} ms, election timeout {election} ms)")
+for field, label in [("median_ms", "median ms"), ("max_ms", "max ms"), ("rounds", "rounds")]:
+    ev, cv = e.get(field), c.get(field)
+    rows.append(f"| {title} | {label} | {cell(ev, '{:.0f}')} | {cell(cv, '{:.0f}')} | {ratio(ev, cv)} |")
 
 e, c = load("etcd.proc") or {}, load("cairn.proc") or {}
 for field, label in [("rss_kb", "RSS after run, MiB"), ("hwm_kb", "peak RSS, MiB"),

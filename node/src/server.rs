@@ -70,7 +70,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
     let lessor = Arc::new(Lessor::open(
         &store,
-        LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id),
+        LessorConfig {
+            checkpoints: cfg.lease_checkpoints,
+            ..LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id)
+        },
     )?);
     // Before raft, so entries replayed at start-up are dispatched like any others.
     let watch = Arc::new(WatchHub::start(

@@ -88,7 +88,9 @@ const NO_DEFRAG: &str = "defragmentation is a no-op in cairn: the LSM compacts i
 const NO_SLOW_LOG: &str = "cairn logs no slow-request warnings yet";
 const NO_COMPACTION_BATCHES: &str = "cairn compacts in one LSM range delete, not in batches";
 const NO_LOG_ROTATION: &str = "cairn does not rotate log files (use logrotate with copytruncate)";
-pub(crate) const LEASE_CHECKPOINTS: &str = "lease checkpoints are not supported yet";
+pub(crate) const LEASE_CHECKPOINT: &str = "experimental-enable-lease-checkpoint";
+pub(crate) const LEASE_CHECKPOINT_PERSIST: &str = "experimental-enable-lease-checkpoint-persist";
+pub(crate) const LEASE_CHECKPOINT_INTERVAL: &str = "experimental-lease-checkpoint-interval";
 
 const fn key(
     name: &'static str,
@@ -246,8 +248,9 @@ pub(crate) static KEYS: &[Key] = &[
     key("experimental-compact-hash-check-enabled", "false", Bool, EXPERIMENTAL, Ignored(NO_PEERS), "Enable leader to periodically check followers compaction hashes."),
     key("experimental-compact-hash-check-time", "1m", Duration, EXPERIMENTAL, Ignored(NO_PEERS), "Duration of time between leader checks followers compaction hashes."),
     key("compact-hash-check-time", "1m", Duration, EXPERIMENTAL, Ignored(NO_PEERS), "etcd 3.6 name of --experimental-compact-hash-check-time."),
-    key("experimental-enable-lease-checkpoint", "false", Bool, EXPERIMENTAL, DefaultOnly(LEASE_CHECKPOINTS), "Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change."),
-    key("experimental-enable-lease-checkpoint-persist", "false", Bool, EXPERIMENTAL, DefaultOnly(LEASE_CHECKPOINTS), "Enable persisting remainingTTL to prevent indefinite auto-renewal of long lived leases."),
+    key(LEASE_CHECKPOINT, "true", Bool, EXPERIMENTAL, Honoured, "Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change (on by default in cairn)."),
+    key(LEASE_CHECKPOINT_PERSIST, "false", Bool, EXPERIMENTAL, Honoured, "Enable persisting remainingTTL to prevent indefinite auto-renewal of long lived leases."),
+    key(LEASE_CHECKPOINT_INTERVAL, "5m", Duration, EXPERIMENTAL, Honoured, "cairn only: how often the leader checkpoints a lease's remaining TTL (etcd's fixed LeaseCheckpointInterval)."),
     key("experimental-compaction-batch-limit", "1000", Int, EXPERIMENTAL, Ignored(NO_COMPACTION_BATCHES), "Sets the maximum revisions deleted in each compaction batch."),
     key("compaction-batch-limit", "1000", Int, EXPERIMENTAL, Ignored(NO_COMPACTION_BATCHES), "etcd 3.6 name of --experimental-compaction-batch-limit."),
     key("experimental-compaction-sleep-interval", "10ms", Duration, EXPERIMENTAL, Ignored(NO_COMPACTION_BATCHES), "Sets the sleep interval between each compaction batch."),
@@ -268,7 +271,7 @@ pub(crate) static KEYS: &[Key] = &[
     key("memory-mlock", "false", Bool, EXPERIMENTAL, Ignored(NO_BBOLT), "etcd 3.6 name of --experimental-memory-mlock."),
     key(SNAPSHOT_CATCHUP_OLD, "5000", Uint, EXPERIMENTAL, Honoured, "Number of entries for a slow follower to catch up after compacting the raft storage entries."),
     key(SNAPSHOT_CATCHUP, "5000", Uint, EXPERIMENTAL, Honoured, "etcd 3.6 name of --experimental-snapshot-catchup-entries."),
-    key(FEATURE_GATES, "", List, EXPERIMENTAL, Ignored("its gates mirror experimental flags that have no effect in cairn (LeaseCheckpoint=true is refused)"), "etcd 3.6 feature gates, e.g. InitialCorruptCheck=true (LeaseCheckpoint and LeaseCheckpointPersist are not supported yet)."),
+    key(FEATURE_GATES, "", List, EXPERIMENTAL, Honoured, "etcd 3.6 feature gates, e.g. LeaseCheckpoint=false (the gates other than LeaseCheckpoint and LeaseCheckpointPersist mirror experimental flags that have no effect in cairn)."),
     // Unsafe
     key("force-new-cluster", "false", Bool, UNSAFE, Honoured, "Force to create a new one-member cluster."),
     key("unsafe-no-fsync", "false", Bool, UNSAFE, Honoured, "Disables fsync, unsafe, will cause data loss: acknowledged writes survive a crash of cairn but not of the machine."),

@@ -88,6 +88,9 @@ pub struct Config {
     pub listen_client_http_urls: Vec<url::Url>,
     /// `--experimental-watch-progress-notify-interval` (or its etcd 3.6 name).
     pub watch_progress_notify_interval: Duration,
+    /// Lease checkpoints (`--experimental-enable-lease-checkpoint` and friends); `None`
+    /// when disabled.
+    pub lease_checkpoints: Option<crate::lease::CheckpointConfig>,
     pub listener: ListenerOptions,
     pub metrics: MetricsLevel,
     /// Serve `/debug/pprof/profile` on the client URLs.
@@ -538,6 +541,10 @@ mod tests {
                 log_outputs: vec![LogOutput::Stderr],
                 listen_client_http_urls: vec![],
                 watch_progress_notify_interval: Duration::from_secs(600),
+                lease_checkpoints: Some(crate::lease::CheckpointConfig {
+                    interval: Duration::from_secs(300),
+                    persist: false,
+                }),
                 listener: ListenerOptions {
                     reuse_port: false,
                     keepalive: Some((Duration::from_secs(7200), Duration::from_secs(20))),
@@ -871,8 +878,6 @@ mod tests {
             (&["--discovery-srv", "example.com"], "--discovery-srv: DNS discovery is not supported"),
             (&["--proxy=on"], "--proxy: running as a v2 proxy is not supported"),
             (&["--host-whitelist=example.com"], "--host-whitelist: checking the HTTP Host header is not supported yet"),
-            (&["--experimental-enable-lease-checkpoint"], "--experimental-enable-lease-checkpoint: lease checkpoints are not supported yet"),
-            (&["--feature-gates=InitialCorruptCheck=true,LeaseCheckpoint=true"], "--feature-gates: lease checkpoints are not supported yet"),
         ];
         for (args, want) in cases {
             let got = err(args, &[]);
@@ -997,6 +1002,59 @@ mod tests {
             Err(ConfigError::UnknownKeys(_))
         ));
         assert!(matches!(run(&["stray"], &[]), Err(ConfigError::Cli(_))));
+    }
+
+    #[test]
+    fn lease_checkpoints_come_from_the_flags_or_their_feature_gates() {
+        use crate::lease::CheckpointConfig;
+        let checkpoints = |args: &[&str]| ok(args, &[]).config.lease_checkpoints;
+        let on = |secs, persist| {
+            Some(CheckpointConfig {
+                interval: Duration::from_secs(secs),
+                persist,
+            })
+        };
+        assert_eq!(checkpoints(&[]), on(300, false));
+        assert_eq!(
+            checkpoints(&["--experimental-enable-lease-checkpoint=false"]),
+            None
+        );
+        assert_eq!(
+            checkpoints(&["--feature-gates=LeaseCheckpoint=false"]),
+            None
+        );
+        assert_eq!(
+            checkpoints(&[
+                "--feature-gates=LeaseCheckpointPersist=true",
+                "--experimental-lease-checkpoint-interval=2s"
+            ]),
+            on(2, true)
+        );
+        assert_eq!(
+            checkpoints(&[
+                "--experimental-enable-lease-checkpoint=true",
+                "--feature-gates=LeaseCheckpoint=true"
+            ]),
+            on(300, false)
+        );
+        let refused = [
+            (
+                &["--experimental-enable-lease-checkpoint=true", "--feature-gates=LeaseCheckpoint=false"][..],
+                "--experimental-enable-lease-checkpoint=true and --feature-gates=LeaseCheckpoint=false are set at the same time",
+            ),
+            (
+                &["--experimental-enable-lease-checkpoint=false", "--experimental-enable-lease-checkpoint-persist=true"],
+                "(from flag --experimental-enable-lease-checkpoint-persist): setting experimental-enable-lease-checkpoint-persist requires experimental-enable-lease-checkpoint",
+            ),
+            (
+                &["--experimental-lease-checkpoint-interval=500ms"],
+                "(from flag --experimental-lease-checkpoint-interval): --experimental-lease-checkpoint-interval must be at least 1s",
+            ),
+        ];
+        for (args, want) in refused {
+            let got = err(args, &[]);
+            assert!(got.contains(want), "{args:?}: {got}");
+        }
     }
 
     #[test]

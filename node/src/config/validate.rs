@@ -10,14 +10,16 @@ use std::time::Duration;
 use url::{Host, Url};
 
 use super::keys::{
-    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINTS, SNAPSHOT_CATCHUP, SNAPSHOT_CATCHUP_OLD,
-    WATCH_PROGRESS, WATCH_PROGRESS_OLD,
+    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINT, LEASE_CHECKPOINT_INTERVAL,
+    LEASE_CHECKPOINT_PERSIST, SNAPSHOT_CATCHUP, SNAPSHOT_CATCHUP_OLD, WATCH_PROGRESS,
+    WATCH_PROGRESS_OLD,
 };
 use super::layers::{Entry, Raw};
 use super::{
     AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
     Origin,
 };
+use crate::lease::CheckpointConfig;
 
 /// etcd's `maxElectionMs`.
 const MAX_ELECTION_MS: u64 = 50_000;
@@ -43,7 +45,7 @@ const CHOICES: &[(&str, &[&str])] = &[
 ];
 
 /// etcd 3.6's feature gates. They mirror experimental flags of 3.5 with the same effect in
-/// cairn: the lease checkpoint ones turn on a feature cairn lacks, the others change nothing.
+/// cairn: the lease checkpoint ones set those flags, the others change nothing.
 const FEATURE_GATE_NAMES: &[&str] = &[
     "StopGRPCServiceOnDefrag",
     "TxnModeWriteWithSharedBuffer",
@@ -78,7 +80,7 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
     check_forms(raw)?;
     check_choices(raw)?;
     reject_unsupported(raw)?;
-    feature_gates(raw.get(FEATURE_GATES))?;
+    let lease_checkpoints = lease_checkpoints(raw, &feature_gates(raw.get(FEATURE_GATES))?)?;
     let name = raw.get("name").value.clone();
     let listen_client_urls = urls(raw.get("listen-client-urls"), Need::Bind)?;
     let advertise_client_urls = urls(raw.get("advertise-client-urls"), Need::Host)?;
@@ -123,6 +125,7 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         log_outputs: log_outputs(raw.get("log-outputs"))?,
         listen_client_http_urls: urls(raw.get("listen-client-http-urls"), Need::BindOrNone)?,
         watch_progress_notify_interval: watch_progress(raw)?,
+        lease_checkpoints,
         listener: listener(raw)?,
         metrics: match raw.get("metrics").value.as_str() {
             "extensive" => MetricsLevel::Extensive,
@@ -235,8 +238,9 @@ fn reject_unsupported(raw: &Raw) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `--feature-gates`: `Name=bool` pairs with etcd 3.6's gate names.
-fn feature_gates(entry: &Entry) -> Result<(), ConfigError> {
+/// `--feature-gates`: `Name=bool` pairs with etcd 3.6's gate names; returns those given.
+fn feature_gates(entry: &Entry) -> Result<Vec<(&str, bool)>, ConfigError> {
+    let mut gates = Vec::new();
     for pair in entry
         .value
         .split(',')
@@ -251,11 +255,58 @@ fn feature_gates(entry: &Entry) -> Result<(), ConfigError> {
         }
         let enabled = parse_bool(value)
             .ok_or_else(|| entry.invalid(format!("invalid value of {name}={value}")))?;
-        if enabled && name.starts_with("LeaseCheckpoint") {
-            return Err(entry.unsupported(LEASE_CHECKPOINTS));
-        }
+        gates.push((name, enabled));
     }
-    Ok(())
+    Ok(gates)
+}
+
+/// Lease checkpoints, from the experimental flags or their etcd 3.6 feature gates, with
+/// etcd's rule that persisting needs checkpoints.
+fn lease_checkpoints(
+    raw: &Raw,
+    gates: &[(&str, bool)],
+) -> Result<Option<CheckpointConfig>, ConfigError> {
+    let enabled = gated(raw, gates, LEASE_CHECKPOINT, "LeaseCheckpoint")?;
+    let persist = gated(
+        raw,
+        gates,
+        LEASE_CHECKPOINT_PERSIST,
+        "LeaseCheckpointPersist",
+    )?;
+    if persist && !enabled {
+        return Err(raw.get(LEASE_CHECKPOINT_PERSIST).invalid(format!(
+            "setting {LEASE_CHECKPOINT_PERSIST} requires {LEASE_CHECKPOINT}"
+        )));
+    }
+    let entry = raw.get(LEASE_CHECKPOINT_INTERVAL);
+    let interval = duration(entry)?;
+    if interval < Duration::from_secs(1) {
+        return Err(entry.invalid(format!("--{LEASE_CHECKPOINT_INTERVAL} must be at least 1s")));
+    }
+    Ok(enabled.then_some(CheckpointConfig { interval, persist }))
+}
+
+/// A boolean flag that an etcd 3.6 feature gate may set instead; both set differently is
+/// refused rather than one silently ignored.
+fn gated(raw: &Raw, gates: &[(&str, bool)], flag: &str, gate: &str) -> Result<bool, ConfigError> {
+    let entry = raw.get(flag);
+    let value = boolean(entry)?;
+    match gates.iter().find(|(name, _)| *name == gate) {
+        Some(&(_, gated)) if entry.origin != Origin::Default && gated != value => {
+            Err(ConfigError::Conflict {
+                message: format!(
+                    "--{flag}={value} and --{FEATURE_GATES}={gate}={gated} are set at the same time"
+                ),
+                origins: format!(
+                    "{}, {}",
+                    entry.provenance(),
+                    raw.get(FEATURE_GATES).provenance()
+                ),
+            })
+        }
+        Some(&(_, gated)) => Ok(gated),
+        None => Ok(value),
+    }
 }
 
 /// Go's `strconv.ParseBool`, which etcd's boolean flags use.

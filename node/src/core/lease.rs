@@ -7,6 +7,11 @@
 //! Expiry: every [`EXPIRY_TICK`] the leader proposes a revoke for each expired lease (at
 //! most [`REVOKES_PER_TICK`], etcd's 1000 revokes/s), which deletes the lease's keys in one
 //! revision. Becoming leader refreshes every lease (etcd's `Promote`).
+//!
+//! Checkpoints: on the same tick the leader proposes the remaining TTLs of the leases whose
+//! checkpoint is due (at most [`CHECKPOINTS_PER_TICK`], etcd's batch of 1000), and a
+//! keep-alive of a checkpointed lease first proposes clearing its checkpoint, as etcd's
+//! `Renew`, so a later leader gives it its full TTL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +21,9 @@ use super::{until_deadline, Core, Error, Operation};
 use crate::lease::{counters, LeaseError, MAX_LEASE_TTL};
 use crate::proto::cairnpb::command::Cmd;
 use crate::proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::raft::Applied;
 
@@ -26,6 +31,8 @@ use crate::raft::Applied;
 const EXPIRY_TICK: Duration = Duration::from_millis(500);
 /// etcd's `leaseRevokeRate` (1000/s) per tick.
 const REVOKES_PER_TICK: usize = 500;
+/// etcd's `maxLeaseCheckpointBatchSize`.
+const CHECKPOINTS_PER_TICK: usize = 1000;
 /// How often a keep-alive for an expired lease looks whether its revoke is through.
 const REVOKE_POLL: Duration = Duration::from_millis(20);
 /// How long a keep-alive waits for an expired lease's revoke before giving up.
@@ -94,6 +101,9 @@ impl Core {
         self.authorize(ctx, Operation::LeaseKeepAlive(id)).await?;
         if let Some(leader) = self.leader_elsewhere() {
             return self.forward_keep_alive(leader, id).await;
+        }
+        if self.lessor.needs_clear(id) {
+            self.lease_checkpoint(vec![(id, 0)]).await?;
         }
         let deadline = tokio::time::Instant::now() + REVOKE_WAIT;
         let ttl = loop {
@@ -186,6 +196,21 @@ impl Core {
         }
     }
 
+    /// Proposes remaining TTLs (`(lease, seconds)`, 0 clears) for every member to record.
+    async fn lease_checkpoint(&self, checkpoints: Vec<(i64, i64)>) -> Result<(), Error> {
+        let req = LeaseCheckpointRequest {
+            checkpoints: checkpoints
+                .into_iter()
+                .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect(),
+        };
+        self.propose(Cmd::LeaseCheckpoint(req), |a| match a {
+            Applied::LeaseCheckpoint(_) => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
     /// The term this member leads in, if it is the leader: a new term means a new promotion.
     fn leading_term(&self) -> Option<u64> {
         let status = self.raft.status();
@@ -216,6 +241,16 @@ pub fn spawn_expiry(core: Arc<Core>) {
             for id in core.lessor.expired(REVOKES_PER_TICK) {
                 let core = core.clone();
                 tokio::spawn(async move { core.revoke_expired(id).await });
+            }
+            let due = core.lessor.due_checkpoints(CHECKPOINTS_PER_TICK);
+            if !due.is_empty() {
+                let core = core.clone();
+                tokio::spawn(async move {
+                    // Missed ones are due again one interval later.
+                    if let Err(e) = core.lease_checkpoint(due).await {
+                        tracing::warn!(error = %e, "proposing lease checkpoints failed");
+                    }
+                });
             }
         }
     });

@@ -4,12 +4,19 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `leases` | lease id(8, BE) | granted TTL in seconds(8, BE) |
+//! | `leases` | lease id(8, BE) | granted TTL in seconds(8, BE), then the checkpointed remaining TTL(8, BE) if persisted |
 //!
 //! Leases are few, so the table is held in RAM and loaded at start; the keys attached to a
-//! lease are not (ask [`crate::mvcc::Mvcc::lease_keys`]). Like etcd without lease
-//! checkpoints (its 3.5 default), the remaining TTL is not persisted: after a restart or on
-//! promotion to leader every lease expires `extend + TTL` from then.
+//! lease are not (ask [`crate::mvcc::Mvcc::lease_keys`]).
+//!
+//! Checkpoints (etcd's `--experimental-enable-lease-checkpoint`): the leader schedules each
+//! lease whose remaining TTL exceeds the checkpoint interval for a checkpoint one interval
+//! later ([`Lessor::due_checkpoints`]); the caller proposes the remaining TTLs through raft
+//! and apply records them on every member ([`Lessor::checkpointed`], and in the lease table
+//! with `--experimental-enable-lease-checkpoint-persist`). A member promoted to leader then
+//! gives a lease `extend +` its checkpointed remaining TTL instead of its full TTL. A
+//! keep-alive clears the checkpoint first ([`Lessor::needs_clear`]). Without checkpoints
+//! (etcd's default) every lease expires `extend + TTL` after a promotion.
 //!
 //! Apply goes through [`Lessor::check_grant`] / [`Lessor::stage_grant`] /
 //! [`Lessor::granted`] (and the revoke equivalents): the staged writes join the apply
@@ -65,6 +72,18 @@ pub struct LessorConfig {
     pub promote_extend: Duration,
     /// The member id, whose low 16 bits prefix server-chosen lease ids (etcd's `idutil`).
     pub member_id: u64,
+    /// Lease checkpoints; `None` when disabled.
+    pub checkpoints: Option<CheckpointConfig>,
+}
+
+/// etcd's lease checkpoint settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// How long after a promotion, grant or checkpoint a lease is checkpointed (again).
+    pub interval: Duration,
+    /// Also write the checkpointed remaining TTL to the lease table, so it survives a
+    /// restart of every member.
+    pub persist: bool,
 }
 
 impl LessorConfig {
@@ -80,6 +99,7 @@ impl LessorConfig {
                 .max(1),
             promote_extend: election_timeout,
             member_id,
+            checkpoints: None,
         }
     }
 }
@@ -89,21 +109,57 @@ impl LessorConfig {
 struct Lease {
     /// The granted TTL in seconds (after raising to the minimum).
     ttl: i64,
+    /// The remaining TTL in seconds the last checkpoint recorded, 0 if none or cleared
+    /// (etcd's `remainingTTL`).
+    remaining: i64,
     /// When it expires; `None` while this member is not the leader (etcd's `forever`).
     expiry: Option<Instant>,
     /// When its revoke was last handed out by [`Lessor::expired`].
     revoking: Option<Instant>,
+    /// Leader: when its remaining TTL is due to be checkpointed.
+    checkpoint_at: Option<Instant>,
 }
 
 impl Lease {
-    fn refresh(&mut self, now: Instant, extend: Duration) {
-        self.expiry = Some(now + extend + ttl_duration(self.ttl));
+    fn new(ttl: i64, remaining: i64) -> Lease {
+        Lease {
+            ttl,
+            remaining,
+            expiry: None,
+            revoking: None,
+            checkpoint_at: None,
+        }
+    }
+
+    /// etcd's `getRemainingTTL`: the checkpointed remaining TTL if there is one.
+    fn remaining_or_ttl(&self) -> i64 {
+        if self.remaining > 0 {
+            self.remaining
+        } else {
+            self.ttl
+        }
+    }
+
+    fn refresh(&mut self, now: Instant, extend: Duration, secs: i64) {
+        self.expiry = Some(now + extend + ttl_duration(secs));
         self.revoking = None;
+    }
+
+    /// etcd's `scheduleCheckpointIfNeeded`: only a lease that outlives the interval is
+    /// worth a checkpoint.
+    fn schedule_checkpoint(&mut self, now: Instant, checkpoints: Option<CheckpointConfig>) {
+        self.checkpoint_at = checkpoints
+            .filter(|c| self.remaining_or_ttl() > secs_i64(c.interval))
+            .map(|c| now + c.interval);
     }
 
     fn expired(&self, now: Instant) -> bool {
         self.expiry.is_some_and(|e| e <= now)
     }
+}
+
+fn secs_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn ttl_duration(ttl: i64) -> Duration {
@@ -122,15 +178,8 @@ fn load(keyspace: &Keyspace) -> Result<HashMap<i64, Lease>, LeaseError> {
     let mut leases = HashMap::new();
     for item in keyspace.iter() {
         let (key, value) = item?;
-        let (id, ttl) = (decode_i64(&key)?, decode_i64(&value)?);
-        leases.insert(
-            id,
-            Lease {
-                ttl,
-                expiry: None,
-                revoking: None,
-            },
-        );
+        let (ttl, remaining) = decode_record(&value)?;
+        leases.insert(decode_i64(&key)?, Lease::new(ttl, remaining));
     }
     Ok(leases)
 }
@@ -169,17 +218,17 @@ impl Lessor {
     }
 
     /// Loads the lease table again after apply replaced it wholesale (a raft snapshot from
-    /// the leader was installed); on the leader every lease gets its full TTL, as after a
-    /// promotion.
+    /// the leader was installed); on the leader every lease is renewed as after a promotion
+    /// (its checkpointed remaining TTL, else its full TTL).
     pub fn reload(&self) -> Result<(), LeaseError> {
         let leases = load(&self.keyspace)?;
-        let now = Instant::now();
-        let mut table = self.lock();
-        table.leases = leases;
-        if table.primary {
-            for lease in table.leases.values_mut() {
-                lease.refresh(now, self.config.promote_extend);
-            }
+        let primary = {
+            let mut table = self.lock();
+            table.leases = leases;
+            table.primary
+        };
+        if primary {
+            self.promote();
         }
         Ok(())
     }
@@ -228,13 +277,10 @@ impl Lessor {
     pub fn granted(&self, id: i64, ttl: i64) {
         let now = Instant::now();
         let mut table = self.lock();
-        let mut lease = Lease {
-            ttl,
-            expiry: None,
-            revoking: None,
-        };
+        let mut lease = Lease::new(ttl, 0);
         if table.primary {
-            lease.refresh(now, Duration::ZERO);
+            lease.refresh(now, Duration::ZERO, ttl);
+            lease.schedule_checkpoint(now, self.config.checkpoints);
         }
         table.leases.insert(id, lease);
         let c = counters();
@@ -264,15 +310,95 @@ impl Lessor {
         counters().revoked.inc();
     }
 
-    /// This member became leader: every lease expires `extend + TTL` from now (etcd's
-    /// `Promote`).
+    /// Apply: adds the checkpointed remaining TTLs (`(lease, seconds)`, 0 clears) of the
+    /// leases that exist to the apply batch, if checkpoints are persisted.
+    pub fn stage_checkpoints(&self, batch: &mut WriteBatch, checkpoints: &[(i64, i64)]) {
+        if !self.config.checkpoints.is_some_and(|c| c.persist) {
+            return;
+        }
+        let table = self.lock();
+        for (id, remaining) in checkpoints {
+            if let Some(lease) = table.leases.get(id) {
+                let mut record = lease.ttl.to_be_bytes().to_vec();
+                record.extend_from_slice(&remaining.to_be_bytes());
+                batch.insert(&self.keyspace, id.to_be_bytes(), record);
+            }
+        }
+    }
+
+    /// Apply, after the batch committed: etcd's `Checkpoint`. Unknown leases (revoked
+    /// meanwhile) are skipped; the leader schedules the next checkpoint.
+    pub fn checkpointed(&self, checkpoints: &[(i64, i64)]) {
+        let now = Instant::now();
+        let mut table = self.lock();
+        let primary = table.primary;
+        for (id, remaining) in checkpoints {
+            if let Some(lease) = table.leases.get_mut(id) {
+                lease.remaining = *remaining;
+                if primary {
+                    lease.schedule_checkpoint(now, self.config.checkpoints);
+                }
+            }
+        }
+    }
+
+    /// This member became leader: every lease expires `extend +` its checkpointed remaining
+    /// TTL, or its full TTL, from now (etcd's `Promote`).
     pub fn promote(&self) {
         let now = Instant::now();
         let mut table = self.lock();
         table.primary = true;
         for lease in table.leases.values_mut() {
-            lease.refresh(now, self.config.promote_extend);
+            lease.refresh(now, self.config.promote_extend, lease.remaining_or_ttl());
+            lease.schedule_checkpoint(now, self.config.checkpoints);
         }
+    }
+
+    /// Leader: up to `limit` leases whose checkpoint is due, with their remaining TTL in
+    /// whole seconds rounded up (etcd's `findDueScheduledCheckpoints`). A lease that still
+    /// has its full TTL (renewed since) needs none and is scheduled again; the others are
+    /// scheduled again when their checkpoint applies.
+    pub fn due_checkpoints(&self, limit: usize) -> Vec<(i64, i64)> {
+        let Some(config) = self.config.checkpoints else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut table = self.lock();
+        if !table.primary {
+            return Vec::new();
+        }
+        let mut due: Vec<(Instant, i64, i64)> = Vec::new();
+        for (id, lease) in &mut table.leases {
+            let (Some(at), Some(expiry)) = (lease.checkpoint_at, lease.expiry) else {
+                continue;
+            };
+            if at > now || expiry <= now {
+                continue;
+            }
+            let left = expiry - now;
+            let remaining = secs_i64(left) + i64::from(left.subsec_nanos() > 0);
+            if remaining >= lease.ttl {
+                lease.checkpoint_at = Some(now + config.interval);
+            } else {
+                due.push((at, *id, remaining));
+            }
+        }
+        due.sort_unstable();
+        due.truncate(limit);
+        // Scheduled again now too, in case the proposal is lost.
+        for (_, id, _) in &due {
+            if let Some(lease) = table.leases.get_mut(id) {
+                lease.checkpoint_at = Some(now + config.interval);
+            }
+        }
+        due.into_iter().map(|(_, id, left)| (id, left)).collect()
+    }
+
+    /// Leader: whether renewing this lease must first clear its checkpointed remaining TTL
+    /// through raft, so that a later leader does not use it (etcd's `clearRemainingTTL`).
+    pub fn needs_clear(&self, id: i64) -> bool {
+        self.config.checkpoints.is_some()
+            && self.lock().leases.get(&id).is_some_and(|l| l.remaining > 0)
     }
 
     /// This member is no longer leader: no lease expires here (etcd's `Demote`).
@@ -282,6 +408,7 @@ impl Lessor {
         for lease in table.leases.values_mut() {
             lease.expiry = None;
             lease.revoking = None;
+            lease.checkpoint_at = None;
         }
     }
 
@@ -297,7 +424,7 @@ impl Lessor {
             // Its revoke is pending or under way: the caller waits for it (as etcd).
             return Err(LeaseError::Expired);
         }
-        lease.refresh(now, Duration::ZERO);
+        lease.refresh(now, Duration::ZERO, lease.ttl);
         counters().renewed.inc();
         Ok(lease.ttl)
     }
@@ -377,6 +504,17 @@ fn id_seed(member_id: u64) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     ((member_id & 0xFFFF) << 48) | ((millis & ((1 << 40) - 1)) << 8)
+}
+
+/// A lease record: the granted TTL, then the persisted remaining TTL if any.
+fn decode_record(bytes: &[u8]) -> Result<(i64, i64), LeaseError> {
+    match bytes.len() {
+        8 => Ok((decode_i64(bytes)?, 0)),
+        16 => Ok((decode_i64(&bytes[..8])?, decode_i64(&bytes[8..])?)),
+        n => Err(LeaseError::Corrupt(format!(
+            "a lease record of {n} bytes (8 or 16 expected)"
+        ))),
+    }
 }
 
 fn decode_i64(bytes: &[u8]) -> Result<i64, LeaseError> {

@@ -7,6 +7,7 @@ fn config() -> LessorConfig {
         min_ttl: 2,
         promote_extend: Duration::from_secs(1),
         member_id: 0x8e9e_05c5_2164_694d,
+        checkpoints: None,
     }
 }
 
@@ -180,5 +181,83 @@ fn lease_metrics_have_etcds_names() {
         "etcd_server_lease_expired_total",
     ] {
         assert!(text.contains(name), "missing {name}");
+    }
+}
+
+fn checkpointing(persist: bool) -> LessorConfig {
+    LessorConfig {
+        checkpoints: Some(CheckpointConfig {
+            interval: Duration::from_secs(1),
+            persist,
+        }),
+        ..config()
+    }
+}
+
+/// What apply does for a checkpoint.
+fn checkpoint(store: &Store, lessor: &Lessor, checkpoints: &[(i64, i64)]) {
+    let mut batch = store.batch();
+    lessor.stage_checkpoints(&mut batch, checkpoints);
+    batch.commit().expect("commit");
+    lessor.checkpointed(checkpoints);
+}
+
+#[test]
+fn a_new_leader_uses_the_checkpointed_remaining_ttl_until_a_renew_clears_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let lessor = Lessor::open(&store, checkpointing(false)).expect("lessor");
+    grant(&store, &lessor, 1, 60);
+    // A lease no longer than the interval is never checkpointed; unknown ids are skipped.
+    grant(&store, &lessor, 2, 1);
+    checkpoint(&store, &lessor, &[(1, 20), (3, 5)]);
+    assert!(!lessor.contains(3));
+    lessor.promote();
+    let ttl = lessor.time_to_live(1).expect("primary").expect("exists");
+    // 20 s plus the election timeout (1 s), not 60 s.
+    assert!((20..=21).contains(&ttl.remaining), "{ttl:?}");
+    assert_eq!(ttl.granted, 60);
+    assert!(lessor.needs_clear(1) && !lessor.needs_clear(2));
+    checkpoint(&store, &lessor, &[(1, 0)]);
+    assert!(!lessor.needs_clear(1));
+    assert_eq!(lessor.renew(1).expect("renewed"), 60);
+    lessor.demote();
+    lessor.promote();
+    let ttl = lessor.time_to_live(1).expect("primary").expect("exists");
+    assert!((60..=61).contains(&ttl.remaining), "{ttl:?}");
+}
+
+#[test]
+fn due_checkpoints_carry_the_remaining_ttl_rounded_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let lessor = Lessor::open(&store, checkpointing(false)).expect("lessor");
+    lessor.promote();
+    grant(&store, &lessor, 1, 30);
+    grant(&store, &lessor, 2, 1);
+    assert!(lessor.due_checkpoints(10).is_empty(), "not due yet");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(lessor.due_checkpoints(10), [(1, 29)]);
+    assert!(lessor.due_checkpoints(10).is_empty(), "scheduled again");
+    // Followers checkpoint nothing.
+    lessor.demote();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(lessor.due_checkpoints(10).is_empty());
+}
+
+#[test]
+fn persisted_checkpoints_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    for (persist, want) in [(true, 20..=21), (false, 60..=61)] {
+        let lessor = Lessor::open(&store, checkpointing(persist)).expect("lessor");
+        let id = if persist { 1 } else { 2 };
+        grant(&store, &lessor, id, 60);
+        checkpoint(&store, &lessor, &[(id, 20)]);
+        drop(lessor);
+        let lessor = Lessor::open(&store, checkpointing(persist)).expect("reopen");
+        lessor.promote();
+        let ttl = lessor.time_to_live(id).expect("primary").expect("exists");
+        assert!(want.contains(&ttl.remaining), "persist {persist}: {ttl:?}");
     }
 }

@@ -117,6 +117,7 @@ pub enum Applied {
     /// The header carries the revision of the deletes (unchanged if no key was attached);
     /// the events are one DELETE per attached key, all at that revision.
     LeaseRevoke(etcdserverpb::LeaseRevokeResponse, Vec<mvccpb::Event>),
+    LeaseCheckpoint(etcdserverpb::LeaseCheckpointResponse),
 }
 
 impl Applied {
@@ -124,7 +125,7 @@ impl Applied {
     pub fn events(&self) -> &[mvccpb::Event] {
         match self {
             Applied::Txn(_, events) | Applied::LeaseRevoke(_, events) => events,
-            Applied::Compaction(_) | Applied::LeaseGrant(_) => &[],
+            Applied::Compaction(_) | Applied::LeaseGrant(_) | Applied::LeaseCheckpoint(_) => &[],
         }
     }
 }
@@ -770,6 +771,9 @@ impl fmt::Display for Proposal {
             Some(Cmd::Compaction(c)) => write!(f, "compaction({})", c.revision),
             Some(Cmd::LeaseGrant(g)) => write!(f, "lease_grant({:x}, {}s)", g.id, g.ttl),
             Some(Cmd::LeaseRevoke(r)) => write!(f, "lease_revoke({:x})", r.id),
+            Some(Cmd::LeaseCheckpoint(c)) => {
+                write!(f, "lease_checkpoint({} leases)", c.checkpoints.len())
+            }
             None => write!(f, "empty"),
         }
     }

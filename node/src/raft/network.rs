@@ -391,6 +391,7 @@ pub fn encode_outcome(result: Result<Applied, RaftError>) -> Result<ProposeRespo
         Ok(Applied::Compaction(_)) => ok(Outcome::Compaction(CompactionResponse::default())),
         Ok(Applied::LeaseGrant(resp)) => ok(Outcome::LeaseGrant(resp)),
         Ok(Applied::LeaseRevoke(resp, _)) => ok(Outcome::LeaseRevoke(resp)),
+        Ok(Applied::LeaseCheckpoint(resp)) => ok(Outcome::LeaseCheckpoint(resp)),
         Err(RaftError::Apply(e)) => match e {
             MvccError::Compacted => refusal(ApplyError::Compacted, 0),
             MvccError::FutureRev => refusal(ApplyError::FutureRev, 0),
@@ -425,6 +426,7 @@ fn decode_outcome(
         }
         Outcome::LeaseGrant(r) => Ok(Applied::LeaseGrant(r)),
         Outcome::LeaseRevoke(r) => Ok(Applied::LeaseRevoke(r, Vec::new())),
+        Outcome::LeaseCheckpoint(r) => Ok(Applied::LeaseCheckpoint(r)),
         Outcome::Error(code) => Err(
             match ApplyError::try_from(code).map_err(|_| malformed("unknown refusal"))? {
                 ApplyError::Compacted => RaftError::Apply(MvccError::Compacted),

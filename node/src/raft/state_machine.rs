@@ -45,8 +45,9 @@ use crate::mvcc::snapshot::SnapshotSource;
 use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
 use crate::proto::etcdserverpb::{
-    request_op::Request, DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseHeader, TxnRequest,
+    request_op::Request, DeleteRangeRequest, LeaseCheckpointRequest, LeaseCheckpointResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, RequestOp,
+    ResponseHeader, TxnRequest,
 };
 use crate::storage::Store;
 use crate::watch::WatchHub;
@@ -244,7 +245,7 @@ fn is_cheap(entries: &[EntryResponder<TypeConfig>]) -> bool {
                 ops += txn.success.len() + txn.failure.len() + txn.compare.len();
                 ops <= CHEAP_OPS && txn.success.iter().chain(&txn.failure).all(is_point_op)
             }
-            Some(Cmd::LeaseGrant(_)) | None => true,
+            Some(Cmd::LeaseGrant(_)) | Some(Cmd::LeaseCheckpoint(_)) | None => true,
             Some(Cmd::Compaction(_)) | Some(Cmd::LeaseRevoke(_)) => false,
         },
         EntryPayload::Blank | EntryPayload::Membership(_) => true,
@@ -315,6 +316,7 @@ fn apply_command(
         }
         Some(Cmd::LeaseGrant(req)) => lease_grant(mvcc, lessor, req, marker),
         Some(Cmd::LeaseRevoke(req)) => lease_revoke(mvcc, lessor, req, marker),
+        Some(Cmd::LeaseCheckpoint(req)) => lease_checkpoint(mvcc, lessor, req, marker),
         None => return no_change(mvcc, marker),
     }?;
     if result.is_err() {
@@ -386,6 +388,32 @@ fn lease_revoke(mvcc: &Mvcc, lessor: &Lessor, req: &LeaseRevokeRequest, marker: 
         },
         events,
     )))
+}
+
+/// etcd's `applierV3backend.LeaseCheckpoint`: records the leader's remaining TTLs; leases
+/// revoked meanwhile are skipped.
+fn lease_checkpoint(
+    mvcc: &Mvcc,
+    lessor: &Lessor,
+    req: &LeaseCheckpointRequest,
+    marker: &[u8],
+) -> Applying {
+    let checkpoints: Vec<(i64, i64)> = req
+        .checkpoints
+        .iter()
+        .map(|c| (c.id, c.remaining_ttl))
+        .collect();
+    mvcc.record_applied_with(marker, |batch| {
+        lessor.stage_checkpoints(batch, &checkpoints)
+    })
+    .map_err(io::Error::other)?;
+    lessor.checkpointed(&checkpoints);
+    Ok(Ok(Applied::LeaseCheckpoint(LeaseCheckpointResponse {
+        header: Some(ResponseHeader {
+            revision: mvcc.current_revision(),
+            ..Default::default()
+        }),
+    })))
 }
 
 fn no_change(mvcc: &Mvcc, marker: &[u8]) -> io::Result<Outcome> {

@@ -17,6 +17,7 @@ mod fail_safe;
 mod http;
 mod kv;
 mod lease_api;
+mod lease_checkpoint;
 mod lease_ctl;
 mod lock_api;
 mod lock_elect;
