@@ -62,6 +62,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     // Before anything is opened, so a bad certificate file is the only thing reported.
     let client_tls = tls::acceptor(&cfg.client_tls, Side::Client)?;
     let peer_tls = tls::acceptor(&cfg.peer_tls, Side::Peer)?;
+    let peer_client = tls::peer_client(&cfg.peer_tls)?;
     let options = StoreOptions {
         fault: cfg.unsafe_storage_fault,
         skip_fsync: cfg.unsafe_no_fsync,
@@ -72,7 +73,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     let store = Arc::new(Store::open_with(&cfg.data_dir, &options)?);
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
-    let (id, mut initial_peers, join_existing) = identity(&cfg, &store, &peer_urls).await?;
+    let (id, mut initial_peers, join_existing) =
+        identity(&cfg, &store, &peer_urls, peer_client.as_ref()).await?;
     initial_peers.remove(&id.member_id);
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
     let lessor = Arc::new(Lessor::open(
@@ -107,6 +109,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             strict_reconfig_check: cfg.strict_reconfig_check,
             max_learners: cfg.max_learners,
             force_new_cluster: cfg.force_new_cluster,
+            peer_tls: peer_client.clone(),
         },
     )
     .await?;
@@ -244,6 +247,7 @@ async fn identity(
     cfg: &Config,
     store: &Store,
     peer_urls: &[String],
+    peer_tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> Result<(Identity, BTreeMap<u64, MemberInfo>, bool), ServerError> {
     let initial = initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
     if let Some(id) = Identity::load(store)? {
@@ -263,9 +267,10 @@ async fn identity(
         .filter(|m| m.peer_urls != peer_urls)
         .flat_map(|m| m.peer_urls.clone())
         .collect();
-    let (cluster_id, members) = crate::raft::network::fetch_cluster(&others, JOIN_TIMEOUT)
-        .await
-        .map_err(|e| ServerError::Join(e.to_string()))?;
+    let (cluster_id, members) =
+        crate::raft::network::fetch_cluster(&others, JOIN_TIMEOUT, peer_tls)
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))?;
     let mut mine = peer_urls.to_vec();
     mine.sort();
     let member_id = members
