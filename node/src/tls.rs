@@ -2,9 +2,10 @@
 //! The files are read once at start-up; a missing or malformed one stops start-up with its
 //! flag, its path and what is wrong, before any listener serves.
 //!
-//! As in etcd, client certificates are asked for only with `--client-cert-auth` (or
-//! `--peer-client-cert-auth`), and then a client without one, or with one that does not
-//! chain to the trusted CA or is outside its validity period, is refused at the handshake.
+//! As etcd 3.5 does, a listener with a trusted CA file requires client certificates (with
+//! or without `--client-cert-auth`, which validation only accepts with a CA file): a client
+//! without one, or with one that does not chain to the CA or is outside its validity
+//! period, is refused at the handshake.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,15 +65,15 @@ pub fn acceptor(files: &TlsFiles, side: Side) -> Result<Option<TlsAcceptor>, Tls
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = match (&files.trusted_ca_file, files.client_cert_auth) {
-        (Some(ca), true) => {
+    let builder = match &files.trusted_ca_file {
+        Some(ca) => {
             let roots = Arc::new(roots(side, ca)?);
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| file_error(side, "trusted-ca-file", ca, e))?;
             builder.with_client_cert_verifier(verifier)
         }
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key).map_err(|e| {
         file_error(
