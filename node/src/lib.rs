@@ -17,4 +17,5 @@ pub mod raft;
 pub mod server;
 pub mod snapshot_cmd;
 pub mod storage;
+pub mod tls;
 pub mod watch;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio_rustls::TlsAcceptor;
 use url::Url;
 
 use crate::api;
@@ -19,6 +20,7 @@ use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
 use crate::storage::{StorageError, Store, StoreOptions};
+use crate::tls::{self, Side};
 use crate::watch::{WatchError, WatchHub};
 
 /// Why the node could not start or stopped serving.
@@ -42,6 +44,8 @@ pub enum ServerError {
         url: Url,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("serving {0}: {1}")]
     Serve(SocketAddr, std::io::Error),
     #[error("joining the existing cluster: {0}")]
@@ -55,6 +59,10 @@ pub enum ServerError {
 
 /// Runs a node until it is told to stop.
 pub async fn run(cfg: Config) -> Result<(), ServerError> {
+    // Before anything is opened, so a bad certificate file is the only thing reported.
+    let client_tls = tls::acceptor(&cfg.client_tls, Side::Client)?;
+    let peer_tls = tls::acceptor(&cfg.peer_tls, Side::Peer)?;
+    let peer_client = tls::peer_client(&cfg.peer_tls)?;
     let options = StoreOptions {
         fault: cfg.unsafe_storage_fault,
         skip_fsync: cfg.unsafe_no_fsync,
@@ -65,7 +73,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     let store = Arc::new(Store::open_with(&cfg.data_dir, &options)?);
     let peer_urls = url_strings(&cfg.initial_advertise_peer_urls);
-    let (id, mut initial_peers, join_existing) = identity(&cfg, &store, &peer_urls).await?;
+    let (id, mut initial_peers, join_existing) =
+        identity(&cfg, &store, &peer_urls, peer_client.as_ref()).await?;
     initial_peers.remove(&id.member_id);
     let mvcc = Arc::new(Mvcc::open(store.clone())?);
     let lessor = Arc::new(Lessor::open(
@@ -103,6 +112,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             strict_reconfig_check: cfg.strict_reconfig_check,
             max_learners: cfg.max_learners,
             force_new_cluster: cfg.force_new_cluster,
+            peer_tls: peer_client.clone(),
         },
     )
     .await?;
@@ -183,18 +193,20 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     for (flag, urls) in client_listeners {
         for url in urls {
             let listener = bind(flag, url, options).await?;
-            servers.spawn(serve(listener, client_router.clone(), options));
+            let tls = secure(url, &client_tls);
+            servers.spawn(serve(listener, client_router.clone(), options, tls));
         }
     }
     for url in &cfg.listen_peer_urls {
         let listener = bind("--listen-peer-urls", url, options).await?;
-        servers.spawn(serve(listener, api::peer::router(core.clone()), options));
+        let router = api::peer::router(core.clone());
+        servers.spawn(serve(listener, router, options, secure(url, &peer_tls)));
     }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url, options).await?;
         let router =
             api::metrics_router(core.clone()).merge(api::http::backup_router(backups.clone()));
-        servers.spawn(serve(listener, router, options));
+        servers.spawn(serve(listener, router, options, secure(url, &client_tls)));
     }
     tracing::info!(
         name = %cfg.name,
@@ -234,6 +246,7 @@ async fn identity(
     cfg: &Config,
     store: &Store,
     peer_urls: &[String],
+    peer_tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> Result<(Identity, BTreeMap<u64, MemberInfo>, bool), ServerError> {
     let initial = initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
     if let Some(id) = Identity::load(store)? {
@@ -253,9 +266,10 @@ async fn identity(
         .filter(|m| m.peer_urls != peer_urls)
         .flat_map(|m| m.peer_urls.clone())
         .collect();
-    let (cluster_id, members) = crate::raft::network::fetch_cluster(&others, JOIN_TIMEOUT)
-        .await
-        .map_err(|e| ServerError::Join(e.to_string()))?;
+    let (cluster_id, members) =
+        crate::raft::network::fetch_cluster(&others, JOIN_TIMEOUT, peer_tls)
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))?;
     let mut mine = peer_urls.to_vec();
     mine.sort();
     let member_id = members
@@ -366,6 +380,12 @@ async fn bind(
     socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
+/// The acceptor for `url`: https URLs are served over TLS, http ones in the clear (both
+/// may be listed, as in etcd).
+fn secure(url: &Url, tls: &Option<TlsAcceptor>) -> Option<TlsAcceptor> {
+    tls.clone().filter(|_| url.scheme() == "https")
+}
+
 /// The accept queue length: tokio's own default for `TcpListener::bind`.
 const LISTEN_BACKLOG: u32 = 1024;
 
@@ -375,11 +395,12 @@ async fn serve(
     listener: TcpListener,
     router: axum::Router,
     options: ListenerOptions,
+    tls: Option<TlsAcceptor>,
 ) -> Result<(), ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
-    api::listen::serve(listener, router, options)
+    api::listen::serve(listener, router, options, tls)
         .await
         .map_err(|e| ServerError::Serve(addr, e))
 }

@@ -33,6 +33,8 @@ pub struct ClusterOptions {
     pub election_timeout: Duration,
     /// More flags for every member.
     pub extra_args: Vec<String>,
+    /// Peer URLs are https (the peer TLS flags then go in `extra_args`).
+    pub peer_https: bool,
 }
 
 impl ClusterOptions {
@@ -42,6 +44,15 @@ impl ClusterOptions {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(500),
             extra_args: Vec::new(),
+            peer_https: false,
+        }
+    }
+
+    fn peer_scheme(&self) -> &'static str {
+        if self.peer_https {
+            "https"
+        } else {
+            "http"
         }
     }
 }
@@ -115,10 +126,17 @@ fn member_args(
         layout.peer_port,
     );
     args.retain(|a| {
-        !a.starts_with("--initial-cluster=") && !a.starts_with("--initial-advertise-peer-urls=")
+        !a.starts_with("--initial-cluster=")
+            && !a.starts_with("--initial-advertise-peer-urls=")
+            && !a.starts_with("--listen-peer-urls=")
     });
+    let scheme = options.peer_scheme();
     args.extend([
-        format!("--initial-advertise-peer-urls=http://127.0.0.1:{advertised_peer_port}"),
+        format!(
+            "--listen-peer-urls={scheme}://127.0.0.1:{}",
+            layout.peer_port
+        ),
+        format!("--initial-advertise-peer-urls={scheme}://127.0.0.1:{advertised_peer_port}"),
         format!("--initial-cluster={initial_cluster}"),
         format!("--initial-cluster-token={token}"),
         "--initial-cluster-state=new".to_string(),
@@ -182,7 +200,14 @@ impl Cluster {
         // never join each other.
         let token = format!("cairn-it-{}", network.port(0));
         let initial_cluster = (0..options.members)
-            .map(|i| format!("{}=http://127.0.0.1:{}", member_name(i), network.port(i)))
+            .map(|i| {
+                let scheme = options.peer_scheme();
+                format!(
+                    "{}={scheme}://127.0.0.1:{}",
+                    member_name(i),
+                    network.port(i)
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut servers = Vec::new();

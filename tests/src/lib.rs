@@ -416,9 +416,35 @@ impl Layout {
     }
 }
 
+/// The files an https client shows: etcdctl's `--cacert`, `--cert` and `--key` (the last
+/// two may be absent, as for a client without a certificate).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub cacert: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// etcdctl's flags for these files.
+    pub fn ctl_args(&self) -> Vec<String> {
+        let mut args = vec![format!("--cacert={}", self.cacert.display())];
+        if let Some(cert) = &self.cert {
+            args.push(format!("--cert={}", cert.display()));
+        }
+        if let Some(key) = &self.key {
+            args.push(format!("--key={}", key.display()));
+        }
+        args
+    }
+}
+
 /// One running (or killed) server process with its own ports and data directory.
 pub struct Server {
     kind: ServerKind,
+    /// Set for a server whose client URL is https: how the harness's own etcdctl calls
+    /// (readiness, [`Server::ctl`]) connect.
+    tls: Option<ClientTls>,
     name: String,
     args: Vec<String>,
     /// `ETCD_*` variables the process is started with (as `etcdctl member add` prints them).
@@ -461,6 +487,17 @@ impl Server {
         Ok(server)
     }
 
+    /// [`Server::start_custom`] for a server whose client URL is https; the harness talks
+    /// to it with etcdctl and `tls`.
+    pub async fn start_tls(
+        tls: ClientTls,
+        args: impl FnOnce(&Layout) -> Result<Vec<String>>,
+    ) -> Result<Server> {
+        let mut server = Server::spawn_inner("node1", Vec::new(), Some(tls), args)?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
     /// Like [`Server::start_custom`] for member `name`, but returns as soon as the process
     /// runs: a cluster member cannot serve until a quorum of its peers has started too.
     pub fn spawn_custom(
@@ -475,6 +512,15 @@ impl Server {
     pub fn spawn_with_env(
         name: &str,
         env: Vec<(String, String)>,
+        args: impl FnOnce(&Layout) -> Result<Vec<String>>,
+    ) -> Result<Server> {
+        Server::spawn_inner(name, env, None, args)
+    }
+
+    fn spawn_inner(
+        name: &str,
+        env: Vec<(String, String)>,
+        tls: Option<ClientTls>,
         args: impl FnOnce(&Layout) -> Result<Vec<String>>,
     ) -> Result<Server> {
         let kind = ServerKind::from_env();
@@ -496,6 +542,7 @@ impl Server {
         } = layout;
         let mut server = Server {
             kind,
+            tls,
             name,
             args,
             env,
@@ -533,7 +580,8 @@ impl Server {
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
@@ -600,6 +648,13 @@ impl Server {
     }
 
     async fn probe(&self) -> Result<()> {
+        if self.tls.is_some() {
+            return self
+                .ctl(&["get", "cairn-it-ready-probe"])
+                .await?
+                .success()
+                .map(drop);
+        }
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(2));
@@ -634,7 +689,17 @@ impl Server {
 
     /// Runs `etcdctl` against this server.
     pub async fn ctl(&self, args: &[&str]) -> Result<CtlOutput> {
-        etcdctl(&self.client_url(), args, None).await
+        let tls = self
+            .tls
+            .as_ref()
+            .map(ClientTls::ctl_args)
+            .unwrap_or_default();
+        let args: Vec<&str> = tls
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        etcdctl(&self.client_url(), &args, None).await
     }
 
     /// Starts a long-running `etcdctl` (`watch`, `lock`, ...) against this server.

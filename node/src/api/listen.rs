@@ -3,14 +3,17 @@
 //! - hyper's HTTP/2 header-list limit raised from its 16 KiB default to grpc-go's 16 MiB,
 //!   so gRPC metadata etcd accepts (a `token`, custom headers) is not refused with 431;
 //! - `--grpc-keepalive-interval/-timeout` and `--max-concurrent-streams`;
-//! - each request carries its connection's addresses, so the core knows its peer.
+//! - each request carries its connection's addresses, so the core knows its peer;
+//! - on an https listener, each connection is a TLS handshake first (`crate::tls` builds
+//!   the acceptor); a failed or stalled handshake ends only that connection.
 
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
 
@@ -19,11 +22,16 @@ use crate::config::ListenerOptions;
 /// grpc-go's default `MaxHeaderListSize` for servers.
 const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 
-/// Serves `router` on every connection `listener` accepts, until the task is dropped.
+/// How long a client may take over its TLS handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on every connection `listener` accepts, over TLS when `tls` is set,
+/// until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     options: ListenerOptions,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let builder = builder(options);
     let local_addr = listener.local_addr().ok();
@@ -51,14 +59,47 @@ pub async fn serve(
             });
         let service = TowerToHyperService::new(router);
         let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .await
-            {
+            let served = match tls {
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .await
+                }
+                Some(tls) => match handshake(&tls, tcp).await {
+                    Some(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    None => return,
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!("connection ended: {e}");
             }
         });
+    }
+}
+
+/// The TLS stream of an accepted connection, or `None` (logged) when the handshake fails
+/// or times out: a client without an accepted certificate is refused here.
+async fn handshake(
+    tls: &TlsAcceptor,
+    tcp: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let peer = tcp.peer_addr().ok();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(?peer, "rejected connection: TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(?peer, "rejected connection: TLS handshake timed out");
+            None
+        }
     }
 }
 

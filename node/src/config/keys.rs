@@ -73,8 +73,8 @@ use Effect::{DefaultOnly, Honoured, Ignored};
 use Kind::{Bool, Duration, Int, Legacy, List, Text, Uint};
 
 // Why settings have no effect, shared by the keys they explain.
-pub(crate) const TLS_ONLY: &str = "it only applies to TLS connections, and cairn serves none yet";
-const TLS: &str = "TLS is not supported yet";
+pub(crate) const TLS_ONLY: &str = "cairn's TLS (rustls) does not implement this setting yet";
+const AUTO_TLS: &str = "self-signed certificates (auto TLS) are not supported yet";
 const NO_V2: &str = "cairn serves only the v3 API (etcd 3.6 removed v2)";
 const V2_PROXY: &str = "cairn always runs as a cluster member, never as a v2 proxy";
 const DISCOVERY_ONLY: &str = "it only applies to discovery, which cairn does not support yet";
@@ -180,24 +180,24 @@ pub(crate) static KEYS: &[Key] = &[
     key("experimental-enable-v2v3", "", Text, CLUSTERING, Ignored(NO_V2), "Serve v2 requests through the v3 backend under a given prefix. Deprecated in v3.5."),
     key("max-learners", "1", Int, CLUSTERING, Honoured, "Sets the maximum number of learners that can be available in the cluster membership (etcd 3.6)."),
     // Security
-    key("cert-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the client server TLS cert file."),
-    key("key-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the client server TLS key file."),
+    key("cert-file", "", Text, SECURITY, Honoured, "Path to the client server TLS cert file."),
+    key("key-file", "", Text, SECURITY, Honoured, "Path to the client server TLS key file."),
     key("client-cert-file", "", Text, SECURITY, Ignored(TLS_ONLY), "Path to an explicit peer client TLS cert file otherwise cert file will be used when client auth is required."),
     key("client-key-file", "", Text, SECURITY, Ignored(TLS_ONLY), "Path to an explicit peer client TLS key file otherwise key file will be used when client auth is required."),
-    key("client-cert-auth", "false", Bool, SECURITY, DefaultOnly(TLS), "Enable client cert authentication."),
+    key("client-cert-auth", "false", Bool, SECURITY, Honoured, "Enable client cert authentication."),
     key("client-crl-file", "", Text, SECURITY, Ignored(TLS_ONLY), "Path to the client certificate revocation list file."),
     key("client-cert-allowed-hostname", "", Text, SECURITY, Ignored(TLS_ONLY), "Allowed TLS hostname for client cert authentication."),
-    key("trusted-ca-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the client server TLS trusted CA cert file."),
-    key("auto-tls", "false", Bool, SECURITY, DefaultOnly(TLS), "Client TLS using generated certificates."),
-    key("peer-cert-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the peer server TLS cert file."),
-    key("peer-key-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the peer server TLS key file."),
+    key("trusted-ca-file", "", Text, SECURITY, Honoured, "Path to the client server TLS trusted CA cert file."),
+    key("auto-tls", "false", Bool, SECURITY, DefaultOnly(AUTO_TLS), "Client TLS using generated certificates."),
+    key("peer-cert-file", "", Text, SECURITY, Honoured, "Path to the peer server TLS cert file."),
+    key("peer-key-file", "", Text, SECURITY, Honoured, "Path to the peer server TLS key file."),
     key("peer-client-cert-file", "", Text, SECURITY, Ignored(TLS_ONLY), "Path to an explicit peer client TLS cert file otherwise peer cert file will be used when client auth is required."),
     key("peer-client-key-file", "", Text, SECURITY, Ignored(TLS_ONLY), "Path to an explicit peer client TLS key file otherwise peer key file will be used when client auth is required."),
-    key("peer-client-cert-auth", "false", Bool, SECURITY, DefaultOnly(TLS), "Enable peer client cert authentication."),
-    key("peer-trusted-ca-file", "", Text, SECURITY, DefaultOnly(TLS), "Path to the peer server TLS trusted CA file."),
+    key("peer-client-cert-auth", "false", Bool, SECURITY, Honoured, "Enable peer client cert authentication."),
+    key("peer-trusted-ca-file", "", Text, SECURITY, Honoured, "Path to the peer server TLS trusted CA file."),
     key("peer-cert-allowed-cn", "", List, SECURITY, Ignored(TLS_ONLY), "Required CN for client certs connecting to the peer endpoint."),
     key("peer-cert-allowed-hostname", "", List, SECURITY, Ignored(TLS_ONLY), "Allowed TLS hostname for inter peer authentication."),
-    key("peer-auto-tls", "false", Bool, SECURITY, DefaultOnly(TLS), "Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided."),
+    key("peer-auto-tls", "false", Bool, SECURITY, DefaultOnly(AUTO_TLS), "Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided."),
     key("self-signed-cert-validity", "1", Uint, SECURITY, Ignored(TLS_ONLY), "The validity period (in years) of the client and peer certificates that are automatically generated."),
     key("peer-crl-file", "", Text, SECURITY, Ignored(TLS_ONLY), "Path to the peer certificate revocation list file."),
     key("cipher-suites", "", List, SECURITY, Ignored(TLS_ONLY), "Comma-separated list of supported TLS cipher suites between client/server and peers."),

@@ -20,7 +20,7 @@
 //!   (etcd silently ignores them); so are unknown flags.
 //! - Durations in the YAML file may be Go duration strings (`5s`) as well as the integer
 //!   nanoseconds etcd reads there; booleans may be any form Go's `strconv.ParseBool` takes.
-//! - Features cairn does not implement yet (TLS, https URLs,
+//! - Features cairn does not implement yet (auto TLS, certificate revocation lists,
 //!   discovery, lease checkpoints, the v2 proxy, a Host header whitelist) are
 //!   refused rather than ignored.
 //! - `initial-cluster` URLs are compared to `initial-advertise-peer-urls` as written; etcd
@@ -107,6 +107,22 @@ pub struct Config {
     pub backup_interval: Option<Duration>,
     /// `--config-file`, where a plugin reload reads the `plugins:` list again.
     pub config_file: Option<PathBuf>,
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`: the https
+    /// client (and metrics) listeners.
+    pub client_tls: TlsFiles,
+    /// The `--peer-*` twins: https peer listeners, and the certificate this member shows
+    /// (and the CA it trusts) when it calls its peers.
+    pub peer_tls: TlsFiles,
+}
+
+/// The TLS files of one listener kind, as configured (read and checked by `crate::tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `trusted_ca_file` at the handshake.
+    pub client_cert_auth: bool,
 }
 
 /// Socket and HTTP/2 settings of every client and metrics listener.
@@ -558,6 +574,8 @@ mod tests {
                 backup_dir: None,
                 backup_interval: None,
                 config_file: None,
+                client_tls: TlsFiles::default(),
+                peer_tls: TlsFiles::default(),
             }
         );
         assert!(keys::KEYS
@@ -858,36 +876,98 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_from_flags_env_and_file() {
+        let https = [
+            "--listen-client-urls=http://127.0.0.1:2379,https://127.0.0.1:2479",
+            "--advertise-client-urls=https://127.0.0.1:2479",
+        ];
+        let c = ok(
+            &[
+                &https[..],
+                &[
+                    "--cert-file=/c.pem",
+                    "--trusted-ca-file=/ca.pem",
+                    "--client-cert-auth",
+                ],
+            ]
+            .concat(),
+            &[
+                ("ETCD_KEY_FILE", "/k.pem"),
+                ("ETCD_PEER_CERT_FILE", "/p.pem"),
+                ("ETCD_PEER_KEY_FILE", "/pk.pem"),
+            ],
+        )
+        .config;
+        assert_eq!(
+            c.client_tls,
+            TlsFiles {
+                cert_file: Some("/c.pem".into()),
+                key_file: Some("/k.pem".into()),
+                trusted_ca_file: Some("/ca.pem".into()),
+                client_cert_auth: true,
+            }
+        );
+        assert_eq!(c.peer_tls.cert_file, Some("/p.pem".into()));
+        assert!(!c.peer_tls.client_cert_auth);
+        let file = yaml("client-transport-security:\n  cert-file: /c.pem\n  key-file: /k.pem\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let c = ok(&["--config-file", path], &[]).config;
+        assert_eq!(c.client_tls.key_file, Some("/k.pem".into()));
+
+        assert_eq!(
+            err(&https, &[]),
+            "invalid value \"http://127.0.0.1:2379,https://127.0.0.1:2479\" for listen-client-urls \
+             (from flag --listen-client-urls): TLS key/cert (--cert-file, --key-file) must be \
+             provided for client url https://127.0.0.1:2479 with HTTPS scheme"
+        );
+        assert!(
+            err(&["--listen-peer-urls=https://127.0.0.1:2380"], &[]).contains(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url"
+            )
+        );
+        assert!(err(&["--cert-file=/c.pem"], &[])
+            .contains("--cert-file and --key-file must be set together"));
+        assert!(err(&["--peer-client-cert-auth"], &[])
+            .contains("client certificates can only be verified against --peer-trusted-ca-file"));
+    }
+
+    #[test]
     fn unsupported_features_are_refused_not_ignored() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--cert-file", "/c.pem"], "--cert-file: TLS is not supported yet (value \"/c.pem\" from flag --cert-file)"),
-            (&["--key-file=/k.pem"], "--key-file: TLS is not supported yet"),
-            (&["--trusted-ca-file=/ca.pem"], "--trusted-ca-file: TLS is not supported yet"),
-            (&["--client-cert-auth"], "--client-cert-auth: TLS is not supported yet (value \"true\" from flag --client-cert-auth)"),
-            (&["--auto-tls"], "--auto-tls: TLS is not supported yet"),
-            (&["--peer-cert-file=/p"], "--peer-cert-file: TLS is not supported yet"),
-            (&["--peer-key-file=/p"], "--peer-key-file: TLS is not supported yet"),
-            (&["--peer-trusted-ca-file=/p"], "--peer-trusted-ca-file: TLS is not supported yet"),
-            (&["--peer-client-cert-auth=true"], "--peer-client-cert-auth: TLS is not supported yet"),
-            (&["--peer-auto-tls"], "--peer-auto-tls: TLS is not supported yet"),
             (
-                &["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
-                "--listen-client-urls: https URLs (TLS) are not supported yet",
+                &["--auto-tls"],
+                "--auto-tls: self-signed certificates (auto TLS) are not supported yet",
             ),
-            (&["--discovery", "https://discovery.etcd.io/x"], "--discovery: discovery is not supported"),
-            (&["--discovery-srv", "example.com"], "--discovery-srv: DNS discovery is not supported"),
-            (&["--proxy=on"], "--proxy: running as a v2 proxy is not supported"),
-            (&["--host-whitelist=example.com"], "--host-whitelist: checking the HTTP Host header is not supported yet"),
+            (
+                &["--peer-auto-tls"],
+                "--peer-auto-tls: self-signed certificates (auto TLS) are not supported yet",
+            ),
+            (
+                &["--discovery", "https://discovery.etcd.io/x"],
+                "--discovery: discovery is not supported",
+            ),
+            (
+                &["--discovery-srv", "example.com"],
+                "--discovery-srv: DNS discovery is not supported",
+            ),
+            (
+                &["--proxy=on"],
+                "--proxy: running as a v2 proxy is not supported",
+            ),
+            (
+                &["--host-whitelist=example.com"],
+                "--host-whitelist: checking the HTTP Host header is not supported yet",
+            ),
         ];
         for (args, want) in cases {
             let got = err(args, &[]);
             assert!(got.starts_with(want), "{args:?}: {got}");
         }
-        let file = yaml("client-transport-security:\n  cert-file: /c.pem\n");
+        let file = yaml("peer-transport-security:\n  auto-tls: true\n");
         let path = file.path().to_str().expect("utf-8 temp path");
         assert_eq!(
             err(&["--config-file", path], &[]),
-            format!("--cert-file: TLS is not supported yet (value \"/c.pem\" from file {path})")
+            format!("--peer-auto-tls: self-signed certificates (auto TLS) are not supported yet (value \"true\" from file {path})")
         );
         // Their defaults, written out explicitly, are fine, as is an empty list for a
         // key whose default is `*`.
@@ -1210,8 +1290,8 @@ mod tests {
                  (etcd 3.6 removed v2)); cors (cairn's HTTP endpoints send no CORS headers yet, \
                  so browsers get no cross-origin access at all); proxy-dial-timeout, \
                  proxy-read-timeout (cairn always runs as a cluster member, never as a v2 \
-                 proxy); client-transport-security.allowed-cn (it only applies to TLS \
-                 connections, and cairn serves none yet)"
+                 proxy); client-transport-security.allowed-cn (cairn's TLS (rustls) does \
+                 not implement this setting yet)"
             ]
         );
     }

@@ -17,7 +17,7 @@ use super::keys::{
 use super::layers::{Entry, Raw};
 use super::{
     AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
-    Origin,
+    Origin, TlsFiles,
 };
 use crate::lease::CheckpointConfig;
 
@@ -93,6 +93,29 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
     let (heartbeat_interval, election_timeout) = timing(raw)?;
     let quota = uint(raw.get("quota-backend-bytes"))?;
     check_logging(raw)?;
+    let client_tls = tls_files(raw, "")?;
+    let peer_tls = tls_files(raw, "peer-")?;
+    require_tls(
+        raw.get("listen-client-urls"),
+        &listen_client_urls,
+        &client_tls,
+        "--cert-file, --key-file",
+        "client",
+    )?;
+    require_tls(
+        raw.get("listen-metrics-urls"),
+        &listen_metrics_urls,
+        &client_tls,
+        "--cert-file, --key-file",
+        "metrics",
+    )?;
+    require_tls(
+        raw.get("listen-peer-urls"),
+        &listen_peer_urls,
+        &peer_tls,
+        "--peer-cert-file, --peer-key-file",
+        "peer",
+    )?;
     Ok(Config {
         data_dir: PathBuf::from(&raw.get("data-dir").value),
         wal_dir: Some(&raw.get("wal-dir").value)
@@ -149,7 +172,55 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             .map(PathBuf::from),
         backup_interval: backup_interval(raw)?,
         config_file: None,
+        client_tls,
+        peer_tls,
     })
+}
+
+/// The client (`prefix` empty) or peer (`peer-`) TLS keys. The files are read when the
+/// listeners start (`crate::tls`), so a bad file is named there with what is wrong in it.
+fn tls_files(raw: &Raw, prefix: &str) -> Result<TlsFiles, ConfigError> {
+    let path = |name: &str| {
+        Some(raw.get(&format!("{prefix}{name}")).value.trim())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    };
+    let files = TlsFiles {
+        cert_file: path("cert-file"),
+        key_file: path("key-file"),
+        trusted_ca_file: path("trusted-ca-file"),
+        client_cert_auth: boolean(raw.get(&format!("{prefix}client-cert-auth")))?,
+    };
+    let cert = raw.get(&format!("{prefix}cert-file"));
+    if files.cert_file.is_some() != files.key_file.is_some() {
+        return Err(cert.invalid(format!(
+            "--{prefix}cert-file and --{prefix}key-file must be set together"
+        )));
+    }
+    if files.client_cert_auth && files.trusted_ca_file.is_none() {
+        let auth = raw.get(&format!("{prefix}client-cert-auth"));
+        return Err(auth.invalid(format!(
+            "client certificates can only be verified against --{prefix}trusted-ca-file, which is not set"
+        )));
+    }
+    Ok(files)
+}
+
+/// etcd's check that an https listener has a certificate to serve.
+fn require_tls(
+    entry: &Entry,
+    urls: &[Url],
+    files: &TlsFiles,
+    flags: &str,
+    kind: &str,
+) -> Result<(), ConfigError> {
+    match urls.iter().find(|u| u.scheme() == "https") {
+        Some(url) if files.cert_file.is_none() => Err(entry.invalid(format!(
+            "TLS key/cert ({flags}) must be provided for {kind} url {} with HTTPS scheme",
+            bare(url)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `--max-learners`: a Go `int`; etcd 3.6 refuses a value below 1.
@@ -456,8 +527,7 @@ fn urls(entry: &Entry, need: Need) -> Result<Vec<Url>, ConfigError> {
 fn url(entry: &Entry, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text).map_err(|e| entry.invalid(format!("{text:?}: {e}")))?;
     match url.scheme() {
-        "http" => {}
-        "https" => return Err(entry.unsupported("https URLs (TLS) are not supported yet")),
+        "http" | "https" => {}
         "unix" | "unixs" => return Err(entry.unsupported("unix socket URLs are not supported yet")),
         _ => return Err(entry.invalid("URL scheme must be http or https")),
     }

@@ -97,6 +97,7 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
         strict_reconfig_check: true,
         max_learners: 1,
         force_new_cluster: false,
+        peer_tls: None,
     };
     let raft = RaftNode::start(store.clone(), mvcc.clone(), lessor.clone(), settings)
         .await

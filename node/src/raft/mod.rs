@@ -98,6 +98,8 @@ pub struct RaftSettings {
     pub max_learners: usize,
     /// `--force-new-cluster`: make this member's data a one-member cluster first.
     pub force_new_cluster: bool,
+    /// How this member dials https peer URLs (`crate::tls::peer_client`).
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// A member as the cluster knows it: openraft's `Node` type, stored in membership entries.
@@ -213,7 +215,12 @@ impl RaftNode {
     ) -> Result<Arc<RaftNode>, RaftError> {
         let config = openraft_config(&settings)?;
         let request_timeout = Duration::from_secs(5) + 2 * settings.election_timeout;
-        let peers = Peers::new(settings.cluster_id, settings.node_id, request_timeout);
+        let peers = Peers::new(
+            settings.cluster_id,
+            settings.node_id,
+            request_timeout,
+            settings.peer_tls.clone(),
+        );
         let (in_use, released) = InUse::new();
         let mut log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
         let mut state_machine =
@@ -869,6 +876,7 @@ mod tests {
             strict_reconfig_check: true,
             max_learners: 1,
             force_new_cluster: false,
+            peer_tls: None,
         }
     }
 

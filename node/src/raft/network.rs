@@ -42,7 +42,7 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::snapshot::{self, SnapshotData};
 use super::{decode, encode, Applied, MemberInfo, RaftError, TypeConfig};
@@ -125,14 +125,22 @@ pub struct Peers {
     /// Per member: since when every call to it has reached it (etcd's rafthttp
     /// `ActiveSince`); a call that does not reach it clears the entry.
     active_since: Mutex<HashMap<u64, Instant>>,
+    /// How https peer URLs are dialled; `None` without `--peer-cert-file`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
-    pub fn new(cluster_id: u64, member_id: u64, forward_timeout: Duration) -> Arc<Peers> {
+    pub fn new(
+        cluster_id: u64,
+        member_id: u64,
+        forward_timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> Arc<Peers> {
         Arc::new(Peers {
             cluster_id,
             member_id,
             forward_timeout,
+            tls,
             channels: Mutex::default(),
             addresses: Mutex::default(),
             active_since: Mutex::default(),
@@ -168,8 +176,8 @@ impl Peers {
         let channel = match channels.get(&id) {
             Some((known, channel)) if *known == url => channel.clone(),
             _ => {
-                let channel = Endpoint::from_shared(url.clone())
-                    .map_err(|_| PeerError::NoAddress(id))?
+                let channel = endpoint(&url, self.tls.as_ref())
+                    .ok_or(PeerError::NoAddress(id))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .connect_lazy();
@@ -346,16 +354,27 @@ impl Peers {
     }
 }
 
+/// The endpoint of a peer URL; https ones are dialled with the peer certificate and CA
+/// (`crate::tls::peer_client`). `None` for a malformed URL or an https one without TLS.
+fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Option<Endpoint> {
+    let endpoint = Endpoint::from_shared(url.to_string()).ok()?;
+    if !url.starts_with("https://") {
+        return Some(endpoint);
+    }
+    endpoint.tls_config(tls?.clone()).ok()
+}
+
 /// Asks the members at `urls` (the other members of `--initial-cluster`), in turn, for the
 /// cluster ID and member list: how a member started with `--initial-cluster-state existing`
 /// learns who it is (etcd's `GetClusterFromRemotePeers`).
 pub async fn fetch_cluster(
     urls: &[String],
     timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
 ) -> Result<(u64, Vec<(u64, MemberInfo)>), PeerError> {
     let mut last = PeerError::NoAddress(0);
     for url in urls {
-        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+        let Some(endpoint) = endpoint(url, tls) else {
             continue;
         };
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();

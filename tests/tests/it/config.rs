@@ -301,7 +301,7 @@ async fn refused_values_still_name_the_setting() {
         free_port().expect("port"),
         free_port().expect("port"),
     );
-    args.push("--cert-file=/etc/etcd/server.crt".into());
+    args.push("--auto-tls".into());
     let exited = run_until_exit(ServerKind::Cairn, &args, Duration::from_secs(10))
         .await
         .expect("cairn exits");
@@ -309,7 +309,7 @@ async fn refused_values_still_name_the_setting() {
     assert!(
         exited
             .output
-            .contains("--cert-file: TLS is not supported yet"),
+            .contains("--auto-tls: self-signed certificates (auto TLS) are not supported yet"),
         "{}",
         exited.output
     );

@@ -26,6 +26,7 @@ mod multi_node;
 mod plugin_hooks;
 mod plugins;
 mod snapshots;
+mod tls;
 mod watch_ctl;
 mod watch_guarantees;
 
