@@ -77,11 +77,11 @@ pub trait NodeState: Send + Sync {
     fn range(&self, key: &[u8], range_end: &[u8], limit: u32) -> Result<Vec<KeyValue>, String>;
 
     /// The number of live keys in the range, or `None` if counting them outlasted `until`.
-    fn count(&self, key: &[u8], range_end: &[u8], until: Instant)
-        -> Result<Option<u64>, String>;
+    fn count(&self, key: &[u8], range_end: &[u8], until: Instant) -> Result<Option<u64>, String>;
 }
 
-/// A node state with no keys: what a plugin sees when it is only checked or benchmarked.
+/// A node state with no keys: what a plugin sees where no store is open (`cairn plugin
+/// check`, the plugin benchmark, `cairn snapshot restore --unseal`).
 pub struct EmptyState;
 
 impl NodeState for EmptyState {

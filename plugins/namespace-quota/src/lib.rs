@@ -9,7 +9,7 @@
 //! ```
 //! `owners` absent or containing `"*"` lets anyone write; the anonymous principal's name is
 //! `""`. A key under several namespaces obeys the longest prefix. `max-keys` counts the
-//! keys already stored under the prefix through the host's bounded range read, so it is a
+//! keys already stored under the prefix with `host.count` (no cap), so it is a
 //! soft limit: two concurrent creates can both pass (the plugin sees no raft order).
 
 use cairn_plugin_sdk::{host, Decision, Plugin, WriteOp, WriteRequest};

@@ -344,7 +344,10 @@ async fn namespace_quota_counts_past_the_range_cap() {
         assert!(resp.succeeded());
     }
     let held = client
-        .get("/big/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "/big/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .unwrap();
     assert_eq!(held.count(), MAX as i64);
@@ -354,7 +357,10 @@ async fn namespace_quota_counts_past_the_range_cap() {
         Code::PermissionDenied,
         &format!("plugin quota: namespace /big/ is full ({MAX} keys)"),
     );
-    client.put(keys[MAX - 1].as_str(), "updated", None).await.unwrap();
+    client
+        .put(keys[MAX - 1].as_str(), "updated", None)
+        .await
+        .unwrap();
     let got = client.get(keys[MAX - 1].as_str(), None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"updated");
     // Room made by a delete is room again.
