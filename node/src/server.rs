@@ -129,7 +129,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let plugins = crate::plugins::Plugins::start(
         cfg.config_file.clone(),
         &cfg.plugins,
-        crate::plugins::mvcc_range(mvcc.clone()),
+        Arc::new(crate::plugins::MvccState(mvcc.clone())),
     )
     .await?;
     if cfg.config_file.is_some() {

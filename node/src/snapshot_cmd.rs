@@ -20,7 +20,7 @@ use clap::Parser;
 use crate::config::PluginConfig;
 use crate::mvcc::snapshot;
 use crate::plugins::backup::BackupChain;
-use crate::plugins::runtime::{Direction, RangeFn};
+use crate::plugins::runtime::{Direction, EmptyState};
 use crate::plugins::Plugins;
 use crate::storage::Store;
 
@@ -81,8 +81,6 @@ fn unseal(
     let config_json: serde_json::Value = serde_json::from_str(&config_text)
         .with_context(|| format!("--unseal-config {} is not JSON", config.display()))?;
     let spec = PluginConfig::backup(plugin.to_owned(), config_json.to_string());
-    let no_range: Arc<RangeFn> =
-        Arc::new(|_: &[u8], _: &[u8], _: u32| Err("no store while restoring".to_string()));
     let dir = match data_dir.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
@@ -97,7 +95,7 @@ fn unseal(
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     runtime
         .block_on(async {
-            let plugins = Plugins::start(None, &[spec], no_range).await?;
+            let plugins = Plugins::start(None, &[spec], Arc::new(EmptyState)).await?;
             let (mut chain, _) =
                 BackupChain::begin(Some(plugins.current()), Direction::Open, &name).await?;
             let mut buf = vec![0u8; 64 << 10];

@@ -33,3 +33,14 @@ pub fn unix_seconds() -> u64 {
 pub fn range(key: &[u8], range_end: &[u8], limit: u32) -> Result<Vec<KeyValue>, String> {
     imp::range(key, range_end, limit)
 }
+
+/// The number of live keys in a range of the node's current state (etcd's `count_only`),
+/// with no cap. Its cost grows with the range; it fails if it outlasts the call's deadline.
+pub fn count(key: &[u8], range_end: &[u8]) -> Result<u64, String> {
+    imp::count(key, range_end)
+}
+
+/// The number of live keys under `prefix`.
+pub fn count_prefix(prefix: &[u8]) -> Result<u64, String> {
+    count(prefix, &crate::prefix_end(prefix))
+}

@@ -5,6 +5,7 @@
 //! let h = Harness::new().config(serde_json::json!({"limit": 3})).kv(b"/a", b"1");
 //! assert_eq!(cairn_plugin_sdk::host::config(), "{\"limit\":3}");
 //! assert_eq!(cairn_plugin_sdk::host::range(b"/a", b"", 10).map(|kvs| kvs.len()), Ok(1));
+//! assert_eq!(cairn_plugin_sdk::host::count_prefix(b"/"), Ok(1));
 //! drop(h);
 //! ```
 
@@ -52,9 +53,21 @@ impl Harness {
         self
     }
 
-    /// Adds a key to the store `host::range` reads.
+    /// Adds a key to the store `host::range` and `host::count` read.
     pub fn kv(self, key: &[u8], value: &[u8]) -> Harness {
         STATE.with(|s| s.borrow_mut().kv.insert(key.to_vec(), value.to_vec()));
+        self
+    }
+
+    /// Adds `n` keys `{prefix}{i:08}` (`i` from 0) with empty values: a large store in
+    /// one line.
+    pub fn keys(self, prefix: &str, n: usize) -> Harness {
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            for i in 0..n {
+                s.kv.insert(format!("{prefix}{i:08}").into_bytes(), Vec::new());
+            }
+        });
         self
     }
 
@@ -109,6 +122,9 @@ pub fn backup_stream<P: Plugin>(
 pub mod native {
     use super::*;
 
+    /// The node's cap on one `host::range` (`RANGE_LIMIT` in node/src/plugins/runtime.rs).
+    const RANGE_LIMIT: u32 = 1000;
+
     pub fn log(level: Level, message: &str) {
         STATE.with(|s| s.borrow_mut().logs.push((level, message.to_string())));
     }
@@ -125,20 +141,34 @@ pub mod native {
         STATE.with(|s| s.borrow().unix_seconds)
     }
 
+    /// Whether `k` is in etcd's range [key, range_end).
+    fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+        if range_end.is_empty() {
+            k == key
+        } else {
+            k >= key && (range_end == [0] || k < range_end)
+        }
+    }
+
+    pub fn count(key: &[u8], range_end: &[u8]) -> Result<u64, String> {
+        STATE.with(|s| {
+            let n = s
+                .borrow()
+                .kv
+                .keys()
+                .filter(|k| in_range(k, key, range_end))
+                .count();
+            Ok(n as u64)
+        })
+    }
+
     pub fn range(key: &[u8], range_end: &[u8], limit: u32) -> Result<Vec<KeyValue>, String> {
         STATE.with(|s| {
             let s = s.borrow();
-            let in_range = |k: &[u8]| {
-                if range_end.is_empty() {
-                    k == key
-                } else {
-                    k >= key && (range_end == [0] || k < range_end)
-                }
-            };
             Ok(s.kv
                 .iter()
-                .filter(|(k, _)| in_range(k))
-                .take(limit as usize)
+                .filter(|(k, _)| in_range(k, key, range_end))
+                .take(limit.min(RANGE_LIMIT) as usize)
                 .map(|(k, v)| KeyValue {
                     key: k.clone(),
                     value: v.clone(),

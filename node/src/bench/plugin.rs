@@ -68,8 +68,12 @@ pub async fn run(args: &PluginArgs, val_size: usize) -> anyhow::Result<()> {
         allow_rewrite: false,
         config_json: config_json.to_string(),
     };
-    let no_range: Arc<plugins::runtime::RangeFn> = Arc::new(|_: &[u8], _: &[u8], _| Ok(vec![]));
-    let set = plugins::Plugins::start(None, std::slice::from_ref(&config), no_range).await?;
+    let set = plugins::Plugins::start(
+        None,
+        std::slice::from_ref(&config),
+        Arc::new(plugins::runtime::EmptyState),
+    )
+    .await?;
     let admission = PluginAdmission::new(set);
     let ctx = RequestContext::new(Transport::Grpc, None);
     let txn = TxnRequest {

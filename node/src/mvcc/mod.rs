@@ -222,6 +222,19 @@ impl Mvcc {
             .ok_or_else(|| MvccError::Storage(StorageFault::Corrupt("range stopped".into())))
     }
 
+    /// etcd's `count_only` serializable range of the current revision: the live keys in
+    /// [key, range_end), or `None` if `go_on` (asked every thousand or so keys) said stop.
+    pub fn count_while(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        go_on: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<u64>, MvccError> {
+        crate::metrics::get().mvcc_range.inc();
+        let pinned = self.pin()?;
+        read::count_while(&pinned.view(), read::KeyRange::new(key, range_end), go_on)
+    }
+
     /// The store as it is now, to read later (e.g. on another thread) at this revision.
     pub fn pin(&self) -> Result<Pinned, MvccError> {
         let snap = self.view();
@@ -427,15 +440,18 @@ impl Pinned {
         emit: &mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>,
     ) -> Result<Option<RangeResponse>, MvccError> {
         crate::metrics::get().mvcc_range.inc();
-        let view = View {
+        read::range_chunks(&self.view(), req, chunk_bytes, emit)
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
             ks: &self.ks,
             snap: &self.snap,
             overlay: None,
             snap_rev: self.revs.current,
             rev: self.revs.current,
             compact_rev: self.revs.compact,
-        };
-        read::range_chunks(&view, req, chunk_bytes, emit)
+        }
     }
 }
 

@@ -370,6 +370,29 @@ pub(super) fn range_chunks(
     }))
 }
 
+/// Keys a bounded count visits between two questions to its caller.
+const COUNT_CHECK_EVERY: u64 = 1024;
+
+/// etcd's `count_only` range of the view's revision, asking `go_on` every
+/// [`COUNT_CHECK_EVERY`] keys whether to continue; `None` if it said stop. Decodes no
+/// record, but still visits every key of the range: the cost is linear in its size.
+pub(super) fn count_while(
+    view: &View<'_>,
+    range: KeyRange<'_>,
+    go_on: &mut dyn FnMut() -> bool,
+) -> Result<Option<u64>, MvccError> {
+    let (mut count, mut stopped) = (0u64, false);
+    view.scan(range, 0, &mut |_: Found<'_>| {
+        count += 1;
+        if count % COUNT_CHECK_EVERY == 0 && !go_on() {
+            stopped = true;
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok((!stopped).then_some(count))
+}
+
 /// A sorted (or filtered and sorted) range, collected whole.
 fn sorted_range(
     view: &View<'_>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::runtime::{CallEnv, RangeFn, Runtime};
+use super::runtime::{CallEnv, EmptyState, Runtime};
 use super::{version_of, PluginError};
 use crate::config::{DEFAULT_PLUGIN_DEADLINE, DEFAULT_PLUGIN_FUEL, DEFAULT_PLUGIN_MEMORY_BYTES};
 
@@ -35,11 +35,10 @@ pub async fn run(files: Vec<PathBuf>) -> Result<(), PluginError> {
 async fn check_one(runtime: &Runtime, file: &std::path::Path) -> Result<String, String> {
     let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
     let loaded = runtime.load(&bytes)?;
-    let no_range: Arc<RangeFn> = Arc::new(|_: &[u8], _: &[u8], _| Ok(vec![]));
     let env = Arc::new(CallEnv {
         name: "check".into(),
         config_json: "null".into(),
-        range: Some(no_range),
+        state: Arc::new(EmptyState),
     });
     loaded
         .instances(env, DEFAULT_PLUGIN_MEMORY_BYTES)

@@ -16,14 +16,15 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::runtime::{CallEnv, Loaded, RangeFn, Runtime};
+use super::runtime::{CallEnv, Loaded, NodeState, Runtime};
 use super::{version_of, LoadedPlugin, PluginError, PluginSet};
 use crate::config::PluginConfig;
 
 /// The node's plugins: the set in use, and what a reload needs.
 pub struct Plugins {
     config_file: Option<PathBuf>,
-    range: Arc<RangeFn>,
+    /// What the host functions read.
+    state: Arc<dyn NodeState>,
     current: RwLock<Arc<PluginSet>>,
     /// The engine, made when the first plugin is loaded, so a node without plugins never
     /// starts one. Holding the lock for a whole reload keeps two reloads from interleaving.
@@ -63,11 +64,11 @@ impl Plugins {
     pub async fn start(
         config_file: Option<PathBuf>,
         configs: &[PluginConfig],
-        range: Arc<RangeFn>,
+        state: Arc<dyn NodeState>,
     ) -> Result<Arc<Plugins>, PluginError> {
         let plugins = Plugins {
             config_file,
-            range,
+            state,
             current: RwLock::default(),
             runtime: tokio::sync::Mutex::new(None),
         };
@@ -226,7 +227,7 @@ impl Plugins {
         let env = Arc::new(CallEnv {
             name: config.name.clone(),
             config_json: config.config_json.clone(),
-            range: Some(self.range.clone()),
+            state: self.state.clone(),
         });
         let instances = loaded.instances(env, config.memory_bytes);
         instances

@@ -11,8 +11,8 @@
 //! plugins transform the snapshot stream of a backup ([`backup`]).
 //!
 //! Owns: the wasmtime engine and everything that names wasmtime (only [`runtime`] does).
-//! Must not touch: raft, storage; it reads state only through the range function the
-//! server hands it.
+//! Must not touch: raft, storage; it reads state only through the [`MvccState`] the
+//! server hands it (`host.range` and `host.count`).
 //!
 //! [`Admission`]: crate::core::hooks::Admission
 
@@ -35,7 +35,7 @@ use crate::proto::etcdserverpb::RangeRequest;
 pub use admission::PluginAdmission;
 pub use auth::PluginAuth;
 pub use loader::{Plugins, ReloadReport};
-use runtime::{CallFailure, CallLimits, Instances, KeyValue, RangeFn, Usage};
+use runtime::{CallFailure, CallLimits, Instances, KeyValue, NodeState, Usage};
 
 /// Why plugins could not be loaded or a plugin command failed. Every message names the
 /// plugin.
@@ -209,10 +209,12 @@ impl PluginInfo {
     }
 }
 
-/// `host.range` over the node's MVCC store: a local (serializable) read of the current
-/// revision, at most `limit` pairs.
-pub fn mvcc_range(mvcc: Arc<crate::mvcc::Mvcc>) -> Arc<RangeFn> {
-    Arc::new(move |key: &[u8], range_end: &[u8], limit: u32| {
+/// The node's MVCC store as plugins read it: local (serializable) reads of the current
+/// revision, on the calling plugin's thread, as a serializable Range request runs.
+pub struct MvccState(pub Arc<crate::mvcc::Mvcc>);
+
+impl NodeState for MvccState {
+    fn range(&self, key: &[u8], range_end: &[u8], limit: u32) -> Result<Vec<KeyValue>, String> {
         let req = RangeRequest {
             key: key.to_vec(),
             range_end: range_end.to_vec(),
@@ -220,7 +222,7 @@ pub fn mvcc_range(mvcc: Arc<crate::mvcc::Mvcc>) -> Arc<RangeFn> {
             serializable: true,
             ..Default::default()
         };
-        let resp = mvcc.range(&req).map_err(|e| e.to_string())?;
+        let resp = self.0.range(&req).map_err(|e| e.to_string())?;
         Ok(resp
             .kvs
             .into_iter()
@@ -233,7 +235,15 @@ pub fn mvcc_range(mvcc: Arc<crate::mvcc::Mvcc>) -> Arc<RangeFn> {
                 lease: kv.lease,
             })
             .collect())
-    })
+    }
+
+    /// Linear in the range's size (every key is visited, none decoded), so it stops at the
+    /// call's deadline rather than hold the plugin's worker thread.
+    fn count(&self, key: &[u8], range_end: &[u8], until: Instant) -> Result<Option<u64>, String> {
+        self.0
+            .count_while(key, range_end, &mut || Instant::now() < until)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The first 12 hex digits of a file's SHA-256: a plugin's `version`.

@@ -71,8 +71,28 @@ const LOG_BYTES_PER_CALL: usize = 16 * 1024;
 /// The most pairs `host.range` returns, whatever the plugin asks for.
 pub const RANGE_LIMIT: u32 = 1000;
 
-/// Reads the node's current state for `host.range`.
-pub type RangeFn = dyn Fn(&[u8], &[u8], u32) -> Result<Vec<KeyValue>, String> + Send + Sync;
+/// The node's current state, as `host.range` and `host.count` read it.
+pub trait NodeState: Send + Sync {
+    /// At most `limit` pairs of the range.
+    fn range(&self, key: &[u8], range_end: &[u8], limit: u32) -> Result<Vec<KeyValue>, String>;
+
+    /// The number of live keys in the range, or `None` if counting them outlasted `until`.
+    fn count(&self, key: &[u8], range_end: &[u8], until: Instant) -> Result<Option<u64>, String>;
+}
+
+/// A node state with no keys: what a plugin sees where no store is open (`cairn plugin
+/// check`, the plugin benchmark, `cairn snapshot restore --unseal`).
+pub struct EmptyState;
+
+impl NodeState for EmptyState {
+    fn range(&self, _: &[u8], _: &[u8], _: u32) -> Result<Vec<KeyValue>, String> {
+        Ok(Vec::new())
+    }
+
+    fn count(&self, _: &[u8], _: &[u8], _: Instant) -> Result<Option<u64>, String> {
+        Ok(Some(0))
+    }
+}
 
 /// The engine shared by all plugins. Cloning shares it; the epoch thread stops when the
 /// last clone is dropped.
@@ -162,6 +182,9 @@ struct CallState {
     limits: StoreLimits,
     env: Arc<CallEnv>,
     log_bytes: usize,
+    /// When the current call's wall-clock backstop passes; host calls that may take long
+    /// (`count`) stop there.
+    deadline: Instant,
 }
 
 /// What the host functions know about the plugin being called.
@@ -169,7 +192,7 @@ pub struct CallEnv {
     pub name: String,
     /// The plugin's `config` value, as JSON.
     pub config_json: String,
-    pub range: Option<Arc<RangeFn>>,
+    pub state: Arc<dyn NodeState>,
 }
 
 impl WasiView for CallState {
@@ -227,10 +250,18 @@ impl bindings::cairn::plugin::host::Host for CallState {
         range_end: Vec<u8>,
         limit: u32,
     ) -> Result<Vec<KeyValue>, String> {
-        match &self.env.range {
-            Some(range) => range(&key, &range_end, limit.min(RANGE_LIMIT)),
-            None => Err("range reads are not available to this plugin".into()),
-        }
+        self.env
+            .state
+            .range(&key, &range_end, limit.min(RANGE_LIMIT))
+    }
+
+    fn count(&mut self, key: Vec<u8>, range_end: Vec<u8>) -> Result<u64, String> {
+        // Epoch interruption cannot stop host code, so the count itself watches the call's
+        // deadline: a plugin counting a huge range fails like one that loops too long.
+        self.env
+            .state
+            .count(&key, &range_end, self.deadline)?
+            .ok_or_else(|| "count stopped at the call's deadline".to_string())
     }
 }
 
@@ -411,6 +442,7 @@ impl Instances {
                 .build(),
             env: self.env.clone(),
             log_bytes: 0,
+            deadline: Instant::now(),
         };
         let mut store = Store::new(&self.loaded.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -524,6 +556,7 @@ fn arm(store: &mut Store<CallState>, limits: CallLimits) {
         .max(1);
     // One tick more than asked: the current tick may be about to end.
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+    store.data_mut().deadline = Instant::now() + limits.deadline;
 }
 
 fn classify(e: wasmtime::Error, instantiating: bool) -> CallFailure {

@@ -9,7 +9,7 @@
 //! ```
 //! `owners` absent or containing `"*"` lets anyone write; the anonymous principal's name is
 //! `""`. A key under several namespaces obeys the longest prefix. `max-keys` counts the
-//! keys already stored under the prefix through the host's bounded range read, so it is a
+//! keys already stored under the prefix with `host.count` (no cap), so it is a
 //! soft limit: two concurrent creates can both pass (the plugin sees no raft order).
 
 use cairn_plugin_sdk::{host, Decision, Plugin, WriteOp, WriteRequest};
@@ -86,30 +86,13 @@ fn namespace_of<'c>(config: &'c Config, key: &[u8]) -> Option<&'c Namespace> {
 
 /// Refuses a put that would create a key in a namespace already holding `max` keys.
 fn room_for(key: &[u8], ns: &Namespace, max: u32) -> Result<(), String> {
-    if !host::range(key, b"", 1)?.is_empty() {
+    if host::count(key, b"")? > 0 {
         return Ok(()); // an update, not a new key
     }
-    let held = host::range(
-        ns.prefix.as_bytes(),
-        &prefix_end(ns.prefix.as_bytes()),
-        max.saturating_add(1),
-    )?;
-    if held.len() >= max as usize {
+    if host::count_prefix(ns.prefix.as_bytes())? >= u64::from(max) {
         return Err(format!("namespace {} is full ({max} keys)", ns.prefix));
     }
     Ok(())
-}
-
-/// etcd's prefix range end: the prefix with its last byte below 0xff incremented.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 #[cfg(test)]
@@ -154,9 +137,17 @@ mod tests {
     }
 
     #[test]
-    fn prefix_end_matches_etcd() {
-        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    fn key_count_is_exact_past_a_thousand_keys() {
+        // host.range caps a read at 1000 pairs; host.count has no cap.
+        let _h = Harness::new()
+            .config(json!({"namespaces": [{"prefix": "/big/", "max-keys": 1500}]}))
+            .keys("/big/", 1499);
+        assert!(NamespaceQuota::check(WriteRequest::new("").put("/big/new", "x")).is_allowed());
+        let _h = _h.kv(b"/big/new", b"x");
+        assert_eq!(
+            NamespaceQuota::check(WriteRequest::new("").put("/big/newer", "x")),
+            Decision::deny("namespace /big/ is full (1500 keys)")
+        );
+        assert!(NamespaceQuota::check(WriteRequest::new("").put("/big/new", "y")).is_allowed());
     }
 }

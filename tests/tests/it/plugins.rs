@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use cairn_tests::{parse_metrics, run_until_exit, server_args, Layout, Server, ServerKind};
 
-use crate::{current_revision, grpc_error, ok, Code};
+use etcd_client::{GetOptions, Txn, TxnOp};
+
+use crate::{assert_grpc_error, current_revision, grpc_error, ok, Code};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -309,6 +311,61 @@ async fn deny_code_rewrite_and_namespace_quota() {
         message,
         "plugin quota: value of 9 bytes exceeds 8 bytes in namespace /free/"
     );
+}
+
+/// A `max-keys` above the 1000 pairs one `host.range` returns: namespace-quota counts the
+/// namespace with `host.count`, so the namespace still fills up at exactly its limit.
+#[tokio::test]
+#[cfg_attr(against_etcd, ignore = "cairn-only: plugins")]
+async fn namespace_quota_counts_past_the_range_cap() {
+    const MAX: usize = 1500;
+    let quota = plugin("namespace-quota").display().to_string();
+    let yaml = format!(
+        "  - name: quota
+    path: {quota}
+    hooks: [admission]
+    prefixes: [/big/]
+    values: false
+    config:
+      namespaces:
+        - {{prefix: /big/, max-keys: {MAX}}}
+"
+    );
+    let server = start_with_plugins(&yaml).await;
+    let mut client = server.client().await.unwrap();
+    let keys: Vec<String> = (0..MAX).map(|i| format!("/big/{i:04}")).collect();
+    // etcd's default --max-txn-ops is 128.
+    for batch in keys.chunks(125) {
+        let puts = batch.iter().map(|k| TxnOp::put(k.as_str(), "v", None));
+        let resp = client
+            .txn(Txn::new().and_then(puts.collect::<Vec<_>>()))
+            .await
+            .unwrap();
+        assert!(resp.succeeded());
+    }
+    let held = client
+        .get(
+            "/big/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.count(), MAX as i64);
+
+    assert_grpc_error(
+        client.put("/big/new", "v", None).await,
+        Code::PermissionDenied,
+        &format!("plugin quota: namespace /big/ is full ({MAX} keys)"),
+    );
+    client
+        .put(keys[MAX - 1].as_str(), "updated", None)
+        .await
+        .unwrap();
+    let got = client.get(keys[MAX - 1].as_str(), None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"updated");
+    // Room made by a delete is room again.
+    client.delete(keys[0].as_str(), None).await.unwrap();
+    client.put("/big/new", "v", None).await.unwrap();
 }
 
 #[tokio::test]
