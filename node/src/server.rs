@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio_rustls::TlsAcceptor;
 use url::Url;
 
 use crate::api;
@@ -20,7 +19,7 @@ use crate::lease::{LeaseError, Lessor, LessorConfig};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::raft::{MemberInfo, RaftError, RaftNode, RaftSettings};
 use crate::storage::{StorageError, Store, StoreOptions};
-use crate::tls::{self, Side};
+use crate::tls::{self, ServerTls};
 use crate::watch::{WatchError, WatchHub};
 
 /// Why the node could not start or stopped serving.
@@ -60,9 +59,12 @@ pub enum ServerError {
 /// Runs a node until it is told to stop.
 pub async fn run(cfg: Config) -> Result<(), ServerError> {
     // Before anything is opened, so a bad certificate file is the only thing reported.
-    let client_tls = tls::acceptor(&cfg.client_tls, Side::Client)?;
-    let peer_tls = tls::acceptor(&cfg.peer_tls, Side::Peer)?;
-    let peer_client = tls::peer_client(&cfg.peer_tls)?;
+    // (Auto TLS creates its certificates under the data directory first.)
+    let tls::NodeTls {
+        client: client_tls,
+        peer: peer_tls,
+        peer_client,
+    } = tls::start(&cfg)?;
     let options = StoreOptions {
         fault: cfg.unsafe_storage_fault,
         skip_fsync: cfg.unsafe_no_fsync,
@@ -246,7 +248,7 @@ async fn identity(
     cfg: &Config,
     store: &Store,
     peer_urls: &[String],
-    peer_tls: Option<&tonic::transport::ClientTlsConfig>,
+    peer_tls: Option<&Arc<tls::PeerClientTls>>,
 ) -> Result<(Identity, BTreeMap<u64, MemberInfo>, bool), ServerError> {
     let initial = initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
     if let Some(id) = Identity::load(store)? {
@@ -382,7 +384,7 @@ async fn bind(
 
 /// The acceptor for `url`: https URLs are served over TLS, http ones in the clear (both
 /// may be listed, as in etcd).
-fn secure(url: &Url, tls: &Option<TlsAcceptor>) -> Option<TlsAcceptor> {
+fn secure(url: &Url, tls: &Option<Arc<ServerTls>>) -> Option<Arc<ServerTls>> {
     tls.clone().filter(|_| url.scheme() == "https")
 }
 
@@ -395,7 +397,7 @@ async fn serve(
     listener: TcpListener,
     router: axum::Router,
     options: ListenerOptions,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerTls>>,
 ) -> Result<(), ServerError> {
     let addr = listener
         .local_addr()

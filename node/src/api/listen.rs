@@ -7,6 +7,7 @@
 //! - on an https listener, each connection is a TLS handshake first (`crate::tls` builds
 //!   the acceptor); a failed or stalled handshake ends only that connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,6 +19,7 @@ use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
 
 use crate::config::ListenerOptions;
+use crate::tls::ServerTls;
 
 /// grpc-go's default `MaxHeaderListSize` for servers.
 const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
@@ -31,7 +33,7 @@ pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     options: ListenerOptions,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerTls>>,
 ) -> std::io::Result<()> {
     let builder = builder(options);
     let local_addr = listener.local_addr().ok();
@@ -59,7 +61,8 @@ pub async fn serve(
             });
         let service = TowerToHyperService::new(router);
         let builder = builder.clone();
-        let tls = tls.clone();
+        // Taken per connection, so rotated certificate files reach new handshakes.
+        let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let served = match tls {
                 None => {

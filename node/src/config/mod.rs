@@ -107,12 +107,16 @@ pub struct Config {
     pub backup_interval: Option<Duration>,
     /// `--config-file`, where a plugin reload reads the `plugins:` list again.
     pub config_file: Option<PathBuf>,
-    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`: the https
-    /// client (and metrics) listeners.
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, `--auto-tls`:
+    /// the https client (and metrics) listeners.
     pub client_tls: TlsFiles,
     /// The `--peer-*` twins: https peer listeners, and the certificate this member shows
     /// (and the CA it trusts) when it calls its peers.
     pub peer_tls: TlsFiles,
+    /// `--cipher-suites`, `--tls-min-version`, `--tls-max-version`: client and peer sides.
+    pub tls_policy: TlsPolicy,
+    /// `--self-signed-cert-validity`: years the auto TLS certificates are valid.
+    pub self_signed_cert_validity: u64,
 }
 
 /// The TLS files of one listener kind, as configured (read and checked by `crate::tls`).
@@ -123,6 +127,29 @@ pub struct TlsFiles {
     pub trusted_ca_file: Option<PathBuf>,
     /// Refuse clients without a certificate signed by `trusted_ca_file` at the handshake.
     pub client_cert_auth: bool,
+    /// `--auto-tls` / `--peer-auto-tls`: without a cert and key file, serve a self-signed
+    /// certificate kept under `<data-dir>/fixtures/` (as etcd does).
+    pub auto_tls: bool,
+}
+
+/// The protocol versions and TLS 1.2 cipher suites of every TLS listener and of the peer
+/// client (etcd applies them to both sides too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// Go's names (`TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`, ...); empty means rustls's
+    /// defaults. Checked against what rustls implements when the listeners are built.
+    pub cipher_suites: Vec<String>,
+    pub min_version: TlsVersion,
+    /// `None`: the newest rustls implements (TLS 1.3), as an empty value means in etcd.
+    pub max_version: Option<TlsVersion>,
+}
+
+/// A TLS protocol version rustls implements (it has no TLS 1.0 or 1.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
 }
 
 /// Socket and HTTP/2 settings of every client and metrics listener.
@@ -576,6 +603,8 @@ mod tests {
                 config_file: None,
                 client_tls: TlsFiles::default(),
                 peer_tls: TlsFiles::default(),
+                tls_policy: TlsPolicy::default(),
+                self_signed_cert_validity: 1,
             }
         );
         assert!(keys::KEYS
@@ -905,6 +934,7 @@ mod tests {
                 key_file: Some("/k.pem".into()),
                 trusted_ca_file: Some("/ca.pem".into()),
                 client_cert_auth: true,
+                auto_tls: false,
             }
         );
         assert_eq!(c.peer_tls.cert_file, Some("/p.pem".into()));
@@ -929,19 +959,72 @@ mod tests {
             .contains("--cert-file and --key-file must be set together"));
         assert!(err(&["--peer-client-cert-auth"], &[])
             .contains("client certificates can only be verified against --peer-trusted-ca-file"));
+        // Auto TLS stands in for the files, from the YAML file's nested section too.
+        let file = yaml("peer-transport-security:\n  auto-tls: true\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let c = ok(
+            &[
+                "--config-file",
+                path,
+                "--listen-peer-urls=https://127.0.0.1:2380",
+            ],
+            &[("ETCD_AUTO_TLS", "true")],
+        )
+        .config;
+        assert!(c.peer_tls.auto_tls && c.client_tls.auto_tls);
+    }
+
+    #[test]
+    fn tls_versions_and_cipher_suites() {
+        let c = ok(
+            &["--tls-min-version=TLS1.3"],
+            &[("ETCD_TLS_MAX_VERSION", "TLS1.3")],
+        )
+        .config;
+        assert_eq!(
+            c.tls_policy,
+            TlsPolicy {
+                cipher_suites: vec![],
+                min_version: TlsVersion::Tls13,
+                max_version: Some(TlsVersion::Tls13),
+            }
+        );
+        let c = ok(
+            &[],
+            &[(
+                "ETCD_CIPHER_SUITES",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            )],
+        )
+        .config;
+        assert_eq!(c.tls_policy.cipher_suites.len(), 2);
+        assert_eq!(c.tls_policy.min_version, TlsVersion::Tls12);
+        assert_eq!(
+            err(&["--tls-min-version=TLS1.1"], &[]),
+            "invalid value \"TLS1.1\" for tls-min-version (from flag --tls-min-version): \
+             TLS1.1 is not supported: cairn's TLS (rustls) implements only TLS1.2 and TLS1.3"
+        );
+        assert!(err(&["--tls-max-version=TLS1.0"], &[]).contains("TLS1.0 is not supported"));
+        assert!(err(&["--tls-min-version=tls13"], &[])
+            .contains("unexpected TLS version \"tls13\" (must be one of: TLS1.2, TLS1.3)"));
+        assert!(err(
+            &["--tls-min-version=TLS1.3", "--tls-max-version=TLS1.2"],
+            &[]
+        )
+        .contains("min version (TLS1.3) is greater than max version (TLS1.2)"));
+        assert!(err(
+            &[
+                "--tls-min-version=TLS1.3",
+                "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+            ],
+            &[]
+        )
+        .contains("cipher suites cannot be configured when only TLS1.3 is enabled"));
     }
 
     #[test]
     fn unsupported_features_are_refused_not_ignored() {
         let cases: &[(&[&str], &str)] = &[
-            (
-                &["--auto-tls"],
-                "--auto-tls: self-signed certificates (auto TLS) are not supported yet",
-            ),
-            (
-                &["--peer-auto-tls"],
-                "--peer-auto-tls: self-signed certificates (auto TLS) are not supported yet",
-            ),
             (
                 &["--discovery", "https://discovery.etcd.io/x"],
                 "--discovery: discovery is not supported",
@@ -963,12 +1046,6 @@ mod tests {
             let got = err(args, &[]);
             assert!(got.starts_with(want), "{args:?}: {got}");
         }
-        let file = yaml("peer-transport-security:\n  auto-tls: true\n");
-        let path = file.path().to_str().expect("utf-8 temp path");
-        assert_eq!(
-            err(&["--config-file", path], &[]),
-            format!("--peer-auto-tls: self-signed certificates (auto TLS) are not supported yet (value \"true\" from file {path})")
-        );
         // Their defaults, written out explicitly, are fine, as is an empty list for a
         // key whose default is `*`.
         ok(

@@ -17,7 +17,7 @@ use super::keys::{
 use super::layers::{Entry, Raw};
 use super::{
     AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
-    Origin, TlsFiles,
+    Origin, TlsFiles, TlsPolicy, TlsVersion,
 };
 use crate::lease::CheckpointConfig;
 
@@ -40,8 +40,6 @@ const CHOICES: &[(&str, &[&str])] = &[
         "v2-deprecation",
         &["not-yet", "write-only", "write-only-drop-data", "gone"],
     ),
-    ("tls-min-version", &["", "TLS1.2", "TLS1.3"]),
-    ("tls-max-version", &["", "TLS1.2", "TLS1.3"]),
 ];
 
 /// etcd 3.6's feature gates. They mirror experimental flags of 3.5 with the same effect in
@@ -174,7 +172,59 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         config_file: None,
         client_tls,
         peer_tls,
+        tls_policy: tls_policy(raw)?,
+        self_signed_cert_validity: uint(raw.get("self-signed-cert-validity"))?,
     })
+}
+
+/// `--cipher-suites`, `--tls-min-version` and `--tls-max-version`, with etcd 3.6's checks;
+/// the suite names are matched against rustls's when the listeners are built.
+fn tls_policy(raw: &Raw) -> Result<TlsPolicy, ConfigError> {
+    let min = raw.get("tls-min-version");
+    let max = raw.get("tls-max-version");
+    let min_version = tls_version(min)?.unwrap_or_default();
+    let max_version = tls_version(max)?;
+    if max_version.is_some_and(|m| m < min_version) {
+        return Err(min.invalid(format!(
+            "min version ({}) is greater than max version ({})",
+            min.value, max.value
+        )));
+    }
+    let suites = raw.get("cipher-suites");
+    let cipher_suites: Vec<String> = suites
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    // etcd's rule: Go cannot restrict TLS 1.3 suites, so a list with only TLS 1.3 allowed
+    // would be silently ignored.
+    if min_version == TlsVersion::Tls13 && !cipher_suites.is_empty() {
+        return Err(suites.invalid(
+            "cipher suites cannot be configured when only TLS1.3 is enabled",
+        ));
+    }
+    Ok(TlsPolicy {
+        cipher_suites,
+        min_version,
+        max_version,
+    })
+}
+
+/// A `--tls-min-version`/`--tls-max-version` value; `None` when empty.
+fn tls_version(entry: &Entry) -> Result<Option<TlsVersion>, ConfigError> {
+    match entry.value.trim() {
+        "" => Ok(None),
+        "TLS1.2" => Ok(Some(TlsVersion::Tls12)),
+        "TLS1.3" => Ok(Some(TlsVersion::Tls13)),
+        old @ ("TLS1.0" | "TLS1.1") => Err(entry.invalid(format!(
+            "{old} is not supported: cairn's TLS (rustls) implements only TLS1.2 and TLS1.3"
+        ))),
+        other => Err(entry.invalid(format!(
+            "unexpected TLS version {other:?} (must be one of: TLS1.2, TLS1.3)"
+        ))),
+    }
 }
 
 /// The client (`prefix` empty) or peer (`peer-`) TLS keys. The files are read when the
@@ -190,6 +240,7 @@ fn tls_files(raw: &Raw, prefix: &str) -> Result<TlsFiles, ConfigError> {
         key_file: path("key-file"),
         trusted_ca_file: path("trusted-ca-file"),
         client_cert_auth: boolean(raw.get(&format!("{prefix}client-cert-auth")))?,
+        auto_tls: boolean(raw.get(&format!("{prefix}auto-tls")))?,
     };
     let cert = raw.get(&format!("{prefix}cert-file"));
     if files.cert_file.is_some() != files.key_file.is_some() {
@@ -215,7 +266,7 @@ fn require_tls(
     kind: &str,
 ) -> Result<(), ConfigError> {
     match urls.iter().find(|u| u.scheme() == "https") {
-        Some(url) if files.cert_file.is_none() => Err(entry.invalid(format!(
+        Some(url) if files.cert_file.is_none() && !files.auto_tls => Err(entry.invalid(format!(
             "TLS key/cert ({flags}) must be provided for {kind} url {} with HTTPS scheme",
             bare(url)
         ))),

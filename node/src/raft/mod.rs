@@ -98,8 +98,8 @@ pub struct RaftSettings {
     pub max_learners: usize,
     /// `--force-new-cluster`: make this member's data a one-member cluster first.
     pub force_new_cluster: bool,
-    /// How this member dials https peer URLs (`crate::tls::peer_client`).
-    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// How this member dials https peer URLs (`crate::tls::PeerClientTls`).
+    pub peer_tls: Option<Arc<crate::tls::PeerClientTls>>,
 }
 
 /// A member as the cluster knows it: openraft's `Node` type, stored in membership entries.

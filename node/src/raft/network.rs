@@ -42,12 +42,16 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
+
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use super::snapshot::{self, SnapshotData};
 use super::{decode, encode, Applied, MemberInfo, RaftError, TypeConfig};
 use crate::lease::LeaseError;
 use crate::metrics;
+use crate::tls::PeerClientTls;
 use crate::mvcc::MvccError;
 use crate::proto::cairnpb::{
     self, propose_response::Result as Outcome, raft_peer_client::RaftPeerClient, ApplyError,
@@ -118,15 +122,15 @@ pub struct Peers {
     member_id: u64,
     /// The request timeout for forwarded calls (a proposal may wait for commit).
     forward_timeout: Duration,
-    /// Per member: the URL the channel was made for, and the channel.
-    channels: Mutex<HashMap<u64, (String, Channel)>>,
+    /// Per member: the URL and TLS generation the channel was made for, and the channel.
+    channels: Mutex<HashMap<u64, (String, u64, Channel)>>,
     /// The members' peer URLs as the membership knows them, for the forwarding calls.
     addresses: Mutex<HashMap<u64, MemberInfo>>,
     /// Per member: since when every call to it has reached it (etcd's rafthttp
     /// `ActiveSince`); a call that does not reach it clears the entry.
     active_since: Mutex<HashMap<u64, Instant>>,
-    /// How https peer URLs are dialled; `None` without `--peer-cert-file`.
-    tls: Option<ClientTlsConfig>,
+    /// How https peer URLs are dialled; `None` without a peer certificate.
+    tls: Option<Arc<PeerClientTls>>,
 }
 
 impl Peers {
@@ -134,7 +138,7 @@ impl Peers {
         cluster_id: u64,
         member_id: u64,
         forward_timeout: Duration,
-        tls: Option<ClientTlsConfig>,
+        tls: Option<Arc<PeerClientTls>>,
     ) -> Arc<Peers> {
         Arc::new(Peers {
             cluster_id,
@@ -173,15 +177,14 @@ impl Peers {
             .ok_or(PeerError::NoAddress(id))?
             .clone();
         let mut channels = self.channels.lock().map_err(|_| PeerError::NoAddress(id))?;
+        // Rotated peer certificate files give a new generation: new connections use them.
+        let tls = self.tls.as_ref().map(|t| t.connector());
+        let generation = tls.as_ref().map_or(0, |t| t.0);
         let channel = match channels.get(&id) {
-            Some((known, channel)) if *known == url => channel.clone(),
+            Some((known, g, channel)) if *known == url && *g == generation => channel.clone(),
             _ => {
-                let channel = endpoint(&url, self.tls.as_ref())
-                    .ok_or(PeerError::NoAddress(id))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                channels.insert(id, (url, channel.clone()));
+                let channel = channel(&url, tls.map(|t| t.1)).ok_or(PeerError::NoAddress(id))?;
+                channels.insert(id, (url, generation, channel.clone()));
                 channel
             }
         };
@@ -354,14 +357,44 @@ impl Peers {
     }
 }
 
-/// The endpoint of a peer URL; https ones are dialled with the peer certificate and CA
-/// (`crate::tls::peer_client`). `None` for a malformed URL or an https one without TLS.
-fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Option<Endpoint> {
-    let endpoint = Endpoint::from_shared(url.to_string()).ok()?;
-    if !url.starts_with("https://") {
-        return Some(endpoint);
-    }
-    endpoint.tls_config(tls?.clone()).ok()
+/// A lazily connecting channel to a peer URL; https ones are dialled with the peer
+/// certificate and CA (`crate::tls::PeerClientTls`). `None` for a malformed URL or an
+/// https one without TLS.
+fn channel(url: &str, tls: Option<TlsConnector>) -> Option<Channel> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Some(
+            Endpoint::from_shared(url.to_string())
+                .ok()?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        );
+    };
+    let tls = tls?;
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    // tonic would refuse an https URI with a connector of its own: the TLS is done in the
+    // connector, so the endpoint itself is plain http.
+    let endpoint = Endpoint::from_shared(format!("http://{rest}")).ok()?;
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        let (tls, name) = (tls.clone(), name.clone());
+        async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| std::io::Error::other("peer URL without host"))?
+                .to_string();
+            let tcp = tokio::net::TcpStream::connect(authority).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tls.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Some(
+        endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_with_connector_lazy(connector),
+    )
 }
 
 /// Asks the members at `urls` (the other members of `--initial-cluster`), in turn, for the
@@ -370,14 +403,13 @@ fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Option<Endpoint> {
 pub async fn fetch_cluster(
     urls: &[String],
     timeout: Duration,
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&Arc<PeerClientTls>>,
 ) -> Result<(u64, Vec<(u64, MemberInfo)>), PeerError> {
     let mut last = PeerError::NoAddress(0);
     for url in urls {
-        let Some(endpoint) = endpoint(url, tls) else {
+        let Some(channel) = channel(url, tls.map(|t| t.connector().1)) else {
             continue;
         };
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
         let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
         let mut req = tonic::Request::new(RaftMessage::default());
         req.set_timeout(timeout);
