@@ -405,8 +405,21 @@ impl Cluster {
     /// with the `ETCD_INITIAL_CLUSTER` it printed and `--initial-cluster-state existing`.
     /// It listens on its own peer port, outside the proxy network. Returns once it serves.
     pub async fn join(&self, via: NodeId, name: &str, options: &ClusterOptions) -> Result<Server> {
+        let mut server = self.add_and_spawn(via, name, options).await?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// The first half of [`Cluster::join`]: `member add` and the new member's process
+    /// started, without waiting for it to serve (it may never, if the members refuse it).
+    pub async fn add_and_spawn(
+        &self,
+        via: NodeId,
+        name: &str,
+        options: &ClusterOptions,
+    ) -> Result<Server> {
         let peer_port = crate::free_port()?;
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let peer = format!("{}://127.0.0.1:{peer_port}", options.peer_scheme());
         let deadline = Instant::now() + READY_TIMEOUT;
         let printed = loop {
             let out = self.members[via]
@@ -430,7 +443,7 @@ impl Cluster {
             .trim_matches('"')
             .to_string();
         let token = format!("cairn-it-{}", self.network.port(0));
-        let mut server = Server::spawn_custom(name, |layout| {
+        Server::spawn_custom(name, |layout| {
             let mut args = member_args(layout, peer_port, &initial_cluster, &token, options);
             for arg in &mut args {
                 if arg.starts_with("--listen-peer-urls=") {
@@ -440,9 +453,7 @@ impl Cluster {
                 }
             }
             Ok(args)
-        })?;
-        server.wait_ready().await?;
-        Ok(server)
+        })
     }
 
     /// The last `bytes` of every member's log, for failure messages.

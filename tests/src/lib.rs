@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod history;
 pub mod linearizability;
 pub mod proxy;
+pub mod tls;
 pub mod workload;
 
 /// How long a server may take to start serving before a test gives up.
@@ -417,10 +418,12 @@ impl Layout {
 }
 
 /// The files an https client shows: etcdctl's `--cacert`, `--cert` and `--key` (the last
-/// two may be absent, as for a client without a certificate).
+/// two may be absent, as for a client without a certificate). Without a CA the client
+/// skips verifying the server (`--insecure-transport=false --insecure-skip-tls-verify`,
+/// as for a server with `--auto-tls`).
 #[derive(Debug, Clone)]
 pub struct ClientTls {
-    pub cacert: PathBuf,
+    pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
 }
@@ -428,7 +431,13 @@ pub struct ClientTls {
 impl ClientTls {
     /// etcdctl's flags for these files.
     pub fn ctl_args(&self) -> Vec<String> {
-        let mut args = vec![format!("--cacert={}", self.cacert.display())];
+        let mut args = match &self.cacert {
+            Some(ca) => vec![format!("--cacert={}", ca.display())],
+            None => vec![
+                "--insecure-transport=false".to_string(),
+                "--insecure-skip-tls-verify".to_string(),
+            ],
+        };
         if let Some(cert) = &self.cert {
             args.push(format!("--cert={}", cert.display()));
         }

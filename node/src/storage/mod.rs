@@ -76,6 +76,9 @@ const FORMAT_FILE: &str = "CAIRN_FORMAT";
 const LOCK_FILE: &str = "cairn.lock";
 const DB_DIR: &str = "db";
 const WAL_DIR: &str = "wal";
+/// Where `--auto-tls`/`--peer-auto-tls` keep their certificates (etcd's place), created
+/// before the store is opened.
+pub const FIXTURES_DIR: &str = "fixtures";
 const SNAP_DIR: &str = "snap";
 /// Block cache of each database. Reads of recent revisions hit the memtables; the cache
 /// serves the rest, and etcd (bbolt) relies on the page cache the same way.
@@ -595,7 +598,7 @@ fn check_format(dir: &Path) -> Result<bool, StorageError> {
                 .map_err(StorageError::io(dir))?
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != LOCK_FILE && n != DB_DIR && n != WAL_DIR)
+                .filter(|n| n != LOCK_FILE && n != DB_DIR && n != WAL_DIR && n != FIXTURES_DIR)
                 .collect();
             if others.is_empty() {
                 return Ok(true);

@@ -48,7 +48,7 @@ pub(super) fn files<'u>(
         );
         return Ok(resolved);
     }
-    let dir = data_dir.join("fixtures").join(match side {
+    let dir = data_dir.join(crate::storage::FIXTURES_DIR).join(match side {
         Side::Client => "client",
         Side::Peer => "peer",
     });

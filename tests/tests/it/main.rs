@@ -27,6 +27,8 @@ mod plugin_hooks;
 mod plugins;
 mod snapshots;
 mod tls;
+mod tls_fuzz;
+mod tls_ops;
 mod watch_ctl;
 mod watch_guarantees;
 

@@ -8,75 +8,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::tls::Ca;
 use cairn_tests::{etcdctl, run_until_exit, server_args, ClientTls, Layout, Server, ServerKind};
-use rcgen::{
-    date_time_ymd, BasicConstraints, Certificate, CertificateParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-
-/// A certificate authority of a test.
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// Writes `<name>-ca.pem`.
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&path, self.cert.pem()).unwrap();
-        path
-    }
-
-    /// Writes `<name>.pem` and `<name>-key.pem`: a certificate for 127.0.0.1 and localhost,
-    /// for servers and clients both (as the seed documents' cfssl profiles make them);
-    /// `expired` makes one whose validity ended in 2021.
-    fn issue(&self, dir: &Path, name: &str, expired: bool) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        if expired {
-            params.not_before = date_time_ymd(2020, 1, 1);
-            params.not_after = date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-}
 
 /// The certificates of one single-member test: the server's, a client's from the same CA,
-/// one from another CA and an expired one from the same CA.
-struct Certs {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
-    server: (PathBuf, PathBuf),
-    client: (PathBuf, PathBuf),
-    stranger: (PathBuf, PathBuf),
-    expired: (PathBuf, PathBuf),
+/// one from another CA and an expired one from the same CA, in `dir`.
+pub(crate) struct Certs {
+    pub dir: tempfile::TempDir,
+    pub authority: Ca,
+    pub ca: PathBuf,
+    pub server: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
+    pub stranger: (PathBuf, PathBuf),
+    pub expired: (PathBuf, PathBuf),
 }
 
-fn certs() -> Certs {
+pub(crate) fn certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cairn-test-ca");
     let other = Ca::new("other-ca");
@@ -86,19 +33,20 @@ fn certs() -> Certs {
         client: ca.issue(dir.path(), "client", false),
         stranger: other.issue(dir.path(), "stranger", false),
         expired: ca.issue(dir.path(), "expired", true),
-        _dir: dir,
+        authority: ca,
+        dir,
     }
 }
 
-fn client_tls(certs: &Certs, pair: Option<&(PathBuf, PathBuf)>) -> ClientTls {
+pub(crate) fn client_tls(certs: &Certs, pair: Option<&(PathBuf, PathBuf)>) -> ClientTls {
     ClientTls {
-        cacert: certs.ca.clone(),
+        cacert: Some(certs.ca.clone()),
         cert: pair.map(|p| p.0.clone()),
         key: pair.map(|p| p.1.clone()),
     }
 }
 
-fn path(p: &Path) -> String {
+pub(crate) fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
@@ -114,7 +62,17 @@ async fn https_server(certs: &Certs, client_cert_auth: bool) -> Server {
         tls_args.push(format!("--trusted-ca-file={}", path(&certs.ca)));
         tls_args.push("--client-cert-auth".to_string());
     }
-    Server::start_tls(client_tls(certs, Some(&certs.client)), |layout: &Layout| {
+    https_member(client_tls(certs, Some(&certs.client)), tls_args, None).await
+}
+
+/// A single member whose client URL is https, started with `tls_args`; the harness's
+/// etcdctl connects with `client`. `plain_port`: also an http client URL on that port.
+pub(crate) async fn https_member(
+    client: ClientTls,
+    tls_args: Vec<String>,
+    plain_port: Option<u16>,
+) -> Server {
+    Server::start_tls(client, |layout: &Layout| {
         let https = format!("https://127.0.0.1:{}", layout.client_port);
         let mut args = server_args(
             &layout.name,
@@ -123,7 +81,11 @@ async fn https_server(certs: &Certs, client_cert_auth: bool) -> Server {
             layout.peer_port,
         );
         args.retain(|a| !a.contains("-client-urls="));
-        args.push(format!("--listen-client-urls={https}"));
+        let listen = match plain_port {
+            Some(port) => format!("{https},http://127.0.0.1:{port}"),
+            None => https.clone(),
+        };
+        args.push(format!("--listen-client-urls={listen}"));
         args.push(format!("--advertise-client-urls={https}"));
         args.extend(tls_args);
         Ok(args)
