@@ -78,22 +78,25 @@ async fn auto_tls_serves_a_self_signed_certificate_kept_under_the_data_dir() {
 async fn cipher_suites_restrict_tls_1_2_and_leave_tls_1_3_alone() {
     let certs = certs();
     let mut args = server_files(&certs);
-    args.push("--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".to_string());
+    // An AES-128-GCM suite must be listed: Go's HTTP/2 requires one, and etcd 3.5.1 stops
+    // serving without it.
+    args.push("--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_string());
     let server = https_member(client_tls(&certs, None), args, None).await;
     let at = addr(&server);
-    let refused = offer(&certs.ca, Offer::TLS12, &["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"])
+    let refused = offer(&certs.ca, Offer::TLS12, &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"])
         .handshake(&at)
         .await;
     assert!(refused.is_err(), "a suite outside --cipher-suites was accepted");
-    let listed = offer(&certs.ca, Offer::TLS12, &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"])
+    let listed = offer(&certs.ca, Offer::TLS12, &["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"])
         .handshake(&at)
         .await;
     assert_eq!(listed.unwrap(), certificate_der(&certs.server.0).unwrap());
-    // As in Go, the list does not restrict TLS 1.3.
-    offer(&certs.ca, Offer::ALL, &["TLS13_AES_128_GCM_SHA256"])
+    // As in Go, the list does not restrict TLS 1.3 (which etcd 3.5.1 does not serve at
+    // all: its listeners stop at TLS 1.2).
+    let tls13 = offer(&certs.ca, Offer::ALL, &["TLS13_AES_256_GCM_SHA384"])
         .handshake(&at)
-        .await
-        .unwrap();
+        .await;
+    assert_eq!(tls13.is_ok(), cairn_tests::testing_cairn(), "{tls13:?}");
     assert_eq!(
         server.ctl(&["put", "k", "v"]).await.unwrap().success().unwrap(),
         "OK\n"
@@ -336,4 +339,24 @@ async fn a_peer_with_a_certificate_from_another_ca_cannot_join() {
         .collect();
     assert_eq!(unstarted.len(), 1, "the stranger published itself: {json}");
     assert!(unstarted[0]["clientURLs"].is_null(), "{json}");
+}
+
+#[tokio::test]
+async fn three_members_replicate_over_peer_auto_tls() {
+    let mut options = ClusterOptions::new(3);
+    options.peer_https = true;
+    options.extra_args = vec!["--peer-auto-tls".to_string()];
+    let cluster = Cluster::start_with(options).await.unwrap();
+    let leader = cluster.leader().await.unwrap();
+    let mut client = cluster.client(leader).await.unwrap();
+    client.put("peer-auto", "replicated", None).await.unwrap();
+    for i in 0..3 {
+        let member = cluster.member(i);
+        let out = member
+            .ctl(&["get", "peer-auto", "--print-value-only"])
+            .await
+            .unwrap();
+        assert_eq!(out.success().unwrap(), "replicated\n", "member {i}");
+        assert!(member.data_dir().join("fixtures/peer/cert.pem").exists());
+    }
 }
