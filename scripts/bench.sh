@@ -17,18 +17,22 @@
 #   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
-#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins, cluster
+#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins, cluster, tls
 #                        ["kv watch scale scan"]; plugins (cairn only, needs the example
 #                        plugins built) puts at BENCH_CLIENTS with no plugins, then with
 #                        namespace-quota + schema-guard on every key, and measures one
-#                        admission call in process
+#                        admission call in process; tls serves http and https (mutual TLS,
+#                        certificates made with openssl) from one member and runs put and
+#                        linearizable range at BENCH_CLIENTS over each, then over https
+#                        with auth enabled (root user, `cairn bench --user`)
 #   BENCH_HEARTBEAT      --heartbeat-interval (ms) of the 3-member cluster case [100]
 #   BENCH_ELECTION       --election-timeout (ms) of the 3-member cluster case [1000]
 #   BENCH_FAILOVERS      kill -9 rounds of the cluster case, reported as the median [5]
 #   BENCH_FSYNC_SECONDS  time of the raw fsync measurement [4]
 #   BENCH_DATA_ROOT      where the fresh data dirs are made [${TMPDIR:-/tmp}]
-#   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1; the cluster
-#                        case's members use BENCH_PORT+10 to BENCH_PORT+15 [42379]
+#   BENCH_PORT           client port, on 127.0.0.1; peer port is BENCH_PORT+1, the tls
+#                        case's https port BENCH_PORT+2; the cluster case's members use
+#                        BENCH_PORT+10 to BENCH_PORT+15 [42379]
 #   BENCH_KEEP           1 keeps the data dirs and logs
 #   CAIRN_BIN            cairn binary (server and load generator); else built with
 #                        `cargo build --release -p cairn` into CARGO_TARGET_DIR
@@ -73,6 +77,11 @@ peer_port=$((port + 1))
 endpoint="127.0.0.1:$port"
 # Where run_bench sends load; the cluster case points it at one member.
 bench_endpoint=$endpoint
+# Set by the tls case: more listen URLs and flags for the server, and TLS/auth flags for
+# the load generator.
+extra_listen=""
+server_flags=()
+bench_flags=()
 
 work=$(mktemp -d "$data_root/cairn-bench.XXXXXX")
 server_pid=""
@@ -144,10 +153,11 @@ start_server() {
 	done
 	mkdir -p "$data"
 	local -a flags=(--name bench --data-dir "$data"
-		--listen-client-urls "http://$endpoint" --advertise-client-urls "http://$endpoint"
+		--listen-client-urls "http://$endpoint$extra_listen" --advertise-client-urls "http://$endpoint"
 		--listen-peer-urls "http://127.0.0.1:$peer_port"
 		--initial-advertise-peer-urls "http://127.0.0.1:$peer_port"
-		--initial-cluster "bench=http://127.0.0.1:$peer_port")
+		--initial-cluster "bench=http://127.0.0.1:$peer_port"
+		${server_flags[@]+"${server_flags[@]}"})
 	server_cmd "$name" "${flags[@]}"
 	log "starting $name: ${cmd[*]}"
 	"${cmd[@]}" >"$work/$name.log" 2>&1 &
@@ -199,7 +209,8 @@ run_bench() {
 	shift 2
 	log "$server $case"
 	# A failing case is reported and left blank in the table; the other cases still run.
-	if ! "$CAIRN" bench --endpoints "$bench_endpoint" "$@" 2>&1 | tee "$work/$server.$case.out" >&2; then
+	if ! "$CAIRN" bench --endpoints "$bench_endpoint" ${bench_flags[@]+"${bench_flags[@]}"} "$@" 2>&1 |
+		tee "$work/$server.$case.out" >&2; then
 		log "$server $case FAILED"
 		return 0
 	fi
@@ -322,6 +333,54 @@ EOF
 		2>&1 | tee "$work/$server.plugin-call.out" >&2 || return 0
 	grep '^BENCH_RESULT ' "$work/$server.plugin-call.out" | sed 's/^BENCH_RESULT //' \
 		>"$work/$server.plugin-call.json"
+}
+
+# make_certs: a CA, and one certificate for 127.0.0.1 that serves as the server's and the
+# client's (as the seed documents' cfssl profiles make them), in $work/tls.
+make_certs() {
+	local dir="$work/tls"
+	[ -f "$dir/cert.pem" ] && return 0
+	mkdir -p "$dir"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj /CN=bench-ca -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" 2>/dev/null
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=root \
+		-keyout "$dir/key.pem" -out "$dir/cert.csr" 2>/dev/null
+	printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$dir/ext.cnf"
+	openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" \
+		-CAcreateserial -days 2 -extfile "$dir/ext.cnf" -out "$dir/cert.pem" 2>/dev/null
+}
+
+# tls_server NAME: put and linearizable range at $clients over http, then over https with a
+# client certificate (the same member, same data), then over https with auth enabled.
+tls_server() {
+	local server=$1 dir="$work/tls" tls_port=$((port + 2))
+	want tls || return 0
+	make_certs
+	local -a ctl=(--endpoints="https://127.0.0.1:$tls_port" --cacert="$dir/ca.pem"
+		--cert="$dir/cert.pem" --key="$dir/key.pem")
+	extra_listen=",https://127.0.0.1:$tls_port"
+	server_flags=(--cert-file "$dir/cert.pem" --key-file "$dir/key.pem"
+		--trusted-ca-file "$dir/ca.pem" --client-cert-auth)
+	start_server "$server" -tls
+	extra_listen=""
+	server_flags=()
+	run_case "$server" tls-plain-put put --clients "$clients"
+	run_case "$server" tls-plain-range range --consistency l --clients "$clients" --preload
+	bench_endpoint="https://127.0.0.1:$tls_port"
+	bench_flags=(--cacert "$dir/ca.pem" --cert "$dir/cert.pem" --key "$dir/key.pem")
+	run_case "$server" tls-put put --clients "$clients"
+	run_case "$server" tls-range range --consistency l --clients "$clients"
+	if "$ETCDCTL" "${ctl[@]}" user add root --new-user-password=bench >&2 &&
+		"$ETCDCTL" "${ctl[@]}" auth enable >&2; then
+		bench_flags+=(--user root:bench)
+		run_case "$server" tls-auth-put put --clients "$clients"
+		run_case "$server" tls-auth-range range --consistency l --clients "$clients"
+	else
+		log "$server: cannot enable auth; the tls+auth cases are left blank"
+	fi
+	bench_endpoint=$endpoint
+	bench_flags=()
+	stop_server
 }
 
 # The cluster case's member I: client port BENCH_PORT+10+2I, peer port one above.
@@ -460,7 +519,7 @@ for server in $servers; do
 	case "$server" in
 	etcd | cairn)
 		bench_server "$server" && scale_server "$server" && scan_server "$server" &&
-			plugins_server "$server" && cluster_server "$server"
+			plugins_server "$server" && cluster_server "$server" && tls_server "$server"
 		;;
 	*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
 	esac
@@ -560,6 +619,25 @@ for pattern in ("append", "prealloc"):
         rows.append(f"| disk: raw 4 KiB {pattern} + fdatasync, before the run | {label} "
                     f"| {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 print("\n".join(rows))
+
+tls_cases = [("plain", "http"), ("", "https, client certificates"),
+             ("auth-", "https, client certificates, auth (root user's token)")]
+if any(load(f"{s}.tls-{k}put") for s in ("etcd", "cairn") for k in ("plain-", "", "auth-")):
+    rows = ["", f"TLS and auth: one member serving http and https (mutual TLS), {clients} clients; "
+            "vs http is the server's own ratio to its http figure", "",
+            "| case | metric | etcd | cairn | cairn/etcd | etcd vs http | cairn vs http |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for op, title in [("put", "put"), ("range", "range linearizable")]:
+        ep, cp = load(f"etcd.tls-plain-{op}") or {}, load(f"cairn.tls-plain-{op}") or {}
+        for key, transport in tls_cases:
+            key = "plain-" if key == "plain" else key
+            e, c = load(f"etcd.tls-{key}{op}") or {}, load(f"cairn.tls-{key}{op}") or {}
+            for field, label, fmt in [("ops_per_sec", "ops/s", "{:.0f}"), ("p99_ms", "p99 ms", "{:.3f}"),
+                                      ("errors", "errors", "{:d}")]:
+                ev, cv = e.get(field), c.get(field)
+                rows.append(f"| {title}, {transport} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} "
+                            f"| {ratio(ev, cv)} | {ratio(ep.get(field), ev)} | {ratio(cp.get(field), cv)} |")
+    print("\n".join(rows))
 
 off, on = load(f"cairn.put-{clients}-plugins-off"), load(f"cairn.put-{clients}-plugins-on")
 call = load("cairn.plugin-call")

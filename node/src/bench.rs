@@ -19,10 +19,14 @@ use futures::{stream, StreamExt as _, TryStreamExt as _};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+use security::{Security, SecurityArgs};
 
 mod plugin;
 mod scan;
+mod security;
 mod watch;
 
 use crate::proto::etcdserverpb::{
@@ -35,6 +39,8 @@ const MAX_DURATION: Duration = Duration::from_secs(3600);
 const PRELOAD_TXN_OPS: u64 = 128;
 /// Histogram range: 1 µs to 60 s at 3 significant digits (0.1 % resolution).
 const HIST_MAX_MICROS: u64 = 60_000_000;
+/// The metadata key etcd's clients send their auth token in.
+const TOKEN: &str = "token";
 /// Prefix of the machine-readable summary line.
 pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
 
@@ -149,6 +155,8 @@ pub struct LoadArgs {
     /// Per-request deadline; a request that exceeds it counts as an error.
     #[arg(long, global = true, value_parser = parse_duration, default_value = "10s")]
     pub request_timeout: Duration,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// When the measured phase ends.
@@ -173,6 +181,7 @@ struct Plan {
     key_space: u64,
     warmup: Duration,
     request_timeout: Duration,
+    security: SecurityArgs,
 }
 
 /// One request kind.
@@ -255,6 +264,7 @@ impl BenchArgs {
             key_space: load.key_space,
             warmup: load.warmup,
             request_timeout: load.request_timeout,
+            security: load.security,
         })
     }
 }
@@ -363,12 +373,15 @@ pub async fn run(args: Vec<OsString>) -> anyhow::Result<()> {
         let load = &args.load;
         let duration = load.duration.unwrap_or(Duration::from_secs(10));
         let conns = load.conns.unwrap_or(4);
-        return watch::run(w, &load.endpoints, conns, duration, load.val_size).await;
+        let security = load.security.load()?;
+        return watch::run(w, &load.endpoints, &security, conns, duration, load.val_size).await;
     }
     if let Mode::Scan(s) = &args.mode {
         let load = &args.load;
+        let security = load.security.load()?;
         let scan_load = scan::Load {
             endpoints: &load.endpoints,
+            security: &security,
             key_space: load.key_space,
             key_size: load.key_size,
             val_size: load.val_size,
@@ -424,12 +437,21 @@ struct ClientStats {
 }
 
 async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
-    let channels = connect(&plan.endpoints, plan.conns).await?;
+    let security = plan.security.load()?;
+    let channels = connect(&plan.endpoints, &security, plan.conns).await?;
+    let token = security.token(&channels[0]).await?;
     let clients: Vec<KvClient<Channel>> = (0..plan.clients)
         .map(|i| KvClient::new(channels[i % channels.len()].clone()))
         .collect();
     if plan.preload {
-        preload_keys(&clients, plan.key_space, plan.key_size, plan.val_size).await?;
+        preload_keys(
+            &clients,
+            plan.key_space,
+            plan.key_size,
+            plan.val_size,
+            token.as_ref(),
+        )
+        .await?;
     }
     let schedule = Arc::new(Schedule {
         measure_from: Instant::now() + plan.warmup,
@@ -451,6 +473,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
             key_space: plan.key_space,
             value: Arc::clone(&value),
             timeout: plan.request_timeout,
+            token: token.clone(),
         };
         let picker = KeyPicker(seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
         tasks.spawn(client_loop(kv, request, Arc::clone(&schedule), picker));
@@ -478,17 +501,16 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
 
 /// Opens `conns` HTTP/2 connections, round-robin over `endpoints`, failing fast when a
 /// server is not there.
-async fn connect(endpoints: &[String], conns: usize) -> anyhow::Result<Vec<Channel>> {
+async fn connect(
+    endpoints: &[String],
+    security: &Security,
+    conns: usize,
+) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
         let endpoint = &endpoints[i % endpoints.len()];
-        let url = if endpoint.contains("://") {
-            endpoint.clone()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(url)
-            .with_context(|| format!("bad endpoint {endpoint:?}"))?
+        let channel = security
+            .endpoint(endpoint)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
@@ -506,6 +528,7 @@ async fn preload_keys(
     key_space: u64,
     key_size: usize,
     val_size: usize,
+    token: Option<&MetadataValue<Ascii>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let value = vec![b'v'; val_size];
@@ -524,13 +547,14 @@ async fn preload_keys(
                     })),
                 })
                 .collect();
-            async move {
-                kv.txn(TxnRequest {
-                    success,
-                    ..Default::default()
-                })
-                .await
+            let mut txn = tonic::Request::new(TxnRequest {
+                success,
+                ..Default::default()
+            });
+            if let Some(token) = token {
+                txn.metadata_mut().insert(TOKEN, token.clone());
             }
+            async move { kv.txn(txn).await }
         })
         .buffer_unordered(clients.len())
         .try_for_each(|_| async { Ok(()) })
@@ -550,6 +574,8 @@ struct Request {
     key_space: u64,
     value: Arc<Vec<u8>>,
     timeout: Duration,
+    /// `--user`'s auth token.
+    token: Option<MetadataValue<Ascii>>,
 }
 
 impl Request {
@@ -577,6 +603,9 @@ impl Request {
     fn deadline<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(TOKEN, token.clone());
+        }
         request
     }
 }

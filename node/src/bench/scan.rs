@@ -48,6 +48,7 @@ struct ScanSummary {
 /// The shared load options the scan mode uses.
 pub struct Load<'a> {
     pub endpoints: &'a [String],
+    pub security: &'a super::Security,
     pub key_space: u64,
     pub key_size: usize,
     pub val_size: usize,
@@ -59,14 +60,14 @@ pub async fn run(args: &ScanArgs, load: Load<'_>) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0, "--rate must be > 0");
     // One connection per scanner and one for the writer, so the writer's requests never
     // queue behind a scan's response on the same connection.
-    let channels = connect(load.endpoints, args.scanners + 1).await?;
+    let channels = connect(load.endpoints, load.security, args.scanners + 1).await?;
     // A full range is as large as the key space: no client-side message limit.
     let clients: Vec<KvClient<Channel>> = channels
         .iter()
         .map(|c| KvClient::new(c.clone()).max_decoding_message_size(usize::MAX))
         .collect();
     if !args.no_preload {
-        preload_keys(&clients, load.key_space, load.key_size, load.val_size).await?;
+        preload_keys(&clients, load.key_space, load.key_size, load.val_size, None).await?;
     }
     let end = Instant::now() + load.duration;
     let mut scanners = JoinSet::new();

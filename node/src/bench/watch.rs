@@ -71,6 +71,7 @@ struct WatchSummary {
 pub async fn run(
     args: &WatchArgs,
     endpoints: &[String],
+    security: &super::Security,
     conns: usize,
     duration: Duration,
     val_size: usize,
@@ -80,7 +81,7 @@ pub async fn run(
         "--watchers and --streams must be > 0"
     );
     anyhow::ensure!(args.rate > 0, "--rate must be > 0");
-    let channels = connect(endpoints, conns.max(1)).await?;
+    let channels = connect(endpoints, security, conns.max(1)).await?;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Histogram<u64>>();
     let mut readers = JoinSet::new();
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(args.streams);
