@@ -374,7 +374,15 @@ pub async fn run(args: Vec<OsString>) -> anyhow::Result<()> {
         let duration = load.duration.unwrap_or(Duration::from_secs(10));
         let conns = load.conns.unwrap_or(4);
         let security = load.security.load()?;
-        return watch::run(w, &load.endpoints, &security, conns, duration, load.val_size).await;
+        return watch::run(
+            w,
+            &load.endpoints,
+            &security,
+            conns,
+            duration,
+            load.val_size,
+        )
+        .await;
     }
     if let Mode::Scan(s) = &args.mode {
         let load = &args.load;

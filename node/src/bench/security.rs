@@ -50,8 +50,7 @@ impl SecurityArgs {
                     tls = tls.ca_certificate(Certificate::from_pem(read("cacert", ca)?));
                 }
                 if let (Some(cert), Some(key)) = (cert, key) {
-                    tls = tls
-                        .identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+                    tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
                 }
                 Some(tls)
             }
@@ -77,7 +76,8 @@ impl Security {
             (false, Some(_)) => format!("https://{endpoint}"),
             (false, None) => format!("http://{endpoint}"),
         };
-        let mut ep = Endpoint::from_shared(url).with_context(|| format!("bad endpoint {endpoint:?}"))?;
+        let mut ep =
+            Endpoint::from_shared(url).with_context(|| format!("bad endpoint {endpoint:?}"))?;
         if let Some(tls) = &self.tls {
             ep = ep
                 .tls_config(tls.clone())
@@ -99,6 +99,8 @@ impl Security {
             .await
             .with_context(|| format!("authenticating as {name:?}"))?;
         let token = response.into_inner().token;
-        Ok(Some(token.parse().context("the server's token is not ASCII")?))
+        Ok(Some(
+            token.parse().context("the server's token is not ASCII")?,
+        ))
     }
 }

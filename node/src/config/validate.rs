@@ -201,9 +201,9 @@ fn tls_policy(raw: &Raw) -> Result<TlsPolicy, ConfigError> {
     // etcd's rule: Go cannot restrict TLS 1.3 suites, so a list with only TLS 1.3 allowed
     // would be silently ignored.
     if min_version == TlsVersion::Tls13 && !cipher_suites.is_empty() {
-        return Err(suites.invalid(
-            "cipher suites cannot be configured when only TLS1.3 is enabled",
-        ));
+        return Err(
+            suites.invalid("cipher suites cannot be configured when only TLS1.3 is enabled")
+        );
     }
     Ok(TlsPolicy {
         cipher_suites,

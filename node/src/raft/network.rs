@@ -51,7 +51,6 @@ use super::snapshot::{self, SnapshotData};
 use super::{decode, encode, Applied, MemberInfo, RaftError, TypeConfig};
 use crate::lease::LeaseError;
 use crate::metrics;
-use crate::tls::PeerClientTls;
 use crate::mvcc::MvccError;
 use crate::proto::cairnpb::{
     self, propose_response::Result as Outcome, raft_peer_client::RaftPeerClient, ApplyError,
@@ -61,6 +60,7 @@ use crate::proto::etcdserverpb::{
     CompactionResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+use crate::tls::PeerClientTls;
 
 /// Metadata keys every peer call carries.
 pub const CLUSTER_ID_HEADER: &str = "cairn-cluster-id";
@@ -372,7 +372,10 @@ fn channel(url: &str, tls: Option<TlsConnector>) -> Option<Channel> {
     };
     let tls = tls?;
     let parsed = url::Url::parse(url).ok()?;
-    let host = parsed.host_str()?.trim_start_matches('[').trim_end_matches(']');
+    let host = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let name = ServerName::try_from(host.to_string()).ok()?;
     // tonic would refuse an https URI with a connector of its own: the TLS is done in the
     // connector, so the endpoint itself is plain http.

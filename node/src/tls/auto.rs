@@ -42,16 +42,15 @@ pub(super) fn files<'u>(
         return Ok(resolved);
     }
     if files.cert_file.is_some() {
-        tracing::warn!(
-            "ignoring {} since certs given",
-            side.flag("auto-tls")
-        );
+        tracing::warn!("ignoring {} since certs given", side.flag("auto-tls"));
         return Ok(resolved);
     }
-    let dir = data_dir.join(crate::storage::FIXTURES_DIR).join(match side {
-        Side::Client => "client",
-        Side::Peer => "peer",
-    });
+    let dir = data_dir
+        .join(crate::storage::FIXTURES_DIR)
+        .join(match side {
+            Side::Client => "client",
+            Side::Peer => "peer",
+        });
     let hosts: Vec<String> = listen_urls
         .filter_map(|u| u.host_str())
         .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())

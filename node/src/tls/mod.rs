@@ -111,9 +111,8 @@ impl ServerTls {
         }
         let (files, policy) = (files.clone(), policy.clone());
         let watched = watched_paths(&files);
-        let reloading = Reloading::new(side, watched, move || {
-            server_config(&files, side, &policy)
-        })?;
+        let reloading =
+            Reloading::new(side, watched, move || server_config(&files, side, &policy))?;
         Ok(Some(ServerTls(reloading)))
     }
 

@@ -11,7 +11,9 @@ use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
 use tokio_rustls::rustls::crypto::ring::{cipher_suite as suite, default_provider};
-use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use tokio_rustls::rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider,
+};
 use tokio_rustls::rustls::{
     self, DigitallySignedStruct, SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
 };
@@ -37,16 +39,20 @@ impl Policy {
                 None => {
                     return Err(TlsError::CipherSuite {
                         name: name.clone(),
-                        supported: table.iter().map(|(go, _)| *go).collect::<Vec<_>>().join(", "),
+                        supported: table
+                            .iter()
+                            .map(|(go, _)| *go)
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     })
                 }
             }
         }
         let mut provider = default_provider();
         if !chosen.is_empty() {
-            provider.cipher_suites.retain(|s| {
-                s.version() == &rustls::version::TLS13 || chosen.contains(&s.suite())
-            });
+            provider
+                .cipher_suites
+                .retain(|s| s.version() == &rustls::version::TLS13 || chosen.contains(&s.suite()));
         }
         let max = config.max_version.unwrap_or(TlsVersion::Tls13);
         let versions = [
@@ -135,7 +141,12 @@ impl ServerCertVerifier for SkipVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -144,7 +155,12 @@ impl ServerCertVerifier for SkipVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -171,7 +187,7 @@ mod tests {
             TlsVersion::Tls12,
             None,
         ))
-        .unwrap();
+        .expect("accepted");
         let names: Vec<String> = p
             .provider
             .cipher_suites
@@ -197,7 +213,7 @@ mod tests {
             TlsVersion::Tls12,
             None,
         ))
-        .unwrap_err()
+        .expect_err("refused")
         .to_string();
         assert!(
             e.starts_with(
@@ -210,9 +226,10 @@ mod tests {
 
     #[test]
     fn versions_follow_min_and_max() {
-        let only13 = Policy::new(&policy(&[], TlsVersion::Tls13, None)).unwrap();
+        let only13 = Policy::new(&policy(&[], TlsVersion::Tls13, None)).expect("accepted");
         assert_eq!(only13.versions, [&rustls::version::TLS13]);
-        let only12 = Policy::new(&policy(&[], TlsVersion::Tls12, Some(TlsVersion::Tls12))).unwrap();
+        let only12 = Policy::new(&policy(&[], TlsVersion::Tls12, Some(TlsVersion::Tls12)))
+            .expect("accepted");
         assert_eq!(only12.versions, [&rustls::version::TLS12]);
     }
 }

@@ -105,4 +105,3 @@ fn stamps(files: &[(&'static str, PathBuf)]) -> Vec<Stamp> {
         })
         .collect()
 }
-

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_tests::tls::client_hello;
 use cairn_tests::free_port;
+use cairn_tests::tls::client_hello;
 use etcd_client::{Client, GetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -96,8 +96,14 @@ fn tls_attacks(round: u64) -> Vec<(&'static str, Vec<u8>)> {
         ("a truncated ClientHello", hello[..hello.len() / 2].to_vec()),
         ("a ClientHello with a lying record length", lying),
         ("a corrupted ClientHello", corrupt),
-        ("plaintext HTTP/2 to the TLS port", grpc_call(&grpc_message(0, &[]))),
-        ("an HTTP/1.1 request to the TLS port", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "plaintext HTTP/2 to the TLS port",
+            grpc_call(&grpc_message(0, &[])),
+        ),
+        (
+            "an HTTP/1.1 request to the TLS port",
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         ("nothing at all", Vec::new()),
     ]
 }
@@ -110,7 +116,10 @@ fn grpc_attacks(round: u64) -> Vec<(&'static str, Vec<u8>)> {
     huge[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
     bogus_length.extend(huge);
     vec![
-        ("a bad HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n".to_vec()),
+        (
+            "a bad HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n".to_vec(),
+        ),
         ("a frame with a bogus length", bogus_length),
         (
             "a gRPC message whose length prefix exceeds the body",
@@ -120,10 +129,7 @@ fn grpc_attacks(round: u64) -> Vec<(&'static str, Vec<u8>)> {
             "garbage protobuf",
             grpc_call(&grpc_message(16, &[0xff; 16])),
         ),
-        (
-            "a truncated gRPC length prefix",
-            grpc_call(&[0, 0, 0]),
-        ),
+        ("a truncated gRPC length prefix", grpc_call(&[0, 0, 0])),
         ("random bytes after the preface", {
             let mut r = PREFACE.to_vec();
             r.extend(noise(round + 4, 2048));
@@ -159,7 +165,10 @@ async fn malformed_handshakes_and_grpc_frames_leave_the_node_and_other_clients_u
         format!("--key-file={}", path(&certs.server.1)),
     ];
     let mut server = https_member(client_tls(&certs, None), args, Some(plain_port)).await;
-    let tls_addr = server.client_url().trim_start_matches("https://").to_string();
+    let tls_addr = server
+        .client_url()
+        .trim_start_matches("https://")
+        .to_string();
     let plain_addr = format!("127.0.0.1:{plain_port}");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -172,7 +181,8 @@ async fn malformed_handshakes_and_grpc_frames_leave_the_node_and_other_clients_u
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                good.put(format!("good-{n:06}"), n.to_string(), None).await?;
+                good.put(format!("good-{n:06}"), n.to_string(), None)
+                    .await?;
                 n += 1;
             }
             Ok::<u64, etcd_client::Error>(n)
@@ -196,13 +206,21 @@ async fn malformed_handshakes_and_grpc_frames_leave_the_node_and_other_clients_u
         .expect("the good client saw an error");
     assert!(written > 0);
     let got = good
-        .get("good-", Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "good-",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .unwrap();
     assert_eq!(got.count(), i64::try_from(written).unwrap());
     // The TLS listener still serves well-behaved clients.
     assert_eq!(
-        server.ctl(&["put", "after", "fuzz"]).await.unwrap().success().unwrap(),
+        server
+            .ctl(&["put", "after", "fuzz"])
+            .await
+            .unwrap()
+            .success()
+            .unwrap(),
         "OK\n"
     );
 }

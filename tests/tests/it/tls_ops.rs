@@ -18,7 +18,10 @@ use crate::tls::{certs, client_tls, https_member, path, Certs};
 
 /// `127.0.0.1:port` of an https client URL.
 fn addr(server: &Server) -> String {
-    server.client_url().trim_start_matches("https://").to_string()
+    server
+        .client_url()
+        .trim_start_matches("https://")
+        .to_string()
 }
 
 fn server_files(certs: &Certs) -> Vec<String> {
@@ -28,7 +31,11 @@ fn server_files(certs: &Certs) -> Vec<String> {
     ]
 }
 
-fn offer<'a>(ca: &'a Path, versions: &'a [&'static tokio_rustls::rustls::SupportedProtocolVersion], suites: &'a [&'a str]) -> Offer<'a> {
+fn offer<'a>(
+    ca: &'a Path,
+    versions: &'a [&'static tokio_rustls::rustls::SupportedProtocolVersion],
+    suites: &'a [&'a str],
+) -> Offer<'a> {
     Offer {
         ca: Some(ca),
         versions,
@@ -46,7 +53,12 @@ async fn auto_tls_serves_a_self_signed_certificate_kept_under_the_data_dir() {
     let mut server = https_member(skip_verify, vec!["--auto-tls".to_string()], None).await;
     // The harness's etcdctl uses --insecure-transport=false --insecure-skip-tls-verify.
     assert_eq!(
-        server.ctl(&["put", "auto", "tls"]).await.unwrap().success().unwrap(),
+        server
+            .ctl(&["put", "auto", "tls"])
+            .await
+            .unwrap()
+            .success()
+            .unwrap(),
         "OK\n"
     );
     let cert_file = server.data_dir().join("fixtures/client/cert.pem");
@@ -61,16 +73,23 @@ async fn auto_tls_serves_a_self_signed_certificate_kept_under_the_data_dir() {
     .unwrap();
     assert_eq!(served, certificate_der(&cert_file).unwrap());
     // A client that verifies (against the system roots) refuses the self-signed certificate.
-    let out = etcdctl(&server.client_url(), &["--dial-timeout=2s", "get", "auto"], None)
-        .await
-        .unwrap();
+    let out = etcdctl(
+        &server.client_url(),
+        &["--dial-timeout=2s", "get", "auto"],
+        None,
+    )
+    .await
+    .unwrap();
     assert_ne!(out.code, 0, "{out:?}");
     assert!(!out.stdout.contains("tls"), "{out:?}");
     // A restart keeps the certificate it generated.
     let before = std::fs::read(&cert_file).unwrap();
     server.restart().await.unwrap();
     assert_eq!(std::fs::read(&cert_file).unwrap(), before);
-    let got = server.ctl(&["get", "auto", "--print-value-only"]).await.unwrap();
+    let got = server
+        .ctl(&["get", "auto", "--print-value-only"])
+        .await
+        .unwrap();
     assert_eq!(got.success().unwrap(), "tls\n");
 }
 
@@ -83,13 +102,24 @@ async fn cipher_suites_restrict_tls_1_2_and_leave_tls_1_3_alone() {
     args.push("--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_string());
     let server = https_member(client_tls(&certs, None), args, None).await;
     let at = addr(&server);
-    let refused = offer(&certs.ca, Offer::TLS12, &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"])
-        .handshake(&at)
-        .await;
-    assert!(refused.is_err(), "a suite outside --cipher-suites was accepted");
-    let listed = offer(&certs.ca, Offer::TLS12, &["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"])
-        .handshake(&at)
-        .await;
+    let refused = offer(
+        &certs.ca,
+        Offer::TLS12,
+        &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+    )
+    .handshake(&at)
+    .await;
+    assert!(
+        refused.is_err(),
+        "a suite outside --cipher-suites was accepted"
+    );
+    let listed = offer(
+        &certs.ca,
+        Offer::TLS12,
+        &["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"],
+    )
+    .handshake(&at)
+    .await;
     assert_eq!(listed.unwrap(), certificate_der(&certs.server.0).unwrap());
     // As in Go, the list does not restrict TLS 1.3 (which etcd 3.5.1 does not serve at
     // all: its listeners stop at TLS 1.2).
@@ -98,7 +128,12 @@ async fn cipher_suites_restrict_tls_1_2_and_leave_tls_1_3_alone() {
         .await;
     assert_eq!(tls13.is_ok(), cairn_tests::testing_cairn(), "{tls13:?}");
     assert_eq!(
-        server.ctl(&["put", "k", "v"]).await.unwrap().success().unwrap(),
+        server
+            .ctl(&["put", "k", "v"])
+            .await
+            .unwrap()
+            .success()
+            .unwrap(),
         "OK\n"
     );
 }
@@ -141,11 +176,16 @@ async fn tls_min_version_1_3_refuses_a_tls_1_2_only_client() {
         "{}",
         server.log_tail(2000)
     );
-    offer(&certs.ca, Offer::ALL, &[]).handshake(&at).await.unwrap();
+    offer(&certs.ca, Offer::ALL, &[])
+        .handshake(&at)
+        .await
+        .unwrap();
     let tls = client_tls(&certs, None).ctl_args();
     let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
     args.extend(["--dial-timeout=2s", "put", "k", "v"]);
-    let ctl = etcdctl(&format!("https://{at}"), &args, None).await.unwrap();
+    let ctl = etcdctl(&format!("https://{at}"), &args, None)
+        .await
+        .unwrap();
     assert!(
         ctl.stderr.contains("protocol version not supported"),
         "etcdctl 3.5 over TLS 1.2 only: {ctl:?}"
@@ -198,7 +238,10 @@ async fn until_presented(offer: &Offer<'_>, at: &str, want: &[u8]) -> usize {
         if offer.handshake(at).await.ok().as_deref() == Some(want) {
             return tries;
         }
-        assert!(Instant::now() < deadline, "the new certificate was never presented");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never presented"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -226,14 +269,21 @@ async fn rotated_certificate_files_reach_new_connections_and_old_ones_keep_worki
     };
     assert_eq!(seen_before, ["PUT", "rotated", "before"]);
 
-    let (cert, key) = certs.authority.issue(certs.dir.path(), "server-rotated", false);
+    let (cert, key) = certs
+        .authority
+        .issue(certs.dir.path(), "server-rotated", false);
     replace(&key, &certs.server.1);
     replace(&cert, &certs.server.0);
     let rotated = certificate_der(&cert).unwrap();
     assert_ne!(rotated, first);
     until_presented(&verifying, &at, &rotated).await;
     assert_eq!(
-        server.ctl(&["put", "rotated", "after"]).await.unwrap().success().unwrap(),
+        server
+            .ctl(&["put", "rotated", "after"])
+            .await
+            .unwrap()
+            .success()
+            .unwrap(),
         "OK\n"
     );
     assert_eq!(
@@ -264,18 +314,28 @@ async fn a_bad_replacement_is_logged_and_the_previous_certificate_kept() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let log = server.log();
-    let want = format!("--cert-file \"{}\": no PEM certificate in it", path(&certs.server.0));
+    let want = format!(
+        "--cert-file \"{}\": no PEM certificate in it",
+        path(&certs.server.0)
+    );
     assert!(
         log.contains("TLS files changed but cannot be used") && log.contains(&want),
         "{}",
         server.log_tail(3000)
     );
     assert_eq!(
-        server.ctl(&["put", "k", "v"]).await.unwrap().success().unwrap(),
+        server
+            .ctl(&["put", "k", "v"])
+            .await
+            .unwrap()
+            .success()
+            .unwrap(),
         "OK\n"
     );
     // Fixed files are picked up again.
-    let (cert, key) = certs.authority.issue(certs.dir.path(), "server-fixed", false);
+    let (cert, key) = certs
+        .authority
+        .issue(certs.dir.path(), "server-fixed", false);
     replace(&key, &certs.server.1);
     replace(&cert, &certs.server.0);
     until_presented(&verifying, &at, &certificate_der(&cert).unwrap()).await;
@@ -314,7 +374,10 @@ async fn a_peer_with_a_certificate_from_another_ca_cannot_join() {
     );
     // The three members stay healthy and replicate; the added member stays unstarted.
     let mut client = cluster.client(leader).await.unwrap();
-    client.put("after-stranger", "still-fine", None).await.unwrap();
+    client
+        .put("after-stranger", "still-fine", None)
+        .await
+        .unwrap();
     for i in 0..3 {
         let out = cluster
             .member(i)
@@ -322,8 +385,15 @@ async fn a_peer_with_a_certificate_from_another_ca_cannot_join() {
             .await
             .unwrap();
         assert_eq!(out.success().unwrap(), "still-fine\n", "member {i}");
-        let health = cluster.member(i).ctl(&["endpoint", "health"]).await.unwrap();
-        assert!(health.success().unwrap().contains("is healthy"), "{health:?}");
+        let health = cluster
+            .member(i)
+            .ctl(&["endpoint", "health"])
+            .await
+            .unwrap();
+        assert!(
+            health.success().unwrap().contains("is healthy"),
+            "{health:?}"
+        );
     }
     let list = cluster
         .member(leader)
