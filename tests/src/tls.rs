@@ -13,7 +13,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -87,11 +87,13 @@ pub fn certificate_der(path: &Path) -> Result<Vec<u8>> {
 
 /// What a raw client offers: the CA it trusts (`None`: it trusts any certificate, as
 /// etcdctl's `--insecure-skip-tls-verify`), the versions and, if set, only these suites
-/// (rustls's names, as `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`).
+/// (rustls's names, as `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`), and the client
+/// certificate and key it shows, if any.
 pub struct Offer<'a> {
     pub ca: Option<&'a Path>,
     pub versions: &'a [&'static SupportedProtocolVersion],
     pub suites: &'a [&'a str],
+    pub identity: Option<(&'a Path, &'a Path)>,
 }
 
 impl Offer<'_> {
@@ -118,7 +120,13 @@ impl Offer<'_> {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate)),
         };
-        let mut config = builder.with_no_client_auth();
+        let mut config = match self.identity {
+            Some((cert, key)) => builder.with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(cert)?],
+                PrivateKeyDer::from_pem_file(key)?,
+            )?,
+            None => builder.with_no_client_auth(),
+        };
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
@@ -199,6 +207,7 @@ pub fn client_hello() -> Result<Vec<u8>> {
         ca: None,
         versions: Offer::ALL,
         suites: &[],
+        identity: None,
     }
     .config()?;
     let mut conn =
