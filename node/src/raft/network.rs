@@ -527,10 +527,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, req| async move {
-            c.append_entries(req).await
-        })
-        .await
+        // openraft's heartbeats are append-entries without entries.
+        let is_heartbeat = rpc.entries.is_empty();
+        let sent = self
+            .call(&rpc, &option, |mut c, req| async move {
+                c.append_entries(req).await
+            })
+            .await;
+        if is_heartbeat && sent.is_err() {
+            metrics::get().heartbeat_send_failures.inc();
+        }
+        sent
     }
 
     async fn vote(
