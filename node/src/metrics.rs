@@ -88,6 +88,7 @@ pub struct Metrics {
     pub backup_duration: Histogram,
     pub backup_bytes: IntGauge,
     pub backup_failures: IntCounter,
+    pub backup_interval: IntGauge,
     // fjall, per database (`db`: MVCC state, `wal`: raft log), read at scrape time.
     pub storage_write_buffer: IntGaugeVec,
     pub storage_pending_flushes: IntGaugeVec,
@@ -193,6 +194,7 @@ impl Metrics {
             backup_duration: reg.histogram("cairn_backup_duration_seconds", "How long backups took, snapshot to renamed file, failed ones included.", prometheus::exponential_buckets(0.01, 2.0, 16).unwrap_or_default())?,
             backup_bytes: reg.gauge("cairn_backup_bytes", "Size of the last successful backup file, after the backup plugins.")?,
             backup_failures: reg.counter("cairn_backup_failures_total", "Backups that failed (snapshot, plugin or file system).")?,
+            backup_interval: reg.gauge("cairn_backup_interval_seconds", "--backup-interval in seconds; 0 when backups are taken on demand only.")?,
             storage_write_buffer: reg.gauge_vec("cairn_storage_write_buffer_bytes", "Bytes held in fjall's memtables (not yet flushed to tables), per database.", &["database"])?,
             storage_pending_flushes: reg.gauge_vec("cairn_storage_pending_flushes", "Sealed memtables queued for a flush to disk, per database.", &["database"])?,
             storage_active_compactions: reg.gauge_vec("cairn_storage_active_compactions", "fjall compactions running now, per database.", &["database"])?,
