@@ -11,6 +11,7 @@ mod cluster_faults;
 mod cluster_ops;
 mod config;
 mod crash;
+mod dashboards;
 mod edge_cases;
 mod etcdctl;
 mod fail_safe;
