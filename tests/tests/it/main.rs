@@ -23,6 +23,7 @@ mod lease_ctl;
 mod lock_api;
 mod lock_elect;
 mod maintenance;
+mod metrics;
 mod multi_node;
 mod plugin_hooks;
 mod plugins;
