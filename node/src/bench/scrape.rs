@@ -119,7 +119,10 @@ pub async fn run(args: &ScrapeArgs, endpoints: &[String]) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn grant_leases(client: LeaseClient<tonic::transport::Channel>, n: usize) -> anyhow::Result<()> {
+async fn grant_leases(
+    client: LeaseClient<tonic::transport::Channel>,
+    n: usize,
+) -> anyhow::Result<()> {
     stream::iter(0..n)
         .map(|_| {
             let mut client = client.clone();

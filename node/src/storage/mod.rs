@@ -434,7 +434,8 @@ impl Store {
                 .with_label_values(labels)
                 .set(gauge(db.cache_size()));
             let compactions = m.storage_compactions.with_label_values(labels);
-            compactions.inc_by((db.compactions_completed() as u64).saturating_sub(compactions.get()));
+            compactions
+                .inc_by((db.compactions_completed() as u64).saturating_sub(compactions.get()));
             let seconds = m.storage_compaction_seconds.with_label_values(labels);
             let delta = db.time_compacting().as_secs_f64() - seconds.get();
             if delta > 0.0 {

@@ -58,8 +58,16 @@ fn every_alert_has_a_firing_and_a_silent_unit_test() {
         alerts.iter().filter(|a| !cases.contains(*a)).collect()
     };
     assert!(alerts.len() >= 18, "{alerts:?}");
-    assert_eq!(untested(&fires), Vec::<&String>::new(), "alerts never seen firing");
-    assert_eq!(untested(&silent), Vec::<&String>::new(), "alerts never seen silent");
+    assert_eq!(
+        untested(&fires),
+        Vec::<&String>::new(),
+        "alerts never seen firing"
+    );
+    assert_eq!(
+        untested(&silent),
+        Vec::<&String>::new(),
+        "alerts never seen silent"
+    );
 }
 
 /// Starts a 3-member cluster with `--metrics=extensive` (the gRPC latency histogram the
@@ -92,7 +100,10 @@ async fn client_traffic(
     let leader = cluster.leader().await.unwrap();
     let mut client = cluster.client(leader).await.unwrap();
     client.put("/json/a", r#"{"a":1}"#, None).await.unwrap();
-    client.get("/json/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    client
+        .get("/json/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     client
         .txn(
             Txn::new()
@@ -340,8 +351,14 @@ fn alert_tests(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut fires, mut silent) = (BTreeSet::new(), BTreeSet::new());
     for (i, line) in lines.iter().enumerate() {
         if let Some(name) = line.strip_prefix("alertname:") {
-            let expects_alerts = lines.get(i + 1).is_some_and(|l| l.starts_with("exp_alerts:"));
-            let cases = if expects_alerts { &mut fires } else { &mut silent };
+            let expects_alerts = lines
+                .get(i + 1)
+                .is_some_and(|l| l.starts_with("exp_alerts:"));
+            let cases = if expects_alerts {
+                &mut fires
+            } else {
+                &mut silent
+            };
             cases.insert(name.trim().to_string());
         }
     }
@@ -351,12 +368,41 @@ fn alert_tests(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 /// PromQL words that are not metric names when not followed by `(`: operators, and the
 /// aggregations, which may be followed by `by (...)` first.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "bool", "offset", "inf", "nan", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "sum", "min", "max", "avg", "group", "stddev", "stdvar",
-    "count", "count_values", "bottomk", "topk", "quantile",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
 ];
 /// Words followed by a parenthesised list of label names.
-const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+const LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
 
 /// The metric names a PromQL expression reads: identifiers outside label matchers, ranges,
 /// strings and label lists that are neither functions nor keywords.
@@ -443,7 +489,10 @@ fn metric_names_are_found_in_promql() {
             "(time() - x_seconds > 2 * y_seconds) and on (job, instance) (z > 0)",
             &["x_seconds", "y_seconds", "z"],
         ),
-        ("instance:a_b:ratio > 0.8 offset 5m", &["instance:a_b:ratio"]),
+        (
+            "instance:a_b:ratio > 0.8 offset 5m",
+            &["instance:a_b:ratio"],
+        ),
     ];
     for (expr, want) in cases {
         let got: Vec<String> = metric_names(expr).into_iter().collect();

@@ -50,7 +50,10 @@ async fn key_count_and_revisions_follow_writes_and_compaction() {
     let delta = |name: &str| value(&after, name) - value(&before, name);
     assert_eq!(delta("etcd_debugging_mvcc_keys_total"), 2.0, "a and c live");
     assert_eq!(delta("etcd_debugging_mvcc_current_revision"), 5.0);
-    assert_eq!(value(&after, "etcd_debugging_mvcc_current_revision"), rev as f64);
+    assert_eq!(
+        value(&after, "etcd_debugging_mvcc_current_revision"),
+        rev as f64
+    );
     assert_eq!(
         value(&after, "etcd_debugging_mvcc_compact_revision"),
         (rev - 1) as f64
@@ -87,7 +90,9 @@ async fn process_metrics_describe_the_server_process() {
         (rss / 1024.0 - rss_kib).abs() < rss_kib * 0.5,
         "RSS {rss} B vs /proc {rss_kib} KiB"
     );
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as f64;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
     let open = value(&v, "process_open_fds");
     assert!((open - fds).abs() <= 10.0, "open fds {open} vs /proc {fds}");
     assert!(value(&v, "process_max_fds") >= open);
@@ -97,7 +102,13 @@ async fn process_metrics_describe_the_server_process() {
 #[tokio::test]
 async fn every_metric_has_help_text() {
     let server = Server::start().await.unwrap();
-    server.client().await.unwrap().put("k", "v", None).await.unwrap();
+    server
+        .client()
+        .await
+        .unwrap()
+        .put("k", "v", None)
+        .await
+        .unwrap();
     let (_, body) = server.http_get("/metrics").await.unwrap();
     let mut helped = BTreeMap::new();
     for line in body.lines() {
@@ -140,9 +151,8 @@ async fn storage_engine_metrics_cover_both_databases() {
     ] {
         for database in ["db", "wal"] {
             assert!(
-                samples
-                    .iter()
-                    .any(|s| s.name == name && s.labels.get("database").map(String::as_str) == Some(database)),
+                samples.iter().any(|s| s.name == name
+                    && s.labels.get("database").map(String::as_str) == Some(database)),
                 "{name}{{database={database}}} missing"
             );
         }
@@ -152,12 +162,14 @@ async fn storage_engine_metrics_cover_both_databases() {
         let buffered = samples
             .iter()
             .find(|s| {
-                s.name == "cairn_storage_write_buffer_bytes"
-                    && s.labels["database"] == database
+                s.name == "cairn_storage_write_buffer_bytes" && s.labels["database"] == database
             })
             .unwrap()
             .value;
-        assert!(buffered >= 50_000.0, "{database}: {buffered} bytes buffered");
+        assert!(
+            buffered >= 50_000.0,
+            "{database}: {buffered} bytes buffered"
+        );
     }
 }
 
@@ -170,7 +182,8 @@ async fn leader_counts_heartbeats_a_dead_follower_misses() {
     let mut cluster = Cluster::start(3).await.unwrap();
     let leader = cluster.leader().await.unwrap();
     let follower = (leader + 1) % 3;
-    let failures = |v: &BTreeMap<String, f64>| value(v, "etcd_server_heartbeat_send_failures_total");
+    let failures =
+        |v: &BTreeMap<String, f64>| value(v, "etcd_server_heartbeat_send_failures_total");
     let before = failures(&values(cluster.member(leader)).await);
     cluster.kill9(follower).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
