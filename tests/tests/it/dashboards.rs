@@ -365,8 +365,17 @@ fn alert_tests(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     (fires, silent)
 }
 
-/// PromQL words that are not metric names when not followed by `(`: operators, and the
-/// aggregations, which may be followed by `by (...)` first.
+/// Words followed by a parenthesised list of label names.
+const LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+/// Other PromQL words that are not metric names when not followed by `(`: operators, and
+/// the aggregations, which may be followed by `by (...)` first.
 const KEYWORDS: &[&str] = &[
     "and",
     "or",
@@ -375,12 +384,6 @@ const KEYWORDS: &[&str] = &[
     "offset",
     "inf",
     "nan",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "sum",
     "min",
     "max",
@@ -393,15 +396,6 @@ const KEYWORDS: &[&str] = &[
     "bottomk",
     "topk",
     "quantile",
-];
-/// Words followed by a parenthesised list of label names.
-const LABEL_LISTS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
 ];
 
 /// The metric names a PromQL expression reads: identifiers outside label matchers, ranges,
@@ -437,7 +431,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             let called = chars.get(next) == Some(&'(');
             if called && LABEL_LISTS.contains(&word.as_str()) {
                 i = skip_past(&chars, next, ')');
-            } else if !called && !KEYWORDS.contains(&word.as_str()) {
+            } else if !called
+                && !KEYWORDS.contains(&word.as_str())
+                && !LABEL_LISTS.contains(&word.as_str())
+            {
                 names.insert(word);
             }
         } else {
