@@ -124,6 +124,9 @@ async fn watcher(
             let msg = tokio::select! {
                 msg = stream.message() => msg.expect("watch stream").expect("stream open"),
                 _ = last.changed() => continue,
+                // A stream that goes quiet while events are still owed fails here instead
+                // of hanging the suite.
+                _ = tokio::time::sleep_until(deadline.into()) => continue,
             };
             if msg.created() {
                 let header_rev = msg.header().expect("header").revision();
