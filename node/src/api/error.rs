@@ -38,6 +38,25 @@ pub fn code(e: &Error) -> Code {
     }
 }
 
+/// The HTTP status grpc-gateway v1 answers a gRPC code with (`runtime.HTTPStatusFromCode`).
+pub fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode as S;
+    match code {
+        Code::Ok => S::OK,
+        Code::Cancelled => S::REQUEST_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => S::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => S::BAD_REQUEST,
+        Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+        Code::NotFound => S::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+        Code::PermissionDenied => S::FORBIDDEN,
+        Code::Unauthenticated => S::UNAUTHORIZED,
+        Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+        Code::Unimplemented => S::NOT_IMPLEMENTED,
+        Code::Unavailable => S::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// The status a peer call answers `e` with: as a client call, except that "no leader" and
 /// "not leader" are ABORTED, which tells the calling member its request was not taken and
 /// may be made again once a leader is known (see `raft::network::PeerError::unsent`).

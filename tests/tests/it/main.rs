@@ -14,6 +14,7 @@ mod crash;
 mod edge_cases;
 mod etcdctl;
 mod fail_safe;
+mod gateway;
 mod http;
 mod kv;
 mod lease_api;
