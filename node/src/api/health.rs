@@ -118,7 +118,10 @@ async fn probe(
     };
     let mut report = String::new();
     let mut failed = false;
-    for check in checks.iter().filter(|c| !excluded.iter().any(|x| x == c.name())) {
+    for check in checks
+        .iter()
+        .filter(|c| !excluded.iter().any(|x| x == c.name()))
+    {
         match core.check(*check).await {
             Ok(()) => report.push_str(&format!("[+]{} ok\n", check.name())),
             Err(reason) => {

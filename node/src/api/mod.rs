@@ -104,7 +104,9 @@ async fn not_found(req: axum::extract::Request) -> axum::response::Response {
         .get(::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if is_grpc {
-        let (parts, ()) = tonic::Status::unimplemented("").into_http::<()>().into_parts();
+        let (parts, ()) = tonic::Status::unimplemented("")
+            .into_http::<()>()
+            .into_parts();
         return axum::response::Response::from_parts(parts, axum::body::Body::empty());
     }
     gateway::not_found(req.uri().path())

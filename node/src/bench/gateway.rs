@@ -61,10 +61,7 @@ impl GatewayConn {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body)
             .map_err(|e| fail(e.to_string()))?;
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        self.sender.ready().await.map_err(|e| fail(e.to_string()))?;
         let resp = self
             .sender
             .send_request(req)

@@ -22,7 +22,10 @@ pub fn to_json(msg: &DynamicMessage) -> Vec<u8> {
     let mut out = serde_json::Serializer::new(Vec::new());
     if let Err(e) = msg.serialize_with_options(&mut out, &options) {
         // Only a map key that is not a string could fail, and etcd's messages have none.
-        tracing::error!("gateway: encoding {} as JSON: {e}", msg.descriptor().full_name());
+        tracing::error!(
+            "gateway: encoding {} as JSON: {e}",
+            msg.descriptor().full_name()
+        );
     }
     out.into_inner()
 }
@@ -85,16 +88,18 @@ impl JsonReader {
                 return Ok(None);
             }
             if !self.buf.is_empty() {
-                let mut values =
-                    serde_json::Deserializer::from_slice(&self.buf).into_iter::<serde_json::Value>();
+                let mut values = serde_json::Deserializer::from_slice(&self.buf)
+                    .into_iter::<serde_json::Value>();
                 match values.next() {
                     Some(Ok(value)) => {
                         let used = values.byte_offset();
                         self.buf.drain(..used);
                         return Ok(Some(self.decode(value)?));
                     }
-                    Some(Err(e)) if !(e.is_eof() && !self.body_ended) => return Err(e.into()),
-                    _ => {} // the value is not complete yet
+                    // Cut short by the end of what arrived so far: wait for more.
+                    Some(Err(e)) if e.is_eof() && !self.body_ended => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => {}
                 }
             }
             self.read_more().await?;
@@ -237,9 +242,13 @@ mod tests {
         .await
         .expect("three values");
         assert_eq!(msgs.len(), 3);
-        let err = read_all("/v3/kv/put", r#"{"key":"#).await.unwrap_err();
+        let err = read_all("/v3/kv/put", r#"{"key":"#)
+            .await
+            .expect_err("cut short");
         assert!(err.to_string().contains("EOF"), "{err}");
-        let err = read_all("/v3/kv/put", r#"{"key":"!!"}"#).await.unwrap_err();
+        let err = read_all("/v3/kv/put", r#"{"key":"!!"}"#)
+            .await
+            .expect_err("not base64");
         assert_eq!(err.into_status().code(), tonic::Code::InvalidArgument);
     }
 }

@@ -95,7 +95,9 @@ async fn call(grpc: Router, route: Arc<Route>, max_request_bytes: usize, req: Re
         Err(e) => return unary_error(&e.into_status()),
     };
     let requests = if route.client_streaming {
-        futures::stream::iter(first).chain(reader.into_stream()).boxed()
+        futures::stream::iter(first)
+            .chain(reader.into_stream())
+            .boxed()
     } else {
         let only = first.unwrap_or_else(|| DynamicMessage::new(route.input.clone()));
         futures::stream::iter(Some(only)).boxed()

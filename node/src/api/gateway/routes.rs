@@ -111,6 +111,8 @@ mod tests {
         let lock = find("/v3/lock/lock").expect("lock is routed");
         assert_eq!(lock.grpc_path.as_str(), "/v3lockpb.Lock/Lock");
         assert!(find("/v3/auth/user/add").is_some());
-        assert!(all().iter().all(|r| !r.grpc_path.as_str().ends_with("/RangeStream")));
+        assert!(all()
+            .iter()
+            .all(|r| !r.grpc_path.as_str().ends_with("/RangeStream")));
     }
 }
