@@ -211,6 +211,28 @@ mod tests {
     }
 
     #[test]
+    fn http_statuses_are_grpc_gateways() {
+        let cases = [
+            (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::OutOfRange, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::Cancelled, 408),
+            (Code::AlreadyExists, 409),
+            (Code::ResourceExhausted, 429),
+            (Code::Unknown, 500),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+        ];
+        for (code, status) in cases {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+        }
+    }
+
+    #[test]
     fn storage_failures_do_not_leak_their_cause() {
         let e: Error = MvccError::Storage(crate::mvcc::StorageFault::Corrupt(
             "/var/lib/cairn/db/keyspaces/3: checksum".into(),

@@ -15,6 +15,7 @@ use axum::{
 };
 use serde_json::json;
 
+use super::http::go_http_error;
 use crate::core::{Core, Health, HealthCheck};
 
 pub fn router(core: Arc<Core>) -> Router {
@@ -37,22 +38,9 @@ pub fn router(core: Arc<Core>) -> Router {
     router.with_state(core)
 }
 
-/// Go's `http.Error`: a text body with a newline, which etcd uses for every refusal here.
-fn text_error(status: StatusCode, text: &str) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        format!("{text}\n"),
-    )
-        .into_response()
-}
-
 /// etcd's answer to a probe called with another method than GET.
 fn method_not_allowed() -> Response {
-    let mut resp = text_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    let mut resp = go_http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     resp.headers_mut()
         .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
     resp
@@ -95,7 +83,7 @@ async fn health(
         Health::Unhealthy(reason) => {
             m.health_failures.inc();
             let body = json!({"health": "false", "reason": reason}).to_string();
-            text_error(StatusCode::SERVICE_UNAVAILABLE, &body)
+            go_http_error(StatusCode::SERVICE_UNAVAILABLE, &body)
         }
     }
 }
@@ -132,7 +120,7 @@ async fn probe(
     }
     if failed {
         // etcd always shows why a probe failed.
-        return text_error(StatusCode::SERVICE_UNAVAILABLE, &report);
+        return go_http_error(StatusCode::SERVICE_UNAVAILABLE, &report);
     }
     if !query_has(query.as_deref(), "verbose") {
         report.clear();

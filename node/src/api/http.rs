@@ -25,6 +25,23 @@ pub fn router(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
+/// Go's `http.Error`: a text body ending in a newline, with which etcd and grpc-gateway
+/// refuse what they do not route (404, 405) and failed probes.
+pub(super) fn go_http_error(status: StatusCode, text: &str) -> axum::response::Response {
+    (
+        status,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        format!("{text}\n"),
+    )
+        .into_response()
+}
+
 /// `POST /cairn/v1/backup`: writes a backup into `--backup-dir` and answers what was
 /// written (200), why it failed (500), or that backups are off (409).
 pub fn backup_router(backups: Option<Arc<crate::backup::Backups>>) -> Router {

@@ -80,6 +80,19 @@ impl Kv {
     }
 }
 
+/// The store's revision, read with `token` (one that may read every key).
+async fn revision_as(server: &Server, token: &str) -> i64 {
+    let mut kv = Kv::connect(server).await;
+    let range = RangeRequest {
+        key: b"\0".to_vec(),
+        range_end: b"\0".to_vec(),
+        count_only: true,
+        ..Default::default()
+    };
+    let resp = kv.0.range(Kv::request(range, Some(token))).await.unwrap();
+    resp.into_inner().header.unwrap().revision
+}
+
 #[track_caller]
 fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, message: &str) {
     let status = result.expect_err("the request was refused");
@@ -111,17 +124,7 @@ async fn token_auth_admits_valid_tokens_and_refuses_expired_forged_or_unknown_on
     let mut kv = Kv::connect(&server).await;
     let alice = token(SECRET, "alice", &["app"], now() + 600);
     let root = token(SECRET, "root", &["root"], now() + 600);
-    let revision = || async {
-        let mut kv = Kv::connect(&server).await;
-        let range = RangeRequest {
-            key: b"\0".to_vec(),
-            range_end: b"\0".to_vec(),
-            count_only: true,
-            ..Default::default()
-        };
-        let resp = kv.0.range(Kv::request(range, Some(&root))).await.unwrap();
-        resp.into_inner().header.unwrap().revision
-    };
+    let revision = || revision_as(&server, &root);
 
     let before = revision().await;
     let rev = kv.put(Some(&alice), "/app/a", "1").await.unwrap();
@@ -511,16 +514,8 @@ async fn gateway_calls_pass_auth_and_admission_like_grpc_calls() {
         "{body}"
     );
     let root = token(SECRET, "root", &["root"], now() + 600);
-    let mut kv = Kv::connect(&server).await;
-    let range = RangeRequest {
-        key: b"\0".to_vec(),
-        range_end: b"\0".to_vec(),
-        count_only: true,
-        ..Default::default()
-    };
-    let now_rev = kv.0.range(Kv::request(range, Some(&root))).await.unwrap();
     assert_eq!(
-        now_rev.into_inner().header.unwrap().revision.to_string(),
+        revision_as(&server, &root).await.to_string(),
         rev.as_str().unwrap()
     );
 }

@@ -34,6 +34,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::server::TcpConnectInfo;
 use tonic::Status;
 
+use super::http::go_http_error;
 use codec::{DynamicCodec, JsonReader};
 use routes::Route;
 
@@ -65,25 +66,12 @@ pub fn not_found(path: &str) -> Response {
     } else {
         "404 page not found"
     };
-    text_error(StatusCode::NOT_FOUND, text)
-}
-
-/// Go's `http.Error`, as grpc-gateway answers requests it does not route.
-fn text_error(status: StatusCode, text: &str) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        format!("{text}\n"),
-    )
-        .into_response()
+    go_http_error(StatusCode::NOT_FOUND, text)
 }
 
 async fn call(grpc: Router, route: Arc<Route>, max_request_bytes: usize, req: Request) -> Response {
     if req.method() != Method::POST {
-        return text_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        return go_http_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     }
     let (parts, body) = req.into_parts();
     let mut reader = JsonReader::new(body, route.input.clone(), max_request_bytes);
@@ -257,4 +245,25 @@ fn result_line(msg: &DynamicMessage) -> Vec<u8> {
     line.extend(codec::to_json(msg));
     line.extend(b"}\n");
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorization_and_grpc_metadata_headers_are_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("tok"));
+        headers.insert("grpc-metadata-token", HeaderValue::from_static("t2"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("x-other", HeaderValue::from_static("x"));
+        let md = metadata(&headers);
+        assert_eq!(md.len(), 2);
+        assert_eq!(
+            md.get("authorization").map(|v| v.to_str().ok()),
+            Some(Some("tok"))
+        );
+        assert_eq!(md.get("token").map(|v| v.to_str().ok()), Some(Some("t2")));
+    }
 }
