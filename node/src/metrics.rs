@@ -2,13 +2,18 @@
 //! unchanged. Cairn's own metrics are named `cairn_<subsystem>_<name>`.
 //!
 //! One process-wide [`Metrics`] (see [`get`]); modules record into its fields. It must not
-//! read any state itself: whoever owns a value updates the gauge.
+//! read any state itself: whoever owns a value updates the gauge, as it happens or, for
+//! values etcd exports as gauge functions (db size, revisions, key count) and fjall's
+//! statistics, when `/metrics` is scraped (`Core::publish_metrics`).
+//!
+//! Scrape cost: label values are members, gRPC methods, plugins and databases, never
+//! leases, watchers or keys, so the number of series does not grow with the data.
 
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// etcd's disk latency buckets: 1 ms doubling up to ~8 s.
@@ -21,10 +26,13 @@ pub struct Metrics {
     pub registry: Registry,
     pub wal_fsync_duration: Histogram,
     pub backend_commit_duration: Histogram,
-    pub wal_write_bytes: IntCounter,
+    /// A gauge, as in etcd 3.5 (`wal/metrics.go`), though it only grows.
+    pub wal_write_bytes: IntGauge,
     pub has_leader: IntGauge,
     pub is_leader: IntGauge,
+    pub is_learner: IntGauge,
     pub leader_changes: IntCounter,
+    pub heartbeat_send_failures: IntCounter,
     pub proposals_committed: IntGauge,
     pub proposals_applied: IntGauge,
     pub proposals_pending: IntGauge,
@@ -36,6 +44,10 @@ pub struct Metrics {
     pub mvcc_delete: IntCounter,
     pub mvcc_range: IntCounter,
     pub mvcc_txn: IntCounter,
+    pub keys: IntGauge,
+    pub current_revision: IntGauge,
+    pub compact_revision: IntGauge,
+    pub hash_rev_duration: Histogram,
     pub server_id: IntGaugeVec,
     pub server_version: IntGaugeVec,
     pub cluster_version: IntGaugeVec,
@@ -76,11 +88,25 @@ pub struct Metrics {
     pub backup_duration: Histogram,
     pub backup_bytes: IntGauge,
     pub backup_failures: IntCounter,
+    pub backup_interval: IntGauge,
+    // fjall, per database (`db`: MVCC state, `wal`: raft log), read at scrape time.
+    pub storage_write_buffer: IntGaugeVec,
+    pub storage_pending_flushes: IntGaugeVec,
+    pub storage_active_compactions: IntGaugeVec,
+    pub storage_compactions: IntCounterVec,
+    pub storage_compaction_seconds: CounterVec,
+    pub storage_block_cache: IntGaugeVec,
 }
 
 impl Metrics {
     fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...,
+        // as the Go client exports them for etcd.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let reg = Registrar(&registry);
         Ok(Metrics {
             wal_fsync_duration: reg.histogram(
@@ -93,10 +119,12 @@ impl Metrics {
                 "The latency distributions of commit called by backend.",
                 disk_buckets(),
             )?,
-            wal_write_bytes: reg.counter("etcd_disk_wal_write_bytes_total", "Total number of bytes written in WAL.")?,
+            wal_write_bytes: reg.gauge("etcd_disk_wal_write_bytes_total", "Total number of bytes written in WAL.")?,
             has_leader: reg.gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.")?,
             is_leader: reg.gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.")?,
+            is_learner: reg.gauge("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise.")?,
             leader_changes: reg.counter("etcd_server_leader_changes_seen_total", "The number of leader changes seen.")?,
+            heartbeat_send_failures: reg.counter("etcd_server_heartbeat_send_failures_total", "The total number of leader heartbeat send failures (likely overloaded from slow disk).")?,
             proposals_committed: reg.gauge("etcd_server_proposals_committed_total", "The total number of consensus proposals committed.")?,
             proposals_applied: reg.gauge("etcd_server_proposals_applied_total", "The total number of consensus proposals applied.")?,
             proposals_pending: reg.gauge("etcd_server_proposals_pending", "The current number of pending proposals to commit.")?,
@@ -108,6 +136,14 @@ impl Metrics {
             mvcc_delete: reg.counter("etcd_mvcc_delete_total", "Total number of deletes seen by this member.")?,
             mvcc_range: reg.counter("etcd_mvcc_range_total", "Total number of ranges seen by this member.")?,
             mvcc_txn: reg.counter("etcd_mvcc_txn_total", "Total number of txns seen by this member.")?,
+            keys: reg.gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.")?,
+            current_revision: reg.gauge("etcd_debugging_mvcc_current_revision", "The current revision of store.")?,
+            compact_revision: reg.gauge("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store.")?,
+            hash_rev_duration: reg.histogram(
+                "etcd_mvcc_hash_rev_duration_seconds",
+                "The latency distribution of storage hash by revision operation.",
+                prometheus::exponential_buckets(0.01, 2.0, 15).unwrap_or_default(),
+            )?,
             server_id: reg.gauge_vec("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.", &["server_id"])?,
             server_version: reg.gauge_vec("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version.", &["server_version"])?,
             cluster_version: reg.gauge_vec("etcd_cluster_version", "Which version is running. 1 for 'cluster_version' label with current cluster version", &["cluster_version"])?,
@@ -158,6 +194,13 @@ impl Metrics {
             backup_duration: reg.histogram("cairn_backup_duration_seconds", "How long backups took, snapshot to renamed file, failed ones included.", prometheus::exponential_buckets(0.01, 2.0, 16).unwrap_or_default())?,
             backup_bytes: reg.gauge("cairn_backup_bytes", "Size of the last successful backup file, after the backup plugins.")?,
             backup_failures: reg.counter("cairn_backup_failures_total", "Backups that failed (snapshot, plugin or file system).")?,
+            backup_interval: reg.gauge("cairn_backup_interval_seconds", "--backup-interval in seconds; 0 when backups are taken on demand only.")?,
+            storage_write_buffer: reg.gauge_vec("cairn_storage_write_buffer_bytes", "Bytes held in fjall's memtables (not yet flushed to tables), per database.", &["database"])?,
+            storage_pending_flushes: reg.gauge_vec("cairn_storage_pending_flushes", "Sealed memtables queued for a flush to disk, per database.", &["database"])?,
+            storage_active_compactions: reg.gauge_vec("cairn_storage_active_compactions", "fjall compactions running now, per database.", &["database"])?,
+            storage_compactions: reg.counter_vec("cairn_storage_compactions_total", "fjall compactions completed since start, per database.", &["database"])?,
+            storage_compaction_seconds: reg.add(CounterVec::new(Opts::new("cairn_storage_compaction_seconds_total", "Time fjall spent compacting since start, per database."), &["database"])?)?,
+            storage_block_cache: reg.gauge_vec("cairn_storage_block_cache_bytes", "Bytes in fjall's block cache, per database.", &["database"])?,
             registry,
         })
     }

@@ -27,6 +27,7 @@ use etcd_client::{Client, ConnectOptions};
 pub mod cluster;
 pub mod history;
 pub mod linearizability;
+pub mod prometheus;
 pub mod proxy;
 pub mod workload;
 

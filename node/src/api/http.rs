@@ -77,11 +77,8 @@ async fn version() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(core): State<Arc<Core>>) -> String {
-    let m = crate::metrics::get();
-    let size = i64::try_from(core.db_size()).unwrap_or(i64::MAX);
-    m.db_total_size.set(size);
-    m.db_total_size_in_use.set(size);
-    m.render()
+    core.publish_metrics();
+    crate::metrics::get().render()
 }
 
 /// cairn's plugin endpoints (`cairn plugin list`, `cairn plugin reload`).

@@ -14,11 +14,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 use super::{connect, new_histogram, parse_duration, HIST_MAX_MICROS, RESULT_PREFIX};
 use crate::proto::etcdserverpb::{
     kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, PutRequest,
-    WatchCreateRequest, WatchRequest,
+    WatchCreateRequest, WatchRequest, WatchResponse,
 };
 
 /// Options of `watch`.
@@ -208,11 +209,45 @@ async fn read_stream(
     ready: mpsc::Sender<()>,
     done: mpsc::UnboundedSender<Histogram<u64>>,
 ) -> anyhow::Result<()> {
+    let (requests, mut stream) = open_watches(channel, &prefix, count).await?;
+    let _ = ready.send(()).await;
+    let mut hist = new_histogram()?;
+    // Ends when the stream has been quiet for `quiet` after its first event (the writer is
+    // done and everything drained), or when no event came at all for a minute.
+    let mut wait = Duration::from_secs(60);
+    while let Ok(Ok(Some(resp))) = tokio::time::timeout(wait, stream.message()).await {
+        wait = quiet;
+        let now = now_micros();
+        for event in &resp.events {
+            let Some(sent) = event
+                .kv
+                .as_ref()
+                .and_then(|kv| kv.value.get(..8))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            let latency = now.saturating_sub(u64::from_be_bytes(sent)).max(1);
+            let _ = hist.record(latency.min(HIST_MAX_MICROS));
+        }
+    }
+    drop(requests);
+    let _ = done.send(hist);
+    Ok(())
+}
+
+/// Opens a watch stream and creates `count` watches on `prefix` in it, waiting until the
+/// server has confirmed each. The stream lives while the returned sender does.
+pub(super) async fn open_watches(
+    channel: Channel,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>)> {
     let (requests, rx) = mpsc::channel(count.max(1));
     let range_end = crate::proto::prefix_end(prefix.as_bytes());
     for _ in 0..count {
         let create = WatchCreateRequest {
-            key: prefix.clone().into_bytes(),
+            key: prefix.as_bytes().to_vec(),
             range_end: range_end.clone(),
             ..Default::default()
         };
@@ -239,30 +274,7 @@ async fn read_stream(
             .context("stream closed during creation")?;
         created += usize::from(resp.created);
     }
-    let _ = ready.send(()).await;
-    let mut hist = new_histogram()?;
-    // Ends when the stream has been quiet for `quiet` after its first event (the writer is
-    // done and everything drained), or when no event came at all for a minute.
-    let mut wait = Duration::from_secs(60);
-    while let Ok(Ok(Some(resp))) = tokio::time::timeout(wait, stream.message()).await {
-        wait = quiet;
-        let now = now_micros();
-        for event in &resp.events {
-            let Some(sent) = event
-                .kv
-                .as_ref()
-                .and_then(|kv| kv.value.get(..8))
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            else {
-                continue;
-            };
-            let latency = now.saturating_sub(u64::from_be_bytes(sent)).max(1);
-            let _ = hist.record(latency.min(HIST_MAX_MICROS));
-        }
-    }
-    drop(requests);
-    let _ = done.send(hist);
-    Ok(())
+    Ok((requests, stream))
 }
 
 fn now_micros() -> u64 {

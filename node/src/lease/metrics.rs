@@ -30,7 +30,7 @@ impl LeaseCounters {
                 "etcd_debugging_lease_ttl_total",
                 "Bucketed histogram of lease TTLs.",
             )
-            .buckets(prometheus::exponential_buckets(1.0, 2.0, 14)?),
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 24)?),
         )?;
         crate::metrics::get()
             .registry

@@ -269,6 +269,23 @@ fn publish(old: &PluginSet, new: &PluginSet) {
         gauge
             .with_label_values(&[p.config.name.as_str(), p.version.as_str()])
             .set(1);
+        zero_series(p);
+    }
+}
+
+/// Creates a loaded plugin's failure and latency series at zero (as go-grpc-prometheus does
+/// for gRPC methods), so dashboards and alert rates see a plugin that has not failed yet.
+fn zero_series(p: &LoadedPlugin) {
+    let m = crate::metrics::get();
+    let name = p.config.name.as_str();
+    m.plugin_load_failures.with_label_values(&[name]);
+    for hook in p.config.hooks.iter().flat_map(|h| h.labels()) {
+        let labels = [name, hook];
+        m.plugin_calls.with_label_values(&[name, hook, "failure"]);
+        m.plugin_traps.with_label_values(&labels);
+        m.plugin_timeouts.with_label_values(&labels);
+        m.plugin_call_seconds.with_label_values(&labels);
+        m.plugin_call_fuel.with_label_values(&labels);
     }
 }
 

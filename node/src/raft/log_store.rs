@@ -157,7 +157,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // far less than a hop to a blocking thread and back. It waits only while an fsync
         // is in flight, and the core could not complete this append any sooner then.
         batch.commit().map_err(io::Error::other)?;
-        metrics::get().wal_write_bytes.inc_by(bytes);
+        metrics::get()
+            .wal_write_bytes
+            .add(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.fsync.queue(Waiter::Log(callback))
     }
 

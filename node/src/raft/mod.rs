@@ -662,7 +662,7 @@ fn fatal(e: impl fmt::Display) -> RaftError {
     RaftError::Fatal(e.to_string())
 }
 
-/// Keeps `etcd_server_has_leader`, `is_leader`, `leader_changes_seen_total` and the
+/// Keeps `etcd_server_has_leader`, `is_leader`, `is_learner`, `leader_changes_seen_total` and the
 /// committed/applied gauges in step with openraft's metrics until raft stops.
 async fn record_metrics(
     mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
@@ -683,6 +683,7 @@ async fn record_metrics(
             m.is_leader.set(i64::from(
                 r.current_leader == Some(id) && r.state == ServerState::Leader,
             ));
+            m.is_learner.set(i64::from(r.state == ServerState::Learner));
             if r.current_leader.is_some() && r.current_leader != last_leader {
                 m.leader_changes.inc();
             }

@@ -111,6 +111,17 @@ fn never_connected(status: &tonic::Status) -> bool {
     false
 }
 
+/// Creates the per-peer series at zero when a member joins, so that a rate over them (e.g.
+/// etcdMembersDown's over `etcd_network_peer_sent_failures_total`) has a series before the
+/// first failure.
+fn zero_peer_series(id: u64) {
+    let m = metrics::get();
+    let peer = [format!("{id:x}")];
+    m.peer_sent_failures.with_label_values(&peer);
+    m.peer_sent_bytes.with_label_values(&peer);
+    m.peer_received_bytes.with_label_values(&peer);
+}
+
 /// The channels to the other members, shared by openraft's network and the follower's
 /// forwarding calls.
 pub struct Peers {
@@ -150,7 +161,13 @@ impl Peers {
     /// Records the members' addresses (from the effective membership).
     pub(super) fn set_members(&self, members: impl IntoIterator<Item = (u64, MemberInfo)>) {
         if let Ok(mut addresses) = self.addresses.lock() {
-            *addresses = members.into_iter().collect();
+            let members: HashMap<u64, MemberInfo> = members.into_iter().collect();
+            for id in members.keys() {
+                if *id != self.member_id && !addresses.contains_key(id) {
+                    zero_peer_series(*id);
+                }
+            }
+            *addresses = members;
         }
     }
 
@@ -527,10 +544,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, req| async move {
-            c.append_entries(req).await
-        })
-        .await
+        // openraft's heartbeats are append-entries without entries.
+        let is_heartbeat = rpc.entries.is_empty();
+        let sent = self
+            .call(&rpc, &option, |mut c, req| async move {
+                c.append_entries(req).await
+            })
+            .await;
+        if is_heartbeat && sent.is_err() {
+            metrics::get().heartbeat_send_failures.inc();
+        }
+        sent
     }
 
     async fn vote(

@@ -61,7 +61,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -408,6 +408,40 @@ impl Store {
     /// its journal sparsely), at most [`SIZE_SAMPLE_INTERVAL`] old.
     pub fn disk_space(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
+    }
+
+    /// Copies fjall's statistics of both databases into the `cairn_storage_*` metrics. Each
+    /// is an atomic read or a short lock in fjall, so a scrape can afford it.
+    pub fn publish_metrics(&self) {
+        // Counters mirror fjall's running totals; the lock keeps two concurrent scrapes
+        // from both adding the same difference.
+        static PUBLISHING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = PUBLISHING.lock().unwrap_or_else(PoisonError::into_inner);
+        let m = crate::metrics::get();
+        for (name, db) in [("db", &self.db), ("wal", &self.wal)] {
+            let labels = &[name];
+            let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+            m.storage_write_buffer
+                .with_label_values(labels)
+                .set(gauge(db.write_buffer_size()));
+            m.storage_pending_flushes
+                .with_label_values(labels)
+                .set(gauge(db.outstanding_flushes() as u64));
+            m.storage_active_compactions
+                .with_label_values(labels)
+                .set(gauge(db.active_compactions() as u64));
+            m.storage_block_cache
+                .with_label_values(labels)
+                .set(gauge(db.cache_size()));
+            let compactions = m.storage_compactions.with_label_values(labels);
+            compactions
+                .inc_by((db.compactions_completed() as u64).saturating_sub(compactions.get()));
+            let seconds = m.storage_compaction_seconds.with_label_values(labels);
+            let delta = db.time_compacting().as_secs_f64() - seconds.get();
+            if delta > 0.0 {
+                seconds.inc_by(delta);
+            }
+        }
     }
 
     /// The data directory this store lives in.
