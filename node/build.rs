@@ -1,5 +1,6 @@
 //! Compiles the vendored etcd v3 protos and cairn's own with protox (pure Rust), so the
-//! build needs no system `protoc`.
+//! build needs no system `protoc`, and writes their descriptor set (with the imported
+//! `google/api` annotations) to `$OUT_DIR/descriptors.bin` for the HTTP/JSON gateway.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -9,7 +10,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cairn/raftcmd.proto",
         "proto/cairn/peer.proto",
     ];
-    let fds = protox::compile(files, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(files)?;
+    // Encoded by protox itself: prost's own types would drop the options' extensions
+    // (`google.api.http`), which the gateway reads its routes from.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("descriptors.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .codec_path("crate::api::codec::EtcdCodec")
         .build_client(true)

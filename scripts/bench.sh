@@ -17,8 +17,9 @@
 #   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
-#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins, cluster, tls
-#                        ["kv watch scale scan"]; plugins (cairn only, needs the example
+#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins, cluster, tls,
+#                        gateway ["kv watch scale scan"]; gateway puts as JSON over HTTP/1.1
+#                        (`cairn bench --gateway`), one connection per client; plugins (cairn only, needs the example
 #                        plugins built) puts at BENCH_CLIENTS with no plugins, then with
 #                        namespace-quota + schema-guard on every key, and measures one
 #                        admission call in process; tls serves http and https (mutual TLS,
@@ -246,7 +247,7 @@ PY
 
 bench_server() {
 	local server=$1
-	want kv || want watch || return 0
+	want kv || want watch || want gateway || return 0
 	measure_fsync "$server"
 	start_server "$server"
 	if want kv; then
@@ -254,6 +255,12 @@ bench_server() {
 		run_case "$server" "put-$clients" put --clients "$clients"
 		run_case "$server" "range-l-$clients" range --consistency l --clients "$clients" --preload
 		run_case "$server" "range-s-$clients" range --consistency s --clients "$clients"
+	fi
+	if want gateway; then
+		# The same puts as JSON through the HTTP/JSON gateway, one HTTP/1.1 connection
+		# per client, beside the gRPC put cases above.
+		run_case "$server" gateway-put-1 put --clients 1 --gateway
+		run_case "$server" "gateway-put-$clients" put --clients "$clients" --gateway
 	fi
 	if want watch; then
 		run_case "$server" watch watch --watchers "$watchers" --streams "$watch_streams" \
@@ -540,6 +547,8 @@ cases = [("put-1", "put, 1 client"), (f"put-{clients}", f"put, {clients} clients
          (f"range-s-{clients}", f"range serializable, {clients} clients")]
 cases += [(f"cluster-{key}-{role}", f"3 members, {title}, on the {role}")
           for role in ("leader", "follower") for key, title in cases]
+cases += [("gateway-put-1", "put over the HTTP/JSON gateway, 1 client"),
+          (f"gateway-put-{clients}", f"put over the HTTP/JSON gateway, {clients} clients")]
 metrics = [("ops_per_sec", "ops/s", "{:.0f}"), ("p50_ms", "p50 ms", "{:.3f}"),
            ("p90_ms", "p90 ms", "{:.3f}"), ("p99_ms", "p99 ms", "{:.3f}"),
            ("p999_ms", "p99.9 ms", "{:.3f}"), ("errors", "errors", "{:d}")]

@@ -1,6 +1,7 @@
 //! `cairn bench`: a load generator for etcd's v3 KV API, modelled on etcd's own
 //! `tools/benchmark` (`put` / `range`, N in-flight clients spread over M HTTP/2 connections), so
-//! that one binary measures real etcd and cairn on the same machine the same way.
+//! that one binary measures real etcd and cairn on the same machine the same way; with
+//! `--gateway` the same requests go as JSON through the HTTP/JSON gateway instead.
 //!
 //! It owns only the client side: it talks to a server through the generated
 //! `etcdserverpb::kv_client::KvClient` and never touches storage, raft or the API layer.
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use base64::prelude::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::{stream, StreamExt as _, TryStreamExt as _};
 use hdrhistogram::Histogram;
@@ -24,6 +26,7 @@ use tonic::transport::Channel;
 
 use security::{Security, SecurityArgs};
 
+mod gateway;
 mod plugin;
 mod scan;
 mod scrape;
@@ -161,6 +164,10 @@ pub struct LoadArgs {
     pub request_timeout: Duration,
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Send put and range as JSON through the HTTP/JSON gateway (`POST /v3/kv/put`), one
+    /// HTTP/1.1 connection per client (--conns is then --clients).
+    #[arg(long, global = true)]
+    pub gateway: bool,
 }
 
 /// When the measured phase ends.
@@ -175,6 +182,7 @@ enum Stop {
 struct Plan {
     op: Op,
     preload: bool,
+    gateway: bool,
     endpoints: Vec<String>,
     clients: usize,
     conns: usize,
@@ -196,11 +204,14 @@ enum Op {
 }
 
 impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Put => "put",
-            Op::Range(Consistency::Linearizable) => "range-l",
-            Op::Range(Consistency::Serializable) => "range-s",
+    fn name(self, gateway: bool) -> &'static str {
+        match (self, gateway) {
+            (Op::Put, false) => "put",
+            (Op::Range(Consistency::Linearizable), false) => "range-l",
+            (Op::Range(Consistency::Serializable), false) => "range-s",
+            (Op::Put, true) => "gateway-put",
+            (Op::Range(Consistency::Linearizable), true) => "gateway-range-l",
+            (Op::Range(Consistency::Serializable), true) => "gateway-range-s",
         }
     }
 }
@@ -227,7 +238,10 @@ impl BenchArgs {
         if load.clients == 0 {
             return Err(bad("clients", "0".into(), "must be at least 1"));
         }
-        let conns = load.conns.unwrap_or(load.clients.min(8));
+        let conns = match load.gateway {
+            true => load.clients,
+            false => load.conns.unwrap_or(load.clients.min(8)),
+        };
         if conns == 0 || conns > load.clients {
             return Err(bad("conns", conns.to_string(), "must be 1..=clients"));
         }
@@ -256,6 +270,7 @@ impl BenchArgs {
         Ok(Plan {
             op,
             preload,
+            gateway: load.gateway,
             endpoints: load
                 .endpoints
                 .into_iter()
@@ -455,20 +470,30 @@ struct ClientStats {
 
 async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
     let security = plan.security.load()?;
-    let channels = connect(&plan.endpoints, &security, plan.conns).await?;
+    let channels = connect(&plan.endpoints, &security, plan.conns.min(8)).await?;
     let token = security.token(&channels[0]).await?;
-    let clients: Vec<KvClient<Channel>> = (0..plan.clients)
+    let grpc: Vec<KvClient<Channel>> = (0..plan.clients)
         .map(|i| KvClient::new(channels[i % channels.len()].clone()))
         .collect();
     if plan.preload {
         preload_keys(
-            &clients,
+            &grpc,
             plan.key_space,
             plan.key_size,
             plan.val_size,
             token.as_ref(),
         )
         .await?;
+    }
+    let mut clients = Vec::with_capacity(plan.clients);
+    for (i, kv) in grpc.into_iter().enumerate() {
+        clients.push(match plan.gateway {
+            false => Conn::Grpc(kv),
+            true => {
+                let endpoint = &plan.endpoints[i % plan.endpoints.len()];
+                Conn::Gateway(gateway::GatewayConn::connect(endpoint).await?)
+            }
+        });
     }
     let schedule = Arc::new(Schedule {
         measure_from: Instant::now() + plan.warmup,
@@ -478,22 +503,25 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
             Stop::After(_) => 0,
         }),
     });
-    let value = Arc::new(put_value(plan.val_size, plan.json_values));
+    let value = put_value(plan.val_size, plan.json_values);
+    let value_b64 = Arc::new(base64::prelude::BASE64_STANDARD.encode(&value));
+    let value = Arc::new(value);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let mut tasks = JoinSet::new();
-    for (i, kv) in clients.into_iter().enumerate() {
+    for (i, conn) in clients.into_iter().enumerate() {
         let request = Request {
             op: plan.op,
             key_size: plan.key_size,
             key_space: plan.key_space,
             value: Arc::clone(&value),
+            value_b64: Arc::clone(&value_b64),
             timeout: plan.request_timeout,
             token: token.clone(),
         };
         let picker = KeyPicker(seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
-        tasks.spawn(client_loop(kv, request, Arc::clone(&schedule), picker));
+        tasks.spawn(client_loop(conn, request, Arc::clone(&schedule), picker));
     }
     let mut merged = new_histogram()?;
     let (mut errors, mut first_error) = (0, None);
@@ -584,19 +612,41 @@ async fn preload_keys(
     Ok(())
 }
 
+/// How a client sends its requests.
+enum Conn {
+    Grpc(KvClient<Channel>),
+    Gateway(gateway::GatewayConn),
+}
+
 /// Everything a client needs to build its requests.
 struct Request {
     op: Op,
     key_size: usize,
     key_space: u64,
     value: Arc<Vec<u8>>,
+    /// The value as the gateway's JSON carries it.
+    value_b64: Arc<String>,
     timeout: Duration,
     /// `--user`'s auth token.
     token: Option<MetadataValue<Ascii>>,
 }
 
 impl Request {
-    async fn send(&self, kv: &mut KvClient<Channel>, key: Vec<u8>) -> Result<(), tonic::Status> {
+    async fn send(&self, conn: &mut Conn, key: Vec<u8>) -> Result<(), tonic::Status> {
+        let kv = match conn {
+            Conn::Grpc(kv) => kv,
+            Conn::Gateway(gw) => {
+                let sent = async {
+                    match self.op {
+                        Op::Put => gw.put(&key, &self.value_b64).await,
+                        Op::Range(c) => gw.range(&key, c == Consistency::Serializable).await,
+                    }
+                };
+                return tokio::time::timeout(self.timeout, sent)
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out")));
+            }
+        };
         match self.op {
             Op::Put => {
                 let put = PutRequest {
@@ -629,7 +679,7 @@ impl Request {
 
 /// One client: a request in flight at a time, back to back, until the schedule ends.
 async fn client_loop(
-    mut kv: KvClient<Channel>,
+    mut conn: Conn,
     request: Request,
     schedule: Arc<Schedule>,
     mut picker: KeyPicker,
@@ -643,7 +693,7 @@ async fn client_loop(
     while let Some(measured) = schedule.claim(Instant::now()) {
         let key = key(picker.next(request.key_space), request.key_size);
         let started = Instant::now();
-        let result = request.send(&mut kv, key).await;
+        let result = request.send(&mut conn, key).await;
         let ended = Instant::now();
         if !measured {
             continue;
@@ -671,7 +721,7 @@ fn summarize(plan: &Plan, hist: &Histogram<u64>, errors: u64, elapsed: Duration)
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let seconds = elapsed.as_secs_f64();
     Summary {
-        mode: plan.op.name(),
+        mode: plan.op.name(plan.gateway),
         clients: plan.clients,
         conns: plan.conns,
         key_size: plan.key_size,

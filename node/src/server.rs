@@ -180,8 +180,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
 
     let mut servers = tokio::task::JoinSet::new();
-    let mut client_router =
-        api::router(core.clone(), plugins).merge(api::http::backup_router(backups.clone()));
+    let mut client_router = api::router(core.clone(), plugins, cfg.enable_grpc_gateway)
+        .merge(api::http::backup_router(backups.clone()));
     if cfg.enable_pprof {
         client_router = client_router.merge(crate::pprof::router());
     }

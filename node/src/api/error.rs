@@ -38,6 +38,25 @@ pub fn code(e: &Error) -> Code {
     }
 }
 
+/// The HTTP status grpc-gateway v1 answers a gRPC code with (`runtime.HTTPStatusFromCode`).
+pub fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode as S;
+    match code {
+        Code::Ok => S::OK,
+        Code::Cancelled => S::REQUEST_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => S::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => S::BAD_REQUEST,
+        Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+        Code::NotFound => S::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+        Code::PermissionDenied => S::FORBIDDEN,
+        Code::Unauthenticated => S::UNAUTHORIZED,
+        Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+        Code::Unimplemented => S::NOT_IMPLEMENTED,
+        Code::Unavailable => S::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// The status a peer call answers `e` with: as a client call, except that "no leader" and
 /// "not leader" are ABORTED, which tells the calling member its request was not taken and
 /// may be made again once a leader is known (see `raft::network::PeerError::unsent`).
@@ -188,6 +207,28 @@ mod tests {
         for (err, code, msg) in cases {
             let status = Status::from(err);
             assert_eq!((status.code(), status.message()), (code, msg));
+        }
+    }
+
+    #[test]
+    fn http_statuses_are_grpc_gateways() {
+        let cases = [
+            (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::OutOfRange, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::Cancelled, 408),
+            (Code::AlreadyExists, 409),
+            (Code::ResourceExhausted, 429),
+            (Code::Unknown, 500),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+        ];
+        for (code, status) in cases {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
         }
     }
 

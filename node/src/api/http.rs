@@ -1,5 +1,5 @@
 //! Plain HTTP endpoints served beside gRPC on the client port (and on
-//! `--listen-metrics-urls`): `/health`, `/livez`, `/readyz`, `/version`, `/metrics`; on the
+//! `--listen-metrics-urls`): `/version`, `/metrics` (the probes are `health.rs`); on the
 //! client port only, cairn's plugin endpoints `GET /cairn/v1/plugins` and
 //! `POST /cairn/v1/plugins/reload`; `POST /cairn/v1/backup` on the client and metrics ports.
 
@@ -14,17 +14,32 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::core::{Core, Health, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
+use crate::core::{Core, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 use crate::plugins::{PluginError, Plugins};
 
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(health))
-        .route("/version", get(version))
+        // etcd 3.5 answers POST with 405; gateway clients that POST get the version.
+        .route("/version", get(version).post(version))
         .route("/metrics", get(metrics))
         .with_state(core)
+}
+
+/// Go's `http.Error`: a text body ending in a newline, with which etcd and grpc-gateway
+/// refuse what they do not route (404, 405) and failed probes.
+pub(super) fn go_http_error(status: StatusCode, text: &str) -> axum::response::Response {
+    (
+        status,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        format!("{text}\n"),
+    )
+        .into_response()
 }
 
 /// `POST /cairn/v1/backup`: writes a backup into `--backup-dir` and answers what was
@@ -50,27 +65,6 @@ async fn backup(
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": e.to_string()})),
         ),
-    }
-}
-
-/// etcd's `/health`, as [`Core::health`] judges it.
-async fn health(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let m = crate::metrics::get();
-    match core.health().await {
-        Health::Healthy => {
-            m.health_success.inc();
-            (
-                StatusCode::OK,
-                Json(json!({"health": "true", "reason": ""})),
-            )
-        }
-        Health::Unhealthy(reason) => {
-            m.health_failures.inc();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"health": "false", "reason": reason})),
-            )
-        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! Each gRPC method is a thin adapter: it builds the [`RequestContext`] from the call
 //! (peer, `token` metadata, `grpc-timeout`), calls one [`Core`] operation and encodes the
 //! answer; errors become statuses only in `error.rs`, and every RPC is recorded in etcd's
-//! gRPC metrics by [`metered`].
+//! gRPC metrics by [`metered`]. The HTTP/JSON gateway (`gateway/`) makes gRPC calls to
+//! the same router, so it adds no path to the core of its own.
 //!
 //! Must not decide behaviour (that is `core/`) nor touch fjall, openraft, MVCC or Raft.
 
@@ -10,7 +11,9 @@ mod cluster;
 pub mod codec;
 mod election;
 pub mod error;
+mod gateway;
 mod grpc_layer;
+mod health;
 pub mod http;
 mod kv;
 mod lease;
@@ -38,9 +41,14 @@ use crate::proto::v3lockpb::lock_server::LockServer;
 /// of `--max-request-bytes` before the transport refuses a message.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// The router serving gRPC and HTTP on one port, as etcd does, and cairn's plugin
-/// endpoints (`/cairn/v1/plugins`).
-pub fn router(core: Arc<Core>, plugins: Arc<crate::plugins::Plugins>) -> axum::Router {
+/// The router serving gRPC, the HTTP/JSON gateway and the HTTP endpoints on one port, as
+/// etcd does, and cairn's plugin endpoints (`/cairn/v1/plugins`). A path nothing serves
+/// is 404 (gRPC calls to an unknown service: `Unimplemented`, as tonic answers).
+pub fn router(
+    core: Arc<Core>,
+    plugins: Arc<crate::plugins::Plugins>,
+    enable_gateway: bool,
+) -> axum::Router {
     // grpc-go's receive limit is server-wide: every service gets it.
     let max_msg = core.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     codec::set_max_txn_ops(core.limits().max_txn_ops);
@@ -68,29 +76,59 @@ pub fn router(core: Arc<Core>, plugins: Arc<crate::plugins::Plugins>) -> axum::R
     .add_service(
         WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
     )
-    .into_axum_router();
-    grpc.merge(http::router(core))
+    .into_axum_router()
+    .layer(axum::middleware::from_fn(grpc_layer::layer));
+    let mut router = grpc.clone();
+    if enable_gateway {
+        router = router.merge(gateway::router(grpc, core.limits().max_request_bytes));
+    }
+    router
+        .merge(http_endpoints(core))
         .merge(http::plugin_router(plugins))
-        .layer(axum::middleware::from_fn(grpc_layer::layer))
+        .fallback(not_found)
 }
 
 /// The router for `--listen-metrics-urls`: the HTTP endpoints only.
 pub fn metrics_router(core: Arc<Core>) -> axum::Router {
-    http::router(core)
+    http_endpoints(core).fallback(not_found)
+}
+
+fn http_endpoints(core: Arc<Core>) -> axum::Router {
+    http::router(core.clone()).merge(health::router(core))
+}
+
+/// What nothing else serves: tonic's answer to a gRPC call, etcd's 404 to the rest.
+async fn not_found(req: axum::extract::Request) -> axum::response::Response {
+    let is_grpc = req
+        .headers()
+        .get(::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if is_grpc {
+        let (parts, ()) = tonic::Status::unimplemented("")
+            .into_http::<()>()
+            .into_parts();
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    gateway::not_found(req.uri().path())
 }
 
 /// The core's view of a gRPC call: who sent it and until when they wait.
 fn context<T>(req: &tonic::Request<T>) -> RequestContext {
-    let mut ctx = RequestContext::new(Transport::Grpc, req.remote_addr());
+    let transport = match req.extensions().get::<gateway::GatewayCall>() {
+        Some(_) => Transport::Http,
+        None => Transport::Grpc,
+    };
+    let mut ctx = RequestContext::new(transport, req.remote_addr());
     let meta = req.metadata();
+    let authorization = meta.get("authorization").and_then(|a| a.to_str().ok());
+    ctx.credentials.user_password = authorization.and_then(basic_auth);
+    // etcd takes the token from `token`, else from `authorization` (where the gateway
+    // puts the `Authorization` header).
     ctx.credentials.token = meta
         .get("token")
         .and_then(|t| t.to_str().ok())
+        .or(authorization.filter(|a| !a.starts_with("Basic ")))
         .map(str::to_string);
-    ctx.credentials.user_password = meta
-        .get("authorization")
-        .and_then(|a| a.to_str().ok())
-        .and_then(basic_auth);
     ctx.deadline = meta
         .get("grpc-timeout")
         .and_then(|t| t.to_str().ok())

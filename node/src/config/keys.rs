@@ -214,7 +214,7 @@ pub(crate) static KEYS: &[Key] = &[
     key("enable-pprof", "false", Bool, MONITORING, Honoured, "Enable a CPU profile via HTTP at client URL + \"/debug/pprof/profile?seconds=N\" (readable by `go tool pprof`)."),
     key("metrics", "basic", Text, MONITORING, Honoured, "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics."),
     key("listen-metrics-urls", "", List, MONITORING, Honoured, "List of URLs to listen on for the /metrics and /health endpoints."),
-    key("enable-grpc-gateway", "true", Bool, MONITORING, Ignored("the gRPC-JSON gateway (/v3/...) is not served yet"), "Enable GRPC gateway."),
+    key("enable-grpc-gateway", "true", Bool, MONITORING, Honoured, "Enable GRPC gateway."),
     // Logging
     key("logger", "zap", Text, LOGGING, Honoured, "Currently only supports 'zap' for structured logging."),
     key("log-outputs", "default", List, LOGGING, Honoured, "Specify 'stdout' or 'stderr' to skip journald logging even when running under systemd, or list of comma separated output targets."),

@@ -95,6 +95,8 @@ pub struct Config {
     pub metrics: MetricsLevel,
     /// Serve `/debug/pprof/profile` on the client URLs.
     pub enable_pprof: bool,
+    /// Serve the HTTP/JSON gateway (`/v3/...`) on the client URLs.
+    pub enable_grpc_gateway: bool,
     /// Skip fsync: acknowledged writes survive a crash of cairn, not of the machine.
     pub unsafe_no_fsync: bool,
     /// `--unsafe-storage-fault`: tests only, a storage operation to fail on purpose.
@@ -595,6 +597,7 @@ mod tests {
                 },
                 metrics: MetricsLevel::Basic,
                 enable_pprof: false,
+                enable_grpc_gateway: true,
                 unsafe_no_fsync: false,
                 unsafe_storage_fault: None,
                 plugins: Vec::new(),

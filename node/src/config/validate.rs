@@ -153,6 +153,7 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             _ => MetricsLevel::Basic,
         },
         enable_pprof: boolean(raw.get("enable-pprof"))?,
+        enable_grpc_gateway: boolean(raw.get("enable-grpc-gateway"))?,
         unsafe_no_fsync: boolean(raw.get("unsafe-no-fsync"))?,
         unsafe_storage_fault: match raw.get("unsafe-storage-fault") {
             e if e.value.is_empty() => None,

@@ -11,17 +11,53 @@ use crate::mvcc::snapshot::SnapshotSource;
 use crate::mvcc::KvHash;
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
-    DefragmentResponse, StatusResponse,
+    DefragmentResponse, RangeRequest, StatusResponse,
 };
 
 /// How long the health check waits for a linearizable read.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// etcd's health verdict: healthy, or why not (etcd's reason strings).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
     Healthy,
-    Unhealthy(&'static str),
+    Unhealthy(String),
+}
+
+/// etcd 3.6's named probe checks behind `/livez` and `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    DataCorruption,
+    SerializableRead,
+    LinearizableRead,
+    NonLearner,
+}
+
+impl HealthCheck {
+    /// `/livez`: is this process serving its local state.
+    pub const LIVEZ: &'static [HealthCheck] = &[HealthCheck::SerializableRead];
+    /// `/readyz`: can it serve clients, in etcd's registration order.
+    pub const READYZ: &'static [HealthCheck] = &[
+        HealthCheck::DataCorruption,
+        HealthCheck::SerializableRead,
+        HealthCheck::LinearizableRead,
+        HealthCheck::NonLearner,
+    ];
+
+    /// etcd's name of the check (`?exclude=` and the verbose lines use it).
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthCheck::DataCorruption => "data_corruption",
+            HealthCheck::SerializableRead => "serializable_read",
+            HealthCheck::LinearizableRead => "linearizable_read",
+            HealthCheck::NonLearner => "non_learner",
+        }
+    }
+}
+
+/// etcd's name of an alarm type (`NOSPACE`), as `/health?exclude=` takes it.
+fn alarm_name(alarm: i32) -> &'static str {
+    AlarmType::try_from(alarm).map_or("", |a| a.as_str_name())
 }
 
 impl Core {
@@ -116,18 +152,77 @@ impl Core {
         Err(Error::NotSupported(rpc))
     }
 
-    /// etcd's `/health`: healthy when there is a leader, no alarm, and a linearizable read
-    /// completes in time.
-    pub async fn health(&self) -> Health {
-        if self.raft.status().leader.is_none() {
-            Health::Unhealthy("RAFT NO LEADER")
-        } else if !self.alarms().is_empty() {
-            Health::Unhealthy("ALARM NOSPACE")
-        } else {
-            match tokio::time::timeout(HEALTH_TIMEOUT, self.linearizable_barrier()).await {
-                Ok(Ok(())) => Health::Healthy,
-                _ => Health::Unhealthy("timeout"),
+    /// etcd's `/health`: unhealthy on an alarm not in `excluded_alarms` (etcd's names,
+    /// `NOSPACE`), without a leader (unless `serializable`), or when a one-key read fails;
+    /// the reasons are etcd's.
+    pub async fn health(&self, excluded_alarms: &[String], serializable: bool) -> Health {
+        let alarm = self
+            .alarms()
+            .into_iter()
+            .find(|a| !excluded_alarms.iter().any(|x| x == alarm_name(a.alarm)));
+        if let Some(alarm) = alarm {
+            return Health::Unhealthy(match AlarmType::try_from(alarm.alarm) {
+                Ok(AlarmType::Nospace) => "ALARM NOSPACE".into(),
+                Ok(AlarmType::Corrupt) => "ALARM CORRUPT".into(),
+                _ => "ALARM UNKNOWN".into(),
+            });
+        }
+        if !serializable && self.raft.status().leader.is_none() {
+            return Health::Unhealthy("RAFT NO LEADER".into());
+        }
+        match self.read_check(serializable).await {
+            Ok(()) => Health::Healthy,
+            Err(e) => Health::Unhealthy(format!("RANGE ERROR:{e}")),
+        }
+    }
+
+    /// One of etcd 3.6's `/livez` and `/readyz` checks: `Err` carries the reason etcd
+    /// prints after `[-]name failed: `.
+    pub async fn check(&self, check: HealthCheck) -> Result<(), String> {
+        match check {
+            HealthCheck::DataCorruption => {
+                let corrupt = self
+                    .alarms()
+                    .iter()
+                    .any(|a| a.alarm == AlarmType::Corrupt as i32);
+                if corrupt {
+                    return Err("alarm activated: CORRUPT".into());
+                }
+                Ok(())
             }
+            HealthCheck::SerializableRead => self.read_check(true).await.map_err(|e| e.to_string()),
+            HealthCheck::LinearizableRead => {
+                self.read_check(false).await.map_err(|e| e.to_string())
+            }
+            HealthCheck::NonLearner => {
+                let learner = self
+                    .raft
+                    .member_list()
+                    .iter()
+                    .any(|m| m.id == self.member_id && m.is_learner);
+                if learner {
+                    return Err("not supported for learner".into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// etcd's probe read: the first key, keys only, as the node itself (no auth), bounded
+    /// so a probe answers even when the cluster cannot.
+    async fn read_check(&self, serializable: bool) -> Result<(), Error> {
+        let probe = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            limit: 1,
+            keys_only: true,
+            serializable,
+            ..Default::default()
+        };
+        let ctx = RequestContext::internal();
+        match tokio::time::timeout(HEALTH_TIMEOUT, self.range(&ctx, probe)).await {
+            Ok(read) => read.map(|_| ()),
+            Err(_) => Err(Error::Timeout),
         }
     }
 

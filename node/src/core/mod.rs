@@ -43,7 +43,7 @@ pub use error::Error;
 pub use hooks::{Hooks, Operation};
 pub use kv::RangeChunks;
 pub use lease::spawn_expiry as spawn_lease_expiry;
-pub use maintenance::Health;
+pub use maintenance::{Health, HealthCheck};
 pub use read_pool::ReadPool;
 
 use crate::lease::Lessor;

@@ -15,6 +15,7 @@ mod dashboards;
 mod edge_cases;
 mod etcdctl;
 mod fail_safe;
+mod gateway;
 mod http;
 mod kv;
 mod lease_api;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use cairn::proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
 use cairn_tests::Server;
@@ -80,6 +80,19 @@ impl Kv {
     }
 }
 
+/// The store's revision, read with `token` (one that may read every key).
+async fn revision_as(server: &Server, token: &str) -> i64 {
+    let mut kv = Kv::connect(server).await;
+    let range = RangeRequest {
+        key: b"\0".to_vec(),
+        range_end: b"\0".to_vec(),
+        count_only: true,
+        ..Default::default()
+    };
+    let resp = kv.0.range(Kv::request(range, Some(token))).await.unwrap();
+    resp.into_inner().header.unwrap().revision
+}
+
 #[track_caller]
 fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, message: &str) {
     let status = result.expect_err("the request was refused");
@@ -111,17 +124,7 @@ async fn token_auth_admits_valid_tokens_and_refuses_expired_forged_or_unknown_on
     let mut kv = Kv::connect(&server).await;
     let alice = token(SECRET, "alice", &["app"], now() + 600);
     let root = token(SECRET, "root", &["root"], now() + 600);
-    let revision = || async {
-        let mut kv = Kv::connect(&server).await;
-        let range = RangeRequest {
-            key: b"\0".to_vec(),
-            range_end: b"\0".to_vec(),
-            count_only: true,
-            ..Default::default()
-        };
-        let resp = kv.0.range(Kv::request(range, Some(&root))).await.unwrap();
-        resp.into_inner().header.unwrap().revision
-    };
+    let revision = || revision_as(&server, &root);
 
     let before = revision().await;
     let rev = kv.put(Some(&alice), "/app/a", "1").await.unwrap();
@@ -435,5 +438,84 @@ async fn backups_need_a_directory_and_a_failed_one_is_counted() {
     assert_eq!(
         metric(&server, "cairn_backup_failures_total", &[]).await,
         1.0
+    );
+}
+
+/// A gateway call is authenticated and judged as a gRPC call is: etcd's gateway puts the
+/// `Authorization` header into the `authorization` metadata, where etcd reads a token.
+#[tokio::test]
+#[cfg_attr(against_etcd, ignore = "cairn-only: plugins")]
+async fn gateway_calls_pass_auth_and_admission_like_grpc_calls() {
+    let guard = plugin("schema-guard").display().to_string();
+    let plugins = format!(
+        "{}  - name: schema-guard
+    path: {guard}
+    hooks: [admission]
+    prefixes: [/app/json/]
+    deadline: 2s
+",
+        token_auth_entry()
+    );
+    let server = start_with_plugins(&plugins).await;
+    let alice = token(SECRET, "alice", &["app"], now() + 600);
+    let put = |key: &str, value: &str| {
+        serde_json::json!({"key": STANDARD.encode(key), "value": STANDARD.encode(value)})
+            .to_string()
+    };
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let url = format!("{}/v3/kv/put", server.client_url());
+        async move {
+            let mut req = reqwest::Client::new().post(url).body(body);
+            for (name, value) in headers {
+                req = req.header(name, value);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let refused =
+        |msg: &str, code: u16| serde_json::json!({"error": msg, "code": code, "message": msg});
+
+    let (status, body) = post(vec![], put("/app/a", "1")).await;
+    assert_eq!(status, 403, "anonymous: {body}");
+    assert_eq!(body, refused("etcdserver: permission denied", 7));
+    let forged = token("another-secret", "alice", &["app"], now() + 600);
+    let (status, body) = post(vec![("authorization", forged)], put("/app/a", "1")).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body, refused("etcdserver: invalid auth token", 16));
+    let (status, body) = post(vec![("authorization", alice.clone())], put("/other", "1")).await;
+    assert_eq!(status, 403, "outside alice's prefix: {body}");
+
+    let (status, body) = post(vec![("authorization", alice.clone())], put("/app/a", "1")).await;
+    assert_eq!(status, 200, "{body}");
+    // grpc-gateway's other way to send metadata.
+    let (status, body) = post(
+        vec![("grpc-metadata-token", alice.clone())],
+        put("/app/b", "2"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let rev = body["header"]["revision"].clone();
+
+    // The admission plugin judges gateway writes too, and a refused one changes nothing.
+    let (status, body) = post(
+        vec![("authorization", alice.clone())],
+        put("/app/json/x", "nope"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("plugin schema-guard: /app/json/x: value is not JSON"),
+        "{body}"
+    );
+    let root = token(SECRET, "root", &["root"], now() + 600);
+    assert_eq!(
+        revision_as(&server, &root).await.to_string(),
+        rev.as_str().unwrap()
     );
 }
