@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use url::Url;
 
 use crate::api;
+use crate::auth::{AuthStore, Rbac};
 use crate::backup::Backups;
 use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
@@ -32,6 +33,8 @@ pub enum ServerError {
     Mvcc(#[from] MvccError),
     #[error("opening the lease table: {0}")]
     Lease(#[from] LeaseError),
+    #[error("opening the auth store: {0}")]
+    Auth(#[from] crate::auth::TableError),
     #[error("starting raft: {0}")]
     Raft(#[from] RaftError),
     #[error("starting the watch hub: {0}")]
@@ -84,6 +87,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             ..LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id)
         },
     )?);
+    let auth = AuthStore::open(&store, cfg.auth)?;
     // Before raft, so entries replayed at start-up are dispatched like any others.
     let watch = Arc::new(WatchHub::start(
         mvcc.clone(),
@@ -109,6 +113,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             snapshot_count: cfg.snapshot_count,
             snapshot_catchup_entries: cfg.snapshot_catchup_entries,
             watch: Some(watch.clone()),
+            auth: Some(auth.clone()),
             strict_reconfig_check: cfg.strict_reconfig_check,
             max_learners: cfg.max_learners,
             force_new_cluster: cfg.force_new_cluster,
@@ -146,6 +151,11 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
         tokio::spawn(reload_on_sighup(plugins.clone()));
     }
+    // etcd's own auth judges every request (authorizers intersect, so auth plugins may only
+    // narrow it); it looks at credentials after the auth plugins, which claim their own.
+    let rbac = || Box::new(Rbac::new(auth.clone(), mvcc.clone(), cfg.client_tls.client_cert_auth));
+    hooks.authenticators.push(rbac());
+    hooks.authorizers.push(rbac());
     let core = Core::new(Parts {
         raft: raft.clone(),
         mvcc,
@@ -159,6 +169,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             max_txn_ops: usize::try_from(cfg.max_txn_ops).unwrap_or(usize::MAX),
             quota_backend_bytes: cfg.quota_backend_bytes,
         },
+        auth,
         hooks,
         reads: read_pool()?,
     });

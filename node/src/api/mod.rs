@@ -6,6 +6,7 @@
 //!
 //! Must not decide behaviour (that is `core/`) nor touch fjall, openraft, MVCC or Raft.
 
+mod auth;
 mod cluster;
 pub mod codec;
 mod election;
@@ -28,7 +29,7 @@ use futures::FutureExt;
 
 use crate::core::{Core, Error, RequestContext, Transport};
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
@@ -68,6 +69,9 @@ pub fn router(core: Arc<Core>, plugins: Arc<crate::plugins::Plugins>) -> axum::R
     .add_service(
         WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
     )
+    .add_service(
+        AuthServer::new(auth::AuthService(core.clone())).max_decoding_message_size(max_msg),
+    )
     .into_axum_router();
     grpc.merge(http::router(core))
         .merge(http::plugin_router(plugins))
@@ -91,6 +95,10 @@ fn context<T>(req: &tonic::Request<T>) -> RequestContext {
         .get("authorization")
         .and_then(|a| a.to_str().ok())
         .and_then(basic_auth);
+    ctx.credentials.client_cert_cn = req
+        .extensions()
+        .get::<listen::ClientCertName>()
+        .map(|cn| cn.0.clone());
     ctx.deadline = meta
         .get("grpc-timeout")
         .and_then(|t| t.to_str().ok())

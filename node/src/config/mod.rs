@@ -113,6 +113,8 @@ pub struct Config {
     /// The `--peer-*` twins: https peer listeners, and the certificate this member shows
     /// (and the CA it trusts) when it calls its peers.
     pub peer_tls: TlsFiles,
+    /// `--bcrypt-cost` and `--auth-token-ttl` (`--auth-token` only takes `simple`).
+    pub auth: crate::auth::AuthSettings,
 }
 
 /// The TLS files of one listener kind, as configured (read and checked by `crate::tls`).
@@ -576,6 +578,10 @@ mod tests {
                 config_file: None,
                 client_tls: TlsFiles::default(),
                 peer_tls: TlsFiles::default(),
+                auth: crate::auth::AuthSettings {
+                    bcrypt_cost: 10,
+                    token_ttl: Duration::from_secs(300),
+                },
             }
         );
         assert!(keys::KEYS
@@ -1256,6 +1262,10 @@ mod tests {
                 "must be between 1 and 4294967295",
             ),
             (&["--auth-token=oauth"], "unknown token type"),
+            (
+                &["--auth-token=jwt,pub-key=a.pub,priv-key=a.key,sign-method=RS256"],
+                "JWT auth tokens (use simple) are not supported yet",
+            ),
             (
                 &["--feature-gates=Bogus=true"],
                 "unrecognized feature gate: Bogus",

@@ -209,5 +209,7 @@ fn operation(op: &core::Operation<'_>) -> Operation {
         Op::LeaseTimeToLive(_) => Operation::LeaseTimeToLive,
         Op::LeaseLeases => Operation::LeaseLeases,
         Op::Admin(rpc) => Operation::Admin((*rpc).to_string()),
+        Op::UserGet(_) => Operation::Admin("UserGet".to_string()),
+        Op::RoleGet(_) => Operation::Admin("RoleGet".to_string()),
     }
 }
