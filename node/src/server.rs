@@ -153,7 +153,13 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     // etcd's own auth judges every request (authorizers intersect, so auth plugins may only
     // narrow it); it looks at credentials after the auth plugins, which claim their own.
-    let rbac = || Box::new(Rbac::new(auth.clone(), mvcc.clone(), cfg.client_tls.client_cert_auth));
+    let rbac = || {
+        Box::new(Rbac::new(
+            auth.clone(),
+            mvcc.clone(),
+            cfg.client_tls.client_cert_auth,
+        ))
+    };
     hooks.authenticators.push(rbac());
     hooks.authorizers.push(rbac());
     let core = Core::new(Parts {

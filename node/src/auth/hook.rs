@@ -18,13 +18,12 @@ use crate::core::{Error, Operation, Principal, PrincipalSource, RequestContext};
 use crate::mvcc::Mvcc;
 use crate::proto::etcdserverpb::{request_op::Request, TxnRequest};
 
-/// Calls that need the root role when auth is enabled (etcd's `authMaintenanceServer` and
-/// `needAdminPermission`).
+/// Maintenance calls that need the root role when auth is enabled (etcd's
+/// `authMaintenanceServer`, which answers its errors unconverted).
+const MAINTENANCE_ADMIN_ONLY: &[&str] = &["Defragment", "Snapshot", "Hash", "HashKV"];
+
+/// Auth management calls that need the root role (etcd's `needAdminPermission`).
 const ADMIN_ONLY: &[&str] = &[
-    "Defragment",
-    "Snapshot",
-    "Hash",
-    "HashKV",
     "AuthEnable",
     "AuthDisable",
     "AuthStatus",
@@ -97,7 +96,11 @@ impl Rbac {
 /// The lease of a lone put: etcd checks the lease's keys for `Put`, which travels here
 /// as a one-op txn.
 fn put_lease(txn: &TxnRequest) -> i64 {
-    match (txn.compare.is_empty(), txn.success.as_slice(), txn.failure.is_empty()) {
+    match (
+        txn.compare.is_empty(),
+        txn.success.as_slice(),
+        txn.failure.is_empty(),
+    ) {
         (true, [op], true) => match &op.request {
             Some(Request::RequestPut(put)) if !put.ignore_lease => put.lease,
             _ => 0,
@@ -146,7 +149,11 @@ impl Authorizer for Rbac {
                 // etcd normalises the range first: an empty key is `\0`, and a "from key"
                 // range end becomes empty, so it is checked as the one key.
                 let key: &[u8] = if w.key.is_empty() { &[0] } else { &w.key };
-                let end: &[u8] = if w.range_end == [0] { &[] } else { &w.range_end };
+                let end: &[u8] = if w.range_end == [0] {
+                    &[]
+                } else {
+                    &w.range_end
+                };
                 Ok(self.store.is_op_permitted(&caller, key, end, false)?)
             }
             Operation::Txn(txn) => {
@@ -154,6 +161,10 @@ impl Authorizer for Rbac {
                 self.lease_keys(&caller, put_lease(txn))
             }
             Operation::LeaseRevoke(lease) => self.lease_keys(&caller, *lease),
+            Operation::Admin(rpc) if MAINTENANCE_ADMIN_ONLY.contains(rpc) => self
+                .store
+                .is_admin_permitted(&caller)
+                .map_err(Error::MaintenanceAuth),
             Operation::Admin(rpc) if ADMIN_ONLY.contains(rpc) => {
                 Ok(self.store.is_admin_permitted(&caller)?)
             }

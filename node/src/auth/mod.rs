@@ -127,7 +127,10 @@ enum Dirty {
 enum Effect {
     None,
     /// Record a simple token for the user: the proposer's prefix.
-    Authenticate { user: String, prefix: String },
+    Authenticate {
+        user: String,
+        prefix: String,
+    },
     /// The user's tokens are no longer valid (deleted, or its password changed).
     InvalidateUser(String),
     /// Authentication was turned off: every token goes.
@@ -254,7 +257,10 @@ impl AuthStore {
         if caller.name.is_empty() {
             return Err(AuthError::UserEmpty);
         }
-        let user = state.users.get(&caller.name).ok_or(AuthError::UserNotFound)?;
+        let user = state
+            .users
+            .get(&caller.name)
+            .ok_or(AuthError::UserNotFound)?;
         if has_root_role(user) {
             Ok(())
         } else {
@@ -342,7 +348,9 @@ impl AuthStore {
                         None => batch.remove(&self.keyspace, key),
                     }
                 }
-                Dirty::Enabled => batch.insert(&self.keyspace, ENABLED_KEY, [u8::from(next.enabled)]),
+                Dirty::Enabled => {
+                    batch.insert(&self.keyspace, ENABLED_KEY, [u8::from(next.enabled)])
+                }
                 Dirty::Revision => {
                     batch.insert(&self.keyspace, REVISION_KEY, next.revision.to_be_bytes())
                 }

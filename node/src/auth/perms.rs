@@ -54,9 +54,7 @@ fn affine(a: &[u8], b: &[u8]) -> Ordering {
 /// Whether `granted` allows the request for `key` .. `range_end` (etcd's convention).
 pub(super) fn covers(granted: &[Interval], key: &[u8], range_end: &[u8]) -> bool {
     if range_end.is_empty() {
-        return granted
-            .iter()
-            .any(|i| i.intersects(key, &point_end(key)));
+        return granted.iter().any(|i| i.intersects(key, &point_end(key)));
     }
     let end: &[u8] = if range_end == [0] { &[] } else { range_end };
     let mut hits: Vec<&Interval> = granted.iter().filter(|i| i.intersects(key, end)).collect();

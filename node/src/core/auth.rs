@@ -14,19 +14,19 @@ use std::time::Instant;
 use super::context::RequestContext;
 use super::{until_deadline, Core, Error, Operation};
 use crate::auth::{self, AuthError};
-use crate::proto::cairnpb::{auth_command::Op, command::Cmd, AuthApplied, AuthCommand,
-    AuthenticateCommand};
+use crate::proto::cairnpb::{
+    auth_command::Op, command::Cmd, AuthApplied, AuthCommand, AuthenticateCommand,
+};
 use crate::proto::etcdserverpb::{
     AuthDisableRequest, AuthDisableResponse, AuthEnableRequest, AuthEnableResponse,
     AuthRoleAddRequest, AuthRoleAddResponse, AuthRoleDeleteRequest, AuthRoleDeleteResponse,
     AuthRoleGetRequest, AuthRoleGetResponse, AuthRoleGrantPermissionRequest,
     AuthRoleGrantPermissionResponse, AuthRoleListResponse, AuthRoleRevokePermissionRequest,
-    AuthRoleRevokePermissionResponse, AuthStatusResponse, AuthUserAddRequest,
-    AuthUserAddResponse, AuthUserChangePasswordRequest, AuthUserChangePasswordResponse,
-    AuthUserDeleteRequest, AuthUserDeleteResponse, AuthUserGetRequest, AuthUserGetResponse,
-    AuthUserGrantRoleRequest, AuthUserGrantRoleResponse, AuthUserListResponse,
-    AuthUserRevokeRoleRequest, AuthUserRevokeRoleResponse, AuthenticateRequest,
-    AuthenticateResponse,
+    AuthRoleRevokePermissionResponse, AuthStatusResponse, AuthUserAddRequest, AuthUserAddResponse,
+    AuthUserChangePasswordRequest, AuthUserChangePasswordResponse, AuthUserDeleteRequest,
+    AuthUserDeleteResponse, AuthUserGetRequest, AuthUserGetResponse, AuthUserGrantRoleRequest,
+    AuthUserGrantRoleResponse, AuthUserListResponse, AuthUserRevokeRoleRequest,
+    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse,
 };
 use crate::raft::Applied;
 
@@ -42,13 +42,21 @@ impl Core {
         self.propose_auth(op).await
     }
 
+    /// Proposes an auth command and answers once this member applied it too: a follower's
+    /// proposal is applied by the leader first, and the caller's next request here (with
+    /// the new token, or under the new permissions) must see it.
     async fn propose_auth(&self, op: Op) -> Result<AuthApplied, Error> {
         let cmd = Cmd::Auth(AuthCommand { op: Some(op) });
-        self.propose(cmd, |a| match a {
-            Applied::Auth(applied) => Some(applied),
-            _ => None,
-        })
-        .await
+        let applied = self
+            .propose(cmd, |a| match a {
+                Applied::Auth(applied) => Some(applied),
+                _ => None,
+            })
+            .await?;
+        if self.leader_elsewhere().is_some() {
+            self.linearizable_barrier().await?;
+        }
+        Ok(applied)
     }
 
     /// etcd's bcrypt of a password, base64 for the log, on the read pool (it is slow by
@@ -80,7 +88,8 @@ impl Core {
         req: AuthDisableRequest,
     ) -> Result<AuthDisableResponse, Error> {
         until_deadline(ctx, async {
-            self.auth_change(ctx, "AuthDisable", Op::Disable(req)).await?;
+            self.auth_change(ctx, "AuthDisable", Op::Disable(req))
+                .await?;
             Ok(AuthDisableResponse {
                 header: self.current_header(),
             })
@@ -166,7 +175,9 @@ impl Core {
         until_deadline(ctx, async {
             self.authorize(ctx, Operation::Admin("UserAdd")).await?;
             if !req.options.is_some_and(|o| o.no_password) {
-                req.hashed_password = self.hash_password(std::mem::take(&mut req.password)).await?;
+                req.hashed_password = self
+                    .hash_password(std::mem::take(&mut req.password))
+                    .await?;
             }
             req.password.clear();
             self.propose_auth(Op::UserAdd(req)).await?;
@@ -183,7 +194,8 @@ impl Core {
         req: AuthUserDeleteRequest,
     ) -> Result<AuthUserDeleteResponse, Error> {
         until_deadline(ctx, async {
-            self.auth_change(ctx, "UserDelete", Op::UserDelete(req)).await?;
+            self.auth_change(ctx, "UserDelete", Op::UserDelete(req))
+                .await?;
             Ok(AuthUserDeleteResponse {
                 header: self.current_header(),
             })
@@ -200,7 +212,9 @@ impl Core {
             self.authorize(ctx, Operation::Admin("UserChangePassword"))
                 .await?;
             if !req.password.is_empty() {
-                req.hashed_password = self.hash_password(std::mem::take(&mut req.password)).await?;
+                req.hashed_password = self
+                    .hash_password(std::mem::take(&mut req.password))
+                    .await?;
             }
             self.propose_auth(Op::UserChangePassword(req)).await?;
             Ok(AuthUserChangePasswordResponse {
@@ -288,7 +302,8 @@ impl Core {
         req: AuthRoleDeleteRequest,
     ) -> Result<AuthRoleDeleteResponse, Error> {
         until_deadline(ctx, async {
-            self.auth_change(ctx, "RoleDelete", Op::RoleDelete(req)).await?;
+            self.auth_change(ctx, "RoleDelete", Op::RoleDelete(req))
+                .await?;
             Ok(AuthRoleDeleteResponse {
                 header: self.current_header(),
             })

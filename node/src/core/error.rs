@@ -101,6 +101,11 @@ pub enum Error {
     AuthOldRevision,
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
+    /// etcd's maintenance server returns its admin check's errors unconverted: the auth
+    /// store's own text (`auth: permission denied`, `auth: user name is empty`...), code
+    /// Unknown.
+    #[error("{0}")]
+    MaintenanceAuth(AuthError),
     /// An authentication plugin failed (trap, timeout) and its policy refuses the request;
     /// the message names the plugin. Not `InvalidAuthToken`: the token may be fine.
     #[error("{0}")]

@@ -444,12 +444,21 @@ const AUTH_REFUSALS: &[(ApplyError, AuthError)] = &[
     (ApplyError::RoleAlreadyExist, AuthError::RoleAlreadyExist),
     (ApplyError::RoleNotFound, AuthError::RoleNotFound),
     (ApplyError::RoleEmpty, AuthError::RoleEmpty),
-    (ApplyError::PermissionNotGiven, AuthError::PermissionNotGiven),
+    (
+        ApplyError::PermissionNotGiven,
+        AuthError::PermissionNotGiven,
+    ),
     (ApplyError::RoleNotGranted, AuthError::RoleNotGranted),
-    (ApplyError::PermissionNotGranted, AuthError::PermissionNotGranted),
+    (
+        ApplyError::PermissionNotGranted,
+        AuthError::PermissionNotGranted,
+    ),
     (ApplyError::InvalidAuthMgmt, AuthError::InvalidAuthMgmt),
     (ApplyError::NoPasswordUser, AuthError::NoPasswordUser),
-    (ApplyError::AuthPermissionDenied, AuthError::PermissionDenied),
+    (
+        ApplyError::AuthPermissionDenied,
+        AuthError::PermissionDenied,
+    ),
     (ApplyError::AuthOldRevision, AuthError::OldRevision),
 ];
 

@@ -16,6 +16,10 @@
 //! checked against the lessor's table, which only apply changes, so the check is the same
 //! on every member.
 //!
+//! Auth: an `AuthCommand` goes through the auth store's `prepare` (etcd's checks, the same
+//! on every member), its writes join the apply batch with the marker, and its `commit`
+//! makes the new state (and an authentication's simple token) visible after the batch.
+//!
 //! Snapshots (see [`super::snapshot`]): building one makes the state database durable
 //! (one fsync) up to the marker, after which openraft may purge the log behind it, less
 //! the catch-up tail. The current snapshot handed out to be sent is always this member's
@@ -668,8 +672,8 @@ mod tests {
         } = f;
         drop((mvcc, lessor));
         let f = Fixture {
-            mvcc: Mvcc::open(store.clone()).expect("reopen mvcc"),
-            lessor: Lessor::open(&store, config()).expect("reopen lessor"),
+            mvcc: Arc::new(Mvcc::open(store.clone()).expect("reopen mvcc")),
+            lessor: Arc::new(Lessor::open(&store, config()).expect("reopen lessor")),
             store,
             _dir,
         };

@@ -16,6 +16,9 @@ use etcd_client::{
 use crate::{assert_grpc_error, ok, Code};
 
 const DENIED: &str = "etcdserver: permission denied";
+/// How etcd words a refused watch's cancel reason: the gRPC status as text.
+const WATCH_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 const USER_EMPTY: &str = "etcdserver: user name is empty";
 const FAST_BCRYPT: &str = "--bcrypt-cost=4";
 
@@ -37,13 +40,23 @@ async fn set_up_with_etcdctl(server: &Server) {
         &["user", "grant-role", "root", "root"],
         &["user", "add", "alice", "--new-user-password=alicepw"],
         &["role", "add", "app"],
-        &["role", "grant-permission", "app", "readwrite", "app/", "--prefix"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
         &["role", "grant-permission", "app", "read", "cfg"],
         &["user", "grant-role", "alice", "app"],
     ] {
         ok(server, args).await;
     }
-    assert_eq!(ok(server, &["auth", "enable"]).await.trim(), "Authentication Enabled");
+    assert_eq!(
+        ok(server, &["auth", "enable"]).await.trim(),
+        "Authentication Enabled"
+    );
 }
 
 #[tokio::test]
@@ -75,17 +88,27 @@ async fn etcdctl_admin_flow_then_each_permission_boundary() {
     // Reads inside the role's ranges are allowed, writes only where it may write.
     let got = alice.get("cfg", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"v1");
-    assert_grpc_error(alice.put("cfg", "v2", None).await, Code::PermissionDenied, DENIED);
+    assert_grpc_error(
+        alice.put("cfg", "v2", None).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
     alice.put("app/a", "1", None).await.unwrap();
     let listed = alice
         .get("app/", Some(GetOptions::new().with_prefix()))
         .await
         .unwrap();
     assert_eq!(listed.count(), 1);
-    assert_grpc_error(alice.get("other", None).await, Code::PermissionDenied, DENIED);
+    assert_grpc_error(
+        alice.get("other", None).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
     // A range wider than the grant is refused, though each key in it might be allowed.
     assert_grpc_error(
-        alice.get("app", Some(GetOptions::new().with_prefix())).await,
+        alice
+            .get("app", Some(GetOptions::new().with_prefix()))
+            .await,
         Code::PermissionDenied,
         DENIED,
     );
@@ -113,7 +136,7 @@ async fn etcdctl_admin_flow_then_each_permission_boundary() {
         .unwrap()
         .expect("a watch response");
     assert!(resp.canceled(), "{resp:?}");
-    assert_eq!(resp.cancel_reason(), DENIED);
+    assert_eq!(resp.cancel_reason(), WATCH_DENIED);
     let mut allowed = alice
         .watch("app/", Some(WatchOptions::new().with_prefix()))
         .await
@@ -142,19 +165,17 @@ async fn etcdctl_admin_flow_then_each_permission_boundary() {
     );
     root.lease_revoke(lease).await.unwrap();
 
-    // Maintenance: etcd 3.5 lets any user compact, but hashing and defragmenting need root.
+    // Maintenance: etcd 3.5 lets any user compact, but hashing, defragmenting and
+    // snapshots need root, and are refused with the auth store's own text.
     let rev = crate::current_revision(&mut root).await;
     alice.compact(rev, None).await.unwrap();
+    let maintenance_denied = "auth: permission denied";
     assert_grpc_error(
         alice.maintenance_client().hash_kv(0).await,
-        Code::PermissionDenied,
-        DENIED,
+        Code::Unknown,
+        maintenance_denied,
     );
-    assert_grpc_error(
-        alice.defragment().await,
-        Code::PermissionDenied,
-        DENIED,
-    );
+    assert_grpc_error(alice.defragment().await, Code::Unknown, maintenance_denied);
     root.defragment().await.unwrap();
 
     // Auth management: a user may read itself and its roles, nothing else.
@@ -197,7 +218,11 @@ async fn every_auth_rpc_answers_etcds_error_for_bad_input() {
         (code, msg.as_str()),
         precondition("etcdserver: authentication is not enabled")
     );
-    assert_grpc_error(c.user_add("", "pw", None).await, Code::InvalidArgument, USER_EMPTY);
+    assert_grpc_error(
+        c.user_add("", "pw", None).await,
+        Code::InvalidArgument,
+        USER_EMPTY,
+    );
     assert_grpc_error(
         c.role_add("").await,
         Code::InvalidArgument,
@@ -390,8 +415,15 @@ async fn auth_state_survives_kill9_and_restart() {
     let mut alice = login(&server.client_url(), "alice", "alicepw")
         .await
         .unwrap();
-    assert_eq!(alice.get("cfg", None).await.unwrap().kvs()[0].value(), b"v1");
-    assert_grpc_error(alice.put("cfg", "v2", None).await, Code::PermissionDenied, DENIED);
+    assert_eq!(
+        alice.get("cfg", None).await.unwrap().kvs()[0].value(),
+        b"v1"
+    );
+    assert_grpc_error(
+        alice.put("cfg", "v2", None).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
     let mut anonymous = server.client().await.unwrap();
     assert_grpc_error(
         anonymous.get("cfg", None).await,
@@ -399,7 +431,10 @@ async fn auth_state_survives_kill9_and_restart() {
         USER_EMPTY,
     );
     let users = ok(&server, &[&as_root[..], &["user", "list"]].concat()).await;
-    assert_eq!(users.split_whitespace().collect::<Vec<_>>(), ["alice", "root"]);
+    assert_eq!(
+        users.split_whitespace().collect::<Vec<_>>(),
+        ["alice", "root"]
+    );
 }
 
 #[tokio::test]
@@ -410,11 +445,86 @@ async fn a_user_added_on_one_member_logs_in_on_every_other() {
         let url = cluster.member(i).client_url();
         let mut alice = login(&url, "alice", "alicepw").await.unwrap();
         alice.put(format!("app/from-{i}"), "v", None).await.unwrap();
-        assert_grpc_error(alice.put("cfg", "v", None).await, Code::PermissionDenied, DENIED);
+        assert_grpc_error(
+            alice.put("cfg", "v", None).await,
+            Code::PermissionDenied,
+            DENIED,
+        );
         let got = alice
             .get("app/", Some(GetOptions::new().with_prefix()))
             .await
             .unwrap();
         assert_eq!(got.count(), i64::try_from(i).unwrap());
     }
+}
+
+#[tokio::test]
+async fn with_client_cert_auth_the_certificate_common_name_is_the_user() {
+    // The harness's etcdctl shows the test CA's certificate with common name "client".
+    let certs = crate::tls::certs();
+    let server = crate::tls::https_server(&certs, true).await;
+    for args in [
+        &["user", "add", "root", "--new-user-password=rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "client", "--no-password"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "tls/", "--prefix"],
+        &["user", "grant-role", "client", "reader"],
+        &["auth", "enable"],
+    ] {
+        ok(&server, args).await;
+    }
+    ok(&server, &["--user", "root:rootpw", "put", "tls/a", "v"]).await;
+    // No token: the certificate names the caller, with the reader role's rights.
+    assert_eq!(ok(&server, &["get", "tls/a"]).await, "tls/a\nv\n");
+    let put = server.ctl(&["put", "tls/a", "w"]).await.unwrap();
+    assert_ne!(put.code, 0);
+    assert!(put.stderr.contains(DENIED), "{}", put.stderr);
+    // A user without a password cannot log in with one.
+    let login = server
+        .ctl(&["--user", "client:any", "get", "tls/a"])
+        .await
+        .unwrap();
+    assert_ne!(login.code, 0);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    against_etcd,
+    ignore = "cairn-only: etcd does not limit failed authentications"
+)]
+async fn failed_logins_from_one_address_are_slowed_down() {
+    let server = Server::start_with(&[FAST_BCRYPT]).await.unwrap();
+    set_up_with_etcdctl(&server).await;
+    let url = server.client_url();
+    let failed = "etcdserver: authentication failed, invalid user ID or password";
+    for _ in 0..10 {
+        let (code, msg) = crate::grpc_error(login(&url, "alice", "guess").await.map(drop));
+        assert_eq!((code, msg.as_str()), (Code::InvalidArgument, failed));
+    }
+    // The burst is spent: even the right password is refused until the bucket refills.
+    let (code, msg) = crate::grpc_error(login(&url, "alice", "alicepw").await.map(drop));
+    assert_eq!((code, msg.as_str()), (Code::InvalidArgument, failed));
+    assert!(server.log().contains("too many failed authentications"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    login(&url, "alice", "alicepw").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_token_is_refused_even_with_auth_disabled() {
+    use cairn::proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
+
+    let server = Server::start_with(&[FAST_BCRYPT]).await.unwrap();
+    let mut kv = KvClient::connect(server.client_url()).await.unwrap();
+    let mut req = tonic::Request::new(RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("token", "abcdefghijklmnop.1".parse().unwrap());
+    let status = kv.range(req).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, "etcdserver: invalid auth token")
+    );
 }

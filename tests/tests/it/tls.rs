@@ -67,7 +67,7 @@ impl Ca {
 
 /// The certificates of one single-member test: the server's, a client's from the same CA,
 /// one from another CA and an expired one from the same CA.
-struct Certs {
+pub(crate) struct Certs {
     _dir: tempfile::TempDir,
     ca: PathBuf,
     server: (PathBuf, PathBuf),
@@ -76,7 +76,7 @@ struct Certs {
     expired: (PathBuf, PathBuf),
 }
 
-fn certs() -> Certs {
+pub(crate) fn certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cairn-test-ca");
     let other = Ca::new("other-ca");
@@ -104,7 +104,7 @@ fn path(p: &Path) -> String {
 
 /// A single member whose client URL is https only; with `client_cert_auth`, clients must
 /// show a certificate of the test CA (`--trusted-ca-file` and `--client-cert-auth`).
-async fn https_server(certs: &Certs, client_cert_auth: bool) -> Server {
+pub(crate) async fn https_server(certs: &Certs, client_cert_auth: bool) -> Server {
     let (cert, key) = &certs.server;
     let mut tls_args = vec![
         format!("--cert-file={}", path(cert)),
