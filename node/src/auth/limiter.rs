@@ -72,7 +72,8 @@ mod tests {
     #[test]
     fn failures_beyond_the_burst_wait_for_the_refill() {
         let limiter = FailureLimiter::default();
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let b = IpAddr::from([10, 0, 0, 2]);
         let t0 = Instant::now();
         for _ in 0..BURST as usize {
             assert!(limiter.may_try(a, t0));

@@ -230,7 +230,8 @@ async fn every_auth_rpc_answers_etcds_error_for_bad_input() {
     );
     c.user_add("alice", "pw", None).await.unwrap();
     c.role_add("app").await.unwrap();
-    let checks: Vec<(Result<(), etcd_client::Error>, (Code, &str))> = vec![
+    type Check = (Result<(), etcd_client::Error>, (Code, &'static str));
+    let checks: Vec<Check> = vec![
         (
             c.user_add("alice", "pw", None).await.map(drop),
             precondition("etcdserver: user name already exists"),
@@ -468,7 +469,14 @@ async fn with_client_cert_auth_the_certificate_common_name_is_the_user() {
         &["user", "grant-role", "root", "root"],
         &["user", "add", "client", "--no-password"],
         &["role", "add", "reader"],
-        &["role", "grant-permission", "reader", "read", "tls/", "--prefix"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "tls/",
+            "--prefix",
+        ],
         &["user", "grant-role", "client", "reader"],
         &["auth", "enable"],
     ] {
