@@ -1264,7 +1264,7 @@ mod tests {
             (&["--auth-token=oauth"], "unknown token type"),
             (
                 &["--auth-token=jwt,pub-key=a.pub,priv-key=a.key,sign-method=RS256"],
-                "JWT auth tokens (use simple) are not supported yet",
+                "--auth-token: JWT auth tokens are not supported yet (use simple)",
             ),
             (
                 &["--feature-gates=Bogus=true"],

@@ -302,7 +302,7 @@ fn check_choices(raw: &Raw) -> Result<(), ConfigError> {
     let token = raw.get("auth-token");
     match token.value.split(',').next() {
         Some("simple") => Ok(()),
-        Some("jwt") => Err(token.unsupported("JWT auth tokens (use simple)")),
+        Some("jwt") => Err(token.unsupported("JWT auth tokens are not supported yet (use simple)")),
         _ => Err(token.invalid("unknown token type: must be simple or jwt[,options]")),
     }
 }
