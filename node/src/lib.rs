@@ -1,5 +1,6 @@
 //! Cairn: an etcd-compatible, Raft-replicated key-value node. See ARCHITECTURE.md.
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod compactor;

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use url::Url;
 
 use crate::api;
+use crate::auth::{AuthStore, Rbac};
 use crate::backup::Backups;
 use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
@@ -31,6 +32,8 @@ pub enum ServerError {
     Mvcc(#[from] MvccError),
     #[error("opening the lease table: {0}")]
     Lease(#[from] LeaseError),
+    #[error("opening the auth store: {0}")]
+    Auth(#[from] crate::auth::TableError),
     #[error("starting raft: {0}")]
     Raft(#[from] RaftError),
     #[error("starting the watch hub: {0}")]
@@ -86,6 +89,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             ..LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id)
         },
     )?);
+    let auth = AuthStore::open(&store, cfg.auth)?;
     // Before raft, so entries replayed at start-up are dispatched like any others.
     let watch = Arc::new(WatchHub::start(
         mvcc.clone(),
@@ -111,6 +115,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             snapshot_count: cfg.snapshot_count,
             snapshot_catchup_entries: cfg.snapshot_catchup_entries,
             watch: Some(watch.clone()),
+            auth: Some(auth.clone()),
             strict_reconfig_check: cfg.strict_reconfig_check,
             max_learners: cfg.max_learners,
             force_new_cluster: cfg.force_new_cluster,
@@ -148,6 +153,17 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             .push(Box::new(crate::plugins::PluginAuth::new(plugins.clone())));
         tokio::spawn(reload_on_sighup(plugins.clone()));
     }
+    // etcd's own auth judges every request (authorizers intersect, so auth plugins may only
+    // narrow it); it looks at credentials after the auth plugins, which claim their own.
+    let rbac = || {
+        Box::new(Rbac::new(
+            auth.clone(),
+            mvcc.clone(),
+            cfg.client_tls.client_cert_auth,
+        ))
+    };
+    hooks.authenticators.push(rbac());
+    hooks.authorizers.push(rbac());
     let core = Core::new(Parts {
         raft: raft.clone(),
         mvcc,
@@ -161,6 +177,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             max_txn_ops: usize::try_from(cfg.max_txn_ops).unwrap_or(usize::MAX),
             quota_backend_bytes: cfg.quota_backend_bytes,
         },
+        auth,
         hooks,
         reads: read_pool()?,
     });

@@ -671,13 +671,14 @@ impl Server {
         let mut client = Client::connect([self.client_url()], Some(opts)).await?;
         match client.get("cairn-it-ready-probe", None).await {
             Ok(_) => Ok(()),
-            // An auth plugin refusing the anonymous probe shows the server answers but not
-            // that it has a leader and an applied store; `/health` says whether it has.
+            // An auth plugin or etcd's auth (on since before a restart) refusing the
+            // anonymous probe shows the server answers but not that it has a leader and an
+            // applied store; `/health` says whether it has.
             Err(etcd_client::Error::GRpcStatus(s))
                 if matches!(
                     s.code(),
                     tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-                ) =>
+                ) || s.message() == "etcdserver: user name is empty" =>
             {
                 let (status, body) = self.http_get("/health").await?;
                 ensure!(status == 200, "/health answers {status}: {body}");

@@ -27,7 +27,12 @@ pub fn code(e: &Error) -> Code {
         | BadLeaderTransferee
         | NotEnoughStartedMembers
         | TooManyLearners => Code::FailedPrecondition,
-        BadMemberUrls => Code::InvalidArgument,
+        BadMemberUrls | UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven
+        | InvalidAuthMgmt => Code::InvalidArgument,
+        RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+        | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
+        | AuthNotEnabled => Code::FailedPrecondition,
+        AuthOldRevision | NoPasswordUser | MaintenanceAuth(_) => Code::Unknown,
         NoLeader | Timeout | Stopped | Unhealthy => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,
@@ -76,6 +81,7 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthError;
     use crate::lease::LeaseError;
     use crate::mvcc::MvccError;
     use crate::raft::{MemberError, RaftError};
@@ -202,6 +208,26 @@ mod tests {
                 Error::InvalidAuthToken,
                 Code::Unauthenticated,
                 "etcdserver: invalid auth token",
+            ),
+            (
+                AuthError::UserEmpty.into(),
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                AuthError::RootUserNotExist.into(),
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                AuthError::AuthNotEnabled.into(),
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            (
+                AuthError::OldRevision.into(),
+                Code::Unknown,
+                "auth: revision in header is old",
             ),
         ];
         for (err, code, msg) in cases {

@@ -21,6 +21,11 @@ use tower::ServiceExt as _;
 use crate::config::ListenerOptions;
 use crate::tls::ServerTls;
 
+/// The subject common name of the client's verified certificate, on every request of a
+/// TLS connection that presented one (the user with `--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct ClientCertName(pub String);
+
 /// grpc-go's default `MaxHeaderListSize` for servers.
 const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 
@@ -53,13 +58,16 @@ pub async fn serve(
             local_addr,
             remote_addr: Some(peer),
         };
-        let router = router
-            .clone()
-            .map_request(move |mut req: http::Request<_>| {
+        let router = router.clone();
+        let service = move |cert_name: Option<ClientCertName>| {
+            TowerToHyperService::new(router.map_request(move |mut req: http::Request<_>| {
                 req.extensions_mut().insert(info.clone());
+                if let Some(name) = &cert_name {
+                    req.extensions_mut().insert(name.clone());
+                }
                 req
-            });
-        let service = TowerToHyperService::new(router);
+            }))
+        };
         let builder = builder.clone();
         // Taken per connection, so rotated certificate files reach new handshakes.
         let tls = tls.as_ref().map(|t| t.acceptor());
@@ -67,13 +75,14 @@ pub async fn serve(
             let served = match tls {
                 None => {
                     builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service(None))
                         .await
                 }
                 Some(tls) => match handshake(&tls, tcp).await {
                     Some(stream) => {
+                        let name = cert_name(&stream);
                         builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service(name))
                             .await
                     }
                     None => return,
@@ -104,6 +113,12 @@ async fn handshake(
             None
         }
     }
+}
+
+/// The common name of the certificate the client presented (verified by the handshake).
+fn cert_name(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<ClientCertName> {
+    let certs = stream.get_ref().1.peer_certificates()?;
+    crate::auth::cert::common_name(certs.first()?).map(ClientCertName)
 }
 
 fn builder(options: ListenerOptions) -> Builder<TokioExecutor> {

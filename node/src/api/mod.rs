@@ -7,6 +7,7 @@
 //!
 //! Must not decide behaviour (that is `core/`) nor touch fjall, openraft, MVCC or Raft.
 
+mod auth;
 mod cluster;
 pub mod codec;
 mod election;
@@ -31,8 +32,8 @@ use futures::FutureExt;
 
 use crate::core::{Core, Error, RequestContext, Transport};
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
@@ -75,6 +76,9 @@ pub fn router(
     )
     .add_service(
         WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        AuthServer::new(auth::AuthService(core.clone())).max_decoding_message_size(max_msg),
     )
     .into_axum_router()
     .layer(axum::middleware::from_fn(grpc_layer::layer));
@@ -129,6 +133,10 @@ fn context<T>(req: &tonic::Request<T>) -> RequestContext {
         .and_then(|t| t.to_str().ok())
         .or(authorization.filter(|a| !a.starts_with("Basic ")))
         .map(str::to_string);
+    ctx.credentials.client_cert_cn = req
+        .extensions()
+        .get::<listen::ClientCertName>()
+        .map(|cn| cn.0.clone());
     ctx.deadline = meta
         .get("grpc-timeout")
         .and_then(|t| t.to_str().ok())

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{context, record_end, record_start, Method};
-use crate::core::{Core, RequestContext};
+use crate::core::{Core, Error, RequestContext};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
@@ -177,7 +177,7 @@ impl StreamTask {
             Ok(_) if req.watch_id != 0 && self.watches.contains_key(&req.watch_id) => {
                 Err(ERR_DUPLICATE_ID.to_string())
             }
-            other => other.map_err(|e| e.to_string()),
+            other => other.map_err(cancel_reason),
         };
         let range = match checked {
             Ok(range) => range,
@@ -398,6 +398,15 @@ fn fragments(resp: WatchResponse, max: usize) -> Vec<WatchResponse> {
         parts.push(part);
     }
     parts
+}
+
+/// The cancel reason of a refused watch: etcd writes a permission refusal as the gRPC
+/// status's text (`rpctypes.ErrGRPCPermissionDenied.Error()`), other refusals as is.
+fn cancel_reason(e: Error) -> String {
+    match e {
+        Error::PermissionDenied => format!("rpc error: code = PermissionDenied desc = {e}"),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

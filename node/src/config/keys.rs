@@ -77,7 +77,6 @@ pub(crate) const TLS_ONLY: &str = "cairn's TLS (rustls) does not implement this 
 const NO_V2: &str = "cairn serves only the v3 API (etcd 3.6 removed v2)";
 const V2_PROXY: &str = "cairn always runs as a cluster member, never as a v2 proxy";
 const DISCOVERY_ONLY: &str = "it only applies to discovery, which cairn does not support yet";
-const AUTH_ONLY: &str = "authentication is not implemented yet, so no tokens or passwords exist";
 const NO_PEERS: &str = "it compares this member with its peers, which cairn does not do yet";
 const NO_BBOLT: &str = "cairn stores data in fjall (an LSM), not bbolt";
 const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
@@ -207,9 +206,9 @@ pub(crate) static KEYS: &[Key] = &[
     key("cors", "*", List, SECURITY, Ignored("cairn's HTTP endpoints send no CORS headers yet, so browsers get no cross-origin access at all"), "Comma-separated whitelist of origins for CORS, or cross-origin resource sharing, (empty or * means allow all)."),
     key("host-whitelist", "*", List, SECURITY, DefaultOnly("checking the HTTP Host header is not supported yet"), "Acceptable hostnames from HTTP client requests, if server is not secure (empty or * means allow all)."),
     // Auth
-    key("auth-token", "simple", Text, AUTH, Ignored(AUTH_ONLY), "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
-    key("bcrypt-cost", "10", Uint, AUTH, Ignored(AUTH_ONLY), "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords. Valid values are between 4 and 31."),
-    key("auth-token-ttl", "300", Uint, AUTH, Ignored(AUTH_ONLY), "Time (in seconds) of the auth-token-ttl."),
+    key("auth-token", "simple", Text, AUTH, Honoured, "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
+    key("bcrypt-cost", "10", Uint, AUTH, Honoured, "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords. Valid values are between 4 and 31."),
+    key("auth-token-ttl", "300", Uint, AUTH, Honoured, "Time (in seconds) of the auth-token-ttl."),
     // Profiling and Monitoring
     key("enable-pprof", "false", Bool, MONITORING, Honoured, "Enable a CPU profile via HTTP at client URL + \"/debug/pprof/profile?seconds=N\" (readable by `go tool pprof`)."),
     key("metrics", "basic", Text, MONITORING, Honoured, "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics."),

@@ -119,6 +119,8 @@ pub struct Config {
     pub tls_policy: TlsPolicy,
     /// `--self-signed-cert-validity`: years the auto TLS certificates are valid.
     pub self_signed_cert_validity: u64,
+    /// `--bcrypt-cost` and `--auth-token-ttl` (`--auth-token` only takes `simple`).
+    pub auth: crate::auth::AuthSettings,
 }
 
 /// The TLS files of one listener kind, as configured (read and checked by `crate::tls`).
@@ -608,6 +610,10 @@ mod tests {
                 peer_tls: TlsFiles::default(),
                 tls_policy: TlsPolicy::default(),
                 self_signed_cert_validity: 1,
+                auth: crate::auth::AuthSettings {
+                    bcrypt_cost: 10,
+                    token_ttl: Duration::from_secs(300),
+                },
             }
         );
         assert!(keys::KEYS
@@ -1336,6 +1342,10 @@ mod tests {
                 "must be between 1 and 4294967295",
             ),
             (&["--auth-token=oauth"], "unknown token type"),
+            (
+                &["--auth-token=jwt,pub-key=a.pub,priv-key=a.key,sign-method=RS256"],
+                "--auth-token: JWT auth tokens are not supported yet (use simple)",
+            ),
             (
                 &["--feature-gates=Bogus=true"],
                 "unrecognized feature gate: Bogus",

@@ -19,6 +19,7 @@ use super::{
     AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
     Origin, TlsFiles, TlsPolicy, TlsVersion,
 };
+use crate::auth::AuthSettings;
 use crate::lease::CheckpointConfig;
 
 /// etcd's `maxElectionMs`.
@@ -175,6 +176,10 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         peer_tls,
         tls_policy: tls_policy(raw)?,
         self_signed_cert_validity: uint(raw.get("self-signed-cert-validity"))?,
+        auth: AuthSettings {
+            bcrypt_cost: bcrypt_cost(raw.get("bcrypt-cost"))?,
+            token_ttl: Duration::from_secs(uint(raw.get("auth-token-ttl"))?),
+        },
     })
 }
 
@@ -226,6 +231,15 @@ fn tls_version(entry: &Entry) -> Result<Option<TlsVersion>, ConfigError> {
             "unexpected TLS version {other:?} (must be one of: TLS1.2, TLS1.3)"
         ))),
     }
+}
+
+/// `--bcrypt-cost`: etcd uses its default (10) for a cost bcrypt does not allow (4..=31).
+fn bcrypt_cost(entry: &Entry) -> Result<u32, ConfigError> {
+    const DEFAULT: u32 = 10;
+    Ok(u32::try_from(uint(entry)?)
+        .ok()
+        .filter(|c| (4..=31).contains(c))
+        .unwrap_or(DEFAULT))
 }
 
 /// The client (`prefix` empty) or peer (`peer-`) TLS keys. The files are read when the
@@ -339,7 +353,8 @@ fn check_choices(raw: &Raw) -> Result<(), ConfigError> {
     // etcd's `--auth-token`: a token type, optionally followed by `,option=value` pairs.
     let token = raw.get("auth-token");
     match token.value.split(',').next() {
-        Some("simple" | "jwt") => Ok(()),
+        Some("simple") => Ok(()),
+        Some("jwt") => Err(token.unsupported("JWT auth tokens are not supported yet (use simple)")),
         _ => Err(token.invalid("unknown token type: must be simple or jwt[,options]")),
     }
 }

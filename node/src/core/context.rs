@@ -33,8 +33,8 @@ pub enum PrincipalSource {
     Anonymous,
     /// The node itself.
     Internal,
-    /// etcd's user/password, through a token.
-    User,
+    /// etcd's user/password, through a token issued at `auth_revision`.
+    User { auth_revision: u64 },
     /// A client certificate's common name.
     ClientCert,
     /// An authentication plugin, by name.

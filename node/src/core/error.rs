@@ -6,6 +6,7 @@
 //! on (storage, consensus) is logged with its cause and answered with a fixed message, so
 //! file paths and storage internals never reach a client.
 
+use crate::auth::AuthError;
 use crate::lease::LeaseError;
 use crate::mvcc::MvccError;
 use crate::raft::{MemberError, RaftError};
@@ -66,6 +67,45 @@ pub enum Error {
     PermissionDenied,
     #[error("etcdserver: invalid auth token")]
     InvalidAuthToken,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// etcd 3.5 has no client error for these two: its server answers the auth store's own
+    /// text with code Unknown.
+    #[error("auth: revision in header is old")]
+    AuthOldRevision,
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// etcd's maintenance server returns its admin check's errors unconverted: the auth
+    /// store's own text (`auth: permission denied`, `auth: user name is empty`...), code
+    /// Unknown.
+    #[error("{0}")]
+    MaintenanceAuth(AuthError),
     /// An authentication plugin failed (trap, timeout) and its policy refuses the request;
     /// the message names the plugin. Not `InvalidAuthToken`: the token may be fine.
     #[error("{0}")]
@@ -135,6 +175,30 @@ impl From<MvccError> for Error {
     }
 }
 
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Error {
+        match e {
+            AuthError::RootUserNotExist => Error::RootUserNotExist,
+            AuthError::RootRoleNotExist => Error::RootRoleNotExist,
+            AuthError::UserAlreadyExist => Error::UserAlreadyExist,
+            AuthError::UserEmpty => Error::UserEmpty,
+            AuthError::UserNotFound => Error::UserNotFound,
+            AuthError::RoleAlreadyExist => Error::RoleAlreadyExist,
+            AuthError::RoleNotFound => Error::RoleNotFound,
+            AuthError::RoleEmpty => Error::RoleEmpty,
+            AuthError::PermissionNotGiven => Error::PermissionNotGiven,
+            AuthError::AuthFailed => Error::AuthFailed,
+            AuthError::NoPasswordUser => Error::NoPasswordUser,
+            AuthError::PermissionDenied => Error::PermissionDenied,
+            AuthError::RoleNotGranted => Error::RoleNotGranted,
+            AuthError::PermissionNotGranted => Error::PermissionNotGranted,
+            AuthError::AuthNotEnabled => Error::AuthNotEnabled,
+            AuthError::OldRevision => Error::AuthOldRevision,
+            AuthError::InvalidAuthMgmt => Error::InvalidAuthMgmt,
+        }
+    }
+}
+
 impl From<RaftError> for Error {
     fn from(e: RaftError) -> Error {
         match e {
@@ -159,6 +223,7 @@ impl From<RaftError> for Error {
                 MemberError::TooManyLearners => Error::TooManyLearners,
             },
             RaftError::Lease(e) => e.into(),
+            RaftError::Auth(e) => e.into(),
             // The node stops on a fatal error; tell the client to go elsewhere meanwhile.
             other => {
                 tracing::error!(error = %other, "raft failed");

@@ -27,8 +27,13 @@ pub enum Operation<'a> {
     LeaseKeepAlive(i64),
     LeaseTimeToLive(&'a LeaseTimeToLiveRequest),
     LeaseLeases,
-    /// Cluster and maintenance calls, by RPC name (`MemberList`, `Status`, `Snapshot`...).
+    /// Cluster, maintenance and auth management calls, by RPC name (`MemberList`,
+    /// `Status`, `Snapshot`, `UserAdd`...).
     Admin(&'static str),
+    /// etcd's `UserGet` of this user name: a user may read itself.
+    UserGet(&'a str),
+    /// etcd's `RoleGet` of this role: a user may read a role it has.
+    RoleGet(&'a str),
 }
 
 /// Read or write access to a key range (etcd's `range_end` convention).

@@ -17,6 +17,7 @@
 //! errors ([`Error`]). Must not know about tonic, HTTP or any wire format beyond etcd's
 //! protobuf messages, which are the domain types.
 
+mod auth;
 mod cluster;
 mod concurrency;
 mod context;
@@ -46,6 +47,7 @@ pub use lease::spawn_expiry as spawn_lease_expiry;
 pub use maintenance::{Health, HealthCheck};
 pub use read_pool::ReadPool;
 
+use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 use crate::proto::cairnpb::{command::Cmd, Command};
@@ -79,6 +81,8 @@ pub struct Parts {
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Limits,
+    /// etcd's auth store: the Auth service's state (its checks are among `hooks`).
+    pub auth: Arc<AuthStore>,
     pub hooks: Hooks,
     /// Where client-sized reads run.
     pub reads: ReadPool,
@@ -94,6 +98,7 @@ pub struct Core {
     cluster_id: u64,
     member_id: u64,
     limits: Limits,
+    auth: Arc<AuthStore>,
     hooks: Hooks,
     reads: ReadPool,
 }
@@ -110,6 +115,7 @@ impl Core {
             cluster_id: parts.cluster_id,
             member_id: parts.member_id,
             limits: parts.limits,
+            auth: parts.auth,
             hooks: parts.hooks,
         })
     }

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use super::hooks::{Admission, Authenticator, Authorizer};
 use super::*;
+use crate::auth::{AuthSettings, AuthStore};
 use crate::lease::{Lessor, LessorConfig};
 use crate::proto::etcdserverpb::{PutRequest, RangeRequest, TxnRequest};
 use crate::raft::{MemberInfo, RaftSettings};
@@ -40,7 +41,7 @@ impl Authenticator for Hook {
         self.0.log("authenticate".into());
         Ok(Some(Principal {
             name: ctx.credentials.token.clone().unwrap_or_default(),
-            source: PrincipalSource::User,
+            source: PrincipalSource::User { auth_revision: 1 },
             roles: Vec::new(),
         }))
     }
@@ -83,6 +84,14 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
     let config = LessorConfig::new(Duration::from_millis(50), Duration::from_millis(300), 1);
     let lessor = Arc::new(Lessor::open(&store, config).expect("lessor"));
     let watch = Arc::new(WatchHub::start(mvcc.clone(), DEFAULT_PROGRESS_INTERVAL).expect("hub"));
+    let auth = AuthStore::open(
+        &store,
+        AuthSettings {
+            bcrypt_cost: 4,
+            token_ttl: Duration::from_secs(300),
+        },
+    )
+    .expect("auth store");
     let settings = RaftSettings {
         node_id: 1,
         member: MemberInfo::default(),
@@ -94,6 +103,7 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
         snapshot_count: 0,
         snapshot_catchup_entries: 5000,
         watch: Some(watch.clone()),
+        auth: Some(auth.clone()),
         strict_reconfig_check: true,
         max_learners: 1,
         force_new_cluster: false,
@@ -115,6 +125,7 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
             max_txn_ops: 128,
             quota_backend_bytes: u64::MAX,
         },
+        auth,
         hooks: Hooks {
             authenticators: vec![Box::new(Hook(recorder.clone()))],
             authorizers: vec![Box::new(Hook(recorder.clone()))],

@@ -15,7 +15,14 @@ impl Core {
         ctx: &RequestContext,
         req: &WatchCreateRequest,
     ) -> Result<KeyRange, Error> {
-        self.authorize(ctx, Operation::Watch(req)).await?;
+        // etcd cancels a watch the caller may not make with "permission denied", whatever
+        // the auth failure was (`isWatchPermitted`).
+        self.authorize(ctx, Operation::Watch(req))
+            .await
+            .map_err(|e| match e {
+                Error::AuthUnavailable(_) => e,
+                _ => Error::PermissionDenied,
+            })?;
         // An empty key means the smallest key.
         let key = if req.key.is_empty() {
             vec![0]

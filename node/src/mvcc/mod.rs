@@ -122,6 +122,8 @@ struct Keyspaces {
     /// The lease table is owned by `lease/`; MVCC only copies it into snapshots, so a
     /// restored store keeps the leases its keys point at.
     leases: Keyspace,
+    /// etcd's auth store, owned by `auth/`; copied into snapshots like the lease table.
+    auth: Keyspace,
 }
 
 impl Keyspaces {
@@ -133,6 +135,7 @@ impl Keyspaces {
             meta: store.keyspace("mvcc_meta")?,
             lease: store.keyspace("kv_lease")?,
             leases: store.keyspace("leases")?,
+            auth: store.keyspace("auth")?,
         })
     }
 }

@@ -7,7 +7,8 @@
 //! ```text
 //! header   "CAIRNSNAP" | format u32 (= 1) | revision i64 | compact revision i64 (-1: never)
 //! sections, one per keyspace, in this order: kv_latest, kv_history, kv_revs, mvcc_meta,
-//! kv_lease, leases
+//! kv_lease, leases, auth (absent from snapshots made before cairn had auth: restored
+//! without users, roles or auth enabled)
 //!   'S' | name length u8 | name
 //!   then one record per entry, in key order: 'E' | key length u32 | key | value length u32 | value
 //! end      'Z' | number of records u64
@@ -202,8 +203,11 @@ impl SnapshotSource {
     }
 }
 
+/// Sections every snapshot has; the later ones may be missing from older snapshots.
+const REQUIRED_SECTIONS: usize = 6;
+
 /// The keyspaces a snapshot holds, with their names in the stream, in stream order.
-fn sections(ks: &Keyspaces) -> [(&'static str, &Keyspace); 6] {
+fn sections(ks: &Keyspaces) -> [(&'static str, &Keyspace); 7] {
     [
         ("kv_latest", &ks.latest),
         ("kv_history", &ks.history),
@@ -211,6 +215,7 @@ fn sections(ks: &Keyspaces) -> [(&'static str, &Keyspace); 6] {
         ("mvcc_meta", &ks.meta),
         ("kv_lease", &ks.lease),
         ("leases", &ks.leases),
+        ("auth", &ks.auth),
     ]
 }
 
@@ -462,7 +467,7 @@ fn load(input: &mut impl Read, store: &Store, ks: &Keyspaces) -> Result<Restored
             }
             TAG_END => {
                 let count = u64::from_be_bytes(read_array(input)?);
-                if count != records || next_section != names.len() {
+                if count != records || next_section < REQUIRED_SECTIONS {
                     return Err(malformed("record count or sections do not match the end"));
                 }
                 batch.commit()?;

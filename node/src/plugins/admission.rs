@@ -253,7 +253,7 @@ pub(super) fn principal(p: Option<&core_ctx::Principal>) -> Principal {
     let source = match &p.source {
         core_ctx::PrincipalSource::Anonymous => PrincipalSource::Anonymous,
         core_ctx::PrincipalSource::Internal => PrincipalSource::Internal,
-        core_ctx::PrincipalSource::User => PrincipalSource::User,
+        core_ctx::PrincipalSource::User { .. } => PrincipalSource::User,
         core_ctx::PrincipalSource::ClientCert => PrincipalSource::ClientCert,
         core_ctx::PrincipalSource::Plugin(name) => PrincipalSource::Plugin(name.clone()),
     };

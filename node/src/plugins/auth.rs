@@ -4,7 +4,7 @@
 //! Authentication hands the plugins the request's credentials in order; the first that
 //! claims them names the principal (with its roles), a refusal is etcd's `invalid auth
 //! token` (Unauthenticated), and credentials no plugin claims leave the caller anonymous,
-//! for the next authenticator (etcd's own auth, when it lands) or for authorization to
+//! for the next authenticator (etcd's own auth, `auth::Rbac`) or for authorization to
 //! judge. A request without credentials calls no plugin. Authorization asks every auth
 //! plugin; any denial is etcd's `permission denied`. The plugin's reasons go to the log,
 //! not to the client, as etcd's own auth does. A failed call (trap, timeout, memory,
@@ -209,5 +209,7 @@ fn operation(op: &core::Operation<'_>) -> Operation {
         Op::LeaseTimeToLive(_) => Operation::LeaseTimeToLive,
         Op::LeaseLeases => Operation::LeaseLeases,
         Op::Admin(rpc) => Operation::Admin((*rpc).to_string()),
+        Op::UserGet(_) => Operation::Admin("UserGet".to_string()),
+        Op::RoleGet(_) => Operation::Admin("RoleGet".to_string()),
     }
 }

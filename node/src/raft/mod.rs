@@ -45,6 +45,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
 
+use crate::auth::{AuthError, AuthStore};
 use crate::lease::{LeaseError, Lessor};
 use crate::metrics;
 use crate::mvcc::{CompactionDone, Mvcc, MvccError};
@@ -92,6 +93,8 @@ pub struct RaftSettings {
     pub snapshot_catchup_entries: u64,
     /// Told each applied revision's events, if watches are served.
     pub watch: Option<Arc<WatchHub>>,
+    /// etcd's auth store, which applies auth commands; without one they are refused.
+    pub auth: Option<Arc<AuthStore>>,
     /// `--strict-reconfig-check`: refuse membership changes that could lose quorum.
     pub strict_reconfig_check: bool,
     /// `--max-learners`: learners the membership may hold at once.
@@ -120,6 +123,8 @@ pub enum Applied {
     /// the events are one DELETE per attached key, all at that revision.
     LeaseRevoke(etcdserverpb::LeaseRevokeResponse, Vec<mvccpb::Event>),
     LeaseCheckpoint(etcdserverpb::LeaseCheckpointResponse),
+    /// An applied auth command: the auth revision after it, the simple token issued.
+    Auth(cairnpb::AuthApplied),
 }
 
 impl Applied {
@@ -127,7 +132,10 @@ impl Applied {
     pub fn events(&self) -> &[mvccpb::Event] {
         match self {
             Applied::Txn(_, events) | Applied::LeaseRevoke(_, events) => events,
-            Applied::Compaction(_) | Applied::LeaseGrant(_) | Applied::LeaseCheckpoint(_) => &[],
+            Applied::Compaction(_)
+            | Applied::LeaseGrant(_)
+            | Applied::LeaseCheckpoint(_)
+            | Applied::Auth(_) => &[],
         }
     }
 }
@@ -153,6 +161,9 @@ pub enum RaftError {
     Lease(LeaseError),
     #[error("raft failed: {0}")]
     Fatal(String),
+    /// A deterministic refusal of etcd's auth store at apply.
+    #[error(transparent)]
+    Auth(AuthError),
     /// The leader could not be asked (unreachable, refused, timed out).
     #[error(transparent)]
     Peer(#[from] PeerError),
@@ -225,7 +236,8 @@ impl RaftNode {
         let mut log_store = LogStore::open(store.clone(), in_use.clone()).map_err(fatal)?;
         let mut state_machine =
             StateMachine::open(store.clone(), mvcc, lessor, in_use, settings.watch.clone())
-                .map_err(fatal)?;
+                .map_err(fatal)?
+                .with_auth(settings.auth.clone());
         if settings.force_new_cluster {
             force::single_voter(
                 &mut log_store,
@@ -782,6 +794,7 @@ impl fmt::Display for Proposal {
             Some(Cmd::LeaseCheckpoint(c)) => {
                 write!(f, "lease_checkpoint({} leases)", c.checkpoints.len())
             }
+            Some(Cmd::Auth(_)) => write!(f, "auth"),
             None => write!(f, "empty"),
         }
     }
@@ -874,6 +887,7 @@ mod tests {
             snapshot_count,
             snapshot_catchup_entries: 5,
             watch: None,
+            auth: None,
             strict_reconfig_check: true,
             max_learners: 1,
             force_new_cluster: false,

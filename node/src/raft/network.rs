@@ -49,6 +49,7 @@ use tokio_rustls::TlsConnector;
 
 use super::snapshot::{self, SnapshotData};
 use super::{decode, encode, Applied, MemberInfo, RaftError, TypeConfig};
+use crate::auth::AuthError;
 use crate::lease::LeaseError;
 use crate::metrics;
 use crate::mvcc::MvccError;
@@ -463,6 +464,8 @@ pub fn encode_outcome(result: Result<Applied, RaftError>) -> Result<ProposeRespo
         Ok(Applied::LeaseGrant(resp)) => ok(Outcome::LeaseGrant(resp)),
         Ok(Applied::LeaseRevoke(resp, _)) => ok(Outcome::LeaseRevoke(resp)),
         Ok(Applied::LeaseCheckpoint(resp)) => ok(Outcome::LeaseCheckpoint(resp)),
+        Ok(Applied::Auth(applied)) => ok(Outcome::Auth(applied)),
+        Err(RaftError::Auth(e)) => refusal(auth_refusal(e), 0),
         Err(RaftError::Apply(e)) => match e {
             MvccError::Compacted => refusal(ApplyError::Compacted, 0),
             MvccError::FutureRev => refusal(ApplyError::FutureRev, 0),
@@ -479,6 +482,44 @@ pub fn encode_outcome(result: Result<Applied, RaftError>) -> Result<ProposeRespo
         },
         Err(other) => return Err(other),
     })
+}
+
+/// The wire codes of the auth store's refusals, both ways.
+const AUTH_REFUSALS: &[(ApplyError, AuthError)] = &[
+    (ApplyError::AuthNotEnabled, AuthError::AuthNotEnabled),
+    (ApplyError::AuthFailed, AuthError::AuthFailed),
+    (ApplyError::RootUserNotExist, AuthError::RootUserNotExist),
+    (ApplyError::RootRoleNotExist, AuthError::RootRoleNotExist),
+    (ApplyError::UserAlreadyExist, AuthError::UserAlreadyExist),
+    (ApplyError::UserEmpty, AuthError::UserEmpty),
+    (ApplyError::UserNotFound, AuthError::UserNotFound),
+    (ApplyError::RoleAlreadyExist, AuthError::RoleAlreadyExist),
+    (ApplyError::RoleNotFound, AuthError::RoleNotFound),
+    (ApplyError::RoleEmpty, AuthError::RoleEmpty),
+    (
+        ApplyError::PermissionNotGiven,
+        AuthError::PermissionNotGiven,
+    ),
+    (ApplyError::RoleNotGranted, AuthError::RoleNotGranted),
+    (
+        ApplyError::PermissionNotGranted,
+        AuthError::PermissionNotGranted,
+    ),
+    (ApplyError::InvalidAuthMgmt, AuthError::InvalidAuthMgmt),
+    (ApplyError::NoPasswordUser, AuthError::NoPasswordUser),
+    (
+        ApplyError::AuthPermissionDenied,
+        AuthError::PermissionDenied,
+    ),
+    (ApplyError::AuthOldRevision, AuthError::OldRevision),
+];
+
+/// The wire code of an auth refusal (every one has one in [`AUTH_REFUSALS`]).
+fn auth_refusal(e: AuthError) -> ApplyError {
+    AUTH_REFUSALS
+        .iter()
+        .find(|(_, known)| *known == e)
+        .map_or(ApplyError::Unspecified, |(code, _)| *code)
 }
 
 fn decode_outcome(
@@ -498,6 +539,7 @@ fn decode_outcome(
         Outcome::LeaseGrant(r) => Ok(Applied::LeaseGrant(r)),
         Outcome::LeaseRevoke(r) => Ok(Applied::LeaseRevoke(r, Vec::new())),
         Outcome::LeaseCheckpoint(r) => Ok(Applied::LeaseCheckpoint(r)),
+        Outcome::Auth(r) => Ok(Applied::Auth(r)),
         Outcome::Error(code) => Err(
             match ApplyError::try_from(code).map_err(|_| malformed("unknown refusal"))? {
                 ApplyError::Compacted => RaftError::Apply(MvccError::Compacted),
@@ -510,6 +552,13 @@ fn decode_outcome(
                 ApplyError::LeaseExists => RaftError::Lease(LeaseError::Exists),
                 ApplyError::LeaseTtlTooLarge => RaftError::Lease(LeaseError::TtlTooLarge),
                 ApplyError::Unspecified => return Err(malformed("unspecified refusal")),
+                auth => RaftError::Auth(
+                    AUTH_REFUSALS
+                        .iter()
+                        .find(|(code, _)| *code == auth)
+                        .map(|(_, e)| *e)
+                        .ok_or_else(|| malformed("unknown refusal"))?,
+                ),
             },
         ),
     })

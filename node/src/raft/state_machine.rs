@@ -16,6 +16,10 @@
 //! checked against the lessor's table, which only apply changes, so the check is the same
 //! on every member.
 //!
+//! Auth: an `AuthCommand` goes through the auth store's `prepare` (etcd's checks, the same
+//! on every member), its writes join the apply batch with the marker, and its `commit`
+//! makes the new state (and an authentication's simple token) visible after the batch.
+//!
 //! Snapshots (see [`super::snapshot`]): building one makes the state database durable
 //! (one fsync) up to the marker, after which openraft may purge the log behind it, less
 //! the catch-up tail. The current snapshot handed out to be sent is always this member's
@@ -39,11 +43,13 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot::{self, SnapshotData};
 use super::{blocking, decode, encode, Applied, InUse, Outcome, Proposal, RaftError, TypeConfig};
+use crate::auth::{AuthError, AuthStore};
 use crate::lease::Lessor;
 use crate::metrics;
 use crate::mvcc::snapshot::SnapshotSource;
 use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
+use crate::proto::cairnpb::AuthCommand;
 use crate::proto::etcdserverpb::{
     request_op::Request, DeleteRangeRequest, LeaseCheckpointRequest, LeaseCheckpointResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, RequestOp,
@@ -69,6 +75,8 @@ pub(super) struct StateMachine {
     store: Arc<Store>,
     mvcc: Arc<Mvcc>,
     lessor: Arc<Lessor>,
+    /// etcd's auth store: auth commands change it, in the apply batch.
+    auth: Option<Arc<AuthStore>>,
     /// Told about every applied revision's events, in apply order.
     watch: Option<Arc<WatchHub>>,
     state: AppliedState,
@@ -108,12 +116,19 @@ impl StateMachine {
             store,
             mvcc,
             lessor,
+            auth: None,
             watch,
             state,
             pending,
             snap_dir,
             in_use,
         })
+    }
+
+    /// Applies auth commands to `auth` (without one they are refused).
+    pub(super) fn with_auth(mut self, auth: Option<Arc<AuthStore>>) -> StateMachine {
+        self.auth = auth;
+        self
     }
 
     /// This member's state now, pinned, durable, with its meta.
@@ -153,14 +168,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         // An error here stops raft, so the state taken out need not be put back.
-        let (mvcc, lessor) = (self.mvcc.clone(), self.lessor.clone());
-        let (watch, state) = (self.watch.clone(), std::mem::take(&mut self.state));
+        let parts = Parts {
+            mvcc: self.mvcc.clone(),
+            lessor: self.lessor.clone(),
+            auth: self.auth.clone(),
+            watch: self.watch.clone(),
+        };
+        let state = std::mem::take(&mut self.state);
         let (state, replies) = if is_cheap(&entries) {
             // A few small txns take microseconds: a hop to a blocking thread and back would
             // cost more than the work.
-            apply_all(&mvcc, &lessor, watch.as_deref(), state, entries)?
+            apply_all(&parts, state, entries)?
         } else {
-            blocking(move || apply_all(&mvcc, &lessor, watch.as_deref(), state, entries)).await?
+            blocking(move || apply_all(&parts, state, entries)).await?
         };
         self.state = state;
         for (responder, outcome) in replies {
@@ -199,11 +219,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.lessor.clone(),
             self.snap_dir.clone(),
         );
+        let auth = self.auth.clone();
         let started = Instant::now();
         let revision = blocking(move || {
             let pending = snapshot::commit(&dir, &encoded_meta, &file)?;
             let restored = mvcc.install(&pending, &marker).map_err(io::Error::other)?;
             lessor.reload().map_err(io::Error::other)?;
+            if let Some(auth) = &auth {
+                auth.reload().map_err(io::Error::other)?;
+            }
             snapshot::clear_pending(&dir)?;
             Ok(restored.revision)
         })
@@ -246,6 +270,8 @@ fn is_cheap(entries: &[EntryResponder<TypeConfig>]) -> bool {
                 ops <= CHEAP_OPS && txn.success.iter().chain(&txn.failure).all(is_point_op)
             }
             Some(Cmd::LeaseGrant(_)) | Some(Cmd::LeaseCheckpoint(_)) | None => true,
+            // Auth state is small; only bcrypt is slow, and the proposer ran it.
+            Some(Cmd::Auth(_)) => true,
             Some(Cmd::Compaction(_)) | Some(Cmd::LeaseRevoke(_)) => false,
         },
         EntryPayload::Blank | EntryPayload::Membership(_) => true,
@@ -262,11 +288,17 @@ fn is_point_op(op: &RequestOp) -> bool {
     }
 }
 
+/// What apply writes to and tells.
+struct Parts {
+    mvcc: Arc<Mvcc>,
+    lessor: Arc<Lessor>,
+    auth: Option<Arc<AuthStore>>,
+    watch: Option<Arc<WatchHub>>,
+}
+
 /// Applies a batch in log order on a blocking thread; returns the new state and the replies.
 fn apply_all(
-    mvcc: &Mvcc,
-    lessor: &Lessor,
-    watch: Option<&WatchHub>,
+    parts: &Parts,
     mut state: AppliedState,
     entries: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<(AppliedState, Replies)> {
@@ -279,14 +311,16 @@ fn apply_all(
         let marker = encode(&state)?;
         let started = Instant::now();
         let outcome = match &entry.payload {
-            EntryPayload::Normal(proposal) => apply_command(mvcc, lessor, proposal, &marker)?,
-            EntryPayload::Blank | EntryPayload::Membership(_) => no_change(mvcc, &marker)?,
+            EntryPayload::Normal(proposal) => {
+                apply_command(parts, proposal, entry.log_id.index(), &marker)?
+            }
+            EntryPayload::Blank | EntryPayload::Membership(_) => no_change(&parts.mvcc, &marker)?,
         };
         if started.elapsed() > SLOW_APPLY {
             metrics::get().slow_apply.inc();
         }
         // Committed: watchers may see it now, in apply order.
-        if let (Some(hub), Outcome(Some(Ok(applied)))) = (watch, &outcome) {
+        if let (Some(hub), Outcome(Some(Ok(applied)))) = (&parts.watch, &outcome) {
             hub.notify(applied.events());
         }
         if let Some(responder) = responder {
@@ -299,13 +333,14 @@ fn apply_all(
 /// A command's effect: `Ok(Err(_))` is a deterministic refusal, `Err(_)` a storage failure.
 type Applying = io::Result<Result<Applied, RaftError>>;
 
-/// The one place a command meets the MVCC store and the lessor.
+/// The one place a command meets the MVCC store, the lessor and the auth store.
 fn apply_command(
-    mvcc: &Mvcc,
-    lessor: &Lessor,
+    parts: &Parts,
     Proposal(command): &Proposal,
+    index: u64,
     marker: &[u8],
 ) -> io::Result<Outcome> {
+    let (mvcc, lessor) = (&*parts.mvcc, &*parts.lessor);
     let result = match &command.cmd {
         Some(Cmd::Txn(req)) => answer(
             mvcc.apply_txn_with(req, marker, &|id| lessor.contains(id), |_| {})
@@ -317,6 +352,7 @@ fn apply_command(
         Some(Cmd::LeaseGrant(req)) => lease_grant(mvcc, lessor, req, marker),
         Some(Cmd::LeaseRevoke(req)) => lease_revoke(mvcc, lessor, req, marker),
         Some(Cmd::LeaseCheckpoint(req)) => lease_checkpoint(mvcc, lessor, req, marker),
+        Some(Cmd::Auth(req)) => auth(mvcc, parts.auth.as_deref(), req, index, marker),
         None => return no_change(mvcc, marker),
     }?;
     if result.is_err() {
@@ -333,6 +369,27 @@ fn answer(result: Result<Applied, MvccError>) -> Applying {
         Err(e) if e.is_answer() => Ok(Err(RaftError::Apply(e))),
         Err(e) => Err(io::Error::other(e)),
     }
+}
+
+/// etcd's auth store changes (and authentications): the new auth state joins the apply
+/// batch; the in-memory state and the token table change once it committed.
+fn auth(
+    mvcc: &Mvcc,
+    auth: Option<&AuthStore>,
+    req: &AuthCommand,
+    index: u64,
+    marker: &[u8],
+) -> Applying {
+    let Some(auth) = auth else {
+        return Ok(Err(RaftError::Auth(AuthError::AuthNotEnabled)));
+    };
+    let change = match auth.prepare(req) {
+        Ok(change) => change,
+        Err(e) => return Ok(Err(RaftError::Auth(e))),
+    };
+    mvcc.record_applied_with(marker, |batch| auth.stage(batch, &change))
+        .map_err(io::Error::other)?;
+    Ok(Ok(Applied::Auth(auth.commit(change, index))))
 }
 
 /// etcd's `applierV3backend.LeaseGrant`. The proposer chose the id and raised the TTL to
@@ -463,20 +520,29 @@ mod tests {
     struct Fixture {
         _dir: tempfile::TempDir,
         store: Arc<Store>,
-        mvcc: Mvcc,
-        lessor: Lessor,
+        mvcc: Arc<Mvcc>,
+        lessor: Arc<Lessor>,
     }
 
     fn open() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let mvcc = Mvcc::open(store.clone()).expect("mvcc");
-        let lessor = Lessor::open(&store, config()).expect("lessor");
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("mvcc"));
+        let lessor = Arc::new(Lessor::open(&store, config()).expect("lessor"));
         Fixture {
             _dir: dir,
             store,
             mvcc,
             lessor,
+        }
+    }
+
+    fn parts(mvcc: &Arc<Mvcc>, lessor: &Arc<Lessor>) -> Parts {
+        Parts {
+            mvcc: mvcc.clone(),
+            lessor: lessor.clone(),
+            auth: None,
+            watch: None,
         }
     }
 
@@ -486,7 +552,8 @@ mod tests {
 
     fn apply(f: &Fixture, cmd: Cmd) -> Result<Applied, RaftError> {
         let proposal = Proposal(Command { cmd: Some(cmd) });
-        let Outcome(result) = apply_command(&f.mvcc, &f.lessor, &proposal, b"m").expect("apply");
+        let Outcome(result) =
+            apply_command(&parts(&f.mvcc, &f.lessor), &proposal, 1, b"m").expect("apply");
         result.expect("a command has a result")
     }
 
@@ -605,8 +672,8 @@ mod tests {
         } = f;
         drop((mvcc, lessor));
         let f = Fixture {
-            mvcc: Mvcc::open(store.clone()).expect("reopen mvcc"),
-            lessor: Lessor::open(&store, config()).expect("reopen lessor"),
+            mvcc: Arc::new(Mvcc::open(store.clone()).expect("reopen mvcc")),
+            lessor: Arc::new(Lessor::open(&store, config()).expect("reopen lessor")),
             store,
             _dir,
         };
@@ -648,7 +715,7 @@ mod tests {
         .expect("marker");
         let run = |cmd| {
             let proposal = Proposal(Command { cmd: Some(cmd) });
-            apply_command(&mvcc, &lessor, &proposal, &marker).expect("apply")
+            apply_command(&parts(&mvcc, &lessor), &proposal, 5, &marker).expect("apply")
         };
         run(grant(7, 60));
         for key in keys {

@@ -554,10 +554,6 @@ async fn seed_member_recipes_with_curl() {
 
 /// The gateway hands `/v3/auth/*` to the Auth gRPC service.
 #[tokio::test]
-#[cfg_attr(
-    not(against_etcd),
-    ignore = "needs cairn's Auth service (the auth-rbac branch); passes against etcd"
-)]
 async fn auth_endpoints_reach_the_auth_service() {
     let server = Server::start().await.unwrap();
     let status = post(&server, "/v3/auth/status", json!({})).await;

@@ -52,7 +52,7 @@ pub(crate) fn path(p: &Path) -> String {
 
 /// A single member whose client URL is https only; with `client_cert_auth`, clients must
 /// show a certificate of the test CA (`--trusted-ca-file` and `--client-cert-auth`).
-async fn https_server(certs: &Certs, client_cert_auth: bool) -> Server {
+pub(crate) async fn https_server(certs: &Certs, client_cert_auth: bool) -> Server {
     let (cert, key) = &certs.server;
     let mut tls_args = vec![
         format!("--cert-file={}", path(cert)),
