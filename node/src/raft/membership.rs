@@ -16,7 +16,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, stopped_or_fatal, MemberInfo, RaftError, RaftNode};
+use super::{decode, encode, stopped_or_fatal, MemberInfo, RaftError, RaftNode, TypeConfig};
 use crate::proto::etcdserverpb::Member;
 
 /// etcd's `readyPercent`: a learner may be promoted once it has this share of the leader's
@@ -79,11 +79,7 @@ impl RaftNode {
     fn members_with_roles(&self) -> Members {
         let rx = self.raft.metrics();
         let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
-        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        m.membership_config
-            .nodes()
-            .map(|(id, info)| (*id, info.clone(), !voters.contains(id)))
-            .collect()
+        members_of(&m)
     }
 
     /// Makes `change` on this member, which must be the leader, and returns the members
@@ -104,7 +100,24 @@ impl RaftNode {
         let answer = self.peers.change_members(leader, data).await?;
         let result: Result<Members, MemberError> =
             decode(&answer).map_err(|e| RaftError::Malformed(e.to_string()))?;
-        result.map(to_etcd).map_err(RaftError::Member)
+        let members = result.map_err(RaftError::Member)?;
+        self.until_seen_here(&members).await;
+        Ok(to_etcd(members))
+    }
+
+    /// etcd answers a member call once the member that took it has applied the change, so
+    /// a member list asked of that member next shows it. A change made on the leader reaches
+    /// this member's list when it applies the entry: wait for that, bounded (a later change
+    /// that makes the lists differ only costs the wait).
+    async fn until_seen_here(&self, members: &Members) {
+        let seen = self
+            .raft
+            .wait(Some(self.request_timeout))
+            .metrics(|m| members_of(m) == *members, "member change seen here")
+            .await;
+        if seen.is_err() {
+            tracing::debug!("the leader's member change is not in this member's list yet");
+        }
     }
 
     /// The leader's side of a forwarded change: the answer is the member list or the
@@ -327,7 +340,7 @@ impl RaftNode {
             let write = self.raft.change_membership(change.clone(), retain);
             match tokio::time::timeout_at(deadline, write).await {
                 Err(_) => return Err(RaftError::Timeout),
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(done)) => return self.until_listed(done.log_id, deadline).await,
                 Ok(Err(openraft::error::RaftError::Fatal(e))) => return Err(stopped_or_fatal(e)),
                 Ok(Err(openraft::error::RaftError::APIError(
                     ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)),
@@ -339,6 +352,25 @@ impl RaftNode {
                 }
             }
         }
+    }
+    /// Waits until the membership this member lists (openraft's metrics, which follow the
+    /// change's commit asynchronously) includes the change at `log_id`, so the answer to a
+    /// member call and any member list after it show the change, as etcd's do.
+    async fn until_listed(
+        &self,
+        log_id: openraft::alias::LogIdOf<TypeConfig>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), RaftError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .metrics(
+                |m| m.membership_config.log_id().as_ref() >= Some(&log_id),
+                "membership change listed",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| RaftError::Timeout)
     }
 }
 
@@ -376,6 +408,15 @@ fn quorum_started(
         (all + 1, up + usize::from(started(info)))
     });
     up > all / 2
+}
+
+/// The members of the membership in `m`, voters and learners.
+fn members_of(m: &openraft::RaftMetrics<TypeConfig>) -> Members {
+    let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+    m.membership_config
+        .nodes()
+        .map(|(id, info)| (*id, info.clone(), !voters.contains(id)))
+        .collect()
 }
 
 fn to_etcd(members: Members) -> Vec<Member> {
