@@ -31,13 +31,18 @@ pub struct JwtOptions {
     pub unknown: Vec<String>,
 }
 
-/// A key file that cannot be used, found at start-up.
+/// A key that cannot be used, found at start-up.
 #[derive(Debug, thiserror::Error)]
-#[error("--auth-token: {option}={}: {problem}", path.display())]
-pub struct KeyError {
-    option: &'static str,
-    path: PathBuf,
-    problem: String,
+pub enum KeyError {
+    #[error("--auth-token: {option}={}: {problem}", path.display())]
+    File {
+        option: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+    /// `JwtOptions::parse` refuses this already; a hand-made `JwtOptions` may not.
+    #[error("--auth-token: missing key data")]
+    Missing,
 }
 
 impl JwtOptions {
@@ -131,31 +136,31 @@ impl JwtTokens {
             tracing::warn!(keys = ?opts.unknown, "unknown JWT options");
         }
         let method = opts.sign_method;
-        let private = opts
-            .priv_key
-            .as_deref()
-            .map(|path| read("priv-key", path))
-            .transpose()?;
-        let signing = match (&private, &opts.priv_key) {
-            (Some(pem), Some(path)) => Some(
-                encoding_key(method, pem)
-                    .map_err(|e| key_error("priv-key", path, format!("not a usable private key for {method:?}: {e}")))?,
-            ),
-            _ => None,
+        let private = match &opts.priv_key {
+            Some(path) => Some((read("priv-key", path)?, path.as_path())),
+            None => None,
         };
-        let verifying = match (&opts.pub_key, &private, &opts.priv_key) {
-            (_, Some(secret), _) if is_hmac(method) => DecodingKey::from_secret(secret),
-            (Some(path), _, _) => {
-                let pem = read("pub-key", path)?;
-                decoding_key(method, &pem).map_err(|e| {
-                    key_error("pub-key", path, format!("not a usable public key for {method:?}: {e}"))
-                })?
+        let unusable = |option, path: &Path, e: String| {
+            key_error(
+                option,
+                path,
+                format!("not a usable {option} for {method:?}: {e}"),
+            )
+        };
+        let signing = match &private {
+            Some((pem, path)) => {
+                Some(encoding_key(method, pem).map_err(|e| unusable("priv-key", path, e))?)
             }
-            (None, Some(pem), Some(path)) => public_of(method, pem)
-                .map_err(|e| key_error("priv-key", path, format!("not a usable private key for {method:?}: {e}")))?,
-            (None, None, _) | (None, Some(_), None) => {
-                unreachable!("JwtOptions::parse requires a key")
+            None => None,
+        };
+        let verifying = match (&opts.pub_key, &private) {
+            (_, Some((secret, _))) if is_hmac(method) => DecodingKey::from_secret(secret),
+            (Some(path), _) => decoding_key(method, &read("pub-key", path)?)
+                .map_err(|e| unusable("pub-key", path, e))?,
+            (None, Some((pem, path))) => {
+                public_of(method, pem).map_err(|e| unusable("priv-key", path, e))?
             }
+            (None, None) => return Err(KeyError::Missing),
         };
         let mut validation = Validation::new(method);
         // As Go's jwt library: `exp` is checked to the second when present, nothing else.
@@ -179,12 +184,19 @@ impl JwtTokens {
         let (Some(_), Some(path)) = (&self.signing, &opts.pub_key) else {
             return Ok(());
         };
-        let probe = self
+        let matches = self
             .sign("probe", 1)
-            .map_err(|e| key_error("priv-key", opts.priv_key.as_deref().unwrap_or(path), e.to_string()))?;
-        match self.verify(&probe) {
-            Some(_) => Ok(()),
-            None => Err(key_error("pub-key", path, "public and private keys don't match".into())),
+            .ok()
+            .and_then(|probe| self.verify(&probe))
+            .is_some();
+        if matches {
+            Ok(())
+        } else {
+            Err(key_error(
+                "pub-key",
+                path,
+                "public and private keys don't match".into(),
+            ))
         }
     }
 
@@ -231,7 +243,7 @@ fn read(option: &'static str, path: &Path) -> Result<Vec<u8>, KeyError> {
 }
 
 fn key_error(option: &'static str, path: &Path, problem: String) -> KeyError {
-    KeyError {
+    KeyError::File {
         option,
         path: path.to_path_buf(),
         problem,
@@ -241,7 +253,9 @@ fn key_error(option: &'static str, path: &Path, problem: String) -> KeyError {
 fn encoding_key(method: Algorithm, pem: &[u8]) -> Result<EncodingKey, String> {
     let key = match method {
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(pem),
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem).map_err(|e| e.to_string())?,
+        Algorithm::ES256 | Algorithm::ES384 => {
+            EncodingKey::from_ec_pem(pem).map_err(|e| e.to_string())?
+        }
         Algorithm::EdDSA => EncodingKey::from_ed_pem(pem).map_err(|e| e.to_string())?,
         _ => EncodingKey::from_rsa_pem(pem).map_err(|e| e.to_string())?,
     };
@@ -280,19 +294,20 @@ fn public_of(method: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
             Ok(DecodingKey::from_ec_der(pair.public_key().as_ref()))
         }
         (Algorithm::EdDSA, PrivateKeyDer::Pkcs8(der)) => {
-            let pair = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-                .map_err(bad)?;
+            let pair =
+                signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+                    .map_err(bad)?;
             Ok(DecodingKey::from_ed_der(pair.public_key().as_ref()))
         }
         (Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA, _) => {
             Err("expected a PKCS#8 private key (-----BEGIN PRIVATE KEY-----)".into())
         }
-        (_, PrivateKeyDer::Pkcs8(der)) => rsa_public(
-            signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(bad)?,
-        ),
-        (_, PrivateKeyDer::Pkcs1(der)) => rsa_public(
-            signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(bad)?,
-        ),
+        (_, PrivateKeyDer::Pkcs8(der)) => {
+            rsa_public(signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(bad)?)
+        }
+        (_, PrivateKeyDer::Pkcs1(der)) => {
+            rsa_public(signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(bad)?)
+        }
         _ => Err("expected an RSA private key".into()),
     }
 }
@@ -308,26 +323,87 @@ mod tests {
 
     #[test]
     fn options_parse_with_etcds_defaults_and_refusals() {
-        let opts = JwtOptions::parse("pub-key=a.pub,sign-method=RS256").unwrap();
+        let opts = JwtOptions::parse("pub-key=a.pub,sign-method=RS256").expect("valid");
         assert_eq!(opts.ttl, Duration::from_secs(300));
         assert_eq!(opts.pub_key.as_deref(), Some(Path::new("a.pub")));
         assert_eq!(opts.priv_key, None);
         assert!(opts.unknown.is_empty());
-        let opts = JwtOptions::parse("priv-key=k,sign-method=ES256,ttl=90s,colour=red").unwrap();
+        let opts =
+            JwtOptions::parse("priv-key=k,sign-method=ES256,ttl=90s,colour=red").expect("valid");
         assert_eq!(opts.ttl, Duration::from_secs(90));
         assert_eq!(opts.unknown, ["colour"]);
         for (opts, want) in [
             ("priv-key=k", "invalid auth signature method \"\""),
-            ("priv-key=k,sign-method=rs256", "invalid auth signature method"),
+            (
+                "priv-key=k,sign-method=rs256",
+                "invalid auth signature method",
+            ),
             ("priv-key=k,sign-method=ES512", "ES512 is not supported"),
             ("sign-method=RS256", "missing key data"),
             ("pub-key=p,sign-method=HS256", "missing key data"),
-            ("priv-key=k,priv-key=j,sign-method=RS256", "priv-key given twice"),
+            (
+                "priv-key=k,priv-key=j,sign-method=RS256",
+                "priv-key given twice",
+            ),
             ("priv-key,sign-method=RS256", "not name=value"),
-            ("priv-key=k,sign-method=RS256,ttl=5", "ttl: time: missing unit"),
+            (
+                "priv-key=k,sign-method=RS256,ttl=5",
+                "ttl: time: missing unit",
+            ),
         ] {
-            let got = JwtOptions::parse(opts).unwrap_err();
+            let got = JwtOptions::parse(opts).expect_err("invalid");
             assert!(got.contains(want), "{opts}: {got}");
         }
+    }
+
+    /// Writes a PEM pair made by rcgen for `alg` into `dir` as `name.key` and `name.pub`.
+    fn pair(dir: &Path, name: &str, alg: &'static rcgen::SignatureAlgorithm) -> (PathBuf, PathBuf) {
+        let pair = rcgen::KeyPair::generate_for(alg).expect("key pair");
+        let (private, public) = (
+            dir.join(format!("{name}.key")),
+            dir.join(format!("{name}.pub")),
+        );
+        std::fs::write(&private, pair.serialize_pem()).expect("write");
+        std::fs::write(&public, pair.public_key_pem()).expect("write");
+        (private, public)
+    }
+
+    fn options(method: Algorithm, priv_key: Option<&Path>, pub_key: Option<&Path>) -> JwtOptions {
+        JwtOptions {
+            sign_method: method,
+            pub_key: pub_key.map(Path::to_path_buf),
+            priv_key: priv_key.map(Path::to_path_buf),
+            ttl: DEFAULT_TTL,
+            unknown: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_private_key_alone_signs_and_verifies_and_a_public_key_alone_only_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (method, alg) in [
+            (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+            (Algorithm::ES384, &rcgen::PKCS_ECDSA_P384_SHA384),
+            (Algorithm::EdDSA, &rcgen::PKCS_ED25519),
+        ] {
+            let (private, public) = pair(dir.path(), &format!("{method:?}"), alg);
+            let signer = JwtTokens::load(&options(method, Some(&private), None)).expect("load");
+            let token = signer.sign("alice", 7).expect("sign");
+            assert_eq!(signer.verify(&token), Some(("alice".to_string(), 7)));
+            let verifier = JwtTokens::load(&options(method, None, Some(&public))).expect("load");
+            assert_eq!(verifier.verify(&token), Some(("alice".to_string(), 7)));
+            assert_eq!(verifier.sign("alice", 7), Err(AuthError::VerifyOnly));
+        }
+    }
+
+    #[test]
+    fn keys_that_do_not_match_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (private, _) = pair(dir.path(), "a", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let (_, other) = pair(dir.path(), "b", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let opts = options(Algorithm::ES256, Some(&private), Some(&other));
+        let err = JwtTokens::load(&opts).err().expect("refused").to_string();
+        assert!(err.contains("public and private keys don't match"), "{err}");
+        assert!(err.contains("b.pub"), "{err}");
     }
 }

@@ -122,7 +122,7 @@ pub struct Tokens(Provider);
 
 enum Provider {
     Simple(token::SimpleTokens),
-    Jwt(jwt::JwtTokens),
+    Jwt(Box<jwt::JwtTokens>),
 }
 
 impl Tokens {
@@ -130,7 +130,7 @@ impl Tokens {
     pub fn load(settings: &AuthSettings) -> Result<Tokens, jwt::KeyError> {
         Ok(Tokens(match &settings.token {
             TokenType::Simple => Provider::Simple(token::SimpleTokens::new(settings.token_ttl)),
-            TokenType::Jwt(opts) => Provider::Jwt(jwt::JwtTokens::load(opts)?),
+            TokenType::Jwt(opts) => Provider::Jwt(Box::new(jwt::JwtTokens::load(opts)?)),
         }))
     }
 }

@@ -41,11 +41,11 @@ use std::time::Duration;
 
 use keys::{Effect, CONFIG_FILE};
 use layers::{Entry, Raw};
-pub(crate) use validate::go_duration;
 pub use plugins::{
     DenyCode, FailurePolicy, Hook, PluginConfig, DEFAULT_DEADLINE as DEFAULT_PLUGIN_DEADLINE,
     DEFAULT_FUEL as DEFAULT_PLUGIN_FUEL, DEFAULT_MEMORY_BYTES as DEFAULT_PLUGIN_MEMORY_BYTES,
 };
+pub(crate) use validate::go_duration;
 
 /// The typed, validated configuration the server runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]

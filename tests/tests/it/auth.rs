@@ -610,8 +610,7 @@ async fn get_with_token(url: &str, token: &str, key: &str) -> Result<(), tonic::
         key: key.as_bytes().to_vec(),
         ..Default::default()
     });
-    req.metadata_mut()
-        .insert("token", token.parse().unwrap());
+    req.metadata_mut().insert("token", token.parse().unwrap());
     kv.range(req).await.map(drop)
 }
 
@@ -668,7 +667,10 @@ async fn jwt_tokens_carry_etcds_claims_and_work_with_etcdctl() {
         assert_eq!(claims["revision"], revision, "{claims}");
         // etcd's default ttl, 5 minutes, from the moment of signing.
         let exp = claims["exp"].as_u64().unwrap();
-        assert!((before + 299..=before + 302).contains(&exp), "{exp} {before}");
+        assert!(
+            (before + 299..=before + 302).contains(&exp),
+            "{exp} {before}"
+        );
         get_with_token(&url, &token, "cfg").await.unwrap();
     }
 }
@@ -771,7 +773,10 @@ async fn a_missing_jwt_key_file_or_unknown_sign_method_stops_start_up() {
         (
             // An RSA method with EC keys.
             keys.flag("RS256", ""),
-            format!("--auth-token: priv-key={}: not a usable private key", keys.private),
+            format!(
+                "--auth-token: priv-key={}: not a usable private key",
+                keys.private
+            ),
         ),
         (
             keys.flag("XS256", ""),
@@ -792,7 +797,11 @@ async fn a_missing_jwt_key_file_or_unknown_sign_method_stops_start_up() {
         assert!(!exited.status.success(), "{flag}: {}", exited.output);
         // etcd logs the cause and exits with `auth: invalid auth options`.
         if cairn_tests::testing_cairn() {
-            assert!(exited.output.contains(&cairn_says), "{flag}: {}", exited.output);
+            assert!(
+                exited.output.contains(&cairn_says),
+                "{flag}: {}",
+                exited.output
+            );
         }
     }
 }
