@@ -144,7 +144,7 @@ impl JwtTokens {
             key_error(
                 option,
                 path,
-                format!("not a usable {option} for {method:?}: {e}"),
+                format!("not a usable key for {method:?}: {e}"),
             )
         };
         let signing = match &private {

@@ -774,7 +774,7 @@ async fn a_missing_jwt_key_file_or_unknown_sign_method_stops_start_up() {
             // An RSA method with EC keys.
             keys.flag("RS256", ""),
             format!(
-                "--auth-token: priv-key={}: not a usable private key",
+                "--auth-token: priv-key={}: not a usable key for RS256",
                 keys.private
             ),
         ),
