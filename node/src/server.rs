@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use url::Url;
 
 use crate::api;
-use crate::auth::{AuthStore, Rbac};
+use crate::auth::{AuthStore, Rbac, Tokens};
 use crate::backup::Backups;
 use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
@@ -34,6 +34,9 @@ pub enum ServerError {
     Lease(#[from] LeaseError),
     #[error("opening the auth store: {0}")]
     Auth(#[from] crate::auth::TableError),
+    /// A JWT key file of `--auth-token`; the message names the option and the file.
+    #[error(transparent)]
+    AuthKey(#[from] crate::auth::jwt::KeyError),
     #[error("starting raft: {0}")]
     Raft(#[from] RaftError),
     #[error("starting the watch hub: {0}")]
@@ -68,6 +71,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         peer: peer_tls,
         peer_client,
     } = tls::start(&cfg)?;
+    let tokens = Tokens::load(&cfg.auth)?;
     let options = StoreOptions {
         fault: cfg.unsafe_storage_fault,
         skip_fsync: cfg.unsafe_no_fsync,
@@ -89,7 +93,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             ..LessorConfig::new(cfg.heartbeat_interval, cfg.election_timeout, id.member_id)
         },
     )?);
-    let auth = AuthStore::open(&store, cfg.auth)?;
+    let auth = AuthStore::open(&store, cfg.auth.clone(), tokens)?;
     // Before raft, so entries replayed at start-up are dispatched like any others.
     let watch = Arc::new(WatchHub::start(
         mvcc.clone(),

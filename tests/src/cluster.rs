@@ -252,6 +252,11 @@ impl Cluster {
         &self.members[i].server
     }
 
+    /// The flags member `i` starts with at its next [`Cluster::restart`].
+    pub fn member_args_mut(&mut self, i: NodeId) -> &mut Vec<String> {
+        self.members[i].server.args_mut()
+    }
+
     /// Member `i`'s raft id.
     pub fn member_id(&self, i: NodeId) -> u64 {
         self.members[i].id

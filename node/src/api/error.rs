@@ -32,7 +32,7 @@ pub fn code(e: &Error) -> Code {
         RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
         | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
         | AuthNotEnabled => Code::FailedPrecondition,
-        AuthOldRevision | NoPasswordUser | MaintenanceAuth(_) => Code::Unknown,
+        AuthOldRevision | NoPasswordUser | VerifyOnly | MaintenanceAuth(_) => Code::Unknown,
         NoLeader | Timeout | Stopped | Unhealthy => Code::Unavailable,
         DeadlineExceeded => Code::DeadlineExceeded,
         PermissionDenied | Denied(_) => Code::PermissionDenied,

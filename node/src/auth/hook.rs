@@ -1,6 +1,7 @@
 //! etcd's auth as the core's [`Authenticator`] and [`Authorizer`], beside the auth
-//! plugins'. Authentication: a `token` is etcd's simple token (whether auth is enabled or
-//! not, as etcd looks every token up: an unknown one is `invalid auth token`); without one,
+//! plugins'. Authentication: a `token` is etcd's simple token or JWT, as `--auth-token`
+//! selects (whether auth is enabled or not, as etcd looks every token up: an unknown,
+//! expired or badly signed one is `invalid auth token`); without one,
 //! with `--client-cert-auth`, the verified client certificate's common name is the user
 //! (etcd's `AuthInfoFromTLS`). Authorization follows etcd 3.5: key ranges for KV, txn
 //! compares and ops and watches (`apply_auth.go`), write access to every key attached to a
@@ -58,8 +59,9 @@ impl Rbac {
         }
     }
 
-    /// etcd's `AuthInfo` of a principal: a simple token or a certificate is as new as the
-    /// store; no credentials is revision 0.
+    /// etcd's `AuthInfo` of a principal: a token's revision (a simple token is as new as
+    /// the store, a JWT as its claim), a certificate as new as the store; no credentials is
+    /// revision 0.
     fn caller(&self, principal: &Principal) -> Caller {
         let revision = match principal.source {
             PrincipalSource::Anonymous | PrincipalSource::Internal => 0,
@@ -113,14 +115,14 @@ fn put_lease(txn: &TxnRequest) -> i64 {
 impl Authenticator for Rbac {
     async fn authenticate(&self, ctx: &RequestContext) -> Result<Option<Principal>, Error> {
         if let Some(token) = &ctx.credentials.token {
-            let Some(name) = self.store.token_user(token) else {
+            let Some(caller) = self.store.token_caller(token) else {
                 tracing::warn!(peer = ?ctx.peer, "invalid auth token");
                 return Err(Error::InvalidAuthToken);
             };
             return Ok(Some(Principal {
-                name,
+                name: caller.name,
                 source: PrincipalSource::User {
-                    auth_revision: self.store.revision(),
+                    auth_revision: caller.revision,
                 },
                 roles: Vec::new(),
             }));

@@ -1,7 +1,7 @@
 //! etcd's auth store (`server/auth/store.go` of etcd 3.5): users with bcrypt password
 //! hashes and roles, roles with key-range permissions, the enabled flag and the auth
-//! revision; the permission checks; simple tokens; the failed-authentication limiter; and
-//! the core's authentication and authorization hooks ([`Rbac`]).
+//! revision; the permission checks; simple and JWT tokens; the failed-authentication
+//! limiter; and the core's authentication and authorization hooks ([`Rbac`]).
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
@@ -19,6 +19,7 @@
 
 pub mod cert;
 mod hook;
+pub mod jwt;
 mod limiter;
 mod perms;
 pub mod token;
@@ -82,6 +83,11 @@ pub enum AuthError {
     OldRevision,
     #[error("auth: invalid auth management")]
     InvalidAuthMgmt,
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
+    /// The key could not sign (logged); checked at start-up, so not expected.
+    #[error("auth: failed to sign a token")]
+    SignFailed,
 }
 
 /// The auth table could not be read.
@@ -93,11 +99,40 @@ pub enum TableError {
     Corrupt(String),
 }
 
-/// How members hash passwords and keep tokens (`--bcrypt-cost`, `--auth-token-ttl`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How members hash passwords and issue tokens (`--bcrypt-cost`, `--auth-token`,
+/// `--auth-token-ttl`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthSettings {
     pub bcrypt_cost: u32,
+    /// `--auth-token-ttl`: simple tokens' idle lifetime.
     pub token_ttl: Duration,
+    pub token: TokenType,
+}
+
+/// `--auth-token`'s type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenType {
+    Simple,
+    Jwt(jwt::JwtOptions),
+}
+
+/// The token provider of this member: simple tokens are recorded at apply on every member;
+/// JWTs are signed by the member that took the authentication, and verified by any.
+pub struct Tokens(Provider);
+
+enum Provider {
+    Simple(token::SimpleTokens),
+    Jwt(Box<jwt::JwtTokens>),
+}
+
+impl Tokens {
+    /// The provider `settings` select; reads JWT key files.
+    pub fn load(settings: &AuthSettings) -> Result<Tokens, jwt::KeyError> {
+        Ok(Tokens(match &settings.token {
+            TokenType::Simple => Provider::Simple(token::SimpleTokens::new(settings.token_ttl)),
+            TokenType::Jwt(opts) => Provider::Jwt(Box::new(jwt::JwtTokens::load(opts)?)),
+        }))
+    }
 }
 
 /// The replicated auth state.
@@ -149,20 +184,24 @@ pub struct Caller {
 pub struct AuthStore {
     keyspace: Keyspace,
     state: RwLock<State>,
-    tokens: token::SimpleTokens,
+    tokens: Tokens,
     settings: AuthSettings,
     /// Failed authentications per client address.
     pub failures: FailureLimiter,
 }
 
 impl AuthStore {
-    pub fn open(store: &Store, settings: AuthSettings) -> Result<Arc<AuthStore>, TableError> {
+    pub fn open(
+        store: &Store,
+        settings: AuthSettings,
+        tokens: Tokens,
+    ) -> Result<Arc<AuthStore>, TableError> {
         let keyspace = store.keyspace("auth")?;
         let state = load(&keyspace)?;
         Ok(Arc::new(AuthStore {
             keyspace,
             state: RwLock::new(state),
-            tokens: token::SimpleTokens::new(settings.token_ttl),
+            tokens,
             settings,
             failures: FailureLimiter::default(),
         }))
@@ -171,8 +210,8 @@ impl AuthStore {
     /// Reads the state again after apply replaced the keyspace (a raft snapshot install).
     pub fn reload(&self) -> Result<(), TableError> {
         let state = load(&self.keyspace)?;
-        if !state.enabled {
-            self.tokens.clear();
+        if let (false, Provider::Simple(simple)) = (state.enabled, &self.tokens.0) {
+            simple.clear();
         }
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
         Ok(())
@@ -182,8 +221,8 @@ impl AuthStore {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn settings(&self) -> AuthSettings {
-        self.settings
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -194,9 +233,35 @@ impl AuthStore {
         self.read().revision
     }
 
-    /// The user a simple token was issued to, if it is live.
-    pub fn token_user(&self, token: &str) -> Option<String> {
-        self.tokens.user(token)
+    /// Who presents `token`, if it is live (etcd's `authInfoFromToken`): a simple token
+    /// is as new as the store, a JWT as its `revision` claim.
+    pub fn token_caller(&self, token: &str) -> Option<Caller> {
+        match &self.tokens.0 {
+            Provider::Simple(simple) => simple.user(token).map(|name| Caller {
+                name,
+                revision: self.revision(),
+            }),
+            Provider::Jwt(jwt) => jwt
+                .verify(token)
+                .map(|(name, revision)| Caller { name, revision }),
+        }
+    }
+
+    /// Whether this member can issue tokens: a JWT member given only the public key cannot.
+    pub fn can_issue_tokens(&self) -> Result<(), AuthError> {
+        match &self.tokens.0 {
+            Provider::Simple(_) => Ok(()),
+            Provider::Jwt(jwt) => jwt.can_sign(),
+        }
+    }
+
+    /// The token of an applied authentication of `user`: the simple token apply recorded,
+    /// or a JWT signed here for the auth revision it was applied at.
+    pub fn issued_token(&self, user: &str, applied: AuthApplied) -> Result<String, AuthError> {
+        match &self.tokens.0 {
+            Provider::Simple(_) => Ok(applied.token),
+            Provider::Jwt(jwt) => jwt.sign(user, applied.revision),
+        }
     }
 
     /// etcd's `CheckPassword`: the auth revision the password was checked at. Runs bcrypt:
@@ -364,14 +429,17 @@ impl AuthStore {
         let revision = change.next.revision;
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = change.next;
         let mut token = String::new();
-        match change.effect {
-            Effect::None => {}
-            Effect::Authenticate { user, prefix } => {
-                token = token::token(&prefix, index);
-                self.tokens.assign(token.clone(), &user);
+        // A JWT is signed by the member that took the authentication, and never revoked.
+        if let Provider::Simple(simple) = &self.tokens.0 {
+            match change.effect {
+                Effect::None => {}
+                Effect::Authenticate { user, prefix } => {
+                    token = token::token(&prefix, index);
+                    simple.assign(token.clone(), &user);
+                }
+                Effect::InvalidateUser(user) => simple.invalidate_user(&user),
+                Effect::Disable => simple.clear(),
             }
-            Effect::InvalidateUser(user) => self.tokens.invalidate_user(&user),
-            Effect::Disable => self.tokens.clear(),
         }
         AuthApplied { revision, token }
     }

@@ -206,9 +206,9 @@ pub(crate) static KEYS: &[Key] = &[
     key("cors", "*", List, SECURITY, Ignored("cairn's HTTP endpoints send no CORS headers yet, so browsers get no cross-origin access at all"), "Comma-separated whitelist of origins for CORS, or cross-origin resource sharing, (empty or * means allow all)."),
     key("host-whitelist", "*", List, SECURITY, DefaultOnly("checking the HTTP Host header is not supported yet"), "Acceptable hostnames from HTTP client requests, if server is not secure (empty or * means allow all)."),
     // Auth
-    key("auth-token", "simple", Text, AUTH, Honoured, "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
+    key("auth-token", "simple", Text, AUTH, Honoured, "Specify a v3 authentication token type and token specific options, especially for JWT. Its format is \"type,var1=val1,var2=val2,...\". Possible type is 'simple' or 'jwt'. Possible variables are 'sign-method' for specifying a sign method of jwt (its possible values are 'ES256', 'ES384', 'HS256', 'HS384', 'HS512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512' or 'EdDSA'; not 'ES512'), 'pub-key' for specifying a path to a public key for verifying jwt, 'priv-key' for specifying a path to a private key for signing jwt, and 'ttl' for specifying TTL of jwt tokens (default 5m)."),
     key("bcrypt-cost", "10", Uint, AUTH, Honoured, "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords. Valid values are between 4 and 31."),
-    key("auth-token-ttl", "300", Uint, AUTH, Honoured, "Time (in seconds) of the auth-token-ttl."),
+    key("auth-token-ttl", "300", Uint, AUTH, Honoured, "Time (in seconds) of the auth-token-ttl (simple tokens; a JWT's is the ttl option of --auth-token)."),
     // Profiling and Monitoring
     key("enable-pprof", "false", Bool, MONITORING, Honoured, "Enable a CPU profile via HTTP at client URL + \"/debug/pprof/profile?seconds=N\" (readable by `go tool pprof`)."),
     key("metrics", "basic", Text, MONITORING, Honoured, "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics."),

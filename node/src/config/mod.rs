@@ -45,6 +45,7 @@ pub use plugins::{
     DenyCode, FailurePolicy, Hook, PluginConfig, DEFAULT_DEADLINE as DEFAULT_PLUGIN_DEADLINE,
     DEFAULT_FUEL as DEFAULT_PLUGIN_FUEL, DEFAULT_MEMORY_BYTES as DEFAULT_PLUGIN_MEMORY_BYTES,
 };
+pub(crate) use validate::go_duration;
 
 /// The typed, validated configuration the server runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +120,7 @@ pub struct Config {
     pub tls_policy: TlsPolicy,
     /// `--self-signed-cert-validity`: years the auto TLS certificates are valid.
     pub self_signed_cert_validity: u64,
-    /// `--bcrypt-cost` and `--auth-token-ttl` (`--auth-token` only takes `simple`).
+    /// `--bcrypt-cost`, `--auth-token` (simple or jwt with its options), `--auth-token-ttl`.
     pub auth: crate::auth::AuthSettings,
 }
 
@@ -613,6 +614,7 @@ mod tests {
                 auth: crate::auth::AuthSettings {
                     bcrypt_cost: 10,
                     token_ttl: Duration::from_secs(300),
+                    token: crate::auth::TokenType::Simple,
                 },
             }
         );
@@ -1343,8 +1345,8 @@ mod tests {
             ),
             (&["--auth-token=oauth"], "unknown token type"),
             (
-                &["--auth-token=jwt,pub-key=a.pub,priv-key=a.key,sign-method=RS256"],
-                "--auth-token: JWT auth tokens are not supported yet (use simple)",
+                &["--auth-token=jwt,pub-key=a.pub,sign-method=HS512"],
+                "missing key data",
             ),
             (
                 &["--feature-gates=Bogus=true"],

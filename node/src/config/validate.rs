@@ -19,7 +19,8 @@ use super::{
     AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
     Origin, TlsFiles, TlsPolicy, TlsVersion,
 };
-use crate::auth::AuthSettings;
+use crate::auth::jwt::JwtOptions;
+use crate::auth::{AuthSettings, TokenType};
 use crate::lease::CheckpointConfig;
 
 /// etcd's `maxElectionMs`.
@@ -179,6 +180,7 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         auth: AuthSettings {
             bcrypt_cost: bcrypt_cost(raw.get("bcrypt-cost"))?,
             token_ttl: Duration::from_secs(uint(raw.get("auth-token-ttl"))?),
+            token: auth_token(raw)?,
         },
     })
 }
@@ -350,11 +352,18 @@ fn check_choices(raw: &Raw) -> Result<(), ConfigError> {
             return Err(entry.invalid(format!("must be one of {}", shown.join(", "))));
         }
     }
-    // etcd's `--auth-token`: a token type, optionally followed by `,option=value` pairs.
+    auth_token(raw).map(drop)
+}
+
+/// etcd's `--auth-token`: a token type, optionally followed by `,option=value` pairs (the
+/// JWT key files are read at start-up).
+fn auth_token(raw: &Raw) -> Result<TokenType, ConfigError> {
     let token = raw.get("auth-token");
-    match token.value.split(',').next() {
-        Some("simple") => Ok(()),
-        Some("jwt") => Err(token.unsupported("JWT auth tokens are not supported yet (use simple)")),
+    match token.value.split_once(',').unwrap_or((&token.value, "")) {
+        ("simple", _) => Ok(TokenType::Simple),
+        ("jwt", opts) => JwtOptions::parse(opts)
+            .map(TokenType::Jwt)
+            .map_err(|e| token.invalid(e)),
         _ => Err(token.invalid("unknown token type: must be simple or jwt[,options]")),
     }
 }

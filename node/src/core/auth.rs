@@ -6,7 +6,9 @@
 //!
 //! Authenticate checks the password here (bcrypt, on the read pool), then proposes the
 //! authentication with a fresh simple-token prefix; apply records the token on every
-//! member. As etcd, it starts again if the auth revision moved meanwhile. Failed attempts
+//! member, or, with JWT tokens, this member signs one for the auth revision the
+//! authentication was applied at (etcd signs at apply on every member and keeps the
+//! proposer's). As etcd, it starts again if the auth revision moved meanwhile. Failed attempts
 //! are logged and limited per client address (`auth::FailureLimiter`).
 
 use std::time::Instant;
@@ -119,6 +121,7 @@ impl Core {
             self.linearizable_barrier().await?;
             loop {
                 let checked = self.check_password(ctx, &req).await?;
+                self.auth.can_issue_tokens()?;
                 let applied = self
                     .propose_auth(Op::Authenticate(AuthenticateCommand {
                         name: req.name.clone(),
@@ -128,7 +131,7 @@ impl Core {
                 if checked == self.auth.revision() {
                     return Ok(AuthenticateResponse {
                         header: self.current_header(),
-                        token: applied.token,
+                        token: self.auth.issued_token(&req.name, applied)?,
                     });
                 }
                 tracing::info!("revision when password checked became stale; retrying");

@@ -95,12 +95,15 @@ pub enum Error {
     AuthNotEnabled,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
-    /// etcd 3.5 has no client error for these two: its server answers the auth store's own
-    /// text with code Unknown.
+    /// etcd 3.5 has no client error for these three: its server answers the auth store's
+    /// own text with code Unknown.
     #[error("auth: revision in header is old")]
     AuthOldRevision,
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
+    /// Authenticate on a JWT member given only the public key.
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
     /// etcd's maintenance server returns its admin check's errors unconverted: the auth
     /// store's own text (`auth: permission denied`, `auth: user name is empty`...), code
     /// Unknown.
@@ -195,6 +198,8 @@ impl From<AuthError> for Error {
             AuthError::AuthNotEnabled => Error::AuthNotEnabled,
             AuthError::OldRevision => Error::AuthOldRevision,
             AuthError::InvalidAuthMgmt => Error::InvalidAuthMgmt,
+            AuthError::VerifyOnly => Error::VerifyOnly,
+            AuthError::SignFailed => Error::Internal,
         }
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::hooks::{Admission, Authenticator, Authorizer};
 use super::*;
-use crate::auth::{AuthSettings, AuthStore};
+use crate::auth::{AuthSettings, AuthStore, TokenType, Tokens};
 use crate::lease::{Lessor, LessorConfig};
 use crate::proto::etcdserverpb::{PutRequest, RangeRequest, TxnRequest};
 use crate::raft::{MemberInfo, RaftSettings};
@@ -84,14 +84,13 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
     let config = LessorConfig::new(Duration::from_millis(50), Duration::from_millis(300), 1);
     let lessor = Arc::new(Lessor::open(&store, config).expect("lessor"));
     let watch = Arc::new(WatchHub::start(mvcc.clone(), DEFAULT_PROGRESS_INTERVAL).expect("hub"));
-    let auth = AuthStore::open(
-        &store,
-        AuthSettings {
-            bcrypt_cost: 4,
-            token_ttl: Duration::from_secs(300),
-        },
-    )
-    .expect("auth store");
+    let settings = AuthSettings {
+        bcrypt_cost: 4,
+        token_ttl: Duration::from_secs(300),
+        token: TokenType::Simple,
+    };
+    let tokens = Tokens::load(&settings).expect("simple tokens");
+    let auth = AuthStore::open(&store, settings, tokens).expect("auth store");
     let settings = RaftSettings {
         node_id: 1,
         member: MemberInfo::default(),

@@ -2,11 +2,12 @@
 //! etcd-client, every Auth RPC's refusals, token invalidation, persistence across kill -9
 //! and a user made on one member logging in on another. Expectations are etcd 3.5.1's (the
 //! same tests pass against it); `--bcrypt-cost=4` (bcrypt's minimum, which etcd accepts)
-//! keeps password hashing fast.
+//! keeps password hashing fast. JWT tokens (`--auth-token jwt,...`): their claims, staleness
+//! and expiry, use across members, verify-only members and bad key files.
 
 use std::time::Duration;
 
-use cairn_tests::cluster::Cluster;
+use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::Server;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, Permission, PutOptions,
@@ -535,4 +536,272 @@ async fn an_unknown_token_is_refused_even_with_auth_disabled() {
         (status.code(), status.message()),
         (Code::Unauthenticated, "etcdserver: invalid auth token")
     );
+}
+
+/// A JWT key pair for `--auth-token jwt`: the committed RSA pair (ring, which rcgen uses,
+/// cannot generate RSA keys), or an ECDSA P-256 pair made here.
+struct JwtKeys {
+    _dir: tempfile::TempDir,
+    public: String,
+    private: String,
+}
+
+impl JwtKeys {
+    fn rsa() -> JwtKeys {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/jwt");
+        JwtKeys {
+            _dir: tempfile::tempdir().unwrap(),
+            public: format!("{fixtures}/rsa.pub"),
+            private: format!("{fixtures}/rsa.key"),
+        }
+    }
+
+    fn ec_p256() -> JwtKeys {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = dir.path().join("ec.pub");
+        let private = dir.path().join("ec.key");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        std::fs::write(&private, pair.serialize_pem()).unwrap();
+        JwtKeys {
+            public: public.display().to_string(),
+            private: private.display().to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// `--auth-token` signing and verifying with `method`; `extra` is appended as is.
+    fn flag(&self, method: &str, extra: &str) -> String {
+        format!(
+            "--auth-token=jwt,pub-key={},priv-key={},sign-method={method}{extra}",
+            self.public, self.private
+        )
+    }
+
+    /// `--auth-token` of a member that only verifies.
+    fn verify_only_flag(&self, method: &str) -> String {
+        format!(
+            "--auth-token=jwt,pub-key={},sign-method={method}",
+            self.public
+        )
+    }
+}
+
+/// A JWT's header and claims, decoded without checking the signature.
+fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+    use base64::Engine;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT has three parts: {token}");
+    let decode = |part: &str| {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+    };
+    (decode(parts[0]), decode(parts[1]))
+}
+
+/// A Range of `key` on `url` presenting `token` as is, as etcd's clients send it.
+async fn get_with_token(url: &str, token: &str, key: &str) -> Result<(), tonic::Status> {
+    use cairn::proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
+
+    let mut kv = KvClient::connect(url.to_string()).await.unwrap();
+    let mut req = tonic::Request::new(RangeRequest {
+        key: key.as_bytes().to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("token", token.parse().unwrap());
+    kv.range(req).await.map(drop)
+}
+
+fn assert_status(result: Result<(), tonic::Status>, code: Code, message: &str) {
+    let status = result.expect_err("the request is refused");
+    assert_eq!((status.code(), status.message()), (code, message));
+}
+
+async fn authenticate(url: &str, user: &str, password: &str) -> String {
+    let client = Client::connect([url], None).await.unwrap();
+    let resp = client
+        .auth_client()
+        .authenticate(user.into(), password.into())
+        .await
+        .unwrap();
+    resp.token().to_string()
+}
+
+#[tokio::test]
+async fn jwt_tokens_carry_etcds_claims_and_work_with_etcdctl() {
+    for (keys, method) in [(JwtKeys::rsa(), "RS256"), (JwtKeys::ec_p256(), "ES256")] {
+        let server = Server::start_with(&[FAST_BCRYPT, &keys.flag(method, "")])
+            .await
+            .unwrap();
+        set_up_with_etcdctl(&server).await;
+        let as_alice = ["--user", "alice:alicepw"];
+        ok(&server, &[&as_alice[..], &["put", "app/x", "1"]].concat()).await;
+        assert_eq!(
+            ok(&server, &[&as_alice[..], &["get", "app/x"]].concat()).await,
+            "app/x\n1\n"
+        );
+        let denied = server
+            .ctl(&[&as_alice[..], &["put", "cfg", "v"]].concat())
+            .await
+            .unwrap();
+        assert_ne!(denied.code, 0);
+        assert!(denied.stderr.contains(DENIED), "{}", denied.stderr);
+
+        let url = server.client_url();
+        let status = ok(&server, &["--user", "root:rootpw", "auth", "status"]).await;
+        let revision: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("AuthRevision:"))
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{status}"));
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = authenticate(&url, "alice", "alicepw").await;
+        let (header, claims) = jwt_parts(&token);
+        assert_eq!(header["alg"], method, "{header}");
+        assert_eq!(claims["username"], "alice", "{claims}");
+        assert_eq!(claims["revision"], revision, "{claims}");
+        // etcd's default ttl, 5 minutes, from the moment of signing.
+        let exp = claims["exp"].as_u64().unwrap();
+        assert!(
+            (before + 299..=before + 302).contains(&exp),
+            "{exp} {before}"
+        );
+        get_with_token(&url, &token, "cfg").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_jwt_goes_stale_when_permissions_change_and_dies_at_its_expiry() {
+    let keys = JwtKeys::ec_p256();
+    let server = Server::start_with(&[FAST_BCRYPT, &keys.flag("ES256", ",ttl=3s")])
+        .await
+        .unwrap();
+    set_up_with_etcdctl(&server).await;
+    let url = server.client_url();
+    let mut root = login(&url, "root", "rootpw").await.unwrap();
+    let token = authenticate(&url, "alice", "alicepw").await;
+    get_with_token(&url, &token, "cfg").await.unwrap();
+
+    // A signature that does not match the claims is refused.
+    let (head, signature) = token.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{head}.{flipped}{}", &signature[1..]);
+    assert_status(
+        get_with_token(&url, &forged, "cfg").await,
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token",
+    );
+
+    // Any auth change moves the store past the token's revision claim.
+    root.role_grant_permission("app", Permission::read("more"))
+        .await
+        .unwrap();
+    assert_status(
+        get_with_token(&url, &token, "cfg").await,
+        Code::Unknown,
+        "auth: revision in header is old",
+    );
+    let fresh = authenticate(&url, "alice", "alicepw").await;
+    get_with_token(&url, &fresh, "cfg").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_status(
+        get_with_token(&url, &fresh, "cfg").await,
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token",
+    );
+}
+
+#[tokio::test]
+async fn a_jwt_from_one_member_works_on_every_other_and_verify_only_members_cannot_sign() {
+    let keys = JwtKeys::rsa();
+    let mut options = ClusterOptions::new(3);
+    options.extra_args = vec![FAST_BCRYPT.to_string(), keys.flag("PS256", "")];
+    let mut cluster = Cluster::start_with(options).await.unwrap();
+    set_up_with_etcdctl(cluster.member(0)).await;
+    let token = authenticate(&cluster.member(0).client_url(), "alice", "alicepw").await;
+    for i in 0..3 {
+        get_with_token(&cluster.member(i).client_url(), &token, "cfg")
+            .await
+            .unwrap();
+    }
+
+    // With only the public key, member 2 still accepts tokens but cannot issue them.
+    let flag = keys.verify_only_flag("PS256");
+    let args = cluster.member_args_mut(2);
+    args.retain(|a| !a.starts_with("--auth-token="));
+    args.push(flag);
+    cluster.restart(2).await.unwrap();
+    let url = cluster.member(2).client_url();
+    get_with_token(&url, &token, "cfg").await.unwrap();
+    let client = Client::connect([url.as_str()], None).await.unwrap();
+    let (code, msg) = crate::grpc_error(
+        client
+            .auth_client()
+            .authenticate("alice".into(), "alicepw".into())
+            .await,
+    );
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            Code::Unknown,
+            "auth: token signing attempted with verify-only key"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_missing_jwt_key_file_or_unknown_sign_method_stops_start_up() {
+    use cairn_tests::{free_port, run_until_exit, server_args, ServerKind};
+
+    let keys = JwtKeys::ec_p256();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.key");
+    for (flag, cairn_says) in [
+        (
+            format!(
+                "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256",
+                keys.public,
+                missing.display()
+            ),
+            format!("--auth-token: priv-key={}: No such file", missing.display()),
+        ),
+        (
+            // An RSA method with EC keys.
+            keys.flag("RS256", ""),
+            format!(
+                "--auth-token: priv-key={}: not a usable key for RS256",
+                keys.private
+            ),
+        ),
+        (
+            keys.flag("XS256", ""),
+            "invalid auth signature method \"XS256\"".to_string(),
+        ),
+    ] {
+        let kind = ServerKind::from_env();
+        let mut args = server_args(
+            "jwt",
+            &dir.path().join("data"),
+            free_port().unwrap(),
+            free_port().unwrap(),
+        );
+        args.push(flag.clone());
+        let exited = run_until_exit(kind, &args, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(!exited.status.success(), "{flag}: {}", exited.output);
+        // etcd logs the cause and exits with `auth: invalid auth options`.
+        if cairn_tests::testing_cairn() {
+            assert!(
+                exited.output.contains(&cairn_says),
+                "{flag}: {}",
+                exited.output
+            );
+        }
+    }
 }
