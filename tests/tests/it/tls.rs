@@ -46,6 +46,20 @@ pub(crate) fn client_tls(certs: &Certs, pair: Option<&(PathBuf, PathBuf)>) -> Cl
     }
 }
 
+/// Three members with https peer URLs, each showing `cert` and trusting only `ca`'s
+/// certificates (`--peer-client-cert-auth`).
+pub(crate) fn peer_mtls(ca: &Path, cert: &Path, key: &Path) -> ClusterOptions {
+    let mut options = ClusterOptions::new(3);
+    options.peer_https = true;
+    options.extra_args = vec![
+        format!("--peer-cert-file={}", path(cert)),
+        format!("--peer-key-file={}", path(key)),
+        format!("--peer-trusted-ca-file={}", path(ca)),
+        "--peer-client-cert-auth".to_string(),
+    ];
+    options
+}
+
 pub(crate) fn path(p: &Path) -> String {
     p.display().to_string()
 }
@@ -188,15 +202,9 @@ async fn three_members_elect_and_replicate_over_peer_mtls() {
     let ca = Ca::new("peer-ca");
     let ca_path = ca.write(dir.path(), "peer");
     let (cert, key) = ca.issue(dir.path(), "member", false);
-    let mut options = ClusterOptions::new(3);
-    options.peer_https = true;
-    options.extra_args = vec![
-        format!("--peer-cert-file={}", path(&cert)),
-        format!("--peer-key-file={}", path(&key)),
-        format!("--peer-trusted-ca-file={}", path(&ca_path)),
-        "--peer-client-cert-auth".to_string(),
-    ];
-    let cluster = Cluster::start_with(options).await.unwrap();
+    let cluster = Cluster::start_with(peer_mtls(&ca_path, &cert, &key))
+        .await
+        .unwrap();
     cluster
         .put_and_read_everywhere("over-peer-tls", "replicated")
         .await

@@ -14,7 +14,7 @@ use cairn_tests::{
     etcdctl, free_port, run_until_exit, server_args, ClientTls, CtlProcess, Server, ServerKind,
 };
 
-use crate::tls::{certs, client_tls, https_member, path, Certs};
+use crate::tls::{certs, client_tls, https_member, path, peer_mtls, Certs};
 
 /// `127.0.0.1:port` of an https client URL.
 fn addr(server: &Server) -> String {
@@ -341,20 +341,6 @@ async fn a_bad_replacement_is_logged_and_the_previous_certificate_kept() {
     replace(&key, &certs.server.1);
     replace(&cert, &certs.server.0);
     until_presented(&verifying, &at, &certificate_der(&cert).unwrap()).await;
-}
-
-/// Three members with https peer URLs, each showing `cert` and trusting only `ca`'s
-/// certificates (`--peer-client-cert-auth`).
-fn peer_mtls(ca: &Path, cert: &Path, key: &Path) -> ClusterOptions {
-    let mut options = ClusterOptions::new(3);
-    options.peer_https = true;
-    options.extra_args = vec![
-        format!("--peer-cert-file={}", path(cert)),
-        format!("--peer-key-file={}", path(key)),
-        format!("--peer-trusted-ca-file={}", path(ca)),
-        "--peer-client-cert-auth".to_string(),
-    ];
-    options
 }
 
 #[tokio::test]
