@@ -37,7 +37,11 @@ fn main() -> ExitCode {
         }),
         Command::Backup(args) => cairn::backup::cli(args),
         Command::Serve => {
-            cairn::logging::init(&loaded.config.log_level, &loaded.config.log_outputs)
+            cairn::logging::init(
+                &loaded.config.log_level,
+                &loaded.config.log_outputs,
+                loaded.config.log_format,
+            )
                 .map_err(anyhow::Error::from)
                 .and_then(|()| {
                     for warning in loaded.warnings() {
