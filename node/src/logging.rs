@@ -320,7 +320,7 @@ mod tests {
     fn line() -> Line {
         Line {
             level: "info",
-            time: time::OffsetDateTime::from_unix_timestamp_nanos(1_796_000_000_250_000_000)
+            time: time::OffsetDateTime::from_unix_timestamp_nanos(1_796_000_000_500_000_000)
                 .expect("valid time"),
             caller: "raft/mod.rs:42".into(),
             msg: "say \"hi\"".into(),
@@ -336,7 +336,7 @@ mod tests {
         let text = line().json();
         assert_eq!(
             text,
-            r#"{"level":"info","ts":1796000000.25,"caller":"raft/mod.rs:42","msg":"say \"hi\"","member-id":"8e9e05c52164694d","took":3}"#
+            r#"{"level":"info","ts":1796000000.5,"caller":"raft/mod.rs:42","msg":"say \"hi\"","member-id":"8e9e05c52164694d","took":3}"#
         );
         let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(parsed["took"], 3);
@@ -346,7 +346,7 @@ mod tests {
     fn console_lines_are_tab_separated() {
         assert_eq!(
             line().console(),
-            "2026-11-30T00:53:20.250000Z\tinfo\traft/mod.rs:42\tsay \"hi\"\t{\"member-id\":\"8e9e05c52164694d\",\"took\":3}"
+            "2026-11-30T00:53:20.500000Z\tinfo\traft/mod.rs:42\tsay \"hi\"\t{\"member-id\":\"8e9e05c52164694d\",\"took\":3}"
         );
     }
 

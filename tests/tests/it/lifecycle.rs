@@ -225,7 +225,7 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 async fn logs_are_zap_json_lines() {
     let server = Server::start().await.unwrap();
     let lines = json_lines(&server.log());
-    assert!(lines.len() > 3, "{}", server.log());
+    assert!(!lines.is_empty(), "{}", server.log());
     for line in &lines {
         let level = line["level"].as_str().unwrap_or_default();
         assert!(
