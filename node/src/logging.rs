@@ -1,8 +1,8 @@
 //! Logging set-up: `--log-level`, `--log-outputs` and `--log-format` applied to `tracing`,
 //! in the shape of etcd's zap logger, so log pipelines written for etcd parse cairn's lines:
-//! one JSON object a line with `level`, `ts` (Unix seconds as a float, as etcd 3.5.1 writes
-//! it), `caller`, `msg` and then the event's fields (`--log-format console` writes etcd
-//! 3.6's tab-separated text with an ISO 8601 time instead). `CAIRN_LOG` (a
+//! one JSON object a line with `level`, `ts` (ISO 8601 in UTC with milliseconds, as etcd
+//! 3.5.1's server writes it), `caller`, `msg` and then the event's fields
+//! (`--log-format console` writes zap's tab-separated text instead). `CAIRN_LOG` (a
 //! `tracing` filter) overrides the level for debugging. Called once, from `main`.
 
 use std::fmt::{self, Write as _};
@@ -110,7 +110,7 @@ impl Line {
         let mut out = format!(
             "{{\"level\":{},\"ts\":{},\"caller\":{},\"msg\":{}",
             quote(self.level),
-            epoch_seconds(self.time),
+            quote(&timestamp(self.time)),
             quote(&self.caller),
             quote(&self.msg)
         );
@@ -182,23 +182,18 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// zap's `EpochTimeEncoder` (etcd 3.5): Unix seconds as the shortest float that reads back.
-fn epoch_seconds(t: time::OffsetDateTime) -> String {
-    let seconds = t.unix_timestamp_nanos() as f64 / 1e9;
-    Value::from(seconds).to_string()
-}
-
-/// etcd 3.6's time format, `2006-01-02T15:04:05.000000Z0700`, in UTC.
+/// zap's `ISO8601TimeEncoder` (etcd 3.5.1's server logger), `2006-01-02T15:04:05.000Z0700`,
+/// in UTC.
 fn timestamp(t: time::OffsetDateTime) -> String {
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
         t.second(),
-        t.microsecond()
+        t.millisecond()
     )
 }
 
@@ -336,7 +331,7 @@ mod tests {
         let text = line().json();
         assert_eq!(
             text,
-            r#"{"level":"info","ts":1796000000.5,"caller":"raft/mod.rs:42","msg":"say \"hi\"","member-id":"8e9e05c52164694d","took":3}"#
+            r#"{"level":"info","ts":"2026-11-30T00:53:20.500Z","caller":"raft/mod.rs:42","msg":"say \"hi\"","member-id":"8e9e05c52164694d","took":3}"#
         );
         let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(parsed["took"], 3);
@@ -346,7 +341,7 @@ mod tests {
     fn console_lines_are_tab_separated() {
         assert_eq!(
             line().console(),
-            "2026-11-30T00:53:20.500000Z\tinfo\traft/mod.rs:42\tsay \"hi\"\t{\"member-id\":\"8e9e05c52164694d\",\"took\":3}"
+            "2026-11-30T00:53:20.500Z\tinfo\traft/mod.rs:42\tsay \"hi\"\t{\"member-id\":\"8e9e05c52164694d\",\"took\":3}"
         );
     }
 
@@ -354,7 +349,7 @@ mod tests {
     fn timestamps_and_callers_look_like_etcds() {
         let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_796_000_000_123_456_789)
             .expect("valid time");
-        assert_eq!(timestamp(t), "2026-11-30T00:53:20.123456Z");
+        assert_eq!(timestamp(t), "2026-11-30T00:53:20.123Z");
         assert_eq!(
             caller(Some("node/src/raft/mod.rs"), Some(7)),
             "raft/mod.rs:7"
