@@ -191,7 +191,9 @@ impl Backups {
             let _ = tokio::fs::remove_file(&temp).await;
             return Err(io_err(&path)(e));
         }
-        sync_dir(&self.options.dir).await.map_err(io_err(&self.options.dir))?;
+        sync_dir(&self.options.dir)
+            .await
+            .map_err(io_err(&self.options.dir))?;
         Ok(Written {
             name,
             path,

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::AutoCompaction;
-use crate::logging::go_duration;
 use crate::core::{Core, Error, RequestContext};
+use crate::logging::go_duration;
 use crate::proto::etcdserverpb::CompactionRequest;
 
 /// etcd's `revInterval`.
@@ -114,7 +114,11 @@ async fn revision(core: Arc<Core>, retention: i64) {
         if rev <= 0 || rev == prev {
             continue;
         }
-        tracing::info!(revision = rev, revision_compaction_retention = retention, "starting auto revision compaction");
+        tracing::info!(
+            revision = rev,
+            revision_compaction_retention = retention,
+            "starting auto revision compaction"
+        );
         let started = Instant::now();
         match compact(&core, rev).await {
             Ok(()) => {
@@ -158,10 +162,20 @@ mod tests {
         let hour = Duration::from_secs(3600);
         // (retention, compact interval, retry interval, samples)
         let cases = [
-            (Duration::from_secs(2), Duration::from_secs(2), Duration::from_millis(200), 11),
+            (
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+                Duration::from_millis(200),
+                11,
+            ),
             (hour, hour, Duration::from_secs(360), 11),
             (10 * hour, hour, Duration::from_secs(360), 101),
-            (Duration::from_secs(59 * 60), Duration::from_secs(59 * 60), Duration::from_secs(354), 11),
+            (
+                Duration::from_secs(59 * 60),
+                Duration::from_secs(59 * 60),
+                Duration::from_secs(354),
+                11,
+            ),
         ];
         for (period, compact_interval, retry_interval, retentions) in cases {
             assert_eq!(

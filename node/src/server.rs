@@ -281,7 +281,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 }
 
 /// A listener task that ended before shutdown: its error, or a panic's.
-fn listener_ended(done: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {
+fn listener_ended(
+    done: Result<Result<(), ServerError>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
     match done {
         Ok(result) => result,
         Err(e) => Err(ServerError::Serve(
@@ -295,7 +297,11 @@ fn listener_ended(done: Result<Result<(), ServerError>, tokio::task::JoinError>)
 /// itself to the cluster): here, once a linearizable read succeeds, which needs a leader
 /// and this member's state caught up with it, so a client's request can succeed.
 async fn notify_when_serving(core: Arc<Core>) {
-    while core.check(core::HealthCheck::LinearizableRead).await.is_err() {
+    while core
+        .check(core::HealthCheck::LinearizableRead)
+        .await
+        .is_err()
+    {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     crate::notify::ready();

@@ -5,7 +5,8 @@
 //! - `--grpc-keepalive-interval/-timeout` and `--max-concurrent-streams`;
 //! - each request carries its connection's addresses, so the core knows its peer;
 //! - on an https listener, each connection is a TLS handshake first (`crate::tls` builds
-//!   the acceptor); a failed or stalled handshake ends only that connection.
+//!   the acceptor); a failed or stalled handshake ends only that connection;
+//! - a graceful stop: no new connections, open ones told to finish (bounded).
 
 use std::sync::Arc;
 use std::time::Duration;

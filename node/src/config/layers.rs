@@ -218,18 +218,22 @@ struct FileValues<'a> {
 }
 
 impl FileValues<'_> {
+    /// The entries of the file's section `section`, which must be a mapping (or empty).
+    fn mapping(&self, section: &str, value: Value) -> Result<Dict, ConfigError> {
+        match value {
+            Value::Dict(_, inner) => Ok(inner),
+            Value::Empty(..) => Ok(Dict::new()),
+            _ => Err(self.bad_value(section, "expected a mapping")),
+        }
+    }
+
     fn insert_transport(
         &mut self,
         section: &str,
         prefix: &str,
         value: Value,
     ) -> Result<(), ConfigError> {
-        let inner = match value {
-            Value::Dict(_, inner) => inner,
-            Value::Empty(..) => return Ok(()),
-            _ => return Err(self.bad_value(section, "expected a mapping")),
-        };
-        for (sub, value) in inner {
+        for (sub, value) in self.mapping(section, value)? {
             let written = format!("{section}.{sub}");
             if !TRANSPORT_KEYS.contains(&sub.as_str()) {
                 let suggestion = suggest::nearest(&sub, TRANSPORT_KEYS.iter().copied())
@@ -279,12 +283,7 @@ impl FileValues<'_> {
         value: Value,
         leaves: &mut Vec<(String, Value)>,
     ) -> Result<(), ConfigError> {
-        let inner = match value {
-            Value::Dict(_, inner) => inner,
-            Value::Empty(..) => return Ok(()),
-            _ => return Err(self.bad_value(section, "expected a mapping")),
-        };
-        for (sub, value) in inner {
+        for (sub, value) in self.mapping(section, value)? {
             let written = format!("{section}.{sub}");
             if written == "backup.retention" {
                 self.nested(&written, value, leaves)?;

@@ -1254,6 +1254,53 @@ mod tests {
     }
 
     #[test]
+    fn the_backup_section_sets_the_backup_flags_which_override_it() {
+        let file = yaml(
+            "plugins:\n  - {name: seal, path: s.wasm, hooks: [backup]}\n\
+             backup:\n  dir: /b\n  interval: 1h\n  retention:\n    count: 7\n    age: 168h\n\
+             \x20 plugins: [seal]\n",
+        );
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let c = ok(&["--config-file", path], &[]).config;
+        assert_eq!(c.backup_dir, Some(PathBuf::from("/b")));
+        assert_eq!(c.backup_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            c.backup_retention,
+            BackupRetention {
+                count: Some(7),
+                age: Some(Duration::from_secs(168 * 3600)),
+            }
+        );
+        assert_eq!(c.backup_plugins, vec!["seal".to_string()]);
+        let c = ok(
+            &["--config-file", path, "--backup-retention-count=0"],
+            &[("ETCD_BACKUP_INTERVAL", "5m")],
+        )
+        .config;
+        assert_eq!(c.backup_retention.count, None);
+        assert_eq!(c.backup_interval, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn bad_backup_settings_are_refused_naming_the_key() {
+        let file = yaml("backup:\n  dir: /b\n  retention: {cuont: 3}\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let e = err(&["--config-file", path], &[]);
+        assert!(e.contains("backup.retention.cuont"), "{e}");
+        assert!(e.contains("backup.retention.count"), "{e}");
+        assert_eq!(
+            err(&["--backup-retention-age=1h"], &[]),
+            "invalid value \"1h\" for backup-retention-age (from flag \
+             --backup-retention-age): backup retention needs --backup-dir"
+        );
+        let e = err(&["--backup-dir=/b", "--backup-plugins=seal"], &[]);
+        assert!(
+            e.contains("no plugin named \"seal\" with the backup hook"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn durations_and_booleans_take_every_form_etcd_does() {
         let interval = |args: &[&str]| ok(args, &[]).config.watch_progress_notify_interval;
         assert_eq!(

@@ -16,8 +16,8 @@ use super::keys::{
 };
 use super::layers::{Entry, Raw};
 use super::{
-    AutoCompaction, BackupRetention, ClusterState, Hook, PluginConfig, Config, ConfigError, ListenerOptions, LogFormat, LogOutput, MetricsLevel,
-    Origin, TlsFiles, TlsPolicy, TlsVersion,
+    AutoCompaction, BackupRetention, ClusterState, Config, ConfigError, Hook, ListenerOptions,
+    LogFormat, LogOutput, MetricsLevel, Origin, PluginConfig, TlsFiles, TlsPolicy, TlsVersion,
 };
 use crate::auth::jwt::JwtOptions;
 use crate::auth::{AuthSettings, TokenType};

@@ -20,7 +20,10 @@ async fn oldest_readable(client: &mut Client) -> i64 {
             Ok(_) => hi = mid,
             Err(e) => {
                 let text = e.to_string();
-                assert!(text.contains("required revision has been compacted"), "{text}");
+                assert!(
+                    text.contains("required revision has been compacted"),
+                    "{text}"
+                );
                 lo = mid + 1;
             }
         }
@@ -47,7 +50,10 @@ async fn periodic_compaction_keeps_one_retention_and_compacts_every_retention() 
         let put = writer.put("k", "v", None).await.unwrap();
         written.push((Instant::now(), put.header().unwrap().revision()));
         let oldest = oldest_readable(&mut reader).await;
-        if compactions.last().map_or(oldest > 1, |(_, last)| oldest != *last) {
+        if compactions
+            .last()
+            .map_or(oldest > 1, |(_, last)| oldest != *last)
+        {
             compactions.push((Instant::now(), oldest));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -55,7 +55,9 @@ async fn ready_is_notified_once_a_request_can_succeed() {
     .unwrap();
     let ready = next_notification(&socket, READY_TIMEOUT).await;
     assert!(
-        ready.as_deref().is_some_and(|m| m.lines().any(|l| l == "READY=1")),
+        ready
+            .as_deref()
+            .is_some_and(|m| m.lines().any(|l| l == "READY=1")),
         "no READY=1 (got {ready:?}); log:\n{}",
         server.log_tail(3000)
     );
@@ -75,7 +77,10 @@ async fn a_member_without_quorum_is_not_ready_until_its_peers_return() {
     cluster.member_env_mut(0).push(var);
     cluster.relaunch(0).unwrap();
     // Alone it cannot reach a quorum: no READY=1, and reads fail.
-    assert_eq!(next_notification(&socket, Duration::from_secs(3)).await, None);
+    assert_eq!(
+        next_notification(&socket, Duration::from_secs(3)).await,
+        None
+    );
     let url = cluster.member(0).client_url();
     let mut client = quick_client(url.clone(), Duration::from_secs(1)).await;
     assert!(client.get("k", None).await.is_err());
@@ -111,7 +116,10 @@ fn put_loop(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<BTree
 async fn stored_keys(url: String) -> BTreeSet<String> {
     let mut client = quick_client(url, Duration::from_secs(10)).await;
     let resp = client
-        .get("/acked/", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .get(
+            "/acked/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
         .await
         .unwrap();
     resp.kvs()
@@ -188,7 +196,11 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_loses_nothing() {
         // etcd re-raises the signal and dies of it; cairn exits 0 (README's table).
         assert!(status.success(), "{status}");
     }
-    assert!(acked.len() > 10, "too few puts went through: {}", acked.len());
+    assert!(
+        acked.len() > 10,
+        "too few puts went through: {}",
+        acked.len()
+    );
     let stored = stored_keys(cluster.member(followers[0]).client_url()).await;
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged puts lost: {lost:?}");
@@ -204,7 +216,11 @@ async fn sigterm_during_puts_exits_cleanly_and_keeps_every_acknowledged_put() {
     stop.store(true, Ordering::Relaxed);
     let acked = puts.await.unwrap();
     if testing_cairn() {
-        assert!(status.success(), "{status}; log:\n{}", server.log_tail(3000));
+        assert!(
+            status.success(),
+            "{status}; log:\n{}",
+            server.log_tail(3000)
+        );
     }
     assert!(!acked.is_empty());
     server.restart().await.unwrap();
@@ -241,10 +257,15 @@ async fn logs_are_zap_json_lines() {
         assert_eq!(shape, "0000-00-00T00:00:00.000Z", "{line}");
         let caller = line["caller"].as_str().unwrap_or_default();
         assert!(caller.contains(".go:") || caller.contains(".rs:"), "{line}");
-        assert!(!line["msg"].as_str().unwrap_or_default().is_empty(), "{line}");
+        assert!(
+            !line["msg"].as_str().unwrap_or_default().is_empty(),
+            "{line}"
+        );
     }
     assert!(
-        lines.iter().any(|l| l["msg"] == "ready to serve client requests"),
+        lines
+            .iter()
+            .any(|l| l["msg"] == "ready to serve client requests"),
         "{}",
         server.log()
     );
@@ -277,7 +298,10 @@ async fn log_format_console_writes_tab_separated_text() {
     let fields: Vec<&str> = line.split('\t').collect();
     assert!(fields.len() >= 4, "{line}");
     assert_eq!(fields[1], "info", "{line}");
-    assert!(fields[0].ends_with('Z') && fields[0].contains('T'), "{line}");
+    assert!(
+        fields[0].ends_with('Z') && fields[0].contains('T'),
+        "{line}"
+    );
     assert!(fields[2].contains(".rs:"), "{line}");
     assert_eq!(fields[3], "ready to serve client requests");
     let extra: serde_json::Value = serde_json::from_str(fields[4]).unwrap();

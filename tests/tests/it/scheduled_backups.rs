@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_tests::cluster::{Cluster, ClusterOptions};
-use cairn_tests::{server_args, Layout, Server};
+use cairn_tests::Server;
 
-use crate::plugins::{metric, plugin};
+use crate::plugins::{metric, plugin, start_with_plugins_and};
 
 /// Files in `dir` (names), sorted.
 fn files(dir: &Path) -> Vec<String> {
@@ -44,29 +44,15 @@ fn now() -> u64 {
 }
 
 /// Starts a server whose config file has the seal plugin and `backup_yaml` (the
-/// `backup:` section), plus `flags`.
+/// `backup:` section, written after the `plugins:` list), plus `flags`.
 async fn start_with_backups(backup_yaml: &str, flags: &[&str]) -> Server {
-    let seal = plugin("backup-seal");
     let key = "5a".repeat(32);
     let yaml = format!(
-        "plugins:\n  - {{name: seal, path: {}, hooks: [backup], config: {{key: \"{key}\"}}}}\n{backup_yaml}",
-        seal.display()
+        "  - {{name: seal, path: {}, hooks: [backup], config: {{key: \"{key}\"}}}}\n{backup_yaml}",
+        plugin("backup-seal").display()
     );
-    Server::start_custom(|layout: &Layout| {
-        let path = layout.dir.join("cairn.yaml");
-        std::fs::write(&path, yaml)?;
-        let mut args = server_args(
-            &layout.name,
-            &layout.data_dir,
-            layout.client_port,
-            layout.peer_port,
-        );
-        args.push(format!("--config-file={}", path.display()));
-        args.extend(flags.iter().map(|f| f.to_string()));
-        Ok(args)
-    })
-    .await
-    .expect("server with backups starts")
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    start_with_plugins_and(&yaml, &flags).await
 }
 
 /// Files in the backup directory that are not cairn backups, which pruning must leave.
@@ -100,14 +86,23 @@ async fn scheduled_backups_keep_the_newest_count_and_leave_other_files() {
     for other in &others {
         assert!(names.contains(other), "{other} was deleted: {names:?}");
     }
-    assert!(!names.iter().any(|n| n.starts_with('.')), "temp files: {names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with('.')),
+        "temp files: {names:?}"
+    );
     // Five or so were taken; all but the newest two were pruned.
     let taken = metric(&server, "cairn_backup_duration_seconds_count", &[]).await;
     assert!(taken >= 4.0, "{taken} backups taken");
     let last = metric(&server, "cairn_backup_last_success_timestamp_seconds", &[]).await;
     assert!(last as u64 + 3 >= now(), "last success {last}");
-    assert_eq!(metric(&server, "cairn_backup_failures_total", &[]).await, 0.0);
-    assert_eq!(metric(&server, "cairn_backup_interval_seconds", &[]).await, 1.0);
+    assert_eq!(
+        metric(&server, "cairn_backup_failures_total", &[]).await,
+        0.0
+    );
+    assert_eq!(
+        metric(&server, "cairn_backup_interval_seconds", &[]).await,
+        1.0
+    );
     let newest = kept.iter().map(|n| name_time(n)).max().unwrap();
     assert!(newest + 3 >= now(), "newest backup from {newest}");
 }
@@ -133,7 +128,10 @@ async fn backups_older_than_the_retention_age_are_deleted() {
     assert!(!kept.is_empty(), "{names:?}");
     // Pruning runs after each backup: what remains is at most 2 s (and one interval) old.
     let oldest = kept.iter().map(|n| name_time(n)).min().unwrap();
-    assert!(oldest + 4 >= now(), "a backup from {oldest} survived: {names:?}");
+    assert!(
+        oldest + 4 >= now(),
+        "a backup from {oldest} survived: {names:?}"
+    );
     assert!(
         kept.len() <= 4,
         "{} backups kept with a 2 s retention: {names:?}",
@@ -237,8 +235,14 @@ async fn a_full_disk_fails_the_backup_cleanly_and_the_node_serves_on() {
     assert!(error.contains("No space left on device"), "{body}");
     // The partial file is gone and the older backup is untouched.
     assert_eq!(files(&backups), before);
-    assert_eq!(std::fs::read(backups.join(&before[0])).unwrap(), first_bytes);
-    assert_eq!(metric(&server, "cairn_backup_failures_total", &[]).await, 1.0);
+    assert_eq!(
+        std::fs::read(backups.join(&before[0])).unwrap(),
+        first_bytes
+    );
+    assert_eq!(
+        metric(&server, "cairn_backup_failures_total", &[]).await,
+        1.0
+    );
     // The node serves on.
     client.put("after", "v", None).await.unwrap();
     let got = client.get("after", None).await.unwrap();
