@@ -182,6 +182,7 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_loses_nothing() {
         acked.extend(l.await.unwrap());
     }
 
+    eprintln!("new leader {new_leader_after:?} after SIGTERM to the leader");
     let log = cluster.member(leader).log();
     assert!(
         log.contains("\"msg\":\"leadership transfer finished\""),
