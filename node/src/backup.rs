@@ -3,7 +3,11 @@
 //! written atomically: a hidden temp file beside the final one, fsynced, renamed into
 //! place, and the directory fsynced, so a crash leaves the old set of backups or the new
 //! one, never a torn file under a backup's name. Taken on demand (`POST /cairn/v1/backup`,
-//! `cairn backup`) and every `--backup-interval`.
+//! `cairn backup`) on any member, and every `--backup-interval` on the leader only, so a
+//! cluster takes one scheduled backup per interval. After each backup, retention
+//! (`--backup-retention-count`, `--backup-retention-age`) deletes the oldest cairn backups
+//! in the directory: only files named as cairn names its backups (see [`BackupName`]),
+//! never anything else there.
 //!
 //! Owns: the backup files and the schedule. Must not touch: storage or raft (the snapshot
 //! comes from the core, as for a client).
@@ -19,6 +23,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use crate::config::BackupRetention;
 use crate::core::{Core, RequestContext};
 use crate::plugins::backup::{BackupChain, ChainError};
 use crate::plugins::runtime::Direction;
@@ -52,26 +57,36 @@ pub struct Written {
     pub snapshot_bytes: u64,
     pub revision: i64,
     pub seconds: f64,
+    /// Older backups retention deleted afterwards.
+    pub pruned: Vec<String>,
+}
+
+/// How backups are taken and kept.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub dir: PathBuf,
+    /// The member name, in default file names.
+    pub member: String,
+    pub retention: BackupRetention,
+    /// The backup plugins to go through (`--backup-plugins`); empty: all.
+    pub plugins: Vec<String>,
 }
 
 /// The node's backups.
 pub struct Backups {
     core: Arc<Core>,
     plugins: Arc<Plugins>,
-    dir: PathBuf,
-    /// The member name, in default file names.
-    member: String,
+    options: BackupOptions,
     /// One backup at a time: a second request waits for the first.
     running: tokio::sync::Mutex<()>,
 }
 
 impl Backups {
-    pub fn new(core: Arc<Core>, plugins: Arc<Plugins>, dir: PathBuf, member: String) -> Backups {
+    pub fn new(core: Arc<Core>, plugins: Arc<Plugins>, options: BackupOptions) -> Backups {
         Backups {
             core,
             plugins,
-            dir,
-            member,
+            options,
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -80,7 +95,13 @@ impl Backups {
     pub async fn take(&self) -> Result<Written, BackupError> {
         let _one = self.running.lock().await;
         let started = Instant::now();
-        let result = self.write().await;
+        let result = match self.write().await {
+            Ok(mut written) => {
+                written.pruned = self.prune(&written.name).await;
+                Ok(written)
+            }
+            Err(e) => Err(e),
+        };
         let m = crate::metrics::get();
         m.backup_duration.observe(started.elapsed().as_secs_f64());
         match &result {
@@ -104,28 +125,31 @@ impl Backups {
             let path = path.to_owned();
             move |source| BackupError::Io { path, source }
         };
-        tokio::fs::create_dir_all(&self.dir)
+        tokio::fs::create_dir_all(&self.options.dir)
             .await
-            .map_err(io_err(&self.dir))?;
+            .map_err(io_err(&self.options.dir))?;
         let source = self
             .core
             .snapshot(&RequestContext::internal())
             .await
             .map_err(|e| BackupError::Snapshot(e.to_string()))?;
         let revision = source.revision();
-        let default_name = format!(
-            "cairn-{}-{}-rev{revision}.snap",
-            self.member,
-            unix_seconds()
-        );
+        let default_name = BackupName {
+            member: self.options.member.clone(),
+            unix_seconds: unix_seconds(),
+            revision,
+        }
+        .to_string();
         // The plugins loaded now serve the whole stream, whatever a reload does meanwhile.
         let set = Some(self.plugins.current());
-        let (mut chain, name) = BackupChain::begin(set, Direction::Seal, &default_name).await?;
+        let (mut chain, name) =
+            BackupChain::begin_only(set, Direction::Seal, &default_name, &self.options.plugins)
+                .await?;
         if !plain_file_name(&name) {
             return Err(BackupError::BadName(name));
         }
-        let path = self.dir.join(&name);
-        let temp = self.dir.join(format!(".{name}.partial"));
+        let path = self.options.dir.join(&name);
+        let temp = self.options.dir.join(format!(".{name}.partial"));
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
         // The snapshot is written by blocking code; it hands chunks over as it goes.
         let producer = tokio::task::spawn_blocking(move || {
@@ -163,10 +187,13 @@ impl Backups {
                 return Err(e);
             }
         };
-        tokio::fs::rename(&temp, &path)
+        if let Err(e) = tokio::fs::rename(&temp, &path).await {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(io_err(&path)(e));
+        }
+        sync_dir(&self.options.dir)
             .await
-            .map_err(io_err(&path))?;
-        sync_dir(&self.dir).await.map_err(io_err(&self.dir))?;
+            .map_err(io_err(&self.options.dir))?;
         Ok(Written {
             name,
             path,
@@ -174,11 +201,131 @@ impl Backups {
             snapshot_bytes,
             revision,
             seconds: started.elapsed().as_secs_f64(),
+            pruned: Vec::new(),
+        })
+    }
+
+    /// Applies retention after the backup `kept` was written; returns what it deleted. A
+    /// file that cannot be listed or deleted is logged and left; the backup still counts.
+    async fn prune(&self, kept: &str) -> Vec<String> {
+        let retention = self.options.retention;
+        if retention.count.is_none() && retention.age.is_none() {
+            return Vec::new();
+        }
+        let names = match list_backups(&self.options.dir).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(dir = %self.options.dir.display(), error = %e, "listing backups for retention failed");
+                return Vec::new();
+            }
+        };
+        let mut pruned = Vec::new();
+        for name in expired(names, retention, unix_seconds(), kept) {
+            match tokio::fs::remove_file(self.options.dir.join(&name)).await {
+                Ok(()) => {
+                    tracing::info!(name = %name, "deleted an old backup (retention)");
+                    pruned.push(name);
+                }
+                Err(e) => tracing::warn!(name = %name, error = %e, "deleting an old backup failed"),
+            }
+        }
+        if !pruned.is_empty() {
+            if let Err(e) = sync_dir(&self.options.dir).await {
+                tracing::warn!(dir = %self.options.dir.display(), error = %e, "fsync of the backup directory failed");
+            }
+        }
+        pruned
+    }
+}
+
+/// The name cairn gives a backup, `cairn-<member>-<unix seconds>-rev<revision>.snap`,
+/// which the backup plugins may extend with suffixes (`.zst`, `.sealed`). Retention only
+/// ever deletes files whose names parse as this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupName {
+    pub member: String,
+    pub unix_seconds: u64,
+    pub revision: i64,
+}
+
+impl std::fmt::Display for BackupName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cairn-{}-{}-rev{}.snap",
+            self.member, self.unix_seconds, self.revision
+        )
+    }
+}
+
+impl BackupName {
+    /// The name a file carries, with or without plugin suffixes; `None` for any other file.
+    pub fn parse(file_name: &str) -> Option<BackupName> {
+        let (stem, rest) = file_name.split_once(".snap")?;
+        if !(rest.is_empty() || rest.starts_with('.')) {
+            return None;
+        }
+        let (left, revision) = stem.strip_prefix("cairn-")?.rsplit_once("-rev")?;
+        let (member, secs) = left.rsplit_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if member.is_empty() || !digits(secs) || !digits(revision) {
+            return None;
+        }
+        Some(BackupName {
+            member: member.to_string(),
+            unix_seconds: secs.parse().ok()?,
+            revision: revision.parse().ok()?,
         })
     }
 }
 
-/// Takes a backup every `interval`, the first one an interval after start.
+/// The cairn backups in `dir` (by file name), whichever member wrote them: leadership,
+/// and with it the scheduled backups, moves between members.
+async fn list_backups(dir: &Path) -> io::Result<Vec<String>> {
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    let mut names = Vec::new();
+    while let Some(entry) = entries.next_entry().await? {
+        if !entry.file_type().await?.is_file() {
+            continue;
+        }
+        if let Some(name) = entry.file_name().to_str() {
+            if BackupName::parse(name).is_some() {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Which of the backups `names` retention deletes at `now`: beyond the newest `count`,
+/// or older than `age`. `kept`, the one just written, always stays.
+fn expired(names: Vec<String>, retention: BackupRetention, now: u64, kept: &str) -> Vec<String> {
+    let mut backups: Vec<(BackupName, String)> = names
+        .into_iter()
+        .filter_map(|n| BackupName::parse(&n).map(|parsed| (parsed, n)))
+        .collect();
+    // Newest first: by time, then revision, then name, so the order is total.
+    backups.sort_by(|(a, an), (b, bn)| {
+        (b.unix_seconds, b.revision, bn).cmp(&(a.unix_seconds, a.revision, an))
+    });
+    let count = retention
+        .count
+        .map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
+    let oldest_kept = retention
+        .age
+        .map_or(0, |age| now.saturating_sub(age.as_secs()));
+    backups
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (parsed, name))| {
+            name != kept && (*i >= count || parsed.unix_seconds < oldest_kept)
+        })
+        .map(|(_, (_, name))| name)
+        .collect()
+}
+
+/// Takes a backup every `interval` while this member leads, the first one an interval
+/// after start.
 pub fn spawn_periodic(backups: Arc<Backups>, interval: Duration) {
     // The backup-stale alert compares the last success with this.
     crate::metrics::get()
@@ -189,6 +336,10 @@ pub fn spawn_periodic(backups: Arc<Backups>, interval: Duration) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            if !backups.core.is_leader() {
+                tracing::debug!("scheduled backup skipped: the leader takes them");
+                continue;
+            }
             // Failures are logged and counted by `take`; the next tick tries again.
             let _ = backups.take().await;
         }
@@ -317,6 +468,54 @@ mod tests {
             .map(|c| c.len())
             .collect();
         assert_eq!(sizes, vec![CHUNK, 10]);
+    }
+
+    #[test]
+    fn backup_names_parse_with_plugin_suffixes_and_nothing_else() {
+        let name = BackupName {
+            member: "node-1".into(),
+            unix_seconds: 1_796_000_000,
+            revision: 42,
+        };
+        let text = name.to_string();
+        assert_eq!(text, "cairn-node-1-1796000000-rev42.snap");
+        assert_eq!(BackupName::parse(&text), Some(name.clone()));
+        assert_eq!(BackupName::parse(&format!("{text}.zst.sealed")), Some(name));
+        for other in [
+            "notes.txt",
+            "cairn-node-1-1796000000-rev42.snapshot",
+            "cairn--1796000000-rev42.snap",
+            "cairn-n-x-rev42.snap",
+            "cairn-n-1-rev.snap",
+            "backup-n-1-rev2.snap",
+            ".cairn-n-1-rev2.snap.partial",
+        ] {
+            assert_eq!(BackupName::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn retention_deletes_beyond_the_count_and_past_the_age() {
+        let name = |secs: u64| format!("cairn-m-{secs}-rev{secs}.snap.sealed");
+        let names: Vec<String> = (1..=5).map(|i| name(i * 100)).collect();
+        let by_count = BackupRetention {
+            count: Some(2),
+            age: None,
+        };
+        let mut got = expired(names.clone(), by_count, 1000, &name(500));
+        got.sort();
+        assert_eq!(got, vec![name(100), name(200), name(300)]);
+        let by_age = BackupRetention {
+            count: None,
+            age: Some(Duration::from_secs(250)),
+        };
+        let mut got = expired(names.clone(), by_age, 600, &name(500));
+        got.sort();
+        assert_eq!(got, vec![name(100), name(200), name(300)]);
+        // The backup just written stays whatever its clock said.
+        let got = expired(names, by_age, 10_000, &name(500));
+        assert!(!got.contains(&name(500)));
+        assert_eq!(got.len(), 4);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod mvcc;
+pub mod notify;
 pub mod plugins;
 pub mod pprof;
 pub mod proto;

@@ -36,18 +36,20 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }),
         Command::Backup(args) => cairn::backup::cli(args),
-        Command::Serve => {
-            cairn::logging::init(&loaded.config.log_level, &loaded.config.log_outputs)
+        Command::Serve => cairn::logging::init(
+            &loaded.config.log_level,
+            &loaded.config.log_outputs,
+            loaded.config.log_format,
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            for warning in loaded.warnings() {
+                tracing::warn!("{warning}");
+            }
+            let rt = runtime()?;
+            rt.block_on(cairn::server::run(loaded.config))
                 .map_err(anyhow::Error::from)
-                .and_then(|()| {
-                    for warning in loaded.warnings() {
-                        tracing::warn!("{warning}");
-                    }
-                    let rt = runtime()?;
-                    rt.block_on(cairn::server::run(loaded.config))
-                        .map_err(anyhow::Error::from)
-                })
-        }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,18 +1,23 @@
 //! Wiring: storage -> MVCC -> Raft -> services -> listeners, then serve until SIGINT or
 //! SIGTERM, or until raft reports a fatal failure, which returns an error at once (no
-//! graceful shutdown) so the process exits non-zero. Nothing here decides behaviour; it
-//! connects the modules that do.
+//! graceful shutdown) so the process exits non-zero. A signal stops gracefully, as etcd
+//! does: client listeners stop accepting, a leader hands its leadership to a caught-up
+//! voter while the requests in flight finish (bounded), then the peer listeners and raft
+//! stop and the process exits 0. systemd hears `READY=1` once the member serves clients.
+//! Nothing here decides behaviour; it connects the modules that do.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use url::Url;
 
 use crate::api;
 use crate::auth::{AuthStore, Rbac, Tokens};
-use crate::backup::Backups;
+use crate::backup::{BackupOptions, Backups};
 use crate::config::{ClusterState, Config, ListenerOptions, MetricsLevel};
 use crate::core::{self, Core, Hooks, Limits, Parts, ReadPool};
 use crate::identity::Identity;
@@ -189,18 +194,24 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     core::spawn_lease_expiry(core.clone());
 
     let backups = cfg.backup_dir.clone().map(|dir| {
-        Arc::new(Backups::new(
-            core.clone(),
-            plugins.clone(),
+        let options = BackupOptions {
             dir,
-            cfg.name.clone(),
-        ))
+            member: cfg.name.clone(),
+            retention: cfg.backup_retention,
+            plugins: cfg.backup_plugins.clone(),
+        };
+        Arc::new(Backups::new(core.clone(), plugins.clone(), options))
     });
     if let (Some(backups), Some(interval)) = (&backups, cfg.backup_interval) {
         crate::backup::spawn_periodic(backups.clone(), interval);
     }
 
-    let mut servers = tokio::task::JoinSet::new();
+    // Client-facing listeners stop first on a shutdown, the peer listeners last: a leader
+    // hands over its leadership through its peers after it has stopped taking requests.
+    let (stop_clients, client_stop) = watch::channel(false);
+    let (stop_peers, peer_stop) = watch::channel(false);
+    let mut clients = JoinSet::new();
+    let mut peers = JoinSet::new();
     let mut client_router = api::router(core.clone(), plugins, cfg.enable_grpc_gateway)
         .merge(api::http::backup_router(backups.clone()));
     if cfg.enable_pprof {
@@ -217,19 +228,22 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         for url in urls {
             let listener = bind(flag, url, options).await?;
             let tls = secure(url, &client_tls);
-            servers.spawn(serve(listener, client_router.clone(), options, tls));
+            let stop = client_stop.clone();
+            clients.spawn(serve(listener, client_router.clone(), options, tls, stop));
         }
     }
     for url in &cfg.listen_peer_urls {
         let listener = bind("--listen-peer-urls", url, options).await?;
         let router = api::peer::router(core.clone());
-        servers.spawn(serve(listener, router, options, secure(url, &peer_tls)));
+        let tls = secure(url, &peer_tls);
+        peers.spawn(serve(listener, router, options, tls, peer_stop.clone()));
     }
     for url in &cfg.listen_metrics_urls {
         let listener = bind("--listen-metrics-urls", url, options).await?;
         let router =
             api::metrics_router(core.clone()).merge(api::http::backup_router(backups.clone()));
-        servers.spawn(serve(listener, router, options, secure(url, &client_tls)));
+        let tls = secure(url, &client_tls);
+        clients.spawn(serve(listener, router, options, tls, client_stop.clone()));
     }
     tracing::info!(
         name = %cfg.name,
@@ -238,18 +252,59 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         data_dir = %cfg.data_dir.display(),
         "ready to serve client requests"
     );
+    let readiness = tokio::spawn(notify_when_serving(core.clone()));
 
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
         // Fail safe: no graceful shutdown, which would go on serving reads meanwhile.
         e = raft.failed() => return Err(ServerError::Failed(e)),
-        Some(done) = servers.join_next() => match done {
-            Ok(result) => result,
-            Err(e) => Err(ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), std::io::Error::other(e))),
-        },
+        Some(done) = clients.join_next() => listener_ended(done),
+        Some(done) = peers.join_next() => listener_ended(done),
     };
+    readiness.abort();
+    crate::notify::stopping();
+    // etcd's `Etcd.Close` then `EtcdServer.Stop`: no new requests, leadership handed over
+    // while the requests in flight finish (bounded), then raft stops and flushes.
+    let _ = stop_clients.send(true);
+    tokio::select! {
+        e = raft.failed() => return Err(ServerError::Failed(e)),
+        transferred = raft.transfer_leadership() => if let Err(e) = transferred {
+            tracing::warn!(local_member_id = %format!("{:x}", id.member_id), error = %e, "leadership transfer failed");
+        },
+    }
+    while clients.join_next().await.is_some() {}
+    let _ = stop_peers.send(true);
+    while peers.join_next().await.is_some() {}
     raft.shutdown().await;
+    tracing::info!(name = %cfg.name, "stopped");
     result
+}
+
+/// A listener task that ended before shutdown: its error, or a panic's.
+fn listener_ended(
+    done: Result<Result<(), ServerError>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
+    match done {
+        Ok(result) => result,
+        Err(e) => Err(ServerError::Serve(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            std::io::Error::other(e),
+        )),
+    }
+}
+
+/// systemd's `READY=1`, as etcd sends it once its server is ready (it has published
+/// itself to the cluster): here, once a linearizable read succeeds, which needs a leader
+/// and this member's state caught up with it, so a client's request can succeed.
+async fn notify_when_serving(core: Arc<Core>) {
+    while core
+        .check(core::HealthCheck::LinearizableRead)
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    crate::notify::ready();
 }
 
 /// The read pool: one thread per CPU, so a burst of huge reads takes at most the machine's
@@ -419,11 +474,12 @@ async fn serve(
     router: axum::Router,
     options: ListenerOptions,
     tls: Option<Arc<ServerTls>>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Serve(SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
-    api::listen::serve(listener, router, options, tls)
+    api::listen::serve(listener, router, options, tls, stop)
         .await
         .map_err(|e| ServerError::Serve(addr, e))
 }

@@ -257,6 +257,11 @@ impl Cluster {
         self.members[i].server.args_mut()
     }
 
+    /// The environment member `i` starts with at its next [`Cluster::relaunch`].
+    pub fn member_env_mut(&mut self, i: NodeId) -> &mut Vec<(String, String)> {
+        self.members[i].server.env_mut()
+    }
+
     /// Member `i`'s raft id.
     pub fn member_id(&self, i: NodeId) -> u64 {
         self.members[i].id
@@ -362,6 +367,16 @@ impl Cluster {
         // Best effort: a port still held by the dead process's sockets stays unreserved.
         member.reserved_ports = reserve_ports(&member.server).unwrap_or_default();
         Ok(())
+    }
+
+    /// SIGTERM member `i` and wait (bounded) for it to exit; returns how it exited.
+    pub async fn terminate(&mut self, i: NodeId) -> Result<std::process::ExitStatus> {
+        let member = &mut self.members[i];
+        let status = member.server.terminate().await?;
+        member.paused = false;
+        self.network.set_pid(i, None);
+        member.reserved_ports = reserve_ports(&member.server).unwrap_or_default();
+        Ok(status)
     }
 
     /// Starts member `i` again (killing it first if it runs) on its data directory and waits

@@ -585,6 +585,11 @@ impl Server {
         &mut self.args
     }
 
+    /// The environment the next [`Server::restart`] or [`Server::relaunch`] uses.
+    pub fn env_mut(&mut self) -> &mut Vec<(String, String)> {
+        &mut self.env
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -5,7 +5,8 @@
 //! - `--grpc-keepalive-interval/-timeout` and `--max-concurrent-streams`;
 //! - each request carries its connection's addresses, so the core knows its peer;
 //! - on an https listener, each connection is a TLS handshake first (`crate::tls` builds
-//!   the acceptor); a failed or stalled handshake ends only that connection.
+//!   the acceptor); a failed or stalled handshake ends only that connection;
+//! - a graceful stop: no new connections, open ones told to finish (bounded).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
@@ -32,18 +35,33 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 /// How long a client may take over its TLS handshake before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a stopping listener waits for its connections' requests to finish before it
+/// closes them. Unary requests take far less; a watch or keep-alive stream never ends by
+/// itself and is cut at this bound (etcd bounds its gRPC `GracefulStop` the same way).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Serves `router` on every connection `listener` accepts, over TLS when `tls` is set,
-/// until the task is dropped.
+/// until `stop` turns true: then it stops accepting, asks every connection to finish
+/// (HTTP/2 GOAWAY; HTTP/1 closes after its current request) and returns once they have,
+/// or after [`DRAIN_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     options: ListenerOptions,
     tls: Option<Arc<ServerTls>>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let builder = builder(options);
     let local_addr = listener.local_addr().ok();
+    let mut connections = JoinSet::new();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(stop.clone()) => break,
+        };
+        // Reap finished connections so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off as axum does, keep serving.
@@ -58,40 +76,82 @@ pub async fn serve(
             local_addr,
             remote_addr: Some(peer),
         };
-        let router = router.clone();
-        let service = move |cert_name: Option<ClientCertName>| {
-            TowerToHyperService::new(router.map_request(move |mut req: http::Request<_>| {
+        let connection = Connection {
+            builder: builder.clone(),
+            router: router.clone(),
+            info,
+            stop: stop.clone(),
+        };
+        // Taken per connection, so rotated certificate files reach new handshakes.
+        let tls = tls.as_ref().map(|t| t.acceptor());
+        connections.spawn(async move {
+            match tls {
+                None => connection.serve(tcp, None).await,
+                Some(tls) => {
+                    if let Some(stream) = handshake(&tls, tcp).await {
+                        let name = cert_name(&stream);
+                        connection.serve(stream, name).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+        tracing::info!(
+            address = ?local_addr,
+            open = connections.len(),
+            "closing connections still open after the drain timeout"
+        );
+    }
+    Ok(())
+}
+
+/// Resolves once `stop` is true; never if its sender is gone without saying so.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    builder: Builder<TokioExecutor>,
+    router: axum::Router,
+    info: TcpConnectInfo,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves requests on `io` until the client closes it or the listener stops.
+    async fn serve<I>(self, io: I, cert_name: Option<ClientCertName>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = self.info;
+        let service =
+            TowerToHyperService::new(self.router.map_request(move |mut req: http::Request<_>| {
                 req.extensions_mut().insert(info.clone());
                 if let Some(name) = &cert_name {
                     req.extensions_mut().insert(name.clone());
                 }
                 req
-            }))
-        };
-        let builder = builder.clone();
-        // Taken per connection, so rotated certificate files reach new handshakes.
-        let tls = tls.as_ref().map(|t| t.acceptor());
-        tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), service(None))
-                        .await
-                }
-                Some(tls) => match handshake(&tls, tcp).await {
-                    Some(stream) => {
-                        let name = cert_name(&stream);
-                        builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service(name))
-                            .await
-                    }
-                    None => return,
-                },
-            };
-            if let Err(e) = served {
-                tracing::debug!("connection ended: {e}");
+            }));
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let served = tokio::select! {
+            served = conn.as_mut() => served,
+            () = stopped(self.stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
             }
-        });
+        };
+        if let Err(e) = served {
+            tracing::debug!("connection ended: {e}");
+        }
     }
 }
 

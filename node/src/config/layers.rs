@@ -141,6 +141,7 @@ pub(crate) fn file(
         match transport_prefix(&name) {
             Some(prefix) => flat.insert_transport(&name, prefix, value)?,
             None if name == "plugins" => *plugins = super::plugins::parse(&value, path)?,
+            None if name == BACKUP_SECTION => flat.insert_backup(value)?,
             None if name != CONFIG_FILE && keys::find(&name).is_some() => {
                 flat.insert(&name, name.clone(), &value)?
             }
@@ -158,6 +159,19 @@ pub(crate) fn file(
     }
     Ok(layer)
 }
+
+/// cairn's `backup:` section: `{dir, interval, retention: {count, age}, plugins}`, the
+/// `backup-*` keys nested, flattened like the transport sections.
+const BACKUP_SECTION: &str = "backup";
+
+/// The flag each `backup:` setting stands for (`retention` is a mapping of two).
+const BACKUP_KEYS: &[(&str, &str)] = &[
+    ("dir", "backup-dir"),
+    ("interval", "backup-interval"),
+    ("plugins", "backup-plugins"),
+    ("retention.count", "backup-retention-count"),
+    ("retention.age", "backup-retention-age"),
+];
 
 /// The flag-name prefix for etcd's nested TLS sections.
 fn transport_prefix(name: &str) -> Option<&'static str> {
@@ -204,18 +218,22 @@ struct FileValues<'a> {
 }
 
 impl FileValues<'_> {
+    /// The entries of the file's section `section`, which must be a mapping (or empty).
+    fn mapping(&self, section: &str, value: Value) -> Result<Dict, ConfigError> {
+        match value {
+            Value::Dict(_, inner) => Ok(inner),
+            Value::Empty(..) => Ok(Dict::new()),
+            _ => Err(self.bad_value(section, "expected a mapping")),
+        }
+    }
+
     fn insert_transport(
         &mut self,
         section: &str,
         prefix: &str,
         value: Value,
     ) -> Result<(), ConfigError> {
-        let inner = match value {
-            Value::Dict(_, inner) => inner,
-            Value::Empty(..) => return Ok(()),
-            _ => return Err(self.bad_value(section, "expected a mapping")),
-        };
-        for (sub, value) in inner {
+        for (sub, value) in self.mapping(section, value)? {
             let written = format!("{section}.{sub}");
             if !TRANSPORT_KEYS.contains(&sub.as_str()) {
                 let suggestion = suggest::nearest(&sub, TRANSPORT_KEYS.iter().copied())
@@ -234,6 +252,43 @@ impl FileValues<'_> {
                         self.no_flag.push(written);
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `backup:` section (see [`BACKUP_KEYS`]); `retention:` nests one level more.
+    fn insert_backup(&mut self, value: Value) -> Result<(), ConfigError> {
+        let mut settings = Vec::new();
+        self.nested(BACKUP_SECTION, value, &mut settings)?;
+        for (written, value) in settings {
+            let sub = &written[BACKUP_SECTION.len() + 1..];
+            match BACKUP_KEYS.iter().find(|(name, _)| *name == sub) {
+                Some((_, flag)) => self.insert(&written, (*flag).to_owned(), &value)?,
+                None => {
+                    let suggestion = suggest::nearest(sub, BACKUP_KEYS.iter().map(|(n, _)| *n))
+                        .map(|s| format!("{BACKUP_SECTION}.{s}"));
+                    self.unknown(written, suggestion);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The leaves under the mapping `value` (written `section`), as `section.a.b`; only
+    /// `backup.retention` is a mapping inside the section.
+    fn nested(
+        &self,
+        section: &str,
+        value: Value,
+        leaves: &mut Vec<(String, Value)>,
+    ) -> Result<(), ConfigError> {
+        for (sub, value) in self.mapping(section, value)? {
+            let written = format!("{section}.{sub}");
+            if written == "backup.retention" {
+                self.nested(&written, value, leaves)?;
+            } else {
+                leaves.push((written, value));
             }
         }
         Ok(())

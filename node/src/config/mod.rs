@@ -85,6 +85,8 @@ pub struct Config {
     pub log_level: String,
     /// Where logs go (`--log-outputs`), without duplicates.
     pub log_outputs: Vec<LogOutput>,
+    /// `--log-format` (etcd 3.6): zap's JSON lines or its console text.
+    pub log_format: LogFormat,
     /// Extra client listeners (`--listen-client-http-urls`); empty unless set.
     pub listen_client_http_urls: Vec<url::Url>,
     /// `--experimental-watch-progress-notify-interval` (or its etcd 3.6 name).
@@ -106,8 +108,12 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// `--backup-dir`: where backups are written; `None` disables them.
     pub backup_dir: Option<PathBuf>,
-    /// `--backup-interval`: periodic backups; `None` when 0.
+    /// `--backup-interval`: scheduled backups (on the leader); `None` when 0.
     pub backup_interval: Option<Duration>,
+    /// `--backup-retention-count` / `--backup-retention-age`: what pruning keeps.
+    pub backup_retention: BackupRetention,
+    /// `--backup-plugins`: the backup-hook plugins backups go through; empty: all.
+    pub backup_plugins: Vec<String>,
     /// `--config-file`, where a plugin reload reads the `plugins:` list again.
     pub config_file: Option<PathBuf>,
     /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, `--auto-tls`:
@@ -178,6 +184,24 @@ pub enum LogOutput {
     Stdout,
     /// Any other value: a file, appended to.
     File(PathBuf),
+}
+
+/// Which backups pruning keeps after each backup; `None` sets no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackupRetention {
+    /// Keep at most this many (the newest).
+    pub count: Option<u64>,
+    /// Delete those older than this.
+    pub age: Option<Duration>,
+}
+
+/// `--log-format` (etcd 3.6's flag; 3.5 always writes JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line with zap's keys (`level`, `ts`, `caller`, `msg`, fields).
+    Json,
+    /// zap's console encoder: the same values separated by tabs, fields as JSON.
+    Console,
 }
 
 /// `--metrics`.
@@ -461,6 +485,7 @@ pub fn load_from(args: Vec<OsString>, env: Vec<(String, String)>) -> Result<Load
         file_path.as_deref(),
     )?;
     let mut loaded = finish(command, raw, warnings)?;
+    validate::check_backup_plugins(&loaded.sources, &plugin_specs)?;
     loaded.config.plugins = plugin_specs;
     loaded.config.config_file = file_path;
     loaded
@@ -587,6 +612,7 @@ mod tests {
                 quota_backend_bytes: 2 * 1024 * 1024 * 1024,
                 log_level: "info".into(),
                 log_outputs: vec![LogOutput::Stderr],
+                log_format: LogFormat::Json,
                 listen_client_http_urls: vec![],
                 watch_progress_notify_interval: Duration::from_secs(600),
                 lease_checkpoints: Some(crate::lease::CheckpointConfig {
@@ -606,6 +632,8 @@ mod tests {
                 plugins: Vec::new(),
                 backup_dir: None,
                 backup_interval: None,
+                backup_retention: BackupRetention::default(),
+                backup_plugins: Vec::new(),
                 config_file: None,
                 client_tls: TlsFiles::default(),
                 peer_tls: TlsFiles::default(),
@@ -1223,6 +1251,53 @@ mod tests {
             let got = err(args, &[]);
             assert!(got.contains(want), "{args:?}: {got}");
         }
+    }
+
+    #[test]
+    fn the_backup_section_sets_the_backup_flags_which_override_it() {
+        let file = yaml(
+            "plugins:\n  - {name: seal, path: s.wasm, hooks: [backup]}\n\
+             backup:\n  dir: /b\n  interval: 1h\n  retention:\n    count: 7\n    age: 168h\n\
+             \x20 plugins: [seal]\n",
+        );
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let c = ok(&["--config-file", path], &[]).config;
+        assert_eq!(c.backup_dir, Some(PathBuf::from("/b")));
+        assert_eq!(c.backup_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            c.backup_retention,
+            BackupRetention {
+                count: Some(7),
+                age: Some(Duration::from_secs(168 * 3600)),
+            }
+        );
+        assert_eq!(c.backup_plugins, vec!["seal".to_string()]);
+        let c = ok(
+            &["--config-file", path, "--backup-retention-count=0"],
+            &[("ETCD_BACKUP_INTERVAL", "5m")],
+        )
+        .config;
+        assert_eq!(c.backup_retention.count, None);
+        assert_eq!(c.backup_interval, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn bad_backup_settings_are_refused_naming_the_key() {
+        let file = yaml("backup:\n  dir: /b\n  retention: {cuont: 3}\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let e = err(&["--config-file", path], &[]);
+        assert!(e.contains("backup.retention.cuont"), "{e}");
+        assert!(e.contains("backup.retention.count"), "{e}");
+        assert_eq!(
+            err(&["--backup-retention-age=1h"], &[]),
+            "invalid value \"1h\" for backup-retention-age (from flag \
+             --backup-retention-age): backup retention needs --backup-dir"
+        );
+        let e = err(&["--backup-dir=/b", "--backup-plugins=seal"], &[]);
+        assert!(
+            e.contains("no plugin named \"seal\" with the backup hook"),
+            "{e}"
+        );
     }
 
     #[test]

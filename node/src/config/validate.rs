@@ -16,8 +16,8 @@ use super::keys::{
 };
 use super::layers::{Entry, Raw};
 use super::{
-    AutoCompaction, ClusterState, Config, ConfigError, ListenerOptions, LogOutput, MetricsLevel,
-    Origin, TlsFiles, TlsPolicy, TlsVersion,
+    AutoCompaction, BackupRetention, ClusterState, Config, ConfigError, Hook, ListenerOptions,
+    LogFormat, LogOutput, MetricsLevel, Origin, PluginConfig, TlsFiles, TlsPolicy, TlsVersion,
 };
 use crate::auth::jwt::JwtOptions;
 use crate::auth::{AuthSettings, TokenType};
@@ -146,6 +146,10 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         },
         log_level: raw.get("log-level").value.clone(),
         log_outputs: log_outputs(raw.get("log-outputs"))?,
+        log_format: match raw.get("log-format").value.as_str() {
+            "console" => LogFormat::Console,
+            _ => LogFormat::Json,
+        },
         listen_client_http_urls: urls(raw.get("listen-client-http-urls"), Need::BindOrNone)?,
         watch_progress_notify_interval: watch_progress(raw)?,
         lease_checkpoints,
@@ -172,6 +176,8 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from),
         backup_interval: backup_interval(raw)?,
+        backup_retention: backup_retention(raw)?,
+        backup_plugins: list(raw.get("backup-plugins")),
         config_file: None,
         client_tls,
         peer_tls,
@@ -483,6 +489,55 @@ fn backup_interval(raw: &Raw) -> Result<Option<Duration>, ConfigError> {
         }
         d => Ok(Some(d)),
     }
+}
+
+/// `--backup-retention-count` and `--backup-retention-age`: pruning needs `--backup-dir`.
+fn backup_retention(raw: &Raw) -> Result<BackupRetention, ConfigError> {
+    let count = raw.get("backup-retention-count");
+    let age = raw.get("backup-retention-age");
+    let retention = BackupRetention {
+        count: Some(uint(count)?).filter(|n| *n > 0),
+        age: Some(duration(age)?).filter(|d| !d.is_zero()),
+    };
+    let no_dir = raw.get("backup-dir").value.is_empty();
+    match (retention.count, retention.age) {
+        (Some(_), _) if no_dir => Err(count.invalid("backup retention needs --backup-dir")),
+        (_, Some(_)) if no_dir => Err(age.invalid("backup retention needs --backup-dir")),
+        _ => Ok(retention),
+    }
+}
+
+/// A comma-separated list key's items, without blanks.
+fn list(entry: &Entry) -> Vec<String> {
+    entry
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--backup-plugins` may name only plugins of the config file's `plugins:` list that have
+/// the backup hook.
+pub(super) fn check_backup_plugins(
+    entries: &[Entry],
+    plugins: &[PluginConfig],
+) -> Result<(), ConfigError> {
+    let Some(entry) = entries.iter().find(|e| e.key.name == "backup-plugins") else {
+        return Ok(());
+    };
+    for name in list(entry) {
+        let known = plugins
+            .iter()
+            .any(|p| p.name == name && p.hooks.contains(&Hook::Backup));
+        if !known {
+            return Err(entry.invalid(format!(
+                "no plugin named {name:?} with the backup hook in the config file's plugins: list"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The watch progress interval, under its etcd 3.5 or 3.6 name.

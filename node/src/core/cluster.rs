@@ -125,6 +125,11 @@ impl Core {
 }
 
 impl Core {
+    /// Whether this member leads now (the leader-only background tasks ask).
+    pub fn is_leader(&self) -> bool {
+        self.raft.status().is_leader
+    }
+
     /// etcd's MoveLeader: only the leader moves leadership, to a voter.
     pub async fn move_leader(
         &self,

@@ -26,6 +26,10 @@ pub enum ChainError {
     },
     #[error("backup plugin {plugin}: {reason}")]
     Refused { plugin: String, reason: String },
+    /// `--backup-plugins` names a plugin that is not loaded with the backup hook (a reload
+    /// removed it): the backup fails rather than skip it.
+    #[error("backup plugin {0}: not loaded with the backup hook")]
+    Missing(String),
 }
 
 /// One stream through every backup plugin. With no backup plugin it passes bytes through.
@@ -43,17 +47,32 @@ impl BackupChain {
         direction: Direction,
         name: &str,
     ) -> Result<(BackupChain, String), ChainError> {
+        BackupChain::begin_only(set, direction, name, &[]).await
+    }
+
+    /// [`BackupChain::begin`] through only the backup plugins named in `only` (all of them
+    /// when it is empty), in the set's order.
+    pub async fn begin_only(
+        set: Option<Arc<PluginSet>>,
+        direction: Direction,
+        name: &str,
+        only: &[String],
+    ) -> Result<(BackupChain, String), ChainError> {
         let mut chain = BackupChain { stages: Vec::new() };
         let mut name = name.to_string();
-        let Some(set) = set else {
-            return Ok((chain, name));
-        };
-        let mut order: Vec<Arc<LoadedPlugin>> = set
-            .plugins
+        let plugins = set.as_ref().map_or(&[][..], |set| &set.plugins[..]);
+        let mut order: Vec<Arc<LoadedPlugin>> = plugins
             .iter()
             .filter(|p| p.config.hooks.contains(&Hook::Backup))
+            .filter(|p| only.is_empty() || only.contains(&p.config.name))
             .cloned()
             .collect();
+        if let Some(missing) = only
+            .iter()
+            .find(|wanted| !order.iter().any(|p| p.config.name == **wanted))
+        {
+            return Err(ChainError::Missing(missing.clone()));
+        }
         if direction == Direction::Open {
             order.reverse();
         }

@@ -445,6 +445,53 @@ impl RaftNode {
             .map_err(|_| RaftError::Timeout)
     }
 
+    /// etcd's `TransferLeadership` on stop: a leader of a cluster with other voters hands
+    /// leadership to the most caught-up one first, so the cluster gets a new leader at once
+    /// instead of after an election timeout. Logged with etcd's messages.
+    pub async fn transfer_leadership(&self) -> Result<(), RaftError> {
+        let local = format!("{:x}", self.member_id);
+        if !self.status().is_leader {
+            tracing::info!(local_member_id = %local, "skipped leadership transfer; local server is not leader");
+            return Ok(());
+        }
+        let Some(transferee) = self.most_caught_up_voter() else {
+            tracing::info!(local_member_id = %local, "skipped leadership transfer for single voting member cluster");
+            return Ok(());
+        };
+        tracing::info!(
+            local_member_id = %local,
+            current_leader_member_id = %local,
+            transferee_member_id = %format!("{transferee:x}"),
+            "leadership transfer starting"
+        );
+        let started = std::time::Instant::now();
+        self.move_leader(transferee).await?;
+        tracing::info!(
+            local_member_id = %local,
+            old_leader_member_id = %local,
+            new_leader_member_id = %format!("{transferee:x}"),
+            took = %crate::logging::go_duration(started.elapsed()),
+            "leadership transfer finished"
+        );
+        Ok(())
+    }
+
+    /// The other voter whose log matches the leader's furthest (`None`: there is none).
+    fn most_caught_up_voter(&self) -> Option<u64> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        let matched = |id: &u64| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map_or(0, |l| l.index())
+        };
+        self.raft
+            .voter_ids()
+            .filter(|id| *id != self.member_id)
+            .max_by_key(|id| matched(id))
+    }
+
     /// Receives a vote request from a candidate, in openraft's encoding.
     pub async fn peer_vote(&self, data: &[u8]) -> Result<Vec<u8>, RaftError> {
         let rpc = decode(data).map_err(|e| RaftError::Malformed(e.to_string()))?;

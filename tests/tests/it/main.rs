@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod auto_compaction;
 mod bad_input;
 mod big_reads;
 mod cluster_faults;
@@ -22,6 +23,7 @@ mod kv;
 mod lease_api;
 mod lease_checkpoint;
 mod lease_ctl;
+mod lifecycle;
 mod lock_api;
 mod lock_elect;
 mod maintenance;
@@ -29,6 +31,7 @@ mod metrics;
 mod multi_node;
 mod plugin_hooks;
 mod plugins;
+mod scheduled_backups;
 mod snapshots;
 mod tls;
 mod tls_fuzz;
