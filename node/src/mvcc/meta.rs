@@ -13,6 +13,8 @@ pub(super) const COMPACT_DONE: &str = "compact_done";
 pub(super) const COMPACT_CURSOR: &str = "compact_cursor";
 /// Number of live keys.
 pub(super) const KEY_COUNT: &str = "key_count";
+/// etcd's alarm list (see `alarm.rs`).
+pub(super) const ALARMS: &str = "alarms";
 /// The caller's opaque apply marker (the raft log id of the last applied entry).
 pub(super) const APPLIED: &str = "applied";
 

@@ -35,6 +35,7 @@
 //! adds its own lease records to the apply batch; mvcc only indexes which keys carry which
 //! lease id) or watchers (it returns each revision's events to the caller).
 
+mod alarm;
 mod codec;
 mod compact;
 mod hash;
@@ -49,16 +50,19 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+pub use alarm::AlarmChange;
 pub use codec::MAX_KEY_LEN;
 pub use compact::CompactionDone;
 pub use hash::KvHash;
 pub use txn::is_read_only;
 
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use crate::proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmType, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::{Keyspace, Snapshot, StorageError, Store, WriteBatch};
 use codec::Rev;
@@ -140,6 +144,10 @@ impl Keyspaces {
     }
 }
 
+/// How long an estimate of [`Mvcc::size_in_use`] is reused: the quota check asks on
+/// every write.
+const IN_USE_TTL: Duration = Duration::from_secs(1);
+
 /// Revisions as recorded in one snapshot.
 #[derive(Clone, Copy)]
 struct Revisions {
@@ -164,12 +172,19 @@ pub struct Mvcc {
     /// Held by the compaction worker for each batch and by [`Mvcc::install`], so no batch
     /// of the old state lands in the new one.
     compacting: Arc<Mutex<()>>,
+    /// etcd's alarm store (see `alarm.rs`).
+    alarms: alarm::AlarmList,
+    /// The last estimate of the live data and when it was made (see [`Mvcc::size_in_use`]).
+    in_use: Mutex<Option<(Instant, u64)>>,
+    /// Held by a defragmentation, so two run one after the other.
+    defragmenting: Mutex<()>,
 }
 
 impl Mvcc {
     /// Opens the MVCC keyspaces and resumes any unfinished physical compaction.
     pub fn open(store: Arc<Store>) -> Result<Mvcc, MvccError> {
         let ks = Keyspaces::open(&store)?;
+        let alarms = alarm::AlarmList::load(&ks.meta)?;
         let snap = store.snapshot();
         let revs = revisions(&snap, &ks)?;
         let key_count = meta::snapshot_i64(&snap, &ks.meta, meta::KEY_COUNT)?.unwrap_or(0);
@@ -193,6 +208,9 @@ impl Mvcc {
             worker: Mutex::new(Some(worker)),
             gate: RwLock::new(()),
             compacting,
+            alarms,
+            in_use: Mutex::new(None),
+            defragmenting: Mutex::new(()),
         })
     }
 
@@ -416,6 +434,83 @@ impl Mvcc {
     /// The live keys attached to `lease`, in key order.
     pub fn lease_keys(&self, lease: i64) -> Result<Vec<Vec<u8>>, MvccError> {
         lease_index::keys(&self.view(), &self.ks.lease, lease)
+    }
+
+    /// etcd's `AlarmStore.Get`: the raised alarms of type `alarm` (every one for NONE).
+    pub fn alarms(&self, alarm: i32) -> Vec<AlarmMember> {
+        self.alarms.get(alarm)
+    }
+
+    /// Whether some member has raised `alarm`.
+    pub fn alarm_raised(&self, alarm: AlarmType) -> bool {
+        self.alarms.is_raised(alarm)
+    }
+
+    /// Applies an Alarm request (etcd's `applierV3backend.Alarm`): the changed list is
+    /// stored with the apply marker.
+    pub fn apply_alarm(&self, req: &AlarmRequest, applied: &[u8]) -> Result<AlarmChange, MvccError> {
+        let change = self.alarms.plan(req);
+        self.record_applied_with(applied, |batch| {
+            alarm::AlarmList::stage(&self.ks.meta, batch, &change)
+        })?;
+        Ok(self.alarms.commit(change))
+    }
+
+    /// An estimate of the bytes the state would occupy after a defragmentation: etcd's
+    /// `db_size_in_use`. Per keyspace, the tables' bytes on disk scaled by the share of
+    /// their entries that are live, plus what the memtables hold. Live entries are the
+    /// live key count for `kv_latest`, the distinct names for `mvcc_meta` (both are
+    /// overwritten in place), and entries less twice the tombstones for the others, whose
+    /// keys are written once and removed once (each tombstone hides one entry). Made from
+    /// the engine's statistics, at most once per [`IN_USE_TTL`].
+    pub fn size_in_use(&self) -> Result<u64, MvccError> {
+        let mut cached = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, bytes)) = *cached {
+            if at.elapsed() < IN_USE_TTL {
+                return Ok(bytes);
+            }
+        }
+        let bytes = self.estimate_in_use()?;
+        *cached = Some((Instant::now(), bytes));
+        Ok(bytes)
+    }
+
+    fn estimate_in_use(&self) -> Result<u64, MvccError> {
+        let meta_names = self.ks.meta.iter().keys().count() as u64;
+        let latest = u64::try_from(self.key_count()).unwrap_or(0);
+        let live = |ks: &Keyspace, exact: Option<u64>| {
+            let u = ks.usage();
+            if u.entries == 0 {
+                return 0;
+            }
+            let entries = exact.unwrap_or(u.entries.saturating_sub(2 * u.tombstones));
+            let share = (entries as f64 / u.entries as f64).min(1.0);
+            (u.disk_bytes as f64 * share) as u64
+        };
+        let k = &self.ks;
+        let tables = live(&k.latest, Some(latest))
+            + live(&k.meta, Some(meta_names))
+            + [&k.history, &k.revs, &k.lease, &k.leases, &k.auth]
+                .into_iter()
+                .map(|ks| live(ks, None))
+                .sum::<u64>();
+        Ok(tables + self.store.write_buffer_bytes())
+    }
+
+    /// Rewrites every keyspace of the state (etcd's defragmentation): the versions a
+    /// compaction removed and the tombstones go, and the files shrink. Reads and writes go
+    /// on meanwhile; a second call waits for the first.
+    pub fn defragment(&self) -> Result<(), MvccError> {
+        let _one = self
+            .defragmenting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let k = &self.ks;
+        for ks in [&k.latest, &k.history, &k.revs, &k.meta, &k.lease, &k.leases, &k.auth] {
+            ks.major_compact()?;
+        }
+        *self.in_use.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
     }
 
     /// The last stored apply marker.

@@ -361,6 +361,7 @@ impl Mvcc {
                 .store(restored.compact_revision, Ordering::Release);
             self.key_count
                 .store(key_count.unwrap_or(0), Ordering::Release);
+            self.alarms.reload(&self.ks.meta)?;
             restored
         };
         // The snapshot may hold an unfinished physical compaction: wake the worker.
