@@ -77,12 +77,12 @@ pub(crate) const TLS_ONLY: &str = "cairn's TLS (rustls) does not implement this 
 const NO_V2: &str = "cairn serves only the v3 API (etcd 3.6 removed v2)";
 const V2_PROXY: &str = "cairn always runs as a cluster member, never as a v2 proxy";
 const DISCOVERY_ONLY: &str = "it only applies to discovery, which cairn does not support yet";
-const NO_PEERS: &str = "it compares this member with its peers, which cairn does not do yet";
+const NO_PEERS: &str = "cairn runs the periodic and initial corruption checks, not the compaction hash check";
 const NO_BBOLT: &str = "cairn stores data in fjall (an LSM), not bbolt";
 const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
 const NO_RAFT_HTTP: &str =
     "it tunes etcd's peer transport; cairn's peer calls are bounded by openraft's own timeouts";
-const NO_DEFRAG: &str = "defragmentation is a no-op in cairn: the LSM compacts in the background";
+const NO_DEFRAG: &str = "defragmentation never stops a member in cairn: the LSM rewrites its tables while reads and writes go on";
 const NO_SLOW_LOG: &str = "cairn logs no slow-request warnings yet";
 const NO_COMPACTION_BATCHES: &str = "cairn compacts in one LSM range delete, not in batches";
 const NO_LOG_ROTATION: &str = "cairn does not rotate log files (use logrotate with copytruncate)";
