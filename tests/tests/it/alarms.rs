@@ -71,7 +71,7 @@ async fn seed_001_fill_past_the_quota_then_compact_defrag_and_disarm() {
     assert_eq!(alarms.trim_end(), format!("memberID:{id} alarm:NOSPACE"));
     // Writes fail, with etcd's message, even small ones and lease grants.
     let put = server.ctl(&["put", "small", "v"]).await.unwrap();
-    assert!(!put.code == 0 && put.stderr.contains(NO_SPACE), "{put:?}");
+    assert!(put.code != 0 && put.stderr.contains(NO_SPACE), "{put:?}");
     assert_grpc_error(client.lease_grant(60, None).await, Code::ResourceExhausted, NO_SPACE);
     // Reads and deletes work.
     let got = client.get("fill/0", None).await.unwrap();
@@ -85,7 +85,7 @@ async fn seed_001_fill_past_the_quota_then_compact_defrag_and_disarm() {
     assert!(defrag.contains("Finished defragmenting etcd member"), "{defrag}");
     // The alarm stays up until it is disarmed.
     let put = server.ctl(&["put", "small", "v"]).await.unwrap();
-    assert!(!put.code == 0 && put.stderr.contains(NO_SPACE), "{put:?}");
+    assert!(put.code != 0 && put.stderr.contains(NO_SPACE), "{put:?}");
 
     let disarmed = ok(&server, &["alarm", "disarm"]).await;
     assert_eq!(disarmed.trim_end(), format!("memberID:{id} alarm:NOSPACE"));
