@@ -98,8 +98,10 @@ async fn seed_001_fill_past_the_quota_then_compact_defrag_and_disarm() {
     assert!(in_use > 0 && in_use <= size, "{s}");
     // What is left (15 keys of 64 KiB) is well under the quota.
     assert!((in_use as u64) < QUOTA / 2, "{s}");
-    let (_, metrics) = server.http_get("/metrics").await.unwrap();
-    assert!(metrics.contains(&format!("etcd_server_quota_backend_bytes {QUOTA}\n")));
+    let metric = |name| crate::plugins::metric(&server, name, &[]);
+    assert_eq!(metric("etcd_server_quota_backend_bytes").await, QUOTA as f64);
+    assert!(metric("etcd_mvcc_db_total_size_in_bytes").await > 0.0);
+    assert!(metric("etcd_mvcc_db_total_size_in_use_in_bytes").await < (QUOTA / 2) as f64);
 }
 
 #[tokio::test]
