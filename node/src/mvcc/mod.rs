@@ -457,8 +457,8 @@ impl Mvcc {
     }
 
     /// An estimate of the bytes the state would occupy after a defragmentation: etcd's
-    /// `db_size_in_use`. Per keyspace, the tables' bytes on disk scaled by the share of
-    /// their entries that are live, plus what the memtables hold. Live entries are the
+    /// `db_size_in_use`. Per keyspace, the bytes in its tables and memtables scaled by the
+    /// share of its entries that are live. Live entries are the
     /// live key count for `kv_latest`, the distinct names for `mvcc_meta` (both are
     /// overwritten in place), and entries less twice the tombstones for the others, whose
     /// keys are written once and removed once (each tombstone hides one entry). Made from
@@ -485,16 +485,15 @@ impl Mvcc {
             }
             let entries = exact.unwrap_or(u.entries.saturating_sub(2 * u.tombstones));
             let share = (entries as f64 / u.entries as f64).min(1.0);
-            (u.disk_bytes as f64 * share) as u64
+            ((u.disk_bytes + u.memtable_bytes) as f64 * share) as u64
         };
         let k = &self.ks;
-        let tables = live(&k.latest, Some(latest))
+        Ok(live(&k.latest, Some(latest))
             + live(&k.meta, Some(meta_names))
             + [&k.history, &k.revs, &k.lease, &k.leases, &k.auth]
                 .into_iter()
                 .map(|ks| live(ks, None))
-                .sum::<u64>();
-        Ok(tables + self.store.write_buffer_bytes())
+                .sum::<u64>())
     }
 
     /// Rewrites every keyspace of the state (etcd's defragmentation): the versions a

@@ -39,6 +39,7 @@ impl fmt::Debug for Bytes {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeyspaceUsage {
     pub disk_bytes: u64,
+    pub memtable_bytes: u64,
     pub entries: u64,
     pub tombstones: u64,
 }
@@ -117,13 +118,14 @@ impl Keyspace {
             .transpose()
     }
 
-    /// What this keyspace holds, from the engine's statistics (no data is read):
-    /// table bytes on disk, entries (tables and memtables, counting every version and
-    /// tombstone) and tombstones in the tables.
+    /// What this keyspace holds, from the engine's statistics (no data is read): bytes
+    /// in its tables on disk and in its memtables, entries (tables and memtables, counting
+    /// every version and tombstone) and tombstones in the tables.
     pub fn usage(&self) -> KeyspaceUsage {
         use fjall::AbstractTree;
         KeyspaceUsage {
             disk_bytes: self.inner.disk_space(),
+            memtable_bytes: self.inner.tree.version_memtable_size_sum(),
             entries: self.inner.approximate_len() as u64,
             tombstones: self.inner.tree.tombstone_count(),
         }

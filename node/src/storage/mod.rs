@@ -421,11 +421,6 @@ impl Store {
         bytes
     }
 
-    /// Bytes in the state database's memtables: written, in its journal, not yet in tables.
-    pub fn write_buffer_bytes(&self) -> u64 {
-        self.db.write_buffer_size()
-    }
-
     /// Copies fjall's statistics of both databases into the `cairn_storage_*` metrics. Each
     /// is an atomic read or a short lock in fjall, so a scrape can afford it.
     pub fn publish_metrics(&self) {
