@@ -144,6 +144,15 @@ impl Keyspaces {
     }
 }
 
+/// [`meta::HISTORY_ADDED`] as stored, 0 in a fresh store, -1 in one that did not count it.
+fn history_added(snap: &Snapshot, ks: &Keyspaces) -> Result<i64, MvccError> {
+    Ok(match meta::snapshot_i64(snap, &ks.meta, meta::HISTORY_ADDED)? {
+        Some(added) => added,
+        None if snap.iter(&ks.revs).next().is_none() => 0,
+        None => -1,
+    })
+}
+
 /// How long an estimate of [`Mvcc::size_in_use`] is reused: the quota check asks on
 /// every write.
 const IN_USE_TTL: Duration = Duration::from_secs(1);
@@ -164,6 +173,8 @@ pub struct Mvcc {
     current_rev: AtomicI64,
     compact_rev: AtomicI64,
     key_count: AtomicI64,
+    /// [`meta::HISTORY_ADDED`]; -1 in a store that did not count it from the start.
+    history_added: AtomicI64,
     compactor: Mutex<Option<mpsc::Sender<compact::Waiter>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     /// Taken shared to start a read (a storage snapshot) and exclusively by
@@ -188,6 +199,7 @@ impl Mvcc {
         let snap = store.snapshot();
         let revs = revisions(&snap, &ks)?;
         let key_count = meta::snapshot_i64(&snap, &ks.meta, meta::KEY_COUNT)?.unwrap_or(0);
+        let history_added = history_added(&snap, &ks)?;
         drop(snap);
         let (tx, rx) = mpsc::channel();
         let compacting = Arc::new(Mutex::new(()));
@@ -204,6 +216,7 @@ impl Mvcc {
             current_rev: AtomicI64::new(revs.current),
             compact_rev: AtomicI64::new(revs.compact),
             key_count: AtomicI64::new(key_count),
+            history_added: AtomicI64::new(history_added),
             compactor: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
             gate: RwLock::new(()),
@@ -313,6 +326,10 @@ impl Mvcc {
         if !events.is_empty() {
             self.current_rev.store(exec.write_rev(), Ordering::Release);
             self.key_count.fetch_add(exec.key_delta, Ordering::AcqRel);
+            if self.history_added.load(Ordering::Acquire) >= 0 {
+                self.history_added
+                    .fetch_add(events.len() as i64, Ordering::AcqRel);
+            }
         }
         Ok((resp, events))
     }
@@ -366,6 +383,11 @@ impl Mvcc {
         let key_count = self.key_count.load(Ordering::Acquire) + exec.key_delta;
         batch.insert(&self.ks.meta, meta::CURRENT_REV, codec::encode_i64(main));
         batch.insert(&self.ks.meta, meta::KEY_COUNT, codec::encode_i64(key_count));
+        let added = self.history_added.load(Ordering::Acquire);
+        if added >= 0 {
+            let added = added + events.len() as i64;
+            batch.insert(&self.ks.meta, meta::HISTORY_ADDED, codec::encode_i64(added));
+        }
         events
     }
 
@@ -458,11 +480,12 @@ impl Mvcc {
 
     /// An estimate of the bytes the state would occupy after a defragmentation: etcd's
     /// `db_size_in_use`. Per keyspace, the bytes in its tables and memtables scaled by the
-    /// share of its entries that are live. Live entries are the
-    /// live key count for `kv_latest`, the distinct names for `mvcc_meta` (both are
-    /// overwritten in place), and entries less twice the tombstones for the others, whose
-    /// keys are written once and removed once (each tombstone hides one entry). Made from
-    /// the engine's statistics, at most once per [`IN_USE_TTL`].
+    /// share of its entries that are live. Live entries are the live key count for
+    /// `kv_latest` and the distinct names for `mvcc_meta` (both are overwritten in place);
+    /// the versions kept (added less removed, see [`meta::HISTORY_ADDED`]) for `kv_history`
+    /// and `kv_revs`; and for the others, whose keys are written once and removed once,
+    /// entries less twice the tombstones in tables (each hides one entry). Made from the
+    /// engine's statistics, at most once per [`IN_USE_TTL`].
     pub fn size_in_use(&self) -> Result<u64, MvccError> {
         let mut cached = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, bytes)) = *cached {
@@ -478,6 +501,13 @@ impl Mvcc {
     fn estimate_in_use(&self) -> Result<u64, MvccError> {
         let meta_names = self.ks.meta.iter().keys().count() as u64;
         let latest = u64::try_from(self.key_count()).unwrap_or(0);
+        let added = self.history_added.load(Ordering::Acquire);
+        let versions = if added >= 0 {
+            let removed = meta::read_i64(&self.ks.meta, meta::HISTORY_REMOVED)?.unwrap_or(0);
+            Some(u64::try_from(added - removed).unwrap_or(0))
+        } else {
+            None
+        };
         let live = |ks: &Keyspace, exact: Option<u64>| {
             let u = ks.usage();
             if u.entries == 0 {
@@ -490,7 +520,9 @@ impl Mvcc {
         let k = &self.ks;
         Ok(live(&k.latest, Some(latest))
             + live(&k.meta, Some(meta_names))
-            + [&k.history, &k.revs, &k.lease, &k.leases, &k.auth]
+            + live(&k.history, versions)
+            + live(&k.revs, versions)
+            + [&k.lease, &k.leases, &k.auth]
                 .into_iter()
                 .map(|ks| live(ks, None))
                 .sum::<u64>())

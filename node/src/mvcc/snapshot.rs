@@ -362,6 +362,8 @@ impl Mvcc {
             self.key_count
                 .store(key_count.unwrap_or(0), Ordering::Release);
             self.alarms.reload(&self.ks.meta)?;
+            self.history_added
+                .store(super::history_added(&snap, &self.ks)?, Ordering::Release);
             restored
         };
         // The snapshot may hold an unfinished physical compaction: wake the worker.
