@@ -15,8 +15,8 @@ use crate::proto::cairnpb::{
     SnapshotChunk,
 };
 use crate::proto::etcdserverpb::{
-    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::raft::network::{CLUSTER_ID_HEADER, MEMBER_ID_HEADER};
 

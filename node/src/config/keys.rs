@@ -77,7 +77,8 @@ pub(crate) const TLS_ONLY: &str = "cairn's TLS (rustls) does not implement this 
 const NO_V2: &str = "cairn serves only the v3 API (etcd 3.6 removed v2)";
 const V2_PROXY: &str = "cairn always runs as a cluster member, never as a v2 proxy";
 const DISCOVERY_ONLY: &str = "it only applies to discovery, which cairn does not support yet";
-const NO_PEERS: &str = "cairn runs the periodic and initial corruption checks, not the compaction hash check";
+const NO_PEERS: &str =
+    "cairn runs the periodic and initial corruption checks, not the compaction hash check";
 const NO_BBOLT: &str = "cairn stores data in fjall (an LSM), not bbolt";
 const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
 const NO_RAFT_HTTP: &str =

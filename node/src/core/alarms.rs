@@ -117,7 +117,8 @@ impl Core {
 
     /// Proposes `alarm` for `member`.
     async fn raise(&self, member: u64, alarm: AlarmType) -> Result<(), Error> {
-        self.alarm_request(member, alarm, AlarmAction::Activate).await
+        self.alarm_request(member, alarm, AlarmAction::Activate)
+            .await
     }
 
     async fn alarm_request(
@@ -131,8 +132,10 @@ impl Core {
             member_id,
             alarm: alarm as i32,
         };
-        self.propose(Cmd::Alarm(req), |a| matches!(a, Applied::Alarm(_)).then_some(()))
-            .await
+        self.propose(Cmd::Alarm(req), |a| {
+            matches!(a, Applied::Alarm(_)).then_some(())
+        })
+        .await
     }
 
     /// `--auto-disarm-nospace`: clears this member's NOSPACE once the data in use is
@@ -221,7 +224,10 @@ impl Core {
             suspect = Some(self.member_id);
         }
         for p in &peers {
-            let (id, revision) = p.header.as_ref().map_or((0, 0), |h| (h.member_id, h.revision));
+            let (id, revision) = p
+                .header
+                .as_ref()
+                .map_or((0, 0), |h| (h.member_id, h.revision));
             let peer = format!("{id:x}");
             let differs = if revision > h2.current_revision {
                 tracing::warn!(leader_revision = h2.current_revision, follower_revision = revision, follower_peer_id = %peer, "revision from follower must be less than or equal to leader's");

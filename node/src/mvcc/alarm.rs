@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::{PoisonError, RwLock};
 
 use super::{meta, Keyspace, MvccError, StorageFault, WriteBatch};
-use crate::proto::etcdserverpb::{alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType};
+use crate::proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType,
+};
 
 const ENTRY_LEN: usize = 12;
 
@@ -140,7 +142,7 @@ fn encode(list: &BTreeSet<Raised>) -> Vec<u8> {
 }
 
 fn decode(raw: &[u8]) -> Result<BTreeSet<Raised>, MvccError> {
-    if raw.len() % ENTRY_LEN != 0 {
+    if !raw.len().is_multiple_of(ENTRY_LEN) {
         return Err(MvccError::Storage(StorageFault::Corrupt(format!(
             "alarm list of {} bytes is not a multiple of {ENTRY_LEN}",
             raw.len()
@@ -188,12 +190,24 @@ mod tests {
         assert!(other.raised.is_none());
         assert_eq!(list.get(AlarmType::None as i32).len(), 2);
         // NONE activates nothing; deactivating an alarm not raised answers nothing.
-        assert!(apply(&list, req(AlarmAction::Activate, 3, AlarmType::None)).alarms.is_empty());
-        assert!(apply(&list, req(AlarmAction::Deactivate, 3, AlarmType::Nospace)).alarms.is_empty());
+        assert!(apply(&list, req(AlarmAction::Activate, 3, AlarmType::None))
+            .alarms
+            .is_empty());
+        assert!(
+            apply(&list, req(AlarmAction::Deactivate, 3, AlarmType::Nospace))
+                .alarms
+                .is_empty()
+        );
         let one = apply(&list, req(AlarmAction::Deactivate, 1, AlarmType::Nospace));
         assert!(one.disarmed.is_none());
         let last = apply(&list, req(AlarmAction::Deactivate, 2, AlarmType::Nospace));
-        assert_eq!(last.alarms, vec![AlarmMember { member_id: 2, alarm: AlarmType::Nospace as i32 }]);
+        assert_eq!(
+            last.alarms,
+            vec![AlarmMember {
+                member_id: 2,
+                alarm: AlarmType::Nospace as i32
+            }]
+        );
         assert!(last.disarmed.is_some());
         assert!(!list.is_raised(AlarmType::Nospace));
     }
@@ -201,7 +215,7 @@ mod tests {
     #[test]
     fn the_list_round_trips_its_encoding() {
         let list: BTreeSet<Raised> = [(7, 1), (u64::MAX, 2)].into_iter().collect();
-        assert_eq!(decode(&encode(&list)).unwrap(), list);
+        assert_eq!(decode(&encode(&list)).expect("decodes"), list);
         assert!(decode(&[0; 5]).is_err());
     }
 }

@@ -146,11 +146,13 @@ impl Keyspaces {
 
 /// [`meta::HISTORY_ADDED`] as stored, 0 in a fresh store, -1 in one that did not count it.
 fn history_added(snap: &Snapshot, ks: &Keyspaces) -> Result<i64, MvccError> {
-    Ok(match meta::snapshot_i64(snap, &ks.meta, meta::HISTORY_ADDED)? {
-        Some(added) => added,
-        None if snap.iter(&ks.revs).next().is_none() => 0,
-        None => -1,
-    })
+    Ok(
+        match meta::snapshot_i64(snap, &ks.meta, meta::HISTORY_ADDED)? {
+            Some(added) => added,
+            None if snap.iter(&ks.revs).next().is_none() => 0,
+            None => -1,
+        },
+    )
 }
 
 /// How long an estimate of [`Mvcc::size_in_use`] is reused: the quota check asks on
@@ -470,7 +472,11 @@ impl Mvcc {
 
     /// Applies an Alarm request (etcd's `applierV3backend.Alarm`): the changed list is
     /// stored with the apply marker.
-    pub fn apply_alarm(&self, req: &AlarmRequest, applied: &[u8]) -> Result<AlarmChange, MvccError> {
+    pub fn apply_alarm(
+        &self,
+        req: &AlarmRequest,
+        applied: &[u8],
+    ) -> Result<AlarmChange, MvccError> {
         let change = self.alarms.plan(req);
         self.record_applied_with(applied, |batch| {
             alarm::AlarmList::stage(&self.ks.meta, batch, &change)
@@ -537,7 +543,9 @@ impl Mvcc {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let k = &self.ks;
-        for ks in [&k.latest, &k.history, &k.revs, &k.meta, &k.lease, &k.leases, &k.auth] {
+        for ks in [
+            &k.latest, &k.history, &k.revs, &k.meta, &k.lease, &k.leases, &k.auth,
+        ] {
             ks.major_compact()?;
         }
         *self.in_use.lock().unwrap_or_else(PoisonError::into_inner) = None;

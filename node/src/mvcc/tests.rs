@@ -1263,11 +1263,21 @@ async fn size_in_use_drops_after_a_compaction_and_defrag_shrinks_the_files() {
     fill(1);
     fill(2);
     let three_rounds = measure(&f);
-    assert!(three_rounds > 2 * one_round, "{one_round} then {three_rounds}");
+    assert!(
+        three_rounds > 2 * one_round,
+        "{one_round} then {three_rounds}"
+    );
     let rev = f.mvcc.current_revision();
-    f.mvcc.compact(rev, b"c").expect("compact").await.expect("compaction done");
+    f.mvcc
+        .compact(rev, b"c")
+        .expect("compact")
+        .await
+        .expect("compaction done");
     let compacted = measure(&f);
-    assert!(compacted < three_rounds / 2, "{three_rounds} before compacting, {compacted} after");
+    assert!(
+        compacted < three_rounds / 2,
+        "{three_rounds} before compacting, {compacted} after"
+    );
     let held = |f: &Fixture| {
         let u = f.mvcc.ks.history.usage();
         u.disk_bytes + u.memtable_bytes
@@ -1276,8 +1286,14 @@ async fn size_in_use_drops_after_a_compaction_and_defrag_shrinks_the_files() {
     f.mvcc.defragment().expect("defragment");
     let defragmented = measure(&f);
     let after = held(&f);
-    assert!(after < before / 2, "history holds {before} bytes, then {after}");
+    assert!(
+        after < before / 2,
+        "history holds {before} bytes, then {after}"
+    );
     // What the defragmentation left is at most the estimate (memtables hold the values
     // uncompressed, tables compressed: these values compress well).
-    assert!(defragmented > 0 && defragmented <= compacted, "{compacted} estimated, {defragmented} left");
+    assert!(
+        defragmented > 0 && defragmented <= compacted,
+        "{compacted} estimated, {defragmented} left"
+    );
 }

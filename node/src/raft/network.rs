@@ -58,8 +58,9 @@ use crate::proto::cairnpb::{
     ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, SnapshotChunk,
 };
 use crate::proto::etcdserverpb::{
-    CompactionResponse, HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    CompactionResponse, HashKvRequest, HashKvResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
 use crate::tls::PeerClientTls;
 

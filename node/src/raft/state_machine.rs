@@ -51,9 +51,9 @@ use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
 use crate::proto::cairnpb::AuthCommand;
 use crate::proto::etcdserverpb::{
-    request_op::Request, AlarmRequest, AlarmResponse, AlarmType, DeleteRangeRequest, LeaseCheckpointRequest, LeaseCheckpointResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, RequestOp,
-    ResponseHeader, TxnRequest,
+    request_op::Request, AlarmRequest, AlarmResponse, AlarmType, DeleteRangeRequest,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseHeader, TxnRequest,
 };
 use crate::storage::Store;
 use crate::watch::WatchHub;

@@ -37,7 +37,10 @@ fn noise(seed: usize, len: usize) -> Vec<u8> {
 async fn fill_until_no_space(client: &mut Client) -> usize {
     let started = Instant::now();
     for i in 0.. {
-        assert!(started.elapsed() < FILL_LIMIT, "quota not reached after {i} puts");
+        assert!(
+            started.elapsed() < FILL_LIMIT,
+            "quota not reached after {i} puts"
+        );
         let key = format!("fill/{}", i % FILL_KEYS);
         match client.put(key, noise(i, 64 << 10), None).await {
             Ok(_) => {}
@@ -72,17 +75,30 @@ async fn seed_001_fill_past_the_quota_then_compact_defrag_and_disarm() {
     // Writes fail, with etcd's message, even small ones and lease grants.
     let put = server.ctl(&["put", "small", "v"]).await.unwrap();
     assert!(put.code != 0 && put.stderr.contains(NO_SPACE), "{put:?}");
-    assert_grpc_error(client.lease_grant(60, None).await, Code::ResourceExhausted, NO_SPACE);
+    assert_grpc_error(
+        client.lease_grant(60, None).await,
+        Code::ResourceExhausted,
+        NO_SPACE,
+    );
     // Reads and deletes work.
     let got = client.get("fill/0", None).await.unwrap();
     assert_eq!(got.kvs().len(), 1);
     assert_eq!(ok(&server, &["del", "fill/0"]).await, "1\n");
 
-    let rev = client.get("fill/1", None).await.unwrap().header().unwrap().revision();
+    let rev = client
+        .get("fill/1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     let compacted = ok(&server, &["compaction", "--physical", &rev.to_string()]).await;
     assert_eq!(compacted, format!("compacted revision {rev}\n"));
     let defrag = ok(&server, &["defrag"]).await;
-    assert!(defrag.contains("Finished defragmenting etcd member"), "{defrag}");
+    assert!(
+        defrag.contains("Finished defragmenting etcd member"),
+        "{defrag}"
+    );
     // The alarm stays up until it is disarmed.
     let put = server.ctl(&["put", "small", "v"]).await.unwrap();
     assert!(put.code != 0 && put.stderr.contains(NO_SPACE), "{put:?}");
@@ -94,12 +110,18 @@ async fn seed_001_fill_past_the_quota_then_compact_defrag_and_disarm() {
 
     let status = json(&server, &["endpoint", "status"]).await;
     let s = &status[0]["Status"];
-    let (size, in_use) = (s["dbSize"].as_i64().unwrap(), s["dbSizeInUse"].as_i64().unwrap());
+    let (size, in_use) = (
+        s["dbSize"].as_i64().unwrap(),
+        s["dbSizeInUse"].as_i64().unwrap(),
+    );
     assert!(in_use > 0 && in_use <= size, "{s}");
     // What is left (15 keys of 64 KiB) is well under the quota.
     assert!((in_use as u64) < QUOTA / 2, "{s}");
     let metric = |name| crate::plugins::metric(&server, name, &[]);
-    assert_eq!(metric("etcd_server_quota_backend_bytes").await, QUOTA as f64);
+    assert_eq!(
+        metric("etcd_server_quota_backend_bytes").await,
+        QUOTA as f64
+    );
     assert!(metric("etcd_mvcc_db_total_size_in_bytes").await > 0.0);
     assert!(metric("etcd_mvcc_db_total_size_in_use_in_bytes").await < (QUOTA / 2) as f64);
 }
@@ -116,41 +138,95 @@ async fn alarm_rpc_activates_and_deactivates_as_etcd() {
     };
     let nospace = |member_id| (member_id, AlarmType::Nospace as i32);
     let listed = |resp: etcd_client::AlarmResponse| -> Vec<(u64, i32)> {
-        let mut list: Vec<_> = resp.alarms().iter().map(|a| (a.member_id(), a.alarm() as i32)).collect();
+        let mut list: Vec<_> = resp
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm() as i32))
+            .collect();
         list.sort();
         list
     };
 
-    let resp = client.alarm(AlarmAction::Activate, AlarmType::Nospace, Some(member(id))).await.unwrap();
+    let resp = client
+        .alarm(AlarmAction::Activate, AlarmType::Nospace, Some(member(id)))
+        .await
+        .unwrap();
     assert_eq!(listed(resp), vec![nospace(id)]);
     // Raising it again answers the alarm again; NONE activates nothing.
-    let resp = client.alarm(AlarmAction::Activate, AlarmType::Nospace, Some(member(id))).await.unwrap();
+    let resp = client
+        .alarm(AlarmAction::Activate, AlarmType::Nospace, Some(member(id)))
+        .await
+        .unwrap();
     assert_eq!(listed(resp), vec![nospace(id)]);
-    let resp = client.alarm(AlarmAction::Activate, AlarmType::None, Some(member(id))).await.unwrap();
+    let resp = client
+        .alarm(AlarmAction::Activate, AlarmType::None, Some(member(id)))
+        .await
+        .unwrap();
     assert!(resp.alarms().is_empty());
-    let resp = client.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap();
+    let resp = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
     assert_eq!(listed(resp), vec![nospace(id)]);
 
-    assert_grpc_error(client.put("k", "v", None).await, Code::ResourceExhausted, NO_SPACE);
+    assert_grpc_error(
+        client.put("k", "v", None).await,
+        Code::ResourceExhausted,
+        NO_SPACE,
+    );
     // A txn that only deletes passes the capped applier.
     client.delete("k", None).await.unwrap();
 
     // Deactivating an alarm nobody raised answers nothing.
-    let resp = client.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(member(42))).await.unwrap();
+    let resp = client
+        .alarm(
+            AlarmAction::Deactivate,
+            AlarmType::Nospace,
+            Some(member(42)),
+        )
+        .await
+        .unwrap();
     assert!(resp.alarms().is_empty());
-    let resp = client.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(member(id))).await.unwrap();
+    let resp = client
+        .alarm(
+            AlarmAction::Deactivate,
+            AlarmType::Nospace,
+            Some(member(id)),
+        )
+        .await
+        .unwrap();
     assert_eq!(listed(resp), vec![nospace(id)]);
-    let resp = client.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap();
+    let resp = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
     assert!(resp.alarms().is_empty());
     client.put("k", "v", None).await.unwrap();
 
     // CORRUPT refuses writes with etcd's corrupt-cluster error, reads still work.
-    client.alarm(AlarmAction::Activate, AlarmType::Corrupt, Some(member(id))).await.unwrap();
-    assert_grpc_error(client.put("k", "v2", None).await, Code::DataLoss, "etcdserver: corrupt cluster");
+    client
+        .alarm(AlarmAction::Activate, AlarmType::Corrupt, Some(member(id)))
+        .await
+        .unwrap();
+    assert_grpc_error(
+        client.put("k", "v2", None).await,
+        Code::DataLoss,
+        "etcdserver: corrupt cluster",
+    );
     assert_eq!(client.get("k", None).await.unwrap().kvs()[0].value(), b"v");
-    let resp = client.alarm(AlarmAction::Get, AlarmType::Corrupt, None).await.unwrap();
+    let resp = client
+        .alarm(AlarmAction::Get, AlarmType::Corrupt, None)
+        .await
+        .unwrap();
     assert_eq!(listed(resp), vec![(id, AlarmType::Corrupt as i32)]);
-    client.alarm(AlarmAction::Deactivate, AlarmType::Corrupt, Some(member(id))).await.unwrap();
+    client
+        .alarm(
+            AlarmAction::Deactivate,
+            AlarmType::Corrupt,
+            Some(member(id)),
+        )
+        .await
+        .unwrap();
     client.put("k", "v2", None).await.unwrap();
 }
 
@@ -168,34 +244,72 @@ async fn nospace_raised_on_one_member_refuses_writes_on_every_member() {
     for i in 0..3 {
         let member = cluster.member(i);
         let listed = ok(member, &["alarm", "list"]).await;
-        assert_eq!(listed.trim_end(), format!("memberID:{raiser} alarm:NOSPACE"), "member {i}");
+        assert_eq!(
+            listed.trim_end(),
+            format!("memberID:{raiser} alarm:NOSPACE"),
+            "member {i}"
+        );
         let mut client = cluster.client(i).await.unwrap();
-        assert_grpc_error(client.put("k", "v", None).await, Code::ResourceExhausted, NO_SPACE);
+        assert_grpc_error(
+            client.put("k", "v", None).await,
+            Code::ResourceExhausted,
+            NO_SPACE,
+        );
         // Serializable reads answer from every member.
-        client.get("k", Some(GetOptions::new().with_serializable())).await.unwrap();
+        client
+            .get("k", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
     }
     let disarmed = ok(cluster.member(2), &["alarm", "disarm"]).await;
-    assert_eq!(disarmed.trim_end(), format!("memberID:{raiser} alarm:NOSPACE"));
+    assert_eq!(
+        disarmed.trim_end(),
+        format!("memberID:{raiser} alarm:NOSPACE")
+    );
     cluster.put_and_read_everywhere("k", "v").await.unwrap();
 }
 
 #[tokio::test]
-#[cfg_attr(against_etcd, ignore = "cairn-only: --auto-disarm-nospace (etcd-io/etcd#14267)")]
+#[cfg_attr(
+    against_etcd,
+    ignore = "cairn-only: --auto-disarm-nospace (etcd-io/etcd#14267)"
+)]
 async fn auto_disarm_clears_nospace_once_the_data_fits_again() {
-    let server = Server::start_with(&[&quota_flag(), "--auto-disarm-nospace"]).await.unwrap();
+    let server = Server::start_with(&[&quota_flag(), "--auto-disarm-nospace"])
+        .await
+        .unwrap();
     let mut client = server.client().await.unwrap();
     fill_until_no_space(&mut client).await;
-    assert!(ok(&server, &["alarm", "list"]).await.contains("alarm:NOSPACE"));
+    assert!(ok(&server, &["alarm", "list"])
+        .await
+        .contains("alarm:NOSPACE"));
     // Still over the quota: the alarm stays.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(ok(&server, &["alarm", "list"]).await.contains("alarm:NOSPACE"));
+    assert!(ok(&server, &["alarm", "list"])
+        .await
+        .contains("alarm:NOSPACE"));
 
-    let resp = client.delete("fill/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
-    client.compact(resp.header().unwrap().revision(), Some(etcd_client::CompactionOptions::new().with_physical())).await.unwrap();
+    let resp = client
+        .delete(
+            "fill/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    client
+        .compact(
+            resp.header().unwrap().revision(),
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
     client.defragment().await.unwrap();
     let started = Instant::now();
     while !ok(&server, &["alarm", "list"]).await.trim().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(20), "NOSPACE was not disarmed");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "NOSPACE was not disarmed"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     client.put("k", "v", None).await.unwrap();
@@ -206,11 +320,26 @@ async fn auto_disarm_clears_nospace_once_the_data_fits_again() {
 async fn churn_and_compact(client: &mut Client, keys: usize, rounds: usize) {
     for round in 0..rounds {
         for k in 0..keys {
-            client.put(format!("churn/{k}"), noise(round * keys + k, 4 << 10), None).await.unwrap();
+            client
+                .put(format!("churn/{k}"), noise(round * keys + k, 4 << 10), None)
+                .await
+                .unwrap();
         }
     }
-    let rev = client.get("churn/0", None).await.unwrap().header().unwrap().revision();
-    client.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical())).await.unwrap();
+    let rev = client
+        .get("churn/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -229,7 +358,9 @@ async fn defrag_shrinks_the_store_while_puts_and_reads_go_on() {
             let deadline = Instant::now() + Duration::from_secs(120);
             while going.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
                 let key = format!("load/{}", acked.len());
-                c.put(key.clone(), key.clone(), Some(PutOptions::new())).await.unwrap();
+                c.put(key.clone(), key.clone(), Some(PutOptions::new()))
+                    .await
+                    .unwrap();
                 acked.push(key);
             }
             acked
@@ -254,10 +385,24 @@ async fn defrag_shrinks_the_store_while_puts_and_reads_go_on() {
     defragging.store(false, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await.unwrap();
     let reads = reader.await.unwrap();
-    assert!(!acked.is_empty() && reads > 0, "{} puts, {reads} reads", acked.len());
+    assert!(
+        !acked.is_empty() && reads > 0,
+        "{} puts, {reads} reads",
+        acked.len()
+    );
 
-    let all = client.get("load/", Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
-    let mut stored: Vec<String> = all.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect();
+    let all = client
+        .get(
+            "load/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    let mut stored: Vec<String> = all
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
     let mut expected = acked.clone();
     stored.sort();
     expected.sort();
@@ -273,22 +418,34 @@ async fn defrag_shrinks_the_store_while_puts_and_reads_go_on() {
 }
 
 #[tokio::test]
-#[cfg_attr(against_etcd, ignore = "cairn-only: rewrites a stopped member's data through cairn's storage")]
+#[cfg_attr(
+    against_etcd,
+    ignore = "cairn-only: rewrites a stopped member's data through cairn's storage"
+)]
 async fn a_member_whose_data_differs_raises_corrupt() {
     let mut options = ClusterOptions::new(3);
     // Snapshots make the state durable past the key the test damages, so the restarted
     // member does not rewrite it by replaying its log.
-    options.extra_args = vec!["--experimental-corrupt-check-time=1s".into(), "--snapshot-count=10".into()];
+    options.extra_args = vec![
+        "--experimental-corrupt-check-time=1s".into(),
+        "--snapshot-count=10".into(),
+    ];
     let mut cluster = Cluster::start_with(options).await.unwrap();
     cluster.put_and_read_everywhere("k", "v").await.unwrap();
     for i in 0..40 {
-        cluster.put_and_read_everywhere(&format!("more/{i}"), "x").await.unwrap();
+        cluster
+            .put_and_read_everywhere(&format!("more/{i}"), "x")
+            .await
+            .unwrap();
     }
     let victim = (cluster.leader().await.unwrap() + 1) % 3;
     let victim_id = cluster.member_id(victim);
     // Nothing is raised while the members agree.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(ok(cluster.member(victim), &["alarm", "list"]).await.trim(), "");
+    assert_eq!(
+        ok(cluster.member(victim), &["alarm", "list"]).await.trim(),
+        ""
+    );
 
     cluster.kill9(victim).unwrap();
     damage_history(cluster.member(victim).data_dir());
@@ -302,21 +459,38 @@ async fn a_member_whose_data_differs_raises_corrupt() {
         if listed.contains("alarm:CORRUPT") {
             break listed;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "alarms: {listed:?}\n{}", cluster.log_tails(4000));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "alarms: {listed:?}\n{}",
+            cluster.log_tails(4000)
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     // As in etcd 3.5, the leader blames the first member whose hash differs from its own:
     // the damaged member, unless it leads by now.
     if cluster.leader().await.unwrap() != victim {
-        assert_eq!(listed.trim_end(), format!("memberID:{victim_id} alarm:CORRUPT"));
+        assert_eq!(
+            listed.trim_end(),
+            format!("memberID:{victim_id} alarm:CORRUPT")
+        );
     }
     let (status, body) = other.http_get("/readyz?verbose").await.unwrap();
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("[-]data_corruption failed: alarm activated: CORRUPT"), "{body}");
+    assert!(
+        body.contains("[-]data_corruption failed: alarm activated: CORRUPT"),
+        "{body}"
+    );
     let mut client = cluster.client((victim + 1) % 3).await.unwrap();
-    assert_grpc_error(client.put("k", "v2", None).await, Code::DataLoss, "etcdserver: corrupt cluster");
+    assert_grpc_error(
+        client.put("k", "v2", None).await,
+        Code::DataLoss,
+        "etcdserver: corrupt cluster",
+    );
     let leader = cluster.leader().await.unwrap();
-    assert!(cluster.member(leader).log().contains("same compact revision then hashes must match"));
+    assert!(cluster
+        .member(leader)
+        .log()
+        .contains("same compact revision then hashes must match"));
 }
 
 /// Flips a byte of every stored version of key `k`, as a bad disk would.
