@@ -58,6 +58,9 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("serving {0}: {1}")]
     Serve(SocketAddr, std::io::Error),
+    /// `--experimental-initial-corrupt-check` found this member's data differs.
+    #[error(transparent)]
+    Inconsistent(#[from] core::Inconsistent),
     #[error("joining the existing cluster: {0}")]
     Join(String),
     /// A configured plugin could not be loaded (issue 12); the message names it.
@@ -189,7 +192,12 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         auth,
         hooks,
         reads: read_pool()?,
+        alarm_settings: cfg.alarms.clone(),
     });
+    if cfg.alarms.initial_corrupt_check {
+        core.initial_corrupt_check().await?;
+    }
+    core::spawn_alarm_monitor(core.clone());
     crate::compactor::spawn(core.clone(), &cfg.auto_compaction);
     core::spawn_lease_expiry(core.clone());
 

@@ -15,6 +15,7 @@ pub fn code(e: &Error) -> Code {
         }
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
+        Corrupt => Code::DataLoss,
         LeaseNotFound | MemberNotFound => Code::NotFound,
         NotLeader
         | LeaseExists

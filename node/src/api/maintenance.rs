@@ -82,13 +82,7 @@ impl Maintenance for MaintenanceService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         unary(method("HashKV"), req, |ctx, r| async move {
-            let h = self.0.hash_kv(&ctx, r.revision).await?;
-            Ok(HashKvResponse {
-                header: self.0.header(h.current_revision),
-                hash: h.hash,
-                compact_revision: h.compact_revision,
-                hash_revision: h.hash_revision,
-            })
+            self.0.hash_kv_response(&ctx, r.revision).await
         })
         .await
     }

@@ -15,8 +15,8 @@ use crate::proto::cairnpb::{
     SnapshotChunk,
 };
 use crate::proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::raft::network::{CLUSTER_ID_HEADER, MEMBER_ID_HEADER};
 
@@ -201,6 +201,21 @@ impl RaftPeer for PeerService {
             .await
             .map_err(peer_status)?;
         Ok(Response::new(RaftMessage { data }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        self.admit(&req)?;
+        let ctx = RequestContext::internal();
+        let revision = req.into_inner().revision;
+        let resp = self
+            .0
+            .hash_kv_response(&ctx, revision)
+            .await
+            .map_err(peer_status)?;
+        Ok(Response::new(resp))
     }
 
     async fn read_index(

@@ -77,12 +77,13 @@ pub(crate) const TLS_ONLY: &str = "cairn's TLS (rustls) does not implement this 
 const NO_V2: &str = "cairn serves only the v3 API (etcd 3.6 removed v2)";
 const V2_PROXY: &str = "cairn always runs as a cluster member, never as a v2 proxy";
 const DISCOVERY_ONLY: &str = "it only applies to discovery, which cairn does not support yet";
-const NO_PEERS: &str = "it compares this member with its peers, which cairn does not do yet";
+const NO_PEERS: &str =
+    "cairn runs the periodic and initial corruption checks, not the compaction hash check";
 const NO_BBOLT: &str = "cairn stores data in fjall (an LSM), not bbolt";
 const NO_TRACING: &str = "cairn exports no OpenTelemetry traces";
 const NO_RAFT_HTTP: &str =
     "it tunes etcd's peer transport; cairn's peer calls are bounded by openraft's own timeouts";
-const NO_DEFRAG: &str = "defragmentation is a no-op in cairn: the LSM compacts in the background";
+const NO_DEFRAG: &str = "defragmentation never stops a member in cairn: the LSM rewrites its tables while reads and writes go on";
 const NO_SLOW_LOG: &str = "cairn logs no slow-request warnings yet";
 const NO_COMPACTION_BATCHES: &str = "cairn compacts in one LSM range delete, not in batches";
 const NO_LOG_ROTATION: &str = "cairn does not rotate log files (use logrotate with copytruncate)";
@@ -134,6 +135,7 @@ pub(crate) static KEYS: &[Key] = &[
     key("max-snapshots", "5", Uint, MEMBER, Ignored("cairn keeps its raft snapshot in the LSM, not in snapshot files"), "Maximum number of snapshot files to retain (0 is unlimited)."),
     key("max-wals", "5", Uint, MEMBER, Ignored("cairn's raft log is purged after each snapshot; there are no WAL files"), "Maximum number of wal files to retain (0 is unlimited)."),
     key("quota-backend-bytes", "0", Uint, MEMBER, Honoured, "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)."),
+    key("auto-disarm-nospace", "false", Bool, MEMBER, Honoured, "cairn only: disarm this member's NOSPACE alarm by itself once the data in use is back under --quota-backend-bytes (etcd-io/etcd#14267; etcd waits for `alarm disarm`)."),
     key("backend-bbolt-freelist-type", "map", Text, MEMBER, Ignored(NO_BBOLT), "BackendFreelistType specifies the type of freelist that boltdb backend uses (array and map are supported types)."),
     key("backend-batch-interval", "0s", Duration, MEMBER, Ignored("cairn commits every apply as one LSM batch at once"), "BackendBatchInterval is the maximum time before commit the backend transaction."),
     key("backend-batch-limit", "0", Int, MEMBER, Ignored("cairn commits every apply as one LSM batch at once"), "BackendBatchLimit is the maximum operations before commit the backend transaction."),
@@ -243,9 +245,9 @@ pub(crate) static KEYS: &[Key] = &[
     key("proxy-write-timeout", "5000", Uint, PROXY, Ignored(V2_PROXY), "Time (in milliseconds) for a write to timeout."),
     key("proxy-read-timeout", "0", Uint, PROXY, Ignored(V2_PROXY), "Time (in milliseconds) for a read to timeout."),
     // Experimental features, each followed by its etcd 3.6 name where it has one.
-    key("experimental-initial-corrupt-check", "false", Bool, EXPERIMENTAL, Ignored(NO_PEERS), "Enable to check data corruption before serving any client/peer traffic."),
-    key("experimental-corrupt-check-time", "0s", Duration, EXPERIMENTAL, Ignored(NO_PEERS), "Duration of time between cluster corruption check passes."),
-    key("corrupt-check-time", "0s", Duration, EXPERIMENTAL, Ignored(NO_PEERS), "etcd 3.6 name of --experimental-corrupt-check-time."),
+    key("experimental-initial-corrupt-check", "false", Bool, EXPERIMENTAL, Honoured, "Enable to check data corruption before serving any client/peer traffic."),
+    key(CORRUPT_CHECK_OLD, "0s", Duration, EXPERIMENTAL, Honoured, "Duration of time between cluster corruption check passes."),
+    key(CORRUPT_CHECK, "0s", Duration, EXPERIMENTAL, Honoured, "etcd 3.6 name of --experimental-corrupt-check-time."),
     key("experimental-compact-hash-check-enabled", "false", Bool, EXPERIMENTAL, Ignored(NO_PEERS), "Enable leader to periodically check followers compaction hashes."),
     key("experimental-compact-hash-check-time", "1m", Duration, EXPERIMENTAL, Ignored(NO_PEERS), "Duration of time between leader checks followers compaction hashes."),
     key("compact-hash-check-time", "1m", Duration, EXPERIMENTAL, Ignored(NO_PEERS), "etcd 3.6 name of --experimental-compact-hash-check-time."),
@@ -300,6 +302,9 @@ pub(crate) const SNAPSHOT_CATCHUP_OLD: &str = "experimental-snapshot-catchup-ent
 pub(crate) const SNAPSHOT_CATCHUP: &str = "snapshot-catchup-entries";
 pub(crate) const WATCH_PROGRESS_OLD: &str = "experimental-watch-progress-notify-interval";
 pub(crate) const WATCH_PROGRESS: &str = "watch-progress-notify-interval";
+/// `--experimental-corrupt-check-time` and its etcd 3.6 name.
+pub(crate) const CORRUPT_CHECK_OLD: &str = "experimental-corrupt-check-time";
+pub(crate) const CORRUPT_CHECK: &str = "corrupt-check-time";
 /// etcd 3.6's `--feature-gates`.
 pub(crate) const FEATURE_GATES: &str = "feature-gates";
 

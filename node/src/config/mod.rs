@@ -94,6 +94,8 @@ pub struct Config {
     /// Lease checkpoints (`--experimental-enable-lease-checkpoint` and friends); `None`
     /// when disabled.
     pub lease_checkpoints: Option<crate::lease::CheckpointConfig>,
+    /// NOSPACE auto-disarm and the corruption checks.
+    pub alarms: crate::core::AlarmSettings,
     pub listener: ListenerOptions,
     pub metrics: MetricsLevel,
     /// Serve `/debug/pprof/profile` on the client URLs.
@@ -619,6 +621,7 @@ mod tests {
                     interval: Duration::from_secs(300),
                     persist: false,
                 }),
+                alarms: crate::core::AlarmSettings::default(),
                 listener: ListenerOptions {
                     reuse_port: false,
                     keepalive: Some((Duration::from_secs(7200), Duration::from_secs(20))),

@@ -10,9 +10,9 @@ use std::time::Duration;
 use url::{Host, Url};
 
 use super::keys::{
-    Effect, Kind, FEATURE_GATES, LEASE_CHECKPOINT, LEASE_CHECKPOINT_INTERVAL,
-    LEASE_CHECKPOINT_PERSIST, SNAPSHOT_CATCHUP, SNAPSHOT_CATCHUP_OLD, WATCH_PROGRESS,
-    WATCH_PROGRESS_OLD,
+    Effect, Kind, CORRUPT_CHECK, CORRUPT_CHECK_OLD, FEATURE_GATES, LEASE_CHECKPOINT,
+    LEASE_CHECKPOINT_INTERVAL, LEASE_CHECKPOINT_PERSIST, SNAPSHOT_CATCHUP, SNAPSHOT_CATCHUP_OLD,
+    WATCH_PROGRESS, WATCH_PROGRESS_OLD,
 };
 use super::layers::{Entry, Raw};
 use super::{
@@ -21,6 +21,7 @@ use super::{
 };
 use crate::auth::jwt::JwtOptions;
 use crate::auth::{AuthSettings, TokenType};
+use crate::core::AlarmSettings;
 use crate::lease::CheckpointConfig;
 
 /// etcd's `maxElectionMs`.
@@ -80,7 +81,9 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
     check_forms(raw)?;
     check_choices(raw)?;
     reject_unsupported(raw)?;
-    let lease_checkpoints = lease_checkpoints(raw, &feature_gates(raw.get(FEATURE_GATES))?)?;
+    let gates = feature_gates(raw.get(FEATURE_GATES))?;
+    let lease_checkpoints = lease_checkpoints(raw, &gates)?;
+    let alarms = alarm_settings(raw, &gates)?;
     let name = raw.get("name").value.clone();
     let listen_client_urls = urls(raw.get("listen-client-urls"), Need::Bind)?;
     let advertise_client_urls = urls(raw.get("advertise-client-urls"), Need::Host)?;
@@ -153,6 +156,7 @@ pub(crate) fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         listen_client_http_urls: urls(raw.get("listen-client-http-urls"), Need::BindOrNone)?,
         watch_progress_notify_interval: watch_progress(raw)?,
         lease_checkpoints,
+        alarms,
         listener: listener(raw)?,
         metrics: match raw.get("metrics").value.as_str() {
             "extensive" => MetricsLevel::Extensive,
@@ -437,6 +441,22 @@ fn lease_checkpoints(
         return Err(entry.invalid(format!("--{LEASE_CHECKPOINT_INTERVAL} must be at least 1s")));
     }
     Ok(enabled.then_some(CheckpointConfig { interval, persist }))
+}
+
+/// The NOSPACE auto-disarm and the corruption checks (`InitialCorruptCheck` is the
+/// feature gate of the initial check; a check interval of 0 turns the periodic one off).
+fn alarm_settings(raw: &Raw, gates: &[(&str, bool)]) -> Result<AlarmSettings, ConfigError> {
+    let interval = renamed(raw, CORRUPT_CHECK_OLD, CORRUPT_CHECK, duration)?.1;
+    Ok(AlarmSettings {
+        auto_disarm_nospace: boolean(raw.get("auto-disarm-nospace"))?,
+        initial_corrupt_check: gated(
+            raw,
+            gates,
+            "experimental-initial-corrupt-check",
+            "InitialCorruptCheck",
+        )?,
+        corrupt_check_interval: (!interval.is_zero()).then_some(interval),
+    })
 }
 
 /// A boolean flag that an etcd 3.6 feature gate may set instead; both set differently is

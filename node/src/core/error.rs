@@ -43,6 +43,9 @@ pub enum Error {
     FutureRev,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A member raised the CORRUPT alarm: writes are refused until it is disarmed.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -217,6 +220,8 @@ impl From<RaftError> for Error {
             RaftError::Timeout => Error::Timeout,
             RaftError::Stopped => Error::Stopped,
             RaftError::Apply(e) => e.into(),
+            RaftError::NoSpace => Error::NoSpace,
+            RaftError::Corrupt => Error::Corrupt,
             RaftError::Member(e) => match e {
                 MemberError::NotFound => Error::MemberNotFound,
                 MemberError::IdExists => Error::MemberIdExists,

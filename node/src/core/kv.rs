@@ -101,7 +101,7 @@ impl Core {
             validate::put(&req)?;
             self.check_put_lease(req.lease, req.ignore_value)?;
             let resp = self
-                .write(ctx, single_op(request_op::Request::RequestPut(req)), true)
+                .write(ctx, single_op(request_op::Request::RequestPut(req)))
                 .await?;
             only_response(resp, |r| match r {
                 response_op::Response::ResponsePut(r) => Some(r),
@@ -119,13 +119,9 @@ impl Core {
         until_deadline(ctx, async {
             validate::size(&req, self.limits.max_request_bytes)?;
             validate::delete_range(&req)?;
-            // Deleting frees space, so it is allowed over the quota, as etcd.
+            // Deleting frees space: it costs no quota, as in etcd.
             let resp = self
-                .write(
-                    ctx,
-                    single_op(request_op::Request::RequestDeleteRange(req)),
-                    false,
-                )
+                .write(ctx, single_op(request_op::Request::RequestDeleteRange(req)))
                 .await?;
             only_response(resp, |r| match r {
                 response_op::Response::ResponseDeleteRange(r) => Some(r),
@@ -141,7 +137,7 @@ impl Core {
             if validate::txn_writes(&req) {
                 // As etcd, only what goes through the log is held to --max-request-bytes.
                 validate::size(&req, self.limits.max_request_bytes)?;
-                return self.write(ctx, req, true).await;
+                return self.write(ctx, req).await;
             }
             self.authorize(ctx, Operation::Txn(&req)).await?;
             // A txn that only reads needs no log entry: a ReadIndex barrier makes it
@@ -194,12 +190,11 @@ impl Core {
     }
 
     /// The write half of the pipeline, after validation: authorize, admission, quota (for
-    /// writes that can grow the store), propose, wait for apply, header.
+    /// writes that put), propose, wait for apply, header.
     pub(super) async fn write(
         &self,
         ctx: &RequestContext,
         txn: TxnRequest,
-        quota: bool,
     ) -> Result<TxnResponse, Error> {
         self.authorize(ctx, Operation::Txn(&txn)).await?;
         let txn = match &self.hooks.admission {
@@ -208,9 +203,7 @@ impl Core {
             }
             _ => txn,
         };
-        if quota {
-            self.check_quota()?;
-        }
+        self.check_quota(super::alarms::txn_cost(&txn)).await?;
         let resp = self
             .propose(Cmd::Txn(txn), |a| match a {
                 Applied::Txn(resp, _events) => Some(resp),

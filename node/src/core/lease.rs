@@ -51,7 +51,7 @@ impl Core {
                 return Err(Error::LeaseTtlTooLarge);
             }
             self.authorize(ctx, Operation::LeaseGrant).await?;
-            self.check_quota()?;
+            self.check_quota(super::alarms::LEASE_COST).await?;
             if req.id == 0 {
                 req.id = self.lessor.fresh_id();
             } else if self.lessor.contains(req.id) {

@@ -1,7 +1,7 @@
-//! etcd's Maintenance requests: status and alarms for `etcdctl endpoint status/health` and
-//! `alarm list`; defragment, a no-op because the LSM compacts in the background; Hash and
-//! HashKV for corruption checks; the snapshot source; and the health check behind
-//! `/health` and `/readyz`.
+//! etcd's Maintenance requests: status for `etcdctl endpoint status`; defragment (a major
+//! compaction of the state's keyspaces, while reads and writes go on); Hash and HashKV;
+//! the snapshot source; and the health check behind `/health` and `/readyz`. The Alarm
+//! request and the quota are in `alarms.rs`.
 
 use std::time::Duration;
 
@@ -9,10 +9,7 @@ use super::context::RequestContext;
 use super::{until_deadline, Core, Error, Operation, ETCD_SERVER_VERSION};
 use crate::mvcc::snapshot::SnapshotSource;
 use crate::mvcc::KvHash;
-use crate::proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
-    DefragmentResponse, RangeRequest, StatusResponse,
-};
+use crate::proto::etcdserverpb::{AlarmType, DefragmentResponse, RangeRequest, StatusResponse};
 
 /// How long the health check waits for a linearizable read.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,13 +61,12 @@ impl Core {
     pub async fn status(&self, ctx: &RequestContext) -> Result<StatusResponse, Error> {
         self.authorize(ctx, Operation::Admin("Status")).await?;
         let raft = self.raft.status();
-        let db_size = i64::try_from(self.store.disk_space()).unwrap_or(i64::MAX);
+        let (db_size, db_size_in_use) = self.db_sizes()?;
         Ok(StatusResponse {
             header: self.current_header(),
             version: ETCD_SERVER_VERSION.to_string(),
             db_size,
-            // An LSM has no free pages to reclaim, so everything it holds is in use.
-            db_size_in_use: db_size,
+            db_size_in_use,
             leader: raft.leader.unwrap_or(0),
             raft_index: raft.commit_index,
             raft_term: raft.term,
@@ -80,36 +76,45 @@ impl Core {
         })
     }
 
-    /// Alarms are derived from the current state rather than stored: NOSPACE holds exactly
-    /// while the database is over quota.
-    fn alarms(&self) -> Vec<AlarmMember> {
-        if self.over_quota() {
-            vec![AlarmMember {
-                member_id: self.member_id,
-                alarm: AlarmType::Nospace as i32,
-            }]
-        } else {
-            Vec::new()
-        }
+    /// `db_size` (the data dir's bytes on disk) and `db_size_in_use` (the estimate of
+    /// what a defragmentation would leave, see [`crate::mvcc::Mvcc::size_in_use`]).
+    fn db_sizes(&self) -> Result<(i64, i64), Error> {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Ok((
+            gauge(self.store.disk_space()),
+            gauge(self.mvcc.size_in_use()?),
+        ))
     }
 
-    pub async fn alarm(
-        &self,
-        ctx: &RequestContext,
-        req: AlarmRequest,
-    ) -> Result<AlarmResponse, Error> {
-        self.authorize(ctx, Operation::Admin("Alarm")).await?;
-        match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(AlarmResponse {
-                header: self.current_header(),
-                alarms: self.alarms(),
-            }),
-            _ => Err(Error::NotSupported("raising alarms by hand")),
-        }
-    }
-
+    /// etcd's defragmentation: here a major compaction of every keyspace of the state, on
+    /// a blocking thread, holding no lock that reads or writes take; the call returns once
+    /// it is done. Logged with etcd's field names.
     pub async fn defragment(&self, ctx: &RequestContext) -> Result<DefragmentResponse, Error> {
         self.authorize(ctx, Operation::Admin("Defragment")).await?;
+        let (size, in_use) = self.db_sizes()?;
+        let path = self.store.dir().display().to_string();
+        tracing::info!(
+            path = %path,
+            current_db_size_bytes = size,
+            current_db_size_in_use_bytes = in_use,
+            "defragmenting"
+        );
+        let started = std::time::Instant::now();
+        let mvcc = self.mvcc.clone();
+        tokio::task::spawn_blocking(move || mvcc.defragment())
+            .await
+            .map_err(Error::internal)??;
+        self.store.measure_disk_space();
+        let (after, after_in_use) = self.db_sizes()?;
+        tracing::info!(
+            path = %path,
+            current_db_size_bytes_diff = after - size,
+            current_db_size_bytes = after,
+            current_db_size_in_use_bytes_diff = after_in_use - in_use,
+            current_db_size_in_use_bytes = after_in_use,
+            took = ?started.elapsed(),
+            "finished defragmenting directory"
+        );
         Ok(DefragmentResponse {
             header: self.current_header(),
         })
@@ -157,7 +162,7 @@ impl Core {
     /// the reasons are etcd's.
     pub async fn health(&self, excluded_alarms: &[String], serializable: bool) -> Health {
         let alarm = self
-            .alarms()
+            .raised_alarms()
             .into_iter()
             .find(|a| !excluded_alarms.iter().any(|x| x == alarm_name(a.alarm)));
         if let Some(alarm) = alarm {
@@ -181,10 +186,7 @@ impl Core {
     pub async fn check(&self, check: HealthCheck) -> Result<(), String> {
         match check {
             HealthCheck::DataCorruption => {
-                let corrupt = self
-                    .alarms()
-                    .iter()
-                    .any(|a| a.alarm == AlarmType::Corrupt as i32);
+                let corrupt = self.mvcc.alarm_raised(AlarmType::Corrupt);
                 if corrupt {
                     return Err("alarm activated: CORRUPT".into());
                 }
@@ -231,11 +233,10 @@ impl Core {
     /// size is sampled in the background), so a scrape costs the same with any data size.
     pub fn publish_metrics(&self) {
         let m = crate::metrics::get();
-        let size = i64::try_from(self.store.disk_space()).unwrap_or(i64::MAX);
-        m.db_total_size.set(size);
-        // An LSM has no free pages to defragment: all it allocates is in use until a
-        // compaction drops it, so both are the allocated size.
-        m.db_total_size_in_use.set(size);
+        if let Ok((size, in_use)) = self.db_sizes() {
+            m.db_total_size.set(size);
+            m.db_total_size_in_use.set(in_use);
+        }
         m.keys.set(self.mvcc.key_count());
         m.current_revision.set(self.mvcc.current_revision());
         m.compact_revision.set(self.mvcc.compact_revision());

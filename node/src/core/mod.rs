@@ -17,6 +17,7 @@
 //! errors ([`Error`]). Must not know about tonic, HTTP or any wire format beyond etcd's
 //! protobuf messages, which are the domain types.
 
+mod alarms;
 mod auth;
 mod cluster;
 mod concurrency;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 
 use futures::future::{self, Either, FutureExt};
 
+pub use alarms::{spawn_monitor as spawn_alarm_monitor, AlarmSettings, Inconsistent};
 pub use context::{Credentials, Principal, PrincipalSource, RequestContext, Transport};
 pub use election::Observations;
 pub use error::Error;
@@ -86,6 +88,8 @@ pub struct Parts {
     pub hooks: Hooks,
     /// Where client-sized reads run.
     pub reads: ReadPool,
+    /// NOSPACE auto-disarm and the corruption checks.
+    pub alarm_settings: AlarmSettings,
 }
 
 /// The node's request handling, shared by every transport.
@@ -101,6 +105,7 @@ pub struct Core {
     auth: Arc<AuthStore>,
     hooks: Hooks,
     reads: ReadPool,
+    alarm_settings: AlarmSettings,
 }
 
 impl Core {
@@ -117,6 +122,7 @@ impl Core {
             limits: parts.limits,
             auth: parts.auth,
             hooks: parts.hooks,
+            alarm_settings: parts.alarm_settings,
         })
     }
 
@@ -172,19 +178,6 @@ impl Core {
             return Err(Error::InvalidAuthToken);
         }
         Ok(Principal::anonymous())
-    }
-
-    /// Whether the database has grown past `--quota-backend-bytes`; writes are refused then.
-    fn over_quota(&self) -> bool {
-        self.store.disk_space() > self.limits.quota_backend_bytes
-    }
-
-    /// The pipeline's quota step.
-    fn check_quota(&self) -> Result<(), Error> {
-        if self.over_quota() {
-            return Err(Error::NoSpace);
-        }
-        Ok(())
     }
 
     /// Proposes `cmd` and waits until it is applied; `pick` takes the result kind the

@@ -131,6 +131,7 @@ async fn start(recorder: Arc<Recorder>) -> Fixture {
             admission: Some(Box::new(Hook(recorder))),
         },
         reads: ReadPool::start(1, 1).expect("read pool"),
+        alarm_settings: Default::default(),
     });
     Fixture {
         _dir: dir,

@@ -103,14 +103,18 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
     let mut batch = store.batch();
     let mut last = None;
     let mut seen = 0;
+    let mut removed = 0;
     for item in ks.revs.range(cursor.to_bytes()..=end).take(BATCH_REVISIONS) {
         let (raw_rev, entry) = item?;
         let rev = Rev::from_bytes(&raw_rev)?;
         let (key, tombstone) = codec::decode_rev_entry(&entry)?;
-        remove_predecessor(ks, &mut batch, key, rev)?;
+        if remove_predecessor(ks, &mut batch, key, rev)? {
+            removed += 1;
+        }
         if tombstone {
             batch.remove(&ks.history, codec::history_key(key, rev));
             batch.remove(&ks.revs, raw_rev);
+            removed += 1;
         }
         last = Some(rev);
         seen += 1;
@@ -122,6 +126,8 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
         last.map_or(cursor, Rev::next)
     };
     batch.insert(&ks.meta, meta::COMPACT_CURSOR, next.to_bytes());
+    let total = meta::read_i64(&ks.meta, meta::HISTORY_REMOVED)?.unwrap_or(0) + removed;
+    batch.insert(&ks.meta, meta::HISTORY_REMOVED, codec::encode_i64(total));
     if finished {
         batch.insert(&ks.meta, meta::COMPACT_DONE, codec::encode_i64(target));
     }
@@ -137,13 +143,13 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
     })
 }
 
-/// Deletes the record of `key` just before `rev`, if there is one.
+/// Deletes the record of `key` just before `rev`, if there is one (then true).
 fn remove_predecessor(
     ks: &Keyspaces,
     batch: &mut crate::storage::WriteBatch,
     key: &[u8],
     rev: Rev,
-) -> Result<(), MvccError> {
+) -> Result<bool, MvccError> {
     let from = codec::history_prefix(key);
     let to = codec::history_key(key, rev);
     if let Some(raw) = ks.history.range(from..to).keys().next_back() {
@@ -151,6 +157,7 @@ fn remove_predecessor(
         let (_, prev) = codec::split_history_key(&raw)?;
         batch.remove(&ks.revs, prev.to_bytes());
         batch.remove(&ks.history, raw);
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }

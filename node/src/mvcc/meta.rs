@@ -13,6 +13,14 @@ pub(super) const COMPACT_DONE: &str = "compact_done";
 pub(super) const COMPACT_CURSOR: &str = "compact_cursor";
 /// Number of live keys.
 pub(super) const KEY_COUNT: &str = "key_count";
+/// Versions ever written to `kv_history` (by apply) and removed from it (by the physical
+/// compaction): their difference is how many it keeps, one `kv_revs` entry each, for
+/// [`super::Mvcc::size_in_use`]. Written by one thread each. Absent in stores made before
+/// they were counted, which fall back to the engine's tombstone count.
+pub(super) const HISTORY_ADDED: &str = "history_added";
+pub(super) const HISTORY_REMOVED: &str = "history_removed";
+/// etcd's alarm list (see `alarm.rs`).
+pub(super) const ALARMS: &str = "alarms";
 /// The caller's opaque apply marker (the raft log id of the last applied entry).
 pub(super) const APPLIED: &str = "applied";
 

@@ -35,6 +35,7 @@
 //! adds its own lease records to the apply batch; mvcc only indexes which keys carry which
 //! lease id) or watchers (it returns each revision's events to the caller).
 
+mod alarm;
 mod codec;
 mod compact;
 mod hash;
@@ -49,16 +50,19 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+pub use alarm::AlarmChange;
 pub use codec::MAX_KEY_LEN;
 pub use compact::CompactionDone;
 pub use hash::KvHash;
 pub use txn::is_read_only;
 
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use crate::proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmType, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::{Keyspace, Snapshot, StorageError, Store, WriteBatch};
 use codec::Rev;
@@ -140,6 +144,21 @@ impl Keyspaces {
     }
 }
 
+/// [`meta::HISTORY_ADDED`] as stored, 0 in a fresh store, -1 in one that did not count it.
+fn history_added(snap: &Snapshot, ks: &Keyspaces) -> Result<i64, MvccError> {
+    Ok(
+        match meta::snapshot_i64(snap, &ks.meta, meta::HISTORY_ADDED)? {
+            Some(added) => added,
+            None if snap.iter(&ks.revs).next().is_none() => 0,
+            None => -1,
+        },
+    )
+}
+
+/// How long an estimate of [`Mvcc::size_in_use`] is reused: the quota check asks on
+/// every write.
+const IN_USE_TTL: Duration = Duration::from_secs(1);
+
 /// Revisions as recorded in one snapshot.
 #[derive(Clone, Copy)]
 struct Revisions {
@@ -156,6 +175,8 @@ pub struct Mvcc {
     current_rev: AtomicI64,
     compact_rev: AtomicI64,
     key_count: AtomicI64,
+    /// [`meta::HISTORY_ADDED`]; -1 in a store that did not count it from the start.
+    history_added: AtomicI64,
     compactor: Mutex<Option<mpsc::Sender<compact::Waiter>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     /// Taken shared to start a read (a storage snapshot) and exclusively by
@@ -164,15 +185,23 @@ pub struct Mvcc {
     /// Held by the compaction worker for each batch and by [`Mvcc::install`], so no batch
     /// of the old state lands in the new one.
     compacting: Arc<Mutex<()>>,
+    /// etcd's alarm store (see `alarm.rs`).
+    alarms: alarm::AlarmList,
+    /// The last estimate of the live data and when it was made (see [`Mvcc::size_in_use`]).
+    in_use: Mutex<Option<(Instant, u64)>>,
+    /// Held by a defragmentation, so two run one after the other.
+    defragmenting: Mutex<()>,
 }
 
 impl Mvcc {
     /// Opens the MVCC keyspaces and resumes any unfinished physical compaction.
     pub fn open(store: Arc<Store>) -> Result<Mvcc, MvccError> {
         let ks = Keyspaces::open(&store)?;
+        let alarms = alarm::AlarmList::load(&ks.meta)?;
         let snap = store.snapshot();
         let revs = revisions(&snap, &ks)?;
         let key_count = meta::snapshot_i64(&snap, &ks.meta, meta::KEY_COUNT)?.unwrap_or(0);
+        let history_added = history_added(&snap, &ks)?;
         drop(snap);
         let (tx, rx) = mpsc::channel();
         let compacting = Arc::new(Mutex::new(()));
@@ -189,10 +218,14 @@ impl Mvcc {
             current_rev: AtomicI64::new(revs.current),
             compact_rev: AtomicI64::new(revs.compact),
             key_count: AtomicI64::new(key_count),
+            history_added: AtomicI64::new(history_added),
             compactor: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
             gate: RwLock::new(()),
             compacting,
+            alarms,
+            in_use: Mutex::new(None),
+            defragmenting: Mutex::new(()),
         })
     }
 
@@ -295,6 +328,10 @@ impl Mvcc {
         if !events.is_empty() {
             self.current_rev.store(exec.write_rev(), Ordering::Release);
             self.key_count.fetch_add(exec.key_delta, Ordering::AcqRel);
+            if self.history_added.load(Ordering::Acquire) >= 0 {
+                self.history_added
+                    .fetch_add(events.len() as i64, Ordering::AcqRel);
+            }
         }
         Ok((resp, events))
     }
@@ -348,6 +385,11 @@ impl Mvcc {
         let key_count = self.key_count.load(Ordering::Acquire) + exec.key_delta;
         batch.insert(&self.ks.meta, meta::CURRENT_REV, codec::encode_i64(main));
         batch.insert(&self.ks.meta, meta::KEY_COUNT, codec::encode_i64(key_count));
+        let added = self.history_added.load(Ordering::Acquire);
+        if added >= 0 {
+            let added = added + events.len() as i64;
+            batch.insert(&self.ks.meta, meta::HISTORY_ADDED, codec::encode_i64(added));
+        }
         events
     }
 
@@ -416,6 +458,98 @@ impl Mvcc {
     /// The live keys attached to `lease`, in key order.
     pub fn lease_keys(&self, lease: i64) -> Result<Vec<Vec<u8>>, MvccError> {
         lease_index::keys(&self.view(), &self.ks.lease, lease)
+    }
+
+    /// etcd's `AlarmStore.Get`: the raised alarms of type `alarm` (every one for NONE).
+    pub fn alarms(&self, alarm: i32) -> Vec<AlarmMember> {
+        self.alarms.get(alarm)
+    }
+
+    /// Whether some member has raised `alarm`.
+    pub fn alarm_raised(&self, alarm: AlarmType) -> bool {
+        self.alarms.is_raised(alarm)
+    }
+
+    /// Applies an Alarm request (etcd's `applierV3backend.Alarm`): the changed list is
+    /// stored with the apply marker.
+    pub fn apply_alarm(
+        &self,
+        req: &AlarmRequest,
+        applied: &[u8],
+    ) -> Result<AlarmChange, MvccError> {
+        let change = self.alarms.plan(req);
+        self.record_applied_with(applied, |batch| {
+            alarm::AlarmList::stage(&self.ks.meta, batch, &change)
+        })?;
+        Ok(self.alarms.commit(change))
+    }
+
+    /// An estimate of the bytes the state would occupy after a defragmentation: etcd's
+    /// `db_size_in_use`. Per keyspace, the bytes in its tables and memtables scaled by the
+    /// share of its entries that are live. Live entries are the live key count for
+    /// `kv_latest` and the distinct names for `mvcc_meta` (both are overwritten in place);
+    /// the versions kept (added less removed, see [`meta::HISTORY_ADDED`]) for `kv_history`
+    /// and `kv_revs`; and for the others, whose keys are written once and removed once,
+    /// entries less twice the tombstones in tables (each hides one entry). Made from the
+    /// engine's statistics, at most once per [`IN_USE_TTL`].
+    pub fn size_in_use(&self) -> Result<u64, MvccError> {
+        let mut cached = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, bytes)) = *cached {
+            if at.elapsed() < IN_USE_TTL {
+                return Ok(bytes);
+            }
+        }
+        let bytes = self.estimate_in_use()?;
+        *cached = Some((Instant::now(), bytes));
+        Ok(bytes)
+    }
+
+    fn estimate_in_use(&self) -> Result<u64, MvccError> {
+        let meta_names = self.ks.meta.iter().keys().count() as u64;
+        let latest = u64::try_from(self.key_count()).unwrap_or(0);
+        let added = self.history_added.load(Ordering::Acquire);
+        let versions = if added >= 0 {
+            let removed = meta::read_i64(&self.ks.meta, meta::HISTORY_REMOVED)?.unwrap_or(0);
+            Some(u64::try_from(added - removed).unwrap_or(0))
+        } else {
+            None
+        };
+        let live = |ks: &Keyspace, exact: Option<u64>| {
+            let u = ks.usage();
+            if u.entries == 0 {
+                return 0;
+            }
+            let entries = exact.unwrap_or(u.entries.saturating_sub(2 * u.tombstones));
+            let share = (entries as f64 / u.entries as f64).min(1.0);
+            ((u.disk_bytes + u.memtable_bytes) as f64 * share) as u64
+        };
+        let k = &self.ks;
+        Ok(live(&k.latest, Some(latest))
+            + live(&k.meta, Some(meta_names))
+            + live(&k.history, versions)
+            + live(&k.revs, versions)
+            + [&k.lease, &k.leases, &k.auth]
+                .into_iter()
+                .map(|ks| live(ks, None))
+                .sum::<u64>())
+    }
+
+    /// Rewrites every keyspace of the state (etcd's defragmentation): the versions a
+    /// compaction removed and the tombstones go, and the files shrink. Reads and writes go
+    /// on meanwhile; a second call waits for the first.
+    pub fn defragment(&self) -> Result<(), MvccError> {
+        let _one = self
+            .defragmenting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let k = &self.ks;
+        for ks in [
+            &k.latest, &k.history, &k.revs, &k.meta, &k.lease, &k.leases, &k.auth,
+        ] {
+            ks.major_compact()?;
+        }
+        *self.in_use.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
     }
 
     /// The last stored apply marker.

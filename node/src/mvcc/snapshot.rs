@@ -361,6 +361,9 @@ impl Mvcc {
                 .store(restored.compact_revision, Ordering::Release);
             self.key_count
                 .store(key_count.unwrap_or(0), Ordering::Release);
+            self.alarms.reload(&self.ks.meta)?;
+            self.history_added
+                .store(super::history_added(&snap, &self.ks)?, Ordering::Release);
             restored
         };
         // The snapshot may hold an unfinished physical compaction: wake the worker.

@@ -1240,3 +1240,60 @@ fn a_chunked_range_stops_when_told() {
     assert!(stopped.is_none());
     assert_eq!(emitted, 1);
 }
+
+/// `db_size_in_use` follows the live data: overwriting every key grows it (the history is
+/// live until compacted), a compaction drops it although nothing has shrunk yet, and a
+/// defragmentation shrinks what the engine holds to about the estimate.
+#[tokio::test]
+async fn size_in_use_drops_after_a_compaction_and_defrag_shrinks_the_files() {
+    let f = open();
+    let value = "x".repeat(2000);
+    let keys = 500;
+    let fill = |round: usize| {
+        for k in 0..keys {
+            f.put(&format!("key/{k:04}"), &format!("{round}{value}"));
+        }
+    };
+    let measure = |f: &Fixture| {
+        *f.mvcc.in_use.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        f.mvcc.size_in_use().expect("in use")
+    };
+    fill(0);
+    let one_round = measure(&f);
+    fill(1);
+    fill(2);
+    let three_rounds = measure(&f);
+    assert!(
+        three_rounds > 2 * one_round,
+        "{one_round} then {three_rounds}"
+    );
+    let rev = f.mvcc.current_revision();
+    f.mvcc
+        .compact(rev, b"c")
+        .expect("compact")
+        .await
+        .expect("compaction done");
+    let compacted = measure(&f);
+    assert!(
+        compacted < three_rounds / 2,
+        "{three_rounds} before compacting, {compacted} after"
+    );
+    let held = |f: &Fixture| {
+        let u = f.mvcc.ks.history.usage();
+        u.disk_bytes + u.memtable_bytes
+    };
+    let before = held(&f);
+    f.mvcc.defragment().expect("defragment");
+    let defragmented = measure(&f);
+    let after = held(&f);
+    assert!(
+        after < before / 2,
+        "history holds {before} bytes, then {after}"
+    );
+    // What the defragmentation left is at most the estimate (memtables hold the values
+    // uncompressed, tables compressed: these values compress well).
+    assert!(
+        defragmented > 0 && defragmented <= compacted,
+        "{compacted} estimated, {defragmented} left"
+    );
+}

@@ -125,6 +125,8 @@ pub enum Applied {
     LeaseCheckpoint(etcdserverpb::LeaseCheckpointResponse),
     /// An applied auth command: the auth revision after it, the simple token issued.
     Auth(cairnpb::AuthApplied),
+    /// etcd's answer to an Alarm request.
+    Alarm(etcdserverpb::AlarmResponse),
 }
 
 impl Applied {
@@ -135,7 +137,8 @@ impl Applied {
             Applied::Compaction(_)
             | Applied::LeaseGrant(_)
             | Applied::LeaseCheckpoint(_)
-            | Applied::Auth(_) => &[],
+            | Applied::Auth(_)
+            | Applied::Alarm(_) => &[],
         }
     }
 }
@@ -169,6 +172,12 @@ pub enum RaftError {
     Peer(#[from] PeerError),
     #[error("malformed peer message: {0}")]
     Malformed(String),
+    /// A write refused at apply because a member raised NOSPACE (etcd's capped applier).
+    #[error("database space exceeded")]
+    NoSpace,
+    /// A request refused at apply because a member raised CORRUPT (etcd's corrupt applier).
+    #[error("corrupt cluster")]
+    Corrupt,
     /// The leader refused a membership change.
     #[error(transparent)]
     Member(MemberError),
@@ -842,6 +851,7 @@ impl fmt::Display for Proposal {
                 write!(f, "lease_checkpoint({} leases)", c.checkpoints.len())
             }
             Some(Cmd::Auth(_)) => write!(f, "auth"),
+            Some(Cmd::Alarm(a)) => write!(f, "alarm({} {:x} {})", a.action, a.member_id, a.alarm),
             None => write!(f, "empty"),
         }
     }

@@ -58,8 +58,9 @@ use crate::proto::cairnpb::{
     ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, SnapshotChunk,
 };
 use crate::proto::etcdserverpb::{
-    CompactionResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    CompactionResponse, HashKvRequest, HashKvResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
 use crate::tls::PeerClientTls;
 
@@ -312,6 +313,15 @@ impl Peers {
         Ok(resp.map_err(|s| self.failed(leader, s))?.into_inner())
     }
 
+    /// Member `to`'s HashKV at `revision`, for the leader's corruption check.
+    pub async fn hash_kv(&self, to: u64, revision: i64) -> Result<HashKvResponse, PeerError> {
+        let member = self.member(to).ok_or(PeerError::NoAddress(to))?;
+        let mut client = self.client(to, &member)?;
+        let req = self.request(HashKvRequest { revision }, self.forward_timeout);
+        let resp = client.hash_kv(req).await;
+        Ok(resp.map_err(|s| self.failed(to, s))?.into_inner())
+    }
+
     /// Asks the leader `leader` for its read index: once this member has applied up to it,
     /// a local read is linearizable.
     pub async fn read_index(&self, leader: u64) -> Result<u64, PeerError> {
@@ -465,6 +475,9 @@ pub fn encode_outcome(result: Result<Applied, RaftError>) -> Result<ProposeRespo
         Ok(Applied::LeaseRevoke(resp, _)) => ok(Outcome::LeaseRevoke(resp)),
         Ok(Applied::LeaseCheckpoint(resp)) => ok(Outcome::LeaseCheckpoint(resp)),
         Ok(Applied::Auth(applied)) => ok(Outcome::Auth(applied)),
+        Ok(Applied::Alarm(resp)) => ok(Outcome::Alarm(resp)),
+        Err(RaftError::NoSpace) => refusal(ApplyError::NoSpace, 0),
+        Err(RaftError::Corrupt) => refusal(ApplyError::Corrupt, 0),
         Err(RaftError::Auth(e)) => refusal(auth_refusal(e), 0),
         Err(RaftError::Apply(e)) => match e {
             MvccError::Compacted => refusal(ApplyError::Compacted, 0),
@@ -540,6 +553,7 @@ fn decode_outcome(
         Outcome::LeaseRevoke(r) => Ok(Applied::LeaseRevoke(r, Vec::new())),
         Outcome::LeaseCheckpoint(r) => Ok(Applied::LeaseCheckpoint(r)),
         Outcome::Auth(r) => Ok(Applied::Auth(r)),
+        Outcome::Alarm(r) => Ok(Applied::Alarm(r)),
         Outcome::Error(code) => Err(
             match ApplyError::try_from(code).map_err(|_| malformed("unknown refusal"))? {
                 ApplyError::Compacted => RaftError::Apply(MvccError::Compacted),
@@ -551,6 +565,8 @@ fn decode_outcome(
                 ApplyError::LeaseNotFound => RaftError::Apply(MvccError::LeaseNotFound),
                 ApplyError::LeaseExists => RaftError::Lease(LeaseError::Exists),
                 ApplyError::LeaseTtlTooLarge => RaftError::Lease(LeaseError::TtlTooLarge),
+                ApplyError::NoSpace => RaftError::NoSpace,
+                ApplyError::Corrupt => RaftError::Corrupt,
                 ApplyError::Unspecified => return Err(malformed("unspecified refusal")),
                 auth => RaftError::Auth(
                     AUTH_REFUSALS

@@ -51,9 +51,9 @@ use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::cairnpb::command::Cmd;
 use crate::proto::cairnpb::AuthCommand;
 use crate::proto::etcdserverpb::{
-    request_op::Request, DeleteRangeRequest, LeaseCheckpointRequest, LeaseCheckpointResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, RequestOp,
-    ResponseHeader, TxnRequest,
+    request_op::Request, AlarmRequest, AlarmResponse, AlarmType, DeleteRangeRequest,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseHeader, TxnRequest,
 };
 use crate::storage::Store;
 use crate::watch::WatchHub;
@@ -271,7 +271,7 @@ fn is_cheap(entries: &[EntryResponder<TypeConfig>]) -> bool {
             }
             Some(Cmd::LeaseGrant(_)) | Some(Cmd::LeaseCheckpoint(_)) | None => true,
             // Auth state is small; only bcrypt is slow, and the proposer ran it.
-            Some(Cmd::Auth(_)) => true,
+            Some(Cmd::Auth(_)) | Some(Cmd::Alarm(_)) => true,
             Some(Cmd::Compaction(_)) | Some(Cmd::LeaseRevoke(_)) => false,
         },
         EntryPayload::Blank | EntryPayload::Membership(_) => true,
@@ -341,6 +341,10 @@ fn apply_command(
     marker: &[u8],
 ) -> io::Result<Outcome> {
     let (mvcc, lessor) = (&*parts.mvcc, &*parts.lessor);
+    if let Some(refusal) = refused_by_alarm(mvcc, command.cmd.as_ref()) {
+        no_change(mvcc, marker)?;
+        return Ok(Outcome(Some(Err(refusal))));
+    }
     let result = match &command.cmd {
         Some(Cmd::Txn(req)) => answer(
             mvcc.apply_txn_with(req, marker, &|id| lessor.contains(id), |_| {})
@@ -353,6 +357,7 @@ fn apply_command(
         Some(Cmd::LeaseRevoke(req)) => lease_revoke(mvcc, lessor, req, marker),
         Some(Cmd::LeaseCheckpoint(req)) => lease_checkpoint(mvcc, lessor, req, marker),
         Some(Cmd::Auth(req)) => auth(mvcc, parts.auth.as_deref(), req, index, marker),
+        Some(Cmd::Alarm(req)) => alarm(mvcc, req, marker),
         None => return no_change(mvcc, marker),
     }?;
     if result.is_err() {
@@ -360,6 +365,56 @@ fn apply_command(
         no_change(mvcc, marker)?;
     }
     Ok(Outcome(Some(result)))
+}
+
+/// etcd's alarm appliers: with CORRUPT raised (`applierV3Corrupt`) every KV write,
+/// compaction and lease grant or revoke is refused; with NOSPACE raised
+/// (`applierV3Capped`) txns that put and lease grants are. Alarm and auth commands pass,
+/// so `alarm disarm` works; deletes and compaction pass NOSPACE, which they relieve. The
+/// list is the same on every member at a given log index, so is the refusal.
+fn refused_by_alarm(mvcc: &Mvcc, cmd: Option<&Cmd>) -> Option<RaftError> {
+    let writes = matches!(
+        cmd,
+        Some(Cmd::Txn(_) | Cmd::Compaction(_) | Cmd::LeaseGrant(_) | Cmd::LeaseRevoke(_))
+    );
+    if writes && mvcc.alarm_raised(AlarmType::Corrupt) {
+        return Some(RaftError::Corrupt);
+    }
+    let grows = match cmd {
+        Some(Cmd::Txn(txn)) => puts(txn),
+        Some(Cmd::LeaseGrant(_)) => true,
+        _ => false,
+    };
+    (grows && mvcc.alarm_raised(AlarmType::Nospace)).then_some(RaftError::NoSpace)
+}
+
+/// etcd's quota cost of a txn is above 0 exactly when either branch has a put at its top
+/// level (`costTxn`).
+fn puts(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| matches!(op.request, Some(Request::RequestPut(_))))
+}
+
+/// etcd's `applierV3backend.Alarm`, logging as etcd does when the first alarm of a type is
+/// raised or the last cleared.
+fn alarm(mvcc: &Mvcc, req: &AlarmRequest, marker: &[u8]) -> Applying {
+    let change = mvcc.apply_alarm(req, marker).map_err(io::Error::other)?;
+    let name = |a: i32| AlarmType::try_from(a).map_or("UNKNOWN", |a| a.as_str_name());
+    if let Some(m) = &change.raised {
+        tracing::warn!(alarm = name(m.alarm), from = %format_args!("{:x}", m.member_id), "alarm raised");
+    }
+    if let Some(m) = &change.disarmed {
+        tracing::warn!(alarm = name(m.alarm), from = %format_args!("{:x}", m.member_id), "alarm disarmed");
+    }
+    Ok(Ok(Applied::Alarm(AlarmResponse {
+        header: Some(ResponseHeader {
+            revision: mvcc.current_revision(),
+            ..Default::default()
+        }),
+        alarms: change.alarms,
+    })))
 }
 
 /// Sorts an MVCC result into answer and storage failure.

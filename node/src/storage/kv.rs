@@ -35,6 +35,15 @@ impl fmt::Debug for Bytes {
     }
 }
 
+/// A keyspace's size as the engine counts it (see [`Keyspace::usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyspaceUsage {
+    pub disk_bytes: u64,
+    pub memtable_bytes: u64,
+    pub entries: u64,
+    pub tombstones: u64,
+}
+
 /// One named table of a database, with keys and values as byte strings ordered by their
 /// bytes. Cheap to clone; every clone is the same keyspace.
 #[derive(Clone)]
@@ -107,6 +116,31 @@ impl Keyspace {
             .last_key_value()
             .map(|guard| self.pair(guard))
             .transpose()
+    }
+
+    /// What this keyspace holds, from the engine's statistics (no data is read): bytes
+    /// in its tables on disk and in its memtables, entries (tables and memtables, counting
+    /// every version and tombstone) and tombstones in the tables.
+    pub fn usage(&self) -> KeyspaceUsage {
+        use fjall::AbstractTree;
+        KeyspaceUsage {
+            disk_bytes: self.inner.disk_space(),
+            memtable_bytes: self.inner.tree.version_memtable_size_sum(),
+            entries: self.inner.approximate_len() as u64,
+            tombstones: self.inner.tree.tombstone_count(),
+        }
+    }
+
+    /// Rewrites every table of the keyspace into one sorted run, dropping the versions and
+    /// tombstones no open snapshot needs (fjall's major compaction), memtable included. Reads and writes go on
+    /// meanwhile: it works on immutable tables and swaps them in at the end.
+    pub fn major_compact(&self) -> Result<(), StorageError> {
+        self.info.db.before_write(Op::Commit, &self.info.name)?;
+        // Flushed first, so what the memtable holds is rewritten too.
+        self.inner
+            .rotate_memtable_and_wait()
+            .and_then(|()| self.inner.major_compact())
+            .map_err(|e| self.fail(Op::Commit, e))
     }
 
     fn pair(&self, guard: fjall::Guard) -> Result<(Bytes, Bytes), StorageError> {

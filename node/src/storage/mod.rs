@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub use fault::{BadFaultPlan, FaultDatabase, FaultOp, FaultPlan};
-pub use kv::{Bytes, Iter, Keys, Keyspace, Snapshot, WriteBatch};
+pub use kv::{Bytes, Iter, Keys, Keyspace, KeyspaceUsage, Snapshot, WriteBatch};
 
 /// The content of the format marker. Bump it (and add a migration) when an on-disk
 /// encoding changes incompatibly.
@@ -411,6 +411,14 @@ impl Store {
     /// its journal sparsely), at most [`SIZE_SAMPLE_INTERVAL`] old.
     pub fn disk_space(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
+    }
+
+    /// Measures [`Store::disk_space`] now rather than at the next sample (after a
+    /// defragmentation, whose effect the caller reports).
+    pub fn measure_disk_space(&self) -> u64 {
+        let bytes = allocated(&[self.db_info.path.clone(), self.wal_info.path.clone()]);
+        self.size.store(bytes, Ordering::Relaxed);
+        bytes
     }
 
     /// Copies fjall's statistics of both databases into the `cairn_storage_*` metrics. Each

@@ -5,6 +5,7 @@
 // Test code: a failed unwrap is a failed assertion with its value printed, which is what we want.
 #![allow(clippy::unwrap_used)]
 
+mod alarms;
 mod auth;
 mod auto_compaction;
 mod bad_input;
