@@ -37,6 +37,7 @@
 
 mod codec;
 mod compact;
+pub mod etcd_format;
 mod hash;
 mod history;
 mod lease_index;
