@@ -221,6 +221,37 @@ fn humanize_bytes(n: u64) -> String {
     }
 }
 
+/// `cairn backup --data-dir X --backup-dir Y` (etcdctl's offline `backup`): copies the
+/// stopped member's data dir `X` (state, raft log, raft snapshots) into the new data dir
+/// `Y` without the member's identity, so `cairn --data-dir Y --force-new-cluster` starts a
+/// one-member cluster, with IDs from its own flags, on the data (the log's entries applied
+/// after the state was last flushed included). A running member holds the lock on `X`: its
+/// live copy is `etcdctl snapshot save`.
+pub fn offline_backup(data_dir: &Path, backup_dir: &Path) -> anyhow::Result<()> {
+    let occupied = std::fs::read_dir(backup_dir).is_ok_and(|mut entries| entries.next().is_some());
+    anyhow::ensure!(
+        !occupied,
+        "backup-dir {:?} not empty or could not be read",
+        backup_dir
+    );
+    anyhow::ensure!(
+        data_dir.join("db").is_dir(),
+        "data-dir {:?} is not a cairn data dir",
+        data_dir
+    );
+    let src = Store::open(data_dir)?;
+    let dst = Store::open(backup_dir)?;
+    let copied = src
+        .copy_into(&dst, &|keyspace, key| Identity::is_identity(keyspace, key))
+        .with_context(|| format!("copying {} into {}", data_dir.display(), backup_dir.display()))?;
+    println!(
+        "backed up {} ({copied} entries) into {}",
+        data_dir.display(),
+        backup_dir.display()
+    );
+    Ok(())
+}
+
 /// Streams `file` through `plugin`'s open direction into a temp file beside `data_dir`.
 fn unseal(
     file: &Path,
