@@ -374,7 +374,10 @@ impl Reader {
 
     /// Calls `f` with each top-level bucket's name and `None`, then with its name and each
     /// (key, value) in key order; buckets in name order.
-    pub fn for_each(&self, f: &mut dyn FnMut(&[u8], Entry<'_>) -> Result<(), BboltError>) -> Result<(), BboltError> {
+    pub fn for_each(
+        &self,
+        f: &mut dyn FnMut(&[u8], Entry<'_>) -> Result<(), BboltError>,
+    ) -> Result<(), BboltError> {
         let mut buckets = Vec::new();
         self.walk(self.root, 0, &mut |flags, k, v| {
             if flags & BUCKET_LEAF_FLAG == 0 {
@@ -413,7 +416,10 @@ impl Reader {
         let mut page = vec![0u8; self.page_size];
         self.file.read_exact_at(&mut page, at)?;
         if le_u64(&page, 0) != pgid {
-            return Err(damaged(format!("page {pgid} has the id {}", le_u64(&page, 0))));
+            return Err(damaged(format!(
+                "page {pgid} has the id {}",
+                le_u64(&page, 0)
+            )));
         }
         let overflow = u64::from(le_u32(&page, 12));
         if overflow > 0 {
@@ -445,7 +451,9 @@ impl Reader {
                 let mut previous: Option<Vec<u8>> = None;
                 for i in 0..count {
                     let at = HEADER + ELEMENT * i;
-                    let el = page.get(at..at + ELEMENT).ok_or_else(|| damaged("branch element"))?;
+                    let el = page
+                        .get(at..at + ELEMENT)
+                        .ok_or_else(|| damaged("branch element"))?;
                     let key = slice(&page, at + le_u32(el, 0) as usize, le_u32(el, 4) as usize)?;
                     if previous.as_deref().is_some_and(|p| p >= key) {
                         return Err(damaged(format!("keys out of order on page {pgid}")));
@@ -500,7 +508,9 @@ fn leaf_elements(
     let mut previous: Option<&[u8]> = None;
     for i in 0..count {
         let at = HEADER + ELEMENT * i;
-        let el = page.get(at..at + ELEMENT).ok_or_else(|| damaged("leaf element"))?;
+        let el = page
+            .get(at..at + ELEMENT)
+            .ok_or_else(|| damaged("leaf element"))?;
         let pos = at + le_u32(el, 4) as usize;
         let klen = le_u32(el, 8) as usize;
         let key = slice(page, pos, klen)?;
@@ -559,7 +569,12 @@ mod tests {
     #[test]
     fn files_round_trip_through_many_levels_and_overflow_pages() {
         let big: Vec<(Vec<u8>, Vec<u8>)> = (0..20_000u32)
-            .map(|i| (i.to_be_bytes().to_vec(), vec![(i % 251) as u8; (i % 97) as usize]))
+            .map(|i| {
+                (
+                    i.to_be_bytes().to_vec(),
+                    vec![(i % 251) as u8; (i % 97) as usize],
+                )
+            })
             .chain([(vec![0xff; 3], vec![7u8; 3 * PAGE_SIZE + 5])])
             .collect();
         let buckets: Buckets = vec![
@@ -582,7 +597,9 @@ mod tests {
     fn damaged_files_are_refused() {
         let buckets: Buckets = vec![(
             b"key".to_vec(),
-            (0..2000u32).map(|i| (i.to_be_bytes().to_vec(), vec![1; 50])).collect(),
+            (0..2000u32)
+                .map(|i| (i.to_be_bytes().to_vec(), vec![1; 50]))
+                .collect(),
         )];
         let (plan, _) = write_all(&buckets, io::sink(), None);
         let mut bytes = Vec::new();

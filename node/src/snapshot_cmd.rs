@@ -31,7 +31,10 @@ use crate::plugins::Plugins;
 use crate::storage::Store;
 
 #[derive(Debug, Parser)]
-#[command(name = "cairn snapshot", about = "Restore or inspect etcd and cairn snapshots")]
+#[command(
+    name = "cairn snapshot",
+    about = "Restore or inspect etcd and cairn snapshots"
+)]
 struct SnapshotArgs {
     #[command(subcommand)]
     action: Action,
@@ -97,8 +100,8 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     match action {
         Action::Restore(args) => restore_cmd(args),
         Action::Status { file, write_out } => {
-            let status = snapshot::status(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let status =
+                snapshot::status(&file).with_context(|| format!("reading {}", file.display()))?;
             print!("{}", format_status(&status, write_out)?);
             Ok(())
         }
@@ -114,7 +117,11 @@ fn restore_cmd(args: RestoreArgs) -> anyhow::Result<()> {
     let identity = new_identity(&args, &data_dir)?;
     // As etcdutl: never merge into an existing data dir.
     let occupied = std::fs::read_dir(&data_dir).is_ok_and(|mut entries| entries.next().is_some());
-    anyhow::ensure!(!occupied, "data-dir {:?} not empty or could not be read", data_dir);
+    anyhow::ensure!(
+        !occupied,
+        "data-dir {:?} not empty or could not be read",
+        data_dir
+    );
     let opened = match (&args.unseal, &args.unseal_config) {
         (Some(plugin), Some(config)) => Some(unseal(&args.file, plugin, config, &data_dir)?),
         _ => None,
@@ -134,7 +141,10 @@ fn new_identity(args: &RestoreArgs, data_dir: &Path) -> anyhow::Result<Option<Id
         ("--name", &args.name),
         ("--initial-cluster", &args.initial_cluster),
         ("--initial-cluster-token", &args.initial_cluster_token),
-        ("--initial-advertise-peer-urls", &args.initial_advertise_peer_urls),
+        (
+            "--initial-advertise-peer-urls",
+            &args.initial_advertise_peer_urls,
+        ),
     ];
     if flags.iter().all(|(_, v)| v.is_none()) {
         return Ok(None);
@@ -145,10 +155,12 @@ fn new_identity(args: &RestoreArgs, data_dir: &Path) -> anyhow::Result<Option<Id
             argv.extend([OsString::from(flag), OsString::from(value)]);
         }
     }
-    argv.extend([OsString::from("--data-dir"), data_dir.as_os_str().to_owned()]);
+    argv.extend([
+        OsString::from("--data-dir"),
+        data_dir.as_os_str().to_owned(),
+    ]);
     let cfg = crate::config::load_from(argv, Vec::new())?.config;
-    let members =
-        crate::server::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+    let members = crate::server::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
     let member_id = members
         .iter()
         .find(|(_, m)| m.name == cfg.name)
@@ -165,10 +177,7 @@ fn new_identity(args: &RestoreArgs, data_dir: &Path) -> anyhow::Result<Option<Id
 fn format_status(s: &Status, how: WriteOut) -> anyhow::Result<String> {
     let size = humanize_bytes(s.total_size);
     Ok(match how {
-        WriteOut::Simple => format!(
-            "{:x}, {}, {}, {}\n",
-            s.hash, s.revision, s.total_key, size
-        ),
+        WriteOut::Simple => format!("{:x}, {}, {}, {}\n", s.hash, s.revision, s.total_key, size),
         WriteOut::Json => format!("{}\n", serde_json::to_string(s)?),
         WriteOut::Table => {
             let row = [
@@ -190,11 +199,20 @@ fn table(header: &[&str], row: &[String]) -> String {
         .zip(row)
         .map(|(h, c)| h.len().max(c.len()))
         .collect();
-    let line: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+\n";
+    let line: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+\n";
     let mut out = line.clone();
     for (h, w) in header.iter().zip(&widths) {
         let pad = w - h.len();
-        out += &format!("| {}{}{} ", " ".repeat(pad / 2), h, " ".repeat(pad - pad / 2));
+        out += &format!(
+            "| {}{}{} ",
+            " ".repeat(pad / 2),
+            h,
+            " ".repeat(pad - pad / 2)
+        );
     }
     out += "|\n";
     out += &line;
@@ -243,7 +261,13 @@ pub fn offline_backup(data_dir: &Path, backup_dir: &Path) -> anyhow::Result<()> 
     let dst = Store::open(backup_dir)?;
     let copied = src
         .copy_into(&dst, &|keyspace, key| Identity::is_identity(keyspace, key))
-        .with_context(|| format!("copying {} into {}", data_dir.display(), backup_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "copying {} into {}",
+                data_dir.display(),
+                backup_dir.display()
+            )
+        })?;
     println!(
         "backed up {} ({copied} entries) into {}",
         data_dir.display(),
@@ -312,7 +336,10 @@ fn restore(
         id.save(&store)?;
     }
     let member = id.map_or_else(String::new, |id| {
-        format!(" as member {:x} of cluster {:x}", id.member_id, id.cluster_id)
+        format!(
+            " as member {:x} of cluster {:x}",
+            id.member_id, id.cluster_id
+        )
     });
     println!(
         "restored {} at revision {} (compact revision {}, {} records) into {}{member}",

@@ -250,7 +250,11 @@ impl Default for Crc32c {
         for (i, slot) in table.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 == 1 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 == 1 {
+                    0x82F6_3B78 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *slot = c;
         }
@@ -272,7 +276,11 @@ impl Crc32c {
 
 /// Loads an etcd-layout bbolt file into the (empty) keyspaces: the history and revisions
 /// from `key`, then the live keys, the lease index and the counters derived from them.
-pub(super) fn load(reader: &Reader, store: &Store, ks: &Keyspaces) -> Result<Restored, SnapshotError> {
+pub(super) fn load(
+    reader: &Reader,
+    store: &Store,
+    ks: &Keyspaces,
+) -> Result<Restored, SnapshotError> {
     let mut loader = Loader {
         store,
         ks,
@@ -351,7 +359,11 @@ impl Loader<'_> {
             AUTH if k == AUTH_ENABLED => self.batch.insert(&ks.auth, CAIRN_AUTH_ENABLED, v),
             AUTH if k == AUTH_REVISION => self.batch.insert(&ks.auth, CAIRN_AUTH_REVISION, v),
             AUTH_USERS | AUTH_ROLES => {
-                let prefix = if bucket == AUTH_USERS { CAIRN_USER } else { CAIRN_ROLE };
+                let prefix = if bucket == AUTH_USERS {
+                    CAIRN_USER
+                } else {
+                    CAIRN_ROLE
+                };
                 self.batch.insert(&ks.auth, [prefix, k].concat(), v);
             }
             _ => return Ok(()),
@@ -374,7 +386,10 @@ fn derive_live_keys(store: &Store, ks: &Keyspaces) -> Result<(), SnapshotError> 
     let mut batch_bytes = 0;
     let mut live = 0i64;
     let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
-    let mut flush = |prefix: Vec<u8>, record: Vec<u8>, batch: &mut WriteBatch| -> Result<usize, SnapshotError> {
+    let mut flush = |prefix: Vec<u8>,
+                     record: Vec<u8>,
+                     batch: &mut WriteBatch|
+     -> Result<usize, SnapshotError> {
         let key = codec::unescape(&prefix)?;
         let Some(kv) = codec::decode_record(&key, &record)? else {
             return Ok(0);

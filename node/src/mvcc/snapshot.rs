@@ -346,7 +346,11 @@ pub struct Restored {
 /// SHA-256 is checked unless `skip_hash_check`, for a `db` file copied out of a data dir,
 /// as etcdutl) or cairn's own (always checked). The caller opens the MVCC store afterwards;
 /// it resumes at the snapshot's revision.
-pub fn restore(path: &Path, store: &Store, skip_hash_check: bool) -> Result<Restored, SnapshotError> {
+pub fn restore(
+    path: &Path,
+    store: &Store,
+    skip_hash_check: bool,
+) -> Result<Restored, SnapshotError> {
     let mut file = File::open(path)?;
     let ks = Keyspaces::open(store)?;
     if ks.revs.first()?.is_some() || ks.meta.first()?.is_some() {
@@ -620,8 +624,9 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn snapshot_round_trips_into_a_new_store() {
+    /// A store with history, a compaction and a key holding a 0 byte, its snapshot taken
+    /// before one more write, encoded by `encode`; then restored into a new store.
+    async fn round_trip(encode: impl Fn(&SnapshotSource) -> Vec<u8>) {
         let src_dir = tempfile::tempdir().expect("tempdir");
         let src = open(src_dir.path());
         put(&src, b"a", b"1"); // 2
@@ -635,20 +640,12 @@ mod tests {
         let source = src.snapshot_source().expect("source");
         // Writes after the snapshot is taken are not in it.
         put(&src, b"late", b"x");
-        let mut bytes = Vec::new();
-        let written = source.write_to(&mut bytes).expect("write");
-        assert_eq!(written, bytes.len() as u64);
-        assert_eq!(
-            source.stream_len().expect("len"),
-            written,
-            "length known in advance"
-        );
+        let bytes = encode(&source);
         assert_eq!(
             bytes.len() as u64 % ALIGN,
             DIGEST_LEN,
             "etcdctl's size check"
         );
-        assert!(bytes.starts_with(MAGIC));
         drop(source);
 
         let file = src_dir.path().join("snap.db");
@@ -678,6 +675,36 @@ mod tests {
         assert!(dst.applied_marker().expect("marker").is_none());
     }
 
+    #[tokio::test]
+    async fn cairn_snapshots_round_trip_into_a_new_store() {
+        round_trip(|source| {
+            let mut bytes = Vec::new();
+            let written = source.write_to(&mut bytes).expect("write");
+            assert_eq!(written, bytes.len() as u64);
+            assert_eq!(
+                source.stream_len().expect("len"),
+                written,
+                "length known in advance"
+            );
+            assert!(bytes.starts_with(MAGIC));
+            bytes
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn etcd_snapshots_round_trip_into_a_new_store() {
+        round_trip(|source| {
+            let plan = source.etcd_plan().expect("plan");
+            let mut bytes = Vec::new();
+            let written = source.write_etcd(&mut bytes, plan).expect("write");
+            assert_eq!(written, bytes.len() as u64);
+            assert_eq!(plan.len() + DIGEST_LEN, written, "length known in advance");
+            bytes
+        })
+        .await;
+    }
+
     #[test]
     fn damaged_or_foreign_files_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -702,14 +729,14 @@ mod tests {
             try_restore(&bytes[..bytes.len() - 1], "b"),
             Err(SnapshotError::Checksum)
         ));
-        // A well-formed stream from something else: right size and digest, wrong magic.
+        // A well-formed stream from something else: right size and digest, no bbolt meta.
         let mut foreign = vec![0u8; 512];
         foreign[..6].copy_from_slice(b"bbolt!");
         let digest: [u8; 32] = Sha256::digest(&foreign).into();
         foreign.extend_from_slice(&digest);
         assert!(matches!(
             try_restore(&foreign, "c"),
-            Err(SnapshotError::NotCairn)
+            Err(SnapshotError::Bbolt(BboltError::NoMeta))
         ));
         assert!(try_restore(&bytes, "d").is_ok());
     }

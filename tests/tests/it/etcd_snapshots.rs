@@ -44,13 +44,25 @@ async fn everything(client: &mut Client, revision: i64, serializable: bool) -> (
 /// on both sides of the compact revision. Returns a revision after the compaction.
 async fn workload(client: &mut Client) -> i64 {
     for i in 0..60 {
-        client.put(format!("k{i:02}"), format!("v{i}"), None).await.unwrap();
+        client
+            .put(format!("k{i:02}"), format!("v{i}"), None)
+            .await
+            .unwrap();
     }
     for i in 0..20 {
-        client.put(format!("k{i:02}"), format!("w{i}"), None).await.unwrap();
+        client
+            .put(format!("k{i:02}"), format!("w{i}"), None)
+            .await
+            .unwrap();
     }
     client.delete("k05", None).await.unwrap();
-    let compact_at = client.put("k06", "x", None).await.unwrap().header().unwrap().revision();
+    let compact_at = client
+        .put("k06", "x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     client.compact(compact_at, None).await.unwrap();
     client.delete("k07", None).await.unwrap();
     let lease = client.lease_grant(600, None).await.unwrap().id();
@@ -130,7 +142,10 @@ async fn a_snapshot_saved_under_writes_restores_into_a_new_three_member_cluster(
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                client.put(format!("w{}", n % 50), n.to_string(), None).await.unwrap();
+                client
+                    .put(format!("w{}", n % 50), n.to_string(), None)
+                    .await
+                    .unwrap();
                 n += 1;
             }
             n
@@ -165,7 +180,13 @@ async fn a_snapshot_saved_under_writes_restores_into_a_new_three_member_cluster(
         })
         .collect();
     let peer_urls: Vec<String> = (0..3)
-        .map(|i| cluster.member(i).flag("initial-advertise-peer-urls").unwrap().to_string())
+        .map(|i| {
+            cluster
+                .member(i)
+                .flag("initial-advertise-peer-urls")
+                .unwrap()
+                .to_string()
+        })
         .collect();
     drop(client);
     for i in 0..3 {
@@ -199,10 +220,17 @@ async fn a_snapshot_saved_under_writes_restores_into_a_new_three_member_cluster(
     for i in 0..3 {
         let mut client = cluster.client(i).await.unwrap();
         let (kvs, at) = everything(&mut client, 0, true).await;
-        assert_eq!(at, revision, "member {i} resumes at the snapshot's revision");
+        assert_eq!(
+            at, revision,
+            "member {i} resumes at the snapshot's revision"
+        );
         assert_eq!(kvs, expected, "member {i} holds the snapshot's data");
         let hash = client.hash_kv(revision).await.unwrap();
-        assert_eq!(hash.hash(), expected_hash, "member {i}: HashKV at {revision}");
+        assert_eq!(
+            hash.hash(),
+            expected_hash,
+            "member {i}: HashKV at {revision}"
+        );
         cluster_ids.push(hash.header().unwrap().cluster_id());
     }
     cluster_ids.dedup();
@@ -240,7 +268,12 @@ async fn cairn_snapshot_status_prints_what_etcdutl_prints() {
 /// Starts a server of `kind` on a data dir that `tool` restores from `file` first.
 async fn start_restored(kind: ServerKind, tool: ServerKind, file: &Path) -> Server {
     let mut server = Server::spawn_kind(kind, |layout| {
-        let out = restore(tool, file, &layout.data_dir, &borrowed(&single_member(layout)));
+        let out = restore(
+            tool,
+            file,
+            &layout.data_dir,
+            &borrowed(&single_member(layout)),
+        );
         anyhow::ensure!(out.status.success(), "restore: {}", stderr(&out));
         Ok(cairn_tests::server_args(
             &layout.name,
@@ -308,18 +341,33 @@ async fn damaged_snapshots_and_occupied_data_dirs_are_refused() {
     save(&server, &file).await;
     let bytes = std::fs::read(&file).unwrap();
     let kind = ServerKind::from_env();
-    let flags = [("name", "n"), ("initial-cluster", "n=http://127.0.0.1:2380")];
-    let flags = [flags[0], flags[1], ("initial-advertise-peer-urls", "http://127.0.0.1:2380")];
+    let flags = [
+        ("name", "n"),
+        ("initial-cluster", "n=http://127.0.0.1:2380"),
+    ];
+    let flags = [
+        flags[0],
+        flags[1],
+        ("initial-advertise-peer-urls", "http://127.0.0.1:2380"),
+    ];
 
     let mut flipped = bytes.clone();
     let middle = bytes.len() / 2;
     flipped[middle] ^= 0x10;
     let cases: [(&str, Vec<u8>, &str); 2] = [
-        ("truncated", bytes[..bytes.len() - 1000].to_vec(), "snapshot missing hash"),
+        (
+            "truncated",
+            bytes[..bytes.len() - 1000].to_vec(),
+            "snapshot missing hash",
+        ),
         (
             "bit-flipped",
             flipped,
-            if kind == ServerKind::Cairn { "checksum mismatch" } else { "expected sha256" },
+            if kind == ServerKind::Cairn {
+                "checksum mismatch"
+            } else {
+                "expected sha256"
+            },
         ),
     ];
     for (what, damaged, message) in cases {
@@ -341,14 +389,20 @@ async fn damaged_snapshots_and_occupied_data_dirs_are_refused() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(std::fs::read_to_string(occupied.join("precious")).unwrap(), "keep");
+    assert_eq!(
+        std::fs::read_to_string(occupied.join("precious")).unwrap(),
+        "keep"
+    );
     // The intact file still restores.
     let out = restore(kind, &file, &dir.path().join("fresh"), &flags);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[tokio::test]
-#[cfg_attr(against_etcd, ignore = "cairn-only: `cairn backup` stands for etcdctl's v2 backup")]
+#[cfg_attr(
+    against_etcd,
+    ignore = "cairn-only: `cairn backup` stands for etcdctl's v2 backup"
+)]
 async fn the_offline_backup_recipe_of_seed_003_restarts_with_force_new_cluster() {
     let mut server = Server::start().await.unwrap();
     let mut client = server.client().await.unwrap();
@@ -367,7 +421,11 @@ async fn the_offline_backup_recipe_of_seed_003_restarts_with_force_new_cluster()
     // A running member's data dir is not copied behind its back.
     let out = backup(&dir.path().join("while-running"));
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("in use by another process"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in use by another process"),
+        "{}",
+        stderr(&out)
+    );
 
     drop(client);
     server.terminate().await.unwrap();
