@@ -130,7 +130,7 @@ impl Backups {
         // The snapshot is written by blocking code; it hands chunks over as it goes.
         let producer = tokio::task::spawn_blocking(move || {
             source
-                .write_to(ChunkSender::new(tx))
+                .write_etcd_all(ChunkSender::new(tx))
                 .map_err(|e| e.to_string())
         });
         let result = async {

@@ -216,6 +216,13 @@ impl SnapshotSource {
         Ok(written + DIGEST_LEN)
     }
 
+    /// The whole etcd-format stream: [`SnapshotSource::etcd_plan`], then
+    /// [`SnapshotSource::write_etcd`], for writers that need no length in advance.
+    pub fn write_etcd_all(&self, out: impl Write) -> Result<u64, SnapshotError> {
+        let plan = self.etcd_plan()?;
+        self.write_etcd(out, plan)
+    }
+
     /// Calls `f` with every section and entry, in stream order.
     fn visit(
         &self,
