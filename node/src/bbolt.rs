@@ -62,6 +62,12 @@ fn damaged(what: impl Into<String>) -> BboltError {
 /// A key and its value, or `None` when a bucket starts.
 pub type Entry<'a> = Option<(&'a [u8], &'a [u8])>;
 
+/// What [`Reader::for_each`] calls: bucket name and entry.
+pub type Visit<'a> = dyn FnMut(&[u8], Entry<'_>) -> Result<(), BboltError> + 'a;
+
+/// A leaf element's flags, key and value.
+type ElementFn<'a> = dyn FnMut(u32, &[u8], &[u8]) -> Result<(), BboltError> + 'a;
+
 /// What the meta pages need: known after a first pass over the same data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -73,7 +79,7 @@ pub struct Plan {
 
 impl Plan {
     /// Length of the file in bytes.
-    pub fn len(&self) -> u64 {
+    pub fn file_len(&self) -> u64 {
         self.pages * PAGE_SIZE as u64
     }
 }
@@ -374,10 +380,7 @@ impl Reader {
 
     /// Calls `f` with each top-level bucket's name and `None`, then with its name and each
     /// (key, value) in key order; buckets in name order.
-    pub fn for_each(
-        &self,
-        f: &mut dyn FnMut(&[u8], Entry<'_>) -> Result<(), BboltError>,
-    ) -> Result<(), BboltError> {
+    pub fn for_each(&self, f: &mut Visit<'_>) -> Result<(), BboltError> {
         let mut buckets = Vec::new();
         self.walk(self.root, 0, &mut |flags, k, v| {
             if flags & BUCKET_LEAF_FLAG == 0 {
@@ -434,12 +437,7 @@ impl Reader {
     }
 
     /// Visits the leaf elements under `pgid` in key order.
-    fn walk(
-        &self,
-        pgid: u64,
-        depth: usize,
-        f: &mut dyn FnMut(u32, &[u8], &[u8]) -> Result<(), BboltError>,
-    ) -> Result<(), BboltError> {
+    fn walk(&self, pgid: u64, depth: usize, f: &mut ElementFn<'_>) -> Result<(), BboltError> {
         if depth > MAX_DEPTH {
             return Err(damaged("tree too deep (a cycle?)"));
         }
@@ -497,10 +495,7 @@ fn parse_meta(head: &[u8], file: &File, len: u64) -> Result<Option<(u64, Reader)
 }
 
 /// The elements of a leaf page (a whole page or an inline bucket's), keys checked in order.
-fn leaf_elements(
-    page: &[u8],
-    f: &mut dyn FnMut(u32, &[u8], &[u8]) -> Result<(), BboltError>,
-) -> Result<(), BboltError> {
+fn leaf_elements(page: &[u8], f: &mut ElementFn<'_>) -> Result<(), BboltError> {
     if page.len() < HEADER || le_u16(page, 8) != LEAF_FLAG {
         return Err(damaged("expected a leaf page"));
     }
@@ -587,7 +582,10 @@ mod tests {
         let path = dir.path().join("db");
         let (again, _) = write_all(&buckets, File::create(&path).expect("create"), Some(plan));
         assert_eq!(plan, again, "both passes lay out the same pages");
-        assert_eq!(std::fs::metadata(&path).expect("stat").len(), plan.len());
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len(),
+            plan.file_len()
+        );
         let mut expected = buckets.clone();
         expected.sort();
         assert_eq!(read_back(&path).expect("read"), expected);

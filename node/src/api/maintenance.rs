@@ -159,7 +159,7 @@ fn send_snapshot(
         remaining: 0,
     };
     let result = source.etcd_plan().and_then(|plan| {
-        responses.remaining = plan.len() + SNAPSHOT_DIGEST_LEN;
+        responses.remaining = plan.file_len() + SNAPSHOT_DIGEST_LEN;
         let mut out = Chunker::new(SNAPSHOT_CHUNK, |blob| responses.send(blob));
         source.write_etcd(&mut out, plan)?;
         out.flush()?;

@@ -195,7 +195,7 @@ impl SnapshotSource {
     }
 
     /// The layout of the etcd-format file ([`SnapshotSource::write_etcd`]), from a first pass
-    /// that writes nowhere. The stream is [`Plan::len`] plus the 32-byte digest.
+    /// that writes nowhere. The stream is [`Plan::file_len`] plus the 32-byte digest.
     pub fn etcd_plan(&self) -> Result<Plan, SnapshotError> {
         Ok(etcd_format::write(&self.snap, &self.ks, io::sink(), None)?.0)
     }
@@ -706,7 +706,11 @@ mod tests {
             let mut bytes = Vec::new();
             let written = source.write_etcd(&mut bytes, plan).expect("write");
             assert_eq!(written, bytes.len() as u64);
-            assert_eq!(plan.len() + DIGEST_LEN, written, "length known in advance");
+            assert_eq!(
+                plan.file_len() + DIGEST_LEN,
+                written,
+                "length known in advance"
+            );
             bytes
         })
         .await;
