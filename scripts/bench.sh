@@ -17,8 +17,11 @@
 #   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
+#   BENCH_SNAPSHOT_KEYS  keys of the snapshot case, BENCH_SNAPSHOT_VAL_SIZE bytes each: the
+#                        store is loaded, then `etcdctl snapshot save` is timed [200000]
+#   BENCH_SNAPSHOT_VAL_SIZE  [1024]
 #   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins, cluster, tls,
-#                        gateway ["kv watch scale scan"]; gateway puts as JSON over HTTP/1.1
+#                        gateway, snapshot ["kv watch scale scan"]; gateway puts as JSON over HTTP/1.1
 #                        (`cairn bench --gateway`), one connection per client; plugins (cairn only, needs the example
 #                        plugins built) puts at BENCH_CLIENTS with no plugins, then with
 #                        namespace-quota + schema-guard on every key, and measures one
@@ -68,6 +71,8 @@ watch_streams=${BENCH_WATCH_STREAMS:-100}
 watch_rate=${BENCH_WATCH_RATE:-1000}
 scale_keys=${BENCH_SCALE_KEYS:-1000000}
 scan_keys=${BENCH_SCAN_KEYS:-200000}
+snapshot_keys=${BENCH_SNAPSHOT_KEYS:-200000}
+snapshot_val_size=${BENCH_SNAPSHOT_VAL_SIZE:-1024}
 cases=${BENCH_CASES:-kv watch scale scan}
 heartbeat=${BENCH_HEARTBEAT:-100}
 election=${BENCH_ELECTION:-1000}
@@ -312,6 +317,29 @@ scan_server() {
 	stop_server
 }
 
+# snapshot_server NAME: loads $snapshot_keys keys of $snapshot_val_size bytes, then times
+# `etcdctl snapshot save` of the whole store (the file includes history and the digest).
+snapshot_server() {
+	local server=$1 started seconds bytes
+	want snapshot || return 0
+	start_server "$server" -snapshot
+	log "$server: loading $snapshot_keys keys of $snapshot_val_size B"
+	"$CAIRN" bench --endpoints "$endpoint" --key-space "$snapshot_keys" --val-size "$snapshot_val_size" \
+		--total 1 --warmup 0s --clients 64 range --consistency s --preload \
+		>"$work/$server.snapshot-load.out" 2>&1 || {
+		log "$server snapshot load FAILED"; stop_server; return 0; }
+	started=$EPOCHREALTIME
+	"$ETCDCTL" --endpoints="$endpoint" --command-timeout=600s snapshot save "$work/$server.snap.db" \
+		>"$work/$server.snapshot-save.out" 2>&1 || {
+		log "$server snapshot save FAILED"; stop_server; return 0; }
+	seconds=$(python3 -c "print(round($EPOCHREALTIME - $started, 3))")
+	bytes=$(stat -c %s "$work/$server.snap.db")
+	printf '{"bytes": %s, "seconds": %s, "mb_per_s": %s}\n' "$bytes" "$seconds" \
+		"$(python3 -c "print(round($bytes / 1e6 / $seconds, 1))")" >"$work/$server.snapshot.json"
+	rm -f "$work/$server.snap.db"
+	stop_server
+}
+
 # plugins_server NAME: put throughput and latency without plugins and with namespace-quota +
 # schema-guard covering every key (JSON values, so every put is allowed), each on a fresh
 # data dir; then the per-call overhead of a trivial admission plugin (`cairn bench plugin`).
@@ -526,6 +554,7 @@ for server in $servers; do
 	case "$server" in
 	etcd | cairn)
 		bench_server "$server" && scale_server "$server" && scan_server "$server" &&
+			snapshot_server "$server" &&
 			plugins_server "$server" && cluster_server "$server" && tls_server "$server"
 		;;
 	*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
@@ -533,10 +562,11 @@ for server in $servers; do
 done
 
 table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" \
-	"$heartbeat" "$election" <<'PY'
+	"$heartbeat" "$election" "$snapshot_keys" "$snapshot_val_size" <<'PY'
 import json, os, sys
 
 work, clients, watchers, watch_rate, scale_keys, scan_keys, heartbeat, election = sys.argv[1:9]
+snapshot_keys, snapshot_val_size = sys.argv[9:11]
 
 def load(name):
     path = os.path.join(work, name + ".json")
@@ -594,6 +624,13 @@ for field, label, fmt in [("p50_ms", "put p50 ms from due time", "{:.3f}"),
                           ("max_ms", "put max ms", "{:.3f}"), ("puts", "puts acknowledged", "{:d}"),
                           ("put_errors", "puts failed", "{:d}"), ("scans", "full ranges done", "{:d}")]:
     ev, cv = e.get(field), c.get(field)
+    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+
+e, c = load("etcd.snapshot") or {}, load("cairn.snapshot") or {}
+title = f"etcdctl snapshot save of {snapshot_keys} keys of {snapshot_val_size} B"
+for field, label, fmt, scale in [("mb_per_s", "MB/s", "{:.1f}", 1), ("seconds", "seconds", "{:.2f}", 1),
+                                 ("bytes", "snapshot file, MiB", "{:.1f}", 1048576)]:
+    ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
     rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 
 e, c = load("etcd.failover") or {}, load("cairn.failover") or {}

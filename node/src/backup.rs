@@ -154,7 +154,7 @@ impl Backups {
         // The snapshot is written by blocking code; it hands chunks over as it goes.
         let producer = tokio::task::spawn_blocking(move || {
             source
-                .write_to(ChunkSender::new(tx))
+                .write_etcd_all(ChunkSender::new(tx))
                 .map_err(|e| e.to_string())
         });
         let result = async {
@@ -412,6 +412,9 @@ impl Write for ChunkSender {
 pub fn cli(args: Vec<OsString>) -> anyhow::Result<()> {
     let argv = std::iter::once(OsString::from("cairn backup")).chain(args);
     let args = BackupArgs::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    if let (Some(data_dir), Some(backup_dir)) = (&args.data_dir, &args.backup_dir) {
+        return crate::snapshot_cmd::offline_backup(data_dir, backup_dir);
+    }
     let url = url::Url::parse(&args.endpoint)
         .with_context(|| format!("--endpoint {:?}", args.endpoint))?;
     anyhow::ensure!(
@@ -443,12 +446,19 @@ pub fn cli(args: Vec<OsString>) -> anyhow::Result<()> {
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "cairn backup",
-    about = "Ask a running cairn node to write a backup into its --backup-dir"
+    about = "Ask a running cairn node to write a backup into its --backup-dir, or copy a \
+             stopped node's data dir (--data-dir, --backup-dir) as `etcdctl backup`"
 )]
 struct BackupArgs {
     /// A client or metrics URL of the node.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     endpoint: String,
+    /// Offline: the stopped member's data dir to copy.
+    #[arg(long, requires = "backup_dir", conflicts_with = "endpoint")]
+    data_dir: Option<PathBuf>,
+    /// Offline: the new data dir to create (it must not exist or be empty).
+    #[arg(long, requires = "data_dir")]
+    backup_dir: Option<PathBuf>,
 }
 
 use clap::Parser as _;

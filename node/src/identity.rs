@@ -66,6 +66,18 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Whether `key` of `keyspace` is part of the stored identity (an offline backup
+    /// leaves it out).
+    pub fn is_identity(keyspace: &str, key: &[u8]) -> bool {
+        keyspace == META && [MEMBER_ID, CLUSTER_ID].iter().any(|k| k.as_bytes() == key)
+    }
+}
+
+const META: &str = "meta";
+const MEMBER_ID: &str = "member_id";
+const CLUSTER_ID: &str = "cluster_id";
+
 fn read_u64(meta: &Keyspace, key: &str) -> Result<Option<u64>, StorageError> {
     let value = meta.get(key)?;
     Ok(value

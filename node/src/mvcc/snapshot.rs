@@ -1,8 +1,12 @@
-//! Point-in-time copies of the MVCC state, for etcd's `Snapshot` RPC (`etcdctl snapshot
-//! save`) and for rebuilding a store from such a copy.
+//! Point-in-time copies of the MVCC state, in two formats:
 //!
-//! A snapshot cannot be a bbolt file, so the format is cairn's own. All integers are
-//! big-endian.
+//! * **etcd's** (what `Maintenance.Snapshot` streams, so `etcdctl snapshot save`,
+//!   `etcdutl snapshot status|restore` and every tool that reads etcd snapshots take it): a
+//!   bbolt file with etcd 3.5's buckets (`etcd_format`, written by `crate::bbolt`), then the
+//!   SHA-256 of the file, as etcd appends it. [`restore`] also loads etcd's own snapshots.
+//! * **cairn's own**, for raft snapshots between members (the apply state, checked by its
+//!   digest) and for snapshots saved by cairn before it spoke bbolt, which [`restore`]
+//!   still reads. All integers are big-endian.
 //!
 //! ```text
 //! header   "CAIRNSNAP" | format u32 (= 1) | revision i64 | compact revision i64 (-1: never)
@@ -20,9 +24,10 @@
 //! file to the stream, and `etcdctl snapshot save` refuses a stream whose length modulo 512
 //! is not 32 (a bbolt file is a whole number of pages).
 //!
-//! Everything is read from one storage snapshot, so the copy is exactly the state at one
-//! revision. Writing is streamed, in bounded memory; the exact length is known in advance
-//! from a first pass over the same storage snapshot ([`SnapshotSource::stream_len`]).
+//! **Invariant:** everything in one snapshot is read from one storage snapshot, so the copy
+//! is exactly the state at one revision whatever is applied meanwhile. Writing is streamed,
+//! in bounded memory; the exact length is known in advance from a first pass over the same
+//! storage snapshot ([`SnapshotSource::stream_len`], [`SnapshotSource::etcd_plan`]).
 //!
 //! `mvcc_meta`'s apply marker is left out: it names an entry of the source's raft log,
 //! which means nothing to the cluster the copy is restored into.
@@ -35,7 +40,8 @@ use std::sync::PoisonError;
 
 use sha2::{Digest, Sha256};
 
-use super::{meta, revisions, Keyspaces, Mvcc, MvccError};
+use super::{etcd_format, meta, revisions, Keyspaces, Mvcc, MvccError};
+use crate::bbolt::{self, BboltError, Plan, Reader};
 use crate::storage::{Keyspace, Snapshot, StorageError, Store};
 
 /// The first bytes of every snapshot.
@@ -63,8 +69,12 @@ pub enum SnapshotError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Mvcc(#[from] MvccError),
-    #[error("not a cairn snapshot (etcd's bbolt snapshots are restored with etcdutl)")]
+    #[error("not a cairn snapshot")]
     NotCairn,
+    #[error("not a snapshot: {0}")]
+    Bbolt(#[from] BboltError),
+    #[error("snapshot missing hash but --skip-hash-check=false")]
+    MissingHash,
     #[error("snapshot format {0}, this cairn reads format {FORMAT_VERSION}")]
     Format(u32),
     #[error("snapshot checksum mismatch: the file is damaged or truncated")]
@@ -182,6 +192,35 @@ impl SnapshotSource {
         inner.write_all(&digest)?;
         inner.flush()?;
         Ok(written + DIGEST_LEN)
+    }
+
+    /// The layout of the etcd-format file ([`SnapshotSource::write_etcd`]), from a first pass
+    /// that writes nowhere. The stream is [`Plan::file_len`] plus the 32-byte digest.
+    pub fn etcd_plan(&self) -> Result<Plan, SnapshotError> {
+        Ok(etcd_format::write(&self.snap, &self.ks, io::sink(), None)?.0)
+    }
+
+    /// Writes the snapshot as etcd's bbolt file laid out as `plan` says, then its SHA-256;
+    /// returns the number of bytes written.
+    pub fn write_etcd(&self, out: impl Write, plan: Plan) -> Result<u64, SnapshotError> {
+        let out = DigestWriter::new(BufWriter::with_capacity(64 << 10, out));
+        let (written, out) = etcd_format::write(&self.snap, &self.ks, out, Some(plan))?;
+        if written != plan {
+            return Err(SnapshotError::Malformed(
+                "the state changed between the two passes".into(),
+            ));
+        }
+        let (mut inner, digest, written) = out.finish();
+        inner.write_all(&digest)?;
+        inner.flush()?;
+        Ok(written + DIGEST_LEN)
+    }
+
+    /// The whole etcd-format stream: [`SnapshotSource::etcd_plan`], then
+    /// [`SnapshotSource::write_etcd`], for writers that need no length in advance.
+    pub fn write_etcd_all(&self, out: impl Write) -> Result<u64, SnapshotError> {
+        let plan = self.etcd_plan()?;
+        self.write_etcd(out, plan)
     }
 
     /// Calls `f` with every section and entry, in stream order.
@@ -310,19 +349,54 @@ pub struct Restored {
 }
 
 /// Loads the snapshot file at `path` into `store`, whose MVCC keyspaces must be empty,
-/// after checking its digest, and syncs the store. The caller opens the MVCC store
-/// afterwards; it resumes at the snapshot's revision.
-pub fn restore(path: &Path, store: &Store) -> Result<Restored, SnapshotError> {
+/// and syncs the store. The file is etcd's format (from cairn or etcd: its trailing
+/// SHA-256 is checked unless `skip_hash_check`, for a `db` file copied out of a data dir,
+/// as etcdutl) or cairn's own (always checked). The caller opens the MVCC store afterwards;
+/// it resumes at the snapshot's revision.
+pub fn restore(
+    path: &Path,
+    store: &Store,
+    skip_hash_check: bool,
+) -> Result<Restored, SnapshotError> {
     let mut file = File::open(path)?;
-    verify_digest(&mut file)?;
-    file.seek(SeekFrom::Start(0))?;
     let ks = Keyspaces::open(store)?;
     if ks.revs.first()?.is_some() || ks.meta.first()?.is_some() {
         return Err(SnapshotError::NotEmpty);
     }
-    let restored = load(&mut BufReader::with_capacity(64 << 10, file), store, &ks)?;
+    let mut magic = [0u8; MAGIC.len()];
+    let is_cairn = file.read_exact(&mut magic).is_ok() && &magic == MAGIC;
+    let restored = if is_cairn {
+        verify_digest(&mut file)?;
+        file.seek(SeekFrom::Start(0))?;
+        load(&mut BufReader::with_capacity(64 << 10, file), store, &ks)?
+    } else {
+        etcd_format::load(&open_etcd(file, skip_hash_check)?, store, &ks)?
+    };
     store.sync()?;
     Ok(restored)
+}
+
+/// What `etcdutl snapshot status` reports of the etcd-format snapshot at `path`. As
+/// etcdutl, this reads the database without checking the trailing digest.
+pub fn status(path: &Path) -> Result<etcd_format::Status, SnapshotError> {
+    etcd_format::status(&open_etcd(File::open(path)?, true)?)
+}
+
+/// Opens an etcd-format snapshot: a bbolt file, followed by its SHA-256 if the length
+/// says so (etcdutl's rule: length modulo 512 is 32).
+fn open_etcd(mut file: File, skip_hash_check: bool) -> Result<Reader, SnapshotError> {
+    let len = file.metadata()?.len();
+    let has_hash = len % ALIGN == DIGEST_LEN;
+    if !skip_hash_check {
+        if !has_hash {
+            return Err(SnapshotError::MissingHash);
+        }
+        if !digest_matches(&mut file, len)? {
+            return Err(SnapshotError::Checksum);
+        }
+    }
+    let db_len = if has_hash { len - DIGEST_LEN } else { len };
+    Ok(bbolt::Reader::open(file, db_len)?)
 }
 
 /// Checks that the file at `path` is a whole snapshot: its trailing SHA-256 matches.
@@ -407,16 +481,22 @@ fn verify_digest(file: &mut File) -> Result<(), SnapshotError> {
     if len < HEADER_LEN + END_LEN + DIGEST_LEN || len % ALIGN != DIGEST_LEN {
         return Err(SnapshotError::Checksum);
     }
+    if !digest_matches(file, len)? {
+        return Err(SnapshotError::Checksum);
+    }
+    Ok(())
+}
+
+/// Whether the last 32 of the `len` bytes of `file` are the SHA-256 of the others.
+fn digest_matches(file: &mut File, len: u64) -> io::Result<bool> {
+    file.seek(SeekFrom::Start(0))?;
     let mut sha = Sha256::new();
     // The limit goes under the buffer, so reading ahead stops where the digest starts.
     let mut body = BufReader::with_capacity(64 << 10, (&mut *file).take(len - DIGEST_LEN));
     io::copy(&mut body, &mut sha)?;
     let mut expected = [0u8; DIGEST_LEN as usize];
     file.read_exact(&mut expected)?;
-    if sha.finalize()[..] != expected {
-        return Err(SnapshotError::Checksum);
-    }
-    Ok(())
+    Ok(sha.finalize()[..] == expected)
 }
 
 /// Parses the stream (already verified) and writes its entries to the keyspaces.
@@ -554,8 +634,9 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn snapshot_round_trips_into_a_new_store() {
+    /// A store with history, a compaction and a key holding a 0 byte, its snapshot taken
+    /// before one more write, encoded by `encode`; then restored into a new store.
+    async fn round_trip(encode: impl Fn(&SnapshotSource) -> Vec<u8>) {
         let src_dir = tempfile::tempdir().expect("tempdir");
         let src = open(src_dir.path());
         put(&src, b"a", b"1"); // 2
@@ -569,20 +650,12 @@ mod tests {
         let source = src.snapshot_source().expect("source");
         // Writes after the snapshot is taken are not in it.
         put(&src, b"late", b"x");
-        let mut bytes = Vec::new();
-        let written = source.write_to(&mut bytes).expect("write");
-        assert_eq!(written, bytes.len() as u64);
-        assert_eq!(
-            source.stream_len().expect("len"),
-            written,
-            "length known in advance"
-        );
+        let bytes = encode(&source);
         assert_eq!(
             bytes.len() as u64 % ALIGN,
             DIGEST_LEN,
             "etcdctl's size check"
         );
-        assert!(bytes.starts_with(MAGIC));
         drop(source);
 
         let file = src_dir.path().join("snap.db");
@@ -590,9 +663,9 @@ mod tests {
         let dst_dir = tempfile::tempdir().expect("tempdir");
         let restored = {
             let store = Store::open(dst_dir.path()).expect("store");
-            let restored = restore(&file, &store).expect("restore");
+            let restored = restore(&file, &store, false).expect("restore");
             assert!(matches!(
-                restore(&file, &store),
+                restore(&file, &store, false),
                 Err(SnapshotError::NotEmpty)
             ));
             restored
@@ -612,6 +685,40 @@ mod tests {
         assert!(dst.applied_marker().expect("marker").is_none());
     }
 
+    #[tokio::test]
+    async fn cairn_snapshots_round_trip_into_a_new_store() {
+        round_trip(|source| {
+            let mut bytes = Vec::new();
+            let written = source.write_to(&mut bytes).expect("write");
+            assert_eq!(written, bytes.len() as u64);
+            assert_eq!(
+                source.stream_len().expect("len"),
+                written,
+                "length known in advance"
+            );
+            assert!(bytes.starts_with(MAGIC));
+            bytes
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn etcd_snapshots_round_trip_into_a_new_store() {
+        round_trip(|source| {
+            let plan = source.etcd_plan().expect("plan");
+            let mut bytes = Vec::new();
+            let written = source.write_etcd(&mut bytes, plan).expect("write");
+            assert_eq!(written, bytes.len() as u64);
+            assert_eq!(
+                plan.file_len() + DIGEST_LEN,
+                written,
+                "length known in advance"
+            );
+            bytes
+        })
+        .await;
+    }
+
     #[test]
     fn damaged_or_foreign_files_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -624,7 +731,7 @@ mod tests {
         let try_restore = |bytes: &[u8], name: &str| {
             std::fs::write(&file, bytes).expect("write file");
             let store = Store::open(&dir.path().join(name)).expect("store");
-            restore(&file, &store)
+            restore(&file, &store, false)
         };
         let mut flipped = bytes.clone();
         flipped[40] ^= 1;
@@ -636,14 +743,14 @@ mod tests {
             try_restore(&bytes[..bytes.len() - 1], "b"),
             Err(SnapshotError::Checksum)
         ));
-        // A well-formed stream from something else: right size and digest, wrong magic.
+        // A well-formed stream from something else: right size and digest, no bbolt meta.
         let mut foreign = vec![0u8; 512];
         foreign[..6].copy_from_slice(b"bbolt!");
         let digest: [u8; 32] = Sha256::digest(&foreign).into();
         foreign.extend_from_slice(&digest);
         assert!(matches!(
             try_restore(&foreign, "c"),
-            Err(SnapshotError::NotCairn)
+            Err(SnapshotError::Bbolt(BboltError::NoMeta))
         ));
         assert!(try_restore(&bytes, "d").is_ok());
     }

@@ -455,6 +455,50 @@ impl Store {
         }
     }
 
+    /// Copies every entry of both databases into the empty `dst`, except those `skip`
+    /// (keyspace name, key) names, then the raft snapshot files, and syncs `dst`: the offline
+    /// backup of a data dir, which this store's lock keeps every node off meanwhile.
+    /// Returns the number of entries copied.
+    pub fn copy_into(
+        &self,
+        dst: &Store,
+        skip: &dyn Fn(&str, &[u8]) -> bool,
+    ) -> Result<u64, StorageError> {
+        let mut copied = 0;
+        for wal in [false, true] {
+            let db = if wal { &self.wal } else { &self.db };
+            for name in db.list_keyspace_names() {
+                let name: &str = &name;
+                let (from, to) = if wal {
+                    (self.wal_keyspace(name)?, dst.wal_keyspace(name)?)
+                } else {
+                    (self.keyspace(name)?, dst.keyspace(name)?)
+                };
+                let new_batch = || if wal { dst.wal_batch() } else { dst.batch() };
+                let mut batch = new_batch();
+                let mut bytes = 0;
+                for item in from.iter() {
+                    let (k, v) = item?;
+                    if skip(name, &k) {
+                        continue;
+                    }
+                    bytes += k.len() + v.len();
+                    batch.insert(&to, k, v);
+                    copied += 1;
+                    if bytes >= COPY_BATCH_BYTES {
+                        std::mem::replace(&mut batch, new_batch()).commit()?;
+                        bytes = 0;
+                    }
+                }
+                batch.commit()?;
+            }
+        }
+        copy_files(&self.dir.join(SNAP_DIR), &dst.dir.join(SNAP_DIR))?;
+        dst.sync()?;
+        dst.sync_wal()?;
+        Ok(copied)
+    }
+
     /// The data directory this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -467,6 +511,30 @@ impl Store {
         fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
         Ok(dir)
     }
+}
+
+/// A copy commits a batch once it holds this many bytes, to bound its memory.
+const COPY_BATCH_BYTES: usize = 16 << 20;
+
+/// Copies the files under `from` (if it exists) to `to`, recursively, fsyncing each.
+fn copy_files(from: &Path, to: &Path) -> Result<(), StorageError> {
+    let Ok(entries) = fs::read_dir(from) else {
+        return Ok(());
+    };
+    fs::create_dir_all(to).map_err(StorageError::io(to))?;
+    for entry in entries {
+        let entry = entry.map_err(StorageError::io(from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_files(&src, &dst)?;
+        } else {
+            fs::copy(&src, &dst).map_err(StorageError::io(&dst))?;
+            File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .map_err(StorageError::io(&dst))?;
+        }
+    }
+    Ok(())
 }
 
 fn open_keyspace(

@@ -16,6 +16,7 @@ mod config;
 mod crash;
 mod dashboards;
 mod edge_cases;
+mod etcd_snapshots;
 mod etcdctl;
 mod fail_safe;
 mod gateway;

@@ -224,28 +224,6 @@ async fn etcdctl_snapshot_save_writes_a_file() {
     assert_eq!(len % 512, 32, "snapshot of {len} bytes");
 }
 
-/// etcdutl: `ETCDUTL_BIN`, else the one shipped next to the etcd binary under test.
-fn etcdutl(server: &Server) -> std::path::PathBuf {
-    if let Ok(bin) = std::env::var("ETCDUTL_BIN") {
-        return bin.into();
-    }
-    let etcd = server.kind().binary().unwrap();
-    etcd.parent()
-        .map(|dir| dir.join("etcdutl"))
-        .filter(|bin| bin.exists())
-        .unwrap_or_else(|| "etcdutl".into())
-}
-
-/// The value of `--flag=value` in a server's command line.
-fn flag<'a>(server: &'a Server, name: &str) -> &'a str {
-    let prefix = format!("--{name}=");
-    server
-        .args()
-        .iter()
-        .find_map(|a| a.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no --{name} in {:?}", server.args()))
-}
-
 #[tokio::test]
 async fn a_saved_snapshot_restores_into_a_new_data_dir() {
     let (mut server, mut client) = start().await;
@@ -274,10 +252,10 @@ async fn a_saved_snapshot_restores_into_a_new_data_dir() {
         cmd.args(["snapshot", "restore", file_arg, &data_arg]);
         cmd
     } else {
-        let mut cmd = std::process::Command::new(etcdutl(&server));
+        let mut cmd = std::process::Command::new(cairn_tests::etcdutl().unwrap());
         cmd.args(["snapshot", "restore", file_arg, &data_arg]);
         for name in ["name", "initial-cluster", "initial-advertise-peer-urls"] {
-            cmd.arg(format!("--{name}={}", flag(&server, name)));
+            cmd.arg(format!("--{name}={}", server.flag(name).unwrap()));
         }
         cmd
     };
