@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::{PoisonError, RwLock};
 
-use super::{meta, Keyspace, MvccError, StorageFault, WriteBatch};
+use super::{meta, Keyspace, MvccError, Snapshot, StorageFault, WriteBatch};
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType,
 };
@@ -130,6 +130,18 @@ impl AlarmList {
         }
         change
     }
+}
+
+/// The alarms stored in `snap` (what `etcd_format` writes into etcd's `alarm` bucket).
+pub(super) fn in_snapshot(snap: &Snapshot, meta_ks: &Keyspace) -> Result<Vec<AlarmMember>, MvccError> {
+    let stored = match snap.get(meta_ks, meta::ALARMS)? {
+        Some(raw) => decode(&raw)?,
+        None => BTreeSet::new(),
+    };
+    Ok(stored
+        .into_iter()
+        .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+        .collect())
 }
 
 fn encode(list: &BTreeSet<Raised>) -> Vec<u8> {

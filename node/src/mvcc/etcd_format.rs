@@ -9,15 +9,17 @@
 //! | `lease` | lease id (8, BE) | `leasepb.Lease` | `leases` |
 //! | `auth` | `authEnabled`, `authRevision` | 1 byte; u64 BE | `auth` |
 //! | `authUsers`, `authRoles` | name | `authpb.User`, `authpb.Role` | `auth`'s `user/`, `role/` |
-//! | `alarm`, `cluster`, `members`, `members_removed` | | | written empty |
+//! | `alarm` | `etcdserverpb.AlarmMember` | empty | `mvcc_meta`'s alarm list |
+//! | `cluster`, `members`, `members_removed` | | | written empty |
 //!
 //! `key` holds what etcd's holds at the same state: every revision not compacted away,
 //! tombstones included (cairn's physical compaction keeps exactly etcd's `keep` set). Left
 //! out, as the README's compatibility table says: `consistent_index` and `term` (they name
 //! an entry of the source's raft log; a restore, etcd's or cairn's, writes its own), the
-//! members (a restore replaces them with `--initial-cluster`) and the alarms.
+//! members (a restore replaces them with `--initial-cluster`).
 //!
-//! Loading reads the same buckets back; other buckets are ignored. `kv_latest`, the
+//! Loading reads the same buckets back; other buckets are ignored, the alarms among them:
+//! they name members of the source cluster. `kv_latest`, the
 //! lease index and the key count are derived afterwards from the loaded history.
 
 use std::io::Write;
@@ -37,7 +39,8 @@ const LEASE: &[u8] = b"lease";
 const AUTH: &[u8] = b"auth";
 const AUTH_USERS: &[u8] = b"authUsers";
 const AUTH_ROLES: &[u8] = b"authRoles";
-const EMPTY_BUCKETS: [&[u8]; 4] = [b"alarm", b"cluster", b"members", b"members_removed"];
+const ALARM: &[u8] = b"alarm";
+const EMPTY_BUCKETS: [&[u8]; 3] = [b"cluster", b"members", b"members_removed"];
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const AUTH_ENABLED: &[u8] = b"authEnabled";
@@ -104,6 +107,7 @@ pub(super) fn write<W: Write>(
     for name in EMPTY_BUCKETS {
         w.bucket(name).finish()?;
     }
+    write_alarms(snap, ks, &mut w)?;
     write_auth(snap, ks, &mut w)?;
     write_keys(snap, ks, &mut w)?;
     write_leases(snap, ks, &mut w)?;
@@ -118,6 +122,25 @@ pub(super) fn write<W: Write>(
     }
     b.finish()?;
     Ok(w.finish()?)
+}
+
+/// etcd's alarm store keeps each raised alarm as its marshalled `AlarmMember`, with an
+/// empty value (`v3alarm/alarms.go`).
+fn write_alarms<W: Write>(
+    snap: &Snapshot,
+    ks: &Keyspaces,
+    w: &mut bbolt::Writer<W>,
+) -> Result<(), SnapshotError> {
+    let mut keys: Vec<Vec<u8>> = super::alarm::in_snapshot(snap, &ks.meta)?
+        .iter()
+        .map(Message::encode_to_vec)
+        .collect();
+    keys.sort();
+    let mut b = w.bucket(ALARM);
+    for key in keys {
+        b.put(&key, &[])?;
+    }
+    Ok(b.finish()?)
 }
 
 fn write_keys<W: Write>(

@@ -720,6 +720,43 @@ mod tests {
     }
 
     #[test]
+    fn raised_alarms_fill_etcds_alarm_bucket() {
+        use crate::proto::etcdserverpb::{
+            alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType,
+        };
+        use prost::Message;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mvcc = open(dir.path());
+        let raised = AlarmMember {
+            member_id: 0x8e9e05c52164694d,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let req = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: raised.member_id,
+            alarm: raised.alarm,
+        };
+        mvcc.apply_alarm(&req, b"marker").expect("alarm");
+        let file = dir.path().join("snap.db");
+        let source = mvcc.snapshot_source().expect("source");
+        let mut out = File::create(&file).expect("create");
+        source.write_etcd_all(&mut out).expect("write");
+        drop(out);
+        let reader = open_etcd(File::open(&file).expect("open"), false).expect("reader");
+        let mut alarms = Vec::new();
+        reader
+            .for_each(&mut |bucket, entry| {
+                if let (b"alarm", Some((k, v))) = (bucket, entry) {
+                    assert!(v.is_empty(), "etcd stores no value");
+                    alarms.push(AlarmMember::decode(k).expect("an AlarmMember"));
+                }
+                Ok(())
+            })
+            .expect("read");
+        assert_eq!(alarms, vec![raised]);
+    }
+
+    #[test]
     fn damaged_or_foreign_files_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mvcc = open(&dir.path().join("src"));
