@@ -67,6 +67,7 @@ impl LogStore {
             meta: store.wal_keyspace(META).map_err(io::Error::other)?,
             _in_use: in_use.clone(),
         };
+        reader.finish_purge(&store)?;
         let fsync = Fsync::spawn(store.clone(), reader.meta.clone(), in_use)?;
         Ok(LogStore {
             store,
@@ -82,6 +83,24 @@ impl LogStore {
 }
 
 impl LogReader {
+    /// Removes what a purge interrupted by a crash left at or below `last_purged`.
+    fn finish_purge(&self, store: &Store) -> io::Result<()> {
+        let Some(purged) = self.meta::<LogId>(LAST_PURGED)? else {
+            return Ok(());
+        };
+        let first = self.log.iter().keys().next().transpose();
+        match first.map_err(io::Error::other)? {
+            Some(key) if key[..] <= purged.index().to_be_bytes()[..] => purge_chunks(
+                store,
+                &self.log,
+                &self.meta,
+                0..=purged.index(),
+                encode(&purged)?,
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
         let value = self.meta.get(key).map_err(io::Error::other)?;
         value.map(|v| decode(&v)).transpose()
@@ -111,10 +130,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.reader.meta(LAST_PURGED)?;
-        let last_log_id = match self.reader.log.last().map_err(io::Error::other)? {
+        let last_entry = match self.reader.log.last().map_err(io::Error::other)? {
             Some((_, value)) => Some(decode::<Entry>(&value)?.log_id()),
-            None => last_purged_log_id,
+            None => None,
         };
+        // A purge interrupted by a crash can leave entries at or below `last_purged`
+        // (see `purge`); they are not the log's end then.
+        let last_log_id = last_entry.max(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -165,34 +187,63 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |l| l.index() + 1);
-        self.remove(from.., None).await
+        self.remove(from..).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        // Written in the same batch as the removal, so a crash cannot leave a gap that
-        // `get_log_state` would not know about.
+        // Only the entries after the previous purge are left to remove: starting the range
+        // there skips the tombstones of earlier purges instead of walking them all.
+        let from = self
+            .reader
+            .meta::<LogId>(LAST_PURGED)?
+            .map_or(0, |l| l.index() + 1);
         let marker = encode(&log_id)?;
-        self.remove(..=log_id.index(), Some(marker)).await
-    }
-}
-
-impl LogStore {
-    /// Removes the entries in `range`, and records `last_purged` if given, in one batch.
-    async fn remove(
-        &self,
-        range: impl RangeBounds<u64> + Send + 'static,
-        last_purged: Option<Vec<u8>>,
-    ) -> io::Result<()> {
         let (store, log, meta) = (
             self.store.clone(),
             self.reader.log.clone(),
             self.reader.meta.clone(),
         );
+        blocking(move || purge_chunks(&store, &log, &meta, from..=log_id.index(), marker)).await
+    }
+}
+
+/// Entries removed per batch by a purge. A batch holds the journal's lock while it is
+/// written, and appends wait for it: one batch of a whole snapshot interval (100 000
+/// entries by default) stalled puts for tens of milliseconds.
+const PURGE_CHUNK: usize = 1024;
+
+/// Removes the entries in `range` in ascending batches of [`PURGE_CHUNK`], the first of
+/// which also records `last_purged`. A crash part way leaves a contiguous tail of the log,
+/// possibly starting at or below `last_purged`; `get_log_state` allows for that, openraft
+/// never reads below `last_purged`, and the next start removes the rest (`finish_purge`).
+fn purge_chunks(
+    store: &Store,
+    log: &Keyspace,
+    meta: &Keyspace,
+    range: std::ops::RangeInclusive<u64>,
+    marker: Vec<u8>,
+) -> io::Result<()> {
+    let mut batch = store.wal_batch();
+    batch.insert(meta, LAST_PURGED, marker);
+    let mut in_batch = 0;
+    for key in log.range(key_bounds(&range)).keys() {
+        batch.remove(log, key.map_err(io::Error::other)?);
+        in_batch += 1;
+        if in_batch == PURGE_CHUNK {
+            batch.commit().map_err(io::Error::other)?;
+            batch = store.wal_batch();
+            in_batch = 0;
+        }
+    }
+    batch.commit().map_err(io::Error::other)
+}
+
+impl LogStore {
+    /// Removes the entries in `range` in one batch: a crash cannot leave a gap in the log.
+    async fn remove(&self, range: impl RangeBounds<u64> + Send + 'static) -> io::Result<()> {
+        let (store, log) = (self.store.clone(), self.reader.log.clone());
         blocking(move || {
             let mut batch = store.wal_batch();
-            if let Some(marker) = last_purged {
-                batch.insert(&meta, LAST_PURGED, marker);
-            }
             for key in log.range(key_bounds(&range)).keys() {
                 batch.remove(&log, key.map_err(io::Error::other)?);
             }

@@ -23,8 +23,9 @@
 //! in neither, is refused at start (see [`wal_location`]) instead of silently starting an
 //! empty log next to the old state, which is what etcd does.
 //!
-//! Two databases, because fjall holds a database's journal lock for the whole of an
-//! fdatasync: with one journal, every MVCC apply would wait for the log's fsync in flight.
+//! Two databases, so that an MVCC apply and a raft append never share a journal. Syncs
+//! fdatasync the journal file outside fjall's journal lock ([`journal`]), so a commit does
+//! not wait for the fsync in flight on its own database either.
 //!
 //! # The contract
 //!
@@ -52,6 +53,7 @@
 //!   an injected I/O error that takes the same path as a real one (see [`fault`]).
 
 mod fault;
+mod journal;
 mod kv;
 
 use std::fmt;
@@ -211,6 +213,7 @@ struct Db {
     path: PathBuf,
     fault: Option<fault::Armed>,
     failure: Arc<Failure>,
+    journal: journal::Journal,
 }
 
 impl Db {
@@ -281,8 +284,8 @@ pub struct Store {
     /// Bytes allocated on disk by the database, sampled in the background: asking fjall
     /// would wait for its journal lock, which an fsync in progress holds.
     size: Arc<AtomicU64>,
-    /// `SyncData`, or `Buffer` under `--unsafe-no-fsync`.
-    durability: fjall::PersistMode,
+    /// Whether syncs fdatasync (not under `--unsafe-no-fsync`).
+    fsync: bool,
     // Held for the life of the process; the OS releases them on exit, even on kill -9. The
     // second is `--wal-dir`'s, if it is set.
     _locks: (File, Option<File>),
@@ -318,6 +321,7 @@ impl Store {
                 tracing::warn!(fault = %plan, "storage fault injection armed (--unsafe-storage-fault): never use this in production");
             }
             Arc::new(Db {
+                journal: journal::Journal::new(&path),
                 path,
                 fault: fault.map(fault::Armed::new),
                 failure: failure.clone(),
@@ -331,11 +335,7 @@ impl Store {
             failure: failure.clone(),
             dir: dir.to_path_buf(),
             size,
-            durability: if options.skip_fsync {
-                fjall::PersistMode::Buffer
-            } else {
-                fjall::PersistMode::SyncData
-            },
+            fsync: !options.skip_fsync,
             _locks: (lock, wal_lock),
         })
     }
@@ -371,7 +371,7 @@ impl Store {
     /// journal) and records the time in `etcd_disk_backend_commit_duration_seconds`.
     pub fn sync(&self) -> Result<(), StorageError> {
         let start = Instant::now();
-        persist(&self.db, &self.db_info, self.durability)?;
+        persist(&self.db, &self.db_info, self.fsync)?;
         crate::metrics::get()
             .backend_commit_duration
             .observe(start.elapsed().as_secs_f64());
@@ -382,7 +382,7 @@ impl Store {
     /// journal) and records the time in `etcd_disk_wal_fsync_duration_seconds`.
     pub fn sync_wal(&self) -> Result<(), StorageError> {
         let start = Instant::now();
-        persist(&self.wal, &self.wal_info, self.durability)?;
+        persist(&self.wal, &self.wal_info, self.fsync)?;
         crate::metrics::get()
             .wal_fsync_duration
             .observe(start.elapsed().as_secs_f64());
@@ -471,14 +471,16 @@ fn open_keyspace(
         .map_err(|e| info.fail(Op::Open, Some(name), e))
 }
 
-fn persist(
-    db: &fjall::Database,
-    info: &Db,
-    durability: fjall::PersistMode,
-) -> Result<(), StorageError> {
+/// Hands the journal's buffer to the OS under fjall's lock, then fdatasyncs it without
+/// the lock ([`journal`]).
+fn persist(db: &fjall::Database, info: &Db, fsync: bool) -> Result<(), StorageError> {
     info.before_write(Op::Sync, "")?;
     info.inject(Op::Sync)
-        .and_then(|()| db.persist(durability))
+        .and_then(|()| db.persist(fjall::PersistMode::Buffer))
+        .and_then(|()| match fsync {
+            true => info.journal.sync_data().map_err(fjall::Error::from),
+            false => Ok(()),
+        })
         .map_err(|e| info.fail(Op::Sync, None, e))
 }
 

@@ -1,0 +1,85 @@
+//! `cairn bench lease-keepalive`: one lease per client, kept alive over the client's own
+//! LeaseKeepAlive stream with one request in flight, as etcd's `benchmark lease-keepalive`
+//! does. A request's latency is from sending the keep-alive to receiving its answer.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+use super::TOKEN;
+use crate::proto::etcdserverpb::{
+    lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+};
+
+/// Long enough that no lease expires during a run, whatever its keep-alive latency.
+const LEASE_TTL: i64 = 3600;
+
+/// One client's lease and its keep-alive stream.
+pub(super) struct KeepAliveConn {
+    id: i64,
+    requests: mpsc::Sender<LeaseKeepAliveRequest>,
+    responses: Streaming<LeaseKeepAliveResponse>,
+    timeout: Duration,
+}
+
+impl KeepAliveConn {
+    /// Grants a lease and opens its keep-alive stream.
+    pub(super) async fn open(
+        channel: Channel,
+        token: Option<&MetadataValue<Ascii>>,
+        timeout: Duration,
+    ) -> anyhow::Result<KeepAliveConn> {
+        let mut client = LeaseClient::new(channel);
+        let with_token = |message| {
+            let mut request = tonic::Request::new(message);
+            if let Some(token) = token {
+                request.metadata_mut().insert(TOKEN, token.clone());
+            }
+            request
+        };
+        let id = client
+            .lease_grant(with_token(LeaseGrantRequest {
+                ttl: LEASE_TTL,
+                id: 0,
+            }))
+            .await
+            .context("granting a lease")?
+            .into_inner()
+            .id;
+        let (requests, rx) = mpsc::channel(1);
+        let responses = client
+            .lease_keep_alive(with_token(ReceiverStream::new(rx)))
+            .await
+            .context("opening a keep-alive stream")?
+            .into_inner();
+        Ok(KeepAliveConn {
+            id,
+            requests,
+            responses,
+            timeout,
+        })
+    }
+
+    /// One keep-alive and its answer; a TTL of 0 (the lease is gone) is an error.
+    pub(super) async fn keep_alive(&mut self) -> Result<(), tonic::Status> {
+        let round = async {
+            self.requests
+                .send(LeaseKeepAliveRequest { id: self.id })
+                .await
+                .map_err(|_| tonic::Status::unavailable("keep-alive stream closed"))?;
+            match self.responses.message().await? {
+                Some(r) if r.ttl > 0 => Ok(()),
+                Some(_) => Err(tonic::Status::not_found("lease expired")),
+                None => Err(tonic::Status::unavailable("keep-alive stream ended")),
+            }
+        };
+        tokio::time::timeout(self.timeout, round)
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out")))
+    }
+}
