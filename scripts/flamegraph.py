@@ -12,13 +12,34 @@ widths proportional to samples. `--folded FILE` also writes the collapsed stacks
 """
 
 import argparse
+import gzip
 import html
 import re
 import sys
 from collections import defaultdict
 
 FRAME = re.compile(r"^\s*[0-9a-f]+\s+(.+?)(?:\s+\((.*)\))?$")
-WIDTH, ROW, FONT, MIN_PX = 1200, 16, 11, 0.3
+WIDTH, ROW, FONT, MIN_PX = 1200, 16, 11, 2.5
+
+
+def short(name):
+    """A frame without its generic arguments: Rust's make names hundreds of characters
+    long and the SVG megabytes big; `<T as Trait>::f` keeps its shape as `<T>::f`."""
+    out, depth = [], 0
+    for ch in name:
+        if ch == "<":
+            depth += 1
+            if depth == 1:
+                out.append("<")
+            elif depth == 2:
+                out.append("..")
+        elif ch == ">" and depth:
+            depth -= 1
+            if depth == 0:
+                out.append(">")
+        elif depth <= 1:
+            out.append(ch)
+    return "".join(out)
 
 
 def collapse(lines):
@@ -44,8 +65,18 @@ def collapse(lines):
                 if name == "[unknown]" and m.group(2):
                     name = "[" + m.group(2).rsplit("/", 1)[-1] + "]"
                 name = re.sub(r"\+0x[0-9a-f]+$", "", name)
-                frames.append(name.replace(";", ":"))
+                frames.append(short(name).replace(";", ":"))
     flush()
+    return stacks
+
+
+def read_folded(path):
+    """Collapsed stacks written by --folded (optionally gzipped)."""
+    stacks = defaultdict(int)
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            stacks[";".join(short(f) for f in stack.split(";"))] += int(count)
     return stacks
 
 
@@ -111,12 +142,16 @@ def draw(root, title):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("input", nargs="?", help="perf script output (default: stdin)")
+    p.add_argument("input", nargs="?",
+                   help="perf script output (default: stdin), or collapsed stacks "
+                        "(*.folded, *.folded.gz)")
     p.add_argument("--title", default="flamegraph")
     p.add_argument("--folded", help="also write the collapsed stacks here")
     args = p.parse_args()
-    src = open(args.input, errors="replace") if args.input else sys.stdin
-    stacks = collapse(src)
+    if args.input and re.search(r"\.folded(\.gz)?$", args.input):
+        stacks = read_folded(args.input)
+    else:
+        stacks = collapse(open(args.input, errors="replace") if args.input else sys.stdin)
     if args.folded:
         with open(args.folded, "w") as f:
             for stack, count in sorted(stacks.items()):

@@ -8,7 +8,7 @@
 # load runs for PROFILE_SECONDS (default 5) after a 1 s warm-up, and `perf record` samples
 # the server (all threads, call graphs from DWARF unwinding: the release profile keeps line
 # tables) during the measured part. Writes per case: CASE.svg (scripts/flamegraph.py),
-# CASE.folded (collapsed stacks), CASE.json (the bench result), CASE.threads.txt (samples
+# CASE.folded.gz (collapsed stacks, for other flamegraph tools), CASE.json (the bench result), CASE.threads.txt (samples
 # per thread name). Needs `perf` (Debian: linux-perf) and root or perf_event_paranoid <= 1.
 #
 # Knobs: CAIRN_BIN (default $CARGO_TARGET_DIR/release/cairn), PROFILE_PORT (43379),
@@ -76,6 +76,7 @@ for case in $cases; do
 	awk '{ n = $NF; split($1, f, ";"); t[f[1]] += n; all += n }
 		END { for (k in t) printf "%6.1f%%  %s\n", 100 * t[k] / all, k }' \
 		"$out/$case.folded" | sort -rn >"$out/$case.threads.txt"
+	gzip -f "$out/$case.folded"
 	kill "$server"
 	wait "$server" 2>/dev/null || true
 	server=""

@@ -990,7 +990,10 @@ mod tests {
             consistency: Consistency::Serializable,
         };
         assert_eq!(p.op, want);
-        assert_eq!(plan(&["lease-keepalive"]).expect("valid").op, Op::LeaseKeepAlive);
+        assert_eq!(
+            plan(&["lease-keepalive"]).expect("valid").op,
+            Op::LeaseKeepAlive
+        );
     }
 
     #[test]

@@ -361,3 +361,77 @@ fn write_committed(meta: &Keyspace, committed: &Mutex<Option<Vec<u8>>>) -> io::R
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorage;
+
+    use super::*;
+    use crate::raft::Proposal;
+
+    fn entry(index: u64) -> Entry {
+        openraft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: openraft::EntryPayload::Normal(Proposal(Default::default())),
+        }
+    }
+
+    /// The log as a crash after the first batch of a purge leaves it: `last_purged` at
+    /// `purged`, entries 1..=`last` still there.
+    fn interrupted_purge(store: &Store, last: u64, purged: u64) {
+        let (log, meta) = (
+            store.wal_keyspace(LOG).expect("log"),
+            store.wal_keyspace(META).expect("meta"),
+        );
+        let mut batch = store.wal_batch();
+        for index in 1..=last {
+            batch.insert(
+                &log,
+                index.to_be_bytes(),
+                encode(&entry(index)).expect("encode"),
+            );
+        }
+        batch.insert(
+            &meta,
+            LAST_PURGED,
+            encode(&entry(purged).log_id).expect("encode"),
+        );
+        batch.commit().expect("commit");
+    }
+
+    fn indexes(store: &Store) -> Vec<u64> {
+        let log = store.wal_keyspace(LOG).expect("log");
+        log.iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.expect("key")[..].try_into().expect("8 bytes")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_purge_is_finished_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        interrupted_purge(&store, 3000, 2500);
+        let (in_use, _released) = InUse::new();
+        let mut logs = LogStore::open(store.clone(), in_use).expect("open log");
+        assert_eq!(indexes(&store), (2501..=3000).collect::<Vec<_>>());
+        let state = logs.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(3000));
+        assert_eq!(state.last_purged_log_id.map(|l| l.index()), Some(2500));
+        // The next purge starts after the last one and removes over several batches.
+        logs.purge(entry(2999).log_id).await.expect("purge");
+        assert_eq!(indexes(&store), vec![3000]);
+    }
+
+    #[tokio::test]
+    async fn a_log_purged_past_its_last_entry_ends_at_the_purge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        interrupted_purge(&store, 10, 10);
+        let (in_use, _released) = InUse::new();
+        let mut logs = LogStore::open(store.clone(), in_use).expect("open log");
+        assert!(indexes(&store).is_empty());
+        let state = logs.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(10));
+    }
+}

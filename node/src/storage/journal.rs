@@ -93,9 +93,15 @@ mod tests {
             fs::write(dir.path().join(name), b"x").expect("write");
         }
         journal.sync_data().expect("sync 0.jnl");
-        assert_eq!(journal.active.lock().expect("lock").as_ref().map(|a| a.0), Some(0));
+        assert_eq!(
+            journal.active.lock().expect("lock").as_ref().map(|a| a.0),
+            Some(0)
+        );
         fs::write(dir.path().join("1.jnl"), b"x").expect("write");
         journal.sync_data().expect("sync 1.jnl");
-        assert_eq!(journal.active.lock().expect("lock").as_ref().map(|a| a.0), Some(1));
+        assert_eq!(
+            journal.active.lock().expect("lock").as_ref().map(|a| a.0),
+            Some(1)
+        );
     }
 }
