@@ -19,6 +19,14 @@ use crate::proto::etcdserverpb::{
 /// Long enough that no lease expires during a run, whatever its keep-alive latency.
 const LEASE_TTL: i64 = 3600;
 
+fn with_token<T>(message: T, token: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert(TOKEN, token.clone());
+    }
+    request
+}
+
 /// One client's lease and its keep-alive stream.
 pub(super) struct KeepAliveConn {
     id: i64,
@@ -35,25 +43,21 @@ impl KeepAliveConn {
         timeout: Duration,
     ) -> anyhow::Result<KeepAliveConn> {
         let mut client = LeaseClient::new(channel);
-        let with_token = |message| {
-            let mut request = tonic::Request::new(message);
-            if let Some(token) = token {
-                request.metadata_mut().insert(TOKEN, token.clone());
-            }
-            request
-        };
         let id = client
-            .lease_grant(with_token(LeaseGrantRequest {
-                ttl: LEASE_TTL,
-                id: 0,
-            }))
+            .lease_grant(with_token(
+                LeaseGrantRequest {
+                    ttl: LEASE_TTL,
+                    id: 0,
+                },
+                token,
+            ))
             .await
             .context("granting a lease")?
             .into_inner()
             .id;
         let (requests, rx) = mpsc::channel(1);
         let responses = client
-            .lease_keep_alive(with_token(ReceiverStream::new(rx)))
+            .lease_keep_alive(with_token(ReceiverStream::new(rx), token))
             .await
             .context("opening a keep-alive stream")?
             .into_inner();
