@@ -589,10 +589,12 @@ for round in $(seq "$repeat"); do
 	# A finished round's data dirs are not read again (BENCH_KEEP keeps them).
 	[ "${BENCH_KEEP:-0}" = 1 ] || find "$work" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 done
-work="$results/median"
-python3 "$here/bench-aggregate.py" "$results/raw" "$work" "$results/spread.json"
+# The exit trap removes $work: point it back at the whole scratch dir.
+work=$base
+median="$results/median"
+python3 "$here/bench-aggregate.py" "$results/raw" "$median" "$results/spread.json"
 
-table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" \
+table=$(python3 - "$median" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" \
 	"$heartbeat" "$election" <<'PY'
 import json, os, sys
 

@@ -970,7 +970,7 @@ mod tests {
             (&["range", "--consistency", "x"], "--consistency"),
             (&["txn-put", "--txn-ops", "0"], "--txn-ops"),
             (&["txn-put", "--txn-ops", "129"], "--txn-ops"),
-            (&["txn-mixed", "--rw-ratio", "-1"], "--rw-ratio"),
+            (&["txn-mixed", "--rw-ratio=-1"], "--rw-ratio"),
             (&["txn-put", "--gateway"], "--gateway"),
         ];
         for (args, needle) in cases {

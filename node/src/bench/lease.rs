@@ -56,33 +56,48 @@ impl KeepAliveConn {
             .into_inner()
             .id;
         let (requests, rx) = mpsc::channel(1);
-        let responses = client
-            .lease_keep_alive(with_token(ReceiverStream::new(rx), token))
+        // etcd sends the stream's response headers only with its first answer, and the
+        // call resolves only with them: the first keep-alive goes out before it (unmeasured).
+        requests
+            .send(LeaseKeepAliveRequest { id })
             .await
+            .context("queueing the first keep-alive")?;
+        let opened = client.lease_keep_alive(with_token(ReceiverStream::new(rx), token));
+        let responses = tokio::time::timeout(timeout, opened)
+            .await
+            .context("opening a keep-alive stream timed out")?
             .context("opening a keep-alive stream")?
             .into_inner();
-        Ok(KeepAliveConn {
+        let mut conn = KeepAliveConn {
             id,
             requests,
             responses,
             timeout,
-        })
+        };
+        conn.answer().await?;
+        Ok(conn)
     }
 
-    /// One keep-alive and its answer; a TTL of 0 (the lease is gone) is an error.
+    /// The next answer; a TTL of 0 (the lease is gone) is an error.
+    async fn answer(&mut self) -> Result<(), tonic::Status> {
+        match self.responses.message().await? {
+            Some(r) if r.ttl > 0 => Ok(()),
+            Some(_) => Err(tonic::Status::not_found("lease expired")),
+            None => Err(tonic::Status::unavailable("keep-alive stream ended")),
+        }
+    }
+
+    /// One keep-alive and its answer.
     pub(super) async fn keep_alive(&mut self) -> Result<(), tonic::Status> {
+        let timeout = self.timeout;
         let round = async {
             self.requests
                 .send(LeaseKeepAliveRequest { id: self.id })
                 .await
                 .map_err(|_| tonic::Status::unavailable("keep-alive stream closed"))?;
-            match self.responses.message().await? {
-                Some(r) if r.ttl > 0 => Ok(()),
-                Some(_) => Err(tonic::Status::not_found("lease expired")),
-                None => Err(tonic::Status::unavailable("keep-alive stream ended")),
-            }
+            self.answer().await
         };
-        tokio::time::timeout(self.timeout, round)
+        tokio::time::timeout(timeout, round)
             .await
             .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out")))
     }

@@ -41,19 +41,20 @@ impl Journal {
         self.newest()?.sync_data()
     }
 
-    /// The newest journal's descriptor, reopened only when fjall has rotated.
+    /// The newest journal's descriptor, reopened only when fjall has rotated. The directory
+    /// is listed every time (a few entries): fjall may rotate twice and delete the journal
+    /// in between, so no single file's existence tells whether `id` is still the newest.
     fn newest(&self) -> io::Result<Arc<File>> {
+        let id = newest_id(&self.dir)?;
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, file)) = active.as_ref() {
-            // One stat per sync instead of a directory listing: a rotation creates `id + 1`.
-            if !self.path(id + 1).exists() {
-                return Ok(file.clone());
+        match active.as_ref() {
+            Some((open, file)) if *open == id => Ok(file.clone()),
+            _ => {
+                let file = Arc::new(File::open(self.path(id))?);
+                *active = Some((id, file.clone()));
+                Ok(file)
             }
         }
-        let id = newest_id(&self.dir)?;
-        let file = Arc::new(File::open(self.path(id))?);
-        *active = Some((id, file.clone()));
-        Ok(file)
     }
 
     fn path(&self, id: u64) -> PathBuf {
