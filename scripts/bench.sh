@@ -5,23 +5,38 @@
 #
 # Usage: scripts/bench.sh [--out FILE]
 #
+# Every run writes a results directory (BENCH_RESULTS): report.md (the table, also printed
+# and written to --out), machine.md (CPU, RAM, kernel, disk, raw fsync probe, versions,
+# flags), raw/rN/SERVER.CASE.json (each round's raw result per case), median/ (the per-case
+# medians the table is made of), spread.json (min and max over the rounds) and
+# throughput.svg (ops/s against clients for both servers, scripts/bench-plot.py).
+#
 # Environment (defaults in brackets):
 #   BENCH_SERVERS        servers to run, in order ["etcd cairn"]; e.g. BENCH_SERVERS=etcd
+#   REPEAT               rounds of the whole run [1]; round 2, 4, ... runs the servers in
+#                        reverse order, and the table shows each figure's median over the
+#                        rounds, with the spread (min - max) of the ops/s cases below it
+#   BENCH_RESULTS        results directory [bench-results/<UTC date-time>-<host>]
 #   BENCH_DURATION       measured time per case [10s]
 #   BENCH_WARMUP         unmeasured warm-up per case [1s]
 #   BENCH_CLIENTS        in-flight requests of the concurrent cases [64]
 #   BENCH_KEY_SPACE      distinct keys (preloaded before the range cases) [100000]
 #   BENCH_WATCHERS       watchers of the fan-out case, all on one prefix [10000]
 #   BENCH_WATCH_STREAMS  watch streams they are spread over [100]
-#   BENCH_WATCH_RATE     puts per second while they watch [1000]
+#   BENCH_WATCH_RATE     puts per second while they watch [1000]; the watch group also runs
+#                        100 watchers at 2000 puts/s (events/s and put-to-event latency)
 #   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
 #   BENCH_SNAPSHOT_KEYS  keys of the snapshot case, BENCH_SNAPSHOT_VAL_SIZE bytes each: the
 #                        store is loaded, then `etcdctl snapshot save` is timed [200000]
 #   BENCH_SNAPSHOT_VAL_SIZE  [1024]
-#   BENCH_CASES          which groups run: kv, watch, scale, scan, plugins, cluster, tls,
-#                        gateway, snapshot ["kv watch scale scan"]; gateway puts as JSON over HTTP/1.1
+#   BENCH_CASES          which groups run: kv, ops, sweep, watch, scale, scan, plugins,
+#                        cluster, tls, gateway, snapshot ["kv ops watch scale scan"]; kv: put at 1 and
+#                        BENCH_CLIENTS, txn compare-and-swap at 16, range l/s; ops: txn-put,
+#                        txn-mixed and lease keep-alive at BENCH_CLIENTS; sweep: put at each
+#                        of BENCH_SWEEP_CLIENTS [1 4 16 64 256] clients (the plot's points);
+#                        gateway puts as JSON over HTTP/1.1
 #                        (`cairn bench --gateway`), one connection per client; plugins (cairn only, needs the example
 #                        plugins built) puts at BENCH_CLIENTS with no plugins, then with
 #                        namespace-quota + schema-guard on every key, and measures one
@@ -61,6 +76,9 @@ while [ $# -gt 0 ]; do
 done
 
 servers=${BENCH_SERVERS:-etcd cairn}
+repeat=${REPEAT:-1}
+results=${BENCH_RESULTS:-$repo/bench-results/$(date -u +%Y%m%d-%H%M)-$(hostname -s)}
+sweep_clients=${BENCH_SWEEP_CLIENTS:-1 4 16 64 256}
 duration=${BENCH_DURATION:-10s}
 warmup=${BENCH_WARMUP:-1s}
 clients=${BENCH_CLIENTS:-64}
@@ -73,7 +91,7 @@ scale_keys=${BENCH_SCALE_KEYS:-1000000}
 scan_keys=${BENCH_SCAN_KEYS:-200000}
 snapshot_keys=${BENCH_SNAPSHOT_KEYS:-200000}
 snapshot_val_size=${BENCH_SNAPSHOT_VAL_SIZE:-1024}
-cases=${BENCH_CASES:-kv watch scale scan}
+cases=${BENCH_CASES:-kv ops watch scale scan}
 heartbeat=${BENCH_HEARTBEAT:-100}
 election=${BENCH_ELECTION:-1000}
 failovers=${BENCH_FAILOVERS:-5}
@@ -252,14 +270,25 @@ PY
 
 bench_server() {
 	local server=$1
-	want kv || want watch || want gateway || return 0
+	want kv || want ops || want sweep || want watch || want gateway || return 0
 	measure_fsync "$server"
 	start_server "$server"
 	if want kv; then
 		run_case "$server" put-1 put --clients 1
 		run_case "$server" "put-$clients" put --clients "$clients"
+		run_case "$server" txn-cas-16 txn-put --cas --clients 16
 		run_case "$server" "range-l-$clients" range --consistency l --clients "$clients" --preload
 		run_case "$server" "range-s-$clients" range --consistency s --clients "$clients"
+	fi
+	if want ops; then
+		run_case "$server" "txn-put-$clients" txn-put --clients "$clients"
+		run_case "$server" "txn-mixed-$clients" txn-mixed --clients "$clients"
+		run_case "$server" "lease-keepalive-$clients" lease-keepalive --clients "$clients"
+	fi
+	if want sweep; then
+		for n in $sweep_clients; do
+			run_case "$server" "sweep-put-$n" put --clients "$n"
+		done
 	fi
 	if want gateway; then
 		# The same puts as JSON through the HTTP/JSON gateway, one HTTP/1.1 connection
@@ -270,6 +299,7 @@ bench_server() {
 	if want watch; then
 		run_case "$server" watch watch --watchers "$watchers" --streams "$watch_streams" \
 			--rate "$watch_rate" --server-pid "$server_pid"
+		run_case "$server" watch-100 watch --watchers 100 --streams 10 --rate 2000
 	fi
 	if kill -0 "$server_pid" 2>/dev/null; then
 		printf '{"rss_kb": %s, "hwm_kb": %s, "data_bytes": %s}\n' \
@@ -540,8 +570,22 @@ machine_info() {
 - load average at start: $(cut -d' ' -f1-3 /proc/loadavg)
 - data dirs: $work, filesystem $fs
 - etcd: $("$ETCD" --version | head -1)
-- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space
+- cairn: $("${CAIRN_SERVER_BIN:-$CAIRN}" --version | head -1), source $(git -C "$repo" describe --always --dirty 2>/dev/null || echo "unknown")
+- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space, $repeat round(s), cases "$cases"
+- server flags: etcd ${ETCD_EXTRA_ARGS---log-level=warn}; cairn ${CAIRN_SERVE_ARGS:-} ${CAIRN_EXTRA_ARGS:-}
 EOF
+}
+
+# reversed WORDS...: the words in reverse order.
+reversed() { local out="" w; for w in "$@"; do out="$w $out"; done; echo "$out"; }
+
+# fsync_probe: the raw fsync figures measured before each server of each round.
+fsync_probe() {
+	local f
+	for f in "$results"/raw/r*/*.fsync.json; do
+		[ -f "$f" ] && echo "- $(basename "$(dirname "$f")") $(basename "$f" .fsync.json): $(cat "$f")"
+	done
+	return 0
 }
 
 ETCD=$(etcd_bin)
@@ -550,18 +594,36 @@ CAIRN=$(cairn_bin)
 [ -x "$CAIRN" ] || { echo "no cairn binary at $CAIRN" >&2; exit 1; }
 
 info=$(machine_info)
-for server in $servers; do
-	case "$server" in
-	etcd | cairn)
-		bench_server "$server" && scale_server "$server" && scan_server "$server" &&
-			snapshot_server "$server" &&
-			plugins_server "$server" && cluster_server "$server" && tls_server "$server"
-		;;
-	*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
-	esac
+mkdir -p "$results/raw"
+base=$work
+for round in $(seq "$repeat"); do
+	order=$servers
+	# shellcheck disable=SC2086 # a list of words
+	[ $((round % 2)) = 0 ] && order=$(reversed $servers)
+	work="$base/r$round"
+	mkdir -p "$work"
+	log "round $round of $repeat: $order"
+	for server in $order; do
+		case "$server" in
+		etcd | cairn)
+			bench_server "$server" && scale_server "$server" && scan_server "$server" &&
+				snapshot_server "$server" &&
+				plugins_server "$server" && cluster_server "$server" && tls_server "$server"
+			;;
+		*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
+		esac
+	done
+	mkdir -p "$results/raw/r$round"
+	cp "$work"/*.json "$results/raw/r$round/" 2>/dev/null || true
+	# A finished round's data dirs are not read again (BENCH_KEEP keeps them).
+	[ "${BENCH_KEEP:-0}" = 1 ] || find "$work" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 done
+# The exit trap removes $work: point it back at the whole scratch dir.
+work=$base
+median="$results/median"
+python3 "$here/bench-aggregate.py" "$results/raw" "$median" "$results/spread.json"
 
-table=$(python3 - "$work" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" \
+table=$(python3 - "$median" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" \
 	"$heartbeat" "$election" "$snapshot_keys" "$snapshot_val_size" <<'PY'
 import json, os, sys
 
@@ -577,6 +639,13 @@ cases = [("put-1", "put, 1 client"), (f"put-{clients}", f"put, {clients} clients
          (f"range-s-{clients}", f"range serializable, {clients} clients")]
 cases += [(f"cluster-{key}-{role}", f"3 members, {title}, on the {role}")
           for role in ("leader", "follower") for key, title in cases]
+cases[2:2] = [("txn-cas-16", "txn compare-and-swap (compare + put), 16 clients")]
+cases += [(f"txn-put-{clients}", f"txn of one put, {clients} clients"),
+          (f"txn-mixed-{clients}", f"txn-mixed (half range, half put), {clients} clients"),
+          (f"lease-keepalive-{clients}", f"lease keep-alive, {clients} clients")]
+sweep = sorted({int(f.rsplit("-", 1)[1].split(".")[0]) for f in os.listdir(work)
+                if f.split(".", 1)[-1].startswith("sweep-put-")})
+cases += [(f"sweep-put-{n}", f"put, {n} clients (sweep)") for n in sweep]
 cases += [("gateway-put-1", "put over the HTTP/JSON gateway, 1 client"),
           (f"gateway-put-{clients}", f"put over the HTTP/JSON gateway, {clients} clients")]
 metrics = [("ops_per_sec", "ops/s", "{:.0f}"), ("p50_ms", "p50 ms", "{:.3f}"),
@@ -606,6 +675,15 @@ for field, label, fmt in [("p50_ms", "event p50 ms", "{:.3f}"), ("p99_ms", "even
     rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 ev, cv = (x / 1024 if x is not None else None for x in (e.get("server_rss_kib"), c.get("server_rss_kib")))
 rows.append(f"| {title} | server RSS while watching, MiB | {cell(ev, '{:.1f}')} | {cell(cv, '{:.1f}')} | {ratio(ev, cv)} |")
+e, c = load("etcd.watch-100") or {}, load("cairn.watch-100") or {}
+title = "watch, 100 watchers, 2000 puts/s (200 000 events/s offered)"
+def per_sec(m):
+    return m["events_received"] / m["seconds"] if m.get("seconds") else None
+ev, cv = per_sec(e), per_sec(c)
+rows.append(f"| {title} | events/s | {cell(ev, '{:.0f}')} | {cell(cv, '{:.0f}')} | {ratio(ev, cv)} |")
+for field, label in [("p50_ms", "put-to-event p50 ms"), ("p99_ms", "put-to-event p99 ms")]:
+    ev, cv = e.get(field), c.get(field)
+    rows.append(f"| {title} | {label} | {cell(ev, '{:.3f}')} | {cell(cv, '{:.3f}')} | {ratio(ev, cv)} |")
 
 e, c = load("etcd.scale") or {}, load("cairn.scale") or {}
 title = f"{scale_keys} keys of 256 B"
@@ -703,16 +781,47 @@ if off or on or call:
 PY
 )
 
+spread=$(python3 - "$results/spread.json" "$repeat" <<'PY'
+import json, sys
+spread, repeat = json.load(open(sys.argv[1])), int(sys.argv[2])
+if repeat > 1:
+    rows = [f"Spread over {repeat} rounds (min - max of the rounds' figures):", "",
+            "| case | etcd ops/s | cairn ops/s | etcd p99 ms | cairn p99 ms |",
+            "|---|---|---|---|---|"]
+    def span(key, field, fmt):
+        s = spread.get(key, {}).get(field)
+        return "–" if not s else f"{fmt.format(s[0])} - {fmt.format(s[1])}"
+    for case in sorted({k.split(".", 1)[1] for k in spread if "." in k}):
+        if any(spread.get(f"{s}.{case}", {}).get("ops_per_sec") for s in ("etcd", "cairn")):
+            rows.append(f"| {case} | {span('etcd.' + case, 'ops_per_sec', '{:.0f}')} "
+                        f"| {span('cairn.' + case, 'ops_per_sec', '{:.0f}')} "
+                        f"| {span('etcd.' + case, 'p99_ms', '{:.2f}')} "
+                        f"| {span('cairn.' + case, 'p99_ms', '{:.2f}')} |")
+    print("\n".join(rows))
+PY
+)
+python3 "$here/bench-plot.py" "$results" >"$results/throughput.svg" ||
+	log "no plot (scripts/bench-plot.py failed)"
+
 report="# cairn vs etcd benchmark
 
 $info
 
 $table
 
+$spread
+
 - load average at end: $(cut -d" " -f1-3 /proc/loadavg)
 
 ratio = cairn / etcd: above 1 is better for ops/s, below 1 is better for latency and memory."
 mkdir -p "$(dirname "$out")"
 echo "$report" >"$out"
+echo "$report" >"$results/report.md"
+{
+	echo "$info"
+	echo "- disk, raw 4 KiB fdatasync probe before each server:"
+	fsync_probe
+	echo "- load average at end: $(cut -d" " -f1-3 /proc/loadavg)"
+} >"$results/machine.md"
 echo "$report"
-log "written to $out"
+log "written to $out and $results"

@@ -1,5 +1,6 @@
 //! `cairn bench`: a load generator for etcd's v3 KV API, modelled on etcd's own
-//! `tools/benchmark` (`put` / `range`, N in-flight clients spread over M HTTP/2 connections), so
+//! `tools/benchmark` (`put`, `range`, `txn-put`, `txn-mixed`, `lease-keepalive`, N in-flight
+//! clients spread over M HTTP/2 connections), so
 //! that one binary measures real etcd and cairn on the same machine the same way; with
 //! `--gateway` the same requests go as JSON through the HTTP/JSON gateway instead.
 //!
@@ -27,6 +28,7 @@ use tonic::transport::Channel;
 use security::{Security, SecurityArgs};
 
 mod gateway;
+mod lease;
 mod plugin;
 mod scan;
 mod scrape;
@@ -34,7 +36,8 @@ mod security;
 mod watch;
 
 use crate::proto::etcdserverpb::{
-    kv_client::KvClient, request_op, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, kv_client::KvClient, request_op, Compare, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
 
 /// The longest run `--duration` accepts, so a typo cannot tie a shared machine up for hours.
@@ -47,6 +50,8 @@ const HIST_MAX_MICROS: u64 = 60_000_000;
 const TOKEN: &str = "token";
 /// Prefix of the machine-readable summary line.
 pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
+/// How often a run prints its progress to stderr; shorter runs print none.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Errors in the benchmark's own arguments; transport and server errors are reported through
 /// `anyhow` with the endpoint named.
@@ -54,6 +59,8 @@ pub const RESULT_PREFIX: &str = "BENCH_RESULT ";
 pub enum BenchError {
     #[error("the watch, scan, plugin and scrape modes have their own runners")]
     NotKv,
+    #[error("--gateway sends only put and range")]
+    GatewayOp,
     #[error("invalid duration {0:?}: expected a number with unit ms, s or m, e.g. 10s")]
     Duration(String),
     #[error("invalid --{flag} {value}: {reason}")]
@@ -84,6 +91,15 @@ pub enum Mode {
     Put,
     /// Range (get) one random key of the key space per request.
     Range(RangeArgs),
+    /// A Txn of --txn-ops puts per request (etcd's `txn-put`), with --cas a compare on the
+    /// first key's mod revision first, as a compare-and-swap does.
+    TxnPut(TxnPutArgs),
+    /// A Txn of one operation per request, a range or a put chosen at random by --rw-ratio
+    /// (etcd's `txn-mixed`).
+    TxnMixed(TxnMixedArgs),
+    /// Keep-alives of one lease per client over its own LeaseKeepAlive stream, one in
+    /// flight at a time (etcd's `lease-keepalive`).
+    LeaseKeepalive,
     /// Watch fan-out: many watchers on one prefix, one writer at a fixed rate (see
     /// `bench/watch.rs`; uses --endpoints, --conns, --duration and --val-size).
     Watch(watch::WatchArgs),
@@ -107,6 +123,31 @@ pub struct RangeArgs {
     pub consistency: Consistency,
     /// Write every key of the key space once (Txns of 128 puts) before the warm-up, so that
     /// reads hit existing keys. Not measured.
+    #[arg(long)]
+    pub preload: bool,
+}
+
+/// Options of `txn-put`.
+#[derive(Debug, Args)]
+pub struct TxnPutArgs {
+    /// Puts per Txn, on consecutive keys from a random one.
+    #[arg(long, default_value_t = 1)]
+    pub txn_ops: u32,
+    /// Compare the first key's mod revision (`< 2^62`, always true) before the puts.
+    #[arg(long)]
+    pub cas: bool,
+}
+
+/// Options of `txn-mixed`.
+#[derive(Debug, Args)]
+pub struct TxnMixedArgs {
+    /// Reads per write: 1 is half ranges, half puts (etcd's default).
+    #[arg(long, default_value_t = 1.0)]
+    pub rw_ratio: f64,
+    /// Consistency of the ranges.
+    #[arg(long, value_enum, default_value = "l")]
+    pub consistency: Consistency,
+    /// Write every key once before the warm-up (see `range --preload`).
     #[arg(long)]
     pub preload: bool,
 }
@@ -201,6 +242,16 @@ struct Plan {
 enum Op {
     Put,
     Range(Consistency),
+    TxnPut {
+        ops: u32,
+        cas: bool,
+    },
+    /// `reads_per_mille` of the requests are ranges, the rest puts.
+    TxnMixed {
+        reads_per_mille: u64,
+        consistency: Consistency,
+    },
+    LeaseKeepAlive,
 }
 
 impl Op {
@@ -212,6 +263,10 @@ impl Op {
             (Op::Put, true) => "gateway-put",
             (Op::Range(Consistency::Linearizable), true) => "gateway-range-l",
             (Op::Range(Consistency::Serializable), true) => "gateway-range-s",
+            (Op::TxnPut { cas: false, .. }, _) => "txn-put",
+            (Op::TxnPut { cas: true, .. }, _) => "txn-cas",
+            (Op::TxnMixed { .. }, _) => "txn-mixed",
+            (Op::LeaseKeepAlive, _) => "lease-keepalive",
         }
     }
 }
@@ -220,18 +275,42 @@ impl BenchArgs {
     /// Checks the raw flags and turns them into a [`Plan`], naming the flag that is wrong.
     fn validate(self) -> Result<Plan, BenchError> {
         let load = self.load;
-        let (op, preload) = match self.mode {
-            Mode::Put => (Op::Put, false),
-            Mode::Range(r) => (Op::Range(r.consistency), r.preload),
-            Mode::Watch(_) | Mode::Scan(_) | Mode::Plugin(_) | Mode::Scrape(_) => {
-                return Err(BenchError::NotKv)
-            }
-        };
         let bad = |flag, value: String, reason| BenchError::Flag {
             flag,
             value,
             reason,
         };
+        let (op, preload) = match self.mode {
+            Mode::Put => (Op::Put, false),
+            Mode::Range(r) => (Op::Range(r.consistency), r.preload),
+            Mode::TxnPut(t) if t.txn_ops == 0 || u64::from(t.txn_ops) > PRELOAD_TXN_OPS => {
+                return Err(bad("txn-ops", t.txn_ops.to_string(), "must be 1..=128"))
+            }
+            Mode::TxnPut(t) => (
+                Op::TxnPut {
+                    ops: t.txn_ops,
+                    cas: t.cas,
+                },
+                false,
+            ),
+            Mode::TxnMixed(t) if !(t.rw_ratio >= 0.0 && t.rw_ratio.is_finite()) => {
+                return Err(bad("rw-ratio", t.rw_ratio.to_string(), "must be >= 0"))
+            }
+            Mode::TxnMixed(t) => (
+                Op::TxnMixed {
+                    reads_per_mille: (1000.0 * t.rw_ratio / (t.rw_ratio + 1.0)).round() as u64,
+                    consistency: t.consistency,
+                },
+                t.preload,
+            ),
+            Mode::LeaseKeepalive => (Op::LeaseKeepAlive, false),
+            Mode::Watch(_) | Mode::Scan(_) | Mode::Plugin(_) | Mode::Scrape(_) => {
+                return Err(BenchError::NotKv)
+            }
+        };
+        if load.gateway && !matches!(op, Op::Put | Op::Range(_)) {
+            return Err(BenchError::GatewayOp);
+        }
         if load.endpoints.iter().all(|e| e.trim().is_empty()) {
             return Err(bad("endpoints", String::new(), "at least one endpoint"));
         }
@@ -441,6 +520,8 @@ struct Schedule {
     stop: Stop,
     /// Requests of a `--total` run not yet claimed by a client.
     remaining: AtomicU64,
+    /// Measured requests completed so far, for the progress line.
+    done: AtomicU64,
 }
 
 impl Schedule {
@@ -487,9 +568,14 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
     }
     let mut clients = Vec::with_capacity(plan.clients);
     for (i, kv) in grpc.into_iter().enumerate() {
-        clients.push(match plan.gateway {
-            false => Conn::Grpc(kv),
-            true => {
+        let channel = &channels[i % channels.len()];
+        clients.push(match (plan.gateway, plan.op) {
+            (_, Op::LeaseKeepAlive) => Conn::Lease(
+                lease::KeepAliveConn::open(channel.clone(), token.as_ref(), plan.request_timeout)
+                    .await?,
+            ),
+            (false, _) => Conn::Grpc(kv),
+            (true, _) => {
                 let endpoint = &plan.endpoints[i % plan.endpoints.len()];
                 Conn::Gateway(gateway::GatewayConn::connect(endpoint).await?)
             }
@@ -502,7 +588,9 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
             Stop::Total(n) => n,
             Stop::After(_) => 0,
         }),
+        done: AtomicU64::new(0),
     });
+    let progress = tokio::spawn(report_progress(Arc::clone(&schedule)));
     let value = put_value(plan.val_size, plan.json_values);
     let value_b64 = Arc::new(base64::prelude::BASE64_STANDARD.encode(&value));
     let value = Arc::new(value);
@@ -533,6 +621,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
         first_error = first_error.or(stats.first_error);
         last_end = last_end.max(stats.last_end);
     }
+    progress.abort();
     if let Some(status) = first_error {
         eprintln!("first error of {errors}: {status}");
     }
@@ -542,6 +631,26 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
         errors,
         last_end - schedule.measure_from,
     ))
+}
+
+/// Prints the measured requests so far every [`PROGRESS_EVERY`] to stderr, so a long run
+/// shows it is alive (stdout keeps only the result lines).
+async fn report_progress(schedule: Arc<Schedule>) {
+    tokio::time::sleep_until((schedule.measure_from + PROGRESS_EVERY).into()).await;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tick.tick().await;
+        let elapsed = schedule.measure_from.elapsed().as_secs_f64();
+        let done = schedule.done.load(Ordering::Relaxed);
+        let total = match schedule.stop {
+            Stop::After(d) => format!("{elapsed:.0}s of {:.0}s", d.as_secs_f64()),
+            Stop::Total(n) => format!("{elapsed:.0}s, {done} of {n} requests"),
+        };
+        eprintln!(
+            "progress: {total}: {done} requests, {:.0}/s",
+            done as f64 / elapsed
+        );
+    }
 }
 
 /// Opens `conns` HTTP/2 connections, round-robin over `endpoints`, failing fast when a
@@ -616,6 +725,7 @@ async fn preload_keys(
 enum Conn {
     Grpc(KvClient<Channel>),
     Gateway(gateway::GatewayConn),
+    Lease(lease::KeepAliveConn),
 }
 
 /// Everything a client needs to build its requests.
@@ -632,14 +742,17 @@ struct Request {
 }
 
 impl Request {
-    async fn send(&self, conn: &mut Conn, key: Vec<u8>) -> Result<(), tonic::Status> {
+    /// Sends one request on `conn`; `draw` is a random number in `0..1000`.
+    async fn send(&self, conn: &mut Conn, index: u64, draw: u64) -> Result<(), tonic::Status> {
+        let first = key(index, self.key_size);
         let kv = match conn {
             Conn::Grpc(kv) => kv,
+            Conn::Lease(lease) => return lease.keep_alive().await,
             Conn::Gateway(gw) => {
                 let sent = async {
                     match self.op {
-                        Op::Put => gw.put(&key, &self.value_b64).await,
-                        Op::Range(c) => gw.range(&key, c == Consistency::Serializable).await,
+                        Op::Range(c) => gw.range(&first, c == Consistency::Serializable).await,
+                        _ => gw.put(&first, &self.value_b64).await,
                     }
                 };
                 return tokio::time::timeout(self.timeout, sent)
@@ -650,7 +763,7 @@ impl Request {
         match self.op {
             Op::Put => {
                 let put = PutRequest {
-                    key,
+                    key: first,
                     value: self.value.as_ref().clone(),
                     ..Default::default()
                 };
@@ -658,12 +771,65 @@ impl Request {
             }
             Op::Range(consistency) => {
                 let range = RangeRequest {
-                    key,
+                    key: first,
                     serializable: consistency == Consistency::Serializable,
                     ..Default::default()
                 };
                 kv.range(self.deadline(range)).await.map(drop)
             }
+            Op::TxnPut { ops, cas } => {
+                let success = (0..u64::from(ops))
+                    .map(|j| self.put_op(key((index + j) % self.key_space, self.key_size)))
+                    .collect();
+                let compare = match cas {
+                    false => Vec::new(),
+                    true => vec![Compare {
+                        result: compare::CompareResult::Less as i32,
+                        target: compare::CompareTarget::Mod as i32,
+                        key: first,
+                        target_union: Some(compare::TargetUnion::ModRevision(1 << 62)),
+                        ..Default::default()
+                    }],
+                };
+                let txn = TxnRequest {
+                    compare,
+                    success,
+                    ..Default::default()
+                };
+                kv.txn(self.deadline(txn)).await.map(drop)
+            }
+            Op::TxnMixed {
+                reads_per_mille,
+                consistency,
+            } => {
+                let op = match draw < reads_per_mille {
+                    true => RequestOp {
+                        request: Some(request_op::Request::RequestRange(RangeRequest {
+                            key: first,
+                            serializable: consistency == Consistency::Serializable,
+                            ..Default::default()
+                        })),
+                    },
+                    false => self.put_op(first),
+                };
+                let txn = TxnRequest {
+                    success: vec![op],
+                    ..Default::default()
+                };
+                kv.txn(self.deadline(txn)).await.map(drop)
+            }
+            // Sent on its own stream above.
+            Op::LeaseKeepAlive => Ok(()),
+        }
+    }
+
+    fn put_op(&self, key: Vec<u8>) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key,
+                value: self.value.as_ref().clone(),
+                ..Default::default()
+            })),
         }
     }
 
@@ -691,14 +857,15 @@ async fn client_loop(
         last_end: schedule.measure_from,
     };
     while let Some(measured) = schedule.claim(Instant::now()) {
-        let key = key(picker.next(request.key_space), request.key_size);
+        let (index, draw) = (picker.next(request.key_space), picker.next(1000));
         let started = Instant::now();
-        let result = request.send(&mut conn, key).await;
+        let result = request.send(&mut conn, index, draw).await;
         let ended = Instant::now();
         if !measured {
             continue;
         }
         stats.last_end = ended;
+        schedule.done.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 let micros = u64::try_from((ended - started).as_micros()).unwrap_or(u64::MAX);
@@ -801,11 +968,32 @@ mod tests {
             (&["put", "--duration", "5x"], "5x"),
             (&["put", "--duration", "1s", "--total", "5"], "--total"),
             (&["range", "--consistency", "x"], "--consistency"),
+            (&["txn-put", "--txn-ops", "0"], "--txn-ops"),
+            (&["txn-put", "--txn-ops", "129"], "--txn-ops"),
+            (&["txn-mixed", "--rw-ratio=-1"], "--rw-ratio"),
+            (&["txn-put", "--gateway"], "--gateway"),
         ];
         for (args, needle) in cases {
             let err = plan(args).expect_err("must be refused");
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn txn_modes_carry_their_options() {
+        let p = plan(&["txn-put", "--txn-ops", "4", "--cas"]).expect("valid");
+        assert_eq!(p.op, Op::TxnPut { ops: 4, cas: true });
+        assert_eq!(p.op.name(false), "txn-cas");
+        let p = plan(&["txn-mixed", "--rw-ratio", "3", "--consistency", "s"]).expect("valid");
+        let want = Op::TxnMixed {
+            reads_per_mille: 750,
+            consistency: Consistency::Serializable,
+        };
+        assert_eq!(p.op, want);
+        assert_eq!(
+            plan(&["lease-keepalive"]).expect("valid").op,
+            Op::LeaseKeepAlive
+        );
     }
 
     #[test]
@@ -838,6 +1026,7 @@ mod tests {
             measure_from: now,
             stop: Stop::Total(3),
             remaining: AtomicU64::new(3),
+            done: AtomicU64::new(0),
         };
         let claimed: Vec<_> = (0..5).map(|_| schedule.claim(now)).collect();
         assert_eq!(claimed, [Some(true), Some(true), Some(true), None, None]);

@@ -67,6 +67,7 @@ impl LogStore {
             meta: store.wal_keyspace(META).map_err(io::Error::other)?,
             _in_use: in_use.clone(),
         };
+        reader.finish_purge(&store)?;
         let fsync = Fsync::spawn(store.clone(), reader.meta.clone(), in_use)?;
         Ok(LogStore {
             store,
@@ -82,6 +83,24 @@ impl LogStore {
 }
 
 impl LogReader {
+    /// Removes what a purge interrupted by a crash left at or below `last_purged`.
+    fn finish_purge(&self, store: &Store) -> io::Result<()> {
+        let Some(purged) = self.meta::<LogId>(LAST_PURGED)? else {
+            return Ok(());
+        };
+        let first = self.log.iter().keys().next().transpose();
+        match first.map_err(io::Error::other)? {
+            Some(key) if key[..] <= purged.index().to_be_bytes()[..] => purge_chunks(
+                store,
+                &self.log,
+                &self.meta,
+                0..=purged.index(),
+                encode(&purged)?,
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
         let value = self.meta.get(key).map_err(io::Error::other)?;
         value.map(|v| decode(&v)).transpose()
@@ -111,10 +130,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.reader.meta(LAST_PURGED)?;
-        let last_log_id = match self.reader.log.last().map_err(io::Error::other)? {
+        let last_entry = match self.reader.log.last().map_err(io::Error::other)? {
             Some((_, value)) => Some(decode::<Entry>(&value)?.log_id()),
-            None => last_purged_log_id,
+            None => None,
         };
+        // A purge interrupted by a crash can leave entries at or below `last_purged`
+        // (see `purge`); they are not the log's end then.
+        let last_log_id = last_entry.max(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -165,34 +187,63 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |l| l.index() + 1);
-        self.remove(from.., None).await
+        self.remove(from..).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        // Written in the same batch as the removal, so a crash cannot leave a gap that
-        // `get_log_state` would not know about.
+        // Only the entries after the previous purge are left to remove: starting the range
+        // there skips the tombstones of earlier purges instead of walking them all.
+        let from = self
+            .reader
+            .meta::<LogId>(LAST_PURGED)?
+            .map_or(0, |l| l.index() + 1);
         let marker = encode(&log_id)?;
-        self.remove(..=log_id.index(), Some(marker)).await
-    }
-}
-
-impl LogStore {
-    /// Removes the entries in `range`, and records `last_purged` if given, in one batch.
-    async fn remove(
-        &self,
-        range: impl RangeBounds<u64> + Send + 'static,
-        last_purged: Option<Vec<u8>>,
-    ) -> io::Result<()> {
         let (store, log, meta) = (
             self.store.clone(),
             self.reader.log.clone(),
             self.reader.meta.clone(),
         );
+        blocking(move || purge_chunks(&store, &log, &meta, from..=log_id.index(), marker)).await
+    }
+}
+
+/// Entries removed per batch by a purge. A batch holds the journal's lock while it is
+/// written, and appends wait for it: one batch of a whole snapshot interval (100 000
+/// entries by default) stalled puts for tens of milliseconds.
+const PURGE_CHUNK: usize = 1024;
+
+/// Removes the entries in `range` in ascending batches of [`PURGE_CHUNK`], the first of
+/// which also records `last_purged`. A crash part way leaves a contiguous tail of the log,
+/// possibly starting at or below `last_purged`; `get_log_state` allows for that, openraft
+/// never reads below `last_purged`, and the next start removes the rest (`finish_purge`).
+fn purge_chunks(
+    store: &Store,
+    log: &Keyspace,
+    meta: &Keyspace,
+    range: std::ops::RangeInclusive<u64>,
+    marker: Vec<u8>,
+) -> io::Result<()> {
+    let mut batch = store.wal_batch();
+    batch.insert(meta, LAST_PURGED, marker);
+    let mut in_batch = 0;
+    for key in log.range(key_bounds(&range)).keys() {
+        batch.remove(log, key.map_err(io::Error::other)?);
+        in_batch += 1;
+        if in_batch == PURGE_CHUNK {
+            batch.commit().map_err(io::Error::other)?;
+            batch = store.wal_batch();
+            in_batch = 0;
+        }
+    }
+    batch.commit().map_err(io::Error::other)
+}
+
+impl LogStore {
+    /// Removes the entries in `range` in one batch: a crash cannot leave a gap in the log.
+    async fn remove(&self, range: impl RangeBounds<u64> + Send + 'static) -> io::Result<()> {
+        let (store, log) = (self.store.clone(), self.reader.log.clone());
         blocking(move || {
             let mut batch = store.wal_batch();
-            if let Some(marker) = last_purged {
-                batch.insert(&meta, LAST_PURGED, marker);
-            }
             for key in log.range(key_bounds(&range)).keys() {
                 batch.remove(&log, key.map_err(io::Error::other)?);
             }
@@ -308,5 +359,79 @@ fn write_committed(meta: &Keyspace, committed: &Mutex<Option<Vec<u8>>>) -> io::R
     match value {
         Some(value) => meta.insert(COMMITTED, value).map_err(io::Error::other),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorage;
+
+    use super::*;
+    use crate::raft::Proposal;
+
+    fn entry(index: u64) -> Entry {
+        openraft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: openraft::EntryPayload::Normal(Proposal(Default::default())),
+        }
+    }
+
+    /// The log as a crash after the first batch of a purge leaves it: `last_purged` at
+    /// `purged`, entries 1..=`last` still there.
+    fn interrupted_purge(store: &Store, last: u64, purged: u64) {
+        let (log, meta) = (
+            store.wal_keyspace(LOG).expect("log"),
+            store.wal_keyspace(META).expect("meta"),
+        );
+        let mut batch = store.wal_batch();
+        for index in 1..=last {
+            batch.insert(
+                &log,
+                index.to_be_bytes(),
+                encode(&entry(index)).expect("encode"),
+            );
+        }
+        batch.insert(
+            &meta,
+            LAST_PURGED,
+            encode(&entry(purged).log_id).expect("encode"),
+        );
+        batch.commit().expect("commit");
+    }
+
+    fn indexes(store: &Store) -> Vec<u64> {
+        let log = store.wal_keyspace(LOG).expect("log");
+        log.iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.expect("key")[..].try_into().expect("8 bytes")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_purge_is_finished_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        interrupted_purge(&store, 3000, 2500);
+        let (in_use, _released) = InUse::new();
+        let mut logs = LogStore::open(store.clone(), in_use).expect("open log");
+        assert_eq!(indexes(&store), (2501..=3000).collect::<Vec<_>>());
+        let state = logs.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(3000));
+        assert_eq!(state.last_purged_log_id.map(|l| l.index()), Some(2500));
+        // The next purge starts after the last one and removes over several batches.
+        logs.purge(entry(2999).log_id).await.expect("purge");
+        assert_eq!(indexes(&store), vec![3000]);
+    }
+
+    #[tokio::test]
+    async fn a_log_purged_past_its_last_entry_ends_at_the_purge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        interrupted_purge(&store, 10, 10);
+        let (in_use, _released) = InUse::new();
+        let mut logs = LogStore::open(store.clone(), in_use).expect("open log");
+        assert!(indexes(&store).is_empty());
+        let state = logs.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(10));
     }
 }

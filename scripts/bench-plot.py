@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Throughput against clients, etcd and cairn, as an SVG, from a bench.sh results directory.
+
+    scripts/bench-plot.py bench-results/<run>/ > throughput.svg
+
+Reads RESULTS/raw/r*/SERVER.{put-N,sweep-put-N}.json (each round's raw `cairn bench put`
+result) and draws, per server, the median ops/s over the rounds at each client count
+(log scale), with a bar from the lowest to the highest round. Below it, the same for p99
+latency. Standard library only, so it runs on a fresh machine.
+"""
+
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+COLORS = {"etcd": "#1f77b4", "cairn": "#d62728"}
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 300, 70, 110, 30, 40
+
+
+def points(results):
+    """{server: {clients: [(ops_per_sec, p99_ms) per round]}}."""
+    out = {}
+    for path in glob.glob(os.path.join(results, "raw", "r*", "*.json")):
+        m = re.match(r"(etcd|cairn)\.(?:sweep-)?put-(\d+)\.json$", os.path.basename(path))
+        if not m:
+            continue
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except ValueError:
+            continue
+        if r.get("ops_per_sec"):
+            out.setdefault(m.group(1), {}).setdefault(int(m.group(2)), []).append(
+                (r["ops_per_sec"], r["p99_ms"]))
+    return out
+
+
+def nice_max(v):
+    if v <= 0:
+        return 1
+    e = 10 ** math.floor(math.log10(v))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * e >= v:
+            return m * e
+    return 10 * e
+
+
+def panel(data, index, label, y0, xs):
+    """One chart (field `index` of the points) whose top edge is at y0."""
+    plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    top = nice_max(max(v[index] for s in data.values() for rs in s.values() for v in rs))
+    lo, hi = math.log2(min(xs)), math.log2(max(xs))
+    x_of = (lambda c: PAD_L + plot_w * (math.log2(c) - lo) / (hi - lo)) if hi > lo else (
+        lambda c: PAD_L + plot_w / 2)
+    y_of = lambda v: y0 + PAD_T + plot_h * (1 - v / top)
+    svg = [f'<text x="{PAD_L}" y="{y0 + 18}" font-size="13">{label}</text>']
+    for i in range(5):
+        v = top * i / 4
+        y = y_of(v)
+        svg.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        svg.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
+    for c in xs:
+        svg.append(f'<text x="{x_of(c):.1f}" y="{y0 + PAD_T + plot_h + 16}" '
+                   f'text-anchor="middle">{c}</text>')
+    svg.append(f'<text x="{PAD_L + plot_w / 2}" y="{y0 + H - 4}" text-anchor="middle">'
+               "clients (in-flight puts)</text>")
+    for n, (server, series) in enumerate(sorted(data.items())):
+        color = COLORS.get(server, "#555")
+        line = []
+        for c in sorted(series):
+            vals = [r[index] for r in series[c]]
+            x, y = x_of(c), y_of(statistics.median(vals))
+            line.append(f"{x:.1f},{y:.1f}")
+            svg.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y_of(min(vals)):.1f}" '
+                       f'y2="{y_of(max(vals)):.1f}" stroke="{color}" stroke-width="2"/>')
+            svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
+        svg.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="{color}"/>')
+        ly = y0 + PAD_T + 10 + 18 * n
+        svg.append(f'<rect x="{W - PAD_R + 15}" y="{ly - 9}" width="12" height="3" fill="{color}"/>')
+        svg.append(f'<text x="{W - PAD_R + 32}" y="{ly - 4}">{server}</text>')
+    return svg
+
+
+def main():
+    results = sys.argv[1]
+    data = points(results)
+    if not data:
+        sys.exit(f"no put results under {results}/raw")
+    xs = sorted({c for s in data.values() for c in s})
+    rounds = len(glob.glob(os.path.join(results, "raw", "r*")))
+    body = panel(data, 0, f"put throughput, ops/s (median of {rounds} round(s), bar: min-max)",
+                 0, xs)
+    body += panel(data, 1, "put p99 latency, ms", H, xs)
+    print(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{2 * H}" '
+          'font-family="sans-serif" font-size="11">')
+    print('<rect width="100%" height="100%" fill="white"/>')
+    print("\n".join(body))
+    print("</svg>")
+
+
+if __name__ == "__main__":
+    main()
