@@ -133,7 +133,10 @@ impl AlarmList {
 }
 
 /// The alarms stored in `snap` (what `etcd_format` writes into etcd's `alarm` bucket).
-pub(super) fn in_snapshot(snap: &Snapshot, meta_ks: &Keyspace) -> Result<Vec<AlarmMember>, MvccError> {
+pub(super) fn in_snapshot(
+    snap: &Snapshot,
+    meta_ks: &Keyspace,
+) -> Result<Vec<AlarmMember>, MvccError> {
     let stored = match snap.get(meta_ks, meta::ALARMS)? {
         Some(raw) => decode(&raw)?,
         None => BTreeSet::new(),
