@@ -31,8 +31,11 @@
 #   BENCH_SNAPSHOT_KEYS  keys of the snapshot case, BENCH_SNAPSHOT_VAL_SIZE bytes each: the
 #                        store is loaded, then `etcdctl snapshot save` is timed [200000]
 #   BENCH_SNAPSHOT_VAL_SIZE  [1024]
+#   BENCH_DEFRAG_KEYS    keys of the defrag case, BENCH_DEFRAG_VAL_SIZE bytes each, written
+#                        twice and compacted; then 16 clients put for BENCH_DEFRAG_WINDOW
+#                        while `etcdctl defrag` runs [500000, 1024, 20s]
 #   BENCH_CASES          which groups run: kv, ops, sweep, watch, scale, scan, plugins,
-#                        cluster, tls, gateway, snapshot ["kv ops watch scale scan"]; kv: put at 1 and
+#                        cluster, tls, gateway, snapshot, defrag ["kv ops watch scale scan"]; kv: put at 1 and
 #                        BENCH_CLIENTS, txn compare-and-swap at 16, range l/s; ops: txn-put,
 #                        txn-mixed and lease keep-alive at BENCH_CLIENTS; sweep: put at each
 #                        of BENCH_SWEEP_CLIENTS [1 4 16 64 256] clients (the plot's points);
@@ -91,6 +94,9 @@ scale_keys=${BENCH_SCALE_KEYS:-1000000}
 scan_keys=${BENCH_SCAN_KEYS:-200000}
 snapshot_keys=${BENCH_SNAPSHOT_KEYS:-200000}
 snapshot_val_size=${BENCH_SNAPSHOT_VAL_SIZE:-1024}
+defrag_keys=${BENCH_DEFRAG_KEYS:-500000}
+defrag_val_size=${BENCH_DEFRAG_VAL_SIZE:-1024}
+defrag_window=${BENCH_DEFRAG_WINDOW:-20s}
 cases=${BENCH_CASES:-kv ops watch scale scan}
 heartbeat=${BENCH_HEARTBEAT:-100}
 election=${BENCH_ELECTION:-1000}
@@ -370,6 +376,55 @@ snapshot_server() {
 	stop_server
 }
 
+# defrag_server NAME: loads $defrag_keys keys of $defrag_val_size bytes twice (the second
+# pass overwrites every key, so half the data is garbage), compacts to the latest revision,
+# then runs `etcdctl defrag` while 16 clients put: the puts' latency over a window that
+# covers the defrag, the defrag's duration, and the sizes before and after it.
+defrag_server() {
+	local server=$1 started seconds rev before after load_pid
+	want defrag || return 0
+	server_flags=(--quota-backend-bytes 8589934592)
+	start_server "$server" -defrag
+	server_flags=()
+	log "$server: loading $defrag_keys keys of $defrag_val_size B, twice"
+	for pass in 1 2; do
+		"$CAIRN" bench --endpoints "$endpoint" --key-space "$defrag_keys" --val-size "$defrag_val_size" \
+			--total 1 --warmup 0s --clients 64 range --consistency s --preload \
+			>"$work/$server.defrag-load$pass.out" 2>&1 || {
+			log "$server defrag load FAILED"; stop_server; return 0; }
+	done
+	rev=$(db_status revision)
+	"$ETCDCTL" --endpoints="$endpoint" compaction --physical "$rev" >/dev/null
+	before=$(db_status sizes)
+	"$CAIRN" bench --endpoints "$endpoint" --key-space "$defrag_keys" --val-size "$defrag_val_size" \
+		--clients 16 --warmup 0s --duration "$defrag_window" put >"$work/$server.defrag-put.out" 2>&1 &
+	load_pid=$!
+	sleep 1
+	started=$EPOCHREALTIME
+	"$ETCDCTL" --endpoints="$endpoint" --command-timeout=600s defrag >"$work/$server.defrag.out" 2>&1 ||
+		log "$server defrag FAILED"
+	seconds=$(python3 -c "print(round($EPOCHREALTIME - $started, 3))")
+	wait "$load_pid" || log "$server defrag put load FAILED"
+	after=$(db_status sizes)
+	grep '^BENCH_RESULT ' "$work/$server.defrag-put.out" | sed 's/^BENCH_RESULT //' |
+		python3 -c 'import json, sys
+put = json.loads(sys.stdin.read() or "{}")
+before, after = (json.loads(x) for x in sys.argv[2:4])
+print(json.dumps({"defrag_seconds": float(sys.argv[1]), "db_before": before[0], "in_use_before": before[1],
+                  "db_after": after[0], "in_use_after": after[1], "put_p50_ms": put.get("p50_ms"),
+                  "put_p99_ms": put.get("p99_ms"), "put_max_ms": put.get("max_ms"),
+                  "puts_per_s": put.get("ops_per_sec"), "put_errors": put.get("errors")}))' \
+			"$seconds" "$before" "$after" >"$work/$server.defrag.json"
+	stop_server
+}
+
+# db_status revision|sizes: the server's revision, or [dbSize, dbSizeInUse] as JSON.
+db_status() {
+	"$ETCDCTL" --endpoints="$endpoint" endpoint status -w json | python3 -c 'import json, sys
+s = json.load(sys.stdin)[0]["Status"]
+print(s["header"]["revision"] if sys.argv[1] == "revision" else json.dumps([s["dbSize"], s.get("dbSizeInUse", 0)]))' "$1"
+}
+
 # plugins_server NAME: put throughput and latency without plugins and with namespace-quota +
 # schema-guard covering every key (JSON values, so every put is allowed), each on a fresh
 # data dir; then the per-call overhead of a trivial admission plugin (`cairn bench plugin`).
@@ -607,7 +662,7 @@ for round in $(seq "$repeat"); do
 		case "$server" in
 		etcd | cairn)
 			bench_server "$server" && scale_server "$server" && scan_server "$server" &&
-				snapshot_server "$server" &&
+				snapshot_server "$server" && defrag_server "$server" &&
 				plugins_server "$server" && cluster_server "$server" && tls_server "$server"
 			;;
 		*) echo "unknown server in BENCH_SERVERS: $server" >&2; exit 2 ;;
@@ -708,6 +763,18 @@ e, c = load("etcd.snapshot") or {}, load("cairn.snapshot") or {}
 title = f"etcdctl snapshot save of {snapshot_keys} keys of {snapshot_val_size} B"
 for field, label, fmt, scale in [("mb_per_s", "MB/s", "{:.1f}", 1), ("seconds", "seconds", "{:.2f}", 1),
                                  ("bytes", "snapshot file, MiB", "{:.1f}", 1048576)]:
+    ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
+    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+
+e, c = load("etcd.defrag") or {}, load("cairn.defrag") or {}
+title = "etcdctl defrag after overwriting every key and compacting, 16 clients putting meanwhile"
+for field, label, fmt, scale in [("defrag_seconds", "defrag seconds", "{:.2f}", 1),
+                                 ("put_p99_ms", "put p99 ms", "{:.2f}", 1), ("put_max_ms", "put max ms", "{:.1f}", 1),
+                                 ("puts_per_s", "puts/s", "{:.0f}", 1),
+                                 ("db_before", "dbSize before, MiB", "{:.1f}", 1048576),
+                                 ("db_after", "dbSize after, MiB", "{:.1f}", 1048576),
+                                 ("in_use_before", "dbSizeInUse before, MiB", "{:.1f}", 1048576),
+                                 ("in_use_after", "dbSizeInUse after, MiB", "{:.1f}", 1048576)]:
     ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
     rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 

@@ -9,10 +9,18 @@ use crate::core::Error;
 pub fn code(e: &Error) -> Code {
     use Error::*;
     match e {
-        EmptyKey | KeyNotFound | KeyTooLong | ValueProvided | LeaseProvided | TooManyOps
-        | DuplicateKey | InvalidSortOption | RequestTooLarge | EmptyWatchRange | TxnTooDeep(_) => {
-            Code::InvalidArgument
-        }
+        EmptyKey
+        | KeyNotFound
+        | KeyTooLong
+        | ValueProvided
+        | LeaseProvided
+        | TooManyOps
+        | DuplicateKey
+        | InvalidSortOption
+        | UnknownAlarmAction(_)
+        | RequestTooLarge
+        | EmptyWatchRange
+        | TxnTooDeep(_) => Code::InvalidArgument,
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
         Corrupt => Code::DataLoss,

@@ -69,6 +69,9 @@ impl Core {
         req: AlarmRequest,
     ) -> Result<AlarmResponse, Error> {
         self.authorize(ctx, Operation::Admin("Alarm")).await?;
+        if AlarmAction::try_from(req.action).is_err() {
+            return Err(Error::UnknownAlarmAction(req.action));
+        }
         let resp = self
             .propose(Cmd::Alarm(req), |a| match a {
                 Applied::Alarm(resp) => Some(resp),

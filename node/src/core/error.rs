@@ -31,6 +31,10 @@ pub enum Error {
     DuplicateKey,
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    /// An Alarm request whose action is not GET, ACTIVATE or DEACTIVATE (etcd 3.5.1 applies
+    /// it, answers nothing and its gRPC server crashes on the nil response).
+    #[error("cairn: unknown alarm action {0}")]
+    UnknownAlarmAction(i32),
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     /// etcd bounds nesting only by `--max-txn-ops` and the request size; cairn's validation
