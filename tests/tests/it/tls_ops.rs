@@ -173,6 +173,12 @@ async fn tls_min_version_1_3_refuses_a_tls_1_2_only_client() {
     let refused = offer(&certs.ca, Offer::TLS12, &[]).handshake(&at).await;
     let e = refused.expect_err("a TLS 1.2-only client was accepted");
     assert!(format!("{e:#}").contains("ProtocolVersion"), "{e:#}");
+    // The server logs the refused handshake on its own time, maybe after the client saw
+    // the alert.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("Tls12NotOfferedOrEnabled") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         server.log().contains("Tls12NotOfferedOrEnabled"),
         "{}",
