@@ -352,7 +352,14 @@ async fn defrag_shrinks_the_store_while_puts_and_reads_go_on() {
     let mut client = server.client().await.unwrap();
     // 128 MiB of overwritten values: far more than the new journal a defragmentation
     // starts (cairn flushes the memtables first), so the drop is not lost in it.
-    churn_and_compact(&mut client, 100, 40, 32 << 10).await;
+    // Its physical compaction can take longer than the harness client's 10 s.
+    let mut patient = Client::connect(
+        [server.client_url()],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(120))),
+    )
+    .await
+    .unwrap();
+    churn_and_compact(&mut patient, 100, 40, 32 << 10).await;
     let before = client.status().await.unwrap();
 
     // A writer and a reader run for the whole defragmentation.
