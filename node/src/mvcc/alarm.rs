@@ -46,10 +46,7 @@ impl AlarmList {
 
     /// Replaces the list in RAM by the stored one (after a snapshot is installed).
     pub(super) fn reload(&self, meta_ks: &Keyspace) -> Result<(), MvccError> {
-        let stored = match meta_ks.get(meta::ALARMS)? {
-            Some(raw) => decode(&raw)?,
-            None => BTreeSet::new(),
-        };
+        let stored = decode_stored(meta_ks.get(meta::ALARMS)?)?;
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = stored;
         Ok(())
     }
@@ -137,11 +134,7 @@ pub(super) fn in_snapshot(
     snap: &Snapshot,
     meta_ks: &Keyspace,
 ) -> Result<Vec<AlarmMember>, MvccError> {
-    let stored = match snap.get(meta_ks, meta::ALARMS)? {
-        Some(raw) => decode(&raw)?,
-        None => BTreeSet::new(),
-    };
-    Ok(stored
+    Ok(decode_stored(snap.get(meta_ks, meta::ALARMS)?)?
         .into_iter()
         .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
         .collect())
@@ -154,6 +147,11 @@ fn encode(list: &BTreeSet<Raised>) -> Vec<u8> {
         out.extend_from_slice(&alarm.to_be_bytes());
     }
     out
+}
+
+/// The stored list, empty when nothing was ever stored.
+fn decode_stored(raw: Option<impl AsRef<[u8]>>) -> Result<BTreeSet<Raised>, MvccError> {
+    raw.map_or_else(|| Ok(BTreeSet::new()), |raw| decode(raw.as_ref()))
 }
 
 fn decode(raw: &[u8]) -> Result<BTreeSet<Raised>, MvccError> {
