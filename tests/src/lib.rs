@@ -727,9 +727,15 @@ impl Server {
 
     /// A fresh etcd-client connection (5 s connect timeout, 10 s per request).
     pub async fn client(&self) -> Result<Client> {
+        self.client_with_timeout(Duration::from_secs(10)).await
+    }
+
+    /// A client whose requests wait up to `timeout`, for a request a test knows may queue
+    /// behind heavy work (a physical compaction, abandoned full-keyspace ranges).
+    pub async fn client_with_timeout(&self, timeout: Duration) -> Result<Client> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10));
+            .with_timeout(timeout);
         Client::connect([self.client_url()], Some(opts))
             .await
             .with_context(|| format!("connecting to {}", self.client_url()))

@@ -64,7 +64,11 @@ impl ReadPool {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = tx.send(read());
+            // A client that gave up (timeout, cancel) while the read queued behind others
+            // no longer waits for it: skip the work rather than delay the reads behind it.
+            if !tx.is_closed() {
+                let _ = tx.send(read());
+            }
         });
         self.jobs.send(job).map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?

@@ -353,12 +353,10 @@ async fn defrag_shrinks_the_store_while_puts_and_reads_go_on() {
     // 128 MiB of overwritten values: far more than the new journal a defragmentation
     // starts (cairn flushes the memtables first), so the drop is not lost in it.
     // Its physical compaction can take longer than the harness client's 10 s.
-    let mut patient = Client::connect(
-        [server.client_url()],
-        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(120))),
-    )
-    .await
-    .unwrap();
+    let mut patient = server
+        .client_with_timeout(Duration::from_secs(120))
+        .await
+        .unwrap();
     churn_and_compact(&mut patient, 100, 40, 32 << 10).await;
     let before = client.status().await.unwrap();
 
