@@ -25,7 +25,10 @@
 #   BENCH_WATCH_STREAMS  watch streams they are spread over [100]
 #   BENCH_WATCH_RATE     puts per second while they watch [1000]; the watch group also runs
 #                        100 watchers at 2000 puts/s (events/s and put-to-event latency)
-#   BENCH_SCALE_KEYS     keys (256 B values) loaded for the memory / restart case; 0 skips it [1000000]
+#   BENCH_SCALE_KEYS     key counts of the scale curve, each on a fresh server: load that many
+#                        keys (256 B values), put at BENCH_CLIENTS over them, a physical
+#                        compaction to the latest revision, then kill -9 and a timed restart;
+#                        "0" skips it ["10000 1000000"; add 10000000 for the 10 M point]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
 #   BENCH_SNAPSHOT_KEYS  keys of the snapshot case, BENCH_SNAPSHOT_VAL_SIZE bytes each: the
@@ -90,7 +93,7 @@ fsync_seconds=${BENCH_FSYNC_SECONDS:-4}
 watchers=${BENCH_WATCHERS:-10000}
 watch_streams=${BENCH_WATCH_STREAMS:-100}
 watch_rate=${BENCH_WATCH_RATE:-1000}
-scale_keys=${BENCH_SCALE_KEYS:-1000000}
+scale_keys=${BENCH_SCALE_KEYS:-10000 1000000}
 scan_keys=${BENCH_SCAN_KEYS:-200000}
 snapshot_keys=${BENCH_SNAPSHOT_KEYS:-200000}
 snapshot_val_size=${BENCH_SNAPSHOT_VAL_SIZE:-1024}
@@ -319,27 +322,45 @@ bench_server() {
 	stop_server
 }
 
-# scale_server NAME: loads $scale_keys distinct keys, then kill -9 and a timed restart.
+# scale_server NAME: the scale curve, one fresh server per key count of $scale_keys.
 scale_server() {
-	local server=$1 loaded_kb restart_s count
-	want scale && [ "$scale_keys" -gt 0 ] || return 0
-	start_server "$server" -scale
-	log "$server: loading $scale_keys keys"
-	"$CAIRN" bench --endpoints "$endpoint" --key-space "$scale_keys" --total 1 --warmup 0s \
-		--clients 64 range --consistency s --preload >"$work/$server.scale-load.out" 2>&1 || {
+	local n
+	want scale || return 0
+	for n in $scale_keys; do
+		[ "$n" -gt 0 ] && scale_point "$1" "$n"
+	done
+	return 0
+}
+
+# scale_point NAME KEYS: loads KEYS distinct keys, puts over them, compacts physically to
+# the latest revision (timed), then kill -9 and a timed restart; writes NAME.scale-KEYS.json.
+scale_point() {
+	local server=$1 keys=$2 loaded_kb loaded_bytes compact_s restart_s count rev started
+	local data="$work/$server-data-scale-$keys"
+	start_server "$server" "-scale-$keys"
+	log "$server: loading $keys keys"
+	"$CAIRN" bench --endpoints "$endpoint" --key-space "$keys" --total 1 --warmup 0s \
+		--clients 64 range --consistency s --preload >"$work/$server.scale-$keys-load.out" 2>&1 || {
 		log "$server scale load FAILED"; stop_server; return 0; }
 	loaded_kb=$(proc_kb "$server_pid" VmRSS)
+	loaded_bytes=$(du -sb "$data" | cut -f1)
+	run_bench "$server" "scale-$keys-put" put --duration "$duration" --warmup "$warmup" \
+		--key-space "$keys" --clients "$clients"
+	rev=$(db_status revision)
+	started=$EPOCHREALTIME
+	"$ETCDCTL" --endpoints="$endpoint" --command-timeout=30m compaction --physical "$rev" >/dev/null
+	compact_s=$(python3 -c "print(round($EPOCHREALTIME - $started, 2))")
 	kill -KILL "$server_pid"
 	wait "$server_pid" 2>/dev/null || true
 	server_pid=""
-	local started=$EPOCHREALTIME
-	start_server "$server" -scale
+	started=$EPOCHREALTIME
+	start_server "$server" "-scale-$keys"
 	restart_s=$(python3 -c "print(round($EPOCHREALTIME - $started, 2))")
 	count=$("$ETCDCTL" --endpoints="$endpoint" get "" --prefix --count-only -w fields |
 		awk -F' : ' '/"Count"/ { print $2 }')
-	printf '{"loaded_rss_kb": %s, "restart_s": %s, "restarted_rss_kb": %s, "keys": %s, "data_bytes": %s}\n' \
-		"$loaded_kb" "$restart_s" "$(proc_kb "$server_pid" VmRSS)" "$count" \
-		"$(du -sb "$work/$server-data-scale" | cut -f1)" >"$work/$server.scale.json"
+	printf '{"keys": %s, "loaded_rss_kb": %s, "data_bytes": %s, "compact_s": %s, "restart_s": %s, "restarted_rss_kb": %s, "data_bytes_after": %s}\n' \
+		"$count" "$loaded_kb" "$loaded_bytes" "$compact_s" "$restart_s" \
+		"$(proc_kb "$server_pid" VmRSS)" "$(du -sb "$data" | cut -f1)" >"$work/$server.scale-$keys.json"
 	stop_server
 }
 
@@ -741,15 +762,23 @@ for field, label in [("p50_ms", "put-to-event p50 ms"), ("p99_ms", "put-to-event
     ev, cv = e.get(field), c.get(field)
     rows.append(f"| {title} | {label} | {cell(ev, '{:.3f}')} | {cell(cv, '{:.3f}')} | {ratio(ev, cv)} |")
 
-e, c = load("etcd.scale") or {}, load("cairn.scale") or {}
-title = f"{scale_keys} keys of 256 B"
-for field, label, fmt, scale in [("loaded_rss_kb", "RSS after loading, MiB", "{:.1f}", 1024),
-                                 ("restart_s", "restart after kill -9 until healthy, s", "{:.2f}", 1),
-                                 ("restarted_rss_kb", "RSS after restart, MiB", "{:.1f}", 1024),
-                                 ("keys", "keys counted after restart", "{:.0f}", 1),
-                                 ("data_bytes", "data dir, MiB", "{:.1f}", 1048576)]:
-    ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
-    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+for n in scale_keys.split():
+    e, c = load(f"etcd.scale-{n}") or {}, load(f"cairn.scale-{n}") or {}
+    pe, pc = load(f"etcd.scale-{n}-put") or {}, load(f"cairn.scale-{n}-put") or {}
+    title = f"scale: {int(n):,} keys of 256 B"
+    for field, label, fmt in [("ops_per_sec", f"put, {clients} clients, ops/s", "{:.0f}"),
+                              ("p99_ms", f"put, {clients} clients, p99 ms", "{:.3f}")]:
+        ev, cv = pe.get(field), pc.get(field)
+        rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+    for field, label, fmt, scale in [("loaded_rss_kb", "RSS after loading, MiB", "{:.1f}", 1024),
+                                     ("data_bytes", "data dir after loading, MiB", "{:.1f}", 1048576),
+                                     ("compact_s", "physical compaction to the latest revision, s", "{:.2f}", 1),
+                                     ("restart_s", "restart after kill -9 until healthy, s", "{:.2f}", 1),
+                                     ("restarted_rss_kb", "RSS after restart, MiB", "{:.1f}", 1024),
+                                     ("data_bytes_after", "data dir after compaction and restart, MiB", "{:.1f}", 1048576),
+                                     ("keys", "keys counted after restart", "{:.0f}", 1)]:
+        ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
+        rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
 
 e, c = load("etcd.scan") or {}, load("cairn.scan") or {}
 title = f"puts at 200/s during 4 full ranges over {scan_keys} keys"
