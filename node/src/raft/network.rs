@@ -670,7 +670,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.call(&rpc, option.hard_ttl(), |mut c, req| async move {
             c.vote(req).await
         })
-            .await
+        .await
     }
 
     async fn transfer_leader(

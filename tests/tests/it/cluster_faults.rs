@@ -131,7 +131,9 @@ async fn a_restarted_leader_reads_what_it_acknowledged() {
         cluster.kill9(leader).expect("kill -9 the leader");
         cluster.relaunch(leader).expect("restart it");
         let url = cluster.member(leader).client_url();
-        let read = first_read(&url, "key").await.expect("the restarted leader answers");
+        let read = first_read(&url, "key")
+            .await
+            .expect("the restarted leader answers");
         assert_eq!(
             read, acknowledged,
             "round {round}: the first read of the restarted leader"
