@@ -606,17 +606,24 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Initializes a pristine member as the sole voter, then waits for leadership. On a
-    /// restart there is nothing to do: openraft restores a leader whose committed vote it
-    /// finds (always the case for a sole voter that had been elected), or elects it after an
-    /// election timeout.
+    /// Initializes a pristine member as the sole voter, then waits for leadership. A
+    /// restarted member campaigns at once instead of after an election timeout: it does not
+    /// resume its term (see `openraft_config`), and alone it wins at once.
     async fn become_leader(
         &self,
         id: u64,
         member: MemberInfo,
         wait: Duration,
     ) -> Result<(), RaftError> {
-        self.initialize(BTreeMap::from([(id, member)])).await?;
+        if self.raft.is_initialized().await.map_err(stopped_or_fatal)? {
+            self.raft
+                .trigger()
+                .elect(false)
+                .await
+                .map_err(stopped_or_fatal)?;
+        } else {
+            self.initialize(BTreeMap::from([(id, member)])).await?;
+        }
         self.raft
             .wait(Some(wait))
             .state(ServerState::Leader, "start")
@@ -677,6 +684,14 @@ fn openraft_config(settings: &RaftSettings) -> Result<Config, RaftError> {
         // openraft's 200 ms default bounds a whole transfer; the transport bounds it
         // itself (`network`).
         install_snapshot_timeout: millis(network::SNAPSHOT_TIMEOUT),
+        // A restarted leader must win an election again, as in etcd, instead of resuming
+        // its term (openraft's default, openraft#1511). Apply does not fsync and the commit
+        // index is saved lazily, so after `kill -9` it comes back with a state machine behind
+        // writes it had acknowledged; resumed, its read index would be the first entry of its
+        // term or that stale commit index, and it would serve them stale until its followers
+        // told it the commit index again. Elected, its read index is its new term's blank
+        // entry, which a read waits to be applied, and with it the whole log.
+        enable_leader_restore: Some(false),
         ..Config::default()
     };
     config

@@ -603,12 +603,12 @@ pub(super) struct PeerClient {
 }
 
 impl PeerClient {
-    /// One raft RPC: encode, send with openraft's deadline, decode; a failure to reach the
-    /// peer is `Unreachable` (openraft backs off), a bad answer a network error.
+    /// One raft RPC: encode, send with `deadline`, decode; a failure to reach the peer is
+    /// `Unreachable` (openraft backs off), a bad answer a network error.
     async fn call<Req, Resp, Fut>(
         &mut self,
         rpc: &Req,
-        option: &RPCOption,
+        deadline: Duration,
         send: impl FnOnce(RaftPeerClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
     ) -> Result<Resp, RPCError<TypeConfig>>
     where
@@ -626,7 +626,7 @@ impl PeerClient {
             .client(self.target, member.as_ref().unwrap_or(&self.member))
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let started = Instant::now();
-        let req = self.peers.request(RaftMessage { data }, option.hard_ttl());
+        let req = self.peers.request(RaftMessage { data }, deadline);
         let resp = send(client, req).await.map_err(|status| {
             let e = self.peers.failed(self.target, status);
             RPCError::Unreachable(Unreachable::new(&e))
@@ -646,8 +646,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // openraft's heartbeats are append-entries without entries.
         let is_heartbeat = rpc.entries.is_empty();
+        // openraft's deadline here is the heartbeat interval, shorter than a follower's
+        // fsync on a loaded machine or a slow link's round trip: then no entry would ever
+        // commit. etcd gives raft messages seconds; the request timeout bounds the proposal
+        // waiting for this anyway. (openraft times its heartbeats out itself.)
+        let deadline = option.hard_ttl().max(self.peers.forward_timeout);
         let sent = self
-            .call(&rpc, &option, |mut c, req| async move {
+            .call(&rpc, deadline, |mut c, req| async move {
                 c.append_entries(req).await
             })
             .await;
@@ -662,8 +667,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, req| async move { c.vote(req).await })
-            .await
+        self.call(&rpc, option.hard_ttl(), |mut c, req| async move {
+            c.vote(req).await
+        })
+        .await
     }
 
     async fn transfer_leader(
@@ -671,7 +678,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&req, &option, |mut c, req| async move {
+        self.call(&req, option.hard_ttl(), |mut c, req| async move {
             c.transfer_leader(req).await
         })
         .await
