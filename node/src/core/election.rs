@@ -166,11 +166,7 @@ impl Core {
         let end = crate::proto::prefix_end(prefix);
         let mut events = self.watch_events(KeyRange::new(prefix.to_vec(), &end), from);
         while let Some(batch) = events.next().await {
-            if let Some(kv) = batch
-                .iter()
-                .find(|e| e.is_put())
-                .and_then(|e| e.kv())
-            {
+            if let Some(kv) = batch.iter().find(|e| e.is_put()).and_then(|e| e.kv()) {
                 return Some(kv);
             }
         }

@@ -90,7 +90,10 @@ mod tests {
             prev_kv: Some(kv("k", "old", 6)),
         };
         let shared = SharedEvent::new(&event);
-        assert_eq!((shared.key(), shared.revision(), shared.is_put()), (&b"k"[..], 7, false));
+        assert_eq!(
+            (shared.key(), shared.revision(), shared.is_put()),
+            (&b"k"[..], 7, false)
+        );
         assert_eq!(Event::decode(shared.encoded(true)).unwrap(), event);
         assert_eq!(shared.kv(), event.kv);
         let bare = Event {

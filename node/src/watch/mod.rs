@@ -316,7 +316,10 @@ fn matching(events: &[Arc<SharedEvent>], range: &KeyRange) -> Vec<Arc<SharedEven
 }
 
 fn share(events: &[Event]) -> Vec<Arc<SharedEvent>> {
-    events.iter().map(|e| Arc::new(SharedEvent::new(e))).collect()
+    events
+        .iter()
+        .map(|e| Arc::new(SharedEvent::new(e)))
+        .collect()
 }
 
 fn gauge(n: usize) -> i64 {

@@ -50,9 +50,9 @@ fn collect_until(rx: &mut UnboundedReceiver<WatchMsg>, last: i64) -> Vec<Vec<i64
     while got.last().and_then(|m| m.last()).copied().unwrap_or(0) < last {
         assert!(Instant::now() < deadline, "timed out; got {got:?}");
         match rx.try_recv() {
-            Ok(WatchMsg::Events { events, .. }) => got.push(
-                events.iter().map(|e| e.revision()).collect(),
-            ),
+            Ok(WatchMsg::Events { events, .. }) => {
+                got.push(events.iter().map(|e| e.revision()).collect())
+            }
             Ok(other) => panic!("unexpected {other:?}"),
             Err(_) => thread::sleep(Duration::from_millis(2)),
         }

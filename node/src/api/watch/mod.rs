@@ -386,7 +386,10 @@ mod tests {
 
     #[test]
     fn filters() {
-        let events: Events = Arc::new(vec![event(EventType::Put, "p"), event(EventType::Delete, "d")]);
+        let events: Events = Arc::new(vec![
+            event(EventType::Put, "p"),
+            event(EventType::Delete, "d"),
+        ]);
         let watch = ClientWatch {
             watcher: 1,
             prev_kv: false,
@@ -395,14 +398,21 @@ mod tests {
             fragment: false,
             progress: None,
         };
-        let keys = |events: Events| -> Vec<Vec<u8>> { events.iter().map(|e| e.key().to_vec()).collect() };
-        assert_eq!(keys(select_events(&watch, events.clone())), vec![b"p".to_vec()]);
+        let keys =
+            |events: Events| -> Vec<Vec<u8>> { events.iter().map(|e| e.key().to_vec()).collect() };
+        assert_eq!(
+            keys(select_events(&watch, events.clone())),
+            vec![b"p".to_vec()]
+        );
         let watch = ClientWatch {
             no_put: true,
             no_delete: false,
             ..watch
         };
-        assert_eq!(keys(select_events(&watch, events.clone())), vec![b"d".to_vec()]);
+        assert_eq!(
+            keys(select_events(&watch, events.clone())),
+            vec![b"d".to_vec()]
+        );
         let watch = ClientWatch {
             no_put: false,
             ..watch

@@ -28,7 +28,10 @@ pub struct WatchReply {
 impl From<WatchResponse> for WatchReply {
     /// A response without events (created, canceled, progress).
     fn from(base: WatchResponse) -> WatchReply {
-        debug_assert!(base.events.is_empty(), "events go through WatchReply::events");
+        debug_assert!(
+            base.events.is_empty(),
+            "events go through WatchReply::events"
+        );
         WatchReply {
             base,
             events: Events::default(),
