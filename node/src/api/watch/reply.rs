@@ -187,12 +187,12 @@ mod tests {
         let events: Vec<Event> = (0..10).map(|i| put(&format!("k{i}"), 100)).collect();
         let parts = reply(&events, false).fragments(350);
         assert!(parts.len() > 1);
-        let decoded: Vec<WatchResponse> = parts.iter().map(decoded).collect();
-        let flags: Vec<bool> = decoded.iter().map(|p| p.fragment).collect();
+        let responses: Vec<WatchResponse> = parts.iter().map(decoded).collect();
+        let flags: Vec<bool> = responses.iter().map(|p| p.fragment).collect();
         assert!(flags[..flags.len() - 1].iter().all(|f| *f) && !flags[flags.len() - 1]);
         assert!(parts.iter().all(|p| p.encoded_len() < 350));
-        assert!(decoded.iter().all(|p| p.watch_id == 7));
-        let joined: Vec<Event> = decoded.into_iter().flat_map(|p| p.events).collect();
+        assert!(responses.iter().all(|p| p.watch_id == 7));
+        let joined: Vec<Event> = responses.into_iter().flat_map(|p| p.events).collect();
         let expected: Vec<Event> = events
             .iter()
             .map(|e| Event {
