@@ -750,8 +750,10 @@ for field, label, fmt in [("p50_ms", "event p50 ms", "{:.3f}"), ("p99_ms", "even
                           ("events_expected", "events expected", "{:d}")]:
     ev, cv = e.get(field), c.get(field)
     rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
-ev, cv = (x / 1024 if x is not None else None for x in (e.get("server_rss_kib"), c.get("server_rss_kib")))
-rows.append(f"| {title} | server RSS while watching, MiB | {cell(ev, '{:.1f}')} | {cell(cv, '{:.1f}')} | {ratio(ev, cv)} |")
+for field, label in [("server_rss_kib", "server RSS while watching, MiB"),
+                     ("server_peak_rss_kib", "server peak RSS, MiB")]:
+    ev, cv = (x / 1024 if x is not None else None for x in (e.get(field), c.get(field)))
+    rows.append(f"| {title} | {label} | {cell(ev, '{:.1f}')} | {cell(cv, '{:.1f}')} | {ratio(ev, cv)} |")
 e, c = load("etcd.watch-100") or {}, load("cairn.watch-100") or {}
 title = "watch, 100 watchers, 2000 puts/s (200 000 events/s offered)"
 def per_sec(m):

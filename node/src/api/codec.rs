@@ -3,7 +3,10 @@
 //! - a `TxnRequest` is decoded with [`crate::proto::nesting`], so nested txns are accepted
 //!   as deep as etcd accepts them (prost alone stops at about 49 levels) and deeper ones get
 //!   etcd's answer instead of a decoder error;
-//! - malformed bytes get grpc-go's answer: `Internal`, `grpc: error unmarshalling request: ...`.
+//! - malformed bytes get grpc-go's answer: `Internal`, `grpc: error unmarshalling request: ...`;
+//! - what it encodes is a [`Reply`]: any prost message, or a watch response whose events
+//!   were encoded once for all watchers (the Watch service's server is written by hand for
+//!   that, see `api::watch::server`).
 //!
 //! Which depth etcd accepts depends on `--max-txn-ops`, which the generated services cannot
 //! hand to a codec (they build it with `Default`), so [`set_max_txn_ops`] records it once at
@@ -13,8 +16,8 @@ use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use prost::bytes::Buf;
-use prost::Message;
+use prost::bytes::{Buf, BufMut};
+use prost::{EncodeError, Message};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
@@ -52,6 +55,17 @@ fn unmarshal_error(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("grpc: error unmarshalling request: {e}"))
 }
 
+/// A response as the codec writes it.
+pub trait Reply {
+    fn encode_reply(self, buf: &mut impl BufMut) -> Result<(), EncodeError>;
+}
+
+impl<M: Message> Reply for M {
+    fn encode_reply(self, buf: &mut impl BufMut) -> Result<(), EncodeError> {
+        self.encode(buf)
+    }
+}
+
 /// prost encoding and decoding, as `tonic_prost::ProstCodec`, with the changes above.
 #[derive(Debug, Clone)]
 pub struct EtcdCodec<T, U>(PhantomData<(T, U)>);
@@ -64,7 +78,7 @@ impl<T, U> Default for EtcdCodec<T, U> {
 
 impl<T, U> Codec for EtcdCodec<T, U>
 where
-    T: Message + Send + 'static,
+    T: Reply + Send + 'static,
     U: Message + Default + Send + 'static,
 {
     type Encode = T;
@@ -84,13 +98,13 @@ where
 #[derive(Debug, Clone)]
 pub struct EtcdEncoder<T>(PhantomData<T>);
 
-impl<T: Message> Encoder for EtcdEncoder<T> {
+impl<T: Reply> Encoder for EtcdEncoder<T> {
     type Item = T;
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         // The buffer grows as needed, so this cannot run out of space.
-        item.encode(buf)
+        item.encode_reply(buf)
             .map_err(|e| Status::internal(format!("encoding a response: {e}")))
     }
 }

@@ -33,7 +33,7 @@ use futures::FutureExt;
 use crate::core::{Core, Error, RequestContext, Transport};
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
@@ -74,9 +74,7 @@ pub fn router(
         ElectionServer::new(election::ElectionService(core.clone()))
             .max_decoding_message_size(max_msg),
     )
-    .add_service(
-        WatchServer::new(watch::WatchService(core.clone())).max_decoding_message_size(max_msg),
-    )
+    .add_service(watch::WatchServer::new(core.clone(), max_msg))
     .add_service(
         AuthServer::new(auth::AuthService(core.clone())).max_decoding_message_size(max_msg),
     )

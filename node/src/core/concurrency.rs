@@ -16,7 +16,7 @@ use crate::proto::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
     ResponseHeader, TxnRequest, TxnResponse,
 };
-use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+use crate::proto::mvccpb::KeyValue;
 use crate::proto::prefix_end;
 use crate::watch::{self, KeyRange, WatchMsg, WatcherId};
 
@@ -182,7 +182,7 @@ impl Core {
             let from = resp.header.as_ref().map_or(0, |h| h.revision);
             let mut events = self.watch_events(KeyRange::new(last.key.clone(), &[]), from);
             while let Some(batch) = events.next().await {
-                if batch.iter().any(|e| e.r#type == EventType::Delete as i32) {
+                if batch.iter().any(|e| !e.is_put()) {
                     break;
                 }
             }
@@ -272,7 +272,7 @@ pub(super) struct EventStream {
 impl EventStream {
     /// The next revision's events; `None` once the watch ended (compacted or hub stopped),
     /// after which callers re-read the state and watch again.
-    pub(super) async fn next(&mut self) -> Option<Arc<Vec<Event>>> {
+    pub(super) async fn next(&mut self) -> Option<watch::Events> {
         loop {
             match self.rx.recv().await? {
                 WatchMsg::Events { events, .. } => return Some(events),

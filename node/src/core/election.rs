@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::concurrency::{prefix_of, Abandoned};
 use super::context::RequestContext;
 use super::{Core, Error};
-use crate::proto::mvccpb::{event::EventType, KeyValue};
+use crate::proto::mvccpb::KeyValue;
 use crate::proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse,
@@ -148,10 +148,10 @@ impl Core {
             }
             'leader: while let Some(batch) = events.next().await {
                 for event in batch.iter() {
-                    if event.r#type == EventType::Delete as i32 {
+                    if !event.is_put() {
                         break 'leader;
                     }
-                    if let Some(kv) = event.kv.clone() {
+                    if let Some(kv) = event.kv() {
                         if !self.send_leader(&tx, kv).await {
                             return;
                         }
@@ -166,11 +166,7 @@ impl Core {
         let end = crate::proto::prefix_end(prefix);
         let mut events = self.watch_events(KeyRange::new(prefix.to_vec(), &end), from);
         while let Some(batch) = events.next().await {
-            if let Some(kv) = batch
-                .iter()
-                .find(|e| e.r#type == EventType::Put as i32)
-                .and_then(|e| e.kv.clone())
-            {
+            if let Some(kv) = batch.iter().find(|e| e.is_put()).and_then(|e| e.kv()) {
                 return Some(kv);
             }
         }

@@ -20,6 +20,9 @@
 //!   revision is on disk (apply notifies after committing). So no event is lost between
 //!   reading history and joining the live feed, and none is delivered twice.
 //!
+//! Each event is encoded once ([`SharedEvent`]) and shared, not copied, by the messages of
+//! all the watchers it goes to.
+//!
 //! Messages of all watchers of one gRPC stream go through one unbounded channel (a
 //! [`Sink`]); it is bounded in practice by the per-watcher buffer. The stream applies the
 //! per-watcher options that do not change which revisions are sent (filters, prev_kv).
@@ -34,6 +37,12 @@ use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::mvcc::{Mvcc, MvccError};
 use crate::proto::mvccpb::Event;
+
+mod event;
+pub use event::SharedEvent;
+
+/// Events of one message, shared by every watcher of the same range that gets them.
+pub type Events = Arc<Vec<Arc<SharedEvent>>>;
 
 /// Messages one watcher may have queued before it is moved to the unsynced set (etcd
 /// buffers 128 responses per stream; cairn counts per watcher so one busy watch does not
@@ -86,14 +95,14 @@ impl KeyRange {
     }
 }
 
-/// A message for one stream. Events are shared between the watchers they went to.
+/// A message for one stream.
 #[derive(Debug)]
 pub enum WatchMsg {
     /// Events of one or more whole revisions, in order. `revision` is the header revision.
     Events {
         watcher: WatcherId,
         revision: i64,
-        events: Arc<Vec<Event>>,
+        events: Events,
         /// Frees the watcher's buffer slot when the message is dropped (sent or not).
         credit: Credit,
     },
@@ -234,12 +243,8 @@ impl State {
     }
 
     /// Hands one revision's events to the synced watchers they concern.
-    fn dispatch(&mut self, events: &Arc<Vec<Event>>) {
-        let Some(rev) = events
-            .first()
-            .and_then(|e| e.kv.as_ref())
-            .map(|kv| kv.mod_revision)
-        else {
+    fn dispatch(&mut self, events: &[Arc<SharedEvent>]) {
+        let Some(rev) = events.first().map(|e| e.revision()) else {
             return;
         };
         if rev <= self.rev {
@@ -256,11 +261,8 @@ impl State {
                 deliver(&mut self.watchers, ids, rev, &mine, &mut slow);
             }
         }
-        for event in events.iter() {
-            let Some(key) = event.kv.as_ref().map(|kv| kv.key.as_slice()) else {
-                continue;
-            };
-            if let Some(ids) = self.synced_keys.get(key) {
+        for event in events {
+            if let Some(ids) = self.synced_keys.get(event.key()) {
                 let mine = Arc::new(vec![event.clone()]);
                 deliver(&mut self.watchers, ids, rev, &mine, &mut slow);
             }
@@ -280,7 +282,7 @@ fn deliver(
     watchers: &mut HashMap<WatcherId, Watcher>,
     ids: &HashSet<WatcherId>,
     rev: i64,
-    events: &Arc<Vec<Event>>,
+    events: &Events,
     slow: &mut Vec<WatcherId>,
 ) {
     for id in ids {
@@ -305,11 +307,18 @@ fn deliver(
 }
 
 /// The events among `events` whose key is in `range`.
-fn matching(events: &[Event], range: &KeyRange) -> Vec<Event> {
+fn matching(events: &[Arc<SharedEvent>], range: &KeyRange) -> Vec<Arc<SharedEvent>> {
     events
         .iter()
-        .filter(|e| e.kv.as_ref().is_some_and(|kv| range.contains(&kv.key)))
+        .filter(|e| range.contains(e.key()))
         .cloned()
+        .collect()
+}
+
+fn share(events: &[Event]) -> Vec<Arc<SharedEvent>> {
+    events
+        .iter()
+        .map(|e| Arc::new(SharedEvent::new(e)))
         .collect()
 }
 
@@ -333,7 +342,7 @@ impl Shared {
 /// The hub. Dropping it stops its threads.
 pub struct WatchHub {
     shared: Arc<Shared>,
-    dispatch: Mutex<mpsc::Sender<Arc<Vec<Event>>>>,
+    dispatch: Mutex<mpsc::Sender<Vec<Arc<SharedEvent>>>>,
     wake_syncer: Mutex<mpsc::Sender<()>>,
     /// How often idle watches with `progress_notify` get a progress response.
     pub progress_interval: Duration,
@@ -353,7 +362,7 @@ impl WatchHub {
             }),
             mvcc,
         });
-        let (dispatch, queue) = mpsc::channel::<Arc<Vec<Event>>>();
+        let (dispatch, queue) = mpsc::channel::<Vec<Arc<SharedEvent>>>();
         let (wake_syncer, wake) = mpsc::channel();
         let s = shared.clone();
         spawn("watch-dispatch", move || {
@@ -378,7 +387,7 @@ impl WatchHub {
         }
         if let Ok(tx) = self.dispatch.lock() {
             // The dispatcher only stops when the hub is dropped.
-            let _ = tx.send(Arc::new(events.to_vec()));
+            let _ = tx.send(share(events));
         }
     }
 
@@ -559,7 +568,7 @@ fn sync_pass(shared: &Shared) -> Result<bool, MvccError> {
             .mvcc
             .events(from, hub_rev, SYNC_CHUNK_EVENTS, prev_kv)
         {
-            Ok(events) => events,
+            Ok(events) => share(&events),
             Err(MvccError::Compacted) => {
                 drop_compacted(shared, &lagging);
                 return Ok(true);
@@ -567,21 +576,17 @@ fn sync_pass(shared: &Shared) -> Result<bool, MvccError> {
             Err(e) => return Err(e),
         }
     };
-    let chunk_end = match events.last().and_then(|e| e.kv.as_ref()) {
-        Some(kv) if events.len() >= SYNC_CHUNK_EVENTS => kv.mod_revision,
+    let chunk_end = match events.last() {
+        Some(e) if events.len() >= SYNC_CHUNK_EVENTS => e.revision(),
         _ => hub_rev,
     };
-    let mut parts: HashMap<(&KeyRange, i64), Arc<Vec<Event>>> = HashMap::new();
+    let mut parts: HashMap<(&KeyRange, i64), Events> = HashMap::new();
     for l in &lagging {
         let mine = parts.entry((&l.range, l.next_rev)).or_insert_with(|| {
             Arc::new(
                 events
                     .iter()
-                    .filter(|e| {
-                        e.kv.as_ref().is_some_and(|kv| {
-                            kv.mod_revision >= l.next_rev && l.range.contains(&kv.key)
-                        })
-                    })
+                    .filter(|e| e.revision() >= l.next_rev && l.range.contains(e.key()))
                     .cloned()
                     .collect(),
             )

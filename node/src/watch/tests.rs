@@ -50,12 +50,9 @@ fn collect_until(rx: &mut UnboundedReceiver<WatchMsg>, last: i64) -> Vec<Vec<i64
     while got.last().and_then(|m| m.last()).copied().unwrap_or(0) < last {
         assert!(Instant::now() < deadline, "timed out; got {got:?}");
         match rx.try_recv() {
-            Ok(WatchMsg::Events { events, .. }) => got.push(
-                events
-                    .iter()
-                    .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
-                    .collect(),
-            ),
+            Ok(WatchMsg::Events { events, .. }) => {
+                got.push(events.iter().map(|e| e.revision()).collect())
+            }
             Ok(other) => panic!("unexpected {other:?}"),
             Err(_) => thread::sleep(Duration::from_millis(2)),
         }
@@ -220,11 +217,10 @@ fn watchers_far_apart_in_history_each_get_every_revision_once() {
         match rx.try_recv() {
             Ok(WatchMsg::Events {
                 watcher, events, ..
-            }) => seen.entry(watcher).or_default().extend(
-                events
-                    .iter()
-                    .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision)),
-            ),
+            }) => seen
+                .entry(watcher)
+                .or_default()
+                .extend(events.iter().map(|e| e.revision())),
             Ok(other) => panic!("unexpected {other:?}"),
             Err(_) => thread::sleep(Duration::from_millis(2)),
         }

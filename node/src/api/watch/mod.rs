@@ -5,15 +5,13 @@
 //!
 //! The hub decides which revisions a watcher gets; this layer applies the per-watch options
 //! that do not change that (NOPUT/NODELETE filters, `prev_kv`, `fragment`) and maps hub
-//! watcher ids to the client's watch ids.
+//! watcher ids to the client's watch ids. Events reach the client as the bytes the hub
+//! encoded once ([`reply`]), through a hand-written tonic server ([`server`]).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -22,10 +20,14 @@ use super::{context, record_end, record_start, Method};
 use crate::core::{Core, Error, RequestContext};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use crate::proto::mvccpb::{event::EventType, Event};
-use crate::watch::{self, Sink, WatchMsg, WatcherId};
+use crate::watch::{self, Events, Sink, WatchMsg, WatcherId};
+
+mod reply;
+mod server;
+
+use reply::WatchReply;
+pub use server::WatchServer;
 
 const METHOD: Method = Method {
     service: "etcdserverpb.Watch",
@@ -41,23 +43,17 @@ const PROGRESS_RETRY: Duration = Duration::from_millis(100);
 
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
-pub struct WatchService(pub Arc<Core>);
+struct WatchService(Arc<Core>);
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+type ReplyStream = ReceiverStream<Result<WatchReply, Status>>;
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<WatchStream>, Status> {
+impl WatchService {
+    fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Response<ReplyStream> {
         let (out, responses) = mpsc::channel(OUT_BUFFER);
         let (sink, msgs) = watch::channel();
         let stream = StreamTask::new(self.0.clone(), context(&request), out, sink);
         tokio::spawn(stream.run(request.into_inner(), msgs));
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        Response::new(ReceiverStream::new(responses))
     }
 }
 
@@ -79,7 +75,7 @@ struct StreamTask {
     core: Arc<Core>,
     /// The client's context: every watch of the stream is created as the stream's caller.
     ctx: RequestContext,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Result<WatchReply, Status>>,
     sink: Sink,
     watches: HashMap<i64, ClientWatch>,
     by_watcher: HashMap<WatcherId, i64>,
@@ -93,7 +89,7 @@ impl StreamTask {
     fn new(
         core: Arc<Core>,
         ctx: RequestContext,
-        out: mpsc::Sender<Result<WatchResponse, Status>>,
+        out: mpsc::Sender<Result<WatchReply, Status>>,
         sink: Sink,
     ) -> StreamTask {
         StreamTask {
@@ -153,8 +149,8 @@ impl StreamTask {
         }
     }
 
-    async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
-        self.out.send(Ok(resp)).await.map_err(|_| Gone)
+    async fn send(&self, resp: impl Into<WatchReply>) -> Result<(), Gone> {
+        self.out.send(Ok(resp.into())).await.map_err(|_| Gone)
     }
 
     async fn on_request(&mut self, req: WatchRequest) -> Result<(), Gone> {
@@ -279,26 +275,26 @@ impl StreamTask {
                 let Some((&id, watch)) = self.client_watch(watcher) else {
                     return Ok(()); // canceled meanwhile
                 };
-                let events = select_events(watch, &events);
+                let events = select_events(watch, events);
                 drop(credit);
                 if events.is_empty() {
                     return Ok(());
                 }
-                let fragment = watch.fragment;
+                let (fragment, prev_kv) = (watch.fragment, watch.prev_kv);
                 if let Some(watch) = self.watches.get_mut(&id) {
                     if let Some(idle) = watch.progress.as_mut() {
                         *idle = false;
                     }
                 }
-                let resp = WatchResponse {
+                let base = WatchResponse {
                     header: self.core.header(revision),
                     watch_id: id,
-                    events,
                     ..Default::default()
                 };
+                let resp = WatchReply::events(base, events, prev_kv);
                 if fragment {
                     let max = self.core.limits().max_request_bytes;
-                    for part in fragments(resp, max) {
+                    for part in resp.fragments(max) {
                         self.send(part).await?;
                     }
                     Ok(())
@@ -348,56 +344,18 @@ impl StreamTask {
     }
 }
 
-/// The events a watch sends: its filters applied, prev_kv kept only when asked for.
-fn select_events(watch: &ClientWatch, events: &[Event]) -> Vec<Event> {
-    events
+/// The events a watch sends: its filters applied (whether it gets their `prev_kv` is the
+/// reply's choice). Unfiltered, the hub's shared list is sent as is.
+fn select_events(watch: &ClientWatch, events: Events) -> Events {
+    if !watch.no_put && !watch.no_delete {
+        return events;
+    }
+    let kept = events
         .iter()
-        .filter(|e| {
-            let put = e.r#type == EventType::Put as i32;
-            !(put && watch.no_put || !put && watch.no_delete)
-        })
-        .map(|e| Event {
-            prev_kv: if watch.prev_kv {
-                e.prev_kv.clone()
-            } else {
-                None
-            },
-            ..e.clone()
-        })
-        .collect()
-}
-
-/// etcd's `sendFragments`: a response of at least `max` bytes with two or more events is
-/// split into parts each under `max` (or a single event), all but the last with `fragment`.
-fn fragments(resp: WatchResponse, max: usize) -> Vec<WatchResponse> {
-    if resp.encoded_len() < max || resp.events.len() < 2 {
-        return vec![resp];
-    }
-    let mut parts = Vec::new();
-    let mut events = resp.events.into_iter().peekable();
-    while events.peek().is_some() {
-        let mut part = WatchResponse {
-            header: resp.header,
-            watch_id: resp.watch_id,
-            created: resp.created,
-            canceled: resp.canceled,
-            compact_revision: resp.compact_revision,
-            cancel_reason: resp.cancel_reason.clone(),
-            fragment: true,
-            events: Vec::new(),
-        };
-        while let Some(event) = events.peek() {
-            part.events.push(event.clone());
-            if part.events.len() > 1 && part.encoded_len() >= max {
-                part.events.pop();
-                break;
-            }
-            events.next();
-        }
-        part.fragment = events.peek().is_some();
-        parts.push(part);
-    }
-    parts
+        .filter(|e| !(e.is_put() && watch.no_put || !e.is_put() && watch.no_delete))
+        .cloned()
+        .collect();
+    Arc::new(kept)
 }
 
 /// The cancel reason of a refused watch: etcd writes a permission refusal as the gRPC
@@ -412,46 +370,26 @@ fn cancel_reason(e: Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::mvccpb::KeyValue;
+    use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+    use crate::watch::SharedEvent;
 
-    fn put(key: &str, size: usize) -> Event {
-        Event {
-            r#type: EventType::Put as i32,
+    fn event(kind: EventType, key: &str) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent::new(&Event {
+            r#type: kind as i32,
             kv: Some(KeyValue {
                 key: key.into(),
-                value: vec![b'x'; size],
                 ..Default::default()
             }),
             prev_kv: None,
-        }
+        }))
     }
 
     #[test]
-    fn large_responses_are_split_into_fragments() {
-        let resp = WatchResponse {
-            watch_id: 7,
-            events: (0..10).map(|i| put(&format!("k{i}"), 100)).collect(),
-            ..Default::default()
-        };
-        let parts = fragments(resp.clone(), 350);
-        assert!(parts.len() > 1);
-        let flags: Vec<bool> = parts.iter().map(|p| p.fragment).collect();
-        assert!(flags[..flags.len() - 1].iter().all(|f| *f) && !flags[flags.len() - 1]);
-        assert!(parts
-            .iter()
-            .all(|p| p.encoded_len() < 350 && p.watch_id == 7));
-        let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
-        assert_eq!(joined, resp.events);
-        assert_eq!(fragments(resp.clone(), 1 << 20), vec![resp]);
-    }
-
-    #[test]
-    fn filters_and_prev_kv() {
-        let mut del = put("d", 0);
-        del.r#type = EventType::Delete as i32;
-        let mut with_prev = put("p", 1);
-        with_prev.prev_kv = Some(KeyValue::default());
-        let events = vec![with_prev, del];
+    fn filters() {
+        let events: Events = Arc::new(vec![
+            event(EventType::Put, "p"),
+            event(EventType::Delete, "d"),
+        ]);
         let watch = ClientWatch {
             watcher: 1,
             prev_kv: false,
@@ -460,17 +398,25 @@ mod tests {
             fragment: false,
             progress: None,
         };
-        let got = select_events(&watch, &events);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].prev_kv, None);
+        let keys =
+            |events: Events| -> Vec<Vec<u8>> { events.iter().map(|e| e.key().to_vec()).collect() };
+        assert_eq!(
+            keys(select_events(&watch, events.clone())),
+            vec![b"p".to_vec()]
+        );
         let watch = ClientWatch {
-            prev_kv: true,
             no_put: true,
             no_delete: false,
             ..watch
         };
-        let got = select_events(&watch, &events);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].r#type, EventType::Delete as i32);
+        assert_eq!(
+            keys(select_events(&watch, events.clone())),
+            vec![b"d".to_vec()]
+        );
+        let watch = ClientWatch {
+            no_put: false,
+            ..watch
+        };
+        assert!(Arc::ptr_eq(&select_events(&watch, events.clone()), &events));
     }
 }
