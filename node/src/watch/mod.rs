@@ -342,7 +342,7 @@ impl Shared {
 /// The hub. Dropping it stops its threads.
 pub struct WatchHub {
     shared: Arc<Shared>,
-    dispatch: Mutex<mpsc::Sender<Vec<Arc<SharedEvent>>>>,
+    dispatch: Mutex<mpsc::Sender<Vec<Event>>>,
     wake_syncer: Mutex<mpsc::Sender<()>>,
     /// How often idle watches with `progress_notify` get a progress response.
     pub progress_interval: Duration,
@@ -362,11 +362,13 @@ impl WatchHub {
             }),
             mvcc,
         });
-        let (dispatch, queue) = mpsc::channel::<Vec<Arc<SharedEvent>>>();
+        let (dispatch, queue) = mpsc::channel::<Vec<Event>>();
         let (wake_syncer, wake) = mpsc::channel();
         let s = shared.clone();
         spawn("watch-dispatch", move || {
             while let Ok(events) = queue.recv() {
+                // Encoded here, not on apply's thread, and outside the hub lock.
+                let events = share(&events);
                 s.lock().dispatch(&events);
             }
         })?;
@@ -387,7 +389,7 @@ impl WatchHub {
         }
         if let Ok(tx) = self.dispatch.lock() {
             // The dispatcher only stops when the hub is dropped.
-            let _ = tx.send(share(events));
+            let _ = tx.send(events.to_vec());
         }
     }
 
