@@ -329,19 +329,17 @@ impl Fsync {
         let (tx, rx) = mpsc::channel();
         let committed = Arc::new(Mutex::new(None));
         let queued = Arc::new(AtomicUsize::new(0));
-        let (thread_store, thread_meta, pending, thread_queued) =
-            (store.clone(), meta.clone(), committed.clone(), queued.clone());
+        let (thread_store, thread_meta, pending, thread_queued) = (
+            store.clone(),
+            meta.clone(),
+            committed.clone(),
+            queued.clone(),
+        );
         std::thread::Builder::new()
             .name("raft-fsync".to_string())
             .spawn(move || {
                 let _in_use = in_use;
-                group_commit(
-                    &thread_store,
-                    &thread_meta,
-                    &pending,
-                    &thread_queued,
-                    &rx,
-                );
+                group_commit(&thread_store, &thread_meta, &pending, &thread_queued, &rx);
             })?;
         Ok(Fsync {
             tx,
