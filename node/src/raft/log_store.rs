@@ -13,6 +13,12 @@
 //! thread takes every callback queued while its previous fsync ran, does one
 //! `Store::sync_wal`, and completes them all in order: group commit, one fsync for many
 //! appends. `save_vote` waits on the same thread, so a vote is durable before it returns.
+//! A sole member with nothing queued on the thread fsyncs on openraft's core instead and
+//! completes the callback there: the two thread hand-offs (to the fsync thread and back to
+//! the core) cost more than the fsync on a fast disk, and with no follower to replicate to
+//! the core has nothing to do meanwhile. With members to replicate to, the core must not
+//! wait, so the thread always fsyncs; with callbacks queued, completing a later one first
+//! would report the log flushed out of order.
 //! Truncation, purge and the committed id are not fsynced on their own: the storage contract
 //! makes a database's commits durable in order, so the next fsync covers them, and losing them in a crash is harmless
 //! (openraft re-derives them). The committed id is written by the fsync thread just before
@@ -22,6 +28,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -74,6 +81,11 @@ impl LogStore {
             reader,
             fsync,
         })
+    }
+
+    /// The switch that lets appends fsync on openraft's core (see the module header).
+    pub(super) fn sole_member(&self) -> SoleMember {
+        self.fsync.sole.clone()
     }
 
     async fn put_meta(&self, key: &'static [u8], value: Vec<u8>) -> io::Result<()> {
@@ -182,6 +194,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         metrics::get()
             .wal_write_bytes
             .add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if self.fsync.may_sync_here() {
+            callback.io_completed(self.fsync.sync_here());
+            return Ok(());
+        }
         self.fsync.queue(Waiter::Log(callback))
     }
 
@@ -279,10 +295,31 @@ impl Waiter {
     }
 }
 
+/// Whether this member is its cluster's only member (no voter or learner to replicate to),
+/// kept up to date from openraft's metrics. Until the first metrics say so, appends fsync on
+/// the thread.
+#[derive(Clone, Default)]
+pub(super) struct SoleMember(Arc<AtomicBool>);
+
+impl SoleMember {
+    pub(super) fn set(&self, is_sole: bool) {
+        self.0.store(is_sole, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The handle to the fsync thread. The thread ends when this handle is dropped, after it
 /// has completed everything queued.
 struct Fsync {
     tx: mpsc::Sender<Waiter>,
+    /// Waiters queued and not yet completed by the thread.
+    queued: Arc<AtomicUsize>,
+    sole: SoleMember,
+    store: Arc<Store>,
+    meta: Keyspace,
     /// The latest committed log id (encoded) not yet written to `raft_meta`.
     committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
@@ -291,14 +328,39 @@ impl Fsync {
     fn spawn(store: Arc<Store>, meta: Keyspace, in_use: InUse) -> io::Result<Fsync> {
         let (tx, rx) = mpsc::channel();
         let committed = Arc::new(Mutex::new(None));
-        let pending = committed.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (thread_store, thread_meta, pending, thread_queued) = (
+            store.clone(),
+            meta.clone(),
+            committed.clone(),
+            queued.clone(),
+        );
         std::thread::Builder::new()
             .name("raft-fsync".to_string())
             .spawn(move || {
                 let _in_use = in_use;
-                group_commit(&store, &meta, &pending, &rx);
+                group_commit(&thread_store, &thread_meta, &pending, &thread_queued, &rx);
             })?;
-        Ok(Fsync { tx, committed })
+        Ok(Fsync {
+            tx,
+            queued,
+            sole: SoleMember::default(),
+            store,
+            meta,
+            committed,
+        })
+    }
+
+    /// Whether the caller (openraft's core, the only one queueing) may fsync itself: a sole
+    /// member, and every waiter queued before has been completed, so completions stay in
+    /// order.
+    fn may_sync_here(&self) -> bool {
+        self.sole.get() && self.queued.load(Ordering::Acquire) == 0
+    }
+
+    /// What the thread does for one group, on the caller's thread.
+    fn sync_here(&self) -> io::Result<()> {
+        sync(&self.store, &self.meta, &self.committed)
     }
 
     /// Has `committed` written before the next fsync, replacing an older one not yet written.
@@ -311,6 +373,7 @@ impl Fsync {
     }
 
     fn queue(&self, waiter: Waiter) -> io::Result<()> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
         self.tx
             .send(waiter)
             .map_err(|_| io::Error::other("raft fsync thread has stopped"))
@@ -330,15 +393,12 @@ fn group_commit(
     store: &Store,
     meta: &Keyspace,
     committed: &Mutex<Option<Vec<u8>>>,
+    queued: &AtomicUsize,
     rx: &mpsc::Receiver<Waiter>,
 ) {
     while let Ok(first) = rx.recv() {
         let group: Vec<Waiter> = std::iter::once(first).chain(rx.try_iter()).collect();
-        let result = write_committed(meta, committed).and_then(|()| {
-            store
-                .sync_wal()
-                .map_err(|e| io::Error::other(e.to_string()))
-        });
+        let result = sync(store, meta, committed);
         for waiter in group {
             // io::Error is not Clone; each waiter gets its own copy of the message.
             waiter.complete(
@@ -347,8 +407,18 @@ fn group_commit(
                     .map(|_| ())
                     .map_err(|e| io::Error::other(e.to_string())),
             );
+            // After completing: a caller that reads 0 knows every earlier waiter is done.
+            queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
+}
+
+/// Writes the pending committed id, then makes everything written to the WAL durable.
+fn sync(store: &Store, meta: &Keyspace, committed: &Mutex<Option<Vec<u8>>>) -> io::Result<()> {
+    write_committed(meta, committed)?;
+    store
+        .sync_wal()
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 fn write_committed(meta: &Keyspace, committed: &Mutex<Option<Vec<u8>>>) -> io::Result<()> {
@@ -405,6 +475,34 @@ mod tests {
             .keys()
             .map(|k| u64::from_be_bytes(k.expect("key")[..].try_into().expect("8 bytes")))
             .collect()
+    }
+
+    /// Appends `index` and returns its callback's receiver, after `append` has returned.
+    async fn append_one(
+        logs: &mut LogStore,
+        index: u64,
+    ) -> openraft::alias::OneshotReceiverOf<TypeConfig, io::Result<()>> {
+        use openraft::type_config::TypeConfigExt;
+        let (tx, rx) = TypeConfig::oneshot();
+        logs.append([entry(index)], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_sole_member_completes_an_append_before_it_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let (in_use, _released) = InUse::new();
+        let mut logs = LogStore::open(store, in_use).expect("open log");
+        logs.sole_member().set(true);
+        let mut flushed = append_one(&mut logs, 1).await;
+        assert!(matches!(flushed.try_recv(), Ok(Ok(()))));
+        // With members to replicate to, the fsync thread completes it, later.
+        logs.sole_member().set(false);
+        let flushed = append_one(&mut logs, 2).await;
+        assert!(matches!(flushed.await, Ok(Ok(()))));
     }
 
     #[tokio::test]

@@ -55,7 +55,7 @@ use crate::watch::WatchHub;
 
 pub use membership::{MemberChange, MemberError};
 
-use log_store::LogStore;
+use log_store::{LogStore, SoleMember};
 use network::{Network, PeerError, Peers};
 use state_machine::StateMachine;
 
@@ -258,6 +258,7 @@ impl RaftNode {
             .await
             .map_err(fatal)?;
         }
+        let sole_member = log_store.sole_member();
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -272,6 +273,7 @@ impl RaftNode {
                 raft.metrics(),
                 settings.node_id,
                 peers.clone(),
+                sole_member,
             )),
             peers,
             request_timeout,
@@ -751,12 +753,15 @@ async fn record_metrics(
     mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
     id: u64,
     peers: Arc<Peers>,
+    sole_member: SoleMember,
 ) {
     let m = metrics::get();
     let mut last_leader = None;
     loop {
         {
             let r = rx.borrow_watched();
+            let mut members = r.membership_config.nodes().map(|(member, _)| *member);
+            sole_member.set(members.next() == Some(id) && members.next().is_none());
             peers.set_members(
                 r.membership_config
                     .nodes()
