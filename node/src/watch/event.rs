@@ -94,13 +94,13 @@ mod tests {
             (shared.key(), shared.revision(), shared.is_put()),
             (&b"k"[..], 7, false)
         );
-        assert_eq!(Event::decode(shared.encoded(true)).unwrap(), event);
+        assert_eq!(Event::decode(shared.encoded(true)).expect("decodes"), event);
         assert_eq!(shared.kv(), event.kv);
         let bare = Event {
             prev_kv: None,
             ..event
         };
-        assert_eq!(Event::decode(shared.encoded(false)).unwrap(), bare);
+        assert_eq!(Event::decode(shared.encoded(false)).expect("decodes"), bare);
         let put = SharedEvent::new(&Event {
             r#type: EventType::Put as i32,
             ..bare
