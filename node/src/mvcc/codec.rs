@@ -336,7 +336,7 @@ mod tests {
         };
         assert_eq!(
             decode_record(b"k", &encode_record(Some(&kv))).expect("decode"),
-            Some(kv)
+            Some(kv.clone())
         );
         assert_eq!(
             decode_record(b"k", &encode_record(None)).expect("decode"),
