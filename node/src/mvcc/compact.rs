@@ -4,6 +4,9 @@
 //! It walks `kv_revs` in revision order from `compact_cursor` up to the compact revision.
 //! For every record X of key K it meets, it deletes K's record just before X (X supersedes
 //! it, since X is at or below the compact revision) and, if X is a tombstone, X itself.
+//! X's `kv_revs` entry names the record it supersedes, so the walk does no lookups (entries
+//! written before they named it are looked up in `kv_history`). A put that follows a
+//! tombstone names nothing: the tombstone, older, has removed itself by then.
 //! Walking in revision order means that when a record goes, every older record of its key
 //! has already gone, in this batch or an earlier one, so a reader at or above the compact
 //! revision never sees an old version come back. What stays is exactly etcd's `keep` set:
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::codec::{self, Rev};
+use super::codec::{self, Rev, Supersedes};
 use super::{meta, Keyspaces, MvccError};
 use crate::storage::Store;
 
@@ -107,11 +110,19 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
     for item in ks.revs.range(cursor.to_bytes()..=end).take(BATCH_REVISIONS) {
         let (raw_rev, entry) = item?;
         let rev = Rev::from_bytes(&raw_rev)?;
-        let (key, tombstone) = codec::decode_rev_entry(&entry)?;
-        if remove_predecessor(ks, &mut batch, key, rev)? {
+        let entry = codec::decode_rev_entry(&entry)?;
+        let key = entry.key;
+        let superseded = match entry.supersedes {
+            Supersedes::Unknown => predecessor(ks, key, rev)?,
+            Supersedes::Nothing => None,
+            Supersedes::At(prev) => Some(prev),
+        };
+        if let Some(prev) = superseded {
+            batch.remove(&ks.revs, prev.to_bytes());
+            batch.remove(&ks.history, codec::history_key(key, prev));
             removed += 1;
         }
-        if tombstone {
+        if entry.tombstone {
             batch.remove(&ks.history, codec::history_key(key, rev));
             batch.remove(&ks.revs, raw_rev);
             removed += 1;
@@ -143,21 +154,13 @@ fn step(store: &Store, ks: &Keyspaces) -> Result<Progress, MvccError> {
     })
 }
 
-/// Deletes the record of `key` just before `rev`, if there is one (then true).
-fn remove_predecessor(
-    ks: &Keyspaces,
-    batch: &mut crate::storage::WriteBatch,
-    key: &[u8],
-    rev: Rev,
-) -> Result<bool, MvccError> {
+/// The revision of the record of `key` just before `rev`, if there is one: the lookup for
+/// `kv_revs` entries that do not name it.
+fn predecessor(ks: &Keyspaces, key: &[u8], rev: Rev) -> Result<Option<Rev>, MvccError> {
     let from = codec::history_prefix(key);
     let to = codec::history_key(key, rev);
-    if let Some(raw) = ks.history.range(from..to).keys().next_back() {
-        let raw = raw?;
-        let (_, prev) = codec::split_history_key(&raw)?;
-        batch.remove(&ks.revs, prev.to_bytes());
-        batch.remove(&ks.history, raw);
-        return Ok(true);
+    match ks.history.range(from..to).keys().next_back() {
+        Some(raw) => Ok(Some(codec::split_history_key(&raw?)?.1)),
+        None => Ok(None),
     }
-    Ok(false)
 }

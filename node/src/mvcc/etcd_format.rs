@@ -26,9 +26,9 @@ use std::io::Write;
 
 use prost::Message;
 
-use super::codec::{self, Rev};
+use super::codec::{self, Rev, Supersedes};
 use super::snapshot::{Restored, SnapshotError};
-use super::{meta, Keyspaces};
+use super::{meta, read, Keyspaces};
 use crate::bbolt::{self, Plan, Reader};
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::{Snapshot, Store, WriteBatch};
@@ -153,7 +153,7 @@ fn write_keys<W: Write>(
     for item in snap.iter(&ks.revs) {
         let (raw_rev, entry) = item?;
         let rev = Rev::from_bytes(&raw_rev)?;
-        let (key, tombstone) = codec::decode_rev_entry(&entry)?;
+        let codec::RevEntry { key, tombstone, .. } = codec::decode_rev_entry(&entry)?;
         let kv = if tombstone {
             KeyValue {
                 key: key.to_vec(),
@@ -163,7 +163,7 @@ fn write_keys<W: Write>(
             let record = snap
                 .get(&ks.history, codec::history_key(key, rev))?
                 .ok_or_else(|| malformed(format!("no history record for revision {rev:?}")))?;
-            codec::decode_record(key, &record)?
+            read::history_version(snap, ks, key, rev, &record)?
                 .ok_or_else(|| malformed(format!("revision {rev:?} is a put and a tombstone")))?
         };
         value.clear();
@@ -359,14 +359,11 @@ impl Loader<'_> {
             KEY => {
                 let (rev, tombstone) = parse_rev_key(k)?;
                 let kv = KeyValue::decode(v).map_err(|e| malformed(e.to_string()))?;
+                // `derive_live_keys` writes the `kv_revs` entries and moves each live
+                // version to `kv_latest`, once the whole history is in.
                 let record = codec::encode_record(if tombstone { None } else { Some(&kv) });
                 self.batch
                     .insert(&ks.history, codec::history_key(&kv.key, rev), record);
-                self.batch.insert(
-                    &ks.revs,
-                    rev.to_bytes(),
-                    codec::encode_rev_entry(&kv.key, tombstone),
-                );
                 self.current = self.current.max(rev.main);
             }
             META if k == FINISHED_COMPACT => self.finished = Some(parse_rev_key(v)?.0.main),
@@ -401,50 +398,92 @@ impl Loader<'_> {
     }
 }
 
-/// Fills `kv_latest`, the lease index and the key count from the loaded history: each
-/// key's newest record, unless it is a tombstone.
+/// Fills `kv_revs`, `kv_latest`, the lease index and the key count from the loaded history,
+/// one key at a time: each record's `kv_revs` entry names the record before it, and the
+/// newest record, unless it is a tombstone, moves to `kv_latest` (a `current` record stays
+/// in its place).
 fn derive_live_keys(store: &Store, ks: &Keyspaces) -> Result<(), SnapshotError> {
     let view = store.snapshot();
     let mut batch = store.batch();
     let mut batch_bytes = 0;
     let mut live = 0i64;
-    let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
-    let mut flush = |prefix: Vec<u8>,
-                     record: Vec<u8>,
-                     batch: &mut WriteBatch|
-     -> Result<usize, SnapshotError> {
-        let key = codec::unescape(&prefix)?;
-        let Some(kv) = codec::decode_record(&key, &record)? else {
-            return Ok(0);
-        };
-        live += 1;
-        if kv.lease != 0 {
-            let mut index = kv.lease.to_be_bytes().to_vec();
-            index.extend_from_slice(&key);
-            batch.insert(&ks.lease, index, b"");
-        }
-        let len = key.len() + record.len();
-        batch.insert(&ks.latest, key, record);
-        Ok(len)
-    };
+    let mut walk: Option<Newest> = None;
     for item in view.iter(&ks.history) {
         let (raw, record) = item?;
-        let (prefix, _) = codec::split_history_key(&raw)?;
-        if let Some((p, r)) = newest.take_if(|(p, _)| p.as_slice() != prefix) {
-            batch_bytes += flush(p, r, &mut batch)?;
-        }
-        newest = Some((prefix.to_vec(), record.to_vec()));
+        let (prefix, rev) = codec::split_history_key(&raw)?;
+        let (key, supersedes) = match walk.take() {
+            // A tombstone removes itself in compaction: what follows it names nothing.
+            Some(w) if w.prefix == prefix && codec::is_tombstone(&w.record) => {
+                (w.key, Supersedes::Nothing)
+            }
+            Some(w) if w.prefix == prefix => (w.key, Supersedes::At(w.at)),
+            earlier => {
+                if let Some(w) = earlier {
+                    batch_bytes += make_live(ks, &mut batch, &w, &mut live)?;
+                }
+                (codec::unescape(prefix)?, Supersedes::Nothing)
+            }
+        };
+        let entry = codec::encode_rev_entry(&key, codec::is_tombstone(&record), supersedes);
+        batch_bytes += entry.len();
+        batch.insert(&ks.revs, rev.to_bytes(), entry);
+        walk = Some(Newest {
+            prefix: prefix.to_vec(),
+            key,
+            at: rev,
+            record: record.to_vec(),
+        });
         if batch_bytes >= LOAD_BATCH_BYTES {
             std::mem::replace(&mut batch, store.batch()).commit()?;
             batch_bytes = 0;
         }
     }
-    if let Some((p, r)) = newest {
-        flush(p, r, &mut batch)?;
+    if let Some(w) = walk {
+        make_live(ks, &mut batch, &w, &mut live)?;
     }
     batch.insert(&ks.meta, meta::KEY_COUNT, codec::encode_i64(live));
     batch.commit()?;
     Ok(())
+}
+
+/// The newest record seen so far of the key being walked.
+struct Newest {
+    /// The escaped key, as in `kv_history`.
+    prefix: Vec<u8>,
+    key: Vec<u8>,
+    at: Rev,
+    record: Vec<u8>,
+}
+
+/// Makes the newest record of a key its live version, unless it is a tombstone; returns
+/// the bytes staged.
+fn make_live(
+    ks: &Keyspaces,
+    batch: &mut WriteBatch,
+    newest: &Newest,
+    live: &mut i64,
+) -> Result<usize, SnapshotError> {
+    let Newest {
+        key, at, record, ..
+    } = newest;
+    let Some(kv) = codec::decode_record(key, record)? else {
+        return Ok(0);
+    };
+    *live += 1;
+    if kv.lease != 0 {
+        let mut index = kv.lease.to_be_bytes().to_vec();
+        index.extend_from_slice(key);
+        batch.insert(&ks.lease, index, b"");
+    }
+    let latest = codec::encode_latest(&kv, at.sub);
+    let len = key.len() + latest.len();
+    batch.insert(
+        &ks.history,
+        codec::history_key(key, *at),
+        codec::current_record(),
+    );
+    batch.insert(&ks.latest, key.as_slice(), latest);
+    Ok(len)
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //! below the compact revision count only if compaction at `rev` would keep them (the newest
 //! version of a key at or below `rev`, unless it is a tombstone). That makes the hash
 //! independent of how far the physical compaction has progressed. Cairn computes the same
-//! set of versions from `kv_history`, read from one storage snapshot, and hashes their stored
-//! bytes, which every member writes identically for the same history, so the hash is stable
-//! across restarts and equal on members that applied the same log. The value differs from
+//! set of versions from `kv_history`, read from one storage snapshot, and hashes their full
+//! records (a live version's as if it were stored in `kv_history`), which every member
+//! writes identically for the same history, so the hash is stable across restarts and equal
+//! on members that applied the same log. The value differs from
 //! etcd's (its backend encodes differently), which is fine: it is only compared between
 //! members of the same cluster.
 //!
@@ -21,7 +22,9 @@
 //! progress.
 
 use super::codec;
-use super::{revisions, Mvcc, MvccError};
+use super::read;
+use super::{revisions, Keyspaces, Mvcc, MvccError};
+use crate::storage::{Bytes, Snapshot};
 
 /// Written first, as etcd writes the name of its `key` bucket, so the hash of an empty
 /// store is not the CRC of nothing.
@@ -57,7 +60,11 @@ impl Mvcc {
         let at = if rev == 0 { revs.current } else { rev };
         let entries = snap
             .iter(&self.ks.history)
-            .map(|item| item.map_err(MvccError::from));
+            .map(|item| -> Result<_, MvccError> {
+                let (raw, record) = item?;
+                let record = canonical(&snap, &self.ks, &raw, record)?;
+                Ok((raw, record))
+            });
         let hash = hash_history(entries, at, revs.compact)?;
         Ok(KvHash {
             hash,
@@ -66,6 +73,38 @@ impl Mvcc {
             compact_revision: revs.compact,
         })
     }
+}
+
+/// A `kv_history` record as hashed: a `current` record is hashed as the full record of the
+/// live version it stands for, so the hash does not depend on which version is live, nor on
+/// whether the store was written before the value was stored once.
+enum Canonical {
+    Stored(Bytes),
+    Resolved(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Canonical {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Canonical::Stored(b) => b,
+            Canonical::Resolved(v) => v,
+        }
+    }
+}
+
+fn canonical(
+    snap: &Snapshot,
+    ks: &Keyspaces,
+    raw_key: &[u8],
+    record: Bytes,
+) -> Result<Canonical, MvccError> {
+    if !codec::is_current(&record) {
+        return Ok(Canonical::Stored(record));
+    }
+    let (prefix, rev) = codec::split_history_key(raw_key)?;
+    let key = codec::unescape(prefix)?;
+    let kv = read::history_version(snap, ks, &key, rev, &record)?;
+    Ok(Canonical::Resolved(codec::encode_record(kv.as_ref())))
 }
 
 /// Hashes the `kv_history` entries (`(raw key, raw record)` in key order) that etcd's

@@ -9,6 +9,7 @@
 use std::ops::Bound;
 
 use super::codec::{self, Rev};
+use super::read;
 use super::{revisions, Mvcc, MvccError, StorageFault};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::Snapshot;
@@ -49,8 +50,8 @@ impl Mvcc {
                 break;
             }
             last_main = Some(rev.main);
-            let (key, tombstone) = codec::decode_rev_entry(&entry)?;
-            events.push(self.event_at(&snap, key, rev, tombstone, prev_kv)?);
+            let entry = codec::decode_rev_entry(&entry)?;
+            events.push(self.event_at(&snap, entry.key, rev, entry.tombstone, prev_kv)?);
         }
         Ok(events)
     }
@@ -76,7 +77,8 @@ impl Mvcc {
             let raw = snap
                 .get(&self.ks.history, codec::history_key(key, rev))?
                 .ok_or_else(|| missing(key, rev))?;
-            let kv = codec::decode_record(key, &raw)?.ok_or_else(|| missing(key, rev))?;
+            let kv = read::history_version(snap, &self.ks, key, rev, &raw)?
+                .ok_or_else(|| missing(key, rev))?;
             (EventType::Put, kv)
         };
         let prev_kv = if prev_kv {
@@ -104,8 +106,9 @@ impl Mvcc {
         let range = (Bound::Included(lower), Bound::Excluded(upper));
         match snap.range(&self.ks.history, range).next_back() {
             Some(item) => {
-                let (_, record) = item?;
-                codec::decode_record(key, &record)
+                let (raw, record) = item?;
+                let (_, rev) = codec::split_history_key(&raw)?;
+                read::history_version(snap, &self.ks, key, rev, &record)
             }
             None => Ok(None),
         }

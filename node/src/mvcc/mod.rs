@@ -10,14 +10,24 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `kv_latest` | user key | record of the live version (no entry once deleted) |
-//! | `kv_history` | esc(user key) ++ main(8) ++ sub(8) | record of that version |
-//! | `kv_revs` | main(8) ++ sub(8) | `p` or `d` (put / tombstone) ++ user key |
+//! | `kv_latest` | user key | live record of the live version (no entry once deleted) |
+//! | `kv_history` | esc(user key) ++ main(8) ++ sub(8) | record of that version, or `c` if it is the live one |
+//! | `kv_revs` | main(8) ++ sub(8) | `P` or `D` (put / tombstone) ++ superseded(16) ++ user key |
 //! | `mvcc_meta` | name (see `meta.rs`) | current and compact revision, compaction progress, live key count, apply marker |
 //! | `kv_lease` | lease(8) ++ user key | empty: the live keys attached to each lease (see `lease_index.rs`) |
 //!
 //! * record: `p` ++ create_revision(8) ++ mod_revision(8) ++ version(8) ++ lease(8) ++
 //!   value, or the single byte `d` for a tombstone (history only).
+//! * live record: `l` ++ the same four integers ++ sub(8) ++ value: the sub revision says
+//!   where `kv_history` has the version's `c` entry.
+//! * superseded: main(8) ++ sub(8) of the record this change supersedes in the key's
+//!   history (all zero for none), so compaction removes it without looking it up.
+//! * **Each value is stored once.** The live version's value is in `kv_latest` only; its
+//!   `kv_history` entry is `c`, read through `kv_latest` in the same snapshot. The apply
+//!   that supersedes it (a put or a delete) rewrites that entry as a full record in the
+//!   same batch. Stores written before this (format `cairn-data-v2`) hold `p` live records
+//!   with full history records and `p`/`d` ++ user key in `kv_revs`; they are read as they
+//!   are and replaced as keys change.
 //! * esc(k): each 0x00 byte of k becomes 0x00 0xFF, then 0x00 0x00 ends the key. Escaped
 //!   keys sort like the user keys and none is a prefix of another, so one key's history is
 //!   contiguous and ordered by revision.
@@ -47,6 +57,7 @@ mod read;
 pub mod snapshot;
 mod txn;
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
@@ -66,7 +77,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::{Keyspace, Snapshot, StorageError, Store, WriteBatch};
-use codec::Rev;
+use codec::{Rev, Supersedes};
 use read::View;
 use txn::TxnExec;
 
@@ -344,34 +355,24 @@ impl Mvcc {
         }
         let main = exec.write_rev();
         lease_index::stage(batch, &self.ks.lease, &exec.changes, exec.overlay());
-        for (key, kv) in exec.overlay() {
-            match kv {
-                Some(kv) => batch.insert(
-                    &self.ks.latest,
-                    key.as_slice(),
-                    codec::encode_record(Some(kv)),
-                ),
-                None => batch.remove(&self.ks.latest, key.as_slice()),
-            }
-        }
-        let mut events = Vec::with_capacity(exec.changes.len());
-        for (sub, change) in std::mem::take(&mut exec.changes).into_iter().enumerate() {
+        let changes = std::mem::take(&mut exec.changes);
+        // The last change of each key is its live version (or its deletion) after the txn.
+        let last: HashMap<&[u8], usize> = changes
+            .iter()
+            .enumerate()
+            .map(|(sub, c)| (c.kv.key.as_slice(), sub))
+            .collect();
+        // Each key's record written so far in this txn, and whether it is a tombstone.
+        let mut written: HashMap<&[u8], (Rev, bool)> = HashMap::new();
+        for (sub, change) in changes.iter().enumerate() {
+            let key = change.kv.key.as_slice();
             let rev = Rev::new(main, i64::try_from(sub).unwrap_or(i64::MAX));
-            let record = if change.deleted {
-                None
-            } else {
-                Some(&change.kv)
-            };
-            batch.insert(
-                &self.ks.history,
-                codec::history_key(&change.kv.key, rev),
-                codec::encode_record(record),
-            );
-            batch.insert(
-                &self.ks.revs,
-                rev.to_bytes(),
-                codec::encode_rev_entry(&change.kv.key, change.deleted),
-            );
+            let earlier = written.insert(key, (rev, change.deleted));
+            let is_last = last.get(key) == Some(&sub);
+            self.stage_change(batch, change, rev, earlier, is_last);
+        }
+        let mut events = Vec::with_capacity(changes.len());
+        for change in changes {
             let kind = if change.deleted {
                 EventType::Delete
             } else {
@@ -392,6 +393,48 @@ impl Mvcc {
             batch.insert(&self.ks.meta, meta::HISTORY_ADDED, codec::encode_i64(added));
         }
         events
+    }
+
+    /// Stages one change at `rev`: its `kv_history` record and `kv_revs` entry, and its
+    /// key's `kv_latest` record if it is the key's last change in the txn (`is_last`).
+    /// `earlier` is the record of the same key this txn wrote before it, if any.
+    fn stage_change(
+        &self,
+        batch: &mut WriteBatch,
+        change: &txn::Change,
+        rev: Rev,
+        earlier: Option<(Rev, bool)>,
+        is_last: bool,
+    ) {
+        let key = change.kv.key.as_slice();
+        // A tombstone removes itself in compaction: what follows it names nothing.
+        let supersedes = match (earlier, &change.prev, change.prev_at) {
+            (Some((_, true)), _, _) | (None, None, _) => Supersedes::Nothing,
+            (Some((earlier, false)), _, _) => Supersedes::At(earlier),
+            (None, Some(prev), Some(at)) => {
+                // The live version goes into history: its value moves there.
+                let record = codec::encode_record(Some(prev));
+                batch.insert(&self.ks.history, codec::history_key(key, at), record);
+                Supersedes::At(at)
+            }
+            (None, Some(_), None) => Supersedes::Unknown,
+        };
+        let record = match (change.deleted, is_last) {
+            (true, _) => codec::encode_record(None),
+            (false, true) => codec::current_record().to_vec(),
+            (false, false) => codec::encode_record(Some(&change.kv)),
+        };
+        batch.insert(&self.ks.history, codec::history_key(key, rev), record);
+        let entry = codec::encode_rev_entry(key, change.deleted, supersedes);
+        batch.insert(&self.ks.revs, rev.to_bytes(), entry);
+        match (change.deleted, is_last) {
+            (false, true) => {
+                let latest = codec::encode_latest(&change.kv, rev.sub);
+                batch.insert(&self.ks.latest, key, latest);
+            }
+            (true, true) => batch.remove(&self.ks.latest, key),
+            (_, false) => {}
+        }
     }
 
     /// Evaluates a read-only txn (see [`is_read_only`]) against the current state without
@@ -515,23 +558,27 @@ impl Mvcc {
         } else {
             None
         };
-        let live = |ks: &Keyspace, exact: Option<u64>| {
+        // `tiny`: entries of about no bytes, left out of the share on both sides.
+        let live = |ks: &Keyspace, exact: Option<u64>, tiny: u64| {
             let u = ks.usage();
-            if u.entries == 0 {
+            let all = u.entries.saturating_sub(tiny);
+            if all == 0 {
                 return 0;
             }
             let entries = exact.unwrap_or(u.entries.saturating_sub(2 * u.tombstones));
-            let share = (entries as f64 / u.entries as f64).min(1.0);
+            let share = (entries.saturating_sub(tiny) as f64 / all as f64).min(1.0);
             ((u.disk_bytes + u.memtable_bytes) as f64 * share) as u64
         };
         let k = &self.ks;
-        Ok(live(&k.latest, Some(latest))
-            + live(&k.meta, Some(meta_names))
-            + live(&k.history, versions)
-            + live(&k.revs, versions)
+        // Each live key's kv_history entry is a one-byte marker (its value is counted in
+        // kv_latest): the bytes are in the superseded versions.
+        Ok(live(&k.latest, Some(latest), 0)
+            + live(&k.meta, Some(meta_names), 0)
+            + live(&k.history, versions, latest)
+            + live(&k.revs, versions, 0)
             + [&k.lease, &k.leases, &k.auth]
                 .into_iter()
-                .map(|ks| live(ks, None))
+                .map(|ks| live(ks, None, 0))
                 .sum::<u64>())
     }
 

@@ -124,13 +124,12 @@ impl View<'_> {
 
     /// The latest version of one key in the snapshot, ignoring the txn's own changes.
     pub fn get_committed(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
-        if key.is_empty() {
-            return Ok(None);
-        }
-        match self.snap.get(&self.ks.latest, key)? {
-            Some(raw) => codec::decode_record(key, &raw),
-            None => Ok(None),
-        }
+        Ok(self.get_live(key)?.map(|live| live.kv))
+    }
+
+    /// [`View::get_committed`] with where the version is recorded in `kv_history`.
+    pub fn get_live(&self, key: &[u8]) -> Result<Option<Live>, MvccError> {
+        get_live(self.snap, self.ks, key)
     }
 
     /// etcd's `rangeKeys`: `limit` 0 means all; `count_only` returns no kvs.
@@ -146,7 +145,7 @@ impl View<'_> {
         self.scan(range, at, &mut |found: Found<'_>| {
             count += 1;
             if !count_only && (limit == 0 || kvs.len() < limit) {
-                kvs.push(found.into_kv()?);
+                kvs.push(found.into_kv(self)?);
             }
             Ok(ControlFlow::Continue(()))
         })?;
@@ -205,7 +204,7 @@ impl View<'_> {
             if order != Ordering::Greater {
                 let (key, raw) = committed.next().transpose()?.ok_or_else(lost_item)?;
                 if order == Ordering::Less {
-                    let found = Found::Encoded {
+                    let found = Found::Latest {
                         key: &key,
                         record: &raw,
                     };
@@ -252,6 +251,52 @@ impl View<'_> {
     }
 }
 
+/// The live version of a key as `kv_latest` records it.
+pub(super) struct Live {
+    pub kv: KeyValue,
+    /// Where `kv_history` has its entry: a `current` record standing for this one. `None`
+    /// for a record written before the value was stored once: `kv_history` then holds a
+    /// full copy at an unrecorded sub revision.
+    pub at: Option<codec::Rev>,
+}
+
+/// The live version of `key` in `snap`.
+pub(super) fn get_live(
+    snap: &Snapshot,
+    ks: &Keyspaces,
+    key: &[u8],
+) -> Result<Option<Live>, MvccError> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let Some(raw) = snap.get(&ks.latest, key)? else {
+        return Ok(None);
+    };
+    let (kv, sub) = codec::decode_latest(key, &raw)?;
+    let at = sub.map(|sub| codec::Rev::new(kv.mod_revision, sub));
+    Ok(Some(Live { kv, at }))
+}
+
+/// Decodes the `kv_history` record of `key` at `rev` (`None`: a tombstone). A `current`
+/// record is the live version, read from `kv_latest` in the same snapshot.
+pub(super) fn history_version(
+    snap: &Snapshot,
+    ks: &Keyspaces,
+    key: &[u8],
+    rev: codec::Rev,
+    record: &[u8],
+) -> Result<Option<KeyValue>, MvccError> {
+    if !codec::is_current(record) {
+        return codec::decode_record(key, record);
+    }
+    match get_live(snap, ks, key)? {
+        Some(live) if live.at == Some(rev) => Ok(Some(live.kv)),
+        _ => Err(MvccError::Storage(super::StorageFault::Corrupt(format!(
+            "kv_history marks {key:?} at {rev:?} as live, kv_latest disagrees"
+        )))),
+    }
+}
+
 /// Hands the newest record of a key to `visit` unless it is a tombstone.
 fn emit_newest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     newest: Option<(K, V)>,
@@ -259,10 +304,11 @@ fn emit_newest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
 ) -> Result<ControlFlow<()>, MvccError> {
     match newest {
         Some((raw_key, record)) if !codec::is_tombstone(record.as_ref()) => {
-            let (prefix, _) = codec::split_history_key(raw_key.as_ref())?;
+            let (prefix, rev) = codec::split_history_key(raw_key.as_ref())?;
             let key = codec::unescape(prefix)?;
-            visit(Found::Encoded {
+            visit(Found::History {
                 key: &key,
+                rev,
                 record: record.as_ref(),
             })
         }
@@ -280,18 +326,31 @@ fn corrupt(what: &str) -> MvccError {
 
 /// A key found by a scan, decoded only if the caller keeps it.
 enum Found<'a> {
-    Encoded { key: &'a [u8], record: &'a [u8] },
+    /// A `kv_latest` record.
+    Latest {
+        key: &'a [u8],
+        record: &'a [u8],
+    },
+    /// A `kv_history` record, not a tombstone.
+    History {
+        key: &'a [u8],
+        rev: codec::Rev,
+        record: &'a [u8],
+    },
     Decoded(&'a KeyValue),
 }
 
 impl Found<'_> {
-    fn into_kv(self) -> Result<KeyValue, MvccError> {
+    fn into_kv(self, view: &View<'_>) -> Result<KeyValue, MvccError> {
         match self {
-            Found::Encoded { key, record } => codec::decode_record(key, record)?.ok_or_else(|| {
-                MvccError::Storage(super::StorageFault::Corrupt(format!(
-                    "tombstone in kv_latest for {key:?}"
-                )))
-            }),
+            Found::Latest { key, record } => Ok(codec::decode_latest(key, record)?.0),
+            Found::History { key, rev, record } => {
+                history_version(view.snap, view.ks, key, rev, record)?.ok_or_else(|| {
+                    MvccError::Storage(super::StorageFault::Corrupt(format!(
+                        "tombstone kept as the version of {key:?}"
+                    )))
+                })
+            }
             Found::Decoded(kv) => Ok(kv.clone()),
         }
     }
@@ -335,7 +394,7 @@ pub(super) fn range_chunks(
             more = true;
             return Ok(GO_ON);
         }
-        let mut kv = found.into_kv()?;
+        let mut kv = found.into_kv(view)?;
         if !keep_by_revision(req, &kv) {
             return Ok(GO_ON);
         }

@@ -9,7 +9,7 @@
 //!   still reads. All integers are big-endian.
 //!
 //! ```text
-//! header   "CAIRNSNAP" | format u32 (= 1) | revision i64 | compact revision i64 (-1: never)
+//! header   "CAIRNSNAP" | format u32 (= 2; 1 is read too) | revision i64 | compact revision i64 (-1: never)
 //! sections, one per keyspace, in this order: kv_latest, kv_history, kv_revs, mvcc_meta,
 //! kv_lease, leases, auth (absent from snapshots made before cairn had auth: restored
 //! without users, roles or auth enabled)
@@ -46,8 +46,12 @@ use crate::storage::{Keyspace, Snapshot, StorageError, Store};
 
 /// The first bytes of every snapshot.
 pub const MAGIC: &[u8; 9] = b"CAIRNSNAP";
-/// The format this cairn writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this cairn writes. Format 2 holds the MVCC encodings that store each value
+/// once (see `mvcc/mod.rs`), which a cairn reading only format 1 would take for corruption;
+/// format 1's encodings are read as they are.
+pub const FORMAT_VERSION: u32 = 2;
+/// The formats this cairn reads.
+const READS_FORMATS: [u32; 2] = [1, FORMAT_VERSION];
 
 const HEADER_LEN: u64 = MAGIC.len() as u64 + 4 + 8 + 8;
 const TAG_SECTION: u8 = b'S';
@@ -75,7 +79,7 @@ pub enum SnapshotError {
     Bbolt(#[from] BboltError),
     #[error("snapshot missing hash but --skip-hash-check=false")]
     MissingHash,
-    #[error("snapshot format {0}, this cairn reads format {FORMAT_VERSION}")]
+    #[error("snapshot format {0}, this cairn reads formats 1 to {FORMAT_VERSION}")]
     Format(u32),
     #[error("snapshot checksum mismatch: the file is damaged or truncated")]
     Checksum,
@@ -507,7 +511,7 @@ fn load(input: &mut impl Read, store: &Store, ks: &Keyspaces) -> Result<Restored
         return Err(SnapshotError::NotCairn);
     }
     let format = u32::from_be_bytes(read_array(input)?);
-    if format != FORMAT_VERSION {
+    if !READS_FORMATS.contains(&format) {
         return Err(SnapshotError::Format(format));
     }
     let revision = i64::from_be_bytes(read_array(input)?);

@@ -1297,3 +1297,120 @@ async fn size_in_use_drops_after_a_compaction_and_defrag_shrinks_the_files() {
         "{compacted} estimated, {defragmented} left"
     );
 }
+
+#[test]
+fn the_live_value_is_stored_once_and_moves_to_history_when_superseded() {
+    let f = open();
+    let first = "x".repeat(4096);
+    let rev1 = f.put("a", &first);
+    let history_bytes = |f: &Fixture| -> usize {
+        let snap = f.mvcc.store.snapshot();
+        snap.iter(&f.mvcc.ks.history)
+            .map(|item| item.expect("history").1.len())
+            .sum()
+    };
+    assert!(
+        history_bytes(&f) < 64,
+        "the live value is in kv_latest only"
+    );
+    let rev2 = f.put("a", "y");
+    assert!(
+        history_bytes(&f) > 4096,
+        "the superseded value went into history"
+    );
+    let at = |rev| {
+        f.range(RangeRequest {
+            revision: rev,
+            ..range("a", "")
+        })
+        .expect("range")
+        .kvs
+    };
+    assert_eq!(at(rev1), vec![kv("a", &first, rev1, rev1, 1)]);
+    assert_eq!(at(rev2), vec![kv("a", "y", rev1, rev2, 2)]);
+    let rev3 = f.delete("a", "");
+    assert_eq!(
+        at(rev2),
+        vec![kv("a", "y", rev1, rev2, 2)],
+        "deleted, still readable"
+    );
+    assert!(at(rev3).is_empty());
+}
+
+/// What a cairn that stored values twice (format cairn-data-v2) wrote for: rev 2 put a=1;
+/// rev 3 put a=2 and b=1; rev 4 delete b. Its `kv_revs` entries name no superseded record.
+fn write_v2_layout(f: &Fixture) {
+    let ks = &f.mvcc.ks;
+    let mut batch = f.mvcc.store.batch();
+    let a2 = kv("a", "2", 2, 3, 2);
+    let puts = [
+        (Rev::new(2, 0), kv("a", "1", 2, 2, 1)),
+        (Rev::new(3, 0), a2.clone()),
+        (Rev::new(3, 1), kv("b", "1", 3, 3, 1)),
+    ];
+    for (rev, kv) in &puts {
+        let record = codec::encode_record(Some(kv));
+        batch.insert(&ks.history, codec::history_key(&kv.key, *rev), record);
+        let entry = codec::encode_rev_entry(&kv.key, false, Supersedes::Unknown);
+        batch.insert(&ks.revs, rev.to_bytes(), entry);
+    }
+    let gone = Rev::new(4, 0);
+    let tombstone = codec::encode_record(None);
+    batch.insert(&ks.history, codec::history_key(b"b", gone), tombstone);
+    let entry = codec::encode_rev_entry(b"b", true, Supersedes::Unknown);
+    batch.insert(&ks.revs, gone.to_bytes(), entry);
+    batch.insert(&ks.latest, b"a", codec::encode_record(Some(&a2)));
+    batch.insert(&ks.meta, meta::CURRENT_REV, codec::encode_i64(4));
+    batch.insert(&ks.meta, meta::KEY_COUNT, codec::encode_i64(1));
+    batch.commit().expect("commit");
+}
+
+/// Everything a client can read of two stores, which must agree.
+fn assert_same_reads(old: &Fixture, new: &Fixture, revs: std::ops::RangeInclusive<i64>) {
+    let all = |f: &Fixture, rev| {
+        f.range(RangeRequest {
+            revision: rev,
+            ..range("\0", "\0")
+        })
+        .expect("range")
+        .kvs
+    };
+    let compacted = old.mvcc.compact_revision();
+    for rev in revs.clone().filter(|rev| *rev >= compacted) {
+        assert_eq!(all(old, rev), all(new, rev), "range at {rev}");
+    }
+    let (from, to) = (compacted.max(*revs.start()), *revs.end());
+    let events = |f: &Fixture| f.mvcc.events(from, to, 100, true).expect("events");
+    assert_eq!(events(old), events(new), "events {from}..={to}");
+    assert_eq!(
+        old.mvcc.hash_kv(0).expect("hash"),
+        new.mvcc.hash_kv(0).expect("hash")
+    );
+    assert_eq!(old.mvcc.key_count(), new.mvcc.key_count());
+}
+
+#[test]
+fn a_store_that_stored_values_twice_reads_changes_compacts_and_hashes_the_same() {
+    let old = open();
+    write_v2_layout(&old);
+    let old = old.reopen();
+    let new = open();
+    new.put("a", "1");
+    new.ok(vec![put("a", "2"), put("b", "1")]);
+    new.delete("b", "");
+    assert_same_reads(&old, &new, 2..=4);
+    for f in [&old, &new] {
+        f.put("a", "3");
+        f.put("b", "2");
+        f.ok(vec![put("c", "1"), delete("a", "")]);
+    }
+    assert_same_reads(&old, &new, 2..=7);
+    for f in [&old, &new] {
+        let done = f.mvcc.compact(6, b"marker").expect("compact");
+        done.blocking_recv().expect("physical compaction");
+    }
+    assert_same_reads(&old, &new, 6..=7);
+    // What compaction at 6 keeps: a=3 (5), b=2 (6) and the txn at 7 (c put, a tombstone).
+    assert_eq!((old.history_len(), new.history_len()), (4, 4));
+    assert_eq!((old.revs_len(), new.revs_len()), (4, 4));
+}

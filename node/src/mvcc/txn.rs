@@ -24,6 +24,9 @@ pub(super) struct Change {
     pub deleted: bool,
     /// The key's version before the txn, for watch events.
     pub prev: Option<KeyValue>,
+    /// Where `kv_history` has the entry of `prev`, if `kv_latest` recorded it (see
+    /// [`read::Live`]).
+    pub prev_at: Option<codec::Rev>,
 }
 
 /// Operation counts, for etcd's mvcc counters.
@@ -247,14 +250,23 @@ impl<'a> TxnExec<'a> {
         if current.is_none() {
             self.key_delta += 1;
         }
-        let prev = self.before().get_committed(key)?;
+        let (prev, prev_at) = self.committed(key)?;
         self.overlay.insert(key.to_vec(), Some(kv.clone()));
         self.changes.push(Change {
             kv,
             deleted: false,
             prev,
+            prev_at,
         });
         Ok(())
+    }
+
+    /// The key's version before the txn and where `kv_history` has its entry.
+    fn committed(&self, key: &[u8]) -> Result<(Option<KeyValue>, Option<codec::Rev>), MvccError> {
+        Ok(match self.before().get_live(key)? {
+            Some(live) => (Some(live.kv), live.at),
+            None => (None, None),
+        })
     }
 
     /// etcd's `applierV3backend.DeleteRange` inside a txn.
@@ -264,7 +276,7 @@ impl<'a> TxnExec<'a> {
         let found = self.now().range_keys(range, 0, 0, false)?.kvs;
         let rev = self.write_rev();
         for kv in &found {
-            let prev = self.before().get_committed(&kv.key)?;
+            let (prev, prev_at) = self.committed(&kv.key)?;
             self.overlay.insert(kv.key.clone(), None);
             let tombstone = KeyValue {
                 key: kv.key.clone(),
@@ -275,6 +287,7 @@ impl<'a> TxnExec<'a> {
                 kv: tombstone,
                 deleted: true,
                 prev,
+                prev_at,
             });
             self.key_delta -= 1;
         }

@@ -10,7 +10,7 @@
 //!
 //! Layout of a data dir:
 //! ```text
-//! <data-dir>/CAIRN_FORMAT   "cairn-data-v2": written last on first start, checked on every start
+//! <data-dir>/CAIRN_FORMAT   "cairn-data-v3": written last on first start, checked on every start
 //! <data-dir>/cairn.lock     held with an exclusive lock while a node runs
 //! <data-dir>/db/            the state database: MVCC, leases, meta
 //! <data-dir>/wal/           the WAL database: the raft log and raft meta
@@ -71,7 +71,11 @@ pub use kv::{Bytes, Iter, Keys, Keyspace, KeyspaceUsage, Snapshot, WriteBatch};
 
 /// The content of the format marker. Bump it (and add a migration) when an on-disk
 /// encoding changes incompatibly.
-const FORMAT: &str = "cairn-data-v2";
+const FORMAT: &str = "cairn-data-v3";
+/// Formats this cairn opens and upgrades in place by rewriting the marker, because their
+/// data reads as it is: v2 stored each live value twice (`kv_latest` and `kv_history`);
+/// v3 writes it once, reads v2's records too, and cannot be opened by a v2 cairn.
+const UPGRADES_FROM: &[&str] = &["cairn-data-v2"];
 const FORMAT_FILE: &str = "CAIRN_FORMAT";
 const LOCK_FILE: &str = "cairn.lock";
 const DB_DIR: &str = "db";
@@ -92,6 +96,12 @@ const DB_WRITE_BUFFER_BYTES: u64 = 64 << 20;
 /// All memtables of the WAL database together: log entries are read back once, by apply,
 /// right after they are written, so a small buffer serves them.
 const WAL_WRITE_BUFFER_BYTES: u64 = 32 << 20;
+/// Journal files each database keeps before it flushes the memtables that pin the oldest
+/// (fjall's default is 512 MiB). The small keyspaces rewritten on every apply (`mvcc_meta`,
+/// the raft meta) never fill a memtable, so they pin every journal up to this limit: at
+/// the default, a loaded node carried up to 1 GiB of journals on disk and replayed them on
+/// restart. 64 MiB is fjall's minimum.
+const JOURNAL_BYTES: u64 = 64 << 20;
 /// How often the data dir's size is measured for `Status`, `/metrics` and the quota check.
 const SIZE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -298,12 +308,23 @@ impl Store {
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Store, StorageError> {
         fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
         let lock = lock(dir)?;
-        let fresh = check_format(dir)?;
+        let found = check_format(dir)?;
+        let fresh = matches!(found, Found::Fresh);
         let (wal_path, wal_lock) = wal_location(dir, options.wal_dir.as_deref(), fresh)?;
         let db = open_db(&dir.join(DB_DIR), DB_WRITE_BUFFER_BYTES)?;
         let wal = open_db(&wal_path, WAL_WRITE_BUFFER_BYTES)?;
-        if fresh {
-            write_format(dir)?;
+        match found {
+            Found::Fresh => write_format(dir)?,
+            Found::Current => {}
+            Found::Upgradable(old) => {
+                write_format(dir)?;
+                tracing::info!(
+                    data_dir = %dir.display(),
+                    "data dir format {old} upgraded to {FORMAT} in place (existing records are \
+                     read as they are, new values are stored once); a cairn that reads only \
+                     {old} can no longer open it"
+                );
+            }
         }
         let paths = vec![dir.join(DB_DIR), wal_path.clone()];
         let size = Arc::new(AtomicU64::new(allocated(&paths)));
@@ -565,6 +586,7 @@ fn open_db(path: &Path, write_buffer: u64) -> Result<fjall::Database, StorageErr
         // Cairn decides when to fsync (group commit, snapshots); fjall must not on its own.
         .manual_journal_persist(true)
         .cache_size(CACHE_BYTES)
+        .max_journaling_size(JOURNAL_BYTES)
         .max_write_buffer_size(Some(write_buffer));
     builder.open().map_err(|source| StorageError::Engine {
         path: path.to_path_buf(),
@@ -573,8 +595,15 @@ fn open_db(path: &Path, write_buffer: u64) -> Result<fjall::Database, StorageErr
     })
 }
 
+/// Every keyspace compresses its data blocks with LZ4 at every level: fjall's default
+/// leaves levels 0 and 1 uncompressed, which is where a store of a few hundred MiB keeps
+/// most of its data. Keyspaces created before keep the policy they were created with.
 fn keyspace_options() -> fjall::KeyspaceCreateOptions {
-    fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+    fjall::KeyspaceCreateOptions::default()
+        .max_memtable_size(MEMTABLE_BYTES)
+        .data_block_compression_policy(fjall::config::CompressionPolicy::all(
+            fjall::CompressionType::Lz4,
+        ))
 }
 
 /// Measures the databases' size every [`SIZE_SAMPLE_INTERVAL`] until the store is dropped.
@@ -695,10 +724,22 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 /// Returns whether the directory is new. A directory with other content and no marker
 /// is someone else's (an etcd data dir, a home directory...) and is refused untouched.
-fn check_format(dir: &Path) -> Result<bool, StorageError> {
+/// What the format marker of a data dir says.
+enum Found {
+    /// No marker and nothing else: a new data dir.
+    Fresh,
+    Current,
+    /// One of [`UPGRADES_FROM`].
+    Upgradable(String),
+}
+
+fn check_format(dir: &Path) -> Result<Found, StorageError> {
     let marker = dir.join(FORMAT_FILE);
     match fs::read_to_string(&marker) {
-        Ok(found) if found.trim() == FORMAT => Ok(false),
+        Ok(found) if found.trim() == FORMAT => Ok(Found::Current),
+        Ok(found) if UPGRADES_FROM.contains(&found.trim()) => {
+            Ok(Found::Upgradable(found.trim().to_string()))
+        }
         Ok(found) => Err(StorageError::WrongFormat {
             path: dir.to_path_buf(),
             found: found.trim().to_string(),
@@ -711,7 +752,7 @@ fn check_format(dir: &Path) -> Result<bool, StorageError> {
                 .filter(|n| n != LOCK_FILE && n != DB_DIR && n != WAL_DIR && n != FIXTURES_DIR)
                 .collect();
             if others.is_empty() {
-                return Ok(true);
+                return Ok(Found::Fresh);
             }
             let found = if others.iter().any(|n| n == "member") {
                 "it looks like an etcd data dir; restore it with `etcdutl snapshot` into a new cairn instead".to_string()
@@ -839,6 +880,16 @@ mod tests {
         fs::write(dir.path().join(FORMAT_FILE), "cairn-data-v999\n").expect("write");
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(matches!(err, StorageError::WrongFormat { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_older_format_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path()).expect("create"));
+        fs::write(dir.path().join(FORMAT_FILE), "cairn-data-v2\n").expect("write");
+        drop(Store::open(dir.path()).expect("open a v2 data dir"));
+        let marker = fs::read_to_string(dir.path().join(FORMAT_FILE)).expect("read");
+        assert_eq!(marker.trim(), FORMAT);
     }
 
     #[test]

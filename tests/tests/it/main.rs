@@ -15,6 +15,7 @@ mod cluster_ops;
 mod config;
 mod crash;
 mod dashboards;
+mod data_format;
 mod edge_cases;
 mod etcd_snapshots;
 mod etcdctl;
