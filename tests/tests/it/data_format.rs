@@ -170,7 +170,7 @@ async fn a_data_dir_that_stored_values_twice_is_upgraded_and_serves_its_history(
         .hash();
 
     server.restart().await.unwrap();
-    let mut client = server.client().await.unwrap();
+    let client = server.client().await.unwrap();
     assert_eq!(version_of(&server, "a", 0).await, v("4", 2, 8, 4));
     assert_eq!(version_of(&server, "c", 9).await, v("2", 4, 9, 2));
     let again = client
