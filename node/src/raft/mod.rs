@@ -1082,6 +1082,22 @@ mod tests {
         node.shutdown().await;
     }
 
+    /// Opens the store again once the stopped node's last tasks let go of it: openraft's
+    /// workers drop their handles shortly after `shutdown` returns, later on a loaded machine.
+    async fn reopen(dir: &Path) -> Store {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Err(crate::storage::StorageError::Locked(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                opened => return opened.expect("reopen store"),
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_keeps_the_cluster_and_does_not_apply_twice() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1108,7 +1124,7 @@ mod tests {
             (id, *m.membership_config.log_id(), status.applied_index)
         };
 
-        let store = Arc::new(Store::open(dir.path()).expect("reopen store"));
+        let store = Arc::new(reopen(dir.path()).await);
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("reopen mvcc"));
         assert_eq!(mvcc.current_revision(), 36);
         let node = RaftNode::start(store.clone(), mvcc.clone(), lessor(&store), settings(10))
