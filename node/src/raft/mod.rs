@@ -213,6 +213,8 @@ pub struct RaftNode {
     peers: Arc<Peers>,
     /// Held to watch for a fatal storage failure ([`RaftNode::failed`]).
     store: Arc<Store>,
+    /// The state machine's last applied index, current before apply answers a client.
+    applied_index: Arc<std::sync::atomic::AtomicU64>,
     /// Bounds a proposal or read barrier, like etcd's request timeout (5 s + 2 elections).
     request_timeout: Duration,
     metrics_task: tokio::task::JoinHandle<()>,
@@ -259,6 +261,7 @@ impl RaftNode {
             .map_err(fatal)?;
         }
         let sole_member = log_store.sole_member();
+        let applied_index = state_machine.applied_index();
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -283,6 +286,7 @@ impl RaftNode {
             released: tokio::sync::Mutex::new(released),
             raft,
             store,
+            applied_index,
         };
         let wait = settings.election_timeout * 2 * ELECTIONS_TO_WAIT;
         // A forced member is its cluster's only voter, whatever --initial-cluster says.
@@ -529,12 +533,22 @@ impl RaftNode {
     pub fn status(&self) -> RaftStatus {
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
+        // openraft publishes its metrics after apply has answered: a client that saw its
+        // write acknowledged must not see an index before it (etcd's are set in apply).
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index()).max(
+            self.applied_index
+                .load(std::sync::atomic::Ordering::Acquire),
+        );
         RaftStatus {
             leader: m.current_leader,
             is_leader: m.state == ServerState::Leader,
             term: m.current_term,
-            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index()),
-            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index()),
+            commit_index: m
+                .local_committed
+                .as_ref()
+                .map_or(0, |l| l.index())
+                .max(applied),
+            applied_index: applied,
         }
     }
 

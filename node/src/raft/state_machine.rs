@@ -32,6 +32,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,9 @@ pub(super) struct StateMachine {
     /// Told about every applied revision's events, in apply order.
     watch: Option<Arc<WatchHub>>,
     state: AppliedState,
+    /// `state`'s last applied index, for `Status`: set before apply answers its clients,
+    /// where openraft's metrics catch up later.
+    applied_index: Arc<AtomicU64>,
     /// A received snapshot whose install a crash interrupted, until it is installed.
     pending: Option<(SnapshotMeta, PathBuf)>,
     /// Where received snapshots are kept (see [`super::snapshot`]).
@@ -118,11 +122,23 @@ impl StateMachine {
             lessor,
             auth: None,
             watch,
+            applied_index: Arc::new(AtomicU64::new(index_of(&state))),
             state,
             pending,
             snap_dir,
             in_use,
         })
+    }
+
+    /// The last applied index, kept current by apply and snapshot installs.
+    pub(super) fn applied_index(&self) -> Arc<AtomicU64> {
+        self.applied_index.clone()
+    }
+
+    fn set_state(&mut self, state: AppliedState) {
+        self.applied_index
+            .store(index_of(&state), Ordering::Release);
+        self.state = state;
     }
 
     /// Applies auth commands to `auth` (without one they are refused).
@@ -182,7 +198,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             blocking(move || apply_all(&parts, state, entries)).await?
         };
-        self.state = state;
+        self.set_state(state);
         for (responder, outcome) in replies {
             responder.send(outcome);
         }
@@ -236,7 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(hub) = &self.watch {
             hub.restored(revision);
         }
-        self.state = state;
+        self.set_state(state);
         self.pending = None;
         Ok(())
     }
@@ -294,6 +310,10 @@ struct Parts {
     lessor: Arc<Lessor>,
     auth: Option<Arc<AuthStore>>,
     watch: Option<Arc<WatchHub>>,
+}
+
+fn index_of(state: &AppliedState) -> u64 {
+    state.last_applied.as_ref().map_or(0, |l| l.index())
 }
 
 /// Applies a batch in log order on a blocking thread; returns the new state and the replies.
