@@ -737,6 +737,12 @@ def ratio(etcd, cairn):
         return "–"
     return f"{cairn / etcd:.2f}"
 
+def scaled_rows(title, e, c, fields):
+    """One row per (field, label, format, divisor): etcd's and cairn's figure and their ratio."""
+    for field, label, fmt, scale in fields:
+        ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
+        rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+
 rows = ["| case | metric | etcd | cairn | cairn/etcd |", "|---|---|---:|---:|---:|"]
 for key, title in cases:
     e, c = load("etcd." + key) or {}, load("cairn." + key) or {}
@@ -772,15 +778,13 @@ for n in scale_keys.split():
                               ("p99_ms", f"put, {clients} clients, p99 ms", "{:.3f}")]:
         ev, cv = pe.get(field), pc.get(field)
         rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
-    for field, label, fmt, scale in [("loaded_rss_kb", "RSS after loading, MiB", "{:.1f}", 1024),
-                                     ("data_bytes", "data dir after loading, MiB", "{:.1f}", 1048576),
-                                     ("compact_s", "physical compaction to the latest revision, s", "{:.2f}", 1),
-                                     ("restart_s", "restart after kill -9 until healthy, s", "{:.2f}", 1),
-                                     ("restarted_rss_kb", "RSS after restart, MiB", "{:.1f}", 1024),
-                                     ("data_bytes_after", "data dir after compaction and restart, MiB", "{:.1f}", 1048576),
-                                     ("keys", "keys counted after restart", "{:.0f}", 1)]:
-        ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
-        rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+    scaled_rows(title, e, c, [("loaded_rss_kb", "RSS after loading, MiB", "{:.1f}", 1024),
+                              ("data_bytes", "data dir after loading, MiB", "{:.1f}", 1048576),
+                              ("compact_s", "physical compaction to the latest revision, s", "{:.2f}", 1),
+                              ("restart_s", "restart after kill -9 until healthy, s", "{:.2f}", 1),
+                              ("restarted_rss_kb", "RSS after restart, MiB", "{:.1f}", 1024),
+                              ("data_bytes_after", "data dir after compaction and restart, MiB", "{:.1f}", 1048576),
+                              ("keys", "keys counted after restart", "{:.0f}", 1)])
 
 e, c = load("etcd.scan") or {}, load("cairn.scan") or {}
 title = f"puts at 200/s during 4 full ranges over {scan_keys} keys"
@@ -793,22 +797,18 @@ for field, label, fmt in [("p50_ms", "put p50 ms from due time", "{:.3f}"),
 
 e, c = load("etcd.snapshot") or {}, load("cairn.snapshot") or {}
 title = f"etcdctl snapshot save of {snapshot_keys} keys of {snapshot_val_size} B"
-for field, label, fmt, scale in [("mb_per_s", "MB/s", "{:.1f}", 1), ("seconds", "seconds", "{:.2f}", 1),
-                                 ("bytes", "snapshot file, MiB", "{:.1f}", 1048576)]:
-    ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
-    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+scaled_rows(title, e, c, [("mb_per_s", "MB/s", "{:.1f}", 1), ("seconds", "seconds", "{:.2f}", 1),
+                          ("bytes", "snapshot file, MiB", "{:.1f}", 1048576)])
 
 e, c = load("etcd.defrag") or {}, load("cairn.defrag") or {}
 title = "etcdctl defrag after overwriting every key and compacting, 16 clients putting meanwhile"
-for field, label, fmt, scale in [("defrag_seconds", "defrag seconds", "{:.2f}", 1),
-                                 ("put_p99_ms", "put p99 ms", "{:.2f}", 1), ("put_max_ms", "put max ms", "{:.1f}", 1),
-                                 ("puts_per_s", "puts/s", "{:.0f}", 1),
-                                 ("db_before", "dbSize before, MiB", "{:.1f}", 1048576),
-                                 ("db_after", "dbSize after, MiB", "{:.1f}", 1048576),
-                                 ("in_use_before", "dbSizeInUse before, MiB", "{:.1f}", 1048576),
-                                 ("in_use_after", "dbSizeInUse after, MiB", "{:.1f}", 1048576)]:
-    ev, cv = (x / scale if x is not None else None for x in (e.get(field), c.get(field)))
-    rows.append(f"| {title} | {label} | {cell(ev, fmt)} | {cell(cv, fmt)} | {ratio(ev, cv)} |")
+scaled_rows(title, e, c, [("defrag_seconds", "defrag seconds", "{:.2f}", 1),
+                          ("put_p99_ms", "put p99 ms", "{:.2f}", 1), ("put_max_ms", "put max ms", "{:.1f}", 1),
+                          ("puts_per_s", "puts/s", "{:.0f}", 1),
+                          ("db_before", "dbSize before, MiB", "{:.1f}", 1048576),
+                          ("db_after", "dbSize after, MiB", "{:.1f}", 1048576),
+                          ("in_use_before", "dbSizeInUse before, MiB", "{:.1f}", 1048576),
+                          ("in_use_after", "dbSizeInUse after, MiB", "{:.1f}", 1048576)])
 
 e, c = load("etcd.failover") or {}, load("cairn.failover") or {}
 title = (f"3 members, kill -9 of the leader until a put through a survivor succeeds "
