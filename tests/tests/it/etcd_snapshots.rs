@@ -80,6 +80,17 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A snapshot of a fresh server after the workload, saved as `snap.db` in a new temp dir.
+async fn saved_snapshot() -> (tempfile::TempDir, PathBuf) {
+    let server = Server::start().await.unwrap();
+    let mut client = server.client().await.unwrap();
+    workload(&mut client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    save(&server, &file).await;
+    (dir, file)
+}
+
 /// `etcdctl snapshot save` from `server` into `path`.
 async fn save(server: &Server, path: &Path) {
     server
@@ -242,12 +253,7 @@ async fn a_snapshot_saved_under_writes_restores_into_a_new_three_member_cluster(
 
 #[tokio::test]
 async fn cairn_snapshot_status_prints_what_etcdutl_prints() {
-    let server = Server::start().await.unwrap();
-    let mut client = server.client().await.unwrap();
-    workload(&mut client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snap.db");
-    save(&server, &file).await;
+    let (_dir, file) = saved_snapshot().await;
     let cairn = ServerKind::Cairn.binary().unwrap();
     for format in ["simple", "json", "table"] {
         let status = |bin: &Path| {
@@ -333,12 +339,7 @@ async fn cairn_restores_an_etcd_snapshot() {
 
 #[tokio::test]
 async fn damaged_snapshots_and_occupied_data_dirs_are_refused() {
-    let server = Server::start().await.unwrap();
-    let mut client = server.client().await.unwrap();
-    workload(&mut client).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snap.db");
-    save(&server, &file).await;
+    let (dir, file) = saved_snapshot().await;
     let bytes = std::fs::read(&file).unwrap();
     let kind = ServerKind::from_env();
     let flags = [
