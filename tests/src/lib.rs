@@ -120,12 +120,26 @@ fn etcd_tool(env_var: &str, name: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(name))
 }
 
-/// Picks a port nobody listens on by binding port 0; ports handed out by this process are
-/// remembered so that parallel tests never get the same one.
+/// Ports the harness hands out: below Linux's ephemeral range (32768-60999), so that no
+/// outgoing connection (a client, a peer) can take a port between its pick and the bind of
+/// the server it was picked for.
+const PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// Picks a port nobody listens on: tried by binding it, starting from a point that differs
+/// per process (so parallel test binaries rarely try the same ones); ports handed out by
+/// this process are remembered so that parallel tests never get the same one.
 pub fn free_port() -> Result<u16> {
     static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let offset = u16::try_from((start + step) % span).expect("below the span");
+        let port = PORTS.start + offset;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
         let mut taken = TAKEN
             .lock()
             .map_err(|_| anyhow!("port registry poisoned"))?;
@@ -133,7 +147,7 @@ pub fn free_port() -> Result<u16> {
             return Ok(port);
         }
     }
-    bail!("no free port found")
+    bail!("no free port found in {PORTS:?}")
 }
 
 /// The etcd-style command line for a single-member server.
