@@ -29,6 +29,9 @@
 #                        keys (256 B values), put at BENCH_CLIENTS over them, a physical
 #                        compaction to the latest revision, then kill -9 and a timed restart;
 #                        "0" skips it ["10000 1000000"; add 10000000 for the 10 M point]
+#   BENCH_RANDOM_VALUES  1: the scale case loads and puts random bytes (`cairn bench
+#                        --random-values`), so data-dir sizes are not flattered by
+#                        compression; 0: one repeated byte, like etcd's benchmark tool [0]
 #   BENCH_SCAN_KEYS      keys (100 B values) of the scan case: 4 clients loop full-keyspace
 #                        ranges while one puts at 200/s for 8 s [200000]
 #   BENCH_SNAPSHOT_KEYS  keys of the snapshot case, BENCH_SNAPSHOT_VAL_SIZE bytes each: the
@@ -94,6 +97,8 @@ watchers=${BENCH_WATCHERS:-10000}
 watch_streams=${BENCH_WATCH_STREAMS:-100}
 watch_rate=${BENCH_WATCH_RATE:-1000}
 scale_keys=${BENCH_SCALE_KEYS:-10000 1000000}
+scale_values=()
+[ "${BENCH_RANDOM_VALUES:-0}" = 1 ] && scale_values=(--random-values)
 scan_keys=${BENCH_SCAN_KEYS:-200000}
 snapshot_keys=${BENCH_SNAPSHOT_KEYS:-200000}
 snapshot_val_size=${BENCH_SNAPSHOT_VAL_SIZE:-1024}
@@ -340,12 +345,13 @@ scale_point() {
 	start_server "$server" "-scale-$keys"
 	log "$server: loading $keys keys"
 	"$CAIRN" bench --endpoints "$endpoint" --key-space "$keys" --total 1 --warmup 0s \
-		--clients 64 range --consistency s --preload >"$work/$server.scale-$keys-load.out" 2>&1 || {
+		${scale_values[@]+"${scale_values[@]}"} --clients 64 range --consistency s --preload \
+		>"$work/$server.scale-$keys-load.out" 2>&1 || {
 		log "$server scale load FAILED"; stop_server; return 0; }
 	loaded_kb=$(proc_kb "$server_pid" VmRSS)
 	loaded_bytes=$(du -sb "$data" | cut -f1)
 	run_bench "$server" "scale-$keys-put" put --duration "$duration" --warmup "$warmup" \
-		--key-space "$keys" --clients "$clients"
+		--key-space "$keys" --clients "$clients" ${scale_values[@]+"${scale_values[@]}"}
 	rev=$(db_status revision)
 	started=$EPOCHREALTIME
 	"$ETCDCTL" --endpoints="$endpoint" --command-timeout=30m compaction --physical "$rev" >/dev/null
@@ -648,7 +654,7 @@ machine_info() {
 - data dirs: $work, filesystem $fs
 - etcd: $("$ETCD" --version | head -1)
 - cairn: $("${CAIRN_SERVER_BIN:-$CAIRN}" --version | head -1), source $(git -C "$repo" describe --always --dirty 2>/dev/null || echo "unknown")
-- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space, $repeat round(s), cases "$cases"
+- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space, $repeat round(s), cases "$cases", scale values ${scale_values[*]:-repeated byte}
 - server flags: etcd ${ETCD_EXTRA_ARGS---log-level=warn}; cairn ${CAIRN_SERVE_ARGS:-} ${CAIRN_EXTRA_ARGS:-}
 EOF
 }

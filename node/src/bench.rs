@@ -194,6 +194,10 @@ pub struct LoadArgs {
     /// node whose schema-guard plugin requires them.
     #[arg(long, global = true)]
     pub json_values: bool,
+    /// Put values of fresh random bytes, different on every put and preloaded key, so that
+    /// data-dir sizes are not flattered by compression (gRPC only).
+    #[arg(long, global = true, conflicts_with_all = ["json_values", "gateway"])]
+    pub random_values: bool,
     /// Number of distinct keys requests pick from, uniformly at random.
     #[arg(long, global = true, default_value_t = 100_000)]
     pub key_space: u64,
@@ -231,6 +235,7 @@ struct Plan {
     key_size: usize,
     val_size: usize,
     json_values: bool,
+    random_values: bool,
     key_space: u64,
     warmup: Duration,
     request_timeout: Duration,
@@ -361,6 +366,7 @@ impl BenchArgs {
             key_size: load.key_size,
             val_size: load.val_size,
             json_values: load.json_values,
+            random_values: load.random_values,
             key_space: load.key_space,
             warmup: load.warmup,
             request_timeout: load.request_timeout,
@@ -410,16 +416,54 @@ fn put_value(size: usize, json: bool) -> Vec<u8> {
     }
 }
 
+/// What puts write: one fixed value, or (`--random-values`) fresh random bytes each time.
+#[derive(Clone)]
+struct Values {
+    fixed: Arc<Vec<u8>>,
+    random: bool,
+}
+
+impl Values {
+    fn new(size: usize, json: bool, random: bool) -> Values {
+        Values {
+            fixed: Arc::new(put_value(size, json)),
+            random,
+        }
+    }
+
+    fn of(plan: &Plan) -> Values {
+        Values::new(plan.val_size, plan.json_values, plan.random_values)
+    }
+
+    /// The value of one put; `seed` picks the random bytes.
+    fn make(&self, seed: u64) -> Vec<u8> {
+        if !self.random {
+            return self.fixed.as_ref().clone();
+        }
+        let mut bytes = KeyPicker(seed);
+        let mut value = Vec::with_capacity(self.fixed.len() + 8);
+        while value.len() < self.fixed.len() {
+            value.extend_from_slice(&bytes.next_u64().to_le_bytes());
+        }
+        value.truncate(self.fixed.len());
+        value
+    }
+}
+
 /// splitmix64: enough randomness to pick keys uniformly, without a `rand` dependency.
 struct KeyPicker(u64);
 
 impl KeyPicker {
-    fn next(&mut self, key_space: u64) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % key_space
+        z ^ (z >> 31)
+    }
+
+    fn next(&mut self, key_space: u64) -> u64 {
+        self.next_u64() % key_space
     }
 }
 
@@ -561,7 +605,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
             &grpc,
             plan.key_space,
             plan.key_size,
-            plan.val_size,
+            &Values::of(plan),
             token.as_ref(),
         )
         .await?;
@@ -591,9 +635,8 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
         done: AtomicU64::new(0),
     });
     let progress = tokio::spawn(report_progress(Arc::clone(&schedule)));
-    let value = put_value(plan.val_size, plan.json_values);
-    let value_b64 = Arc::new(base64::prelude::BASE64_STANDARD.encode(&value));
-    let value = Arc::new(value);
+    let values = Values::of(plan);
+    let value_b64 = Arc::new(base64::prelude::BASE64_STANDARD.encode(values.fixed.as_ref()));
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -603,7 +646,7 @@ async fn execute(plan: &Plan) -> anyhow::Result<Summary> {
             op: plan.op,
             key_size: plan.key_size,
             key_space: plan.key_space,
-            value: Arc::clone(&value),
+            values: values.clone(),
             value_b64: Arc::clone(&value_b64),
             timeout: plan.request_timeout,
             token: token.clone(),
@@ -681,11 +724,10 @@ async fn preload_keys(
     clients: &[KvClient<Channel>],
     key_space: u64,
     key_size: usize,
-    val_size: usize,
+    values: &Values,
     token: Option<&MetadataValue<Ascii>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let value = vec![b'v'; val_size];
     let batches = key_space.div_ceil(PRELOAD_TXN_OPS);
     stream::iter(0..batches)
         .map(|batch| {
@@ -696,7 +738,7 @@ async fn preload_keys(
                 .map(|i| RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
                         key: key(i, key_size),
-                        value: value.clone(),
+                        value: values.make(i),
                         ..Default::default()
                     })),
                 })
@@ -733,7 +775,7 @@ struct Request {
     op: Op,
     key_size: usize,
     key_space: u64,
-    value: Arc<Vec<u8>>,
+    values: Values,
     /// The value as the gateway's JSON carries it.
     value_b64: Arc<String>,
     timeout: Duration,
@@ -742,8 +784,15 @@ struct Request {
 }
 
 impl Request {
-    /// Sends one request on `conn`; `draw` is a random number in `0..1000`.
-    async fn send(&self, conn: &mut Conn, index: u64, draw: u64) -> Result<(), tonic::Status> {
+    /// Sends one request on `conn`; `draw` is a random number in `0..1000`, `seed` one for
+    /// random values.
+    async fn send(
+        &self,
+        conn: &mut Conn,
+        index: u64,
+        draw: u64,
+        seed: u64,
+    ) -> Result<(), tonic::Status> {
         let first = key(index, self.key_size);
         let kv = match conn {
             Conn::Grpc(kv) => kv,
@@ -764,7 +813,7 @@ impl Request {
             Op::Put => {
                 let put = PutRequest {
                     key: first,
-                    value: self.value.as_ref().clone(),
+                    value: self.values.make(seed),
                     ..Default::default()
                 };
                 kv.put(self.deadline(put)).await.map(drop)
@@ -779,7 +828,10 @@ impl Request {
             }
             Op::TxnPut { ops, cas } => {
                 let success = (0..u64::from(ops))
-                    .map(|j| self.put_op(key((index + j) % self.key_space, self.key_size)))
+                    .map(|j| {
+                        let key = key((index + j) % self.key_space, self.key_size);
+                        self.put_op(key, seed.wrapping_add(j))
+                    })
                     .collect();
                 let compare = match cas {
                     false => Vec::new(),
@@ -810,7 +862,7 @@ impl Request {
                             ..Default::default()
                         })),
                     },
-                    false => self.put_op(first),
+                    false => self.put_op(first, seed),
                 };
                 let txn = TxnRequest {
                     success: vec![op],
@@ -823,11 +875,11 @@ impl Request {
         }
     }
 
-    fn put_op(&self, key: Vec<u8>) -> RequestOp {
+    fn put_op(&self, key: Vec<u8>, seed: u64) -> RequestOp {
         RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key,
-                value: self.value.as_ref().clone(),
+                value: self.values.make(seed),
                 ..Default::default()
             })),
         }
@@ -857,9 +909,13 @@ async fn client_loop(
         last_end: schedule.measure_from,
     };
     while let Some(measured) = schedule.claim(Instant::now()) {
-        let (index, draw) = (picker.next(request.key_space), picker.next(1000));
+        let (index, draw, seed) = (
+            picker.next(request.key_space),
+            picker.next(1000),
+            picker.next_u64(),
+        );
         let started = Instant::now();
-        let result = request.send(&mut conn, index, draw).await;
+        let result = request.send(&mut conn, index, draw, seed).await;
         let ended = Instant::now();
         if !measured {
             continue;
@@ -929,6 +985,22 @@ mod tests {
         assert_eq!(p.stop, Stop::After(Duration::from_secs(10)));
         assert_eq!((p.key_size, p.val_size, p.key_space), (8, 256, 100_000));
         assert_eq!(p.warmup, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn random_values_differ_per_put_and_keep_the_size() {
+        let p = plan(&["put", "--val-size", "100", "--random-values"]).expect("valid");
+        let values = Values::of(&p);
+        let (a, b) = (values.make(1), values.make(2));
+        assert_eq!((a.len(), b.len()), (100, 100));
+        assert_ne!(a, b);
+        // Random bytes, not a repeated pattern: far more than a handful of distinct bytes.
+        let distinct: std::collections::HashSet<u8> = a.iter().copied().collect();
+        assert!(distinct.len() > 50, "{distinct:?}");
+        let fixed = Values::of(&plan(&["put", "--val-size", "100"]).expect("valid"));
+        assert_eq!(fixed.make(1), vec![b'v'; 100]);
+        let err = plan(&["put", "--random-values", "--json-values"]).expect_err("conflict");
+        assert!(err.contains("cannot be used with"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use super::{connect, new_histogram, preload_keys, RESULT_PREFIX};
+use super::{connect, new_histogram, preload_keys, Values, RESULT_PREFIX};
 use crate::proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
 
 /// Options of `scan`.
@@ -67,7 +67,8 @@ pub async fn run(args: &ScanArgs, load: Load<'_>) -> anyhow::Result<()> {
         .map(|c| KvClient::new(c.clone()).max_decoding_message_size(usize::MAX))
         .collect();
     if !args.no_preload {
-        preload_keys(&clients, load.key_space, load.key_size, load.val_size, None).await?;
+        let values = Values::new(load.val_size, false, false);
+        preload_keys(&clients, load.key_space, load.key_size, &values, None).await?;
     }
     let end = Instant::now() + load.duration;
     let mut scanners = JoinSet::new();
