@@ -323,6 +323,8 @@ fn apply_all(
     entries: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<(AppliedState, Replies)> {
     let mut replies = Vec::new();
+    // Each revision's events, for the watchers once the batch is applied.
+    let mut revisions = Vec::new();
     for (entry, responder) in entries {
         state.last_applied = Some(entry.log_id);
         if let EntryPayload::Membership(m) = &entry.payload {
@@ -339,13 +341,18 @@ fn apply_all(
         if started.elapsed() > SLOW_APPLY {
             metrics::get().slow_apply.inc();
         }
-        // Committed: watchers may see it now, in apply order.
-        if let (Some(hub), Outcome(Some(Ok(applied)))) = (&parts.watch, &outcome) {
-            hub.notify(applied.events());
+        if let Outcome(Some(Ok(applied))) = &outcome {
+            if parts.watch.is_some() && !applied.events().is_empty() {
+                revisions.push(applied.events().to_vec());
+            }
         }
         if let Some(responder) = responder {
             replies.push((responder, outcome));
         }
+    }
+    // Committed: watchers may see them now, in apply order, before any client hears back.
+    if let Some(hub) = &parts.watch {
+        hub.notify(revisions);
     }
     Ok((state, replies))
 }

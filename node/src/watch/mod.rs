@@ -242,6 +242,24 @@ impl State {
         m.slow_watchers.set(gauge(self.unsynced.len()));
     }
 
+    /// With no watcher at all, applied revisions only move the hub on: nothing is encoded
+    /// (a watcher that registers later starts after them or reads them from history).
+    fn skip_unwatched(&mut self, revisions: &[Vec<Event>]) -> bool {
+        if !self.watchers.is_empty() {
+            return false;
+        }
+        let last = revisions
+            .iter()
+            .rev()
+            .find_map(|events| events.first())
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision);
+        if let Some(rev) = last {
+            self.rev = self.rev.max(rev);
+        }
+        true
+    }
+
     /// Hands one revision's events to the synced watchers they concern.
     fn dispatch(&mut self, events: &[Arc<SharedEvent>]) {
         let Some(rev) = events.first().map(|e| e.revision()) else {
@@ -342,7 +360,7 @@ impl Shared {
 /// The hub. Dropping it stops its threads.
 pub struct WatchHub {
     shared: Arc<Shared>,
-    dispatch: Mutex<mpsc::Sender<Vec<Event>>>,
+    dispatch: Mutex<mpsc::Sender<Vec<Vec<Event>>>>,
     wake_syncer: Mutex<mpsc::Sender<()>>,
     /// How often idle watches with `progress_notify` get a progress response.
     pub progress_interval: Duration,
@@ -362,14 +380,20 @@ impl WatchHub {
             }),
             mvcc,
         });
-        let (dispatch, queue) = mpsc::channel::<Vec<Event>>();
+        let (dispatch, queue) = mpsc::channel::<Vec<Vec<Event>>>();
         let (wake_syncer, wake) = mpsc::channel();
         let s = shared.clone();
         spawn("watch-dispatch", move || {
-            while let Ok(events) = queue.recv() {
+            while let Ok(revisions) = queue.recv() {
+                if s.lock().skip_unwatched(&revisions) {
+                    continue;
+                }
                 // Encoded here, not on apply's thread, and outside the hub lock.
-                let events = share(&events);
-                s.lock().dispatch(&events);
+                let revisions: Vec<_> = revisions.iter().map(|events| share(events)).collect();
+                let mut st = s.lock();
+                for events in &revisions {
+                    st.dispatch(events);
+                }
             }
         })?;
         let s = shared.clone();
@@ -382,14 +406,16 @@ impl WatchHub {
         })
     }
 
-    /// Queues the events of one applied revision. Never blocks on watchers.
-    pub fn notify(&self, events: &[Event]) {
-        if events.is_empty() {
+    /// Queues the events of applied revisions, one list per revision in apply order. Never
+    /// blocks on watchers. Apply hands over a whole batch at once: one wake-up of the
+    /// dispatcher per batch, not per revision.
+    pub fn notify(&self, revisions: Vec<Vec<Event>>) {
+        if revisions.is_empty() {
             return;
         }
         if let Ok(tx) = self.dispatch.lock() {
             // The dispatcher only stops when the hub is dropped.
-            let _ = tx.send(events.to_vec());
+            let _ = tx.send(revisions);
         }
     }
 

@@ -30,7 +30,7 @@ fn put_all(mvcc: &Mvcc, hub: &WatchHub, keys: &[&str], value: &str) -> i64 {
         ..Default::default()
     };
     let (resp, events) = mvcc.apply_txn(&req, b"m").expect("apply");
-    hub.notify(&events);
+    hub.notify(vec![events]);
     resp.header.map_or(0, |h| h.revision)
 }
 
@@ -227,4 +227,24 @@ fn watchers_far_apart_in_history_each_get_every_revision_once() {
     }
     assert_eq!(seen[&far], (2..=last).collect::<Vec<_>>());
     assert_eq!(seen[&near], (last - 10..=last).collect::<Vec<_>>());
+}
+
+#[test]
+fn revisions_nobody_watched_move_the_hub_on_and_stay_in_history() {
+    let (_dir, mvcc, hub) = open();
+    let first = put_all(&mvcc, &hub, &["u/a"], "1");
+    let second = put_all(&mvcc, &hub, &["u/b"], "2");
+    wait_dispatched(&hub, second);
+    // From "now": only what comes after the unwatched revisions.
+    let (sink, mut rx) = channel();
+    hub.watch(prefix("u/"), 0, false, &sink);
+    let third = put_all(&mvcc, &hub, &["u/c"], "3");
+    assert_eq!(flat(&collect_until(&mut rx, third)), vec![third]);
+    // From an old revision: the unwatched ones are read from history, in order.
+    let (sink, mut rx) = channel();
+    hub.watch(prefix("u/"), first, false, &sink);
+    assert_eq!(
+        flat(&collect_until(&mut rx, third)),
+        vec![first, second, third]
+    );
 }
