@@ -19,6 +19,10 @@
 //! the core has nothing to do meanwhile. With members to replicate to, the core must not
 //! wait, so the thread always fsyncs; with callbacks queued, completing a later one first
 //! would report the log flushed out of order.
+//! Purge records `last_purged` and returns; the entries at or below it are removed in the
+//! background, one purge after the other (removing a snapshot interval of entries held up
+//! every append queued behind the purge for 150 ms). openraft never reads below
+//! `last_purged`, and a start finishes a removal a crash interrupted.
 //! Truncation, purge and the committed id are not fsynced on their own: the storage contract
 //! makes a database's commits durable in order, so the next fsync covers them, and losing them in a crash is harmless
 //! (openraft re-derives them). The committed id is written by the fsync thread just before
@@ -57,6 +61,8 @@ pub(super) struct LogStore {
     store: Arc<Store>,
     reader: LogReader,
     fsync: Fsync,
+    /// Held by the background removal of a purge's entries, so purges run in order.
+    purging: Arc<Mutex<()>>,
 }
 
 /// Read access to the log, handed to openraft's replication and apply tasks.
@@ -64,7 +70,8 @@ pub(super) struct LogStore {
 pub(super) struct LogReader {
     log: Keyspace,
     meta: Keyspace,
-    _in_use: InUse,
+    /// Keeps the store open for openraft's tasks and a purge's background removal.
+    in_use: InUse,
 }
 
 impl LogStore {
@@ -72,7 +79,7 @@ impl LogStore {
         let reader = LogReader {
             log: store.wal_keyspace(LOG).map_err(io::Error::other)?,
             meta: store.wal_keyspace(META).map_err(io::Error::other)?,
-            _in_use: in_use.clone(),
+            in_use: in_use.clone(),
         };
         reader.finish_purge(&store)?;
         let fsync = Fsync::spawn(store.clone(), reader.meta.clone(), in_use)?;
@@ -80,6 +87,7 @@ impl LogStore {
             store,
             reader,
             fsync,
+            purging: Arc::default(),
         })
     }
 
@@ -102,13 +110,9 @@ impl LogReader {
         };
         let first = self.log.iter().keys().next().transpose();
         match first.map_err(io::Error::other)? {
-            Some(key) if key[..] <= purged.index().to_be_bytes()[..] => purge_chunks(
-                store,
-                &self.log,
-                &self.meta,
-                0..=purged.index(),
-                encode(&purged)?,
-            ),
+            Some(key) if key[..] <= purged.index().to_be_bytes()[..] => {
+                purge_chunks(store, &self.log, 0..=purged.index())
+            }
             _ => Ok(()),
         }
     }
@@ -213,13 +217,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .reader
             .meta::<LogId>(LAST_PURGED)?
             .map_or(0, |l| l.index() + 1);
-        let marker = encode(&log_id)?;
-        let (store, log, meta) = (
-            self.store.clone(),
-            self.reader.log.clone(),
-            self.reader.meta.clone(),
-        );
-        blocking(move || purge_chunks(&store, &log, &meta, from..=log_id.index(), marker)).await
+        self.put_meta(LAST_PURGED, encode(&log_id)?).await?;
+        let (store, log) = (self.store.clone(), self.reader.log.clone());
+        let (purging, in_use) = (self.purging.clone(), self.reader.in_use.clone());
+        tokio::task::spawn_blocking(move || {
+            let _turn = purging.lock().unwrap_or_else(|p| p.into_inner());
+            // A failed removal fails the store (see `storage`), which stops the node; the
+            // entries left are removed at the next start.
+            if let Err(e) = purge_chunks(&store, &log, from..=log_id.index()) {
+                tracing::error!(error = %e, "removing purged raft log entries failed");
+            }
+            drop(in_use);
+        });
+        Ok(())
     }
 }
 
@@ -228,19 +238,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// entries by default) stalled puts for tens of milliseconds.
 const PURGE_CHUNK: usize = 1024;
 
-/// Removes the entries in `range` in ascending batches of [`PURGE_CHUNK`], the first of
-/// which also records `last_purged`. A crash part way leaves a contiguous tail of the log,
+/// Removes the entries in `range`, which `last_purged` already covers, in ascending
+/// batches of [`PURGE_CHUNK`]. A crash part way leaves a contiguous tail of the log,
 /// possibly starting at or below `last_purged`; `get_log_state` allows for that, openraft
 /// never reads below `last_purged`, and the next start removes the rest (`finish_purge`).
 fn purge_chunks(
     store: &Store,
     log: &Keyspace,
-    meta: &Keyspace,
     range: std::ops::RangeInclusive<u64>,
-    marker: Vec<u8>,
 ) -> io::Result<()> {
     let mut batch = store.wal_batch();
-    batch.insert(meta, LAST_PURGED, marker);
     let mut in_batch = 0;
     for key in log.range(key_bounds(&range)).keys() {
         batch.remove(log, key.map_err(io::Error::other)?);
@@ -516,9 +523,21 @@ mod tests {
         let state = logs.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id.map(|l| l.index()), Some(3000));
         assert_eq!(state.last_purged_log_id.map(|l| l.index()), Some(2500));
-        // The next purge starts after the last one and removes over several batches.
+        // The next purge starts after the last one; it counts at once, and its entries are
+        // removed in the background, over several batches.
         logs.purge(entry(2999).log_id).await.expect("purge");
-        assert_eq!(indexes(&store), vec![3000]);
+        let state = logs.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index()), Some(2999));
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(3000));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while indexes(&store) != vec![3000] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                indexes(&store).len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
