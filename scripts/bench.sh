@@ -654,7 +654,7 @@ machine_info() {
 - data dirs: $work, filesystem $fs
 - etcd: $("$ETCD" --version | head -1)
 - cairn: $("${CAIRN_SERVER_BIN:-$CAIRN}" --version | head -1), source $(git -C "$repo" describe --always --dirty 2>/dev/null || echo "unknown")
-- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space, $repeat round(s), cases "$cases", scale values ${scale_values[*]:-repeated byte}
+- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space, scale values ${scale_values[*]:-one repeated byte}, $repeat round(s), cases "$cases"
 - server flags: etcd ${ETCD_EXTRA_ARGS---log-level=warn}; cairn ${CAIRN_SERVE_ARGS:-} ${CAIRN_EXTRA_ARGS:-}
 EOF
 }
