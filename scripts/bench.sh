@@ -24,7 +24,10 @@
 #   BENCH_WATCHERS       watchers of the fan-out case, all on one prefix [10000]
 #   BENCH_WATCH_STREAMS  watch streams they are spread over [100]
 #   BENCH_WATCH_RATE     puts per second while they watch [1000]; the watch group also runs
-#                        100 watchers at 2000 puts/s (events/s and put-to-event latency)
+#                        100 watchers at BENCH_WATCH100_RATE puts/s (events/s and
+#                        put-to-event latency)
+#   BENCH_WATCH100_RATE  puts per second of that 100-watcher case [2000]; above what both
+#                        servers deliver (e.g. 10000), events/s compares their capacity
 #   BENCH_SCALE_KEYS     key counts of the scale curve, each on a fresh server: load that many
 #                        keys (256 B values), put at BENCH_CLIENTS over them, a physical
 #                        compaction to the latest revision, then kill -9 and a timed restart;
@@ -96,6 +99,7 @@ fsync_seconds=${BENCH_FSYNC_SECONDS:-4}
 watchers=${BENCH_WATCHERS:-10000}
 watch_streams=${BENCH_WATCH_STREAMS:-100}
 watch_rate=${BENCH_WATCH_RATE:-1000}
+watch100_rate=${BENCH_WATCH100_RATE:-2000}
 scale_keys=${BENCH_SCALE_KEYS:-10000 1000000}
 scale_values=()
 [ "${BENCH_RANDOM_VALUES:-0}" = 1 ] && scale_values=(--random-values)
@@ -313,7 +317,7 @@ bench_server() {
 	if want watch; then
 		run_case "$server" watch watch --watchers "$watchers" --streams "$watch_streams" \
 			--rate "$watch_rate" --server-pid "$server_pid"
-		run_case "$server" watch-100 watch --watchers 100 --streams 10 --rate 2000
+		run_case "$server" watch-100 watch --watchers 100 --streams 10 --rate "$watch100_rate"
 	fi
 	if kill -0 "$server_pid" 2>/dev/null; then
 		printf '{"rss_kb": %s, "hwm_kb": %s, "data_bytes": %s}\n' \
@@ -654,7 +658,7 @@ machine_info() {
 - data dirs: $work, filesystem $fs
 - etcd: $("$ETCD" --version | head -1)
 - cairn: $("${CAIRN_SERVER_BIN:-$CAIRN}" --version | head -1), source $(git -C "$repo" describe --always --dirty 2>/dev/null || echo "unknown")
-- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space, scale values ${scale_values[*]:-one repeated byte}, $repeat round(s), cases "$cases"
+- settings: duration $duration + warm-up $warmup per case, $clients clients over min($clients, 8) connections, key 8 B, value 256 B, key space $key_space, scale values ${scale_values[*]:-one repeated byte}, 100-watcher case at $watch100_rate puts/s, $repeat round(s), cases "$cases"
 - server flags: etcd ${ETCD_EXTRA_ARGS---log-level=warn}; cairn ${CAIRN_SERVE_ARGS:-} ${CAIRN_EXTRA_ARGS:-}
 EOF
 }
@@ -707,11 +711,11 @@ median="$results/median"
 python3 "$here/bench-aggregate.py" "$results/raw" "$median" "$results/spread.json"
 
 table=$(python3 - "$median" "$clients" "$watchers" "$watch_rate" "$scale_keys" "$scan_keys" \
-	"$heartbeat" "$election" "$snapshot_keys" "$snapshot_val_size" <<'PY'
+	"$heartbeat" "$election" "$snapshot_keys" "$snapshot_val_size" "$watch100_rate" <<'PY'
 import json, os, sys
 
 work, clients, watchers, watch_rate, scale_keys, scan_keys, heartbeat, election = sys.argv[1:9]
-snapshot_keys, snapshot_val_size = sys.argv[9:11]
+snapshot_keys, snapshot_val_size, watch100_rate = sys.argv[9:12]
 
 def load(name):
     path = os.path.join(work, name + ".json")
@@ -767,7 +771,7 @@ for field, label in [("server_rss_kib", "server RSS while watching, MiB"),
     ev, cv = (x / 1024 if x is not None else None for x in (e.get(field), c.get(field)))
     rows.append(f"| {title} | {label} | {cell(ev, '{:.1f}')} | {cell(cv, '{:.1f}')} | {ratio(ev, cv)} |")
 e, c = load("etcd.watch-100") or {}, load("cairn.watch-100") or {}
-title = "watch, 100 watchers, 2000 puts/s (200 000 events/s offered)"
+title = f"watch, 100 watchers, {watch100_rate} puts/s ({int(watch100_rate) * 100:,} events/s offered)"
 def per_sec(m):
     return m["events_received"] / m["seconds"] if m.get("seconds") else None
 ev, cv = per_sec(e), per_sec(c)
