@@ -175,7 +175,7 @@ pub(crate) static KEYS: &[Key] = &[
     key("discovery-user", "", Text, CLUSTERING, Ignored(DISCOVERY_ONLY), "V3 discovery (etcd 3.6): username[:password] for authentication."),
     key("discovery-password", "", Text, CLUSTERING, Ignored(DISCOVERY_ONLY), "V3 discovery (etcd 3.6): password for authentication."),
     key("strict-reconfig-check", "true", Bool, CLUSTERING, Honoured, "Reject reconfiguration requests that would cause quorum loss."),
-    key("pre-vote", "true", Bool, CLUSTERING, Ignored("openraft runs its own election protocol, with no separate pre-vote switch"), "Enable to run an additional Raft election phase."),
+    key("pre-vote", "true", Bool, CLUSTERING, Ignored("cairn always runs the pre-vote phase (etcd 3.5's default); it cannot be turned off"), "Enable to run an additional Raft election phase."),
     key("auto-compaction-retention", "0", Text, CLUSTERING, Honoured, "Auto compaction retention for mvcc key value store. 0 means disable auto compaction."),
     key("auto-compaction-mode", "periodic", Text, CLUSTERING, Honoured, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention."),
     key("enable-v2", "false", Bool, CLUSTERING, Ignored(NO_V2), "Accept etcd V2 client requests. Deprecated in v3.5."),
