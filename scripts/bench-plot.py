@@ -57,6 +57,27 @@ def nice_max(v):
     return 10 * e
 
 
+def frame(y0, title, y_ticks, x_ticks, x_title):
+    """A chart's title, horizontal grid lines with their labels (`(y, text)`), x labels
+    (`(x, text)`) and x axis title, for a chart whose top edge is at y0."""
+    plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    svg = [f'<text x="{PAD_L}" y="{y0 + 18}" font-size="13">{title}</text>']
+    for y, text in y_ticks:
+        svg.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        svg.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
+    for x, text in x_ticks:
+        svg.append(f'<text x="{x:.1f}" y="{y0 + PAD_T + plot_h + 16}" text-anchor="middle">{text}</text>')
+    svg.append(f'<text x="{PAD_L + plot_w / 2}" y="{y0 + H - 4}" text-anchor="middle">{x_title}</text>')
+    return svg
+
+
+def legend(n, server, color, y0):
+    """The `n`th entry of a chart's legend."""
+    ly = y0 + PAD_T + 10 + 18 * n
+    return [f'<rect x="{W - PAD_R + 15}" y="{ly - 9}" width="12" height="3" fill="{color}"/>',
+            f'<text x="{W - PAD_R + 32}" y="{ly - 4}">{server}</text>']
+
+
 def panel(data, index, label, y0, xs):
     """One chart (field `index` of the points) whose top edge is at y0."""
     plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
@@ -65,17 +86,8 @@ def panel(data, index, label, y0, xs):
     x_of = (lambda c: PAD_L + plot_w * (math.log2(c) - lo) / (hi - lo)) if hi > lo else (
         lambda c: PAD_L + plot_w / 2)
     y_of = lambda v: y0 + PAD_T + plot_h * (1 - v / top)
-    svg = [f'<text x="{PAD_L}" y="{y0 + 18}" font-size="13">{label}</text>']
-    for i in range(5):
-        v = top * i / 4
-        y = y_of(v)
-        svg.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        svg.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
-    for c in xs:
-        svg.append(f'<text x="{x_of(c):.1f}" y="{y0 + PAD_T + plot_h + 16}" '
-                   f'text-anchor="middle">{c}</text>')
-    svg.append(f'<text x="{PAD_L + plot_w / 2}" y="{y0 + H - 4}" text-anchor="middle">'
-               "clients (in-flight puts)</text>")
+    y_ticks = [(y_of(top * i / 4), f"{top * i / 4:g}") for i in range(5)]
+    svg = frame(y0, label, y_ticks, [(x_of(c), c) for c in xs], "clients (in-flight puts)")
     for n, (server, series) in enumerate(sorted(data.items())):
         color = COLORS.get(server, "#555")
         line = []
@@ -87,9 +99,7 @@ def panel(data, index, label, y0, xs):
                        f'y2="{y_of(max(vals)):.1f}" stroke="{color}" stroke-width="2"/>')
             svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
         svg.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="{color}"/>')
-        ly = y0 + PAD_T + 10 + 18 * n
-        svg.append(f'<rect x="{W - PAD_R + 15}" y="{ly - 9}" width="12" height="3" fill="{color}"/>')
-        svg.append(f'<text x="{W - PAD_R + 32}" y="{ly - 4}">{server}</text>')
+        svg += legend(n, server, color, y0)
     return svg
 
 
@@ -110,28 +120,18 @@ def distribution_panel(data, clients, y0):
     y_of = lambda v: y0 + PAD_T + plot_h * (1 - (math.log10(max(v, lo)) - math.log10(lo))
                                              / (math.log10(hi) - math.log10(lo)))
     what = "1 client" if clients == 1 else f"{clients} clients"
-    svg = [f'<text x="{PAD_L}" y="{y0 + 18}" font-size="13">put, {what}: latency distribution, '
-           "ms (log scale; medians over the rounds)</text>"]
-    decade = lo
-    while decade <= hi:
-        y = y_of(decade)
-        svg.append(f'<line x1="{PAD_L}" x2="{PAD_L + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        svg.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{decade:g}</text>')
-        decade *= 10
-    for i, (_, name) in enumerate(PERCENTILES):
-        svg.append(f'<text x="{x_of(i):.1f}" y="{y0 + PAD_T + plot_h + 16}" '
-                   f'text-anchor="middle">{name}</text>')
-    svg.append(f'<text x="{PAD_L + plot_w / 2}" y="{y0 + H - 4}" text-anchor="middle">'
-               "percentile (nines scale)</text>")
+    decades = [lo * 10 ** k for k in range(round(math.log10(hi / lo)) + 1)]
+    svg = frame(y0, f"put, {what}: latency distribution, ms (log scale; medians over the rounds)",
+                [(y_of(d), f"{d:g}") for d in decades],
+                [(x_of(i), name) for i, (_, name) in enumerate(PERCENTILES)],
+                "percentile (nines scale)")
     for n, (server, vals) in enumerate(sorted(series.items())):
         color = COLORS.get(server, "#555")
         line = " ".join(f"{x_of(i):.1f},{y_of(v):.1f}" for i, v in enumerate(vals))
         svg.append(f'<polyline points="{line}" fill="none" stroke="{color}"/>')
         for i, v in enumerate(vals):
             svg.append(f'<circle cx="{x_of(i):.1f}" cy="{y_of(v):.1f}" r="3" fill="{color}"/>')
-        ly = y0 + PAD_T + 10 + 18 * n
-        svg.append(f'<rect x="{W - PAD_R + 15}" y="{ly - 9}" width="12" height="3" fill="{color}"/>')
-        svg.append(f'<text x="{W - PAD_R + 32}" y="{ly - 4}">{server}</text>')
+        svg += legend(n, server, color, y0)
     return svg
 
 
