@@ -23,7 +23,7 @@ const STALENESS: Duration = Duration::from_secs(2 * INTERVAL.as_secs());
 const ELECTION: Duration = Duration::from_millis(1000);
 /// What a promotion gives every lease beyond its checkpointed TTL: the election timeout
 /// (etcd's `extend`), plus the lessor's expiry tick and one second of whole-second rounding.
-const SLACK: Duration = Duration::from_millis(1000 + 500 + 1000);
+const SLACK: Duration = Duration::from_millis(ELECTION.as_millis() as u64 + 500 + 1000);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
