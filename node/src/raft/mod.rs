@@ -29,6 +29,7 @@ mod force;
 mod log_store;
 mod membership;
 pub mod network;
+mod read_rounds;
 mod snapshot;
 mod state_machine;
 
@@ -37,6 +38,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, Fatal, ForwardToLeader, LinearizableReadError};
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
@@ -57,6 +59,7 @@ pub use membership::{MemberChange, MemberError};
 
 use log_store::{LogStore, SoleMember};
 use network::{Network, PeerError, Peers};
+use read_rounds::ReadRounds;
 use state_machine::StateMachine;
 
 openraft::declare_raft_types!(
@@ -217,6 +220,10 @@ pub struct RaftNode {
     applied_index: Arc<std::sync::atomic::AtomicU64>,
     /// Bounds a proposal or read barrier, like etcd's request timeout (5 s + 2 elections).
     request_timeout: Duration,
+    /// This member's linearizable reads as the leader: a read index and the wait for apply.
+    barriers: ReadRounds<()>,
+    /// The read indexes followers ask this member for, as the leader.
+    read_indexes: ReadRounds<u64>,
     metrics_task: tokio::task::JoinHandle<()>,
     member_id: u64,
     strict_reconfig_check: bool,
@@ -272,6 +279,8 @@ impl RaftNode {
         .await
         .map_err(fatal)?;
         let node = RaftNode {
+            barriers: ReadRounds::spawn(barrier_round(raft.clone(), request_timeout)),
+            read_indexes: ReadRounds::spawn(read_index_round(raft.clone(), request_timeout)),
             metrics_task: tokio::spawn(record_metrics(
                 raft.metrics(),
                 settings.node_id,
@@ -363,16 +372,7 @@ impl RaftNode {
     /// The leader's side of a follower's read: confirms leadership with a quorum and
     /// returns the index the follower must apply before reading.
     pub async fn peer_read_index(&self) -> Result<u64, RaftError> {
-        let read = self.raft.get_read_linearizer(ReadPolicy::ReadIndex);
-        match tokio::time::timeout(self.request_timeout, read).await {
-            Err(_) => Err(RaftError::Timeout),
-            Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
-            Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
-            Ok(Err(openraft::error::RaftError::APIError(e))) => Err(match e {
-                LinearizableReadError::ForwardToLeader(f) => not_leader(&f),
-                LinearizableReadError::QuorumNotEnough(_) => RaftError::Timeout,
-            }),
-        }
+        self.bounded(self.read_indexes.join()).await
     }
 
     /// The leader's side of a forwarded proposal: `command` is a protobuf `Command`.
@@ -517,16 +517,18 @@ impl RaftNode {
     /// Linearizable read barrier (ReadIndex): returns once this node's state machine has
     /// applied everything committed before the call.
     pub async fn read_barrier(&self) -> Result<(), RaftError> {
-        let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-        match tokio::time::timeout(self.request_timeout, read).await {
-            Err(_) => Err(RaftError::Timeout),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
-            Ok(Err(openraft::error::RaftError::APIError(e))) => Err(match e {
-                LinearizableReadError::ForwardToLeader(f) => not_leader(&f),
-                LinearizableReadError::QuorumNotEnough(_) => RaftError::Timeout,
-            }),
-        }
+        self.bounded(self.barriers.join()).await
+    }
+
+    /// `read` or a timeout after [`RaftNode::request_timeout`]: a reader may wait for the
+    /// round in flight before its own.
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, RaftError>>,
+    ) -> Result<T, RaftError> {
+        tokio::time::timeout(self.request_timeout, read)
+            .await
+            .unwrap_or(Err(RaftError::Timeout))
     }
 
     /// This member's view of the cluster, from openraft's metrics (no round trip).
@@ -583,6 +585,8 @@ impl RaftNode {
             tracing::warn!("raft core ended abnormally: {e}");
         }
         self.metrics_task.abort();
+        self.barriers.stop();
+        self.read_indexes.stop();
         // The state machine worker and the fsync thread end on their own once the core is
         // gone; wait for them, bounded, so a stuck task cannot hang shutdown.
         let mut released = self.released.lock().await;
@@ -740,6 +744,53 @@ fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
             RaftError::Timeout
         }
         other => RaftError::Fatal(other.to_string()),
+    }
+}
+
+/// One round of [`RaftNode::read_barrier`]: a read index and the wait for it to be applied.
+fn barrier_round(
+    raft: Raft,
+    timeout: Duration,
+) -> impl Fn() -> BoxFuture<'static, Result<(), RaftError>> {
+    move || {
+        let raft = raft.clone();
+        Box::pin(async move {
+            let read = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            read_outcome(tokio::time::timeout(timeout, read).await).map(drop)
+        })
+    }
+}
+
+/// One round of [`RaftNode::peer_read_index`]: a read index alone.
+fn read_index_round(
+    raft: Raft,
+    timeout: Duration,
+) -> impl Fn() -> BoxFuture<'static, Result<u64, RaftError>> {
+    move || {
+        let raft = raft.clone();
+        Box::pin(async move {
+            let read = raft.get_read_linearizer(ReadPolicy::ReadIndex);
+            read_outcome(tokio::time::timeout(timeout, read).await)
+                .map(|linearizer| linearizer.read_log_id().index())
+        })
+    }
+}
+
+/// A ReadIndex's outcome: its value, or the refusal as a [`RaftError`].
+fn read_outcome<T>(
+    result: Result<
+        Result<T, openraft::error::RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Result<T, RaftError> {
+    match result {
+        Err(_) => Err(RaftError::Timeout),
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(openraft::error::RaftError::Fatal(e))) => Err(stopped_or_fatal(e)),
+        Ok(Err(openraft::error::RaftError::APIError(e))) => Err(match e {
+            LinearizableReadError::ForwardToLeader(f) => not_leader(&f),
+            LinearizableReadError::QuorumNotEnough(_) => RaftError::Timeout,
+        }),
     }
 }
 
