@@ -81,17 +81,8 @@ impl Core {
     pub(super) async fn linearizable_barrier(&self) -> Result<(), Error> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            // Boxed: openraft's read future is about 3 KiB, and kept inline it would make
-            // every request future that may read (serializable ones too) that much larger,
-            // and each move of them a copy of it.
-            let result = match self.raft.status().leader {
-                Some(leader) if leader != self.member_id => {
-                    Box::pin(self.raft.remote_read_barrier(leader)).await
-                }
-                _ => Box::pin(self.raft.read_barrier()).await,
-            };
             // A read barrier has no effect, so any failure to get one may be retried.
-            match result {
+            match self.raft.read_barrier().await {
                 Err(e) if e.unsent() && Instant::now() + RETRY_PAUSE < deadline => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }

@@ -220,7 +220,8 @@ pub struct RaftNode {
     applied_index: Arc<std::sync::atomic::AtomicU64>,
     /// Bounds a proposal or read barrier, like etcd's request timeout (5 s + 2 elections).
     request_timeout: Duration,
-    /// This member's linearizable reads as the leader: a read index and the wait for apply.
+    /// This member's linearizable reads: a read index (its own as the leader, else the
+    /// leader's) and the wait for apply.
     barriers: ReadRounds<()>,
     /// The read indexes followers ask this member for, as the leader.
     read_indexes: ReadRounds<u64>,
@@ -279,7 +280,12 @@ impl RaftNode {
         .await
         .map_err(fatal)?;
         let node = RaftNode {
-            barriers: ReadRounds::spawn(barrier_round(raft.clone(), request_timeout)),
+            barriers: ReadRounds::spawn(barrier_round(
+                raft.clone(),
+                peers.clone(),
+                settings.node_id,
+                request_timeout,
+            )),
             read_indexes: ReadRounds::spawn(read_index_round(raft.clone(), request_timeout)),
             metrics_task: tokio::spawn(record_metrics(
                 raft.metrics(),
@@ -355,18 +361,6 @@ impl RaftNode {
     /// The peer channels, for the calls a follower hands to its leader as they are.
     pub fn peers(&self) -> &Peers {
         &self.peers
-    }
-
-    /// A follower's linearizable read barrier: asks the leader `leader` for its read index,
-    /// then waits until this member has applied up to it.
-    pub async fn remote_read_barrier(&self, leader: u64) -> Result<(), RaftError> {
-        let index = self.peers.read_index(leader).await?;
-        self.raft
-            .wait(Some(self.request_timeout))
-            .applied_index_at_least(Some(index), "follower read")
-            .await
-            .map(|_| ())
-            .map_err(|_| RaftError::Timeout)
     }
 
     /// The leader's side of a follower's read: confirms leadership with a quorum and
@@ -515,7 +509,7 @@ impl RaftNode {
     }
 
     /// Linearizable read barrier (ReadIndex): returns once this node's state machine has
-    /// applied everything committed before the call.
+    /// applied everything committed before the call, on the leader or a follower.
     pub async fn read_barrier(&self) -> Result<(), RaftError> {
         self.bounded(self.barriers.join()).await
     }
@@ -747,16 +741,29 @@ fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
     }
 }
 
-/// One round of [`RaftNode::read_barrier`]: a read index and the wait for it to be applied.
+/// One round of [`RaftNode::read_barrier`]: a read index, this member's if it leads (or
+/// knows no leader: openraft then says who leads, or that none does), else the leader's
+/// over the peer service; then the wait until this member applied up to it.
 fn barrier_round(
     raft: Raft,
+    peers: Arc<Peers>,
+    me: u64,
     timeout: Duration,
 ) -> impl Fn() -> BoxFuture<'static, Result<(), RaftError>> {
     move || {
-        let raft = raft.clone();
+        let (raft, peers) = (raft.clone(), peers.clone());
         Box::pin(async move {
-            let read = raft.ensure_linearizable(ReadPolicy::ReadIndex);
-            read_outcome(tokio::time::timeout(timeout, read).await).map(drop)
+            let leader = raft.metrics().borrow_watched().current_leader;
+            let Some(leader) = leader.filter(|l| *l != me) else {
+                let read = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+                return read_outcome(tokio::time::timeout(timeout, read).await).map(drop);
+            };
+            let index = peers.read_index(leader).await?;
+            raft.wait(Some(timeout))
+                .applied_index_at_least(Some(index), "follower read")
+                .await
+                .map(drop)
+                .map_err(|_| RaftError::Timeout)
         })
     }
 }

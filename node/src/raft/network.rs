@@ -76,7 +76,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why a call to a peer failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("member {0:x} has no usable peer URL")]
     NoAddress(u64),

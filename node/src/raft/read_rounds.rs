@@ -95,13 +95,14 @@ where
 }
 
 /// A round's error for one of its readers. A ReadIndex fails only for want of a leader, a
-/// timeout or a stopped raft; anything else keeps its message.
+/// timeout, a stopped raft or a failed call to the leader; anything else keeps its message.
 fn refusal(e: &RaftError) -> RaftError {
     match e {
         RaftError::NoLeader => RaftError::NoLeader,
         RaftError::NotLeader(leader) => RaftError::NotLeader(*leader),
         RaftError::Stopped => RaftError::Stopped,
         RaftError::Timeout => RaftError::Timeout,
+        RaftError::Peer(e) => RaftError::Peer(e.clone()),
         other => RaftError::Fatal(other.to_string()),
     }
 }
