@@ -145,7 +145,7 @@ struct Keyspaces {
 impl Keyspaces {
     fn open(store: &Store) -> Result<Keyspaces, MvccError> {
         Ok(Keyspaces {
-            latest: store.keyspace("kv_latest")?,
+            latest: store.lookup_keyspace("kv_latest")?,
             history: store.keyspace("kv_history")?,
             revs: store.keyspace("kv_revs")?,
             meta: store.keyspace("mvcc_meta")?,
