@@ -369,9 +369,9 @@ impl Store {
     /// [`Store::keyspace`] for a keyspace read by key at random (MVCC's live records: every
     /// put reads the version it supersedes): its filter and index blocks stay in memory at
     /// every level, about 2 MiB per million keys. fjall pins them only in the first levels,
-    /// so beyond a few million keys each lookup read a whole filter block from disk and
-    /// checksummed it (a fifth of the CPU of puts at 10 M keys). A keyspace keeps the
-    /// options it was created with.
+    /// so beyond a few million keys each lookup read a whole filter or index block from disk
+    /// and checksummed it (a fifth of the CPU of puts at 10 M keys; the index blocks are
+    /// the larger part). A keyspace keeps the options it was created with.
     pub fn lookup_keyspace(&self, name: &str) -> Result<Keyspace, StorageError> {
         open_keyspace(&self.db, &self.db_info, name, || {
             keyspace_options()
