@@ -279,6 +279,9 @@ impl RaftNode {
         )
         .await
         .map_err(fatal)?;
+        raft.set_metrics_recorder(Some(Arc::new(IndexGauges)))
+            .await
+            .map_err(fatal)?;
         let node = RaftNode {
             barriers: ReadRounds::spawn(barrier_round(
                 raft.clone(),
@@ -288,7 +291,7 @@ impl RaftNode {
             )),
             read_indexes: ReadRounds::spawn(read_index_round(raft.clone(), request_timeout)),
             metrics_task: tokio::spawn(record_metrics(
-                raft.metrics(),
+                raft.server_metrics(),
                 settings.node_id,
                 peers.clone(),
                 sole_member,
@@ -566,7 +569,7 @@ impl RaftNode {
     pub async fn failed(&self) -> RaftError {
         let cause = tokio::select! {
             e = self.store.failure() => e.to_string(),
-            cause = core_failure(self.raft.metrics()) => cause,
+            cause = core_failure(&self.raft) => cause,
         };
         tracing::error!(error = %cause, "raft cannot go on; the node must stop (a restart replays the log)");
         RaftError::Fatal(cause)
@@ -827,10 +830,15 @@ fn fatal(e: impl fmt::Display) -> RaftError {
     RaftError::Fatal(e.to_string())
 }
 
-/// Keeps `etcd_server_has_leader`, `is_leader`, `is_learner`, `leader_changes_seen_total` and the
-/// committed/applied gauges in step with openraft's metrics until raft stops.
+/// Keeps `etcd_server_has_leader`, `is_leader`, `is_learner` and `leader_changes_seen_total`
+/// in step with openraft's server metrics until raft stops. Those change with roles and
+/// membership only; the full metrics change several times per write, and a task woken on
+/// each was two thread wake-ups per put (see [`IndexGauges`] for the per-write gauges).
 async fn record_metrics(
-    mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    mut rx: openraft::alias::WatchReceiverOf<
+        TypeConfig,
+        openraft::metrics::RaftServerMetrics<TypeConfig>,
+    >,
     id: u64,
     peers: Arc<Peers>,
     sole_member: SoleMember,
@@ -856,10 +864,6 @@ async fn record_metrics(
                 m.leader_changes.inc();
             }
             last_leader = r.current_leader;
-            m.proposals_committed
-                .set(index_gauge(r.local_committed.as_ref().map(|l| l.index())));
-            m.proposals_applied
-                .set(index_gauge(r.last_applied.as_ref().map(|l| l.index())));
         }
         if rx.changed().await.is_err() {
             m.has_leader.set(0);
@@ -869,32 +873,48 @@ async fn record_metrics(
     }
 }
 
+/// `etcd_server_proposals_committed_total` and `_applied_total`, set by openraft's core as it
+/// reports its progress: no task or thread is woken for them on each write.
+#[derive(Debug)]
+struct IndexGauges;
+
+impl openraft::metrics::MetricsRecorder for IndexGauges {
+    fn set_committed_index(&self, index: u64) {
+        metrics::get().proposals_committed.set(index_gauge(index));
+    }
+    fn set_applied_index(&self, index: u64) {
+        metrics::get().proposals_applied.set(index_gauge(index));
+    }
+    // etcd exports none of the rest, or cairn counts it elsewhere.
+    fn record_apply_batch(&self, _: u64) {}
+    fn record_append_batch(&self, _: u64) {}
+    fn record_write_batch(&self, _: u64) {}
+    fn set_current_term(&self, _: u64) {}
+    fn set_last_log_index(&self, _: u64) {}
+    fn set_snapshot_index(&self, _: u64) {}
+    fn set_purged_index(&self, _: u64) {}
+    fn set_server_state(&self, _: u8) {}
+    fn increment_vote(&self) {}
+    fn increment_heartbeat(&self) {}
+    fn increment_append(&self) {}
+}
+
 /// Resolves with the reason once openraft's core has stopped on an error or panicked; never
-/// if it runs on or was stopped on request.
-async fn core_failure(
-    mut rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
-) -> String {
-    loop {
-        let state = rx.borrow_watched().running_state.clone();
-        let ended = match state {
-            Err(Fatal::Stopped) => return std::future::pending().await,
-            Err(e) => return e.to_string(),
-            Ok(()) => rx.changed().await.is_err(),
-        };
-        if ended {
-            // The core sets `running_state` before it drops the sender, so a sender gone
-            // with the state still `Ok` means the core task died without reporting.
-            return match rx.borrow_watched().running_state.clone() {
-                Err(Fatal::Stopped) => std::future::pending().await,
-                Err(e) => e.to_string(),
-                Ok(()) => "raft core task ended unexpectedly".to_string(),
-            };
-        }
+/// if it runs on or was stopped on request. Waits on the server metrics, which change
+/// rarely, until their sender goes with the core; the core records why in the full metrics
+/// before it ends.
+async fn core_failure(raft: &Raft) -> String {
+    let mut server = raft.server_metrics();
+    while server.changed().await.is_ok() {}
+    match raft.metrics().borrow_watched().running_state.clone() {
+        Err(Fatal::Stopped) => std::future::pending().await,
+        Err(e) => e.to_string(),
+        Ok(()) => "raft core task ended unexpectedly".to_string(),
     }
 }
 
-fn index_gauge(index: Option<u64>) -> i64 {
-    index.map_or(0, |i| i64::try_from(i).unwrap_or(i64::MAX))
+fn index_gauge(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
 }
 
 /// Counts a proposal in `etcd_server_proposals_pending` for as long as it is alive, even if

@@ -186,6 +186,9 @@ struct State {
     /// Synced single-key watchers by key.
     synced_keys: HashMap<Vec<u8>, HashSet<WatcherId>>,
     unsynced: HashSet<WatcherId>,
+    /// Batches handed to the dispatcher and not yet through it: while there are none, apply
+    /// may move an unwatched hub on itself (see [`WatchHub::notify`]).
+    queued: usize,
 }
 
 impl State {
@@ -377,6 +380,7 @@ impl WatchHub {
                 synced: HashMap::new(),
                 synced_keys: HashMap::new(),
                 unsynced: HashSet::new(),
+                queued: 0,
             }),
             mvcc,
         });
@@ -385,15 +389,17 @@ impl WatchHub {
         let s = shared.clone();
         spawn("watch-dispatch", move || {
             while let Ok(revisions) = queue.recv() {
-                if s.lock().skip_unwatched(&revisions) {
-                    continue;
-                }
-                // Encoded here, not on apply's thread, and outside the hub lock.
-                let revisions: Vec<_> = revisions.iter().map(|events| share(events)).collect();
                 let mut st = s.lock();
-                for events in &revisions {
-                    st.dispatch(events);
+                if !st.skip_unwatched(&revisions) {
+                    drop(st);
+                    // Encoded here, not on apply's thread, and outside the hub lock.
+                    let revisions: Vec<_> = revisions.iter().map(|events| share(events)).collect();
+                    st = s.lock();
+                    for events in &revisions {
+                        st.dispatch(events);
+                    }
                 }
+                st.queued -= 1;
             }
         })?;
         let s = shared.clone();
@@ -408,10 +414,19 @@ impl WatchHub {
 
     /// Queues the events of applied revisions, one list per revision in apply order. Never
     /// blocks on watchers. Apply hands over a whole batch at once: one wake-up of the
-    /// dispatcher per batch, not per revision.
+    /// dispatcher per batch, not per revision. With no watcher and nothing queued, the hub
+    /// moves on here instead: nothing to send, so no thread to wake on each write.
     pub fn notify(&self, revisions: Vec<Vec<Event>>) {
         if revisions.is_empty() {
             return;
+        }
+        {
+            let mut st = self.shared.lock();
+            // Only with nothing queued, so revisions still reach the hub in apply order.
+            if st.queued == 0 && st.skip_unwatched(&revisions) {
+                return;
+            }
+            st.queued += 1;
         }
         if let Ok(tx) = self.dispatch.lock() {
             // The dispatcher only stops when the hub is dropped.

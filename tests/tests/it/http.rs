@@ -61,6 +61,26 @@ async fn metrics_use_etcd_names() {
     };
     assert_eq!(value("etcd_server_has_leader"), 1.0);
     assert_eq!(value("etcd_server_is_leader"), 1.0);
+    // The raft indexes move with each write: the next put is one more entry, applied (raft
+    // records it just after the client hears back, so this polls briefly).
+    let applied = value("etcd_server_proposals_applied_total");
+    client.put("k", "w", None).await.unwrap();
+    let mut indexes = (0.0, 0.0);
+    for _ in 0..50 {
+        let (_, body) = server.http_get("/metrics").await.unwrap();
+        let now = parse_metrics(&body);
+        let now = |name: &str| find(&now, name, &[]).map_or(0.0, |s| s.value);
+        indexes = (
+            now("etcd_server_proposals_applied_total"),
+            now("etcd_server_proposals_committed_total"),
+        );
+        if indexes.0 > applied {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(indexes.0 > applied, "applied {applied} -> {}", indexes.0);
+    assert!(indexes.1 >= indexes.0, "committed {} < applied", indexes.1);
     // The WAL fsync histogram saw the put's fsync.
     assert!(value("etcd_disk_wal_fsync_duration_seconds_count") >= 1.0);
     assert!(
