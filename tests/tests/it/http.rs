@@ -65,14 +65,12 @@ async fn metrics_use_etcd_names() {
     // records it just after the client hears back, so this polls briefly).
     let applied = value("etcd_server_proposals_applied_total");
     client.put("k", "w", None).await.unwrap();
+    let now = |name| crate::plugins::metric(&server, name, &[]);
     let mut indexes = (0.0, 0.0);
     for _ in 0..50 {
-        let (_, body) = server.http_get("/metrics").await.unwrap();
-        let now = parse_metrics(&body);
-        let now = |name: &str| find(&now, name, &[]).map_or(0.0, |s| s.value);
         indexes = (
-            now("etcd_server_proposals_applied_total"),
-            now("etcd_server_proposals_committed_total"),
+            now("etcd_server_proposals_applied_total").await,
+            now("etcd_server_proposals_committed_total").await,
         );
         if indexes.0 > applied {
             break;

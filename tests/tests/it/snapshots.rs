@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::proxy::LinkFault;
-use cairn_tests::{parse_metrics, testing_cairn, Server};
+use cairn_tests::{testing_cairn, Server};
 use etcd_client::{Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 
+use crate::plugins::metric;
 use crate::{current_revision, json, rev};
 
 /// How long a member may take to hold the leader's data after it serves again.
@@ -147,16 +148,6 @@ async fn write_for(mut client: Client, period: Duration) -> (usize, Vec<String>)
     (acked, failed)
 }
 
-/// The sum of a metric's samples on `member` (cairn only).
-async fn metric(member: &Server, name: &str) -> f64 {
-    let (_, text) = member.http_get("/metrics").await.unwrap();
-    parse_metrics(&text)
-        .iter()
-        .filter(|s| s.name == name)
-        .map(|s| s.value)
-        .sum()
-}
-
 /// Asserts that `leader` counted a snapshot sent and `member` one received. The leader
 /// counts its send once the member's answer is back, which may be after the member serves
 /// the snapshot's data: the counters get a moment to catch up.
@@ -166,8 +157,8 @@ async fn assert_a_snapshot_went(leader: &Server, member: &Server) {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let sent = metric(leader, "etcd_network_snapshot_send_success").await;
-        let received = metric(member, "etcd_network_snapshot_receive_success").await;
+        let sent = metric(leader, "etcd_network_snapshot_send_success", &[]).await;
+        let received = metric(member, "etcd_network_snapshot_receive_success", &[]).await;
         if sent >= 1.0 && received >= 1.0 {
             return;
         }
