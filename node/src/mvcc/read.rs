@@ -183,6 +183,9 @@ impl View<'_> {
         overlay: Option<&Overlay>,
         visit: &mut Visit<'_>,
     ) -> Result<(), MvccError> {
+        if let KeyRange::Single(key) = range {
+            return self.latest_one(key, overlay, visit);
+        }
         let bounds = range.bounds();
         let mut committed = self
             .snap
@@ -221,6 +224,32 @@ impl View<'_> {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// [`View::scan_latest`] of one key: a point lookup, which the store answers from its
+    /// filters, where a range opens an iterator over every table and memtable (a txn's
+    /// compare and a get are one key; the iterator was most of their cost).
+    fn latest_one(
+        &self,
+        key: &[u8],
+        overlay: Option<&Overlay>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), MvccError> {
+        // A single key has nothing after it, so whether the visit breaks does not matter.
+        if let Some(pending) = overlay.and_then(|o| o.get(key)) {
+            return match pending {
+                Some(kv) => visit(Found::Decoded(kv)).map(drop),
+                None => Ok(()),
+            };
+        }
+        match self.snap.get(&self.ks.latest, key)? {
+            Some(record) => visit(Found::Latest {
+                key,
+                record: &record,
+            })
+            .map(drop),
+            None => Ok(()),
         }
     }
 

@@ -863,6 +863,9 @@ fn txn_is_one_revision_and_sees_its_own_writes() {
                 revision: 2,
                 ..range("a", "\0")
             }),
+            // One key (a point lookup): the txn's own put and delete.
+            range_op(range("a", "")),
+            range_op(range("b", "")),
         ],
         failure: vec![put("never", "x")],
     };
@@ -888,6 +891,16 @@ fn txn_is_one_revision_and_sees_its_own_writes() {
         r(5).kvs,
         vec![kv("a", "0", 2, 2, 1)],
         "historic read inside a txn"
+    );
+    assert_eq!(
+        (r(6).kvs, r(6).count),
+        (vec![kv("a", "1", 2, 3, 2)], 1),
+        "one key put earlier in the txn"
+    );
+    assert_eq!(
+        (r(7).kvs, r(7).count),
+        (vec![], 0),
+        "one key deleted earlier in the txn"
     );
     let Some(Response::ResponsePut(p)) = &resp.responses[1].response else {
         panic!()
