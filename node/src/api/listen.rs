@@ -6,12 +6,13 @@
 //! - each request carries its connection's addresses, so the core knows its peer;
 //! - on an https listener, each connection is a TLS handshake first (`crate::tls` builds
 //!   the acceptor); a failed or stalled handshake ends only that connection;
-//! - a graceful stop: no new connections, open ones told to finish (bounded).
+//! - a graceful stop: no new connections, open ones told to finish (bounded);
+//! - replies of concurrent requests leave in shared socket writes (`super::coalesce`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
 
+use super::coalesce::{Coalesce, Streams};
 use crate::config::ListenerOptions;
 use crate::tls::ServerTls;
 
@@ -51,7 +53,6 @@ pub async fn serve(
     tls: Option<Arc<ServerTls>>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let builder = builder(options);
     let local_addr = listener.local_addr().ok();
     let mut connections = JoinSet::new();
     loop {
@@ -77,7 +78,7 @@ pub async fn serve(
             remote_addr: Some(peer),
         };
         let connection = Connection {
-            builder: builder.clone(),
+            options,
             router: router.clone(),
             info,
             stop: stop.clone(),
@@ -117,7 +118,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// One accepted connection and what serving it needs.
 struct Connection {
-    builder: Builder<TokioExecutor>,
+    options: ListenerOptions,
     router: axum::Router,
     info: TcpConnectInfo,
     stop: watch::Receiver<bool>,
@@ -138,9 +139,10 @@ impl Connection {
                 }
                 req
             }));
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let streams = Streams::default();
+        let builder = builder(self.options, streams.clone());
+        let io = TokioIo::new(Coalesce::new(io, streams));
+        let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let served = tokio::select! {
             served = conn.as_mut() => served,
@@ -181,8 +183,9 @@ fn cert_name(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Clie
     crate::auth::cert::common_name(certs.first()?).map(ClientCertName)
 }
 
-fn builder(options: ListenerOptions) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
+/// One connection's settings; its HTTP/2 streams are spawned through `streams`.
+fn builder(options: ListenerOptions, streams: Streams) -> Builder<Streams> {
+    let mut builder = Builder::new(streams);
     builder
         .http2()
         .timer(TokioTimer::new())

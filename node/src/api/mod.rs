@@ -9,6 +9,7 @@
 
 mod auth;
 mod cluster;
+mod coalesce;
 pub mod codec;
 mod election;
 pub mod error;
