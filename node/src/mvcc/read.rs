@@ -116,7 +116,17 @@ pub(super) struct View<'a> {
 impl View<'_> {
     /// The latest live version of one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
-        if let Some(pending) = self.overlay.and_then(|o| o.get(key)) {
+        self.get_over(key, self.overlay)
+    }
+
+    /// The latest version of one key: `overlay`'s if it changed the key, else the
+    /// snapshot's.
+    fn get_over(
+        &self,
+        key: &[u8],
+        overlay: Option<&Overlay>,
+    ) -> Result<Option<KeyValue>, MvccError> {
+        if let Some(pending) = overlay.and_then(|o| o.get(key)) {
             return Ok(pending.clone());
         }
         self.get_committed(key)
@@ -237,18 +247,8 @@ impl View<'_> {
         visit: &mut Visit<'_>,
     ) -> Result<(), MvccError> {
         // A single key has nothing after it, so whether the visit breaks does not matter.
-        if let Some(pending) = overlay.and_then(|o| o.get(key)) {
-            return match pending {
-                Some(kv) => visit(Found::Decoded(kv)).map(drop),
-                None => Ok(()),
-            };
-        }
-        match self.snap.get(&self.ks.latest, key)? {
-            Some(record) => visit(Found::Latest {
-                key,
-                record: &record,
-            })
-            .map(drop),
+        match self.get_over(key, overlay)? {
+            Some(kv) => visit(Found::Decoded(&kv)).map(drop),
             None => Ok(()),
         }
     }
