@@ -1176,9 +1176,11 @@ mod tests {
             "one log index per proposal"
         );
         assert_eq!(mvcc.current_revision(), N as i64 + 1);
-        // Other tests in this process fsync too, so allow slack; without group commit this
-        // would be at least N.
-        assert!(fsyncs < N as u64 / 4, "{fsyncs} fsyncs for {N} proposals");
+        // Without group commit this would be at least N. Alone it is ~7 proposals per fsync
+        // (~14 when apply answered only at the end of a batch, which held every client
+        // back until the last); other tests in this process fsync too (205 seen in a full
+        // run), so the bound leaves room.
+        assert!(fsyncs < N as u64 / 2, "{fsyncs} fsyncs for {N} proposals");
         node.shutdown().await;
     }
 
