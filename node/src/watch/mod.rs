@@ -414,8 +414,9 @@ impl WatchHub {
 
     /// Queues the events of applied revisions, one list per revision in apply order. Never
     /// blocks on watchers. Apply hands over its revisions in chunks (a batch, or the entries
-    /// of a few replies): one wake-up of the dispatcher per chunk, not per revision. With no watcher and nothing queued, the hub
-    /// moves on here instead: nothing to send, so no thread to wake on each write.
+    /// of a few replies): one wake-up of the dispatcher per chunk, not per revision. With no
+    /// watcher and nothing queued, the hub moves on here instead: nothing to send, so no
+    /// thread to wake on each write.
     pub fn notify(&self, revisions: Vec<Vec<Event>>) {
         if revisions.is_empty() {
             return;
