@@ -255,7 +255,7 @@ impl From<LeaseError> for Error {
             LeaseError::NotFound | LeaseError::Expired => Error::LeaseNotFound,
             LeaseError::Exists => Error::LeaseExists,
             LeaseError::TtlTooLarge => Error::LeaseTtlTooLarge,
-            // Keep-alive and time-to-live are not forwarded yet: only the leader serves them.
+            // Only once no member has led for a whole wait (`Core::on_lessor`).
             LeaseError::NotPrimary => Error::NotLeader,
             other => Error::internal(other),
         }

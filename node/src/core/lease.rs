@@ -16,6 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::context::RequestContext;
 use super::{until_deadline, Core, Error, Operation};
 use crate::lease::{counters, LeaseError, MAX_LEASE_TTL};
@@ -33,10 +35,16 @@ const EXPIRY_TICK: Duration = Duration::from_millis(500);
 const REVOKES_PER_TICK: usize = 500;
 /// etcd's `maxLeaseCheckpointBatchSize`.
 const CHECKPOINTS_PER_TICK: usize = 1000;
-/// How often a keep-alive for an expired lease looks whether its revoke is through.
-const REVOKE_POLL: Duration = Duration::from_millis(20);
-/// How long a keep-alive waits for an expired lease's revoke before giving up.
-const REVOKE_WAIT: Duration = Duration::from_secs(5);
+/// How often a request that waits for the lessor (see [`Core::on_lessor`]) looks again.
+const LESSOR_POLL: Duration = Duration::from_millis(20);
+/// How long a keep-alive or time-to-live waits for the lessor before giving up.
+const LESSOR_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a leader-only lease request is answered.
+enum Served<T> {
+    Here(Result<T, LeaseError>),
+    Forward(u64),
+}
 
 impl Core {
     /// etcd's `LeaseGrant`: id 0 asks the server to choose one; a TTL below the minimum is
@@ -99,22 +107,20 @@ impl Core {
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, Error> {
         self.authorize(ctx, Operation::LeaseKeepAlive(id)).await?;
-        if let Some(leader) = self.leader_elsewhere() {
-            return self.forward_keep_alive(leader, id).await;
-        }
-        if self.lessor.needs_clear(id) {
+        if self.leader_elsewhere().is_none() && self.lessor.needs_clear(id) {
             self.lease_checkpoint(vec![(id, 0)]).await?;
         }
-        let deadline = tokio::time::Instant::now() + REVOKE_WAIT;
+        let deadline = Instant::now() + LESSOR_WAIT;
         let ttl = loop {
-            match self.lessor.renew(id) {
-                Ok(ttl) => break ttl,
-                Err(LeaseError::NotFound) => break 0,
-                Err(LeaseError::Expired) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(REVOKE_POLL).await;
+            match self.on_lessor(deadline, || self.lessor.renew(id)).await? {
+                Served::Forward(leader) => return self.forward_keep_alive(leader, id).await,
+                Served::Here(Ok(ttl)) => break ttl,
+                Served::Here(Err(LeaseError::NotFound)) => break 0,
+                Served::Here(Err(LeaseError::Expired)) if Instant::now() < deadline => {
+                    tokio::time::sleep(LESSOR_POLL).await;
                 }
-                Err(LeaseError::Expired) => return Err(Error::Timeout),
-                Err(e) => return Err(e.into()),
+                Served::Here(Err(LeaseError::Expired)) => return Err(Error::Timeout),
+                Served::Here(Err(e)) => return Err(e.into()),
             }
         };
         Ok(LeaseKeepAliveResponse {
@@ -133,11 +139,16 @@ impl Core {
         until_deadline(ctx, async {
             self.authorize(ctx, Operation::LeaseTimeToLive(&req))
                 .await?;
-            if let Some(leader) = self.leader_elsewhere() {
-                return self.forward_time_to_live(leader, req).await;
-            }
+            let deadline = Instant::now() + LESSOR_WAIT;
+            let ttl = match self
+                .on_lessor(deadline, || self.lessor.time_to_live(req.id))
+                .await?
+            {
+                Served::Forward(leader) => return self.forward_time_to_live(leader, req).await,
+                Served::Here(ttl) => ttl?,
+            };
             let header = self.current_header();
-            let Some(ttl) = self.lessor.time_to_live(req.id)? else {
+            let Some(ttl) = ttl else {
                 return Ok(LeaseTimeToLiveResponse {
                     header,
                     id: req.id,
@@ -209,6 +220,29 @@ impl Core {
             _ => None,
         })
         .await
+    }
+
+    /// Runs `op` on this member's lessor if it leads, or says which member to forward to.
+    /// A member elected a moment ago whose lessor the expiry loop has not promoted yet (it
+    /// does within a tick), or one in an election, looks again until `deadline`, as etcd's
+    /// `LeaseRenew` waits for a leader until its request timeout.
+    async fn on_lessor<T>(
+        &self,
+        deadline: Instant,
+        op: impl Fn() -> Result<T, LeaseError>,
+    ) -> Result<Served<T>, Error> {
+        loop {
+            if let Some(leader) = self.leader_elsewhere() {
+                return Ok(Served::Forward(leader));
+            }
+            match op() {
+                Err(LeaseError::NotPrimary) if Instant::now() < deadline => {
+                    tokio::time::sleep(LESSOR_POLL).await;
+                }
+                Err(LeaseError::NotPrimary) => return Err(Error::NotLeader),
+                done => return Ok(Served::Here(done)),
+            }
+        }
     }
 
     /// The term this member leads in, if it is the leader: a new term means a new promotion.

@@ -62,20 +62,15 @@ async fn a_lease_keeps_its_remaining_ttl_when_the_leader_is_killed() {
         }
     };
     let mut client = cluster.client(next).await.expect("client");
-    // A new leader answers "not leader" to lease calls until its lessor is promoted, on
-    // its next expiry tick (500 ms).
-    let ttl = loop {
-        match client.lease_time_to_live(lease, None).await {
-            Err(etcd_client::Error::GRpcStatus(s))
-                if s.message() == "etcdserver: not leader" && Instant::now() < deadline =>
-            {
-                sleep(Duration::from_millis(100)).await
-            }
-            other => break other.expect("time to live"),
-        }
-    };
-    // The new leader was promoted by now. Its leases restart from their last checkpoint, so
-    // they get the failover time back (as in etcd): that bounds how late they may expire.
+    // A leader elected a moment ago answers, not "not leader": a request that arrives
+    // before its lessor is promoted (by the expiry loop, within 500 ms) waits for that, as
+    // etcd's waits for a leader.
+    let ttl = client
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("time to live from a new leader");
+    // Its leases restart from their last checkpoint, so they get the failover time back (as
+    // in etcd): that bounds how late they may expire.
     let failover = killed_at.elapsed();
     let late = failover + STALENESS + SLACK;
     let promoted_term = ttl.header().expect("header").raft_term();
