@@ -531,7 +531,7 @@ impl Mvcc {
     /// An estimate of the bytes the state would occupy after a defragmentation: etcd's
     /// `db_size_in_use`. Per keyspace, the bytes in its tables and memtables scaled by the
     /// share of its entries that are live. Live entries are the live key count for
-    /// `kv_latest` and the distinct names for `mvcc_meta` (both are overwritten in place);
+    /// `kv_latest` and the names of `mvcc_meta` ([`meta::ALL`]; both are overwritten in place);
     /// the versions kept (added less removed, see [`meta::HISTORY_ADDED`]) for `kv_history`
     /// and `kv_revs`; and for the others, whose keys are written once and removed once,
     /// entries less twice the tombstones in tables (each hides one entry). Made from the
@@ -549,7 +549,7 @@ impl Mvcc {
     }
 
     fn estimate_in_use(&self) -> Result<u64, MvccError> {
-        let meta_names = self.ks.meta.iter().keys().count() as u64;
+        let meta_names = meta::ALL.len() as u64;
         let latest = u64::try_from(self.key_count()).unwrap_or(0);
         let added = self.history_added.load(Ordering::Acquire);
         let versions = if added >= 0 {
