@@ -25,6 +25,7 @@
 //!
 //! Two databases, because fjall holds a database's journal lock for the whole of an
 //! fdatasync: with one journal, every MVCC apply would wait for the log's fsync in flight.
+//! fjall's own housekeeping under its locks is kept short by [`upkeep`].
 //!
 //! # The contract
 //!
@@ -53,6 +54,7 @@
 
 mod fault;
 mod kv;
+mod upkeep;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -216,11 +218,12 @@ struct Failure {
 }
 
 /// What every handle of one database shares: where it is, its armed fault, the store's
-/// failure latch.
+/// failure latch, and its keyspaces for [`upkeep`].
 struct Db {
     path: PathBuf,
     fault: Option<fault::Armed>,
     failure: Arc<Failure>,
+    keyspaces: Mutex<Vec<fjall::Keyspace>>,
 }
 
 impl Db {
@@ -342,13 +345,19 @@ impl Store {
                 path,
                 fault: fault.map(fault::Armed::new),
                 failure: failure.clone(),
+                keyspaces: Mutex::default(),
             })
         };
+        let (db_info, wal_info) = (
+            info(dir.join(DB_DIR), FaultDatabase::State),
+            info(wal_path, FaultDatabase::Wal),
+        );
+        upkeep::spawn(&db_info, &wal_info, !options.skip_fsync)?;
         Ok(Store {
             db,
             wal,
-            db_info: info(dir.join(DB_DIR), FaultDatabase::State),
-            wal_info: info(wal_path, FaultDatabase::Wal),
+            db_info,
+            wal_info,
             failure: failure.clone(),
             dir: dir.to_path_buf(),
             size,
@@ -578,9 +587,11 @@ fn open_keyspace(
     name: &str,
     options: impl FnOnce() -> fjall::KeyspaceCreateOptions,
 ) -> Result<Keyspace, StorageError> {
-    db.keyspace(name, options)
-        .map(|ks| Keyspace::new(ks, name, info.clone()))
-        .map_err(|e| info.fail(Op::Open, Some(name), e))
+    let ks = db
+        .keyspace(name, options)
+        .map_err(|e| info.fail(Op::Open, Some(name), e))?;
+    upkeep::register(info, &ks);
+    Ok(Keyspace::new(ks, name, info.clone()))
 }
 
 fn persist(
