@@ -101,3 +101,18 @@ fn newest_journal(dir: &Path) -> Option<PathBuf> {
         .max_by_key(|(n, _)| *n)
         .map(|(_, path)| path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_journal_is_the_highest_number_not_the_last_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["9.jnl", "10.jnl", "11.jnl.tmp", "keyspaces", "version"] {
+            fs::write(dir.path().join(name), b"").expect("write");
+        }
+        assert_eq!(newest_journal(dir.path()), Some(dir.path().join("10.jnl")));
+        assert_eq!(newest_journal(&dir.path().join("missing")), None);
+    }
+}
