@@ -53,16 +53,13 @@ pub(super) fn spawn(state: &Arc<Db>, wal: &Arc<Db>, write_back: bool) -> Result<
 fn run(dbs: &[Weak<Db>], journal_dir: Option<&Path>) {
     let mut journal: Option<(PathBuf, File)> = None;
     let mut memtables = Vec::new();
-    loop {
+    while dbs.iter().any(|db| db.strong_count() > 0) {
         std::thread::sleep(INTERVAL);
-        let live: Vec<Arc<Db>> = dbs.iter().filter_map(Weak::upgrade).collect();
-        if live.is_empty() {
-            return;
-        }
         if let Some(dir) = journal_dir {
             write_back(dir, &mut journal);
         }
-        for db in &live {
+        // Each database only for the moment of the look, so a dropped store closes at once.
+        for db in dbs.iter().filter_map(Weak::upgrade) {
             let keyspaces = db.keyspaces.lock().unwrap_or_else(PoisonError::into_inner);
             for ks in keyspaces.iter() {
                 let active = ks.tree.active_memtable();
