@@ -11,6 +11,11 @@
 //! the other streams' handlers among them, so their replies go out in the same write. A
 //! connection with no other stream open writes at once: a lone client would only pay
 //! the yield (an extra poll, and a wake-up of an idle worker).
+//!
+//! h2 itself writes a reply of 256 B or more alone when told the socket takes vectored
+//! writes (it keeps such a DATA payload out of its buffer and must write it before
+//! buffering another frame), so the connection is reported as not vectored: payloads
+//! under 1 KiB are then copied into one buffer with the others (see `is_write_vectored`).
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -122,8 +127,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
+    /// Not vectored, whatever the socket is: h2 then copies a DATA payload under 1 KiB
+    /// into its write buffer beside other frames. Told the writes are vectored, it keeps
+    /// every payload of 256 B or more apart and writes it out before it buffers the next
+    /// frame: one `writev` per reply for a one-key range of a 256 B value, whatever else
+    /// is waiting. A payload over 1 KiB is still kept apart (no copy of large replies).
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 
     /// Ends a flush: the next write yields again.
