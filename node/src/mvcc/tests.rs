@@ -948,6 +948,41 @@ fn txn_is_one_revision_and_sees_its_own_writes() {
     assert_eq!(f.mvcc.key_count(), 1);
 }
 
+/// The API refuses a txn that writes one key twice (`core::validate`), but the store's
+/// own answer must still follow etcd's: each write builds on the one before it in the txn.
+#[test]
+fn a_key_written_twice_in_one_txn_builds_on_its_own_earlier_write() {
+    let f = open();
+    f.put("a", "0"); // 2
+    let twice = TxnRequest {
+        success: vec![put("a", "1"), put("a", "2")],
+        ..Default::default()
+    };
+    assert_eq!(revision_of(&f.txn(twice).expect("txn").0), 3);
+    assert_eq!(f.get("a"), Some(kv("a", "2", 2, 3, 3)));
+    let recreated = TxnRequest {
+        success: vec![delete("a", ""), put("a", "new")],
+        ..Default::default()
+    };
+    assert_eq!(revision_of(&f.txn(recreated).expect("txn").0), 4);
+    assert_eq!(
+        f.get("a"),
+        Some(kv("a", "new", 4, 4, 1)),
+        "a new generation"
+    );
+    let old = f
+        .range(RangeRequest {
+            revision: 2,
+            ..range("a", "")
+        })
+        .expect("range at 2");
+    assert_eq!(
+        old.kvs,
+        vec![kv("a", "0", 2, 2, 1)],
+        "history keeps revision 2"
+    );
+}
+
 #[test]
 fn nested_txns() {
     let f = open();

@@ -238,19 +238,26 @@ impl<'a> TxnExec<'a> {
     /// the next version; otherwise a new generation starts at version 1.
     fn write_put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<(), MvccError> {
         let rev = self.write_rev();
-        let current = self.now().get(key)?;
-        let kv = KeyValue {
-            key: key.to_vec(),
-            create_revision: current.as_ref().map_or(rev, |c| c.create_revision),
-            mod_revision: rev,
-            version: current.as_ref().map_or(0, |c| c.version) + 1,
-            value,
-            lease,
+        // One read of the committed version serves both: the version the txn supersedes
+        // (unless an earlier op of this txn changed the key) and the one `kv_history` keeps.
+        let (prev, prev_at) = self.committed(key)?;
+        let current = match self.overlay.get(key) {
+            Some(pending) => pending.as_ref(),
+            None => prev.as_ref(),
         };
+        let (create_revision, version) =
+            current.map_or((rev, 0), |c| (c.create_revision, c.version));
         if current.is_none() {
             self.key_delta += 1;
         }
-        let (prev, prev_at) = self.committed(key)?;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: rev,
+            version: version + 1,
+            value,
+            lease,
+        };
         self.overlay.insert(key.to_vec(), Some(kv.clone()));
         self.changes.push(Change {
             kv,
