@@ -24,14 +24,9 @@ cairn) BIN=$CAIRN ;;
 etcd) BIN=${ETCD_BIN:-$(command -v etcd)} ;;
 *) echo "usage: $0 [cairn|etcd] [OUT_DIR]" >&2 && exit 2 ;;
 esac
-rm -rf "$OUT"
-mkdir -p "$OUT"
-"$BIN" --data-dir "$OUT/data" --listen-client-urls "http://127.0.0.1:$PORT" \
-	--advertise-client-urls "http://127.0.0.1:$PORT" --listen-peer-urls "http://127.0.0.1:$((PORT + 10))" \
-	--initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 10))" \
-	--initial-cluster "default=http://127.0.0.1:$((PORT + 10))" --log-level error >"$OUT/server.log" 2>&1 &
-server=$!
-trap 'kill -9 $server 2>/dev/null || true' EXIT
+# shellcheck source=scripts/single-node.sh
+source "$(dirname "$0")/single-node.sh"
+start_single_node "$BIN" "$OUT" "$PORT"
 sleep 1.5
 "$CAIRN" bench put --clients 1 --duration 4s --warmup 1s --key-space 10000 \
 	--endpoints "127.0.0.1:$PORT" 2>/dev/null | grep '^put' &

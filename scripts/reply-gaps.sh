@@ -12,14 +12,9 @@ set -euo pipefail
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/cairn}
 OUT=${2:-/tmp/reply-gaps}
 PORT=${BENCH_PORT:-23790}
-rm -rf "$OUT"
-mkdir -p "$OUT"
-"$BIN" --data-dir "$OUT/data" --listen-client-urls "http://127.0.0.1:$PORT" \
-	--advertise-client-urls "http://127.0.0.1:$PORT" --listen-peer-urls "http://127.0.0.1:$((PORT + 10))" \
-	--initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 10))" \
-	--initial-cluster "default=http://127.0.0.1:$((PORT + 10))" --log-level error >"$OUT/server.log" 2>&1 &
-server=$!
-trap 'kill -9 $server 2>/dev/null || true' EXIT
+# shellcheck source=scripts/single-node.sh
+source "$(dirname "$0")/single-node.sh"
+start_single_node "$BIN" "$OUT" "$PORT"
 sleep 1
 "$BIN" bench put --clients 64 --duration 8s --warmup 1s --key-space 10000 \
 	--endpoints "127.0.0.1:$PORT" 2>/dev/null | grep '^put' &
