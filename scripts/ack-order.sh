@@ -27,17 +27,11 @@ esac
 # shellcheck source=scripts/single-node.sh
 source "$(dirname "$0")/single-node.sh"
 start_single_node "$BIN" "$OUT" "$PORT"
-sleep 1.5
-"$CAIRN" bench put --clients 1 --duration 4s --warmup 1s --key-space 10000 \
-	--endpoints "127.0.0.1:$PORT" 2>/dev/null | grep '^put' &
-load=$!
-sleep 2.5
 events=syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync
 for call in read recvfrom write writev sendto; do
 	events+=,syscalls:sys_enter_$call,syscalls:sys_exit_$call
 done
-perf record -q -e "$events" -p "$server" -o "$OUT/sc.data" -- sleep 1 2>/dev/null
-wait $load
+trace_puts "$CAIRN" 1 1 "$events"
 perf script -i "$OUT/sc.data" -F tid,time,event,trace 2>/dev/null >"$OUT/sc.txt"
 python3 - "$OUT/sc.txt" <<'PY'
 import collections, re, statistics, sys
