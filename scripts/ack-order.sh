@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Does a server answer a put before the fsync that makes it durable? Starts a fresh
-# single-node server (cairn, or etcd with SERVER=etcd), puts from one client, traces the
-# server's syscalls for 1 s with `perf`, and for each request matches: the request's read
-# from the client socket, the next fdatasync of the server's log file (the file fdatasynced
-# most often) and when it returned, and the reply (the largest write to that socket before
-# the next request; HTTP/2 pings and window updates are smaller than a put's reply).
+# single-node server (cairn, or etcd when the first argument is `etcd`), puts from one
+# client, traces the server's syscalls for 1 s with `perf`, and for each request matches:
+# the request's read from the client socket, the next fdatasync of the server's log file
+# (the file fdatasynced most often) and when it returned, and the reply (the largest write
+# to that socket before the next request; HTTP/2 pings and window updates are smaller than
+# a put's reply).
 # Prints how many replies left before their fdatasync returned, and by how much.
 #
 #   scripts/ack-order.sh [cairn|etcd] [OUT_DIR]   # default: cairn, /tmp/ack-order
 #
 # CAIRN_BIN (default $CARGO_TARGET_DIR/release/cairn) is the server for cairn and the load
 # generator for both; ETCD_BIN (default: etcd on PATH). Needs perf (Debian's linux-perf)
-# and root or perf_event_paranoid <= 1. BENCHMARKS.md ("Acknowledged before durable")
-# shows etcd 3.5.1 answering most single-node puts before their WAL fdatasync returns
-# (etcd#14370); cairn answers after it.
+# and root or perf_event_paranoid <= 1. BENCHMARKS.md (issue 15, round 10) shows etcd
+# 3.5.1 answering most single-node puts before their WAL fdatasync returns (etcd#14370);
+# cairn answers after it.
 set -euo pipefail
 SERVER=${1:-cairn}
 OUT=${2:-/tmp/ack-order}
