@@ -23,7 +23,7 @@
 
 use super::codec;
 use super::read;
-use super::{revisions, Keyspaces, Mvcc, MvccError};
+use super::{Keyspaces, Mvcc, MvccError};
 use crate::storage::{Bytes, Snapshot};
 
 /// Written first, as etcd writes the name of its `key` bucket, so the hash of an empty
@@ -49,8 +49,7 @@ impl Mvcc {
     /// `FutureRev` if it is above the current one. Reads the whole history: call it off
     /// the async runtime.
     pub fn hash_kv(&self, rev: i64) -> Result<KvHash, MvccError> {
-        let snap = self.view();
-        let revs = revisions(&snap, &self.ks)?;
+        let (snap, revs) = self.view_at()?;
         if rev > 0 && rev <= revs.compact {
             return Err(MvccError::Compacted);
         }

@@ -10,7 +10,7 @@ use std::ops::Bound;
 
 use super::codec::{self, Rev};
 use super::read;
-use super::{revisions, Mvcc, MvccError, StorageFault};
+use super::{Mvcc, MvccError, StorageFault};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::Snapshot;
 
@@ -30,8 +30,7 @@ impl Mvcc {
         limit: usize,
         prev_kv: bool,
     ) -> Result<Vec<Event>, MvccError> {
-        let snap = self.view();
-        let revs = revisions(&snap, &self.ks)?;
+        let (snap, revs) = self.view_at()?;
         if from_rev < revs.compact {
             return Err(MvccError::Compacted);
         }

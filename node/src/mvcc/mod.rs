@@ -53,6 +53,7 @@ mod hash;
 mod history;
 mod lease_index;
 mod meta;
+mod published;
 mod read;
 pub mod snapshot;
 mod txn;
@@ -184,8 +185,7 @@ struct Revisions {
 pub struct Mvcc {
     store: Arc<Store>,
     ks: Keyspaces,
-    current_rev: AtomicI64,
-    compact_rev: AtomicI64,
+    revs: published::Published,
     key_count: AtomicI64,
     /// [`meta::HISTORY_ADDED`]; -1 in a store that did not count it from the start.
     history_added: AtomicI64,
@@ -227,8 +227,7 @@ impl Mvcc {
         Ok(Mvcc {
             store,
             ks,
-            current_rev: AtomicI64::new(revs.current),
-            compact_rev: AtomicI64::new(revs.compact),
+            revs: published::Published::new(revs),
             key_count: AtomicI64::new(key_count),
             history_added: AtomicI64::new(history_added),
             compactor: Mutex::new(Some(tx)),
@@ -247,14 +246,25 @@ impl Mvcc {
         self.store.snapshot()
     }
 
+    /// A storage snapshot to read from and the revisions it is at.
+    fn view_at(&self) -> Result<(Snapshot, Revisions), MvccError> {
+        match self.revs.read(|| self.view()) {
+            (snap, Some(revs)) => Ok((snap, revs)),
+            (snap, None) => {
+                let revs = revisions(&snap, &self.ks)?;
+                Ok((snap, revs))
+            }
+        }
+    }
+
     /// Revision of the last write; a fresh store is at revision 1 (as etcd).
     pub fn current_revision(&self) -> i64 {
-        self.current_rev.load(Ordering::Acquire)
+        self.revs.get().current
     }
 
     /// Last compacted revision, 0 if never compacted.
     pub fn compact_revision(&self) -> i64 {
-        self.compact_rev.load(Ordering::Acquire).max(0)
+        self.revs.get().compact.max(0)
     }
 
     /// Number of live keys (etcd_debugging_mvcc_keys_total).
@@ -285,8 +295,7 @@ impl Mvcc {
 
     /// The store as it is now, to read later (e.g. on another thread) at this revision.
     pub fn pin(&self) -> Result<Pinned, MvccError> {
-        let snap = self.view();
-        let revs = revisions(&snap, &self.ks)?;
+        let (snap, revs) = self.view_at()?;
         Ok(Pinned {
             ks: self.ks.clone(),
             snap,
@@ -318,8 +327,9 @@ impl Mvcc {
         lease_exists: &dyn Fn(i64) -> bool,
         extra: impl FnOnce(&mut WriteBatch),
     ) -> Result<(TxnResponse, Vec<Event>), MvccError> {
+        // Apply alone changes revisions: the published ones are the snapshot's.
         let snap = self.view();
-        let revs = revisions(&snap, &self.ks)?;
+        let revs = self.revs.get();
         let mut exec =
             TxnExec::new(&self.ks, &snap, revs.current, revs.compact).with_leases(lease_exists);
         let result = exec.run(req);
@@ -336,9 +346,14 @@ impl Mvcc {
         let events = self.stage_changes(&mut batch, &mut exec);
         extra(&mut batch);
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
-        commit(batch)?;
+        let current = if events.is_empty() {
+            revs.current
+        } else {
+            exec.write_rev()
+        };
+        self.revs
+            .change(|| commit(batch).map(|()| ((), Revisions { current, ..revs })))?;
         if !events.is_empty() {
-            self.current_rev.store(exec.write_rev(), Ordering::Release);
             self.key_count.fetch_add(exec.key_delta, Ordering::AcqRel);
             if self.history_added.load(Ordering::Acquire) >= 0 {
                 self.history_added
@@ -440,8 +455,7 @@ impl Mvcc {
     /// Evaluates a read-only txn (see [`is_read_only`]) against the current state without
     /// writing. Writes in it, if the caller sends any, are evaluated and discarded.
     pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        let snap = self.view();
-        let revs = revisions(&snap, &self.ks)?;
+        let (snap, revs) = self.view_at()?;
         let mut exec = TxnExec::new(&self.ks, &snap, revs.current, revs.compact);
         let result = exec.run(req);
         count_ops(&exec.counts);
@@ -454,7 +468,7 @@ impl Mvcc {
     /// above the current one with `FutureRev` (a store never compacted accepts 0). The
     /// apply marker is recorded whatever the outcome.
     pub fn compact(&self, rev: i64, applied: &[u8]) -> Result<CompactionDone, MvccError> {
-        let revs = revisions(&self.view(), &self.ks)?;
+        let revs = self.revs.get();
         let refusal = if rev <= revs.compact {
             Some(MvccError::Compacted)
         } else if rev > revs.current {
@@ -469,8 +483,11 @@ impl Mvcc {
         let mut batch = self.store.batch();
         batch.insert(&self.ks.meta, meta::COMPACT_REV, codec::encode_i64(rev));
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
-        commit(batch)?;
-        self.compact_rev.store(rev, Ordering::Release);
+        let to = Revisions {
+            compact: rev,
+            ..revs
+        };
+        self.revs.change(|| commit(batch).map(|()| ((), to)))?;
         let (done, waiting) = oneshot::channel();
         if let Ok(guard) = self.compactor.lock() {
             if let Some(tx) = guard.as_ref() {

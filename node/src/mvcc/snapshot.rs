@@ -40,7 +40,7 @@ use std::sync::PoisonError;
 
 use sha2::{Digest, Sha256};
 
-use super::{etcd_format, meta, revisions, Keyspaces, Mvcc, MvccError};
+use super::{etcd_format, meta, Keyspaces, Mvcc, MvccError, Revisions};
 use crate::bbolt::{self, BboltError, Plan, Reader};
 use crate::storage::{Keyspace, Snapshot, StorageError, Store};
 
@@ -107,8 +107,7 @@ impl Mvcc {
     /// Pins the current state for a snapshot. Holding it keeps the storage engine from discarding the
     /// versions it reads, so drop it when done.
     pub fn snapshot_source(&self) -> Result<SnapshotSource, MvccError> {
-        let snap = self.view();
-        let revs = revisions(&snap, &self.ks)?;
+        let (snap, revs) = self.view_at()?;
         Ok(SnapshotSource {
             snap,
             ks: self.ks.clone(),
@@ -424,19 +423,23 @@ impl Mvcc {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let _readers = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-            clear(&self.store, &self.ks)?;
-            let restored = load(
-                &mut BufReader::with_capacity(64 << 10, file),
-                &self.store,
-                &self.ks,
-            )?;
-            self.ks.meta.insert(meta::APPLIED, applied)?;
-            self.store.sync()?;
+            let restored = self.revs.change(|| {
+                clear(&self.store, &self.ks)?;
+                let restored = load(
+                    &mut BufReader::with_capacity(64 << 10, file),
+                    &self.store,
+                    &self.ks,
+                )?;
+                self.ks.meta.insert(meta::APPLIED, applied)?;
+                self.store.sync()?;
+                let revs = Revisions {
+                    current: restored.revision,
+                    compact: restored.compact_revision,
+                };
+                Ok::<_, SnapshotError>((restored, revs))
+            })?;
             let snap = self.store.snapshot();
             let key_count = meta::snapshot_i64(&snap, &self.ks.meta, meta::KEY_COUNT)?;
-            self.current_rev.store(restored.revision, Ordering::Release);
-            self.compact_rev
-                .store(restored.compact_revision, Ordering::Release);
             self.key_count
                 .store(key_count.unwrap_or(0), Ordering::Release);
             self.alarms.reload(&self.ks.meta)?;
