@@ -149,7 +149,7 @@ impl Keyspaces {
             latest: store.lookup_keyspace("kv_latest")?,
             history: store.keyspace("kv_history")?,
             revs: store.keyspace("kv_revs")?,
-            meta: store.keyspace("mvcc_meta")?,
+            meta: store.small_keyspace("mvcc_meta")?,
             lease: store.keyspace("kv_lease")?,
             leases: store.keyspace("leases")?,
             auth: store.keyspace("auth")?,
