@@ -10,7 +10,18 @@ use cairn::config::{self, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks for transparent huge pages for its arenas. Memory it frees goes back to
+/// the kernel after a second and is faulted in again later, and with huge pages each such
+/// fault zeroes 2 MiB and keeps it resident for a few small blocks. Measured (put and range
+/// at 64 clients, A/B): RSS 140 instead of 180 MiB after puts and 71 instead of 106 after
+/// reads, throughput the same within this machine's noise. As MIMALLOC_ALLOW_THP=0.
+fn small_pages_only() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; it takes no pointers.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 fn main() -> ExitCode {
+    small_pages_only();
     let loaded = match config::load() {
         Ok(loaded) => loaded,
         // clap prints help (exit 0) or the usage error (exit 2) itself.
