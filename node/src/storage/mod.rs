@@ -93,8 +93,11 @@ const CACHE_BYTES: u64 = 16 << 20;
 /// keyspace, would let a handful of busy keyspaces hold hundreds of MiB). Measured: 8 MiB
 /// costs ~10% of put throughput and doubles put p99 (more flushes), 16 MiB is close to 64.
 const MEMTABLE_BYTES: u64 = 16 << 20;
-/// Memtable size of [`Store::small_keyspace`].
-const SMALL_MEMTABLE_BYTES: u64 = 1 << 20;
+/// Memtable size of [`Store::small_keyspace`]. fjall halts a keyspace's writes (in 100 ms
+/// sleeps) while 4 of its sealed memtables wait for a flush worker; at 4 MiB that is ~5 s of
+/// puts queued behind other flushes and compactions, as for the larger keyspaces, where
+/// 1 MiB allowed ~1 s.
+const SMALL_MEMTABLE_BYTES: u64 = 4 << 20;
 /// All memtables of the state database together.
 const DB_WRITE_BUFFER_BYTES: u64 = 64 << 20;
 /// All memtables of the WAL database together: log entries are read back once, by apply,
@@ -395,7 +398,8 @@ impl Store {
     /// revisions and counters): each write adds a version of them to the memtable, and the
     /// skiplist of a full-size memtable (hundreds of thousands of versions of a handful of
     /// keys, beyond the CPU caches) made every insert and lookup chase a cache miss per
-    /// level. A flush of it leaves a table of a few keys.
+    /// level, and it never filled, so it stayed in memory. A flush of it leaves a table of a
+    /// few keys.
     pub fn small_keyspace(&self, name: &str) -> Result<Keyspace, StorageError> {
         open_keyspace(&self.db, &self.db_info, name, || {
             keyspace_options().max_memtable_size(SMALL_MEMTABLE_BYTES)
