@@ -60,7 +60,7 @@ impl Published {
         let revs = self.get();
         // Orders the snapshot's and the values' loads before the second look.
         fence(Ordering::Acquire);
-        let stable = before % 2 == 0 && self.seq.load(Ordering::Relaxed) == before;
+        let stable = before.is_multiple_of(2) && self.seq.load(Ordering::Relaxed) == before;
         (snap, stable.then_some(revs))
     }
 }
@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn a_snapshot_taken_between_changes_gets_the_published_revisions() {
         let p = Published::new(revs(5, 2));
-        p.change(|| Ok::<_, ()>(((), revs(6, 2)))).unwrap();
+        p.change(|| Ok::<_, ()>(((), revs(6, 2)))).expect("commit");
         let ((), got) = p.read(|| ());
         assert_eq!(pair(got), Some((6, 2)));
     }
@@ -89,12 +89,12 @@ mod tests {
     fn a_snapshot_taken_while_a_change_is_under_way_gets_none() {
         let p = Published::new(revs(5, 2));
         // The commit lands while the reader takes its snapshot.
-        let ((), got) = p.read(|| p.change(|| Ok::<_, ()>(((), revs(6, 2)))).unwrap());
+        let ((), got) = p.read(|| p.change(|| Ok::<_, ()>(((), revs(6, 2)))).expect("commit"));
         assert_eq!(pair(got), None);
         // Inside a change, before its commit returns.
         let got = p
             .change(|| Ok::<_, ()>((p.read(|| ()).1, revs(7, 3))))
-            .unwrap();
+            .expect("commit");
         assert_eq!(pair(got), None);
         assert_eq!((p.get().current, p.get().compact), (7, 3));
     }
