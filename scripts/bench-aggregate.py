@@ -39,9 +39,10 @@ def main():
                 continue
             try:
                 with open(os.path.join(raw, r, name)) as f:
-                    by_name.setdefault(name, []).append(json.load(f))
+                    value = json.load(f)
             except ValueError:
-                pass  # an empty or cut file: that round left the case blank
+                continue  # an empty or cut file: that round left the case blank
+            by_name.setdefault(name, []).append(value)
     os.makedirs(median_dir, exist_ok=True)
     spread = {}
     for name, values in by_name.items():

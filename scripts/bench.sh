@@ -372,6 +372,7 @@ scale_point() {
 	# at 10 M keys, past etcdctl's default 5 s timeout.
 	count=$("$ETCDCTL" --endpoints="$endpoint" --command-timeout=2m get "" --prefix --count-only -w fields |
 		awk -F' : ' '/"Count"/ { print $2 }')
+	count=${count:-null} # the count failed: the rest of the point is still worth keeping
 	printf '{"keys": %s, "loaded_rss_kb": %s, "data_bytes": %s, "compact_s": %s, "restart_s": %s, "restarted_rss_kb": %s, "data_bytes_after": %s}\n' \
 		"$count" "$loaded_kb" "$loaded_bytes" "$compact_s" "$restart_s" \
 		"$(proc_kb "$server_pid" VmRSS)" "$(du -sb "$data" | cut -f1)" >"$work/$server.scale-$keys.json"
