@@ -1,7 +1,7 @@
 //! The revisions of the committed state, published by apply so that a reader can take a
 //! storage snapshot and know its revisions without reading them from `mvcc_meta`. That
 //! keyspace holds a version of them per write in its memtable, and looking them up was
-//! about a tenth of the server's work for a one-key range.
+//! 2.5 % of the server's work for one-key ranges at 64 clients.
 //!
 //! A sequence lock: the apply thread, the one writer of revisions, makes the sequence odd
 //! before a commit that changes them and even again after storing the new values. A
