@@ -296,7 +296,7 @@ pub(super) fn be_i64(bytes: &[u8]) -> Result<i64, MvccError> {
     Ok(i64::from_be_bytes(arr))
 }
 
-fn corrupt(what: String) -> MvccError {
+pub(super) fn corrupt(what: String) -> MvccError {
     MvccError::Storage(super::StorageFault::Corrupt(what))
 }
 

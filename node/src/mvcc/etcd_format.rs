@@ -323,9 +323,6 @@ pub(super) fn load(
     let compact = loader.scheduled.max(loader.finished).unwrap_or(-1);
     let current = loader.current.max(compact);
     let mut batch = std::mem::replace(&mut loader.batch, store.batch());
-    if current > 1 {
-        batch.insert(&ks.meta, meta::CURRENT_REV, codec::encode_i64(current));
-    }
     if let Some(rev) = loader.scheduled.max(loader.finished) {
         batch.insert(&ks.meta, meta::COMPACT_REV, codec::encode_i64(rev));
     }
@@ -333,7 +330,13 @@ pub(super) fn load(
         batch.insert(&ks.meta, meta::COMPACT_DONE, codec::encode_i64(rev));
     }
     batch.commit()?;
-    derive_live_keys(store, ks)?;
+    let (key_count, history_added) = derive_live_keys(store, ks)?;
+    let progress = meta::Progress {
+        current,
+        key_count,
+        history_added,
+    };
+    ks.meta.insert(meta::PROGRESS, progress.encode())?;
     Ok(Restored {
         revision: current,
         compact_revision: compact,
@@ -398,15 +401,16 @@ impl Loader<'_> {
     }
 }
 
-/// Fills `kv_revs`, `kv_latest`, the lease index and the key count from the loaded history,
+/// Fills `kv_revs`, `kv_latest` and the lease index from the loaded history,
 /// one key at a time: each record's `kv_revs` entry names the record before it, and the
 /// newest record, unless it is a tombstone, moves to `kv_latest` (a `current` record stays
-/// in its place).
-fn derive_live_keys(store: &Store, ks: &Keyspaces) -> Result<(), SnapshotError> {
+/// in its place). Returns the live keys and the versions (`kv_revs` entries) written.
+fn derive_live_keys(store: &Store, ks: &Keyspaces) -> Result<(i64, i64), SnapshotError> {
     let view = store.snapshot();
     let mut batch = store.batch();
     let mut batch_bytes = 0;
     let mut live = 0i64;
+    let mut versions = 0i64;
     let mut walk: Option<Newest> = None;
     for item in view.iter(&ks.history) {
         let (raw, record) = item?;
@@ -427,6 +431,7 @@ fn derive_live_keys(store: &Store, ks: &Keyspaces) -> Result<(), SnapshotError> 
         let entry = codec::encode_rev_entry(&key, codec::is_tombstone(&record), supersedes);
         batch_bytes += entry.len();
         batch.insert(&ks.revs, rev.to_bytes(), entry);
+        versions += 1;
         walk = Some(Newest {
             prefix: prefix.to_vec(),
             key,
@@ -441,9 +446,8 @@ fn derive_live_keys(store: &Store, ks: &Keyspaces) -> Result<(), SnapshotError> 
     if let Some(w) = walk {
         make_live(ks, &mut batch, &w, &mut live)?;
     }
-    batch.insert(&ks.meta, meta::KEY_COUNT, codec::encode_i64(live));
     batch.commit()?;
-    Ok(())
+    Ok((live, versions))
 }
 
 /// The newest record seen so far of the key being walked.

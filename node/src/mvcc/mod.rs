@@ -157,15 +157,23 @@ impl Keyspaces {
     }
 }
 
-/// [`meta::HISTORY_ADDED`] as stored, 0 in a fresh store, -1 in one that did not count it.
-fn history_added(snap: &Snapshot, ks: &Keyspaces) -> Result<i64, MvccError> {
-    Ok(
-        match meta::snapshot_i64(snap, &ks.meta, meta::HISTORY_ADDED)? {
-            Some(added) => added,
-            None if snap.iter(&ks.revs).next().is_none() => 0,
-            None => -1,
-        },
-    )
+/// The [`meta::Progress`] recorded in `snap`, or made from the names a store without the
+/// record keeps: a fresh store is at revision 1 with no keys and has counted every
+/// version added (none); an older one without [`meta::HISTORY_ADDED`] did not count them.
+fn progress(snap: &Snapshot, ks: &Keyspaces) -> Result<meta::Progress, MvccError> {
+    if let Some(progress) = meta::Progress::read(snap, &ks.meta)? {
+        return Ok(progress);
+    }
+    let history_added = match meta::snapshot_i64(snap, &ks.meta, meta::HISTORY_ADDED)? {
+        Some(added) => added,
+        None if snap.iter(&ks.revs).next().is_none() => 0,
+        None => -1,
+    };
+    Ok(meta::Progress {
+        current: meta::snapshot_i64(snap, &ks.meta, meta::CURRENT_REV)?.unwrap_or(1),
+        key_count: meta::snapshot_i64(snap, &ks.meta, meta::KEY_COUNT)?.unwrap_or(0),
+        history_added,
+    })
 }
 
 /// How long an estimate of [`Mvcc::size_in_use`] is reused: the quota check asks on
@@ -212,8 +220,11 @@ impl Mvcc {
         let alarms = alarm::AlarmList::load(&ks.meta)?;
         let snap = store.snapshot();
         let revs = revisions(&snap, &ks)?;
-        let key_count = meta::snapshot_i64(&snap, &ks.meta, meta::KEY_COUNT)?.unwrap_or(0);
-        let history_added = history_added(&snap, &ks)?;
+        let meta::Progress {
+            key_count,
+            history_added,
+            ..
+        } = progress(&snap, &ks)?;
         drop(snap);
         let (tx, rx) = mpsc::channel();
         let compacting = Arc::new(Mutex::new(()));
@@ -399,14 +410,17 @@ impl Mvcc {
                 prev_kv: change.prev,
             });
         }
-        let key_count = self.key_count.load(Ordering::Acquire) + exec.key_delta;
-        batch.insert(&self.ks.meta, meta::CURRENT_REV, codec::encode_i64(main));
-        batch.insert(&self.ks.meta, meta::KEY_COUNT, codec::encode_i64(key_count));
         let added = self.history_added.load(Ordering::Acquire);
-        if added >= 0 {
-            let added = added + events.len() as i64;
-            batch.insert(&self.ks.meta, meta::HISTORY_ADDED, codec::encode_i64(added));
-        }
+        let progress = meta::Progress {
+            current: main,
+            key_count: self.key_count.load(Ordering::Acquire) + exec.key_delta,
+            history_added: if added >= 0 {
+                added + events.len() as i64
+            } else {
+                added
+            },
+        };
+        batch.insert(&self.ks.meta, meta::PROGRESS, progress.encode());
         events
     }
 
@@ -501,6 +515,13 @@ impl Mvcc {
     /// Stores only the apply marker, for entries that change no MVCC state.
     pub fn record_applied(&self, applied: &[u8]) -> Result<(), MvccError> {
         self.record_applied_with(applied, |_| {})
+    }
+
+    /// Stores the apply marker with a new configuration record (see [`meta::APPLIED_CONFIG`]).
+    pub fn record_applied_config(&self, applied: &[u8], config: &[u8]) -> Result<(), MvccError> {
+        self.record_applied_with(applied, |batch| {
+            batch.insert(&self.ks.meta, meta::APPLIED_CONFIG, config)
+        })
     }
 
     /// Stores the apply marker together with the caller's own writes, for entries that
@@ -621,6 +642,11 @@ impl Mvcc {
     pub fn applied_marker(&self) -> Result<Option<Vec<u8>>, MvccError> {
         Ok(self.ks.meta.get(meta::APPLIED)?.map(|v| v.to_vec()))
     }
+
+    /// The last stored configuration record.
+    pub fn applied_config(&self) -> Result<Option<Vec<u8>>, MvccError> {
+        Ok(self.ks.meta.get(meta::APPLIED_CONFIG)?.map(|v| v.to_vec()))
+    }
 }
 
 /// A consistent state of the store, pinned by [`Mvcc::pin`]: it reads as of that moment
@@ -674,7 +700,7 @@ impl Drop for Mvcc {
 /// The current and compact revision recorded in `snap`.
 fn revisions(snap: &Snapshot, ks: &Keyspaces) -> Result<Revisions, MvccError> {
     Ok(Revisions {
-        current: meta::snapshot_i64(snap, &ks.meta, meta::CURRENT_REV)?.unwrap_or(1),
+        current: progress(snap, ks)?.current,
         compact: meta::snapshot_i64(snap, &ks.meta, meta::COMPACT_REV)?.unwrap_or(-1),
     })
 }

@@ -226,7 +226,8 @@ impl SnapshotSource {
         self.write_etcd(out, plan)
     }
 
-    /// Calls `f` with every section and entry, in stream order.
+    /// Calls `f` with every section and entry, in stream order, leaving out the apply
+    /// marker and configuration record.
     fn visit(
         &self,
         mut f: impl FnMut(Item<'_>) -> Result<(), SnapshotError>,
@@ -235,7 +236,8 @@ impl SnapshotSource {
             f(Item::Section(name))?;
             for item in self.snap.iter(ks) {
                 let (k, v) = item?;
-                if name == "mvcc_meta" && &*k == meta::APPLIED.as_bytes() {
+                // The receiver records its own.
+                if name == "mvcc_meta" && meta::is_apply_record(&k) {
                     continue;
                 }
                 f(Item::Entry(&k, &v))?;
@@ -409,11 +411,17 @@ pub fn verify(path: &Path) -> Result<(), SnapshotError> {
 
 impl Mvcc {
     /// Replaces the whole MVCC state and the lease table with the snapshot file at `path`
-    /// (a raft snapshot from the leader), stores `applied` as the apply marker, and syncs.
+    /// (a raft snapshot from the leader), stores `applied` as the apply marker and `config` as
+    /// the configuration record, and syncs.
     /// The digest is checked before anything is touched. Reads wait until the new state
     /// is complete and the compaction worker pauses meanwhile. Not atomic across a crash:
     /// the caller keeps the file until this returns and installs it again after a crash.
-    pub fn install(&self, path: &Path, applied: &[u8]) -> Result<Restored, SnapshotError> {
+    pub fn install(
+        &self,
+        path: &Path,
+        applied: &[u8],
+        config: &[u8],
+    ) -> Result<Restored, SnapshotError> {
         let mut file = File::open(path)?;
         verify_digest(&mut file)?;
         file.seek(SeekFrom::Start(0))?;
@@ -431,6 +439,7 @@ impl Mvcc {
                     &self.ks,
                 )?;
                 self.ks.meta.insert(meta::APPLIED, applied)?;
+                self.ks.meta.insert(meta::APPLIED_CONFIG, config)?;
                 self.store.sync()?;
                 let revs = Revisions {
                     current: restored.revision,
@@ -439,12 +448,11 @@ impl Mvcc {
                 Ok::<_, SnapshotError>((restored, revs))
             })?;
             let snap = self.store.snapshot();
-            let key_count = meta::snapshot_i64(&snap, &self.ks.meta, meta::KEY_COUNT)?;
-            self.key_count
-                .store(key_count.unwrap_or(0), Ordering::Release);
+            let progress = super::progress(&snap, &self.ks)?;
+            self.key_count.store(progress.key_count, Ordering::Release);
             self.alarms.reload(&self.ks.meta)?;
             self.history_added
-                .store(super::history_added(&snap, &self.ks)?, Ordering::Release);
+                .store(progress.history_added, Ordering::Release);
             restored
         };
         // The snapshot may hold an unfinished physical compaction: wake the worker.

@@ -1,9 +1,11 @@
 //! The raft state machine: applies committed commands to the MVCC store.
 //!
 //! Apply writes through [`Mvcc`] with no fsync; each write carries the apply marker (the
-//! entry's log id and the last membership, bincode), which MVCC stores atomically with its
-//! changes. On restart `applied_state` is read back from that marker, so openraft replays only
-//! the log after it, and nothing is applied twice. MVCC lives in the store's state database,
+//! entry's log id, bincode), which MVCC stores atomically with its changes; a membership
+//! entry also stores the new membership as MVCC's configuration record (member names and
+//! URLs: hundreds of bytes that every write carried while the marker held them). On restart
+//! `applied_state` is read back from the two, so openraft replays only the log after the
+//! marker, and nothing is applied twice. MVCC lives in the store's state database,
 //! which is not fsynced on apply: after a crash the marker may be behind the log, never
 //! ahead (only fsynced entries are applied), and replaying the log repairs it.
 //!
@@ -65,11 +67,46 @@ const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
 
-/// Where apply has got to: what the MVCC apply marker encodes.
+/// Where apply has got to: the MVCC apply marker holds `last_applied`, the configuration
+/// record `membership`.
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct AppliedState {
     last_applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
+}
+
+impl AppliedState {
+    /// The apply marker, stored with every applied entry.
+    fn marker(&self) -> io::Result<Vec<u8>> {
+        encode(&self.last_applied)
+    }
+
+    /// The configuration record, stored with the entries that change the membership.
+    fn config(&self) -> io::Result<Vec<u8>> {
+        encode(&self.membership)
+    }
+
+    /// Reads the state back. A store without a configuration record is fresh or was
+    /// written by a cairn whose markers were the whole state (bincode of this struct); it
+    /// gets the record at once, with a marker of the current form, in one batch: a marker
+    /// is read as the log id alone only beside a record.
+    fn load(mvcc: &Mvcc) -> io::Result<AppliedState> {
+        let marker = mvcc.applied_marker().map_err(io::Error::other)?;
+        let config = mvcc.applied_config().map_err(io::Error::other)?;
+        let state = match (marker, config) {
+            (Some(marker), Some(config)) => {
+                return Ok(AppliedState {
+                    last_applied: decode(&marker)?,
+                    membership: decode(&config)?,
+                })
+            }
+            (Some(whole), None) => decode(&whole)?,
+            (None, _) => AppliedState::default(),
+        };
+        mvcc.record_applied_config(&state.marker()?, &state.config()?)
+            .map_err(io::Error::other)?;
+        Ok(state)
+    }
 }
 
 /// openraft's state machine over [`Mvcc`].
@@ -100,8 +137,7 @@ impl StateMachine {
         in_use: InUse,
         watch: Option<Arc<WatchHub>>,
     ) -> io::Result<StateMachine> {
-        let marker = mvcc.applied_marker().map_err(io::Error::other)?;
-        let state: AppliedState = marker.map(|m| decode(&m)).transpose()?.unwrap_or_default();
+        let state = AppliedState::load(&mvcc)?;
         let snap_dir = store.snap_dir().map_err(io::Error::other)?;
         snapshot::remove_parts(&snap_dir)?;
         let pending = match snapshot::pending(&snap_dir)? {
@@ -228,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let (encoded_meta, marker) = (encode(meta)?, encode(&state)?);
+        let (encoded_meta, marker, config) = (encode(meta)?, state.marker()?, state.config()?);
         let (mvcc, lessor, dir) = (
             self.mvcc.clone(),
             self.lessor.clone(),
@@ -238,7 +274,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = Instant::now();
         let revision = blocking(move || {
             let pending = snapshot::commit(&dir, &encoded_meta, &file)?;
-            let restored = mvcc.install(&pending, &marker).map_err(io::Error::other)?;
+            let restored = mvcc
+                .install(&pending, &marker, &config)
+                .map_err(io::Error::other)?;
             lessor.reload().map_err(io::Error::other)?;
             if let Some(auth) = &auth {
                 auth.reload().map_err(io::Error::other)?;
@@ -335,16 +373,20 @@ fn apply_all(
     let mut done = Unreleased::default();
     for (entry, responder) in entries {
         state.last_applied = Some(entry.log_id);
-        if let EntryPayload::Membership(m) = &entry.payload {
-            state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-        }
-        let marker = encode(&state)?;
+        let marker = state.marker()?;
         let started = Instant::now();
         let outcome = match &entry.payload {
             EntryPayload::Normal(proposal) => {
                 apply_command(parts, proposal, entry.log_id.index(), &marker)?
             }
-            EntryPayload::Blank | EntryPayload::Membership(_) => no_change(&parts.mvcc, &marker)?,
+            EntryPayload::Blank => no_change(&parts.mvcc, &marker)?,
+            EntryPayload::Membership(m) => {
+                state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                (parts.mvcc)
+                    .record_applied_config(&marker, &state.config()?)
+                    .map_err(io::Error::other)?;
+                Outcome(None)
+            }
         };
         if started.elapsed() > SLOW_APPLY {
             metrics::get().slow_apply.inc();
@@ -822,11 +864,14 @@ mod tests {
         let store = Arc::new(Store::open(dir.path()).expect("store"));
         let mvcc = Arc::new(Mvcc::open(store.clone()).expect("mvcc"));
         let lessor = Arc::new(Lessor::open(&store, config()).expect("lessor"));
-        let marker = encode(&AppliedState {
+        let marker = AppliedState {
             last_applied: Some(log_id(5)),
             ..Default::default()
-        })
+        }
+        .marker()
         .expect("marker");
+        // As opening a state machine does first.
+        AppliedState::load(&mvcc).expect("load");
         let run = |cmd| {
             let proposal = Proposal(Command { cmd: Some(cmd) });
             apply_command(&parts(&mvcc, &lessor), &proposal, 5, &marker).expect("apply")
@@ -876,6 +921,76 @@ mod tests {
             .into_iter()
             .map(|kv| (kv.key, kv.mod_revision, kv.lease))
             .collect()
+    }
+
+    type Entry = openraft::alias::EntryOf<TypeConfig>;
+
+    fn membership(at: u64, names: &[&str]) -> StoredMembershipOf<TypeConfig> {
+        let nodes = (1..).zip(names).map(|(id, name)| {
+            let info = super::super::MemberInfo {
+                name: name.to_string(),
+                peer_urls: vec![format!("http://{name}:2380")],
+                client_urls: vec![format!("http://{name}:2379")],
+            };
+            (id, info)
+        });
+        let nodes: std::collections::BTreeMap<_, _> = nodes.collect();
+        let voters = std::collections::BTreeSet::from_iter(nodes.keys().copied());
+        let m = openraft::Membership::new(vec![voters], nodes).expect("membership");
+        StoredMembership::new(Some(log_id(at)), m)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_membership_outlives_the_entries_after_it() {
+        let mut target = member(&[]);
+        let grown = membership(6, &["a", "b", "c"]);
+        let entries = vec![
+            Entry {
+                log_id: log_id(6),
+                payload: EntryPayload::Membership(grown.membership().clone()),
+            },
+            Entry {
+                log_id: log_id(7),
+                payload: EntryPayload::Normal(Proposal(Command {
+                    cmd: Some(put("k", 0)),
+                })),
+            },
+            Entry {
+                log_id: log_id(8),
+                payload: EntryPayload::Blank,
+            },
+        ];
+        let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+        target.sm.apply(stream).await.expect("apply");
+        let store = target.sm.store.clone();
+        drop(target.sm);
+        let mut sm = reopen(store, target.mvcc.clone(), target.lessor.clone());
+        let (applied, stored) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(log_id(8)));
+        assert_eq!(stored, grown);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_marker_holding_the_whole_state_is_read_and_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("mvcc"));
+        let lessor = Arc::new(Lessor::open(&store, config()).expect("lessor"));
+        let old = AppliedState {
+            last_applied: Some(log_id(9)),
+            membership: membership(3, &["a"]),
+        };
+        // As an older cairn left its store: the whole state in the marker, and no record.
+        mvcc.record_applied(&encode(&old).expect("encode"))
+            .expect("record");
+        for _ in 0..2 {
+            let mut sm = reopen(store.clone(), mvcc.clone(), lessor.clone());
+            let (applied, stored) = sm.applied_state().await.expect("applied");
+            assert_eq!(applied, old.last_applied);
+            assert_eq!(stored, old.membership);
+            let marker = mvcc.applied_marker().expect("marker").expect("stored");
+            assert_eq!(marker, old.marker().expect("encode"), "the log id alone");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
