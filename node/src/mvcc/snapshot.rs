@@ -9,7 +9,7 @@
 //!   still reads. All integers are big-endian.
 //!
 //! ```text
-//! header   "CAIRNSNAP" | format u32 (= 2; 1 is read too) | revision i64 | compact revision i64 (-1: never)
+//! header   "CAIRNSNAP" | format u32 (= 3; 1 and 2 are read too) | revision i64 | compact revision i64 (-1: never)
 //! sections, one per keyspace, in this order: kv_latest, kv_history, kv_revs, mvcc_meta,
 //! kv_lease, leases, auth (absent from snapshots made before cairn had auth: restored
 //! without users, roles or auth enabled)
@@ -29,8 +29,9 @@
 //! in bounded memory; the exact length is known in advance from a first pass over the same
 //! storage snapshot ([`SnapshotSource::stream_len`], [`SnapshotSource::etcd_plan`]).
 //!
-//! `mvcc_meta`'s apply marker is left out: it names an entry of the source's raft log,
-//! which means nothing to the cluster the copy is restored into.
+//! `mvcc_meta`'s apply marker and configuration record are left out: they name an entry of
+//! the source's raft log and its membership, which mean nothing to the cluster the copy is
+//! restored into (a raft snapshot's receiver records the snapshot's own).
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -47,11 +48,13 @@ use crate::storage::{Keyspace, Snapshot, StorageError, Store};
 /// The first bytes of every snapshot.
 pub const MAGIC: &[u8; 9] = b"CAIRNSNAP";
 /// The format this cairn writes. Format 2 holds the MVCC encodings that store each value
-/// once (see `mvcc/mod.rs`), which a cairn reading only format 1 would take for corruption;
-/// format 1's encodings are read as they are.
-pub const FORMAT_VERSION: u32 = 2;
+/// once (see `mvcc/mod.rs`), which a cairn reading only format 1 would take for corruption.
+/// Format 3 keeps the write counters in `mvcc_meta`'s progress record (see `meta.rs`),
+/// which a cairn reading only format 2 would miss, counting no live keys. The older
+/// formats' encodings are read as they are.
+pub const FORMAT_VERSION: u32 = 3;
 /// The formats this cairn reads.
-const READS_FORMATS: [u32; 2] = [1, FORMAT_VERSION];
+const READS_FORMATS: [u32; 3] = [1, 2, FORMAT_VERSION];
 
 const HEADER_LEN: u64 = MAGIC.len() as u64 + 4 + 8 + 8;
 const TAG_SECTION: u8 = b'S';

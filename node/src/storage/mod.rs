@@ -10,7 +10,7 @@
 //!
 //! Layout of a data dir:
 //! ```text
-//! <data-dir>/CAIRN_FORMAT   "cairn-data-v3": written last on first start, checked on every start
+//! <data-dir>/CAIRN_FORMAT   "cairn-data-v4": written last on first start, checked on every start
 //! <data-dir>/cairn.lock     held with an exclusive lock while a node runs
 //! <data-dir>/db/            the state database: MVCC, leases, meta
 //! <data-dir>/wal/           the WAL database: the raft log and raft meta
@@ -73,11 +73,13 @@ pub use kv::{Bytes, Iter, Keys, Keyspace, KeyspaceUsage, Snapshot, WriteBatch};
 
 /// The content of the format marker. Bump it (and add a migration) when an on-disk
 /// encoding changes incompatibly.
-const FORMAT: &str = "cairn-data-v3";
+const FORMAT: &str = "cairn-data-v4";
 /// Formats this cairn opens and upgrades in place by rewriting the marker, because their
 /// data reads as it is: v2 stored each live value twice (`kv_latest` and `kv_history`);
-/// v3 writes it once, reads v2's records too, and cannot be opened by a v2 cairn.
-const UPGRADES_FROM: &[&str] = &["cairn-data-v2"];
+/// v3 writes it once and reads v2's records too; v4 keeps the write counters in one
+/// `mvcc_meta` record and the raft membership apart from the apply marker, and reads v3's
+/// names too. None can be opened by a cairn of an earlier format.
+const UPGRADES_FROM: &[&str] = &["cairn-data-v2", "cairn-data-v3"];
 const FORMAT_FILE: &str = "CAIRN_FORMAT";
 const LOCK_FILE: &str = "cairn.lock";
 const DB_DIR: &str = "db";
@@ -329,8 +331,8 @@ impl Store {
                 tracing::info!(
                     data_dir = %dir.display(),
                     "data dir format {old} upgraded to {FORMAT} in place (existing records are \
-                     read as they are, new values are stored once); a cairn that reads only \
-                     {old} can no longer open it"
+                     read as they are and replaced as the state changes); a cairn that reads \
+                     only {old} can no longer open it"
                 );
             }
         }
@@ -927,12 +929,14 @@ mod tests {
 
     #[test]
     fn an_older_format_is_upgraded_in_place() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(Store::open(dir.path()).expect("create"));
-        fs::write(dir.path().join(FORMAT_FILE), "cairn-data-v2\n").expect("write");
-        drop(Store::open(dir.path()).expect("open a v2 data dir"));
-        let marker = fs::read_to_string(dir.path().join(FORMAT_FILE)).expect("read");
-        assert_eq!(marker.trim(), FORMAT);
+        for old in UPGRADES_FROM {
+            let dir = tempfile::tempdir().expect("tempdir");
+            drop(Store::open(dir.path()).expect("create"));
+            fs::write(dir.path().join(FORMAT_FILE), format!("{old}\n")).expect("write");
+            drop(Store::open(dir.path()).expect("open an older data dir"));
+            let marker = fs::read_to_string(dir.path().join(FORMAT_FILE)).expect("read");
+            assert_eq!(marker.trim(), FORMAT);
+        }
     }
 
     #[test]

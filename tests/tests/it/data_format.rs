@@ -1,8 +1,10 @@
-//! Data dirs written by an older cairn: `fixtures/cairn-data-v2.tar.gz` is a data dir made
-//! by a cairn of format `cairn-data-v2` (each value stored twice) with etcdctl:
-//! rev 2 `put a 1`, rev 3 `put a 2`, rev 4 a txn putting b=1 and c=1, rev 5 `del b`,
-//! rev 6 `put a 3`, rev 7 `put d` with 3000 x's. That cairn reported
-//! `endpoint hashkv` 2357723215 at revision 7.
+//! Data dirs written by an older cairn: `fixtures/cairn-data-vN.tar.gz` is a data dir made
+//! by a cairn of format `cairn-data-vN` with etcdctl: rev 2 `put a 1`, rev 3 `put a 2`,
+//! rev 4 a txn putting b=1 and c=1, rev 5 `del b`, rev 6 `put a 3`, rev 7 `put d` with
+//! 3000 x's; both cairns reported `endpoint hashkv` 2357723215 at revision 7. v2 stored
+//! each value twice; v3 kept its write counters under three names and the membership in
+//! every apply marker (v3's was killed with -9 after the last put, so its state is
+//! recovered from the journal).
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,12 +12,14 @@ use std::time::Duration;
 use cairn_tests::{server_args, Server};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 
-/// What the v2 cairn that wrote the fixture answered to `etcdctl endpoint hashkv` at rev 7.
-const V2_HASH_AT_7: u32 = 2_357_723_215;
+/// What the cairns that wrote the fixtures answered to `etcdctl endpoint hashkv` at rev 7.
+const HASH_AT_7: u32 = 2_357_723_215;
 
-/// A server started on a copy of the fixture's data dir.
-async fn start_on_v2_fixture() -> Server {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cairn-data-v2.tar.gz");
+/// A server started on a copy of the data dir of format `format`'s fixture.
+async fn start_on_fixture(format: &str) -> Server {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(format!("{format}.tar.gz"));
     Server::start_custom(|layout| {
         // The archive holds the directory `data`, which is where the harness puts the
         // data dir.
@@ -58,20 +62,27 @@ async fn version_of(server: &Server, key: &str, rev: i64) -> Option<(String, i64
 #[tokio::test]
 #[cfg_attr(against_etcd, ignore = "cairn-only: a cairn data dir")]
 async fn a_data_dir_that_stored_values_twice_is_upgraded_and_serves_its_history() {
-    let mut server = start_on_v2_fixture().await;
-    assert!(
-        server
-            .log()
-            .contains("data dir format cairn-data-v2 upgraded to cairn-data-v3"),
-        "{}",
-        server.log_tail(20)
-    );
+    upgraded_serves_its_history("cairn-data-v2").await;
+}
+
+#[tokio::test]
+#[cfg_attr(against_etcd, ignore = "cairn-only: a cairn data dir")]
+async fn a_data_dir_with_counters_under_three_names_is_upgraded_and_serves_its_history() {
+    upgraded_serves_its_history("cairn-data-v3").await;
+}
+
+/// Starts on `format`'s fixture and checks the upgrade, the fixture's history, new writes
+/// and a compaction on top of it, and a restart.
+async fn upgraded_serves_its_history(format: &str) {
+    let mut server = start_on_fixture(format).await;
+    let upgraded = format!("data dir format {format} upgraded to cairn-data-v4");
+    assert!(server.log().contains(&upgraded), "{}", server.log_tail(20));
     let marker = std::fs::read_to_string(server.data_dir().join("CAIRN_FORMAT")).unwrap();
-    assert_eq!(marker.trim(), "cairn-data-v3");
+    assert_eq!(marker.trim(), "cairn-data-v4");
     let mut client = server.client().await.unwrap();
     assert_eq!(
         client.maintenance_client().hash_kv(7).await.unwrap().hash(),
-        V2_HASH_AT_7,
+        HASH_AT_7,
         "the same history hashes the same"
     );
 
@@ -169,8 +180,9 @@ async fn a_data_dir_that_stored_values_twice_is_upgraded_and_serves_its_history(
         .unwrap()
         .hash();
 
+    // kill -9: the upgraded records are recovered from the journal.
     server.restart().await.unwrap();
-    let client = server.client().await.unwrap();
+    let mut client = server.client().await.unwrap();
     assert_eq!(version_of(&server, "a", 0).await, v("4", 2, 8, 4));
     assert_eq!(version_of(&server, "c", 9).await, v("2", 4, 9, 2));
     let again = client
@@ -180,4 +192,8 @@ async fn a_data_dir_that_stored_values_twice_is_upgraded_and_serves_its_history(
         .unwrap()
         .hash();
     assert_eq!(hash, again, "stable across a restart");
+    let put = client.put("e", "1", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), 11, "the next revision");
+    let members = client.member_list().await.unwrap();
+    assert_eq!(members.members().len(), 1, "{members:?}");
 }
