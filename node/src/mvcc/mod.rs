@@ -180,12 +180,13 @@ fn progress(snap: &Snapshot, ks: &Keyspaces) -> Result<meta::Progress, MvccError
 /// every write.
 const IN_USE_TTL: Duration = Duration::from_secs(1);
 
-/// Revisions as recorded in one snapshot.
+/// Revisions as recorded in one snapshot, and the live keys at the current one.
 #[derive(Clone, Copy)]
 struct Revisions {
     current: i64,
     /// -1 if never compacted, as etcd's `compactMainRev`.
     compact: i64,
+    live_keys: i64,
 }
 
 /// The revision store. Apply calls (`apply_txn`, `compact`, `record_applied`) must come
@@ -194,7 +195,6 @@ pub struct Mvcc {
     store: Arc<Store>,
     ks: Keyspaces,
     revs: published::Published,
-    key_count: AtomicI64,
     /// [`meta::HISTORY_ADDED`]; -1 in a store that did not count it from the start.
     history_added: AtomicI64,
     compactor: Mutex<Option<mpsc::Sender<compact::Waiter>>>,
@@ -220,11 +220,7 @@ impl Mvcc {
         let alarms = alarm::AlarmList::load(&ks.meta)?;
         let snap = store.snapshot();
         let revs = revisions(&snap, &ks)?;
-        let meta::Progress {
-            key_count,
-            history_added,
-            ..
-        } = progress(&snap, &ks)?;
+        let history_added = progress(&snap, &ks)?.history_added;
         drop(snap);
         let (tx, rx) = mpsc::channel();
         let compacting = Arc::new(Mutex::new(()));
@@ -239,7 +235,6 @@ impl Mvcc {
             store,
             ks,
             revs: published::Published::new(revs),
-            key_count: AtomicI64::new(key_count),
             history_added: AtomicI64::new(history_added),
             compactor: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
@@ -280,7 +275,7 @@ impl Mvcc {
 
     /// Number of live keys (etcd_debugging_mvcc_keys_total).
     pub fn key_count(&self) -> i64 {
-        self.key_count.load(Ordering::Acquire)
+        self.revs.get().live_keys
     }
 
     /// A range with every option of `RangeRequest`, as etcd's Range applier. The response
@@ -354,28 +349,33 @@ impl Mvcc {
             Err(e) => return Err(e),
         };
         let mut batch = self.store.batch();
-        let events = self.stage_changes(&mut batch, &mut exec);
+        let events = self.stage_changes(&mut batch, &mut exec, revs);
         extra(&mut batch);
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
-        let current = if events.is_empty() {
-            revs.current
+        let to = if events.is_empty() {
+            revs
         } else {
-            exec.write_rev()
-        };
-        self.revs
-            .change(|| commit(batch).map(|()| ((), Revisions { current, ..revs })))?;
-        if !events.is_empty() {
-            self.key_count.fetch_add(exec.key_delta, Ordering::AcqRel);
-            if self.history_added.load(Ordering::Acquire) >= 0 {
-                self.history_added
-                    .fetch_add(events.len() as i64, Ordering::AcqRel);
+            Revisions {
+                current: exec.write_rev(),
+                live_keys: revs.live_keys + exec.key_delta,
+                ..revs
             }
+        };
+        self.revs.change(|| commit(batch).map(|()| ((), to)))?;
+        if self.history_added.load(Ordering::Acquire) >= 0 {
+            self.history_added
+                .fetch_add(events.len() as i64, Ordering::AcqRel);
         }
         Ok((resp, events))
     }
 
     /// Adds a txn's changes to `batch` and returns them as watch events.
-    fn stage_changes(&self, batch: &mut WriteBatch, exec: &mut TxnExec<'_>) -> Vec<Event> {
+    fn stage_changes(
+        &self,
+        batch: &mut WriteBatch,
+        exec: &mut TxnExec<'_>,
+        revs: Revisions,
+    ) -> Vec<Event> {
         if exec.changes.is_empty() {
             return Vec::new();
         }
@@ -413,7 +413,7 @@ impl Mvcc {
         let added = self.history_added.load(Ordering::Acquire);
         let progress = meta::Progress {
             current: main,
-            key_count: self.key_count.load(Ordering::Acquire) + exec.key_delta,
+            key_count: revs.live_keys + exec.key_delta,
             history_added: if added >= 0 {
                 added + events.len() as i64
             } else {
@@ -679,6 +679,7 @@ impl Pinned {
             snap_rev: self.revs.current,
             rev: self.revs.current,
             compact_rev: self.revs.compact,
+            live_keys: Some(self.revs.live_keys),
         }
     }
 }
@@ -697,11 +698,13 @@ impl Drop for Mvcc {
     }
 }
 
-/// The current and compact revision recorded in `snap`.
+/// The revisions and live keys recorded in `snap`.
 fn revisions(snap: &Snapshot, ks: &Keyspaces) -> Result<Revisions, MvccError> {
+    let progress = progress(snap, ks)?;
     Ok(Revisions {
-        current: progress(snap, ks)?.current,
+        current: progress.current,
         compact: meta::snapshot_i64(snap, &ks.meta, meta::COMPACT_REV)?.unwrap_or(-1),
+        live_keys: progress.key_count,
     })
 }
 

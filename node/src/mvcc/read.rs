@@ -45,6 +45,18 @@ impl<'a> KeyRange<'a> {
         }
     }
 
+    /// True when every key matches: no end, and a start at or before the smallest key
+    /// ("\0"; the empty key is never stored).
+    fn is_everything(&self) -> bool {
+        matches!(
+            *self,
+            KeyRange::Span {
+                start: [] | [0],
+                end: None
+            }
+        )
+    }
+
     /// True when no key can match (an end at or before the start, or the empty key, which
     /// etcd's API never stores).
     fn is_empty(&self) -> bool {
@@ -111,6 +123,8 @@ pub(super) struct View<'a> {
     pub rev: i64,
     /// Compacted revision; -1 if the store was never compacted (as etcd).
     pub compact_rev: i64,
+    /// The live keys in `snap`, if known: a count of every key at `snap_rev` needs no scan.
+    pub live_keys: Option<i64>,
 }
 
 impl View<'_> {
@@ -140,6 +154,15 @@ impl View<'_> {
     /// [`View::get_committed`] with where the version is recorded in `kv_history`.
     pub fn get_live(&self, key: &[u8]) -> Result<Option<Live>, MvccError> {
         get_live(self.snap, self.ks, key)
+    }
+
+    /// How many keys `range` holds at revision `at` (0: the view's), if that is known
+    /// without a scan: every key at the committed revision of the snapshot.
+    fn known_count(&self, range: &KeyRange<'_>, at: i64) -> Option<i64> {
+        let at_snapshot = (at <= 0 || at == self.rev) && self.overlay.is_none();
+        (at_snapshot && range.is_everything())
+            .then_some(self.live_keys)
+            .flatten()
     }
 
     /// etcd's `rangeKeys`: `limit` 0 means all; `count_only` returns no kvs.
@@ -409,44 +432,58 @@ pub(super) fn range_chunks(
     }
     let limit = usize::try_from(req.limit).unwrap_or(0);
     let filtered = has_revision_filter(req);
+    // The count of the whole keyspace is the live key count: such a range visits only the
+    // keys it returns (none for `count_only`), not every key.
+    let known = (!filtered)
+        .then(|| view.known_count(&range, req.revision))
+        .flatten();
     let (mut chunk, mut bytes, mut kept) = (Vec::new(), 0usize, 0usize);
     let (mut count, mut more, mut stopped) = (0i64, false, false);
     const GO_ON: ControlFlow<()> = ControlFlow::Continue(());
-    view.scan(range, req.revision, &mut |found: Found<'_>| {
-        count += 1;
-        if req.count_only || more {
-            return Ok(GO_ON);
-        }
-        // Past the limit only whether another key would pass matters, and without filters
-        // any key does: no need to decode it.
-        if limit > 0 && kept == limit && !filtered {
-            more = true;
-            return Ok(GO_ON);
-        }
-        let mut kv = found.into_kv(view)?;
-        if !keep_by_revision(req, &kv) {
-            return Ok(GO_ON);
-        }
-        if limit > 0 && kept == limit {
-            more = true;
-            return Ok(GO_ON);
-        }
-        kept += 1;
-        if req.keys_only {
-            kv.value.clear();
-        }
-        bytes += kv.encoded_len();
-        chunk.push(kv);
-        if bytes >= chunk_bytes {
-            bytes = 0;
-            // The reader went away: the rest of the range is nobody's business.
-            if emit(std::mem::take(&mut chunk)).is_break() {
-                stopped = true;
-                return Ok(ControlFlow::Break(()));
+    if !(req.count_only && known.is_some()) {
+        view.scan(range, req.revision, &mut |found: Found<'_>| {
+            count += 1;
+            if req.count_only || more {
+                return Ok(GO_ON);
             }
-        }
-        Ok(GO_ON)
-    })?;
+            // Past the limit only whether another key would pass matters, and without filters
+            // any key does: no need to decode it (nor to look, if the count is known).
+            if limit > 0 && kept == limit && !filtered {
+                if known.is_some() {
+                    return Ok(ControlFlow::Break(()));
+                }
+                more = true;
+                return Ok(GO_ON);
+            }
+            let mut kv = found.into_kv(view)?;
+            if !keep_by_revision(req, &kv) {
+                return Ok(GO_ON);
+            }
+            if limit > 0 && kept == limit {
+                more = true;
+                return Ok(GO_ON);
+            }
+            kept += 1;
+            if req.keys_only {
+                kv.value.clear();
+            }
+            bytes += kv.encoded_len();
+            chunk.push(kv);
+            if bytes >= chunk_bytes {
+                bytes = 0;
+                // The reader went away: the rest of the range is nobody's business.
+                if emit(std::mem::take(&mut chunk)).is_break() {
+                    stopped = true;
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            Ok(GO_ON)
+        })?;
+    }
+    if let Some(live) = known {
+        count = live;
+        more = !req.count_only && live > kept as i64;
+    }
     Ok((!stopped).then(|| RangeResponse {
         header: Some(ResponseHeader {
             revision: view.rev,
@@ -469,6 +506,9 @@ pub(super) fn count_while(
     range: KeyRange<'_>,
     go_on: &mut dyn FnMut() -> bool,
 ) -> Result<Option<u64>, MvccError> {
+    if let Some(live) = view.known_count(&range, 0) {
+        return Ok(Some(u64::try_from(live).unwrap_or(0)));
+    }
     let (mut count, mut stopped) = (0u64, false);
     view.scan(range, 0, &mut |_: Found<'_>| {
         count += 1;

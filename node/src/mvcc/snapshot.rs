@@ -447,15 +447,14 @@ impl Mvcc {
                 let revs = Revisions {
                     current: restored.revision,
                     compact: restored.compact_revision,
+                    live_keys: super::progress(&self.store.snapshot(), &self.ks)?.key_count,
                 };
                 Ok::<_, SnapshotError>((restored, revs))
             })?;
             let snap = self.store.snapshot();
-            let progress = super::progress(&snap, &self.ks)?;
-            self.key_count.store(progress.key_count, Ordering::Release);
             self.alarms.reload(&self.ks.meta)?;
-            self.history_added
-                .store(progress.history_added, Ordering::Release);
+            let history_added = super::progress(&snap, &self.ks)?.history_added;
+            self.history_added.store(history_added, Ordering::Release);
             restored
         };
         // The snapshot may hold an unfinished physical compaction: wake the worker.

@@ -1162,6 +1162,75 @@ fn readers_see_whole_revisions() {
     writer.join().expect("writer");
 }
 
+#[test]
+fn a_count_of_every_key_is_the_snapshots_own() {
+    let f = open();
+    let mvcc = Arc::new(f.mvcc);
+    let writer = {
+        let mvcc = mvcc.clone();
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                // A new key, and every other time the previous one deleted.
+                let mut ops = vec![put(&format!("k{i:03}"), "v")];
+                if i % 2 == 1 {
+                    ops.push(delete(&format!("k{:03}", i - 1), ""));
+                }
+                let req = TxnRequest {
+                    success: ops,
+                    ..Default::default()
+                };
+                mvcc.apply_txn(&req, b"m").expect("txn");
+            }
+        })
+    };
+    for _ in 0..300 {
+        let resp = mvcc.range(&range("\0", "\0")).expect("range");
+        assert_eq!(resp.count, resp.kvs.len() as i64, "{:?}", resp.header);
+    }
+    writer.join().expect("writer");
+}
+
+#[test]
+fn a_count_of_every_key_is_exact_at_every_revision() {
+    let f = open();
+    f.put("a", "1"); // 2
+    f.put("b", "1"); // 3
+    f.put("c", "1"); // 4
+    f.delete("b", ""); // 5
+    f.ok(vec![put("d", "1"), delete("a", ""), put("e", "1")]); // 6
+    f.put("c", "2"); // 7: c, d, e live
+    let count = |f: &Fixture, key: &str, revision, limit| {
+        let req = RangeRequest {
+            revision,
+            limit,
+            ..range(key, "\0")
+        };
+        let resp = f.range(req).expect("range");
+        (resp.count, resp.more, resp.kvs.len())
+    };
+    let count_only = |f: &Fixture, key: &str, revision| {
+        let req = RangeRequest {
+            revision,
+            count_only: true,
+            ..range(key, "\0")
+        };
+        f.range(req).expect("count").count
+    };
+    for key in ["", "\0"] {
+        assert_eq!(count_only(&f, key, 0), 3);
+        assert_eq!(count_only(&f, key, 7), 3);
+        assert_eq!(count_only(&f, key, 4), 3, "a, b, c");
+        assert_eq!(count_only(&f, key, 5), 2, "a, c");
+        assert_eq!(count(&f, key, 0, 2), (3, true, 2));
+        assert_eq!(count(&f, key, 0, 3), (3, false, 3));
+        assert_eq!(count(&f, key, 5, 1), (2, true, 1));
+    }
+    let f = f.reopen();
+    assert_eq!(count_only(&f, "\0", 0), 3);
+    let counted = f.mvcc.count_while(b"\0", b"\0", &mut || true);
+    assert_eq!(counted.expect("count"), Some(3));
+}
+
 #[tokio::test]
 async fn compaction_resumes_after_a_restart_and_chains() {
     let f = open();

@@ -118,6 +118,8 @@ impl<'a> TxnExec<'a> {
             snap_rev: self.begin_rev,
             rev: self.begin_rev,
             compact_rev: self.compact_rev,
+            // Not needed inside a txn: its ranges count by scanning.
+            live_keys: None,
         }
     }
 

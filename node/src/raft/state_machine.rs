@@ -860,10 +860,12 @@ mod tests {
     /// Opens a member whose store holds `keys` (applied under the marker of index 5) and
     /// lease 7.
     fn member(keys: &[&str]) -> Member {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("mvcc"));
-        let lessor = Arc::new(Lessor::open(&store, config()).expect("lessor"));
+        let Fixture {
+            _dir: dir,
+            store,
+            mvcc,
+            lessor,
+        } = open();
         let marker = AppliedState {
             last_applied: Some(log_id(5)),
             ..Default::default()
@@ -972,10 +974,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_marker_holding_the_whole_state_is_read_and_rewritten() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let mvcc = Arc::new(Mvcc::open(store.clone()).expect("mvcc"));
-        let lessor = Arc::new(Lessor::open(&store, config()).expect("lessor"));
+        let Fixture {
+            _dir,
+            store,
+            mvcc,
+            lessor,
+        } = open();
         let old = AppliedState {
             last_applied: Some(log_id(9)),
             membership: membership(3, &["a"]),
