@@ -441,8 +441,11 @@ impl Mvcc {
                     &self.store,
                     &self.ks,
                 )?;
-                self.ks.meta.insert(meta::APPLIED, applied)?;
-                self.ks.meta.insert(meta::APPLIED_CONFIG, config)?;
+                // One batch: a short marker is read right only beside its record.
+                let mut batch = self.store.batch();
+                batch.insert(&self.ks.meta, meta::APPLIED, applied);
+                batch.insert(&self.ks.meta, meta::APPLIED_CONFIG, config);
+                batch.commit()?;
                 self.store.sync()?;
                 let revs = Revisions {
                     current: restored.revision,
