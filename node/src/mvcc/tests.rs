@@ -1132,8 +1132,8 @@ fn state_and_marker_survive_a_restart() {
     assert_eq!(f.put("a", "2"), 5);
 }
 
-#[test]
-fn readers_see_whole_revisions() {
+/// Runs `read` 300 times while another thread applies the txns of `ops(0..300)`.
+fn read_while_writing(ops: fn(usize) -> Vec<RequestOp>, read: impl Fn(&Mvcc)) {
     let f = open();
     let mvcc = Arc::new(f.mvcc);
     let writer = {
@@ -1141,7 +1141,7 @@ fn readers_see_whole_revisions() {
         std::thread::spawn(move || {
             for i in 0..300 {
                 let req = TxnRequest {
-                    success: vec![put("x", &i.to_string()), put("y", &i.to_string())],
+                    success: ops(i),
                     ..Default::default()
                 };
                 mvcc.apply_txn(&req, b"m").expect("txn");
@@ -1149,45 +1149,41 @@ fn readers_see_whole_revisions() {
         })
     };
     for _ in 0..300 {
-        let resp = mvcc.range(&range("x", "z")).expect("range");
-        let rev = resp.header.as_ref().expect("header").revision;
-        if rev == 1 {
-            assert!(resp.kvs.is_empty());
-            continue;
-        }
-        assert_eq!(resp.kvs.len(), 2, "both keys of revision {rev}");
-        assert_eq!(resp.kvs[0].value, resp.kvs[1].value);
-        assert_eq!(resp.kvs[0].mod_revision, rev);
+        read(&mvcc);
     }
     writer.join().expect("writer");
 }
 
 #[test]
+fn readers_see_whole_revisions() {
+    let both = |i: usize| vec![put("x", &i.to_string()), put("y", &i.to_string())];
+    read_while_writing(both, |mvcc| {
+        let resp = mvcc.range(&range("x", "z")).expect("range");
+        let rev = resp.header.as_ref().expect("header").revision;
+        if rev == 1 {
+            assert!(resp.kvs.is_empty());
+            return;
+        }
+        assert_eq!(resp.kvs.len(), 2, "both keys of revision {rev}");
+        assert_eq!(resp.kvs[0].value, resp.kvs[1].value);
+        assert_eq!(resp.kvs[0].mod_revision, rev);
+    });
+}
+
+#[test]
 fn a_count_of_every_key_is_the_snapshots_own() {
-    let f = open();
-    let mvcc = Arc::new(f.mvcc);
-    let writer = {
-        let mvcc = mvcc.clone();
-        std::thread::spawn(move || {
-            for i in 0..300 {
-                // A new key, and every other time the previous one deleted.
-                let mut ops = vec![put(&format!("k{i:03}"), "v")];
-                if i % 2 == 1 {
-                    ops.push(delete(&format!("k{:03}", i - 1), ""));
-                }
-                let req = TxnRequest {
-                    success: ops,
-                    ..Default::default()
-                };
-                mvcc.apply_txn(&req, b"m").expect("txn");
-            }
-        })
+    // A new key, and every other time the previous one deleted.
+    let churn = |i: usize| {
+        let mut ops = vec![put(&format!("k{i:03}"), "v")];
+        if i % 2 == 1 {
+            ops.push(delete(&format!("k{:03}", i - 1), ""));
+        }
+        ops
     };
-    for _ in 0..300 {
+    read_while_writing(churn, |mvcc| {
         let resp = mvcc.range(&range("\0", "\0")).expect("range");
         assert_eq!(resp.count, resp.kvs.len() as i64, "{:?}", resp.header);
-    }
-    writer.join().expect("writer");
+    });
 }
 
 #[test]
