@@ -13,7 +13,7 @@
 //! | `kv_latest` | user key | live record of the live version (no entry once deleted) |
 //! | `kv_history` | esc(user key) ++ main(8) ++ sub(8) | record of that version, or `c` if it is the live one |
 //! | `kv_revs` | main(8) ++ sub(8) | `P` or `D` (put / tombstone) ++ superseded(16) ++ user key |
-//! | `mvcc_meta` | name (see `meta.rs`) | current and compact revision, compaction progress, live key count, apply marker |
+//! | `mvcc_meta` | name (see `meta.rs`) | current and compact revision, compaction progress, live key count, apply marker and configuration record |
 //! | `kv_lease` | lease(8) ++ user key | empty: the live keys attached to each lease (see `lease_index.rs`) |
 //!
 //! * record: `p` ++ create_revision(8) ++ mod_revision(8) ++ version(8) ++ lease(8) ++
@@ -349,33 +349,44 @@ impl Mvcc {
             Err(e) => return Err(e),
         };
         let mut batch = self.store.batch();
-        let events = self.stage_changes(&mut batch, &mut exec, revs);
+        let events = self.stage_changes(&mut batch, &mut exec);
         extra(&mut batch);
         batch.insert(&self.ks.meta, meta::APPLIED, applied);
-        let to = if events.is_empty() {
-            revs
-        } else {
-            Revisions {
-                current: exec.write_rev(),
-                live_keys: revs.live_keys + exec.key_delta,
-                ..revs
-            }
-        };
+        let mut to = revs;
+        let mut history_added = None;
+        if !events.is_empty() {
+            to.current = exec.write_rev();
+            to.live_keys += exec.key_delta;
+            history_added = Some(self.stage_progress(&mut batch, to, events.len()));
+        }
         self.revs.change(|| commit(batch).map(|()| ((), to)))?;
-        if self.history_added.load(Ordering::Acquire) >= 0 {
-            self.history_added
-                .fetch_add(events.len() as i64, Ordering::AcqRel);
+        if let Some(added) = history_added {
+            self.history_added.store(added, Ordering::Release);
         }
         Ok((resp, events))
     }
 
+    /// Stages the [`meta::Progress`] record of a write txn that leaves the store at `to`
+    /// and added `versions` to `kv_history`; returns the new [`meta::HISTORY_ADDED`] (still
+    /// -1 in a store that did not count it from the start).
+    fn stage_progress(&self, batch: &mut WriteBatch, to: Revisions, versions: usize) -> i64 {
+        let added = self.history_added.load(Ordering::Acquire);
+        let history_added = if added >= 0 {
+            added + versions as i64
+        } else {
+            added
+        };
+        let progress = meta::Progress {
+            current: to.current,
+            key_count: to.live_keys,
+            history_added,
+        };
+        batch.insert(&self.ks.meta, meta::PROGRESS, progress.encode());
+        history_added
+    }
+
     /// Adds a txn's changes to `batch` and returns them as watch events.
-    fn stage_changes(
-        &self,
-        batch: &mut WriteBatch,
-        exec: &mut TxnExec<'_>,
-        revs: Revisions,
-    ) -> Vec<Event> {
+    fn stage_changes(&self, batch: &mut WriteBatch, exec: &mut TxnExec<'_>) -> Vec<Event> {
         if exec.changes.is_empty() {
             return Vec::new();
         }
@@ -410,17 +421,6 @@ impl Mvcc {
                 prev_kv: change.prev,
             });
         }
-        let added = self.history_added.load(Ordering::Acquire);
-        let progress = meta::Progress {
-            current: main,
-            key_count: revs.live_keys + exec.key_delta,
-            history_added: if added >= 0 {
-                added + events.len() as i64
-            } else {
-                added
-            },
-        };
-        batch.insert(&self.ks.meta, meta::PROGRESS, progress.encode());
         events
     }
 

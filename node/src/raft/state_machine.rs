@@ -28,7 +28,8 @@
 //! state as it is now, pinned as a storage snapshot on the state machine worker, between
 //! two applies, so its data matches its meta exactly; it is made durable first too.
 //! Installing one from the leader replaces the MVCC state and the lease table through
-//! [`Mvcc::install`], with the snapshot's log id and membership as the new marker; a
+//! [`Mvcc::install`], with the snapshot's log id as the new marker and its membership as
+//! the configuration record; a
 //! pending install a crash interrupted is reported as the current snapshot at start, so
 //! openraft installs it again.
 
