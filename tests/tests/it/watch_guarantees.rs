@@ -113,13 +113,21 @@ async fn watcher(
         let mut stream = client.watch(PREFIX, Some(opts)).await.expect("watch");
         let mut on_this_stream = 0;
         loop {
-            let done = last.borrow().is_some_and(|l| seen_up_to(&received) >= l);
+            // Done once it has seen the last revision, or when it was created after it
+            // (a watcher from now that registered as the writes ended is owed nothing).
+            let done = last
+                .borrow()
+                .is_some_and(|l| seen_up_to(&received) >= l || owed.is_some_and(|o| o > l));
             if done {
                 return (owed.unwrap_or(i64::MAX), received);
             }
             assert!(
                 Instant::now() < deadline,
-                "watcher from {start} ({style:?}) timed out"
+                "watcher from {start} ({style:?}) timed out: owed from {owed:?}, last revision \
+                 {:?}, seen up to {} in {} responses",
+                *last.borrow(),
+                seen_up_to(&received),
+                received.len()
             );
             let msg = tokio::select! {
                 msg = stream.message() => msg.expect("watch stream").expect("stream open"),
@@ -267,18 +275,19 @@ async fn every_watcher_sees_exactly_the_committed_history() {
         (first..=last_rev).collect::<Vec<_>>(),
         "every revision was made by a recorded write"
     );
-    // One more from the past, after the writes.
-    let c = server.client().await.expect("client");
-    watchers.push(spawn_watcher(
-        c,
-        first + 10,
-        Style::Steady,
-        "after-from-past".to_string(),
-    ));
+    // Two more after the writes: from the past, and from now (owed only what the hub had
+    // not dispatched yet when it registered).
+    for (start, name) in [(first + 10, "after-from-past"), (0, "after-from-now")] {
+        let c = server.client().await.expect("client");
+        watchers.push(spawn_watcher(c, start, Style::Steady, name.to_string()));
+    }
     set_last.send_replace(Some(last_rev));
 
     for w in watchers {
-        let (name, (owed, received)) = w.await.expect("watcher");
+        let (name, (owed, received)) = match w.await {
+            Ok(done) => done,
+            Err(e) => panic!("watcher: {e}\nserver log:\n{}", server.log_tail(6000)),
+        };
         check(&name, owed, &received, &truth);
     }
 }
