@@ -218,10 +218,11 @@ impl Mvcc {
     pub fn open(store: Arc<Store>) -> Result<Mvcc, MvccError> {
         let ks = Keyspaces::open(&store)?;
         let alarms = alarm::AlarmList::load(&ks.meta)?;
-        let snap = store.snapshot();
-        let revs = revisions(&snap, &ks)?;
-        let history_added = progress(&snap, &ks)?.history_added;
-        drop(snap);
+        let (revs, history_added) = {
+            let snap = store.snapshot();
+            let (revs, progress) = recorded(&snap, &ks)?;
+            (revs, progress.history_added)
+        };
         let (tx, rx) = mpsc::channel();
         let compacting = Arc::new(Mutex::new(()));
         let worker = {
@@ -700,12 +701,18 @@ impl Drop for Mvcc {
 
 /// The revisions and live keys recorded in `snap`.
 fn revisions(snap: &Snapshot, ks: &Keyspaces) -> Result<Revisions, MvccError> {
+    Ok(recorded(snap, ks)?.0)
+}
+
+/// The revisions and live keys recorded in `snap`, with the progress record they come from.
+fn recorded(snap: &Snapshot, ks: &Keyspaces) -> Result<(Revisions, meta::Progress), MvccError> {
     let progress = progress(snap, ks)?;
-    Ok(Revisions {
+    let revs = Revisions {
         current: progress.current,
         compact: meta::snapshot_i64(snap, &ks.meta, meta::COMPACT_REV)?.unwrap_or(-1),
         live_keys: progress.key_count,
-    })
+    };
+    Ok((revs, progress))
 }
 
 /// Commits without fsync and records etcd's backend commit latency.

@@ -434,7 +434,7 @@ impl Mvcc {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let _readers = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-            let restored = self.revs.change(|| {
+            let (restored, history_added) = self.revs.change(|| {
                 clear(&self.store, &self.ks)?;
                 let restored = load(
                     &mut BufReader::with_capacity(64 << 10, file),
@@ -447,16 +447,15 @@ impl Mvcc {
                 batch.insert(&self.ks.meta, meta::APPLIED_CONFIG, config);
                 batch.commit()?;
                 self.store.sync()?;
+                let progress = super::progress(&self.store.snapshot(), &self.ks)?;
                 let revs = Revisions {
                     current: restored.revision,
                     compact: restored.compact_revision,
-                    live_keys: super::progress(&self.store.snapshot(), &self.ks)?.key_count,
+                    live_keys: progress.key_count,
                 };
-                Ok::<_, SnapshotError>((restored, revs))
+                Ok::<_, SnapshotError>(((restored, progress.history_added), revs))
             })?;
-            let snap = self.store.snapshot();
             self.alarms.reload(&self.ks.meta)?;
-            let history_added = super::progress(&snap, &self.ks)?.history_added;
             self.history_added.store(history_added, Ordering::Release);
             restored
         };
