@@ -95,3 +95,21 @@ pub async fn current_revision(client: &mut etcd_client::Client) -> i64 {
         .expect("range for the current revision");
     rev!(resp)
 }
+
+/// A prefix watch from now, returned once the server answered `created`: the watch is
+/// registered, so every write made after this returns is the watch's to see (the stream
+/// itself opens before the server has read the create request).
+pub async fn watch_prefix(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+) -> etcd_client::WatchStream {
+    let opts = etcd_client::WatchOptions::new().with_prefix();
+    let mut stream = client.watch(prefix, Some(opts)).await.expect("watch");
+    let created = stream
+        .message()
+        .await
+        .expect("watch stream")
+        .expect("a created response");
+    assert!(created.created(), "first watch response: {created:?}");
+    stream
+}

@@ -159,10 +159,7 @@ async fn three_members_serve_a_put_on_one_and_gets_on_the_others() {
 
     // A watch on a follower sees every revision written through the leader, in order.
     let mut watcher = members[follower].client().await.unwrap();
-    let mut stream = watcher
-        .watch("w/", Some(etcd_client::WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let mut stream = crate::watch_prefix(&mut watcher, "w/").await;
     let mut writer = members[leader].client().await.unwrap();
     let mut written = Vec::new();
     for i in 0..20 {

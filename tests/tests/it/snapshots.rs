@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::proxy::LinkFault;
 use cairn_tests::{testing_cairn, Server};
-use etcd_client::{Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp};
 
 use crate::plugins::metric;
 use crate::{current_revision, json, rev};
@@ -277,10 +277,7 @@ async fn a_watcher_on_a_member_brought_up_to_date_by_a_snapshot_sees_every_revis
     let leader = cluster.leader().await.unwrap();
     let follower = (leader + 1) % 3;
     let mut watching = cluster.client(follower).await.unwrap();
-    let mut stream = watching
-        .watch("w/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let mut stream = crate::watch_prefix(&mut watching, "w/").await;
     cluster.isolate(follower);
     let mut client = cluster.client(leader).await.unwrap();
     let mut revisions = Vec::new();
