@@ -265,10 +265,10 @@ async fn keep_alive_refreshes_until_killed_then_keys_expire_in_one_revision() {
     let killed = Instant::now();
 
     // The last keep-alive was at most TTL/3 before the kill: the keys outlive the kill by
-    // at least 2 s and are gone within TTL + 1 s of it.
+    // at least 2 s and are gone soon after the TTL (bounded with room for a loaded machine).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(key_exists(&server, "e/a").await, "expired too early");
-    let gone = wait_gone(&server, "e/a", killed + Duration::from_secs(4)).await;
+    let gone = wait_gone(&server, "e/a", killed + Duration::from_secs(7)).await;
     assert!(gone > killed + Duration::from_secs(1));
     assert_eq!(ok(&server, &["get", "--prefix", "e/"]).await, "");
 
@@ -341,7 +341,8 @@ async fn leases_survive_kill_9_and_expire_after_restart() {
         key_exists(&server, "durable").await,
         "expired with the old deadline"
     );
-    wait_gone(&server, "durable", ready + Duration::from_secs(6 + 2)).await;
+    // TTL + election timeout after ready, with room for a loaded machine.
+    wait_gone(&server, "durable", ready + Duration::from_secs(6 + 6)).await;
     assert_eq!(
         ok(&server, &["lease", "timetolive", &id]).await,
         format!("lease {id} already expired\n")
