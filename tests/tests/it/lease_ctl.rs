@@ -94,10 +94,11 @@ async fn grant_attach_timetolive_list_keep_alive_once_and_revoke() {
     );
     ok(&server, &["put", "plain", "x"]).await; // revision 4
 
-    // The remaining TTL is truncated to whole seconds, so just below the granted TTL.
+    // The remaining TTL is truncated to whole seconds, so just below the granted TTL (by
+    // more on a loaded machine: the lease was granted several etcdctl runs ago).
     let line = ok(&server, &["lease", "timetolive", &id]).await;
     let left = remaining(&line);
-    assert!((57..=59).contains(&left), "{line:?}");
+    assert!((45..=59).contains(&left), "{line:?}");
     assert_eq!(
         line,
         format!("lease {id} granted with TTL(60s), remaining({left}s)\n")
@@ -127,7 +128,7 @@ async fn grant_attach_timetolive_list_keep_alive_once_and_revoke() {
     let v = json(&server, &["lease", "timetolive", &id, "--keys"]).await;
     assert_eq!(v["id"], lease_id(&id), "{v}");
     assert_eq!(v["granted-ttl"], 60, "{v}");
-    assert!((57..=59).contains(&v["ttl"].as_i64().unwrap()), "{v}");
+    assert!((45..=59).contains(&v["ttl"].as_i64().unwrap()), "{v}");
     let mut keys: Vec<&str> = v["keys"]
         .as_array()
         .unwrap()

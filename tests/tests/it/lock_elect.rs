@@ -6,7 +6,7 @@
 //! not with the v3lock / v3election gRPC services: these tests exercise KV, Lease and Watch
 //! working together.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{json, ok};
 use cairn_tests::{CtlProcess, Server};
@@ -49,9 +49,17 @@ async fn lock_holds_until_interrupted_and_a_second_locker_waits() {
 
     let mut second = server.ctl_spawn(&["lock", "mylock"]).unwrap();
     second.quiet_for(BLOCKED).await.expect("second lock blocks");
-    // The waiter has its own key queued behind the holder's.
-    let keys = ok(&server, &["get", "--prefix", "--keys-only", "mylock/"]).await;
-    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 2, "{keys}");
+    // The waiter has its own key queued behind the holder's (once its etcdctl got that far).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = ok(&server, &["get", "--prefix", "--keys-only", "mylock/"]).await;
+        let count = keys.lines().filter(|l| !l.is_empty()).count();
+        if count == 2 {
+            break;
+        }
+        assert!(count < 2 && Instant::now() < deadline, "{keys}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // SIGINT makes etcdctl unlock (delete its key) and exit 0.
     first.signal(Signal::SIGINT).unwrap();
