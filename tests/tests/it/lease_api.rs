@@ -68,6 +68,14 @@ async fn grant_time_to_live_leases_and_revoke() {
         .await
         .unwrap();
     assert_eq!((short.id(), short.ttl()), (0x1234, 2));
+    // A lease with no keys is revoked without a new revision (at once: it lives 2 s).
+    let now = current_revision(&mut client).await;
+    assert_eq!(rev!(client.lease_revoke(0x1234).await.unwrap()), now);
+    let idle = client
+        .lease_grant(60, Some(LeaseGrantOptions::new().with_id(0x1235)))
+        .await
+        .unwrap()
+        .id();
 
     put_with_lease(&mut client, &["lease/b", "lease/a"], id).await;
     client.put("lease/c", "v", None).await.unwrap();
@@ -89,7 +97,7 @@ async fn grant_time_to_live_leases_and_revoke() {
         .map(|l| l.id())
         .collect();
     listed.sort_unstable();
-    let mut expected = vec![id, 0x1234];
+    let mut expected = vec![id, idle];
     expected.sort_unstable();
     assert_eq!(listed, expected);
 
@@ -119,9 +127,8 @@ async fn grant_time_to_live_leases_and_revoke() {
         other => panic!("keep-alive of a revoked lease: {other:?}"),
     }
 
-    // A lease with no keys is revoked without a new revision.
     let now = current_revision(&mut client).await;
-    assert_eq!(rev!(client.lease_revoke(0x1234).await.unwrap()), now);
+    assert_eq!(rev!(client.lease_revoke(idle).await.unwrap()), now);
     assert!(client.leases().await.unwrap().leases().is_empty());
 }
 
