@@ -2,7 +2,9 @@
 //! with their revisions, and the revision sequence continues past them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cairn_tests::Server;
 use etcd_client::{CompactionOptions, GetOptions};
@@ -25,8 +27,8 @@ fn key(writer: usize, seq: u64) -> String {
 }
 
 /// Puts `w<writer>/<seq>` until a put fails (the server was killed); returns every put the
-/// server acknowledged, in order.
-async fn writer(server_url: String, writer: usize) -> Vec<Ack> {
+/// server acknowledged, in order. Counts itself in `acked_once` at its first ack.
+async fn writer(server_url: String, writer: usize, acked_once: Arc<AtomicUsize>) -> Vec<Ack> {
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5));
@@ -37,11 +39,16 @@ async fn writer(server_url: String, writer: usize) -> Vec<Ack> {
     for seq in 0.. {
         let value = format!("value-{writer}-{seq}");
         match client.put(key(writer, seq), value.clone(), None).await {
-            Ok(resp) => acks.push(Ack {
-                seq,
-                value,
-                revision: rev!(resp),
-            }),
+            Ok(resp) => {
+                if acks.is_empty() {
+                    acked_once.fetch_add(1, Ordering::Relaxed);
+                }
+                acks.push(Ack {
+                    seq,
+                    value,
+                    revision: rev!(resp),
+                })
+            }
             Err(_) => break,
         }
     }
@@ -52,10 +59,16 @@ async fn writer(server_url: String, writer: usize) -> Vec<Ack> {
 async fn acknowledged_writes_survive_kill_9() {
     let mut server = Server::start().await.expect("server starts");
     let url = server.client_url();
+    let acked_once = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(writer(url.clone(), w)))
+        .map(|w| tokio::spawn(writer(url.clone(), w, acked_once.clone())))
         .collect();
+    // The load runs for LOAD_TIME, and on a slow machine until every writer has an ack.
     tokio::time::sleep(LOAD_TIME).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked_once.load(Ordering::Relaxed) < WRITERS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.kill9().unwrap();
 
     let mut acked: Vec<Vec<Ack>> = Vec::new();
