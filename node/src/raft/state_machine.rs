@@ -29,9 +29,8 @@
 //! two applies, so its data matches its meta exactly; it is made durable first too.
 //! Installing one from the leader replaces the MVCC state and the lease table through
 //! [`Mvcc::install`], with the snapshot's log id as the new marker and its membership as
-//! the configuration record; a
-//! pending install a crash interrupted is reported as the current snapshot at start, so
-//! openraft installs it again.
+//! the configuration record; a pending install a crash interrupted is reported as the
+//! current snapshot at start, so openraft installs it again.
 
 use std::io;
 use std::path::PathBuf;
