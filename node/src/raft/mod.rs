@@ -512,8 +512,12 @@ impl RaftNode {
     }
 
     /// Linearizable read barrier (ReadIndex): returns once this node's state machine has
-    /// applied everything committed before the call, on the leader or a follower.
+    /// applied everything committed before the call, on the leader or a follower. A leader
+    /// that is its cluster's only member needs no round (see [`leads_alone`]).
     pub async fn read_barrier(&self) -> Result<(), RaftError> {
+        if leads_alone(&self.raft.metrics().borrow_watched(), self.member_id) {
+            return Ok(());
+        }
         self.bounded(self.barriers.join()).await
     }
 
@@ -742,6 +746,26 @@ fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
         }
         other => RaftError::Fatal(other.to_string()),
     }
+}
+
+/// Whether this member is the leader and the only member, and has applied an entry of its
+/// own term. Then its applied state is a linearizable read without a ReadIndex round:
+/// every write acknowledged to anyone was applied here before its answer (apply answers,
+/// and no other member can lead: the quorum is this member alone), and applying its own
+/// term's first entry applied everything committed before it. This is what etcd's raft
+/// does for a singleton (`responseToReadIndexReq` with its committed index, no heartbeat
+/// round), without the hop through raft's core. A member can join only through an entry
+/// this leader appends; openraft publishes the new membership as it appends it, long
+/// before the new member could be elected, and from then on every read takes its round.
+fn leads_alone(m: &openraft::RaftMetrics<TypeConfig>, me: u64) -> bool {
+    use openraft::vote::RaftLeaderId;
+    let mut members = m.membership_config.nodes().map(|(id, _)| *id);
+    let alone = members.next() == Some(me) && members.next().is_none();
+    let own_term_applied = m
+        .last_applied
+        .as_ref()
+        .is_some_and(|l| l.committed_leader_id().term() == m.current_term);
+    alone && m.state == ServerState::Leader && m.current_leader == Some(me) && own_term_applied
 }
 
 /// One round of [`RaftNode::read_barrier`]: a read index, this member's if it leads (or
@@ -1248,6 +1272,37 @@ mod tests {
         assert_eq!(revision(&node.propose(txn()).await.expect("propose")), 37);
         node.read_barrier().await.expect("read barrier");
         node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_sole_leader_that_applied_its_own_term_skips_the_read_round() {
+        use openraft::{Membership, StoredMembership};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_mvcc, node) = start(dir.path(), 0).await;
+        let me = settings(0).node_id;
+        node.read_barrier().await.expect("read barrier");
+        let m = node.raft.metrics().borrow_watched().clone();
+        node.shutdown().await;
+        assert!(leads_alone(&m, me), "{m:?}");
+        assert!(!leads_alone(&m, me + 1), "another member's view");
+
+        let mut new_term = m.clone();
+        new_term.current_term += 1;
+        assert!(
+            !leads_alone(&new_term, me),
+            "its term's first entry unapplied"
+        );
+        let mut follower = m.clone();
+        follower.state = ServerState::Follower;
+        assert!(!leads_alone(&follower, me));
+        let mut joining = m.clone();
+        let nodes = BTreeMap::from([(me, settings(0).member), (7, MemberInfo::default())]);
+        let membership = Membership::new(vec![[me].into()], nodes).expect("membership");
+        joining.membership_config = Arc::new(StoredMembership::new(
+            *m.membership_config.log_id(),
+            membership,
+        ));
+        assert!(!leads_alone(&joining, me), "a learner is joining");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
