@@ -236,29 +236,50 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// Entries removed per batch by a purge. A batch holds the journal's lock while it is
 /// written, and appends wait for it: one batch of a whole snapshot interval (100 000
 /// entries by default) stalled puts for tens of milliseconds.
-const PURGE_CHUNK: usize = 1024;
+const PURGE_CHUNK: u64 = 1024;
 
 /// Removes the entries in `range`, which `last_purged` already covers, in ascending
 /// batches of [`PURGE_CHUNK`]. A crash part way leaves a contiguous tail of the log,
 /// possibly starting at or below `last_purged`; `get_log_state` allows for that, openraft
 /// never reads below `last_purged`, and the next start removes the rest (`finish_purge`).
+///
+/// The log is contiguous, so the keys between its first and last entry in `range` are
+/// known: they are removed without reading them. Reading them back, a scan of the whole
+/// snapshot interval (every entry's block, merged against the tombstones being written),
+/// cost a twentieth of the server's CPU under puts.
 fn purge_chunks(
     store: &Store,
     log: &Keyspace,
     range: std::ops::RangeInclusive<u64>,
 ) -> io::Result<()> {
-    let mut batch = store.wal_batch();
-    let mut in_batch = 0;
-    for key in log.range(key_bounds(&range)).keys() {
-        batch.remove(log, key.map_err(io::Error::other)?);
-        in_batch += 1;
-        if in_batch == PURGE_CHUNK {
-            batch.commit().map_err(io::Error::other)?;
-            batch = store.wal_batch();
-            in_batch = 0;
+    let mut present = log.range(key_bounds(&range)).keys();
+    let Some(first) = present.next() else {
+        return Ok(());
+    };
+    let first = log_index(&first.map_err(io::Error::other)?)?;
+    let last = match present.next_back() {
+        Some(key) => log_index(&key.map_err(io::Error::other)?)?,
+        None => first,
+    };
+    let mut from = first;
+    while from <= last {
+        let to = last.min(from + PURGE_CHUNK - 1);
+        let mut batch = store.wal_batch();
+        for index in from..=to {
+            batch.remove(log, index.to_be_bytes());
         }
+        batch.commit().map_err(io::Error::other)?;
+        from = to + 1;
     }
-    batch.commit().map_err(io::Error::other)
+    Ok(())
+}
+
+/// The log index a `raft_log` key names.
+fn log_index(key: &[u8]) -> io::Result<u64> {
+    let bytes = key
+        .try_into()
+        .map_err(|_| io::Error::other(format!("raft_log key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 impl LogStore {
@@ -480,7 +501,7 @@ mod tests {
         let log = store.wal_keyspace(LOG).expect("log");
         log.iter()
             .keys()
-            .map(|k| u64::from_be_bytes(k.expect("key")[..].try_into().expect("8 bytes")))
+            .map(|k| log_index(&k.expect("key")).expect("a log index"))
             .collect()
     }
 
