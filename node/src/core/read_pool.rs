@@ -2,8 +2,9 @@
 //! key list, a hash, a RangeStream. A client decides how long these take, so they never
 //! run on the async workers that carry other clients' puts, keep-alives and watch events.
 //! They run on the pool's own threads, which have a lower CPU priority
-//! ([`crate::priority::BACKGROUND`]): when a huge read and a small write want the same core, the write
-//! goes first, and a burst of huge reads queues here instead of starving everyone else.
+//! ([`crate::priority::BACKGROUND`]): when a huge read and a small write want the same
+//! core, the write goes first, and a burst of huge reads queues here instead of starving
+//! everyone else.
 
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;

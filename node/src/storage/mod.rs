@@ -323,7 +323,7 @@ impl Store {
         let (wal_path, wal_lock) = wal_location(dir, options.wal_dir.as_deref(), fresh)?;
         // The state database's compactions yield to serving: compacting a store of 10 M
         // keys took most of a core from serving on two cores, and at background priority
-        // puts there ran at 7.7-8.3 k/s against 5.7-6.3 k/s. Compaction still gets every
+        // puts there ran 26 % faster (BENCHMARKS.md, round 13). Compaction still gets every
         // cycle serving leaves, and when it falls behind fjall stalls writes, which frees
         // the cores for it. The WAL database's flushes stay at normal priority: appends
         // to the raft log stall when its memtables wait for them.
