@@ -15,7 +15,6 @@ pub mod mvcc;
 pub mod notify;
 pub mod plugins;
 pub mod pprof;
-pub mod priority;
 pub mod proto;
 pub mod raft;
 pub mod server;

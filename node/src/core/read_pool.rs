@@ -1,10 +1,9 @@
 //! Where client-sized reads run: a range over more than one key, a read-only txn, a lease's
 //! key list, a hash, a RangeStream. A client decides how long these take, so they never
 //! run on the async workers that carry other clients' puts, keep-alives and watch events.
-//! They run on the pool's own threads, which have a lower CPU priority
-//! ([`crate::priority::BACKGROUND`]): when a huge read and a small write want the same
-//! core, the write goes first, and a burst of huge reads queues here instead of starving
-//! everyone else.
+//! They run on the pool's own threads, which have a lower CPU priority (nice
+//! [`READ_NICENESS`]): when a huge read and a small write want the same core, the write
+//! goes first, and a burst of huge reads queues here instead of starving everyone else.
 
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -12,7 +11,12 @@ use std::thread;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::Error;
-use crate::priority;
+
+/// How much less CPU weight a read thread gets than the rest of the node (Linux nice
+/// levels: each is ~20 % less weight, so +10 is about a tenth of a normal thread's).
+const READ_NICENESS: i32 = 10;
+/// The lowest priority Linux has.
+const MAX_NICENESS: i32 = 19;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -39,7 +43,7 @@ impl ReadPool {
             thread::Builder::new()
                 .name(format!("cairn-read-{n}"))
                 .spawn(move || {
-                    priority::lower_current_thread(priority::BACKGROUND);
+                    lower_priority();
                     // Ends when the pool (every sender) is gone.
                     while let Ok(job) = next_job(&queue) {
                         job();
@@ -85,7 +89,7 @@ impl ReadPool {
             .name("cairn-read-stream".into())
             .spawn(move || {
                 let _slot = slot;
-                priority::lower_current_thread(priority::BACKGROUND);
+                lower_priority();
                 produce();
             })
             .map(drop)
@@ -95,6 +99,29 @@ impl ReadPool {
 
 fn next_job(queue: &Mutex<mpsc::Receiver<Job>>) -> Result<Job, mpsc::RecvError> {
     queue.lock().map_err(|_| mpsc::RecvError)?.recv()
+}
+
+/// Lowers the calling thread's priority by [`READ_NICENESS`] below the process's. Only
+/// ever lowering it needs no privilege; if the OS refuses, the read still runs.
+fn lower_priority() {
+    let niceness = (thread_niceness() + READ_NICENESS).min(MAX_NICENESS);
+    // SAFETY: a plain system call on the calling thread's own id; no memory is shared.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, thread_id(), niceness) };
+    if result != 0 {
+        tracing::debug!("could not lower a read thread's priority");
+    }
+}
+
+fn thread_niceness() -> i32 {
+    // SAFETY: a plain system call on the calling thread's own id. It may return -1 as a
+    // niceness; an error (impossible for one's own thread) would read as -1 too.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, thread_id()) }
+}
+
+fn thread_id() -> libc::id_t {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    libc::id_t::try_from(tid).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -116,18 +143,15 @@ mod tests {
                     peak.fetch_max(now, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(20));
                     running.fetch_sub(1, Ordering::SeqCst);
-                    Ok(priority::current_niceness())
+                    Ok(thread_niceness())
                 })
                 .await
             })
         });
-        let base = priority::current_niceness();
+        let base = thread_niceness();
         for read in reads.collect::<Vec<_>>() {
             let niceness = read.await.expect("join").expect("read");
-            assert_eq!(
-                niceness,
-                (base + priority::BACKGROUND).min(priority::MAX_NICENESS)
-            );
+            assert_eq!(niceness, (base + READ_NICENESS).min(MAX_NICENESS));
         }
         assert_eq!(peak.load(Ordering::SeqCst), 2);
     }

@@ -321,18 +321,8 @@ impl Store {
         let found = check_format(dir)?;
         let fresh = matches!(found, Found::Fresh);
         let (wal_path, wal_lock) = wal_location(dir, options.wal_dir.as_deref(), fresh)?;
-        // The state database's compactions yield to serving: compacting a store of 10 M
-        // keys took most of a core from serving on two cores, and at background priority
-        // puts there ran 26 % faster (BENCHMARKS.md, round 13). Compaction still gets every
-        // cycle serving leaves, and when it falls behind fjall stalls writes, which frees
-        // the cores for it. The WAL database's flushes stay at normal priority: appends
-        // to the raft log stall when its memtables wait for them.
-        let db = open_db(
-            &dir.join(DB_DIR),
-            DB_WRITE_BUFFER_BYTES,
-            crate::priority::BACKGROUND,
-        )?;
-        let wal = open_db(&wal_path, WAL_WRITE_BUFFER_BYTES, 0)?;
+        let db = open_db(&dir.join(DB_DIR), DB_WRITE_BUFFER_BYTES)?;
+        let wal = open_db(&wal_path, WAL_WRITE_BUFFER_BYTES)?;
         match found {
             Found::Fresh => write_format(dir)?,
             Found::Current => {}
@@ -634,26 +624,8 @@ fn persist(
         .map_err(|e| info.fail(Op::Sync, None, e))
 }
 
-/// Opens one fjall database with cairn's settings, on a thread whose priority is lowered by
-/// `workers_niceness` ([`crate::priority`]): the database's worker threads (its flushes
-/// and compactions), started by the open, inherit it.
-fn open_db(
-    path: &Path,
-    write_buffer: u64,
-    workers_niceness: i32,
-) -> Result<fjall::Database, StorageError> {
-    std::thread::scope(|s| {
-        let opening = s.spawn(|| {
-            crate::priority::lower_current_thread(workers_niceness);
-            open_db_here(path, write_buffer)
-        });
-        opening
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-fn open_db_here(path: &Path, write_buffer: u64) -> Result<fjall::Database, StorageError> {
+/// Opens one fjall database with cairn's settings.
+fn open_db(path: &Path, write_buffer: u64) -> Result<fjall::Database, StorageError> {
     #[allow(deprecated)] // fjall marks the write buffer limit "todo"; it works and bounds RSS.
     let builder = fjall::Database::builder(path)
         // Cairn decides when to fsync (group commit, snapshots); fjall must not on its own.
