@@ -246,7 +246,7 @@ const PURGE_CHUNK: u64 = 1024;
 /// The log is contiguous, so the keys between its first and last entry in `range` are
 /// known: they are removed without reading them. Reading them back, a scan of the whole
 /// snapshot interval (every entry's block, merged against the tombstones being written),
-/// cost a twentieth of the server's CPU under puts.
+/// cost a twentieth of the server's CPU under puts at 10 M keys.
 fn purge_chunks(
     store: &Store,
     log: &Keyspace,
