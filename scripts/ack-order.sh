@@ -6,7 +6,10 @@
 # (the file fdatasynced most often) and when it returned, and the reply (the largest write
 # to that socket before the next request; HTTP/2 pings and window updates are smaller than
 # a put's reply).
-# Prints how many replies left before their fdatasync returned, and by how much.
+# Prints how many replies left before their fdatasync returned, and by how much, then where
+# a request's time goes (medians): in the server before its fdatasync, the fdatasync, after
+# it until the reply, and from the reply to the next request's read (the client and both
+# kernels' loopback: the part no server change can shorten).
 #
 #   scripts/ack-order.sh [cairn|etcd] [OUT_DIR]   # default: cairn, /tmp/ack-order
 #
@@ -62,12 +65,19 @@ requests = [e[0] for e in reads if e[3] == sock and e[4] > 100]
 writes = [e for e in events if e[2] in ("write", "writev", "sendto") and e[3] == sock]
 log_syncs = [(e[0], e[1]) for e in syncs if e[3] == log_fd]
 early, late, leads = 0, 0, []
+parts = collections.defaultdict(list)
 for i, start in enumerate(requests[:-1]):
     sync = next((s for s in log_syncs if s[0] > start), None)
     replies = [w for w in writes if start < w[0] < requests[i + 1]]
     if sync is None or not replies or sync[0] > requests[i + 1]:
         continue
     reply = max(replies, key=lambda w: w[4])[0]
+    parts["request read -> reply"].append(reply - start)
+    parts["reply -> next request read"].append(requests[i + 1] - reply)
+    parts["request read -> fdatasync call"].append(sync[0] - start)
+    parts["fdatasync"].append(sync[1] - sync[0])
+    if reply >= sync[1]:
+        parts["fdatasync return -> reply"].append(reply - sync[1])
     if reply < sync[1]:
         early += 1
         leads.append((sync[1] - reply) * 1e6)
@@ -78,4 +88,6 @@ print(f"requests matched: {total}; replies before their fdatasync returned: {ear
       f"({100 * early / max(total, 1):.0f} %), after: {late}")
 if leads:
     print(f"early replies left a median {statistics.median(leads):.0f} us before the fdatasync returned")
+for name, spans in parts.items():
+    print(f"  {name}: median {statistics.median(spans) * 1e6:.0f} us")
 PY
