@@ -361,17 +361,13 @@ impl Instances {
         limits: CallLimits,
         request: &WriteRequest,
     ) -> (Result<Decision, CallFailure>, Usage) {
-        let mut ready = match self.take(limits).await {
-            Ok(ready) => ready,
-            Err(failure) => return (Err(failure), Usage::default()),
-        };
-        arm(&mut ready.store, limits);
-        let result = ready
-            .plugin
-            .cairn_plugin_admission()
-            .call_check(&mut ready.store, request)
-            .await;
-        self.finish(ready, limits, result)
+        self.pooled(limits, async |plugin, store| {
+            plugin
+                .cairn_plugin_admission()
+                .call_check(store, request)
+                .await
+        })
+        .await
     }
 
     /// `auth.authenticate`.
@@ -380,17 +376,13 @@ impl Instances {
         limits: CallLimits,
         credentials: &Credentials,
     ) -> (Result<Result<Option<Identity>, String>, CallFailure>, Usage) {
-        let mut ready = match self.take(limits).await {
-            Ok(ready) => ready,
-            Err(failure) => return (Err(failure), Usage::default()),
-        };
-        arm(&mut ready.store, limits);
-        let result = ready
-            .plugin
-            .cairn_plugin_auth()
-            .call_authenticate(&mut ready.store, credentials)
-            .await;
-        self.finish(ready, limits, result)
+        self.pooled(limits, async |plugin, store| {
+            plugin
+                .cairn_plugin_auth()
+                .call_authenticate(store, credentials)
+                .await
+        })
+        .await
     }
 
     /// `auth.authorize`.
@@ -399,16 +391,28 @@ impl Instances {
         limits: CallLimits,
         request: &AuthRequest,
     ) -> (Result<Decision, CallFailure>, Usage) {
+        self.pooled(limits, async |plugin, store| {
+            plugin
+                .cairn_plugin_auth()
+                .call_authorize(store, request)
+                .await
+        })
+        .await
+    }
+
+    /// One call on a pooled instance: an idle one (or a new one) armed with `limits`,
+    /// handed back to the pool by [`Self::finish`].
+    async fn pooled<T>(
+        &self,
+        limits: CallLimits,
+        call: impl AsyncFnOnce(&Plugin, &mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> (Result<T, CallFailure>, Usage) {
         let mut ready = match self.take(limits).await {
             Ok(ready) => ready,
             Err(failure) => return (Err(failure), Usage::default()),
         };
         arm(&mut ready.store, limits);
-        let result = ready
-            .plugin
-            .cairn_plugin_auth()
-            .call_authorize(&mut ready.store, request)
-            .await;
+        let result = call(&ready.plugin, &mut ready.store).await;
         self.finish(ready, limits, result)
     }
 
