@@ -267,14 +267,9 @@ proc_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 # measure_fsync SERVER: raw fsync latency of the data dirs' filesystem, right before that
 # server's run: on a shared machine it drifts by 10x within minutes, so each column gets its own.
-# First `sync` waits for the writeback the previous server left (its scale cases write
-# hundreds of MiB): before, the next server's first cases ran during it, and the probe
-# before them saw fdatasyncs of up to 464 ms (round 14b of BENCHMARKS.md).
 measure_fsync() {
-	local out started
-	started=$EPOCHREALTIME
-	sync
-	log "sync took $(python3 -c "print(round($EPOCHREALTIME - $started, 2))") s; raw fsync latency in $work (before $1)"
+	local out
+	log "raw fsync latency in $work (before $1)"
 	out=$(python3 "$here/fsync-latency.py" --dir "$work" --seconds "$fsync_seconds")
 	echo "$out" >&2
 	echo "$out" | grep '^FSYNC_RESULT ' | sed 's/^FSYNC_RESULT //' >"$work/$1.fsync.json"
