@@ -76,13 +76,12 @@ for i, start in enumerate(requests[:-1]):
     parts["reply -> next request read"].append(requests[i + 1] - reply)
     parts["request read -> fdatasync call"].append(sync[0] - start)
     parts["fdatasync"].append(sync[1] - sync[0])
-    if reply >= sync[1]:
-        parts["fdatasync return -> reply"].append(reply - sync[1])
     if reply < sync[1]:
         early += 1
         leads.append((sync[1] - reply) * 1e6)
     else:
         late += 1
+        parts["fdatasync return -> reply"].append(reply - sync[1])
 total = early + late
 print(f"requests matched: {total}; replies before their fdatasync returned: {early} "
       f"({100 * early / max(total, 1):.0f} %), after: {late}")
