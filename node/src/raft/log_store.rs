@@ -103,17 +103,12 @@ impl LogStore {
 }
 
 impl LogReader {
-    /// Removes what a purge interrupted by a crash left at or below `last_purged`.
+    /// Removes what a purge interrupted by a crash left at or below `last_purged` (nothing
+    /// after a completed one: `purge_chunks` finds no entry in the range).
     fn finish_purge(&self, store: &Store) -> io::Result<()> {
-        let Some(purged) = self.meta::<LogId>(LAST_PURGED)? else {
-            return Ok(());
-        };
-        let first = self.log.iter().keys().next().transpose();
-        match first.map_err(io::Error::other)? {
-            Some(key) if key[..] <= purged.index().to_be_bytes()[..] => {
-                purge_chunks(store, &self.log, 0..=purged.index())
-            }
-            _ => Ok(()),
+        match self.meta::<LogId>(LAST_PURGED)? {
+            Some(purged) => purge_chunks(store, &self.log, 0..=purged.index()),
+            None => Ok(()),
         }
     }
 
